@@ -1,0 +1,1 @@
+"""ranklab: the web application and the data layer. Never imports torch."""

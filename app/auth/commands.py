@@ -1,0 +1,112 @@
+"""`ranklab users ...` and `ranklab tokens ...`."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+
+import click
+
+from app.auth import service as auth
+from app.auth.models import Role
+from app.config import get_settings
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(users)
+    cli.add_command(tokens)
+
+
+def _sessions():  # type: ignore[no-untyped-def]
+    from app.cli import sessions
+
+    return sessions()
+
+
+@click.group()
+def users() -> None:
+    """Create and list accounts."""
+
+
+@users.command("create")
+@click.option("--username", required=True, help="Login name: letters, digits, '.', '_', '-'.")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]),
+              help="labeler: labels only; researcher: dashboard, exports, runs; admin: all.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def users_create(username: str, role: str, password_stdin: bool) -> None:
+    """Create an account. Asks for the password unless --password-stdin is given.
+
+    \b
+    Examples:
+      ranklab users create --username alice --role admin
+      echo "$PASSWORD" | ranklab users create --username bob --role labeler --password-stdin
+    """
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        with _sessions().begin() as s:
+            user = auth.create_user(session=s, username=username, password=password, role=role)
+            click.echo(f"created {user.role} '{user.username}' (id {user.id})")
+    except auth.AuthError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@users.command("list")
+def users_list() -> None:
+    """Show every account with its role and status."""
+    with _sessions()() as s:
+        rows = auth.list_users(session=s)
+        click.echo(f"{'id':>4}  {'username':<24} {'role':<11} status")
+        for u in rows:
+            click.echo(f"{u.id:>4}  {u.username:<24} {u.role:<11} "
+                       f"{'active' if u.is_active else 'deactivated'}")
+
+
+@users.command("ensure-admin")
+def users_ensure_admin() -> None:
+    """Create the first admin if there is none (what `make run` does).
+
+    Takes RANKLAB_ADMIN_USERNAME and RANKLAB_ADMIN_PASSWORD when set; otherwise makes
+    'admin' with a random password and prints it, once.
+    """
+    settings = get_settings()
+    with _sessions().begin() as s:
+        if auth.has_admin(session=s):
+            click.echo("an admin account exists; log in with it")
+            return
+        username = settings.admin_username or "admin"
+        password = settings.admin_password or secrets.token_urlsafe(12)
+        try:
+            auth.create_user(session=s, username=username, password=password, role=Role.admin)
+        except auth.AuthError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if settings.admin_password:
+        click.echo(f"created admin '{username}' with the password from RANKLAB_ADMIN_PASSWORD")
+    else:
+        click.echo(f"created admin '{username}' with password: {password}\n"
+                   "(shown only this once; change it with `ranklab users create` for others)")
+
+
+@click.group()
+def tokens() -> None:
+    """API tokens for scripts: `Authorization: Bearer <token>`."""
+
+
+@tokens.command("create")
+@click.option("--username", required=True, help="Whose token; it acts with their role.")
+@click.option("--name", default="cli", show_default=True, help="A label to recognise it by.")
+def tokens_create(username: str, name: str) -> None:
+    """Create an API token and print it. It is shown only this once and stored hashed.
+
+    \b
+    Example:
+      TOKEN=$(ranklab tokens create --username bob)
+      curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/api/v1/me
+    """
+    with _sessions().begin() as s:
+        user = auth.get_user(session=s, username=username)
+        if user is None:
+            raise click.ClickException(f"no user '{username}' (see `ranklab users list`)")
+        click.echo(auth.create_token(session=s, user=user, name=name).token)

@@ -1,0 +1,103 @@
+"""Who is asking, and may they: the one place that answers 401, 403 or a redirect to login.
+
+Every route depends on one of the role aliases at the bottom. Browser requests carry the
+session cookie and, when they change anything, a CSRF token (form field `csrf_token` or header
+`X-CSRF-Token`); API requests carry `Authorization: Bearer <token>` and need no CSRF token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.auth import security
+from app.auth import service as auth
+from app.auth.models import Role, User, UserSession
+from app.db import SessionDep
+
+SESSION_COOKIE = "ranklab_session"
+ANON_CSRF_COOKIE = "ranklab_csrf"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+class LoginRequired(Exception):
+    def __init__(self, message: str = "Please log in.") -> None:
+        self.message = message
+
+
+class Forbidden(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+@dataclass
+class Principal:
+    user: User
+    via: str  # "cookie" or "token"
+    user_session: UserSession | None = None
+
+
+async def submitted_csrf_token(request: Request) -> str | None:
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()  # Starlette caches it for the endpoint's own Form() params
+        value = form.get(CSRF_FIELD)
+        return value if isinstance(value, str) else None
+    return None
+
+
+async def get_principal(request: Request, session: SessionDep) -> Principal | None:
+    if hasattr(request.state, "principal"):
+        return request.state.principal  # type: ignore[no-any-return]
+    principal: Principal | None = None
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise LoginRequired("The Authorization header must be 'Bearer <token>'.")
+        user = auth.user_for_api_token(session=session, token=token.strip())
+        if user is None:
+            raise LoginRequired("This API token is unknown or revoked. Create a new one.")
+        principal = Principal(user=user, via="token")
+    elif cookie := request.cookies.get(SESSION_COOKIE):
+        hours = request.app.state.settings.session_hours
+        row = auth.session_for_token(session=session, token=cookie, hours=hours)
+        if row is None:
+            raise LoginRequired("Your session has ended. Please log in again.")
+        principal = Principal(user=row.user, via="cookie", user_session=row)
+        if request.method not in SAFE_METHODS:
+            sent = await submitted_csrf_token(request)
+            if not security.same(sent, row.csrf_token):
+                raise Forbidden("Missing or wrong CSRF token: reload the page and try again.")
+    request.state.principal = principal
+    return principal
+
+
+def require(*roles: Role) -> Callable[..., Awaitable[User]]:
+    needed = " or ".join(r.value for r in roles)
+
+    async def dependency(
+        principal: Annotated[Principal | None, Depends(get_principal)],
+    ) -> User:
+        if principal is None:
+            raise LoginRequired()
+        if not principal.user.can(*roles):
+            raise Forbidden(f"This page needs the {needed} role; you are a {principal.user.role}.")
+        return principal.user
+
+    return dependency
+
+
+OptionalPrincipal = Annotated[Principal | None, Depends(get_principal)]
+CurrentUser = Annotated[User, Depends(require(Role.labeler, Role.researcher, Role.admin))]
+CurrentLabeler = Annotated[User, Depends(require(Role.labeler))]
+CurrentResearcher = Annotated[User, Depends(require(Role.researcher))]
+CurrentAdmin = Annotated[User, Depends(require(Role.admin))]

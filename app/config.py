@@ -1,0 +1,67 @@
+"""One settings object for the whole project, read from RANKLAB_* environment variables and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "dev-insecure-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RANKLAB_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production", "test"] = Field(
+        "development", description="`production` turns on Secure cookies and refuses default secrets."
+    )
+    database_url: str = Field(
+        "sqlite:///var/ranklab.db",
+        description="SQLAlchemy URL: a SQLite file, or postgresql+psycopg://user:pass@host/db.",
+    )
+    secret_key: str = Field(DEFAULT_SECRET_KEY, description="Signs CSRF tokens; set a long random value.")
+    artifacts_dir: Path = Field(Path("var/artifacts"), description="Models, checkpoints and exports.")
+    session_hours: float = Field(12.0, description="How long a login lasts without activity.")
+    max_upload_mb: float = Field(50.0, description="Largest prompt or preference file accepted.")
+    max_prompt_tokens: int = Field(1024, description="Longest prompt accepted, in policy tokens.")
+    lease_minutes: float = Field(30.0, description="How long a labeler holds a task.")
+    job_stale_seconds: float = Field(120.0, description="A running job with an older heartbeat is requeued.")
+    job_max_attempts: int = Field(3, description="Claims a job gets before it fails for good.")
+    policy_model: str | None = Field(
+        None, description="from_pretrained hub id or folder of the base policy; unset: the demo model."
+    )
+    sampling_backend: Literal["local", "openai"] = Field("local", description="Who samples completions.")
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. vLLM.")
+    openai_api_key: str | None = Field(None, description="Bearer key for that server, if it wants one.")
+    openai_model: str | None = Field(None, description="Model name the server serves.")
+    openai_concurrency: int = Field(8, description="Requests in flight to that server at once.")
+    admin_username: str | None = Field(None, description="First admin's name for `make run`.")
+    admin_password: str | None = Field(None, description="First admin's password for `make run`.")
+
+    @model_validator(mode="after")
+    def _refuse_default_secret_in_production(self) -> Settings:
+        if self.env == "production" and (
+            not self.secret_key or self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32
+        ):
+            raise ValueError(
+                "RANKLAB_SECRET_KEY is missing or the default, which production refuses. Set it to a "
+                "long random value, e.g.: export RANKLAB_SECRET_KEY=$(python -c "
+                "'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.env == "production"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,4 @@
+from fastapi import APIRouter
+
+router = APIRouter(tags=["exports"])
+api = APIRouter(tags=["exports"])

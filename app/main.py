@@ -1,0 +1,75 @@
+"""create_app(): routers, templates, static files, error pages."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from app.auth import views as auth_views
+from app.auth.deps import Forbidden, LoginRequired
+from app.config import Settings, get_settings
+from app.db import make_sessionmaker
+from app.exports import views as exports_views
+from app.labeling import views as labeling_views
+from app.prompts import views as prompts_views
+from app.runs import views as runs_views
+from app.web import ROOT, render
+
+DOMAINS = (auth_views, prompts_views, labeling_views, exports_views, runs_views)
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return request.url.path.startswith("/api/") or (
+        "application/json" in accept and "text/html" not in accept
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="ranklab",
+        summary="Human preference labeling for RLHF. API tokens: `Authorization: Bearer <token>`.",
+        docs_url="/api/v1/docs",
+        openapi_url="/api/v1/openapi.json",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.sessionmaker = make_sessionmaker(settings.database_url)
+    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    for domain in DOMAINS:
+        app.include_router(domain.router)
+        app.include_router(domain.api, prefix="/api/v1")
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.message}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        target = "/login?next=" + quote(request.url.path)
+        if request.headers.get("HX-Request") == "true":
+            return Response(status_code=401, headers={"HX-Redirect": target})
+        return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.message}, status_code=403)
+        return render(request, "error.html", {"message": exc.message}, status_code=403)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        if _wants_json(request):
+            return JSONResponse({"detail": errors}, status_code=422)
+        lines = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return render(request, "error.html", {"message": lines}, status_code=422)
+
+    return app

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, utcnow
+
+# InstructGPT's metadata flags (DESIGN.md): the default flag set of a prompt set.
+DEFAULT_FLAGS: list[str] = [
+    "fails to follow the correct instruction or task",
+    "inappropriate for a customer assistant",
+    "hallucination (makes up information)",
+    "satisfies the constraint given in the instruction",
+    "contains sexual content",
+    "contains violent content",
+    "encourages or fails to discourage violence, abuse, terrorism or self-harm",
+    "denigrates a protected class",
+    "gives harmful advice",
+    "expresses an opinion",
+    "expresses a moral judgment",
+]
+
+
+class SetStatus(enum.StrEnum):
+    sampling = "sampling"
+    active = "active"
+    paused = "paused"
+    archived = "archived"
+
+
+class PromptSet(Base):
+    __tablename__ = "prompt_set"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    k: Mapped[int] = mapped_column(default=4)
+    overlap: Mapped[int] = mapped_column(default=1)
+    # max_new_tokens, temperature, top_p, top_k
+    sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    policy_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_version.id", ondelete="SET NULL")
+    )
+    # When set, every task mixes completions of both versions, half and half.
+    compare_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_version.id", ondelete="SET NULL")
+    )
+    flags: Mapped[list[Any]] = mapped_column(default=lambda: list(DEFAULT_FLAGS))
+    status: Mapped[str] = mapped_column(String(16), default=SetStatus.active)
+    source_filename: Mapped[str | None] = mapped_column(String(500))
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Prompt(Base):
+    __tablename__ = "prompt"
+    __table_args__ = (UniqueConstraint("prompt_set_id", "text_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_set_id: Mapped[int] = mapped_column(ForeignKey("prompt_set.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Line (JSON Lines, CSV) or row (Parquet) of the uploaded file it came from.
+    source_line: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

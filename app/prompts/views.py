@@ -1,0 +1,4 @@
+from fastapi import APIRouter
+
+router = APIRouter(tags=["prompts"])
+api = APIRouter(tags=["prompts"])

@@ -1,0 +1,4 @@
+from fastapi import APIRouter
+
+router = APIRouter(tags=["runs"])
+api = APIRouter(tags=["runs"])
