@@ -6,10 +6,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"
+MIN_SECRET_KEY = 32
+
+
+class SettingsError(SystemExit):
+    """Settings that must stop the process before it starts. A SystemExit, so the CLI (and
+    uvicorn's app factory) print the message and exit 1 instead of a traceback."""
 
 
 class Settings(BaseSettings):
@@ -22,7 +28,10 @@ class Settings(BaseSettings):
         "sqlite:///var/ranklab.db",
         description="SQLAlchemy URL: a SQLite file, or postgresql+psycopg://user:pass@host/db.",
     )
-    secret_key: str = Field(DEFAULT_SECRET_KEY, description="Signs CSRF tokens; set a long random value.")
+    secret_key: str = Field(
+        DEFAULT_SECRET_KEY,
+        description="Server secret; production refuses a missing, default or short (< 32 chars) one.",
+    )
     artifacts_dir: Path = Field(Path("var/artifacts"), description="Models, checkpoints and exports.")
     session_hours: float = Field(12.0, description="How long a login lasts without activity.")
     max_upload_mb: float = Field(50.0, description="Largest prompt or preference file accepted.")
@@ -40,16 +49,21 @@ class Settings(BaseSettings):
     openai_concurrency: int = Field(8, description="Requests in flight to that server at once.")
     admin_username: str | None = Field(None, description="First admin's name for `make run`.")
     admin_password: str | None = Field(None, description="First admin's password for `make run`.")
+    extra_handlers: str | None = Field(
+        None, description="More job handlers for workers: `kind=module:function,...` (plugins, tests)."
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:
         if self.env == "production" and (
-            not self.secret_key or self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32
+            not self.secret_key
+            or self.secret_key == DEFAULT_SECRET_KEY
+            or len(self.secret_key) < MIN_SECRET_KEY
         ):
             raise ValueError(
-                "RANKLAB_SECRET_KEY is missing or the default, which production refuses. Set it to a "
-                "long random value, e.g.: export RANKLAB_SECRET_KEY=$(python -c "
-                "'import secrets; print(secrets.token_urlsafe(48))')"
+                f"RANKLAB_SECRET_KEY is missing, the default, or shorter than {MIN_SECRET_KEY} "
+                "characters, which production refuses. Set it to a long random value, e.g.: "
+                "export RANKLAB_SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
         return self
 
@@ -62,6 +76,20 @@ class Settings(BaseSettings):
         return self.env == "production"
 
 
+def explain(exc: ValidationError) -> str:
+    """One line per bad setting, named as the environment variable a user would set."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"RANKLAB_{field.upper()}: {msg}" if field else msg)
+    return "ranklab refuses to start:\n  " + "\n  ".join(lines)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings. Raises SettingsError (exit 1 with the how-to) when they are bad."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(explain(exc)) from exc

@@ -41,6 +41,12 @@ def users_create(username: str, role: str, password_stdin: bool) -> None:
       ranklab users create --username alice --role admin
       echo "$PASSWORD" | ranklab users create --username bob --role labeler --password-stdin
     """
+    # Check the name before asking for a password, so a typo costs no typing.
+    if not auth.USERNAME_RE.match(username):
+        raise click.BadParameter("2-64 letters, digits, '.', '_' or '-'", param_hint="'--username'")
+    with _sessions()() as s:
+        if auth.get_user(session=s, username=username) is not None:
+            raise click.ClickException(f"username '{username}' is taken (see `ranklab users list`)")
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:

@@ -96,7 +96,18 @@ def require(*roles: Role) -> Callable[..., Awaitable[User]]:
     return dependency
 
 
-OptionalPrincipal = Annotated[Principal | None, Depends(get_principal)]
+async def get_optional_principal(request: Request, session: SessionDep) -> Principal | None:
+    """Who is asking, or None. A stale session cookie counts as anonymous here (the login page
+    must not answer an expired cookie with a redirect to itself); a bad API token still fails."""
+    try:
+        return await get_principal(request, session)
+    except LoginRequired:
+        if request.headers.get("authorization"):
+            raise
+        return None
+
+
+OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]
 CurrentUser = Annotated[User, Depends(require(Role.labeler, Role.researcher, Role.admin))]
 CurrentLabeler = Annotated[User, Depends(require(Role.labeler))]
 CurrentResearcher = Annotated[User, Depends(require(Role.researcher))]

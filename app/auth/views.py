@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.auth import security
 from app.auth import service as auth
@@ -44,9 +45,13 @@ def _set_cookie(request: Request, response: Response, name: str, value: str,
 
 
 @router.get("/healthz", include_in_schema=False)
-def healthz(session: SessionDep) -> dict[str, str]:
-    session.execute(text("SELECT 1"))
-    return {"status": "ok", "database": "ok"}
+def healthz(session: SessionDep) -> Response:
+    """For load balancers and compose healthchecks: 200 when the database answers, else 503."""
+    try:
+        session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return JSONResponse({"status": "error", "database": type(exc).__name__}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -131,11 +136,18 @@ def create_token_page(
                   status_code=201)
 
 
+def _own_token(session: SessionDep, user: User, token_id: int) -> ApiToken:
+    token = session.get(ApiToken, token_id)
+    if token is None:
+        raise HTTPException(404, f"No API token {token_id}.")
+    if token.user_id != user.id and user.role != Role.admin:
+        raise Forbidden("That token is not yours.")
+    return token
+
+
 @router.post("/account/tokens/{token_id}/revoke")
 def revoke_token_page(token_id: int, session: SessionDep, user: CurrentUser) -> Response:
-    token = session.get(ApiToken, token_id)
-    if token is None or (token.user_id != user.id and user.role != Role.admin):
-        raise Forbidden("That token is not yours.")
+    token = _own_token(session, user, token_id)
     auth.revoke_token(session=session, token=token)
     return RedirectResponse("/account/tokens", status_code=303)
 
@@ -155,9 +167,7 @@ def create_token_api(session: SessionDep, user: CurrentUser, name: str = "api") 
 
 @api.delete("/tokens/{token_id}", status_code=204)
 def revoke_token_api(token_id: int, session: SessionDep, user: CurrentUser) -> Response:
-    token = session.get(ApiToken, token_id)
-    if token is None or (token.user_id != user.id and user.role != Role.admin):
-        raise Forbidden("That token is not yours.")
+    token = _own_token(session, user, token_id)
     auth.revoke_token(session=session, token=token)
     return Response(status_code=204)
 
@@ -192,7 +202,7 @@ def create_user_page(
 def _target_user(session: SessionDep, user_id: int) -> User:
     target = session.get(User, user_id)
     if target is None or target.is_system:
-        raise Forbidden("No such user.")
+        raise HTTPException(404, f"No user {user_id}.")
     return target
 
 

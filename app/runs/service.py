@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from app.config import get_settings
 from app.db import utcnow
 from app.runs.models import FINISHED, Job, JobMetric, JobStatus
 
@@ -30,8 +31,12 @@ def enqueue(
     params: dict[str, Any] | None = None,
     created_by_id: int | None = None,
     after: Job | None = None,
-    max_attempts: int = 3,
+    max_attempts: int | None = None,
 ) -> Job:
+    """A queued job. `after`: it waits for that job to succeed. `max_attempts` defaults to
+    RANKLAB_JOB_MAX_ATTEMPTS: how many claims (one per worker that died on it) it gets."""
+    if max_attempts is None:
+        max_attempts = get_settings().job_max_attempts
     job = Job(
         kind=kind, params=params or {}, created_by_id=created_by_id,
         after_id=after.id if after else None, max_attempts=max_attempts,
@@ -67,51 +72,66 @@ def requeue_stale(*, session: Session, stale_seconds: float) -> int:
     return len(stale)
 
 
-def fail_broken_chains(*, session: Session) -> None:
-    """A queued job whose predecessor failed or was cancelled can never run: say why."""
+def fail_broken_chains(*, session: Session) -> int:
+    """A queued job whose predecessor failed or was cancelled can never run: say why.
+
+    Repeats until nothing changes, so a whole chain (a <- b <- c) fails in one call. Returns
+    how many jobs it failed."""
     before = aliased(Job)
-    rows = session.execute(
-        select(Job, before)
-        .join(before, Job.after_id == before.id)
-        .where(Job.status == JobStatus.queued,
-               before.status.in_([JobStatus.failed, JobStatus.cancelled]))
-    ).all()
-    for job, prev in rows:
-        _finish(job, JobStatus.failed, message="not started",
-                error=f"the step before it, job {prev.id} ({prev.kind}), {prev.status}")
-    session.flush()
+    total = 0
+    while True:
+        rows = session.execute(
+            select(Job, before)
+            .join(before, Job.after_id == before.id)
+            .where(Job.status == JobStatus.queued,
+                   before.status.in_([JobStatus.failed, JobStatus.cancelled]))
+        ).all()
+        if not rows:
+            return total
+        for job, prev in rows:
+            _finish(job, JobStatus.failed, message="not started",
+                    error=f"the step before it, job {prev.id} ({prev.kind}), {prev.status}"
+                    + (f": {prev.error}" if prev.error else ""))
+        total += len(rows)
+        session.flush()
 
 
 def claim(*, session: Session, worker_id: str, kinds: list[str] | None = None) -> Job | None:
-    """Take the oldest runnable job, or None. The caller commits at once."""
-    before = aliased(Job)
-    query = (
-        select(Job)
-        .outerjoin(before, Job.after_id == before.id)
-        .where(Job.status == JobStatus.queued,
-               or_(Job.after_id.is_(None), before.status == JobStatus.succeeded))
-        .order_by(Job.created_at, Job.id)
+    """Take the oldest runnable job, or None. The caller commits at once.
+
+    One UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING: on PostgreSQL
+    concurrent workers skip each other's row; on SQLite the single statement takes the write
+    lock before it reads, so two workers never both see the same row as free (and a worker
+    never gives up early because another won a race for the row it had picked).
+    """
+    # Aliases, so the subquery never correlates with the UPDATE's own `job`.
+    cand, before = aliased(Job), aliased(Job)
+    candidate = (
+        select(cand.id)
+        .outerjoin(before, cand.after_id == before.id)
+        .where(cand.status == JobStatus.queued,
+               or_(cand.after_id.is_(None), before.status == JobStatus.succeeded))
+        .order_by(cand.created_at, cand.id)
         .limit(1)
-        .with_for_update(of=Job, skip_locked=True)
+        .with_for_update(of=cand, skip_locked=True)
     )
     if kinds is not None:
-        query = query.where(Job.kind.in_(kinds))
-    job = session.scalar(query)
-    if job is None:
-        return None
+        candidate = candidate.where(cand.kind.in_(kinds))
     now = utcnow()
-    # The status guard makes the claim atomic on SQLite too, where FOR UPDATE is a no-op.
-    taken = session.execute(
+    job_id = session.scalar(
         update(Job)
-        .where(Job.id == job.id, Job.status == JobStatus.queued)
+        # The status guard keeps the claim atomic even where FOR UPDATE is a no-op.
+        .where(Job.id == candidate.scalar_subquery(), Job.status == JobStatus.queued)
         .values(status=JobStatus.running, worker_id=worker_id, heartbeat_at=now,
                 attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now),
                 message="started")
+        .returning(Job.id)
         .execution_options(synchronize_session=False)
-    ).rowcount
-    if taken != 1:
+    )
+    if job_id is None:
         return None
-    session.refresh(job)
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
     _append_log(job, f"attempt {job.attempts} on {worker_id}")
     session.flush()
     return job
