@@ -91,6 +91,7 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     """
     import uvicorn
 
+    get_settings()  # bad production settings stop here, before a worker or server starts
     worker = None
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])  # noqa: S603
