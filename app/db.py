@@ -94,10 +94,9 @@ def get_session(request: Request) -> Iterator[Session]:
     try:
         yield session
         session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     finally:
+        # close() rolls back whatever was not committed; rollback() would also expire the
+        # logged-in user that an error page (403 from a role check) still has to show.
         session.close()
 
 
