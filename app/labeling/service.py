@@ -1,0 +1,486 @@
+"""Assignment with leases, submission and skips, guidelines, a labeler's history.
+
+Concurrency: every writer that changes how many labels a task holds or may still get (taking a
+task, submitting) first locks the task row (`FOR UPDATE`, `SKIP LOCKED` when choosing), then
+counts again in a fresh statement. Under READ COMMITTED that fresh statement sees every commit
+made before the lock was granted, so the count it checks is the true one and a task is never
+over-assigned; the unique (task_id, user_id) constraint keeps one labeler from getting it twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from markdown_it import MarkdownIt
+from sqlalchemy import and_, exists, func, select
+from sqlalchemy.orm import Session
+
+from app.auth.models import User
+from app.db import utcnow
+from app.labeling.models import (
+    Annotation,
+    AnnotationItem,
+    Assignment,
+    AssignmentState,
+    Completion,
+    Guideline,
+    Task,
+    TaskStatus,
+)
+from app.prompts.models import Prompt, PromptSet, SetStatus
+from app.runs.models import ModelVersion
+
+SKIP_REASONS: dict[str, str] = {
+    "unclear": "The instruction is unclear",
+    "harmful": "The instruction is harmful",
+    "broken": "The outputs are broken",
+    "other": "Other (say why in the notes)",
+}
+RATING_MIN, RATING_MAX = 1, 7
+MAX_NOTES = 10_000
+MAX_TIME_MS = 24 * 3600 * 1000
+
+
+class SubmissionInvalid(Exception):
+    """A submission that breaks a rule; `field` names the part at fault (for the 422)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class SubmissionRefused(Exception):
+    """Well-formed but not acceptable now (lease expired and the task is full): a 409."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _live(now: datetime) -> Any:
+    return and_(Assignment.state == AssignmentState.active, Assignment.lease_expires_at > now)
+
+
+def _live_leases(session: Session, task_id: int, now: datetime, *, excluding: int | None = None) -> int:
+    q = select(func.count()).select_from(Assignment).where(Assignment.task_id == task_id, _live(now))
+    if excluding is not None:
+        q = q.where(Assignment.id != excluding)
+    return int(session.scalar(q) or 0)
+
+
+def _lock_task(session: Session, task_id: int) -> tuple[Task, int]:
+    """The task row, locked and re-read, with its set's overlap."""
+    task = session.scalars(
+        select(Task).where(Task.id == task_id).with_for_update(of=Task).execution_options(
+            populate_existing=True)
+    ).one()
+    overlap = session.scalar(select(PromptSet.overlap).where(PromptSet.id == task.prompt_set_id))
+    return task, int(overlap or 1)
+
+
+# --- taking a task ------------------------------------------------------------------------------
+
+def current_assignment(*, session: Session, user: User, now: datetime | None = None) -> Assignment | None:
+    """The labeler's active assignment whose lease still runs (a reload gets it back)."""
+    now = now or utcnow()
+    return session.scalars(
+        select(Assignment).where(Assignment.user_id == user.id, _live(now))
+        .order_by(Assignment.id.desc()).limit(1)
+    ).first()
+
+
+def next_assignment(*, session: Session, user: User, lease_minutes: float,
+                    now: datetime | None = None) -> Assignment | None:
+    """The labeler's current assignment, or a new one on the next task that needs labels; None
+    when there is nothing left for them."""
+    now = now or utcnow()
+    if _is_pg(session):
+        # One request at a time per labeler: two tabs asking at once get the same assignment.
+        session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    held = current_assignment(session=session, user=user, now=now)
+    if held is not None:
+        return held
+    lease = timedelta(minutes=lease_minutes)
+    # An assignment whose lease ran out while the labeler was away: theirs again if there is room.
+    for stale in session.scalars(
+        select(Assignment).where(Assignment.user_id == user.id,
+                                 Assignment.state == AssignmentState.active)
+    ).all():
+        task, overlap = _lock_task(session, stale.task_id)
+        if task.status == TaskStatus.open and \
+                task.label_count + _live_leases(session, task.id, now) < overlap:
+            stale.lease_expires_at = now + lease
+            session.flush()
+            return stale
+        stale.state = AssignmentState.expired
+        stale.finished_at = now
+    session.flush()
+
+    live_count = (
+        select(func.count()).select_from(Assignment)
+        .where(Assignment.task_id == Task.id, _live(now)).correlate(Task).scalar_subquery()
+    )
+    had = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
+    skipped: list[int] = []
+    while True:
+        q = (
+            select(Task.id)
+            .join(PromptSet, PromptSet.id == Task.prompt_set_id)
+            .where(Task.status == TaskStatus.open, PromptSet.status == SetStatus.active,
+                   ~had, Task.label_count + live_count < PromptSet.overlap)
+            .order_by(Task.id).limit(1)
+        )
+        if skipped:
+            q = q.where(Task.id.not_in(skipped))
+        if _is_pg(session):
+            q = q.with_for_update(of=Task, skip_locked=True)
+        task_id = session.scalar(q)
+        if task_id is None:
+            return None
+        # Counted again now that the row is ours: the snapshot of the choosing query may predate
+        # an assignment committed by someone who held the lock a moment ago.
+        task, overlap = _lock_task(session, task_id)
+        mine = session.scalar(select(Assignment.id).where(Assignment.task_id == task_id,
+                                                           Assignment.user_id == user.id))
+        if mine is None and task.status == TaskStatus.open and \
+                task.label_count + _live_leases(session, task_id, now) < overlap:
+            break
+        skipped.append(task_id)
+    order = [c.id for c in task.completions]
+    secrets.SystemRandom().shuffle(order)
+    assignment = Assignment(task_id=task.id, user_id=user.id, display_order=order,
+                            lease_expires_at=now + lease, created_at=now)
+    session.add(assignment)
+    session.flush()
+    return assignment
+
+
+def get_assignment(*, session: Session, assignment_id: int, user: User) -> Assignment | None:
+    """The assignment if it is this labeler's (others' are invisible, a 404)."""
+    a = session.get(Assignment, assignment_id)
+    return a if a is not None and a.user_id == user.id else None
+
+
+@dataclass
+class TaskView:
+    """What the page and the API show of one assignment."""
+
+    assignment: Assignment
+    prompt: str
+    completions: list[Completion]  # in display order, A first
+    flags: list[str]
+    k: int
+    is_demo: bool
+    labels: list[str] = field(default_factory=list)
+
+
+def task_view(*, session: Session, assignment: Assignment) -> TaskView:
+    task = assignment.task
+    prompt_text, flags = session.execute(
+        select(Prompt.text, PromptSet.flags).join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
+        .where(Prompt.id == task.prompt_id)
+    ).one()
+    by_id = {c.id: c for c in task.completions}
+    shown = [by_id[i] for i in assignment.display_order if i in by_id]
+    shown += [c for c in task.completions if c.id not in set(assignment.display_order)]
+    version_ids = {c.model_version_id for c in shown if c.model_version_id is not None}
+    is_demo = bool(version_ids) and bool(session.scalar(
+        select(func.count()).select_from(ModelVersion)
+        .where(ModelVersion.id.in_(version_ids), ModelVersion.is_demo.is_(True))))
+    labels = [_letter(i) for i in range(len(shown))]
+    return TaskView(assignment=assignment, prompt=prompt_text, completions=shown,
+                    flags=list(flags or []), k=len(shown), is_demo=is_demo, labels=labels)
+
+
+def _letter(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else f"Z{i - 25}"
+
+
+def queue_position(*, session: Session, user: User, now: datetime | None = None) -> tuple[int, int]:
+    """("Task x of y"): x counts the labeler's finished tasks plus this one, y adds what is
+    still open to them."""
+    now = now or utcnow()
+    done = int(session.scalar(
+        select(func.count()).select_from(Assignment).where(
+            Assignment.user_id == user.id,
+            Assignment.state.in_([AssignmentState.submitted, AssignmentState.skipped]))) or 0)
+    live_count = (
+        select(func.count()).select_from(Assignment)
+        .where(Assignment.task_id == Task.id, _live(now)).correlate(Task).scalar_subquery()
+    )
+    had = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
+    left = int(session.scalar(
+        select(func.count()).select_from(Task).join(PromptSet, PromptSet.id == Task.prompt_set_id)
+        .where(Task.status == TaskStatus.open, PromptSet.status == SetStatus.active, ~had,
+               Task.label_count + live_count < PromptSet.overlap)) or 0)
+    return done + 1, done + 1 + left
+
+
+# --- submitting ---------------------------------------------------------------------------------
+
+def dense_ranks(ranks: dict[int, int]) -> dict[int, int]:
+    """Any order-preserving ranks (dense, competition, gaps) to dense: 1 = best, ties share."""
+    levels = {r: i + 1 for i, r in enumerate(sorted(set(ranks.values())))}
+    return {cid: levels[r] for cid, r in ranks.items()}
+
+
+def inconsistencies(ranks: dict[int, int], ratings: dict[int, int]) -> list[tuple[int, int]]:
+    """Pairs (better, worse) where the lower-ranked output has a strictly higher rating."""
+    out = []
+    for a, ra in ranks.items():
+        for b, rb in ranks.items():
+            if ra < rb and a in ratings and b in ratings and ratings[b] > ratings[a]:
+                out.append((a, b))
+    return out
+
+
+def _as_int_key(key: Any, fld: str, valid: set[int]) -> int:
+    try:
+        cid = int(key)
+    except (TypeError, ValueError):
+        raise SubmissionInvalid(fld, f"{key!r} is not a completion id") from None
+    if cid not in valid:
+        raise SubmissionInvalid(fld, f"completion {cid} is not part of this task")
+    return cid
+
+
+def _validate(*, completion_ids: list[int], set_flags: list[str], ranks: Any, ratings: Any,
+              flags: Any) -> tuple[dict[int, int], dict[int, int], dict[int, list[str]]]:
+    valid = set(completion_ids)
+    k = len(completion_ids)
+    if not isinstance(ranks, dict) or not ranks:
+        raise SubmissionInvalid("ranks", "give a rank for every output (1 = best, ties share a rank)")
+    clean_ranks: dict[int, int] = {}
+    for key, value in ranks.items():
+        cid = _as_int_key(key, "ranks", valid)
+        if cid in clean_ranks:
+            raise SubmissionInvalid("ranks", f"completion {cid} is ranked twice")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= k:
+            raise SubmissionInvalid(f"ranks.{cid}", f"rank must be a whole number from 1 to {k}")
+        clean_ranks[cid] = value
+    missing = valid - set(clean_ranks)
+    if missing:
+        raise SubmissionInvalid("ranks", f"every output needs a rank; missing: {sorted(missing)}")
+    if min(clean_ranks.values()) != 1:
+        raise SubmissionInvalid("ranks", "the best output(s) must have rank 1")
+    clean_ratings: dict[int, int] = {}
+    if ratings is None:
+        ratings = {}
+    if not isinstance(ratings, dict):
+        raise SubmissionInvalid("ratings", "ratings must map completion ids to 1-7")
+    for key, value in ratings.items():
+        cid = _as_int_key(key, "ratings", valid)
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                not RATING_MIN <= value <= RATING_MAX:
+            raise SubmissionInvalid(f"ratings.{cid}", "rating must be a whole number from 1 to 7")
+        clean_ratings[cid] = value
+    missing = valid - set(clean_ratings)
+    if missing:
+        raise SubmissionInvalid("ratings", f"every output needs a rating 1-7; missing: {sorted(missing)}")
+    clean_flags: dict[int, list[str]] = {cid: [] for cid in completion_ids}
+    if flags is None:
+        flags = {}
+    if not isinstance(flags, dict):
+        raise SubmissionInvalid("flags", "flags must map completion ids to lists of flag names")
+    allowed = set(set_flags)
+    for key, value in flags.items():
+        cid = _as_int_key(key, "flags", valid)
+        if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
+            raise SubmissionInvalid(f"flags.{cid}", "flags must be a list of flag names")
+        unknown = [f for f in value if f not in allowed]
+        if unknown:
+            raise SubmissionInvalid(f"flags.{cid}", f"not a flag of this prompt set: {unknown[0]!r}")
+        clean_flags[cid] = sorted(set(value), key=set_flags.index)
+    return clean_ranks, clean_ratings, clean_flags
+
+
+def latest_guideline(*, session: Session) -> Guideline | None:
+    return session.scalars(select(Guideline).order_by(Guideline.version.desc()).limit(1)).first()
+
+
+def _check_lease(session: Session, assignment: Assignment, now: datetime) -> Task:
+    """Lock the task; an expired lease is honoured only while the task still needs labels."""
+    task, overlap = _lock_task(session, assignment.task_id)
+    live = assignment.state == AssignmentState.active and assignment.lease_expires_at > now
+    if not live and (task.status != TaskStatus.open or
+                     task.label_count + _live_leases(session, task.id, now,
+                                                     excluding=assignment.id) >= overlap):
+        raise SubmissionRefused(
+            "Your lease on this task expired and the task already has all the labels it needs, "
+            "so this submission was not stored. Take the next task.")
+    return task
+
+
+def _time_spent(assignment: Assignment, now: datetime, client_ms: int | None) -> int:
+    # The client's own measure (it pauses nothing, but it is what the labeler saw), never more
+    # than the time the server has known of the assignment.
+    server_ms = max(0, int((now - assignment.created_at).total_seconds() * 1000))
+    if client_ms is None:
+        return min(server_ms, MAX_TIME_MS)
+    return max(0, min(int(client_ms), server_ms, MAX_TIME_MS))
+
+
+def existing_annotation(*, session: Session, assignment: Assignment) -> Annotation | None:
+    return session.scalars(select(Annotation).where(Annotation.assignment_id == assignment.id)).first()
+
+
+def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any = None,
+           flags: Any = None, notes: str = "", time_spent_ms: int | None = None,
+           confirm_inconsistent: bool = False, now: datetime | None = None) -> Annotation:
+    """Store one ranking whole; a second submission of the same assignment returns the first."""
+    now = now or utcnow()
+    done = existing_annotation(session=session, assignment=assignment)
+    if done is not None:
+        return done
+    if assignment.state not in (AssignmentState.active, AssignmentState.expired):
+        raise SubmissionRefused(f"This assignment is already {assignment.state}.")
+    task = assignment.task
+    ps_flags = session.scalar(select(PromptSet.flags).where(PromptSet.id == task.prompt_set_id))
+    completion_ids = [c.id for c in task.completions]
+    clean_ranks, clean_ratings, clean_flags = _validate(
+        completion_ids=completion_ids, set_flags=list(ps_flags or []), ranks=ranks,
+        ratings=ratings, flags=flags)
+    if notes is not None and not isinstance(notes, str):
+        raise SubmissionInvalid("notes", "notes must be text")
+    if len(notes or "") > MAX_NOTES:
+        raise SubmissionInvalid("notes", f"notes are limited to {MAX_NOTES} characters")
+    clashes = inconsistencies(clean_ranks, clean_ratings)
+    if clashes and not confirm_inconsistent:
+        raise SubmissionInvalid(
+            "confirm_inconsistent",
+            f"{len(clashes)} lower-ranked output(s) have a higher rating than one ranked above "
+            "them: fix the ranks or ratings, or confirm")
+    task = _check_lease(session, assignment, now)
+    # Re-checked under the task lock: a concurrent double submit waits here, then finds the first.
+    done = existing_annotation(session=session, assignment=assignment)
+    if done is not None:
+        return done
+    guideline = latest_guideline(session=session)
+    annotation = Annotation(
+        assignment_id=assignment.id, task_id=task.id, user_id=assignment.user_id,
+        guideline_version=guideline.version if guideline else None, notes=(notes or "").strip(),
+        time_spent_ms=_time_spent(assignment, now, time_spent_ms),
+        inconsistency_confirmed=bool(clashes), created_at=now)
+    position = {cid: i for i, cid in enumerate(assignment.display_order)}
+    dense = dense_ranks(clean_ranks)
+    annotation.items = [
+        AnnotationItem(completion_id=cid, rank=dense[cid], rating=clean_ratings.get(cid),
+                       flags=clean_flags[cid], position=position.get(cid))
+        for cid in completion_ids
+    ]
+    session.add(annotation)
+    assignment.state = AssignmentState.submitted
+    assignment.finished_at = now
+    task.label_count += 1
+    overlap = session.scalar(select(PromptSet.overlap).where(PromptSet.id == task.prompt_set_id))
+    if task.label_count >= int(overlap or 1):
+        task.status = TaskStatus.closed
+    session.flush()
+    return annotation
+
+
+def skip(*, session: Session, assignment: Assignment, reason: Any, notes: str = "",
+         time_spent_ms: int | None = None, now: datetime | None = None) -> Annotation:
+    """Store a skip with its reason; it frees the task for others and counts no label."""
+    now = now or utcnow()
+    done = existing_annotation(session=session, assignment=assignment)
+    if done is not None:
+        return done
+    if reason not in SKIP_REASONS:
+        raise SubmissionInvalid("skip", f"reason must be one of: {', '.join(SKIP_REASONS)}")
+    if not isinstance(notes, str) or len(notes) > MAX_NOTES:
+        raise SubmissionInvalid("notes", f"notes must be text of at most {MAX_NOTES} characters")
+    _lock_task(session, assignment.task_id)
+    done = existing_annotation(session=session, assignment=assignment)
+    if done is not None:
+        return done
+    guideline = latest_guideline(session=session)
+    annotation = Annotation(
+        assignment_id=assignment.id, task_id=assignment.task_id, user_id=assignment.user_id,
+        guideline_version=guideline.version if guideline else None, skip_reason=reason,
+        notes=notes.strip(), time_spent_ms=_time_spent(assignment, now, time_spent_ms),
+        created_at=now)
+    session.add(annotation)
+    assignment.state = AssignmentState.skipped
+    assignment.finished_at = now
+    session.flush()
+    return annotation
+
+
+# --- guidelines ---------------------------------------------------------------------------------
+
+_md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+
+
+def render_markdown(body: str) -> str:
+    """HTML from markdown with raw HTML off: tags in the text come out escaped, and markdown-it
+    refuses javascript: and data: links."""
+    return _md.render(body)
+
+
+def save_guideline(*, session: Session, body: str, user: User) -> Guideline:
+    body = body.strip()
+    if not body:
+        raise SubmissionInvalid("body", "the guidelines cannot be empty")
+    latest = latest_guideline(session=session)
+    g = Guideline(version=(latest.version + 1) if latest else 1, body=body, created_by_id=user.id)
+    session.add(g)
+    session.flush()
+    return g
+
+
+def list_guidelines(*, session: Session) -> list[Guideline]:
+    return list(session.scalars(select(Guideline).order_by(Guideline.version.desc())).all())
+
+
+# --- history ------------------------------------------------------------------------------------
+
+@dataclass
+class History:
+    annotations: list[Annotation]
+    submitted: int
+    skipped: int
+    median_ms: float | None
+    prompts: dict[int, str]
+    orders: dict[int, str] = field(default_factory=dict)  # annotation id -> "B > A = C > D"
+
+
+def ranking_text(annotation: Annotation) -> str:
+    """Letters as the labeler saw them, best first: "B > A = C > D"."""
+    items = sorted(annotation.items, key=lambda i: (i.rank, i.position or 0))
+    out = ""
+    for n, item in enumerate(items):
+        if n:
+            out += " = " if item.rank == items[n - 1].rank else " > "
+        out += _letter(item.position) if item.position is not None else str(item.completion_id)
+    return out
+
+
+def history(*, session: Session, user: User, limit: int = 200) -> History:
+    rows = list(session.scalars(
+        select(Annotation).where(Annotation.user_id == user.id)
+        .order_by(Annotation.created_at.desc(), Annotation.id.desc()).limit(limit)).all())
+    counts = dict(session.execute(
+        select(Annotation.skip_reason.is_(None), func.count()).where(Annotation.user_id == user.id)
+        .group_by(Annotation.skip_reason.is_(None))).all())
+    times = list(session.scalars(
+        select(Annotation.time_spent_ms).where(Annotation.user_id == user.id,
+                                               Annotation.skip_reason.is_(None),
+                                               Annotation.time_spent_ms.is_not(None))).all())
+    task_ids = {a.task_id for a in rows}
+    prompts = dict(session.execute(
+        select(Task.id, Prompt.text).join(Prompt, Prompt.id == Task.prompt_id)
+        .where(Task.id.in_(task_ids))).all()) if task_ids else {}
+    return History(annotations=rows, submitted=int(counts.get(True, 0)),
+                   skipped=int(counts.get(False, 0)),
+                   median_ms=statistics.median(times) if times else None, prompts=prompts,
+                   orders={a.id: ranking_text(a) for a in rows if not a.skip_reason})
