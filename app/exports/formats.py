@@ -1,0 +1,287 @@
+"""Export formats: row builders (one annotation or task in, rows out) and streaming writers.
+
+Writers take an iterator of row batches and yield bytes as they go, so the first bytes leave
+at once and memory is bounded by one batch (one Parquet row group), whatever the data size.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from app.exports.pairs import Item, ranking_to_pairs
+
+SCHEMA_VERSION = 1
+FORMATS = ("comparisons", "trl", "rankings", "groups")
+FILE_TYPES = ("jsonl", "jsonl.gz", "parquet")
+FileType = Literal["jsonl", "jsonl.gz", "parquet"]
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "jsonl.gz": "application/gzip",
+               "parquet": "application/vnd.apache.parquet"}
+
+
+@dataclass(slots=True)
+class ItemRecord:
+    completion_id: int
+    text: str
+    rank: int | None
+    rating: int | None
+    flags: list[str]
+    position: int | None
+    model_version_id: int | None
+    policy: str | None
+
+
+@dataclass(slots=True)
+class AnnotationRecord:
+    """One annotation with what every format needs, as the query streams it."""
+
+    annotation_id: int
+    task_id: int
+    prompt_set: str
+    prompt_id: int
+    prompt: str
+    prompt_messages: list[dict[str, str]] | None
+    labeler: str
+    guideline_version: int | None
+    created_at: datetime
+    time_spent_ms: int | None
+    notes: str
+    skip_reason: str | None
+    inconsistency_confirmed: bool
+    split: str
+    items: list[ItemRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RowOptions:
+    conversational: bool = False  # trl: lists of {"role", "content"} messages
+    margin: Literal["none", "rank", "rating"] = "none"  # trl: add a `margin` column
+
+
+# --- row builders ---------------------------------------------------------------------------
+
+
+def comparison_rows(rec: AnnotationRecord) -> list[dict[str, Any]]:
+    """All C(K,2) pairs, ties kept and marked (for a tie, `chosen` is merely the first listed)."""
+    by_id = {it.completion_id: it for it in rec.items}
+    items = [Item(it.completion_id, it.rank, it.rating, it.position, it.model_version_id)
+             for it in rec.items if it.rank is not None]
+    created = rec.created_at.isoformat()
+    rows = []
+    for p in ranking_to_pairs(items, keep_ties=True):
+        c, r = by_id[p.chosen.completion_id], by_id[p.rejected.completion_id]
+        rows.append({
+            "split": rec.split, "prompt_set": rec.prompt_set, "task_id": rec.task_id,
+            "annotation_id": rec.annotation_id, "prompt_id": rec.prompt_id, "prompt": rec.prompt,
+            "chosen": c.text, "rejected": r.text,
+            "chosen_completion_id": c.completion_id, "rejected_completion_id": r.completion_id,
+            "tie": p.tie, "rank_gap": p.rank_gap, "rating_diff": p.rating_diff,
+            "chosen_rank": c.rank, "rejected_rank": r.rank,
+            "chosen_rating": c.rating, "rejected_rating": r.rating,
+            "chosen_position": c.position, "rejected_position": r.position,
+            "chosen_policy": c.policy, "rejected_policy": r.policy,
+            "labeler": rec.labeler, "guideline_version": rec.guideline_version,
+            "created_at": created, "time_spent_ms": rec.time_spent_ms,
+        })
+    return rows
+
+
+def _messages(rec: AnnotationRecord) -> list[dict[str, str]]:
+    return rec.prompt_messages or [{"role": "user", "content": rec.prompt}]
+
+
+def trl_rows(rec: AnnotationRecord, opts: RowOptions) -> list[dict[str, Any]]:
+    """TRL's preference columns; ties are left out (no preference to learn from)."""
+    by_id = {it.completion_id: it for it in rec.items}
+    items = [Item(it.completion_id, it.rank, it.rating) for it in rec.items if it.rank is not None]
+    rows = []
+    for p in ranking_to_pairs(items):
+        c, r = by_id[p.chosen.completion_id].text, by_id[p.rejected.completion_id].text
+        row: dict[str, Any]
+        if opts.conversational:
+            row = {"prompt": _messages(rec), "chosen": [{"role": "assistant", "content": c}],
+                   "rejected": [{"role": "assistant", "content": r}]}
+        else:
+            row = {"prompt": rec.prompt, "chosen": c, "rejected": r}
+        if opts.margin == "rank":
+            row["margin"] = float(p.rank_gap)
+        elif opts.margin == "rating":
+            row["margin"] = float(p.rating_diff or 0)
+        rows.append(row)
+    return rows
+
+
+def ranking_row(rec: AnnotationRecord) -> dict[str, Any]:
+    return {
+        "annotation_id": rec.annotation_id, "task_id": rec.task_id, "prompt_set": rec.prompt_set,
+        "prompt_id": rec.prompt_id, "prompt": rec.prompt, "split": rec.split,
+        "labeler": rec.labeler, "guideline_version": rec.guideline_version,
+        "created_at": rec.created_at.isoformat(), "time_spent_ms": rec.time_spent_ms,
+        "skip_reason": rec.skip_reason, "notes": rec.notes,
+        "inconsistency_confirmed": rec.inconsistency_confirmed,
+        "completions": [
+            {"completion_id": it.completion_id, "text": it.text, "policy": it.policy,
+             "rank": it.rank, "rating": it.rating, "flags": list(it.flags), "position": it.position}
+            for it in rec.items
+        ],
+    }
+
+
+def group_row(recs: list[AnnotationRecord]) -> dict[str, Any]:
+    """One task with its completions and every labeler's ranking, aligned with `completions`."""
+    first = recs[0]
+    comps: dict[int, ItemRecord] = {}
+    for rec in recs:
+        for it in rec.items:
+            comps.setdefault(it.completion_id, it)
+    order = sorted(comps)
+    rankings = []
+    for rec in recs:
+        mine = {it.completion_id: it for it in rec.items}
+        rankings.append({
+            "annotation_id": rec.annotation_id, "labeler": rec.labeler,
+            "ranks": [mine[c].rank if c in mine else None for c in order],
+            "ratings": [mine[c].rating if c in mine else None for c in order],
+            "flags": [list(mine[c].flags) if c in mine else [] for c in order],
+            "guideline_version": rec.guideline_version, "created_at": rec.created_at.isoformat(),
+            "time_spent_ms": rec.time_spent_ms,
+        })
+    return {
+        "task_id": first.task_id, "prompt_set": first.prompt_set, "prompt_id": first.prompt_id,
+        "prompt": first.prompt, "split": first.split,
+        "completions": [{"completion_id": c, "text": comps[c].text, "policy": comps[c].policy}
+                        for c in order],
+        "rankings": rankings,
+    }
+
+
+# --- Parquet schemas ------------------------------------------------------------------------
+
+_MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def schema_for(fmt: str, opts: RowOptions) -> pa.Schema:
+    s, i64, i32 = pa.string(), pa.int64(), pa.int32()
+    if fmt == "comparisons":
+        return pa.schema([
+            ("split", s), ("prompt_set", s), ("task_id", i64), ("annotation_id", i64),
+            ("prompt_id", i64), ("prompt", s), ("chosen", s), ("rejected", s),
+            ("chosen_completion_id", i64), ("rejected_completion_id", i64), ("tie", pa.bool_()),
+            ("rank_gap", i32), ("rating_diff", i32), ("chosen_rank", i32), ("rejected_rank", i32),
+            ("chosen_rating", i32), ("rejected_rating", i32), ("chosen_position", i32),
+            ("rejected_position", i32), ("chosen_policy", s), ("rejected_policy", s),
+            ("labeler", s), ("guideline_version", i32), ("created_at", s), ("time_spent_ms", i64),
+        ])
+    if fmt == "trl":
+        t = _MSG if opts.conversational else s
+        fields = [("prompt", t), ("chosen", t), ("rejected", t)]
+        if opts.margin != "none":
+            fields.append(("margin", pa.float64()))
+        return pa.schema(fields)
+    if fmt == "rankings":
+        comp = pa.struct([("completion_id", i64), ("text", s), ("policy", s), ("rank", i32),
+                          ("rating", i32), ("flags", pa.list_(s)), ("position", i32)])
+        return pa.schema([
+            ("annotation_id", i64), ("task_id", i64), ("prompt_set", s), ("prompt_id", i64),
+            ("prompt", s), ("split", s), ("labeler", s), ("guideline_version", i32),
+            ("created_at", s), ("time_spent_ms", i64), ("skip_reason", s), ("notes", s),
+            ("inconsistency_confirmed", pa.bool_()), ("completions", pa.list_(comp)),
+        ])
+    if fmt == "groups":
+        comp = pa.struct([("completion_id", i64), ("text", s), ("policy", s)])
+        ranking = pa.struct([
+            ("annotation_id", i64), ("labeler", s), ("ranks", pa.list_(i32)),
+            ("ratings", pa.list_(i32)), ("flags", pa.list_(pa.list_(s))),
+            ("guideline_version", i32), ("created_at", s), ("time_spent_ms", i64),
+        ])
+        return pa.schema([
+            ("task_id", i64), ("prompt_set", s), ("prompt_id", i64), ("prompt", s), ("split", s),
+            ("completions", pa.list_(comp)), ("rankings", pa.list_(ranking)),
+        ])
+    raise ValueError(f"format: one of {', '.join(FORMATS)}, not {fmt!r}")
+
+
+def columns(fmt: str, opts: RowOptions) -> list[str]:
+    return list(schema_for(fmt, opts).names)
+
+
+# --- writers --------------------------------------------------------------------------------
+
+
+def write_jsonl(batches: Iterable[list[dict[str, Any]]], *, gz: bool = False) -> Iterator[bytes]:
+    # zlib's gzip wrapper writes mtime 0, so the same data always gives the same bytes (sha256).
+    comp = zlib.compressobj(6, zlib.DEFLATED, 31) if gz else None
+    for batch in batches:
+        if not batch:
+            continue
+        chunk = b"\n".join(map(orjson.dumps, batch)) + b"\n"
+        if comp is not None:
+            chunk = comp.compress(chunk)
+        if chunk:
+            yield chunk
+    if comp is not None:
+        yield comp.flush()
+
+
+class _Drain:
+    """A write-only file for ParquetWriter whose bytes are taken away after each row group."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.pos = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        b = bytes(data)
+        self.parts.append(b)
+        self.pos += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+def write_parquet(batches: Iterable[list[dict[str, Any]]], schema: pa.Schema) -> Iterator[bytes]:
+    """One row group per batch; the file is valid (and readable by `datasets`) when done."""
+    sink = _Drain()
+    writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    try:
+        for batch in batches:
+            if not batch:
+                continue
+            cols = {name: pa.array([row[name] for row in batch], type=schema.field(name).type)
+                    for name in schema.names}
+            writer.write_table(pa.Table.from_pydict(cols, schema=schema))
+            data = sink.take()
+            if data:
+                yield data
+    finally:
+        writer.close()
+    yield sink.take()
+
+
+def write(batches: Iterable[list[dict[str, Any]]], *, file_type: str,
+          schema: pa.Schema) -> Iterator[bytes]:
+    if file_type == "parquet":
+        return write_parquet(batches, schema)
+    if file_type in ("jsonl", "jsonl.gz"):
+        return write_jsonl(batches, gz=file_type == "jsonl.gz")
+    raise ValueError(f"file type: one of {', '.join(FILE_TYPES)}, not {file_type!r}")

@@ -1,0 +1,451 @@
+"""`preferences import`: external preference data in, as a prompt set with tasks and annotations.
+
+Reads Anthropic HH-RLHF (`chosen`/`rejected` dialogues), TRL (`prompt`/`chosen`/`rejected`,
+standard or conversational) and ranklab's own `rankings` export, as JSON Lines (optionally
+gzipped) or Parquet. Every row is checked before anything is written: one bad row refuses the
+whole file, each bad row named with its line and field; with `skip_invalid` the good rows go in
+and the bad ones are listed. Rows are written with bulk INSERT ... RETURNING, not one by one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from app.auth.models import Role, User
+from app.auth.security import sha256
+from app.db import utcnow
+from app.exports.pairs import dense_ranks
+from app.labeling.models import Annotation, AnnotationItem, Assignment, Completion, Task
+from app.prompts.models import Prompt, PromptSet
+from app.runs.models import ModelKind, ModelVersion
+
+ASSISTANT = "\n\nAssistant:"
+KINDS = ("auto", "hh", "trl", "rankings")
+MAX_LISTED = 200  # errors kept in full; the count is always exact
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.message}"
+
+
+class ImportRefused(ValueError):
+    def __init__(self, errors: list[RowError], total: int, message: str | None = None) -> None:
+        self.errors = errors
+        self.total = total
+        super().__init__(message or f"{total} invalid row(s); nothing was imported")
+
+
+@dataclass
+class Unit:
+    """One input row, normalised: a ranking of some completions of one prompt."""
+
+    line: int
+    group: Any  # rows with the same group share one task (rankings exports); None: own task
+    prompt: str
+    messages: list[dict[str, str]] | None
+    completions: list[tuple[Any, str, str | None]]  # (source id, text, source policy)
+    ranks: list[int]
+    ratings: list[int | None] = field(default_factory=list)
+    flags: list[list[str]] = field(default_factory=list)
+    labeler: str = ""
+    notes: str = ""
+    time_spent_ms: int | None = None
+    guideline_version: int | None = None
+    created_at: datetime | None = None
+    skip_reason: str | None = None
+    positions: list[int | None] = field(default_factory=list)  # shown order, when the source has it
+
+
+def _ckey(u: Unit, i: int) -> Any:
+    """Completions with a source id are one completion across rows of a task; others are not."""
+    cid = u.completions[i][0]
+    return cid if cid is not None else ("row", u.line, i)
+
+
+@dataclass
+class ImportResult:
+    prompt_set: PromptSet
+    kind: str
+    rows: int
+    imported: int
+    tasks: int
+    skipped: list[RowError]
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_rows(data: bytes, filename: str) -> list[tuple[int, Any]]:
+    """(line or row number, parsed object or an Exception) for every row of the file."""
+    name = filename.lower()
+    if name.endswith(".parquet") or data[:4] == b"PAR1":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001
+            raise ImportRefused([RowError(0, "file", f"not a readable Parquet file ({exc})")], 1) from exc
+        return list(enumerate(table.to_pylist(), start=1))
+    if name.endswith(".gz") or data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise ImportRefused([RowError(0, "file", f"not a readable gzip file ({exc})")], 1) from exc
+    out: list[tuple[int, Any]] = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            out.append((n, orjson.loads(raw)))
+        except orjson.JSONDecodeError as exc:
+            out.append((n, ValueError(f"not valid JSON ({exc.msg})")))
+    return out
+
+
+def detect_kind(rows: list[tuple[int, Any]]) -> str:
+    for _, obj in rows:
+        if isinstance(obj, dict):
+            if "completions" in obj:
+                return "rankings"
+            if "prompt" in obj:
+                return "trl"
+            if "chosen" in obj:
+                return "hh"
+    raise ImportRefused([RowError(0, "file", "no row looks like HH-RLHF (chosen/rejected), TRL "
+                                             "(prompt/chosen/rejected) or a ranklab rankings export")], 1)
+
+
+def _text(obj: dict[str, Any], key: str, line: int, errors: list[RowError]) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        errors.append(RowError(line, key, "missing"))
+        return None
+    if not isinstance(value, str):
+        errors.append(RowError(line, key, f"must be a string, not {type(value).__name__}"))
+        return None
+    return value
+
+
+def hh_messages(prompt: str) -> list[dict[str, str]]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:' -> chat messages."""
+    parts = _TURN.split(prompt)
+    msgs = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+            for who, text in zip(parts[1::2], parts[2::2], strict=True)]
+    return msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"] else msgs
+
+
+def parse_hh(line: int, obj: dict[str, Any], errors: list[RowError]) -> Unit | None:
+    chosen, rejected = _text(obj, "chosen", line, errors), _text(obj, "rejected", line, errors)
+    if chosen is None or rejected is None:
+        return None
+    ic, ir = chosen.rfind(ASSISTANT), rejected.rfind(ASSISTANT)
+    if ic < 0:
+        errors.append(RowError(line, "chosen", "has no '\\n\\nAssistant:' turn"))
+        return None
+    if ir < 0:
+        errors.append(RowError(line, "rejected", "has no '\\n\\nAssistant:' turn"))
+        return None
+    prompt, rprompt = chosen[: ic + len(ASSISTANT)], rejected[: ir + len(ASSISTANT)]
+    if prompt != rprompt:
+        at = next((i for i, (a, b) in enumerate(zip(prompt, rprompt)) if a != b), min(len(prompt), len(rprompt)))
+        errors.append(RowError(line, "chosen/rejected", "two different dialogues, not one prompt with "
+                                                       f"two endings (they differ at character {at})"))
+        return None
+    good, bad = chosen[ic + len(ASSISTANT):], rejected[ir + len(ASSISTANT):]
+    if good == bad:
+        errors.append(RowError(line, "rejected", "the same reply as chosen: no preference"))
+        return None
+    return Unit(line=line, group=None, prompt=prompt, messages=hh_messages(prompt),
+                completions=[(None, good, None), (None, bad, None)], ranks=[1, 2])
+
+
+def _content(value: Any, line: int, key: str, errors: list[RowError]) -> tuple[str, list[dict[str, str]] | None] | None:
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, list) and value and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value):
+        msgs = [{"role": m["role"], "content": m["content"]} for m in value]
+        if key == "prompt":
+            text = msgs[0]["content"] if len(msgs) == 1 else "\n\n".join(
+                f"{m['role']}: {m['content']}" for m in msgs)
+            return text, msgs
+        return msgs[-1]["content"], None
+    errors.append(RowError(line, key, "must be a string or a list of {role, content} messages"
+                           if value is not None else "missing"))
+    return None
+
+
+def parse_trl(line: int, obj: dict[str, Any], errors: list[RowError]) -> Unit | None:
+    got = [_content(obj.get(k), line, k, errors) for k in ("prompt", "chosen", "rejected")]
+    if any(g is None for g in got):
+        return None
+    (prompt, msgs), (good, _), (bad, _) = got  # type: ignore[misc]
+    if not prompt.strip():
+        errors.append(RowError(line, "prompt", "empty"))
+        return None
+    if good == bad:
+        errors.append(RowError(line, "rejected", "the same text as chosen: no preference"))
+        return None
+    return Unit(line=line, group=None, prompt=prompt, messages=msgs,
+                completions=[(None, good, None), (None, bad, None)], ranks=[1, 2])
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def parse_ranking(line: int, obj: dict[str, Any], errors: list[RowError]) -> Unit | None:
+    n = len(errors)
+    prompt = _text(obj, "prompt", line, errors)
+    if prompt is not None and not prompt.strip():
+        errors.append(RowError(line, "prompt", "empty"))
+    skip = obj.get("skip_reason")
+    if skip is not None and not isinstance(skip, str):
+        errors.append(RowError(line, "skip_reason", "must be a string or null"))
+    comps = obj.get("completions")
+    if not isinstance(comps, list) or (len(comps) < 2 and not skip):
+        errors.append(RowError(line, "completions", "must be a list of at least 2 completions"))
+        comps = []
+    out: list[tuple[Any, str, str | None]] = []
+    ranks: list[int] = []
+    ratings: list[int | None] = []
+    flags: list[list[str]] = []
+    positions: list[int | None] = []
+    for i, c in enumerate(comps):
+        where = f"completions[{i}]"
+        if not isinstance(c, dict):
+            errors.append(RowError(line, where, "must be an object"))
+            continue
+        if not isinstance(c.get("text"), str):
+            errors.append(RowError(line, f"{where}.text", "missing or not a string"))
+        rank, rating, fl = c.get("rank"), c.get("rating"), c.get("flags") or []
+        if not skip and not (_int(rank) and rank >= 1):
+            errors.append(RowError(line, f"{where}.rank", "must be an integer >= 1 (1 = best)"))
+        if rating is not None and not (_int(rating) and 1 <= rating <= 7):
+            errors.append(RowError(line, f"{where}.rating", "must be an integer 1-7 or null"))
+        if not (isinstance(fl, list) and all(isinstance(f, str) for f in fl)):
+            errors.append(RowError(line, f"{where}.flags", "must be a list of strings"))
+        policy = c.get("policy")
+        out.append((c.get("completion_id"), c.get("text") or "", policy if isinstance(policy, str) else None))
+        ranks.append(rank if _int(rank) else 0)
+        ratings.append(rating)
+        flags.append(list(fl) if isinstance(fl, list) else [])
+        positions.append(c["position"] if _int(c.get("position")) else None)
+    ids = [cid for cid, _, _ in out if cid is not None]
+    if len(set(ids)) != len(ids):
+        errors.append(RowError(line, "completions", "a completion_id appears twice"))
+    created = obj.get("created_at")
+    created_at = None
+    if created is not None:
+        try:
+            created_at = datetime.fromisoformat(str(created))
+            created_at = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
+        except ValueError:
+            errors.append(RowError(line, "created_at", "not an ISO-8601 time"))
+    for key in ("time_spent_ms", "guideline_version", "task_id"):
+        if obj.get(key) is not None and not _int(obj.get(key)):
+            errors.append(RowError(line, key, "must be an integer or null"))
+    if len(errors) > n or prompt is None:
+        return None
+    return Unit(line=line, group=obj.get("task_id"), prompt=prompt, messages=None, completions=out,
+                ranks=[] if skip else dense_ranks(ranks), ratings=ratings, flags=flags,
+                labeler=str(obj.get("labeler") or ""), notes=str(obj.get("notes") or ""),
+                time_spent_ms=obj.get("time_spent_ms"), guideline_version=obj.get("guideline_version"),
+                created_at=created_at, skip_reason=skip, positions=positions)
+
+
+PARSERS = {"hh": parse_hh, "trl": parse_trl, "rankings": parse_ranking}
+
+
+def parse(data: bytes, filename: str, *, kind: str = "auto") -> tuple[str, list[Unit], list[RowError], int]:
+    """Every row checked: (kind, good units, errors, rows read)."""
+    rows = read_rows(data, filename)
+    if not rows:
+        raise ImportRefused([RowError(0, "file", "is empty")], 1)
+    if kind == "auto":
+        kind = detect_kind(rows)
+    if kind not in PARSERS:
+        raise ImportRefused([RowError(0, "format", f"one of {', '.join(KINDS)}, not {kind!r}")], 1)
+    parser = PARSERS[kind]
+    units: list[Unit] = []
+    errors: list[RowError] = []
+    for line, obj in rows:
+        if isinstance(obj, Exception):
+            errors.append(RowError(line, "row", str(obj)))
+        elif not isinstance(obj, dict):
+            errors.append(RowError(line, "row", "must be a JSON object"))
+        elif (unit := parser(line, obj, errors)) is not None:
+            units.append(unit)
+    if kind == "rankings":
+        _check_groups(units, errors)
+        bad = {e.line for e in errors}
+        units = [u for u in units if u.line not in bad]
+    return kind, units, errors, len(rows)
+
+
+def _check_groups(units: list[Unit], errors: list[RowError]) -> None:
+    """Rows of one source task must agree on the prompt; one labeler ranks a task once."""
+    seen: dict[Any, Unit] = {}
+    labelers: set[tuple[Any, str]] = set()
+    for u in units:
+        if u.group is None:
+            continue
+        first = seen.setdefault(u.group, u)
+        if first.prompt != u.prompt:
+            errors.append(RowError(u.line, "prompt", f"differs from line {first.line} of the same task_id"))
+        key = (u.group, u.labeler)
+        if key in labelers:
+            errors.append(RowError(u.line, "labeler", f"{u.labeler!r} ranks task {u.group} twice"))
+        labelers.add(key)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _system_user(session: Session, username: str) -> int:
+    username = _NAME.sub("-", username)[:64]
+    existing = session.scalar(select(User).where(User.username == username))
+    if existing is not None:
+        if not existing.is_system:
+            raise ImportRefused([RowError(0, "name", f"user {username!r} exists and is a person")], 1)
+        return existing.id
+    # "!" is no argon2 hash: nothing verifies against it, and is_system refuses logins anyway.
+    user = User(username=username, password_hash="!", role=Role.labeler, is_system=True,
+                is_active=False)
+    session.add(user)
+    session.flush()
+    return user.id
+
+
+def _bulk(session: Session, model: Any, rows: list[dict[str, Any]]) -> list[int]:
+    if not rows:
+        return []
+    result = session.execute(insert(model).returning(model.id, sort_by_parameter_order=True), rows)
+    return [r[0] for r in result]
+
+
+def import_preferences(*, session: Session, data: bytes, filename: str, name: str,
+                       kind: str = "auto", skip_invalid: bool = False,
+                       created_by_id: int | None = None) -> ImportResult:
+    """Validate everything, then write it all (or nothing: the caller's transaction)."""
+    name = name.strip()
+    if not name:
+        raise ImportRefused([RowError(0, "name", "a set name is needed")], 1)
+    if session.scalar(select(PromptSet.id).where(PromptSet.name == name)) is not None:
+        raise ImportRefused([RowError(0, "name", f"a prompt set called {name!r} exists")], 1)
+    kind, units, errors, total = parse(data, filename, kind=kind)
+    if errors and not skip_invalid:
+        raise ImportRefused(errors[:MAX_LISTED], len(errors),
+                            f"{len({e.line for e in errors})} invalid row(s) of {total}; nothing was imported")
+    if not units:
+        raise ImportRefused(errors[:MAX_LISTED] or [RowError(0, "file", "no valid rows")], max(len(errors), 1))
+
+    # Tasks: rows of one source task (rankings exports) share it, other rows get their own.
+    tasks: dict[Any, list[Unit]] = {}
+    for u in units:
+        tasks.setdefault(("g", u.group) if u.group is not None else ("l", u.line), []).append(u)
+    comps_of: dict[Any, list[tuple[Any, tuple[Any, str, str | None]]]] = {}
+    for key, group in tasks.items():
+        merged: dict[Any, tuple[Any, str, str | None]] = {}
+        for u in group:
+            for i, c in enumerate(u.completions):
+                merged.setdefault(_ckey(u, i), c)
+        comps_of[key] = list(merged.items())
+        if len(comps_of[key]) < 2:
+            raise ImportRefused([RowError(group[0].line, "completions", "the task has fewer than 2")], 1)
+    k = max(len(c) for c in comps_of.values())
+    overlap = max(sum(1 for u in g if not u.skip_reason) for g in tasks.values())
+    skipped = errors[:MAX_LISTED]
+    ps = PromptSet(name=name, k=k, overlap=max(overlap, 1), status="archived", source_filename=filename,
+                   created_by_id=created_by_id, flags=[],
+                   report={"imported": {"kind": kind, "rows": total, "imported": len(units),
+                                        "skipped": len(errors),
+                                        "skipped_rows": [str(e) for e in skipped]}})
+    session.add(ps)
+    session.flush()
+
+    # Versions and labelers: one of each, or one per source policy / labeler for rankings.
+    source = f"imported:{name}"
+    versions: dict[str | None, int] = {}
+    for pol in sorted({c[2] for cs in comps_of.values() for _, c in cs}, key=lambda p: (p is not None, p or "")):
+        mv = ModelVersion(kind=ModelKind.policy, name=f"{source}" + (f"/{pol}" if pol else ""),
+                          source=source, is_active=False, config={"imported_policy": pol})
+        session.add(mv)
+        session.flush()
+        versions[pol] = mv.id
+    users: dict[str, int] = {}
+    for lab in sorted({u.labeler for u in units}):
+        users[lab] = _system_user(session, f"imported-{name}" + (f"-{lab}" if lab else ""))
+
+    now = utcnow()
+    prompt_ids: dict[str, int] = {}
+    new_prompts = []
+    for group in tasks.values():
+        u = group[0]
+        if u.prompt not in prompt_ids:
+            prompt_ids[u.prompt] = -1
+            new_prompts.append({"prompt_set_id": ps.id, "text": u.prompt, "text_hash": sha256(u.prompt),
+                                "meta": {"messages": u.messages} if u.messages else {},
+                                "source_line": u.line, "created_at": now})
+    for row, pid in zip(new_prompts, _bulk(session, Prompt, new_prompts), strict=True):
+        prompt_ids[row["text"]] = pid
+    keys = list(tasks)
+    task_ids = _bulk(session, Task, [
+        {"prompt_id": prompt_ids[tasks[key][0].prompt], "prompt_set_id": ps.id, "status": "closed",
+         "label_count": sum(1 for u in tasks[key] if not u.skip_reason), "created_at": now}
+        for key in keys])
+    comp_rows, comp_keys = [], []
+    for key, tid in zip(keys, task_ids, strict=True):
+        for ck, c in comps_of[key]:
+            comp_rows.append({"task_id": tid, "model_version_id": versions[c[2]], "text": c[1],
+                              "params": {}, "finish_reason": None, "created_at": now})
+            comp_keys.append((key, ck))
+    comp_id = dict(zip(comp_keys, _bulk(session, Completion, comp_rows), strict=True))
+
+    ann_units: list[tuple[Unit, int, list[int]]] = []
+    for key, tid in zip(keys, task_ids, strict=True):
+        for u in tasks[key]:
+            ids = [comp_id[(key, _ckey(u, i))] for i in range(len(u.completions))]
+            ann_units.append((u, tid, ids))
+    assign_ids = _bulk(session, Assignment, [
+        {"task_id": tid, "user_id": users[u.labeler], "state": "skipped" if u.skip_reason else "submitted",
+         "display_order": ids, "lease_expires_at": now, "finished_at": u.created_at or now, "created_at": now}
+        for u, tid, ids in ann_units])
+    ann_ids = _bulk(session, Annotation, [
+        {"assignment_id": aid, "task_id": tid, "user_id": users[u.labeler],
+         "guideline_version": u.guideline_version, "skip_reason": u.skip_reason, "notes": u.notes,
+         "time_spent_ms": u.time_spent_ms, "inconsistency_confirmed": False,
+         "created_at": u.created_at or now}
+        for (u, tid, _), aid in zip(ann_units, assign_ids, strict=True)])
+    items = []
+    for (u, _, ids), ann_id in zip(ann_units, ann_ids, strict=True):
+        if u.skip_reason:
+            continue
+        for pos, cid in enumerate(ids):
+            items.append({"annotation_id": ann_id, "completion_id": cid, "rank": u.ranks[pos],
+                          "rating": u.ratings[pos] if u.ratings else None,
+                          "flags": u.flags[pos] if u.flags else [],
+                          "position": u.positions[pos] if u.positions else pos})
+    if items:
+        session.execute(insert(AnnotationItem), items)
+    session.flush()
+    return ImportResult(prompt_set=ps, kind=kind, rows=total, imported=len(units), tasks=len(keys),
+                        skipped=errors)

@@ -1,0 +1,336 @@
+"""Filtered, streaming reads of annotations, the train/validation/test split, and manifests.
+
+Nothing here loads a whole dataset: annotations come from one ordered join read in chunks
+(`yield_per`, a server-side cursor on PostgreSQL), are regrouped one annotation at a time,
+turned into rows, and written batch by batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, select
+from sqlalchemy.orm import Session
+
+from app.auth.models import User
+from app.db import utcnow
+from app.exports import formats
+from app.exports.formats import AnnotationRecord, ItemRecord, RowOptions
+from app.exports.pairs import ordered_pairs
+from app.labeling.models import Annotation, AnnotationItem, Completion, Task
+from app.prompts.models import Prompt, PromptSet
+from app.runs.models import ModelVersion
+
+SPLITS = ("train", "validation", "test")
+BATCH_ROWS = 20_000  # rows per written batch / Parquet row group
+FETCH_ROWS = 5_000  # database rows per round trip
+
+
+class ExportError(ValueError):
+    """A refusal naming the field, shown to the user as it is."""
+
+
+@dataclass
+class Filters:
+    prompt_set_ids: list[int] = field(default_factory=list)
+    policy_version_ids: list[int] = field(default_factory=list)  # tasks with an output of these
+    since: datetime | None = None
+    until: datetime | None = None
+    labeler_ids: list[int] = field(default_factory=list)
+    include_skipped: bool = False  # only `rankings` has rows for skipped annotations
+    exclude_flagged: bool = False  # drop annotations where any output got any flag
+    min_labels: int = 0  # tasks with at least this many submitted (not skipped) annotations
+    split: str | None = None  # keep only this split
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
+
+    def describe(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["since"] = self.since.isoformat() if self.since else None
+        out["until"] = self.until.isoformat() if self.until else None
+        out["split_fractions"] = list(self.split_fractions)
+        return out
+
+
+def pseudonym(user_id: int, secret: str) -> str:
+    """A stable labeler name that reveals nothing without the secret key."""
+    digest = hmac.new(secret.encode(), f"labeler:{user_id}".encode(), hashlib.sha256).hexdigest()
+    return f"L-{digest[:6]}"
+
+
+def split_of(prompt: str, *, seed: int = 0,
+             fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)) -> str:
+    """train/validation/test from a hash of the prompt text: the same prompt is always in the
+    same split, in every export and on every machine, so no prompt is in two splits."""
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    total = sum(fractions)
+    edge = 0.0
+    for name, frac in zip(SPLITS, fractions, strict=True):
+        edge += frac / total
+        if u < edge:
+            return name
+    return SPLITS[-1]
+
+
+def resolve_labelers(*, session: Session, names: list[str], secret: str) -> list[int]:
+    """Usernames, pseudonyms ("L-3f9a2c") or ids -> user ids; an unknown one is an error."""
+    if not names:
+        return []
+    users = list(session.execute(select(User.id, User.username)))
+    by_name = {u: i for i, u in users} | {pseudonym(i, secret): i for i, _ in users}
+    by_name |= {str(i): i for i, _ in users}
+    out = []
+    for n in names:
+        n = n.strip()
+        if n not in by_name:
+            raise ExportError(f"labelers: no labeler called {n!r}")
+        out.append(by_name[n])
+    return out
+
+
+def _base_query(filters: Filters, *, with_meta: bool) -> Select[Any]:
+    cols = [
+        Annotation.id, Annotation.task_id, Annotation.user_id, Annotation.guideline_version,
+        Annotation.created_at, Annotation.time_spent_ms, Annotation.notes, Annotation.skip_reason,
+        Annotation.inconsistency_confirmed, Task.prompt_set_id, Prompt.id, Prompt.text,
+        AnnotationItem.completion_id, AnnotationItem.rank, AnnotationItem.rating,
+        AnnotationItem.flags, AnnotationItem.position, Completion.text, Completion.model_version_id,
+    ]
+    if with_meta:
+        cols.append(Prompt.meta)
+    q = (
+        select(*cols)
+        .join(Task, Task.id == Annotation.task_id)
+        .join(Prompt, Prompt.id == Task.prompt_id)
+        .outerjoin(AnnotationItem, AnnotationItem.annotation_id == Annotation.id)
+        .outerjoin(Completion, Completion.id == AnnotationItem.completion_id)
+    )
+    conds = []
+    if filters.prompt_set_ids:
+        conds.append(Task.prompt_set_id.in_(filters.prompt_set_ids))
+    if filters.since:
+        conds.append(Annotation.created_at >= filters.since)
+    if filters.until:
+        conds.append(Annotation.created_at < filters.until)
+    if filters.labeler_ids:
+        conds.append(Annotation.user_id.in_(filters.labeler_ids))
+    if not filters.include_skipped:
+        conds.append(Annotation.skip_reason.is_(None))
+    if filters.policy_version_ids:
+        conds.append(Annotation.task_id.in_(
+            select(Completion.task_id).where(Completion.model_version_id.in_(filters.policy_version_ids))
+        ))
+    if filters.min_labels > 1:
+        counted = (select(Annotation.task_id).where(Annotation.skip_reason.is_(None))
+                   .group_by(Annotation.task_id).having(func.count() >= filters.min_labels))
+        conds.append(Annotation.task_id.in_(counted))
+    if conds:
+        q = q.where(and_(*conds))
+    return q
+
+
+@dataclass
+class Counts:
+    rows: int = 0
+    annotations: int = 0
+    pairs: int = 0
+    ties: int = 0
+    by_split: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    tasks: set[int] = field(default_factory=set)
+    prompts: set[int] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "annotations": self.annotations, "pairs": self.pairs,
+                "ties": self.ties, "tasks": len(self.tasks), "prompts": len(self.prompts),
+                "rows_by_split": dict(self.by_split)}
+
+
+def iter_records(*, session: Session, filters: Filters, secret: str, real_names: bool = False,
+                 with_meta: bool = False, by_task: bool = False) -> Iterator[AnnotationRecord]:
+    """Annotations one at a time (items in completion order), filtered, with their split."""
+    set_names = dict(session.execute(select(PromptSet.id, PromptSet.name)).all())
+    policy_names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
+    usernames = dict(session.execute(select(User.id, User.username)).all()) if real_names else {}
+    labelers: dict[int, str] = {}
+    splits: dict[int, str] = {}
+    order = ((Annotation.task_id, Annotation.id, AnnotationItem.completion_id) if by_task
+             else (Annotation.id, AnnotationItem.completion_id))
+    q = _base_query(filters, with_meta=with_meta).order_by(*order)
+    result = session.execute(q.execution_options(yield_per=FETCH_ROWS))
+    rec: AnnotationRecord | None = None
+    flagged = False
+    for row in result:
+        if rec is None or row[0] != rec.annotation_id:
+            if rec is not None and not (flagged and filters.exclude_flagged):
+                yield rec
+            rec, flagged = None, False
+            user_id, prompt_id, prompt = row[2], row[10], row[11]
+            split = splits.get(prompt_id)
+            if split is None:
+                split = splits[prompt_id] = split_of(prompt, seed=filters.split_seed,
+                                                     fractions=filters.split_fractions)
+            if filters.split and split != filters.split:
+                continue
+            name = labelers.get(user_id)
+            if name is None:
+                name = labelers[user_id] = (usernames[user_id] if real_names
+                                            else pseudonym(user_id, secret))
+            meta = row[19] if with_meta else None
+            rec = AnnotationRecord(
+                annotation_id=row[0], task_id=row[1], prompt_set=set_names.get(row[9], ""),
+                prompt_id=prompt_id, prompt=prompt,
+                prompt_messages=(meta or {}).get("messages") if with_meta else None,
+                labeler=name, guideline_version=row[3], created_at=row[4], time_spent_ms=row[5],
+                notes=row[6] or "", skip_reason=row[7], inconsistency_confirmed=bool(row[8]),
+                split=split)
+        if rec is None:
+            continue  # an annotation of another split
+        if row[12] is not None:
+            flags = row[15] or []
+            flagged = flagged or bool(flags)
+            rec.items.append(ItemRecord(
+                completion_id=row[12], text=row[17], rank=row[13], rating=row[14], flags=flags,
+                position=row[16], model_version_id=row[18], policy=policy_names.get(row[18])))
+    if rec is not None and not (flagged and filters.exclude_flagged):
+        yield rec
+
+
+def iter_rows(*, session: Session, fmt: str, filters: Filters, opts: RowOptions, secret: str,
+              real_names: bool = False, counts: Counts | None = None,
+              batch_rows: int = BATCH_ROWS) -> Iterator[list[dict[str, Any]]]:
+    """Batches of rows of format `fmt`, counted into `counts` as they go."""
+    if fmt not in formats.FORMATS:
+        raise ExportError(f"format: one of {', '.join(formats.FORMATS)}, not {fmt!r}")
+    counts = counts if counts is not None else Counts()
+    with_meta = fmt == "trl" and opts.conversational
+    records = iter_records(session=session, filters=filters, secret=secret, real_names=real_names,
+                           with_meta=with_meta, by_task=fmt == "groups")
+    batch: list[dict[str, Any]] = []
+
+    def note(rec: AnnotationRecord, n_rows: int) -> None:
+        counts.annotations += 1
+        counts.rows += n_rows
+        counts.by_split[rec.split] += n_rows
+        counts.tasks.add(rec.task_id)
+        counts.prompts.add(rec.prompt_id)
+        strict, ties, _ = ordered_pairs([it.rank for it in rec.items if it.rank is not None])
+        counts.pairs += strict
+        counts.ties += ties
+
+    if fmt == "groups":
+        group: list[AnnotationRecord] = []
+        for rec in records:
+            if group and rec.task_id != group[0].task_id:
+                batch.append(formats.group_row(group))
+                for g in group:
+                    note(g, 0)
+                counts.rows += 1
+                counts.by_split[group[0].split] += 1
+                group = []
+            if rec.items:
+                group.append(rec)
+            if len(batch) >= batch_rows // 8:
+                yield batch
+                batch = []
+        if group:
+            batch.append(formats.group_row(group))
+            for g in group:
+                note(g, 0)
+            counts.rows += 1
+            counts.by_split[group[0].split] += 1
+    else:
+        for rec in records:
+            if fmt == "rankings":
+                rows = [formats.ranking_row(rec)]
+            elif not rec.items:
+                continue  # a skipped annotation: no pairs
+            elif fmt == "comparisons":
+                rows = formats.comparison_rows(rec)
+            else:
+                rows = formats.trl_rows(rec, opts)
+            note(rec, len(rows))
+            batch.extend(rows)
+            if len(batch) >= batch_rows:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+class HashingStream:
+    """Wraps a byte stream, keeping its sha256 and size for the manifest."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.sha.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+
+
+@dataclass
+class Export:
+    """One export: iterate `stream` for the bytes, then call `manifest()`."""
+
+    fmt: str
+    file_type: str
+    filters: Filters
+    opts: RowOptions
+    real_names: bool
+    counts: Counts
+    stream: HashingStream
+    started_at: datetime
+
+    def manifest(self, *, filename: str | None = None) -> dict[str, Any]:
+        return {
+            "schema_version": formats.SCHEMA_VERSION,
+            "format": self.fmt, "file_type": self.file_type, "filename": filename,
+            "columns": formats.columns(self.fmt, self.opts),
+            "options": {"conversational": self.opts.conversational, "margin": self.opts.margin,
+                        "real_names": self.real_names},
+            "filters": self.filters.describe(),
+            "counts": self.counts.as_dict(),
+            "sha256": self.stream.sha.hexdigest(), "bytes": self.stream.size,
+            "exported_at": self.started_at.isoformat(),
+            "split": {"by": "sha256(seed, prompt text)", "seed": self.filters.split_seed,
+                      "fractions": dict(zip(SPLITS, self.filters.split_fractions, strict=True))},
+        }
+
+
+def export(*, session_factory: Callable[[], Session], fmt: str, file_type: str, filters: Filters,
+           opts: RowOptions, secret: str, real_names: bool = False,
+           batch_rows: int = BATCH_ROWS) -> Export:
+    """An export ready to stream. Its session opens when the first bytes are asked for and
+    closes when the stream ends, so a web response can outlive the request's session."""
+    if fmt not in formats.FORMATS:
+        raise ExportError(f"format: one of {', '.join(formats.FORMATS)}, not {fmt!r}")
+    if file_type not in formats.FILE_TYPES:
+        raise ExportError(f"file type: one of {', '.join(formats.FILE_TYPES)}, not {file_type!r}")
+    if filters.split is not None and filters.split not in SPLITS:
+        raise ExportError(f"split: one of {', '.join(SPLITS)}, not {filters.split!r}")
+    counts = Counts()
+    schema = formats.schema_for(fmt, opts)
+
+    def chunks() -> Iterator[bytes]:
+        with session_factory() as session:
+            batches = iter_rows(session=session, fmt=fmt, filters=filters, opts=opts, secret=secret,
+                                real_names=real_names, counts=counts, batch_rows=batch_rows)
+            yield from formats.write(batches, file_type=file_type, schema=schema)
+
+    return Export(fmt=fmt, file_type=file_type, filters=filters, opts=opts, real_names=real_names,
+                  counts=counts, stream=HashingStream(chunks()), started_at=utcnow())
+
+
+def filename_for(fmt: str, file_type: str, split: str | None = None) -> str:
+    stamp = utcnow().strftime("%Y%m%d-%H%M%S")
+    return f"ranklab-{fmt}{'-' + split if split else ''}-{stamp}.{file_type}"
