@@ -1,0 +1,135 @@
+"""The math of the reward model: the grouped K-way loss against the explicit pairwise expansion,
+K forward passes per ranking, ties, several labelers, and where the score is read."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.tiny import tiny_reward_model, tiny_tokenizer
+from trainer.reward import (
+    Group,
+    collate,
+    encode_pair,
+    grouped_loss,
+    init_head,
+    pair_correct,
+    plan_pairs,
+    ranking_pairs,
+    score,
+)
+
+
+def explicit_loss(scores_per_group: list[torch.Tensor], groups: list[Group]) -> torch.Tensor:
+    """The definition, written out: per ranking, every untied pair on its own, then the means."""
+    terms = []
+    for s, g in zip(scores_per_group, groups, strict=True):
+        for ranks in g.rankings:
+            pair_losses = []
+            for i, j in combinations(range(g.k), 2):
+                if ranks[i] == ranks[j]:
+                    continue
+                w, lo = (i, j) if ranks[i] < ranks[j] else (j, i)
+                pair_losses.append(-F.logsigmoid(s[w] - s[lo]))
+            if pair_losses:
+                terms.append(torch.stack(pair_losses).mean())
+    return torch.stack(terms).mean()
+
+
+class TestGroupedLoss:
+    def test_equals_explicit_pairs_with_the_same_gradients(self) -> None:
+        torch.manual_seed(0)
+        groups = [
+            Group("p1", tuple("abcd"), ((1, 2, 3, 4),)),
+            Group("p2", tuple("abcdef"), ((2, 1, 1, 3, 4, 2), (1, 2, 3, 4, 5, 6))),
+            Group("p3", tuple("abcdefghi"), ((9, 8, 7, 6, 5, 4, 3, 2, 1),)),
+            Group("p4", tuple("ab"), ((1, 1),)),  # all tied: no term at all
+        ]
+        n = sum(g.k for g in groups)
+        flat = torch.randn(n, dtype=torch.float64, requires_grad=True)
+        plan = plan_pairs(groups)
+        assert plan.n_sequences == n and plan.n_rankings == 4
+        got = grouped_loss(flat, plan)
+        (g_got,) = torch.autograd.grad(got, flat)
+
+        flat2 = flat.detach().clone().requires_grad_(True)
+        per_group = list(torch.split(flat2, [g.k for g in groups]))
+        want = explicit_loss(per_group, groups)
+        (g_want,) = torch.autograd.grad(want, flat2)
+        assert abs(got.item() - want.item()) < 1e-9
+        assert torch.allclose(g_got, g_want, atol=1e-12, rtol=0)
+        assert g_got[-2:].abs().sum() == 0  # the all-tied ranking contributes nothing
+
+    def test_ties_are_dropped(self) -> None:
+        assert ranking_pairs([1, 1, 2, 3]) == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+        assert ranking_pairs([2, 1]) == [(1, 0)]
+        assert ranking_pairs([1, 1]) == []
+        plan = plan_pairs([Group("p", tuple("abcd"), ((1, 1, 2, 2),))])
+        assert plan.win.tolist() == [0, 0, 1, 1] and plan.lose.tolist() == [2, 3, 2, 3]
+
+    def test_each_labelers_ranking_is_its_own_term_over_the_same_passes(self) -> None:
+        g = Group("p", ("a", "b", "c"), ((1, 2, 3), (3, 2, 1)))
+        plan = plan_pairs([g])
+        assert plan.n_sequences == 3  # K passes for the task, however many labelers
+        assert plan.n_rankings == 2 and plan.ranking.tolist() == [0, 0, 0, 1, 1, 1]
+        s = torch.tensor([2.0, 0.0, -2.0], dtype=torch.float64)
+        one = grouped_loss(s, plan_pairs([Group("p", g.completions, (g.rankings[0],))]))
+        other = grouped_loss(s, plan_pairs([Group("p", g.completions, (g.rankings[1],))]))
+        assert grouped_loss(s, plan).item() == pytest.approx((one.item() + other.item()) / 2)
+
+    def test_pairwise_accuracy_counts_exact_ties_half(self) -> None:
+        plan = plan_pairs([Group("p", tuple("abc"), ((1, 2, 3),))])
+        assert pair_correct(torch.tensor([3.0, 2.0, 1.0]), plan) == (3.0, 3)
+        assert pair_correct(torch.tensor([1.0, 1.0, 2.0]), plan) == (0.5, 3)
+
+
+@pytest.fixture(scope="module")
+def tok():  # type: ignore[no-untyped-def]
+    return tiny_tokenizer(["the cat sat on a mat and the dog ran far away very good bad"],
+                          padding_side="right")
+
+
+class TestScoreReading:
+    def test_last_real_token_under_left_and_right_padding(self, tok) -> None:  # type: ignore[no-untyped-def]
+        model = tiny_reward_model(tok).double()
+        texts = [("the cat sat", "on a mat"), ("the dog", "ran far away very far"), ("a", "cat")]
+        enc = [encode_pair(tok, p, c, 64) for p, c in texts]
+        right = score(model, collate(enc, tok.pad_token_id))
+        left = score(model, collate(enc, tok.pad_token_id, left=True))
+        alone = torch.cat([score(model, collate([e], tok.pad_token_id)) for e in enc])
+        assert torch.allclose(right, alone, atol=1e-10)
+        assert torch.allclose(left, alone, atol=1e-10)
+        # Reading a padding position instead would change the score.
+        batch = collate(enc, tok.pad_token_id)
+        hidden = model.transformer(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).last_hidden_state
+        at_end = model.score(hidden[:, -1])[:, 0]
+        assert not torch.allclose(at_end[0], alone[0])
+
+    def test_exactly_k_forward_passes_per_task(self, tok) -> None:  # type: ignore[no-untyped-def]
+        model = tiny_reward_model(tok)
+        rows: list[int] = []
+        model.transformer.register_forward_hook(lambda m, a, kw, out: rows.append(
+            kw["input_ids"].shape[0]), with_kwargs=True)
+        groups = [Group("the cat", tuple(f"w{i} good" for i in range(k)),
+                        tuple(tuple(range(1, k + 1)) for _ in range(labelers)))
+                  for k, labelers in ((4, 1), (6, 3), (9, 2))]
+        plan = plan_pairs(groups)
+        enc = [encode_pair(tok, g.prompt, c, 32) for g in groups for c in g.completions]
+        loss = grouped_loss(score(model, collate(enc, tok.pad_token_id)), plan)
+        loss.backward()
+        assert rows == [4 + 6 + 9]  # one pass per completion, not per pair (K(K-1))
+        assert plan.win.numel() == 6 + 3 * 15 + 2 * 36
+
+    def test_prompt_is_cut_from_the_left_and_the_completion_kept(self, tok) -> None:  # type: ignore[no-untyped-def]
+        e = encode_pair(tok, "the cat sat on a mat", "the dog ran", 5)
+        assert tok.convert_ids_to_tokens(e.input_ids) == ["a", "mat", "the", "dog", "ran"]
+
+    def test_head_init(self) -> None:
+        lin = torch.nn.Linear(399, 1)
+        init_head(lin)
+        assert lin.bias.abs().sum() == 0
+        assert lin.weight.std().item() == pytest.approx(1 / 20, rel=0.2)

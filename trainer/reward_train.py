@@ -1,0 +1,441 @@
+"""The reward model's training loop: groups in, a saved, normalised reward model out.
+
+Phases: split by prompt → load and encode → (resume) → train with validation and checkpoints
+→ normalise on the reference policy's completions → save whole or not at all.
+
+`accelerate` places it: a plain `python` run uses the CPU or the one GPU; under
+`accelerate launch -m trainer.reward_train --groups FILE --config FILE --out DIR` each process
+trains on its share of every batch (DDP) with no change to this code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.reward import (
+    NORM_MEAN,
+    NORM_STD,
+    Encoded,
+    Group,
+    collate,
+    encode_pair,
+    grouped_loss,
+    load_reward_model,
+    pair_correct,
+    plan_pairs,
+    score,
+)
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class RewardConfig:
+    base_model: str = ""
+    """from_pretrained hub id or folder of the backbone: a policy (decoder) or an encoder."""
+    lr: float = 1e-5
+    """Peak learning rate of AdamW; cosine decay takes it to min_lr_ratio of this by the end."""
+    min_lr_ratio: float = 0.1
+    """Where the cosine decay ends, as a fraction of lr (InstructGPT: 10%)."""
+    epochs: int = 1
+    """Passes over the training groups (InstructGPT: one; more overfits)."""
+    batch_size: int = 8
+    """Prompts (groups, with all their completions and rankings) per micro-batch per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; prompts per step = batch_size × grad_accum × processes."""
+    max_length: int = 512
+    """Tokens of prompt + completion; the prompt is cut from the left, the completion kept."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm before each step."""
+    val_fraction: float = 0.1
+    """Share of prompts (never pairs) held out for validation."""
+    eval_every: int = 50
+    """Optimizer steps between validations (there is always one at the end)."""
+    checkpoint_every: int = 100
+    """Optimizer steps between checkpoints a resumed run restarts from (0: none)."""
+    eval_batch_size: int = 32
+    """Prompts per validation and normalisation batch."""
+    normalize_samples: int = 2048
+    """Reference-policy completions scored to find the normalisation (mean 0, std 1)."""
+    bf16: bool = True
+    """bf16 autocast on a GPU; ignored on the CPU, which trains in float32."""
+    seed: int = 0
+    """Data order and the split's tie-breaks."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RewardConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown reward config field(s): {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be between 0 and 1 (got {self.lr})")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
+
+
+@dataclass
+class Hooks:
+    """How a run reports; the job handler points these at the job row, the CLI at tqdm."""
+
+    progress: Callable[[float, str], None] = lambda fraction, message: None
+    metric: Callable[..., None] = lambda step, **values: None
+    log: Callable[[str], None] = lambda line: None
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    metrics: dict[str, Any]
+    resumed_from_step: int
+    steps: int
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def split_by_prompt(groups: Sequence[Group], val_fraction: float,
+                    seed: int = 0) -> tuple[list[Group], list[Group]]:
+    """A stable split by prompt: a prompt's every task and ranking fall on one side."""
+    if val_fraction <= 0:
+        return list(groups), []
+
+    def u(g: Group) -> float:
+        digest = hashlib.sha256(f"{seed}:{g.key or g.prompt}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    keys = {g.key or g.prompt: u(g) for g in groups}
+    cut = sorted(keys.values())[max(0, min(len(keys) - 1, round(val_fraction * len(keys)) - 1))]
+    val_keys = {k for k, v in keys.items() if v <= cut} if len(keys) > 1 else set()
+    train = [g for g in groups if (g.key or g.prompt) not in val_keys]
+    val = [g for g in groups if (g.key or g.prompt) in val_keys]
+    return train, val
+
+
+def encode_groups(tokenizer: Any, groups: Sequence[Group], max_length: int) -> list[list[Encoded]]:
+    return [[encode_pair(tokenizer, g.prompt, c, max_length) for c in g.completions] for g in groups]
+
+
+def step_plan(n_groups: int, cfg: RewardConfig, world: int) -> list[list[list[int]]]:
+    """For every optimizer step, its micro-batches as lists of group indices (all processes).
+
+    The same on every process (seeded), so a resumed run continues exactly where it stopped.
+    A tail too small to give every process a group is dropped.
+    """
+    per_micro = cfg.batch_size * world
+    steps: list[list[list[int]]] = []
+    for epoch in range(cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(n_groups, generator=gen).tolist()
+        micros = [order[i:i + per_micro] for i in range(0, n_groups, per_micro)]
+        micros = [m for m in micros if len(m) >= world]
+        steps.extend(micros[i:i + cfg.grad_accum] for i in range(0, len(micros), cfg.grad_accum))
+    return steps
+
+
+def cosine_to(ratio: float, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        progress = min(1.0, step / max(1, total))
+        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def scores_of(model: torch.nn.Module, enc: Sequence[Encoded], pad_id: int,
+              device: torch.device) -> torch.Tensor:
+    batch = {k: v.to(device) for k, v in collate(enc, pad_id).items()}
+    return score(model, batch).float()  # (N,)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, groups: Sequence[Group], encoded: Sequence[list[Encoded]],
+             pad_id: int, device: torch.device, batch_size: int,
+             accelerator: Any = None) -> dict[str, float]:
+    """Validation loss (mean over rankings) and pairwise accuracy, summed over every process."""
+    model.eval()
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    idx = list(range(rank, len(groups), world))
+    totals = torch.zeros(4, dtype=torch.float64)  # loss·R, R, correct, pairs
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start:start + batch_size]
+        plan = plan_pairs([groups[i] for i in chunk]).to(device)
+        if plan.n_rankings == 0:
+            continue
+        s = scores_of(model, [e for i in chunk for e in encoded[i]], pad_id, device)
+        right, pairs = pair_correct(s, plan)
+        totals += torch.tensor([float(grouped_loss(s, plan)) * plan.n_rankings, plan.n_rankings,
+                                right, pairs], dtype=torch.float64)
+    if accelerator is not None and world > 1:
+        totals = accelerator.reduce(totals.to(device), reduction="sum").cpu()
+    model.train()
+    loss_r, n_r, right, pairs = totals.tolist()
+    return {"val_loss": loss_r / n_r if n_r else float("nan"),
+            "val_accuracy": right / pairs if pairs else float("nan"), "val_pairs": int(pairs)}
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+
+def save_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any,
+                    step: int, cfg: RewardConfig) -> None:
+    """Model, optimizer and schedule at `step`, written aside and swapped in whole."""
+    from safetensors.torch import save_model
+
+    tmp = work_dir / f"{CHECKPOINT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=2))
+    final = work_dir / CHECKPOINT
+    old = work_dir / f"{CHECKPOINT}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any,
+                    scheduler: Any) -> int:
+    """The step of the last whole checkpoint, loaded into the given objects; 0 when none."""
+    from safetensors.torch import load_model
+
+    ckpt = work_dir / CHECKPOINT
+    if not (ckpt / "state.json").exists():
+        return 0
+    load_model(model, str(ckpt / "model.safetensors"))
+    state = torch.load(ckpt / "trainer.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(json.loads((ckpt / "state.json").read_text())["step"])
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def train(cfg: RewardConfig, groups: Sequence[Group], *, out_dir: Path, work_dir: Path,
+          reference: Sequence[tuple[str, str]] | None = None, manifest: dict[str, Any] | None = None,
+          hooks: Hooks | None = None, accelerator: Any = None) -> TrainResult:
+    """Train, validate, normalise and save to out_dir (which must not exist yet).
+
+    reference: (prompt, completion) samples of the reference policy for the normalisation;
+    None uses every completion of the training data. work_dir holds the checkpoints.
+    """
+    from accelerate import Accelerator
+
+    cfg.validate()
+    hooks = hooks or Hooks()
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists already; a reward model is never overwritten")
+    if accelerator is None:
+        mixed = "bf16" if cfg.bf16 and torch.cuda.is_available() else "no"
+        accelerator = Accelerator(mixed_precision=mixed)
+    device, world = accelerator.device, accelerator.num_processes
+    main = accelerator.is_main_process
+    torch.manual_seed(cfg.seed)
+
+    # -- split and encode
+    train_groups, val_groups = split_by_prompt(groups, cfg.val_fraction, cfg.seed)
+    train_groups = [g for g in train_groups if g.n_pairs() > 0]
+    if not train_groups:
+        raise ValueError("no training data: no ranking with two differently ranked completions")
+    hooks.log(f"{len(train_groups)} training prompts, {len(val_groups)} validation prompts, "
+              f"{sum(g.n_pairs() for g in train_groups)} training comparisons")
+    model, tokenizer = load_reward_model(cfg.base_model)
+    pad_id = tokenizer.pad_token_id
+    train_enc = encode_groups(tokenizer, train_groups, cfg.max_length)
+    val_enc = encode_groups(tokenizer, val_groups, cfg.max_length)
+
+    plan = step_plan(len(train_groups), cfg, world)
+    total = len(plan)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_to(cfg.min_lr_ratio, total))
+    model.train()
+
+    # -- resume (before `prepare`, so the weights load into the bare model)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start = load_checkpoint(work_dir, model=model, optimizer=optimizer, scheduler=scheduler)
+    if start:
+        hooks.log(f"resumed from checkpoint at step {start} of {total}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # -- train
+    history: dict[str, Any] = {}
+    began = time.monotonic()
+    seen_pairs = 0
+    for step in range(start, total):
+        micros = [[train_groups[i] for i in m[accelerator.process_index::world]]
+                  for m in plan[step]]
+        micro_encs = [[e for i in m[accelerator.process_index::world] for e in train_enc[i]]
+                      for m in plan[step]]
+        plans = [plan_pairs(m).to(device) for m in micros]
+        n_rankings = sum(p.n_rankings for p in plans) or 1
+        step_loss = 0.0
+        for i, (p, enc) in enumerate(zip(plans, micro_encs, strict=True)):
+            syncing = i == len(plans) - 1
+            with nullcontext() if syncing else accelerator.no_sync(model), accelerator.autocast():
+                s = scores_of(model, enc, pad_id, device)  # (N,) one pass per completion
+                # Weighted so the step's loss is the mean over all its rankings.
+                loss = grouped_loss(s, p) * (p.n_rankings / n_rankings)
+                accelerator.backward(loss)
+            step_loss += float(loss)
+            seen_pairs += int(p.win.numel())
+        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        lr = scheduler.get_last_lr()[0]
+        if main:
+            hooks.metric(done, train_loss=step_loss, lr=lr)
+        history["train_loss"] = step_loss
+        if done % cfg.eval_every == 0 and done < total:
+            val = evaluate(model, val_groups, val_enc, pad_id, device, cfg.eval_batch_size,
+                           accelerator)
+            if main and val["val_pairs"]:
+                hooks.metric(done, val_loss=val["val_loss"], val_accuracy=val["val_accuracy"])
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(work_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                                scheduler=scheduler, step=done, cfg=cfg)
+                hooks.log(f"checkpoint at step {done}")
+        hooks.progress(0.95 * done / total, f"step {done}/{total}, loss {step_loss:.4f}")
+    seconds = time.monotonic() - began
+
+    # -- final validation
+    val = evaluate(model, val_groups, val_enc, pad_id, device, cfg.eval_batch_size, accelerator)
+    if main and val["val_pairs"]:
+        hooks.metric(total, val_loss=val["val_loss"], val_accuracy=val["val_accuracy"])
+    hooks.progress(0.96, "normalising the score on the reference policy's completions")
+
+    # -- normalise: the reference policy's completions get mean 0, std 1
+    bare = accelerator.unwrap_model(model)
+    if reference is None:
+        reference = [(g.prompt, c) for g in train_groups for c in g.completions]
+    reference = list(reference)[: cfg.normalize_samples]
+    ref_enc = [encode_pair(tokenizer, p, c, cfg.max_length) for p, c in reference]
+    bare.eval()
+    with torch.no_grad():
+        raw = torch.cat([scores_of(bare, ref_enc[i:i + cfg.eval_batch_size], pad_id, device)
+                         for i in range(0, len(ref_enc), cfg.eval_batch_size)])
+    mean = float(raw.mean())
+    std = float(raw.std()) if raw.numel() > 1 and float(raw.std()) > 1e-6 else 1.0
+    setattr(bare.config, NORM_MEAN, mean)
+    setattr(bare.config, NORM_STD, std)
+
+    metrics = {
+        "val_accuracy": val["val_accuracy"] if val["val_pairs"] else None,
+        "val_loss": val["val_loss"] if val["val_pairs"] else None,
+        "val_pairs": val["val_pairs"], "train_loss": history.get("train_loss"),
+        "train_prompts": len(train_groups), "val_prompts": len(val_groups),
+        "train_pairs": sum(g.n_pairs() for g in train_groups), "steps": total,
+        "resumed_from_step": start, "seconds": round(seconds, 2),
+        "pairs_per_second": round(seen_pairs * world / seconds, 2) if seconds > 0 else None,
+        NORM_MEAN: mean, NORM_STD: std, "normalized_on": len(reference),
+    }
+
+    # -- save whole: a temporary folder renamed into place
+    accelerator.wait_for_everyone()
+    if main:
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            bare.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            _write_json(tmp / "reward_config.json", asdict(cfg))
+            _write_json(tmp / "data_manifest.json", manifest or {})
+            _write_json(tmp / "metrics.json", metrics)
+            tmp.rename(out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(work_dir / CHECKPOINT, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    hooks.progress(1.0, f"done: validation accuracy {metrics['val_accuracy']}")
+    return TrainResult(path=out_dir, metrics=metrics, resumed_from_step=start, steps=total)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str) + "\n")
+
+
+# --- groups files and `accelerate launch -m trainer.reward_train` ---------------------------
+
+
+def read_groups(path: Path) -> list[Group]:
+    """JSON Lines of {"prompt", "completions": [...], "rankings": [[rank, ...], ...]}
+    (ranklab's `groups` export; `ranks` of one labeler also accepted)."""
+    from trainer.data import group_from_row
+
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(group_from_row(json.loads(line)))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{path}, line {line_no}: {exc}") from exc
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.reward_train",
+        description="Train a reward model on a groups file; run under `accelerate launch` for "
+                    "several GPUs.")
+    parser.add_argument("--groups", type=Path, required=True, help="groups JSON Lines file")
+    parser.add_argument("--config", type=Path, help="RewardConfig fields as JSON")
+    parser.add_argument("--out", type=Path, required=True, help="model folder to create")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="FIELD=VALUE", help="override one config field (JSON value)")
+    args = parser.parse_args(argv)
+    values = json.loads(args.config.read_text()) if args.config else {}
+    for item in args.overrides:
+        name, _, raw = item.partition("=")
+        try:
+            values[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name] = raw
+    cfg = RewardConfig.from_dict(values)
+    groups = read_groups(args.groups)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    hooks = Hooks(log=lambda line: print(line, flush=True) if rank0 else None,
+                  metric=lambda step, **v: print(json.dumps({"step": step, **v}), flush=True)
+                  if rank0 and "val_accuracy" in v else None)
+    result = train(cfg, groups, out_dir=args.out,
+                   work_dir=args.out.with_name(f".{args.out.name}.work"),
+                   manifest={"groups_file": str(args.groups), "groups": len(groups)}, hooks=hooks)
+    if rank0:
+        print(json.dumps(result.metrics))
+
+
+if __name__ == "__main__":
+    main()
