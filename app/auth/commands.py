@@ -25,7 +25,13 @@ def _sessions():  # type: ignore[no-untyped-def]
 
 @click.group()
 def users() -> None:
-    """Create and list accounts."""
+    """Create and list accounts (the browser's /admin/users does the same, and more).
+
+    \b
+    Examples:
+      ranklab users create --username alice --role admin
+      ranklab users list
+    """
 
 
 @users.command("create")
@@ -61,7 +67,12 @@ def users_create(username: str, role: str, password_stdin: bool) -> None:
 
 @users.command("list")
 def users_list() -> None:
-    """Show every account with its role and status."""
+    """Show every account with its role and status.
+
+    \b
+    Example:
+      ranklab users list
+    """
     with _sessions()() as s:
         rows = auth.list_users(session=s)
         click.echo(f"{'id':>4}  {'username':<24} {'role':<11} status")
@@ -75,7 +86,13 @@ def users_ensure_admin() -> None:
     """Create the first admin if there is none (what `make run` does).
 
     Takes RANKLAB_ADMIN_USERNAME and RANKLAB_ADMIN_PASSWORD when set; otherwise makes
-    'admin' with a random password and prints it, once.
+    'admin' with a random password and prints it, once. With an admin already there it
+    creates nothing.
+
+    \b
+    Examples:
+      ranklab users ensure-admin
+      RANKLAB_ADMIN_USERNAME=root RANKLAB_ADMIN_PASSWORD="$PW" ranklab users ensure-admin
     """
     settings = get_settings()
     with _sessions().begin() as s:
@@ -97,7 +114,12 @@ def users_ensure_admin() -> None:
 
 @click.group()
 def tokens() -> None:
-    """API tokens for scripts: `Authorization: Bearer <token>`."""
+    """API tokens for scripts: `Authorization: Bearer <token>`.
+
+    \b
+    Example:
+      ranklab tokens create --username bob --name nightly-export
+    """
 
 
 @tokens.command("create")

@@ -1,0 +1,114 @@
+"""Workers as separate threads and processes over real PostgreSQL: no job is taken twice, and
+a job whose worker was killed is claimed again after its lease and finishes once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import make_sessionmaker
+from app.runs.models import Job, JobStatus
+from tests.factories import make_job
+from tests.runs import handlers
+from trainer.worker import Worker, register
+
+ROOT = Path(__file__).resolve().parents[2]
+register("t_record", handlers.record)
+register("t_slow", handlers.slow)
+
+
+def _worker_process(url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+    """`python -m app.cli worker ...` on `url`, knowing the test handlers; returns once it runs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", *args],
+        cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "RANKLAB_DATABASE_URL": url, "RANKLAB_ENV": "test",
+             "RANKLAB_EXTRA_HANDLERS": "t_record=tests.runs.handlers:record,"
+                                       "t_slow=tests.runs.handlers:slow", **env},
+    )
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    assert "started" in first, first + proc.stderr.read()
+    return proc
+
+
+def _wait(sessions: sessionmaker[Session], job_id: int, pred, timeout: float = 60) -> Job:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        with sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            if pred(job):
+                return job
+        assert time.monotonic() < deadline, f"job {job_id} is {job.status}: {job.message}"
+        time.sleep(0.05)
+
+
+class TestManyWorkers:
+    def test_threads_and_processes_never_take_the_same_job(
+            self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path) -> None:
+        record = tmp_path / "claims.txt"
+        n_jobs = 300
+        with committed_pg.begin() as s:
+            ids = {make_job(s, kind="t_record",
+                            params={"record": str(record), "sleep": 0.003}).id
+                   for _ in range(n_jobs)}
+        procs = [_worker_process(pg_only_url, "--burst", "--poll", "0.05") for _ in range(2)]
+        # Each thread its own sessionmaker over its own pool connections.
+        workers = [Worker(make_sessionmaker(pg_only_url), worker_id=f"thread-{i}",
+                          poll_seconds=0.05, heartbeat_seconds=30) for i in range(4)]
+        threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for p in procs:
+            assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
+
+        runs = [line.split() for line in record.read_text().splitlines()]
+        per_job = Counter(int(job_id) for job_id, *_ in runs)
+        assert set(per_job) == ids
+        assert max(per_job.values()) == 1, [j for j, n in per_job.items() if n > 1]
+        who = Counter(line[2].split(":")[0] for line in runs)
+        assert len(who) >= 2, who  # the work really was shared
+        with committed_pg() as s:
+            rows = s.execute(select(Job.status, Job.attempts, Job.worker_id, Job.result)).all()
+        assert {(status, attempts) for status, attempts, _, _ in rows} == {("succeeded", 1)}
+        assert all(result == {"worker": worker} for _, _, worker, result in rows)
+
+
+class TestKilledWorker:
+    def test_a_killed_workers_job_is_claimed_again_and_finishes_once(
+            self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path) -> None:
+        record = tmp_path / "runs.txt"
+        with committed_pg.begin() as s:
+            job_id = make_job(s, kind="t_slow",
+                              params={"record": str(record), "hang_first": True}).id
+        proc = _worker_process(pg_only_url, "--poll", "0.05", RANKLAB_JOB_STALE_SECONDS="2")
+        try:
+            running = _wait(committed_pg, job_id,
+                            lambda j: j.status == JobStatus.running and j.progress > 0)
+            dead_worker = running.worker_id
+        finally:
+            proc.kill()
+            proc.wait()
+        time.sleep(1.2)  # let its heartbeat grow older than the rescuer's stale limit
+
+        rescuer = Worker(committed_pg, worker_id="rescuer", poll_seconds=0.05,
+                         heartbeat_seconds=30, stale_seconds=1.0)
+        assert rescuer.run(burst=True) == 1
+        job = _wait(committed_pg, job_id, lambda j: j.status != JobStatus.running, timeout=5)
+        assert (job.status, job.attempts, job.worker_id, job.result) == (
+            "succeeded", 2, "rescuer", {"attempt": 2})
+        assert f"requeued: worker {dead_worker} stopped answering" in job.log
+        lines = record.read_text().splitlines()
+        assert [line.split()[3] for line in lines] == ["started", "started", "finished"]
+        assert lines[-1].split()[1:3] == ["2", "rescuer"]
