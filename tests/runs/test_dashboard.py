@@ -6,14 +6,23 @@ import re
 from datetime import timedelta
 
 import pytest
+from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from app.auth import security
 from app.auth import service as auth
 from app.db import utcnow
 from app.runs import service as jobs
 from app.runs.models import Job, JobStatus
 from tests.factories import bearer, login, make_job, make_user
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2 at production cost is ~0.5 s per hash on a loaded CPU, and every test here logs in;
+    the strength of the hash is not what these tests are about."""
+    monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
 
 
 def _running(session: Session, job: Job, *, progress: float = 0.5, minutes_ago: float = 10) -> Job:
