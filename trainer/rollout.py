@@ -1,0 +1,141 @@
+"""Rollouts for PPO: batched sampling from the policy, and the forward passes that score them.
+
+Generation is left-padded (every prompt ends at the same column, so new tokens line up) and
+samples from softmax(logits / temperature), with no top-k or top-p: the log-probabilities PPO
+uses must be those of the distribution that actually drew the tokens. Every forward pass builds
+position ids from the attention mask, so left padding does not shift positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trainer import ppo
+
+
+@dataclass
+class Rollout:
+    """One batch of prompts and the responses sampled for them."""
+
+    query: torch.Tensor  # (B, P) left-padded prompt ids
+    query_mask: torch.Tensor  # (B, P) 1 on prompt tokens
+    response: torch.Tensor  # (B, R) sampled ids, pad after EOS
+    response_mask: torch.Tensor  # (B, R) 1.0 up to and including the first EOS
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query, self.response], dim=1)  # (B, P + R)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask.to(self.response_mask.dtype), self.response_mask], dim=1)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int,
+             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids, mask), both (B, max_len), padded on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if seq:
+            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[i, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over the real tokens; padding gets 0 (it is masked anyway).  (B, T) -> (B, T)"""
+    return (torch.cumsum(mask.long(), dim=1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, query: torch.Tensor, query_mask: torch.Tensor, *,
+             max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0,
+             generator: torch.Generator | None = None) -> Rollout:
+    """Sample until every row has emitted EOS or `max_new_tokens` are drawn (KV cache, one token a step)."""
+    B = query.shape[0]
+    mask = query_mask.long()
+    out = model(input_ids=query, attention_mask=mask, position_ids=position_ids(mask), use_cache=True)
+    next_pos = mask.sum(dim=1, keepdim=True)  # (B, 1) position of the first new token
+    done = torch.zeros(B, dtype=torch.bool, device=query.device)
+    tokens: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        logits = out.logits[:, -1, :].float() / temperature  # (B, V)
+        probs = torch.softmax(logits, dim=-1)
+        tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        done = done | (tok == eos_id)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
+                    past_key_values=out.past_key_values, use_cache=True)
+        next_pos = next_pos + 1
+    response = torch.stack(tokens, dim=1)  # (B, R)
+    response_mask = ppo.mask_after_eos(response, eos_id)
+    response = torch.where(response_mask > 0, response, torch.full_like(response, pad_id))
+    return Rollout(query=query, query_mask=query_mask, response=response,
+                   response_mask=response_mask)
+
+
+def policy_forward(model: torch.nn.Module, rollout: Rollout,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the sampled response tokens and the logits that gave them.
+
+    Returns (logprobs (B, R), logits (B, R, V)); the logit at position p predicts token p + 1.
+    """
+    mask = rollout.attention_mask.long()
+    out = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask))
+    P = rollout.query.shape[1]
+    logits = out.logits[:, P - 1:-1, :]  # (B, R, V)
+    return ppo.logprobs_from_logits(logits, rollout.response, temperature), logits
+
+
+def token_values(model: torch.nn.Module, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor) -> torch.Tensor:
+    """The scalar head of a sequence-classification model at every position.  -> (B, T)
+
+    AutoModelForSequenceClassification pools at the last non-pad token; PPO needs the head at
+    every token (the value network) or at a chosen one (the reward), so run backbone and head
+    apart, as the reference implementations do.
+    """
+    backbone = getattr(model, model.base_model_prefix)
+    mask = attention_mask.long()
+    hidden = backbone(input_ids=input_ids, attention_mask=mask,
+                      position_ids=position_ids(mask)).last_hidden_state  # (B, T, H)
+    return model.score(hidden).squeeze(-1).float()  # (B, T)
+
+
+class TokenValueModel(torch.nn.Module):
+    """A sequence-classification model whose forward gives the head at every token.
+
+    Wrapping it (rather than reaching into a wrapped model's backbone) keeps DDP's gradient
+    hooks in the forward pass under `accelerate launch`.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return token_values(self.model, input_ids, attention_mask)
+
+
+def value_forward(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+    """V(state before each response token): the head at the token before it.  -> (B, R)
+
+    `model` is a TokenValueModel (or anything called the same way)."""
+    P = rollout.query.shape[1]
+    return model(rollout.input_ids, rollout.attention_mask)[:, P - 1:-1]
+
+
+@torch.no_grad()
+def reward_scores(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+    """The reward model's raw score at the last real token of prompt + response.  -> (B,)"""
+    values = token_values(model, rollout.input_ids, rollout.attention_mask)  # (B, P + R)
+    last = ppo.last_index(rollout.attention_mask)
+    return values[torch.arange(values.shape[0], device=values.device), last]
