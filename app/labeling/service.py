@@ -130,31 +130,9 @@ def next_assignment(*, session: Session, user: User, lease_minutes: float,
         .where(Assignment.task_id == Task.id, _live(now)).correlate(Task).scalar_subquery()
     )
     had = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
-    skipped: list[int] = []
-    while True:
-        q = (
-            select(Task.id)
-            .join(PromptSet, PromptSet.id == Task.prompt_set_id)
-            .where(Task.status == TaskStatus.open, PromptSet.status == SetStatus.active,
-                   ~had, Task.label_count + live_count < PromptSet.overlap)
-            .order_by(Task.id).limit(1)
-        )
-        if skipped:
-            q = q.where(Task.id.not_in(skipped))
-        if _is_pg(session):
-            q = q.with_for_update(of=Task, skip_locked=True)
-        task_id = session.scalar(q)
-        if task_id is None:
-            return None
-        # Counted again now that the row is ours: the snapshot of the choosing query may predate
-        # an assignment committed by someone who held the lock a moment ago.
-        task, overlap = _lock_task(session, task_id)
-        mine = session.scalar(select(Assignment.id).where(Assignment.task_id == task_id,
-                                                           Assignment.user_id == user.id))
-        if mine is None and task.status == TaskStatus.open and \
-                task.label_count + _live_leases(session, task_id, now) < overlap:
-            break
-        skipped.append(task_id)
+    task = _choose_task(session, user, now, live_count, had)
+    if task is None:
+        return None
     order = [c.id for c in task.completions]
     secrets.SystemRandom().shuffle(order)
     assignment = Assignment(task_id=task.id, user_id=user.id, display_order=order,
@@ -162,6 +140,47 @@ def next_assignment(*, session: Session, user: User, lease_minutes: float,
     session.add(assignment)
     session.flush()
     return assignment
+
+
+def _choose_task(session: Session, user: User, now: datetime, live_count: Any,
+                 had: Any) -> Task | None:
+    """Lock and return the first task with room for this labeler. First pass: SKIP LOCKED, so
+    labelers never queue behind each other. If that finds nothing, the tasks left may only be
+    locked for a moment by others, so a second pass waits for them (PostgreSQL only)."""
+    pg = _is_pg(session)
+    for skip_locked in ((True, False) if pg else (False,)):
+        rejected: list[int] = []
+        while True:
+            q = (
+                select(Task.id)
+                .join(PromptSet, PromptSet.id == Task.prompt_set_id)
+                .where(Task.status == TaskStatus.open, PromptSet.status == SetStatus.active,
+                       ~had, Task.label_count + live_count < PromptSet.overlap)
+                .order_by(Task.id).limit(1)
+            )
+            if rejected:
+                q = q.where(Task.id.not_in(rejected))
+            if pg:
+                q = q.with_for_update(of=Task, skip_locked=skip_locked)
+            # A savepoint per try: the lock on a task found full is given back at once, so only
+            # the task finally taken stays locked (no lock cycles between waiting labelers).
+            savepoint = session.begin_nested()
+            task_id = session.scalar(q)
+            if task_id is None:
+                savepoint.rollback()
+                break
+            # Counted again now that the row is ours: the snapshot of the choosing query may
+            # predate an assignment committed by someone who held the lock a moment ago.
+            task, overlap = _lock_task(session, task_id)
+            mine = session.scalar(select(Assignment.id).where(Assignment.task_id == task_id,
+                                                               Assignment.user_id == user.id))
+            if mine is None and task.status == TaskStatus.open and \
+                    task.label_count + _live_leases(session, task_id, now) < overlap:
+                savepoint.commit()
+                return task
+            savepoint.rollback()
+            rejected.append(task_id)
+    return None
 
 
 def get_assignment(*, session: Session, assignment_id: int, user: User) -> Assignment | None:

@@ -1,0 +1,145 @@
+"""The JSON API: GET /api/v1/tasks/next and POST /api/v1/assignments/{id}/annotation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.auth import service as auth
+from app.labeling.models import Annotation, AnnotationItem, Assignment, Task
+from tests.factories import bearer, make_prompt_set, make_task, make_user
+
+FLAG = "hallucination (makes up information)"
+
+
+@pytest.fixture
+def setup(client: TestClient, session: Session) -> dict[str, Any]:
+    user = make_user(session)
+    ps = make_prompt_set(session, k=3, overlap=1, flags=[FLAG, "expresses an opinion"])
+    task = make_task(session, prompt_set=ps, prompt="Write  a haiku.\n\tNow.")
+    headers = bearer(auth.create_token(session=session, user=user).token)
+    return {"user": user, "task": task, "h": headers, "ids": [c.id for c in task.completions]}
+
+
+def _take(client: TestClient, h: dict[str, str]) -> dict[str, Any]:
+    r = client.get("/api/v1/tasks/next", headers=h)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+class TestNextTask:
+    def test_returns_the_task_exactly_then_the_same_one_then_204(self, client: TestClient,
+                                                                  setup: dict[str, Any]) -> None:
+        body = _take(client, setup["h"])
+        assert set(body) >= {"assignment_id", "prompt", "completions", "flags"}
+        assert body["prompt"] == "Write  a haiku.\n\tNow."
+        assert sorted(c["id"] for c in body["completions"]) == sorted(setup["ids"])
+        assert body["flags"] == [FLAG, "expresses an opinion"]
+        assert _take(client, setup["h"])["assignment_id"] == body["assignment_id"]
+        ids = [c["id"] for c in body["completions"]]
+        r = client.post(f"/api/v1/assignments/{body['assignment_id']}/annotation", headers=setup["h"],
+                        json={"ranks": {str(ids[0]): 1, str(ids[1]): 1, str(ids[2]): 3},
+                              "ratings": {str(i): 5 for i in ids}, "flags": {str(ids[2]): [FLAG]},
+                              "notes": "ok"})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["ranks"] == {str(ids[0]): 1, str(ids[1]): 1, str(ids[2]): 2}
+        assert out["flags"][str(ids[2])] == [FLAG] and out["skipped"] is None
+        assert client.get("/api/v1/tasks/next", headers=setup["h"]).status_code == 204
+
+    def test_needs_a_token_and_the_labeler_role(self, client: TestClient, session: Session) -> None:
+        assert client.get("/api/v1/tasks/next").status_code == 401
+        researcher = make_user(session, role="researcher")
+        h = bearer(auth.create_token(session=session, user=researcher).token)
+        assert client.get("/api/v1/tasks/next", headers=h).status_code == 403
+
+    def test_is_documented_in_openapi(self, client: TestClient) -> None:
+        spec = client.get("/api/v1/openapi.json").json()
+        nxt = spec["paths"]["/api/v1/tasks/next"]["get"]
+        assert "204" in nxt["responses"] and "TaskOut" in str(nxt["responses"]["200"])
+        post = spec["paths"]["/api/v1/assignments/{assignment_id}/annotation"]["post"]
+        assert "AnnotationIn" in str(post["requestBody"]) and "422" in post["responses"]
+        assert spec["components"]["schemas"]["AnnotationIn"]["examples"][1] == {
+            "skip": "unclear", "notes": "The instruction is cut off."}
+
+
+class TestSubmitViaApi:
+    def test_submitting_twice_returns_the_same_annotation(self, client: TestClient,
+                                                          setup: dict[str, Any]) -> None:
+        aid, ids = _take(client, setup["h"])["assignment_id"], setup["ids"]
+        body = {"ranks": {str(i): n + 1 for n, i in enumerate(ids)},
+                "ratings": {str(i): 7 - n for n, i in enumerate(ids)}}
+        url = f"/api/v1/assignments/{aid}/annotation"
+        first = client.post(url, headers=setup["h"], json=body).json()
+        second = client.post(url, headers=setup["h"], json={"skip": "unclear"}).json()
+        assert first["id"] == second["id"] and second["skipped"] is None
+
+    def test_skip(self, client: TestClient, session: Session, setup: dict[str, Any]) -> None:
+        aid = _take(client, setup["h"])["assignment_id"]
+        r = client.post(f"/api/v1/assignments/{aid}/annotation", headers=setup["h"],
+                        json={"skip": "harmful", "notes": "asks for a weapon"})
+        assert r.status_code == 200 and r.json()["skipped"] == "harmful"
+        assert session.get(Task, setup["task"].id).label_count == 0  # type: ignore[union-attr]
+
+    def test_someone_elses_assignment_is_404(self, client: TestClient, session: Session,
+                                             setup: dict[str, Any]) -> None:
+        aid = _take(client, setup["h"])["assignment_id"]
+        other = bearer(auth.create_token(session=session, user=make_user(session)).token)
+        r = client.post(f"/api/v1/assignments/{aid}/annotation", headers=other, json={"skip": "other"})
+        assert r.status_code == 404
+
+
+def _valid(ids: list[int]) -> dict[str, Any]:
+    return {"ranks": {str(ids[0]): 1, str(ids[1]): 2, str(ids[2]): 3},
+            "ratings": {str(ids[0]): 6, str(ids[1]): 4, str(ids[2]): 2}}
+
+
+def _drop(d: dict[str, Any], key: str, cid: int) -> dict[str, Any]:
+    d[key] = {k: v for k, v in d[key].items() if k != str(cid)}
+    return d
+
+
+# (name, change to a valid body, the field the 422 must name)
+BAD_SHAPES: list[tuple[str, Any, str]] = [
+    ("no ranks", lambda ids, d: {"ratings": d["ratings"]}, "ranks"),
+    ("a completion unranked", lambda ids, d: _drop(d, "ranks", ids[2]), "ranks"),
+    ("a foreign completion", lambda ids, d: {**d, "ranks": {**d["ranks"], "999999": 3}}, "ranks"),
+    ("not a completion id", lambda ids, d: {**d, "ranks": {**d["ranks"], "abc": 1}}, "ranks"),
+    ("rank 0", lambda ids, d: {**d, "ranks": {**d["ranks"], str(ids[0]): 0}}, "ranks.{0}"),
+    ("rank above K", lambda ids, d: {**d, "ranks": {**d["ranks"], str(ids[2]): 4}}, "ranks.{2}"),
+    ("rank not a number", lambda ids, d: {**d, "ranks": {**d["ranks"], str(ids[1]): "second"}}, "ranks.{1}"),
+    ("no rank 1", lambda ids, d: {**d, "ranks": {str(ids[0]): 2, str(ids[1]): 2, str(ids[2]): 3}}, "ranks"),
+    ("rating 8", lambda ids, d: {**d, "ratings": {**d["ratings"], str(ids[1]): 8}}, "ratings.{1}"),
+    ("a rating missing", lambda ids, d: _drop(d, "ratings", ids[0]), "ratings"),
+    ("a flag not of this set", lambda ids, d: {**d, "flags": {str(ids[0]): ["is rude"]}}, "flags.{0}"),
+    ("flags not a list", lambda ids, d: {**d, "flags": {str(ids[0]): FLAG}}, "flags.{0}"),
+    ("unknown skip reason", lambda ids, d: {"skip": "bored"}, "skip"),
+    ("skip with ranks", lambda ids, d: {**d, "skip": "unclear"}, "skip"),
+    ("an unknown field", lambda ids, d: {**d, "score": 3}, "score"),
+    ("ratings contradict ranks", lambda ids, d: {**d, "ratings": {str(ids[0]): 2, str(ids[1]): 4,
+                                                                 str(ids[2]): 6}}, "confirm_inconsistent"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), [(c, f) for _, c, f in BAD_SHAPES],
+                         ids=[n for n, _, _ in BAD_SHAPES])
+def test_every_invalid_submission_is_refused_naming_the_field_and_nothing_is_stored(
+        client: TestClient, session: Session, setup: dict[str, Any], change: Any, field: str) -> None:
+    aid, ids = _take(client, setup["h"])["assignment_id"], setup["ids"]
+    r = client.post(f"/api/v1/assignments/{aid}/annotation", headers=setup["h"],
+                    json=change(ids, _valid(ids)))
+    assert r.status_code == 422, r.text
+    named = [e["field"] for e in r.json()["detail"]]
+    assert field.format(*ids) in named, named
+    assert session.scalar(select(func.count()).select_from(Annotation)) == 0
+    assert session.scalar(select(func.count()).select_from(AnnotationItem)) == 0
+    session.expire_all()
+    assert session.get(Task, setup["task"].id).label_count == 0  # type: ignore[union-attr]
+    assert session.get(Assignment, aid).state == "active"  # type: ignore[union-attr]
+    # The assignment is still usable: the valid body goes through.
+    ok = client.post(f"/api/v1/assignments/{aid}/annotation", headers=setup["h"], json=_valid(ids))
+    assert ok.status_code == 200, ok.text

@@ -1,0 +1,90 @@
+"""50 labelers at once on PostgreSQL: no task over-assigned, none given twice to one labeler."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth.models import User
+from app.labeling import service as labeling
+from app.labeling.models import Annotation, Assignment, Task
+from tests.factories import make_prompt_set, make_task, make_user
+
+LABELERS, TASKS, OVERLAP = 50, 15, 3
+
+
+def _run_all(target, n: int) -> list[BaseException]:  # type: ignore[no-untyped-def]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def wrapped(i: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            target(i)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return errors
+
+
+def test_fifty_labelers_at_once_never_over_assign(committed_pg: sessionmaker[Session]) -> None:
+    with committed_pg() as s:
+        ps = make_prompt_set(s, k=2, overlap=OVERLAP)
+        for _ in range(TASKS):
+            make_task(s, prompt_set=ps)
+        # One password hash for all: hashing 50 times would only slow the test down.
+        proto = make_user(s)
+        users = [User(username=f"crowd{i}", password_hash=proto.password_hash, role="labeler")
+                 for i in range(LABELERS)]
+        s.add_all(users)
+        s.flush()
+        user_ids = [u.id for u in users]
+        s.commit()
+
+    # Round 1: everybody asks at the same moment; 45 places for 50 labelers.
+    first: dict[int, int | None] = {}
+
+    def ask(i: int) -> None:
+        with committed_pg() as s:
+            user = s.get_one(User, user_ids[i])
+            a = labeling.next_assignment(session=s, user=user, lease_minutes=30)
+            first[i] = a.task_id if a else None
+            s.commit()
+
+    assert _run_all(ask, LABELERS) == []
+    given = Counter(t for t in first.values() if t is not None)
+    assert sum(given.values()) == TASKS * OVERLAP
+    assert max(given.values()) == OVERLAP
+
+    # Round 2: everybody labels until nothing is left, all at once.
+    def work(i: int) -> None:
+        with committed_pg() as s:
+            user = s.get_one(User, user_ids[i])
+            while True:
+                a = labeling.next_assignment(session=s, user=user, lease_minutes=30)
+                if a is None:
+                    s.commit()
+                    return
+                ids = [c.id for c in a.task.completions]
+                labeling.submit(session=s, assignment=a, ranks={str(ids[0]): 1, str(ids[1]): 2},
+                                ratings={str(ids[0]): 6, str(ids[1]): 3})
+                s.commit()
+
+    assert _run_all(work, LABELERS) == []
+    with committed_pg() as s:
+        counts = s.execute(select(Task.id, Task.label_count, Task.status)).all()
+        assert all(c == OVERLAP and st == "closed" for _, c, st in counts)
+        per_task = Counter(s.scalars(select(Annotation.task_id)).all())
+        assert per_task == {tid: OVERLAP for tid, _, _ in counts}
+        pairs = s.execute(select(Assignment.task_id, Assignment.user_id)).all()
+        assert len(pairs) == len(set(pairs)) == TASKS * OVERLAP
+        assert s.scalar(select(func.count()).select_from(Assignment)
+                        .where(Assignment.state == "active")) == 0

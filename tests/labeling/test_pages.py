@@ -1,0 +1,147 @@
+"""The /label page, its form posts, the history page and the guidelines."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.labeling.models import Annotation, Assignment
+from tests.factories import csrf_of, login, make_model_version, make_prompt_set, make_task, make_user
+
+
+def _assignment_id(html: str) -> int:
+    match = re.search(r'action="/label/(\d+)"', html)
+    assert match, "no labeling form on the page"
+    return int(match.group(1))
+
+
+def _fields(task, ranks: list[str], ratings: list[str]) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    data = {}
+    for c, r, g in zip(task.completions, ranks, ratings, strict=True):
+        data[f"rank-{c.id}"] = r
+        data[f"rating-{c.id}"] = g
+    return data
+
+
+class TestLabelPage:
+    def test_shows_the_task_escaped_with_letters_flags_and_keys(self, client: TestClient,
+                                                                  session: Session) -> None:
+        user = make_user(session)
+        ps = make_prompt_set(session, k=3, flags=["gives harmful advice"])
+        demo = make_model_version(session, is_demo=True)
+        make_task(session, prompt_set=ps, policy=demo,
+                  prompt="<b>bold?</b>\n    kept  spaces",
+                  completions=["<img src=x onerror=alert(1)>", "two", "three"])
+        login(client, user)
+        html = client.get("/label").text
+        assert "&lt;b&gt;bold?&lt;/b&gt;\n    kept  spaces</div>" in html
+        assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img src=x" not in html
+        for letter in "ABC":
+            assert f'id="out-{letter}"' in html
+        assert "1 = worst, 7 = best" in html and "gives harmful advice" in html
+        assert "demo model" in html and "Task 1 of 1" in html
+        assert "/static/vendor/sortable-1.15.7.min.js" in html
+        assert "<kbd>j</kbd>" in html and "<kbd>?</kbd>" in html  # the keyboard map is on the page
+
+    def test_form_submit_stores_the_annotation_and_the_next_task_loads(
+            self, client: TestClient, session: Session) -> None:
+        user = make_user(session)
+        ps = make_prompt_set(session, k=3)
+        first = make_task(session, prompt_set=ps)
+        make_task(session, prompt_set=ps, prompt="The second prompt")
+        csrf = login(client, user)
+        aid = _assignment_id(client.get("/label").text)
+        data = {"csrf_token": csrf, **_fields(first, ["1", "1", "3"], ["6", "6", "2"]),
+                f"flags-{first.completions[2].id}": ps.flags[0], "notes": "B rambles",
+                "time_spent_ms": "1234"}
+        r = client.post(f"/label/{aid}", data=data)
+        assert r.status_code == 200 and "The second prompt" in r.text and "Task 2 of 2" in r.text
+        ann = session.scalars(select(Annotation)).one()
+        assert sorted(i.rank for i in ann.items) == [1, 1, 2] and ann.notes == "B rambles"
+        assert [i.flags for i in ann.items if i.completion_id == first.completions[2].id] == [[ps.flags[0]]]
+
+    def test_a_bad_form_is_shown_again_with_the_error_and_the_values(self, client: TestClient,
+                                                                      session: Session) -> None:
+        user = make_user(session)
+        task = make_task(session, prompt_set=make_prompt_set(session, k=3))
+        csrf = login(client, user)
+        aid = _assignment_id(client.get("/label").text)
+        r = client.post(f"/label/{aid}", data={"csrf_token": csrf, **_fields(task, ["1", "2", ""],
+                                                                               ["5", "9", "4"])})
+        assert r.status_code == 422 and "ranks" in r.text
+        assert f'name="rank-{task.completions[1].id}" min="1" max="3" inputmode="numeric" value="2"' in r.text
+        assert session.scalar(select(func.count()).select_from(Annotation)) == 0
+
+    def test_inconsistent_form_needs_the_confirmation_flag(self, client: TestClient,
+                                                           session: Session) -> None:
+        user = make_user(session)
+        task = make_task(session, prompt_set=make_prompt_set(session, k=2))
+        csrf = login(client, user)
+        aid = _assignment_id(client.get("/label").text)
+        data = {"csrf_token": csrf, **_fields(task, ["1", "2"], ["2", "6"])}
+        assert client.post(f"/label/{aid}", data=data).status_code == 422
+        r = client.post(f"/label/{aid}", data={**data, "confirm_inconsistent": "1"},
+                        follow_redirects=False)
+        assert r.status_code == 303
+        assert session.scalars(select(Annotation)).one().inconsistency_confirmed is True
+
+    def test_skip_with_a_reason(self, client: TestClient, session: Session) -> None:
+        user = make_user(session)
+        make_task(session, prompt_set=make_prompt_set(session, k=2))
+        csrf = login(client, user)
+        aid = _assignment_id(client.get("/label").text)
+        bad = client.post(f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": ""})
+        assert bad.status_code == 422
+        r = client.post(f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": "unclear"})
+        assert r.status_code == 200 and "Nothing to label right now" in r.text
+        assert session.scalars(select(Annotation)).one().skip_reason == "unclear"
+        assert session.get(Assignment, aid).state == "skipped"  # type: ignore[union-attr]
+
+    def test_needs_the_labeler_role_and_a_csrf_token(self, client: TestClient, session: Session) -> None:
+        assert client.get("/label", follow_redirects=False).headers["location"].startswith("/login")
+        make_task(session, prompt_set=make_prompt_set(session, k=2))
+        researcher = make_user(session, role="researcher")
+        login(client, researcher)
+        assert client.get("/label").status_code == 403
+        client.cookies.clear()
+        login(client, make_user(session))
+        aid = _assignment_id(client.get("/label").text)
+        assert client.post(f"/label/{aid}/skip", data={"reason": "unclear"}).status_code == 403
+
+    def test_history_page(self, client: TestClient, session: Session) -> None:
+        user = make_user(session)
+        task = make_task(session, prompt_set=make_prompt_set(session, k=2), prompt="History prompt")
+        csrf = login(client, user)
+        aid = _assignment_id(client.get("/label").text)
+        client.post(f"/label/{aid}", data={"csrf_token": csrf, **_fields(task, ["1", "2"], ["6", "3"])})
+        html = client.get("/label/history").text
+        assert "<strong>1</strong> submitted" in html and "History prompt" in html
+        assert "A &gt; B" in html or "B &gt; A" in html
+
+
+class TestGuidelines:
+    def test_admin_saves_versions_rendered_safely_and_annotations_record_the_version(
+            self, client: TestClient, session: Session) -> None:
+        admin = make_user(session, role="admin")
+        csrf = login(client, admin)
+        for body in ("# Rules v1", "# Rules\n\n**Rank** honestly. <script>alert(1)</script>"):
+            assert client.post("/guidelines", data={"csrf_token": csrf, "body": body},
+                               follow_redirects=False).status_code == 303
+        html = client.get("/guidelines").text
+        assert "v2" in html and "<strong>Rank</strong>" in html
+        assert "<script>alert" not in html and "&lt;script&gt;" in html
+        assert "Rules v1" in client.get("/guidelines?version=1").text
+        task = make_task(session, prompt_set=make_prompt_set(session, k=2))
+        page = client.get("/label").text  # admins may label too
+        assert "<strong>Rank</strong>" in page  # the guidelines panel beside the task
+        client.post(f"/label/{_assignment_id(page)}",
+                    data={"csrf_token": csrf, **_fields(task, ["1", "2"], ["6", "3"])})
+        assert session.scalars(select(Annotation)).one().guideline_version == 2
+
+    def test_labelers_read_but_cannot_edit(self, client: TestClient, session: Session) -> None:
+        login(client, make_user(session))
+        assert client.get("/guidelines").status_code == 200
+        assert client.post("/guidelines", data={"csrf_token": csrf_of(client), "body": "x"}).status_code == 403
