@@ -15,12 +15,21 @@ from app.runs import models_service as registry
 from app.runs import service as jobs
 from app.runs.models import Job, JobStatus, ModelKind
 from app.runs.schemas import JobDetailOut, JobListOut, JobOut, ModelOut
-from app.web import render
+from app.web import ROOT, render
 
 router = APIRouter(tags=["runs"])
 api = APIRouter(tags=["runs"])
 
 POLL_SECONDS = 2
+PANELS_DIR = ROOT / "templates" / "runs" / "panels"
+
+
+def start_panels() -> list[str]:
+    """Templates other domains drop into templates/runs/panels/ to offer "start a run" forms on
+    /runs (train a reward model, start the next round), so this page needs no edit for each."""
+    if not PANELS_DIR.is_dir():
+        return []
+    return [f"runs/panels/{p.name}" for p in sorted(PANELS_DIR.glob("*.html"))]
 
 
 def _not_found(request: Request, what: str) -> Response:
@@ -49,7 +58,7 @@ def runs_page(
         "kinds": dashboard.kinds(session=session), "statuses": list(JobStatus),
         "counts": jobs.queue_counts(session=session),
         "polling": dashboard.is_any_active(rows), "poll_seconds": POLL_SECONDS,
-        "human": dashboard.human,
+        "human": dashboard.human, "panels": start_panels(),
     }, block="fragment")
 
 

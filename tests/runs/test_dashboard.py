@@ -8,13 +8,16 @@ from datetime import timedelta
 import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
+from jinja2 import ChoiceLoader, DictLoader
 from sqlalchemy.orm import Session
 
 from app.auth import security
 from app.auth import service as auth
 from app.db import utcnow
 from app.runs import service as jobs
+from app.runs import views
 from app.runs.models import Job, JobStatus
+from app.web import templates
 from tests.factories import bearer, login, make_job, make_user
 
 
@@ -117,6 +120,22 @@ class TestRunsList:
         session.flush()
         done = client.get("/runs", headers={"HX-Request": "true"}).text
         assert "hx-trigger" not in done  # nothing runs: polling stops
+
+
+    def test_failed_jobs_show_their_error_and_panels_from_other_domains_appear(
+            self, client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+        job = _running(session, make_job(session, kind="sample"))
+        jobs.fail(session=session, job=job, error="OSError: no model <x>\ntraceback line")
+        panel = "runs/panels/zz_test.html"
+        monkeypatch.setattr(views, "start_panels", lambda: [panel])
+        monkeypatch.setattr(templates.env, "loader", ChoiceLoader([
+            DictLoader({panel: '<form class="card" id="test-panel">{{ csrf_input(request) }}</form>'}),
+            templates.env.loader]))
+        csrf = login(client, make_user(session, role="researcher"))
+        page = client.get("/runs").text
+        assert "OSError: no model &lt;x&gt;" in page and "traceback line" not in page
+        assert f'<form class="card" id="test-panel"><input type="hidden" name="csrf_token" value="{csrf}">' \
+            in page
 
 
 class TestRunPage:
