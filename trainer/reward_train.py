@@ -304,7 +304,7 @@ def train(cfg: RewardConfig, groups: Sequence[Group], *, out_dir: Path, work_dir
                 # Weighted so the step's loss is the mean over all its rankings.
                 loss = grouped_loss(s, p) * (p.n_rankings / n_rankings)
                 accelerator.backward(loss)
-            step_loss += float(loss)
+            step_loss += float(loss.detach())
             seen_pairs += int(p.win.numel())
         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
@@ -379,7 +379,7 @@ def train(cfg: RewardConfig, groups: Sequence[Group], *, out_dir: Path, work_dir
             raise
         shutil.rmtree(work_dir / CHECKPOINT, ignore_errors=True)
     accelerator.wait_for_everyone()
-    hooks.progress(1.0, f"done: validation accuracy {metrics['val_accuracy']}")
+    # No progress call from here on: it may raise JobCancelled, and the model is already whole.
     return TrainResult(path=out_dir, metrics=metrics, resumed_from_step=start, steps=total)
 
 

@@ -1,0 +1,157 @@
+"""End to end: annotations in the database → train_reward job run by the worker → an active
+reward model with metrics; resume after a worker died; cancel leaves no model."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+import trainer.reward_train as reward_train
+from app.config import get_settings
+from app.db import utcnow
+from app.runs import service as jobs
+from app.runs.models import Job, JobMetric, ModelVersion
+from tests.factories import make_annotation, make_job, make_prompt_set, make_task, make_user
+from tests.tiny import save_tiny_policy
+from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
+from trainer.data import DataFilters, load_groups
+from trainer.reward_job import paths_for
+from trainer.worker import Worker
+
+PARAMS = {"lr": 3e-3, "batch_size": 4, "max_length": 32, "val_fraction": 0.25, "eval_every": 3,
+          "checkpoint_every": 3}
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_policy(tmp_path_factory.mktemp("policy") / "tiny",
+                            [" ".join(WORDS + [MARKER])], hidden=32, layers=2)
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    get_settings.cache_clear()
+    yield tmp_path / "artifacts"
+    get_settings.cache_clear()
+
+
+def seed_rankings(session: Session, n: int = 32, set_name: str = "rm-data") -> None:
+    """n tasks of K=4 from the marker data; every third also ranked by a second labeler, and one
+    skipped annotation that must not count."""
+    ps = make_prompt_set(session, name=set_name, k=4)
+    alice, bob = make_user(session), make_user(session)
+    for i, g in enumerate(synthetic_groups(n, seed=3)):
+        task = make_task(session, prompt_set=ps, prompt=g.prompt, completions=list(g.completions))
+        make_annotation(session, task=task, user=alice, ranks=list(g.rankings[0]))
+        if i % 3 == 0:
+            make_annotation(session, task=task, user=bob, ranks=list(g.rankings[0]))
+        elif i == 1:
+            make_annotation(session, task=task, user=bob, ranks=[1, 1, 1, 1],
+                            skip_reason="unclear")
+    session.commit()
+
+
+def worker(sessions: sessionmaker[Session]) -> Worker:
+    # Beats only when asked: the test's sessions share one connection, which threads must not.
+    return Worker(sessions, worker_id="test-worker", heartbeat_seconds=3600, stale_seconds=60)
+
+
+class TestLoadGroups:
+    def test_groups_rankings_and_filters(self, session: Session) -> None:
+        seed_rankings(session, n=6)
+        groups, manifest = load_groups(session=session, filters=DataFilters(sets=["rm-data"]))
+        assert len(groups) == 6 and manifest["rankings"] == 6 + 2  # tasks 0 and 3 twice; skip not
+        assert [len(g.rankings) for g in groups] == [2, 1, 1, 2, 1, 1]
+        assert all(g.k == 4 for g in groups) and manifest["comparisons"] == 8 * 4
+        two, _ = load_groups(session=session, filters=DataFilters(min_labels=2))
+        assert len(two) == 2
+        with pytest.raises(ValueError, match="no prompt set named 'nope'"):
+            load_groups(session=session, filters=DataFilters(sets=["nope"]))
+
+
+class TestRewardJob:
+    def test_annotations_to_active_reward_model(self, sessions: sessionmaker[Session],
+                                                base_model: Path, artifacts: Path) -> None:
+        with sessions() as s:
+            seed_rankings(s)
+            job = make_job(s, kind="train_reward",
+                           params={"sets": ["rm-data"], "base_model": str(base_model), **PARAMS})
+            s.commit()
+            job_id = job.id
+        assert worker(sessions).run(burst=True) == 1
+        with sessions() as s:
+            job = s.get(Job, job_id)
+            assert job.status == "succeeded", job.error
+            mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
+            assert mv is not None and mv.kind == "reward" and mv.is_active
+            assert mv.source == str(base_model) and Path(mv.path) == paths_for(job_id)[0]
+            assert mv.metrics["val_accuracy"] is not None and "reward_std" in mv.metrics
+            assert mv.config["lr"] == 3e-3 and mv.config["data"]["sets"] == ["rm-data"]
+            assert job.result["model_version_id"] == mv.id
+            names = set(s.scalars(select(JobMetric.name).where(JobMetric.job_id == job_id)))
+            assert {"train_loss", "val_loss", "val_accuracy", "lr"} <= names
+        assert (Path(mv.path) / "model.safetensors").exists()
+        assert not paths_for(job_id)[1].exists()  # checkpoints go once the model is whole
+
+    def test_resumes_from_the_checkpoint_after_the_worker_died(
+            self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        with sessions() as s:
+            seed_rankings(s)
+            job_id = make_job(s, kind="train_reward",
+                              params={"base_model": str(base_model), **PARAMS}).id
+            s.commit()
+        real = reward_train.save_checkpoint
+
+        def save_then_die(work_dir: Path, **kw: object) -> None:
+            real(work_dir, **kw)
+            raise RuntimeError("worker killed")
+
+        monkeypatch.setattr(reward_train, "save_checkpoint", save_then_die)
+        worker(sessions).run(burst=True)
+        with sessions() as s:
+            assert s.get(Job, job_id).status == "failed"
+            # As if the process had died instead: still `running`, heartbeat long stale.
+            s.execute(update(Job).where(Job.id == job_id).values(
+                status="running", heartbeat_at=utcnow() - timedelta(hours=1), error=None,
+                finished_at=None))
+            s.commit()
+        monkeypatch.setattr(reward_train, "save_checkpoint", real)
+        assert worker(sessions).run(burst=True) == 1  # requeued as stale, claimed again
+        with sessions() as s:
+            job = s.get(Job, job_id)
+            assert job.status == "succeeded", job.error
+            assert job.attempts == 2 and job.result["metrics"]["resumed_from_step"] == 3
+            steps = list(s.scalars(select(JobMetric.step).where(
+                JobMetric.job_id == job_id, JobMetric.name == "train_loss").order_by(JobMetric.id)))
+            assert steps == list(range(1, job.result["metrics"]["steps"] + 1))  # none twice
+            assert "resumed from checkpoint at step 3" in job.log
+
+    def test_cancel_leaves_no_model(self, sessions: sessionmaker[Session], base_model: Path,
+                                    artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        with sessions() as s:
+            seed_rankings(s)
+            job_id = make_job(s, kind="train_reward",
+                              params={"base_model": str(base_model), **PARAMS}).id
+            s.commit()
+        real = reward_train.save_checkpoint
+
+        def save_then_cancel(work_dir: Path, **kw: object) -> None:
+            real(work_dir, **kw)
+            with sessions() as s:
+                jobs.request_cancel(session=s, job=s.get(Job, job_id))
+                s.commit()
+
+        monkeypatch.setattr(reward_train, "save_checkpoint", save_then_cancel)
+        worker(sessions).run(burst=True)
+        with sessions() as s:
+            assert s.get(Job, job_id).status == "cancelled"
+            assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
+        out_dir, work_dir = paths_for(job_id)
+        assert not out_dir.exists() and not work_dir.exists()
+        assert not list(artifacts.glob("reward/*"))  # no half-written folder either

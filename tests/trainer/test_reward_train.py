@@ -1,0 +1,98 @@
+"""Short CPU runs of the training loop on a tiny GPT-2 that must measurably learn."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny import save_tiny_policy
+from trainer.reward import Group, load_reward_model, score_texts
+from trainer.reward_train import RewardConfig, split_by_prompt, step_plan, train
+
+WORDS = ("apple river stone cloud green quick lazy tall small bright dark old new warm cold "
+         "house tree road bird fish").split()
+MARKER = "excellent"
+
+
+def synthetic_groups(n: int, k: int = 4, seed: int = 0) -> list[Group]:
+    """Completions with the marker word rank above those without (ties within each side)."""
+    rng = random.Random(seed)
+    groups = []
+    for i in range(n):
+        prompt = " ".join(rng.choices(WORDS, k=4))
+        comps, ranks = [], []
+        for j in range(k):
+            words = rng.choices(WORDS, k=rng.randint(2, 5))
+            good = j % 2 == 0
+            if good:
+                words.insert(rng.randint(0, len(words)), MARKER)
+            comps.append(" ".join(words))
+            ranks.append(1 if good else 2)
+        order = list(range(k))
+        rng.shuffle(order)
+        groups.append(Group(prompt=prompt, completions=tuple(comps[o] for o in order),
+                            rankings=(tuple(ranks[o] for o in order),), key=f"p{i}"))
+    return groups
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_policy(tmp_path_factory.mktemp("policy") / "tiny",
+                            [" ".join(WORDS + [MARKER])], hidden=32, layers=2)
+
+
+def test_split_is_by_prompt_and_stable() -> None:
+    groups = synthetic_groups(50)
+    groups += [Group(g.prompt, g.completions, g.rankings, key=g.key) for g in groups[:10]]
+    train, val = split_by_prompt(groups, 0.2)
+    assert {g.key for g in train}.isdisjoint({g.key for g in val})
+    assert 8 <= len({g.key for g in val}) <= 12
+    assert split_by_prompt(groups, 0.2) == (train, val)
+
+
+def test_step_plan_covers_every_group_once_per_epoch() -> None:
+    plan = step_plan(23, RewardConfig(batch_size=4, grad_accum=2, epochs=2), world=1)
+    flat = [i for step in plan for micro in step for i in micro]
+    assert sorted(flat) == sorted(list(range(23)) * 2)
+    assert all(len(step) <= 2 for step in plan)
+
+
+@pytest.mark.slow
+def test_learns_a_marker_word_on_held_out_prompts(base_model: Path, tmp_path: Path) -> None:
+    cfg = RewardConfig(base_model=str(base_model), lr=3e-3, epochs=1, batch_size=8,
+                       max_length=32, val_fraction=0.2, eval_every=10, checkpoint_every=0)
+    seen: list[tuple[int, dict]] = []
+    result = train(cfg, synthetic_groups(240), out_dir=tmp_path / "rm", work_dir=tmp_path / "work",
+                   hooks=_hooks(seen))
+    print(result.metrics)
+    assert result.metrics["val_accuracy"] >= 0.95, result.metrics
+    assert any("val_accuracy" in v for _, v in seen) and any("train_loss" in v for _, v in seen)
+
+    # Saved whole, with its config, manifest, metrics, and the normalisation in its config.
+    files = {p.name for p in result.path.iterdir()}
+    assert {"model.safetensors", "config.json", "reward_config.json", "data_manifest.json",
+            "metrics.json"} <= files
+    assert not (tmp_path / ".rm.tmp").exists()
+    model, tok = load_reward_model(str(result.path))
+    held_out = synthetic_groups(30, seed=99)
+    prompts = [g.prompt for g in held_out for _ in g.completions]
+    comps = [c for g in held_out for c in g.completions]
+    s = torch.tensor(score_texts(model, tok, prompts, comps, max_length=32))
+    good = torch.tensor([MARKER in c for c in comps])
+    assert s[good].mean() > s[~good].mean() + 1.0
+    # The training completions (the reference here) have mean 0 and std 1 after normalisation.
+    train_groups, _ = split_by_prompt(synthetic_groups(240), 0.2)
+    ref = torch.tensor(score_texts(model, tok, [g.prompt for g in train_groups for _ in g.completions],
+                                   [c for g in train_groups for c in g.completions], max_length=32))
+    assert abs(ref.mean().item()) < 1e-3 and abs(ref.std().item() - 1) < 1e-3
+    assert json.loads((result.path / "metrics.json").read_text())["val_accuracy"] >= 0.95
+
+
+def _hooks(seen: list):  # type: ignore[no-untyped-def]
+    from trainer.reward_train import Hooks
+
+    return Hooks(metric=lambda step, **v: seen.append((step, v)))

@@ -1,0 +1,117 @@
+"""The `train_reward` job: rankings from the database → a trained, registered reward model.
+
+params: the export filters (sets, min_labels, labelers, since, until), base_model (default:
+the active policy's backbone), and any RewardConfig field (lr, epochs, batch_size, max_length,
+...). The model lands in <artifacts>/reward/job-<id>; checkpoints in
+<artifacts>/checkpoints/reward-job-<id>, which a reclaimed job resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from app.config import get_settings
+from app.runs import service as jobs
+from app.runs.models import ModelKind, ModelVersion
+from trainer.data import DataFilters, load_groups
+from trainer.reward_train import Hooks, RewardConfig, train
+
+FILTER_KEYS = {"sets", "min_labels", "labelers", "since", "until"}
+
+
+def paths_for(job_id: int, artifacts: Path | None = None) -> tuple[Path, Path]:
+    """(model folder, checkpoint folder) of a train_reward job."""
+    root = Path(artifacts or get_settings().artifacts_dir)
+    return root / "reward" / f"job-{job_id}", root / "checkpoints" / f"reward-job-{job_id}"
+
+
+def config_from_params(params: dict[str, Any], base_model: str) -> RewardConfig:
+    known = {f.name for f in fields(RewardConfig)}
+    unknown = sorted(set(params) - known - FILTER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for train_reward "
+                         f"(known: {', '.join(sorted(known | FILTER_KEYS))})")
+    values = {k: v for k, v in params.items() if k in known and v not in (None, "")}
+    values["base_model"] = base_model
+    return RewardConfig.from_dict(values)
+
+
+def resolve_base_model(session: Any, requested: str | None) -> tuple[str, ModelVersion | None]:
+    """The backbone: what was asked for, else the active policy's, else RANKLAB_POLICY_MODEL."""
+    policy = session.scalar(select(ModelVersion).where(
+        ModelVersion.kind == ModelKind.policy, ModelVersion.is_active.is_(True)))
+    if requested:
+        return requested, None
+    if policy is not None and (policy.path or policy.source not in ("", "demo")):
+        return str(policy.path or policy.source), policy
+    if get_settings().policy_model:
+        return str(get_settings().policy_model), None
+    raise ValueError("no base model: pass base_model (--base-model), or make a policy with "
+                     "saved files active")
+
+
+def run_job(ctx: Any) -> dict[str, Any]:
+    params = dict(ctx.params)
+    ctx.progress(0.0, "reading rankings")
+    with ctx.session() as s:
+        base_model, policy = resolve_base_model(s, params.get("base_model"))
+        cfg = config_from_params(params, base_model)
+        filters = DataFilters.from_params(params)
+        groups, manifest = load_groups(session=s, filters=filters)
+        ref_id = policy.id if policy else s.scalar(select(ModelVersion.id).where(
+            ModelVersion.kind == ModelKind.policy, ModelVersion.is_active.is_(True)))
+    if not groups:
+        raise ValueError(f"no rankings match the filters {manifest['filters']}")
+    manifest["job_id"] = ctx.job_id
+    ctx.log(f"{manifest['tasks']} tasks, {manifest['rankings']} rankings, "
+            f"{manifest['comparisons']} comparisons; base model {base_model}")
+
+    # The reference policy's own samples set the score's zero and unit; without any, all of them.
+    reference = [(g.prompt, c) for g in groups
+                 for c, p in zip(g.completions, g.policies, strict=False) if ref_id and p == ref_id]
+    manifest["normalized_on"] = f"policy {ref_id}" if reference else "every completion in the data"
+
+    out_dir, work_dir = paths_for(ctx.job_id)
+    try:
+        if (out_dir / "metrics.json").exists():
+            # A previous attempt saved the model and died before registering it.
+            metrics = json.loads((out_dir / "metrics.json").read_text())
+        else:
+            result = train(cfg, groups, out_dir=out_dir, work_dir=work_dir,
+                           reference=reference or None, manifest=manifest,
+                           hooks=Hooks(progress=lambda f, m: ctx.progress(0.02 + 0.98 * f, m),
+                                       metric=ctx.metric, log=ctx.log))
+            metrics = result.metrics
+    except jobs.JobCancelled:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        ctx.log("cancelled: no model was saved and the checkpoints are deleted")
+        raise
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+    with ctx.session() as s:
+        mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == ctx.job_id,
+                                                 ModelVersion.kind == ModelKind.reward))
+        if mv is None:
+            mv = ModelVersion(kind=ModelKind.reward, name=f"reward-job{ctx.job_id}",
+                              source=base_model, path=str(out_dir), job_id=ctx.job_id,
+                              parent_id=policy.id if policy else None)
+            s.add(mv)
+        mv.config = {**asdict(cfg), "data": manifest["filters"], "manifest": manifest}
+        mv.metrics = metrics
+        s.flush()
+        none_active = s.scalar(select(ModelVersion.id).where(
+            ModelVersion.kind == ModelKind.reward, ModelVersion.is_active.is_(True))) is None
+        if none_active:
+            mv.is_active = True  # the first reward model is the one PPO uses until someone switches
+        s.flush()
+        mv_id, active = mv.id, mv.is_active
+    ctx.log(f"reward model {mv_id} saved at {out_dir} (validation accuracy "
+            f"{metrics.get('val_accuracy')}){'; now active' if active else ''}")
+    return {"model_version_id": mv_id, "path": str(out_dir), "active": active,
+            "metrics": metrics}
