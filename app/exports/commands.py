@@ -1,5 +1,165 @@
+"""`ranklab export FORMAT --out FILE [filters]` and `ranklab preferences import FILE --name NAME`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
 import click
+
+from app.config import get_settings
 
 
 def register(cli: click.Group) -> None:
-    """No commands yet."""
+    cli.add_command(export)
+    cli.add_command(preferences)
+
+
+def _sessions():  # type: ignore[no-untyped-def]
+    from app.cli import sessions
+
+    return sessions()
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    t = datetime.fromisoformat(value)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _file_type(out: Path, given: str | None) -> str:
+    if given:
+        return given
+    name = out.name.lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "jsonl.gz" if name.endswith(".gz") else "jsonl"
+
+
+@click.command()
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["comparisons", "trl", "rankings", "groups"]))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write; .jsonl, .jsonl.gz or .parquet picks the file type.")
+@click.option("--file-type", type=click.Choice(["jsonl", "jsonl.gz", "parquet"]),
+              help="Override the file type the name implies.")
+@click.option("--set", "sets", multiple=True, help="Prompt set name or id (repeatable; default all).")
+@click.option("--policy", "policies", multiple=True, help="Policy version name or id (repeatable).")
+@click.option("--since", help="Annotations made at or after this ISO date/time (UTC).")
+@click.option("--until", help="Annotations made before this ISO date/time (UTC).")
+@click.option("--labeler", "labelers", multiple=True, help="Username or pseudonym (repeatable).")
+@click.option("--include-skipped", is_flag=True, help="Skipped annotations too (rankings only).")
+@click.option("--exclude-flagged", is_flag=True, help="Leave out annotations with any flagged output.")
+@click.option("--min-labels", default=0, show_default=True, help="Only tasks with at least N labels.")
+@click.option("--split", type=click.Choice(["train", "validation", "test"]), help="Only this split.")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the split by prompt.")
+@click.option("--split-fractions", default="0.9,0.05,0.05", show_default=True,
+              help="train,validation,test shares.")
+@click.option("--conversational", is_flag=True, help="trl: lists of {role, content} messages.")
+@click.option("--margin", type=click.Choice(["none", "rank", "rating"]), default="none",
+              show_default=True, help="trl: add a margin column (rank gap or rating difference).")
+@click.option("--real-names", is_flag=True, help="Usernames instead of pseudonyms (for admins).")
+def export(fmt: str, out: Path, file_type: str | None, sets: tuple[str, ...], policies: tuple[str, ...],
+           since: str | None, until: str | None, labelers: tuple[str, ...], include_skipped: bool,
+           exclude_flagged: bool, min_labels: int, split: str | None, split_seed: int,
+           split_fractions: str, conversational: bool, margin: str, real_names: bool) -> None:
+    """Write an export and its manifest (FILE.manifest.json) beside it.
+
+    \b
+    Formats: comparisons (every pair, ties marked), trl (prompt/chosen/rejected),
+    rankings (one row per annotation), groups (one row per task, every ranking).
+    Examples:
+      ranklab export trl --out prefs.jsonl
+      ranklab export trl --split train --out train.parquet --conversational
+      ranklab export comparisons --set round-2 --min-labels 2 --out pairs.jsonl.gz
+    """
+    from sqlalchemy import or_, select
+
+    from app.exports import service
+    from app.exports.formats import RowOptions
+    from app.prompts.models import PromptSet
+    from app.runs.models import ModelVersion
+
+    settings = get_settings()
+    maker = _sessions()
+
+    def ids(session, model, values):  # type: ignore[no-untyped-def]
+        out_ids = []
+        for v in values:
+            found = session.scalar(select(model.id).where(
+                or_(model.name == v, model.id == (int(v) if v.isdigit() else -1))))
+            if found is None:
+                raise click.BadParameter(f"no {model.__tablename__.replace('_', ' ')} called {v!r}")
+            out_ids.append(found)
+        return out_ids
+
+    try:
+        fractions = tuple(float(x) for x in split_fractions.split(","))
+        with maker() as s:
+            filters = service.Filters(
+                prompt_set_ids=ids(s, PromptSet, sets), policy_version_ids=ids(s, ModelVersion, policies),
+                since=_when(since), until=_when(until),
+                labeler_ids=service.resolve_labelers(session=s, names=list(labelers),
+                                                     secret=settings.secret_key),
+                include_skipped=include_skipped, exclude_flagged=exclude_flagged, min_labels=min_labels,
+                split=split, split_seed=split_seed, split_fractions=fractions)  # type: ignore[arg-type]
+        ex = service.export(session_factory=maker, fmt=fmt, file_type=_file_type(out, file_type),
+                            filters=filters, opts=RowOptions(conversational=conversational, margin=margin),  # type: ignore[arg-type]
+                            secret=settings.secret_key, real_names=real_names)
+    except (ValueError, service.ExportError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    with tmp.open("wb") as f:
+        for chunk in ex.stream:
+            f.write(chunk)
+    tmp.replace(out)
+    manifest = ex.manifest(filename=out.name)
+    Path(str(out) + ".manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    c = manifest["counts"]
+    click.echo(f"wrote {c['rows']} {fmt} rows ({c['pairs']} pairs, {c['ties']} ties, "
+               f"{c['annotations']} annotations, {c['prompts']} prompts) to {out}; "
+               f"sha256 {manifest['sha256'][:12]}…, manifest {out}.manifest.json")
+
+
+@click.group()
+def preferences() -> None:
+    """External preference data (HH-RLHF, TRL, ranklab rankings exports)."""
+
+
+@preferences.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Name of the new prompt set.")
+@click.option("--format", "kind", type=click.Choice(["auto", "hh", "trl", "rankings"]), default="auto",
+              show_default=True, help="What the file holds; auto looks at the columns.")
+@click.option("--skip-invalid", is_flag=True, help="Import the valid rows and list the invalid ones.")
+def preferences_import(file: Path, name: str, kind: str, skip_invalid: bool) -> None:
+    """Import a preference file as a prompt set with imported outputs and labels.
+
+    Any invalid row refuses the whole file (each bad row is named with its line and field),
+    unless --skip-invalid.
+
+    \b
+    Examples:
+      ranklab preferences import hh-rlhf-harmless.jsonl.gz --name hh-harmless
+      ranklab preferences import prefs.parquet --name vendor-batch-3 --skip-invalid
+      ranklab preferences import ranklab-rankings.jsonl --name copy-of-round-2
+    """
+    from app.exports import importer
+
+    try:
+        with _sessions().begin() as s:
+            r = importer.import_preferences(session=s, data=file.read_bytes(), filename=file.name,
+                                            name=name, kind=kind, skip_invalid=skip_invalid)
+            set_id, k = r.prompt_set.id, r.prompt_set.k
+    except importer.ImportRefused as exc:
+        for e in exc.errors:
+            click.echo(f"{file.name}: {e}", err=True)
+        if exc.total > len(exc.errors):
+            click.echo(f"... and {exc.total - len(exc.errors)} more", err=True)
+        raise click.ClickException(str(exc)) from exc
+    for e in r.skipped:
+        click.echo(f"skipped {file.name}: {e}", err=True)
+    click.echo(f"imported {r.imported} of {r.rows} rows ({r.kind}) as prompt set '{name}' (id {set_id}, "
+               f"K={k}, {r.tasks} tasks)" + (f"; skipped {len(r.skipped)} invalid rows" if r.skipped else ""))
