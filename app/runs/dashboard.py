@@ -37,6 +37,7 @@ METRIC_GROUPS: dict[str, str] = {
     "entropy": "Entropy",
     "clip_frac": "Clip fraction", "clipfrac": "Clip fraction", "clip_fraction": "Clip fraction",
     "policy_clipfrac": "Clip fraction", "value_clipfrac": "Clip fraction",
+    "value_clip_frac": "Clip fraction", "policy_clip_frac": "Clip fraction",
     "approx_kl": "Approximate KL (old → new)", "approxkl": "Approximate KL (old → new)",
     "value_loss": "Value loss", "vf_loss": "Value loss",
     "policy_loss": "Policy loss", "pg_loss": "Policy loss",
@@ -47,6 +48,8 @@ METRIC_GROUPS: dict[str, str] = {
     "no_eos": "Share without EOS", "no_eos_share": "Share without EOS",
     "no_eos_frac": "Share without EOS", "frac_no_eos": "Share without EOS",
     "grad_norm": "Gradient norm",
+    "time_generate": "Seconds per iteration", "time_score": "Seconds per iteration",
+    "time_update": "Seconds per iteration",
     "tokens_per_second": "Throughput", "pairs_per_second": "Throughput",
     "completions_per_second": "Throughput",
 }

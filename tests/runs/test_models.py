@@ -98,14 +98,16 @@ class TestModelsPage:
         job = make_job(session, kind="train_reward")
         base = make_model(session, name="demo policy", source="demo", is_demo=True, active=True)
         child = make_model(session, name="ppo <v2>", parent_id=base.id,
-                           metrics={"mean_reward": 1.234})
+                           metrics={"mean_reward": 1.234, "first_mean_reward": -0.5, "kl": 0.0421},
+                           config={"parent_is_demo": True})
         make_model(session, kind=ModelKind.reward, name="rm-1", job_id=job.id,
                    metrics={"val_accuracy": 0.724})
         login(client, make_user(session, role="researcher"))
         page = client.get("/models").text
         assert "72.4%" in page and f'href="/runs/{job.id}"' in page
         assert "demo model</span>" in page
-        assert "ppo &lt;v2&gt;" in page and "1.234" in page
+        assert "ppo &lt;v2&gt;" in page and "-0.500 → 1.234" in page and "0.042" in page
+        assert "from the demo model</span>" in page
         assert f"#{base.id} demo policy" in page  # the child's parent
         assert f'action="/models/{child.id}/promote"' in page
         assert f'action="/models/{base.id}/promote"' not in page  # already active
