@@ -112,23 +112,38 @@ Scorer = Callable[[Rollout], torch.Tensor]  # rollout -> (B,) normalised scores
 
 
 class RewardModelScorer:
-    """A trained reward model read at the last real token, with its stored normalisation."""
+    """A trained reward model read at the last real token, normalised as its trainer stored."""
 
-    def __init__(self, model: torch.nn.Module, shift: float = 0.0, scale: float = 1.0) -> None:
-        self.model, self.shift, self.scale = model, shift, scale
+    def __init__(self, model: torch.nn.Module, eos_id: int, shift: float = 0.0, scale: float = 1.0) -> None:
+        self.model, self.eos_id, self.shift, self.scale = model, eos_id, shift, scale
 
     def __call__(self, batch: Rollout) -> torch.Tensor:
-        return (ro.reward_scores(self.model, batch) - self.shift) / self.scale
+        from trainer.reward import score
+
+        # The reward model learned on prompt + completion text, which has no EOS token: read it
+        # at the last text token, as in its training.
+        text = batch.response_mask * (batch.response != self.eos_id).to(batch.response_mask.dtype)
+        mask = torch.cat([batch.query_mask.to(text.dtype), text], dim=1).long()
+        raw = score(self.model, {"input_ids": batch.input_ids, "attention_mask": mask}).float()
+        return (raw - self.shift) / self.scale
 
 
-def read_normalization(reward_path: str | Path) -> tuple[float, float]:
-    """(shift, scale) the reward trainer stored; (0, 1) when it stored none."""
+def read_normalization(reward_path: str | Path, config: Any = None) -> tuple[float, float]:
+    """(shift, scale): score_normalised = (raw − shift) / scale; (0, 1) when none was stored.
+
+    The reward trainer keeps them in the model's config (reward_mean, reward_std); a
+    reward_normalization.json beside it ({"shift", "scale"}) wins when present.
+    """
+    from trainer.reward import NORM_MEAN, NORM_STD
+
     path = Path(reward_path) / NORMALIZATION_FILE
-    if not path.is_file():
-        return 0.0, 1.0
-    data = json.loads(path.read_text())
-    scale = float(data.get("scale") or 1.0)
-    return float(data.get("shift", 0.0)), scale if scale > 0 else 1.0
+    if path.is_file():
+        data = json.loads(path.read_text())
+        shift, scale = float(data.get("shift", 0.0)), float(data.get("scale") or 1.0)
+    else:
+        shift = float(getattr(config, NORM_MEAN, 0.0) or 0.0)
+        scale = float(getattr(config, NORM_STD, 1.0) or 1.0)
+    return shift, scale if scale > 0 else 1.0
 
 
 @dataclass
@@ -189,7 +204,9 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
     (tests pass a rule-based stand-in for a trained reward model).
     """
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.reward import is_decoder, load_reward_model
 
     cfg.validate()
     reporter = reporter or QuietReporter()
@@ -217,11 +234,14 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
 
     policy = AutoModelForCausalLM.from_pretrained(start_policy)
     reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=frozen_dtype)
-    value = AutoModelForSequenceClassification.from_pretrained(start_value, num_labels=1)
+    value, _ = load_reward_model(str(start_value), tokenizer_source=str(policy_path))
     if value.config.vocab_size != policy.config.vocab_size:
         raise ValueError(f"the reward model ({reward_path}) has a vocabulary of {value.config.vocab_size}, "
                          f"the policy {policy.config.vocab_size}: the value network starts from the "
                          "reward model, so both must share the policy's tokenizer")
+    if not is_decoder(value):
+        raise ValueError(f"the reward model ({reward_path}) is not a decoder with a `score` head; the "
+                         "value network starts from it and needs a value at every token")
     value.config.pad_token_id = pad_id
     value = ro.TokenValueModel(value)
     for m in (policy, reference, value):
@@ -230,12 +250,10 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
     reference.requires_grad_(False)
     reference.to(device)
     if scorer is None:
-        reward_model = AutoModelForSequenceClassification.from_pretrained(
-            reward_path, num_labels=1, dtype=frozen_dtype).eval().to(device)
-        reward_model.requires_grad_(False)
-        reward_model.config.pad_token_id = pad_id
-        shift, scale = read_normalization(reward_path)
-        scorer = RewardModelScorer(reward_model, shift, scale)
+        reward_model, _ = load_reward_model(str(reward_path))
+        reward_model.to(device=device, dtype=frozen_dtype).eval().requires_grad_(False)
+        shift, scale = read_normalization(reward_path, reward_model.config)
+        scorer = RewardModelScorer(reward_model, eos_id, shift, scale)
         reporter.log(f"reward normalisation: shift {shift:.4f}, scale {scale:.4f}")
 
     opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
@@ -320,7 +338,7 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
                     with acc.autocast():
                         lm = _lm_loss(policy, ids[:, keep], pmask[:, keep])
                     acc.backward(cfg.ptx_coef * lm)
-                    stats["ptx_loss"].append(float(lm))
+                    stats["ptx_loss"].append(float(lm.detach()))
                 acc.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 acc.clip_grad_norm_(value.parameters(), cfg.max_grad_norm)
                 opt_p.step()
