@@ -42,14 +42,18 @@ class RowError:
     message: str
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.message}"
+        where = f"line {self.line}: " if self.line else ""  # line 0: the file as a whole
+        return f"{where}{self.field}: {self.message}"
 
 
 class ImportRefused(ValueError):
     def __init__(self, errors: list[RowError], total: int, message: str | None = None) -> None:
         self.errors = errors
         self.total = total
-        super().__init__(message or f"{total} invalid row(s); nothing was imported")
+        if message is None:
+            message = ("; ".join(map(str, errors)) if errors and all(e.line == 0 for e in errors)
+                       else f"{total} invalid row(s)") + "; nothing was imported"
+        super().__init__(message)
 
 
 @dataclass
