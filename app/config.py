@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     openai_api_key: str | None = Field(None, description="Bearer key for that server, if it wants one.")
     openai_model: str | None = Field(None, description="Model name the server serves.")
     openai_concurrency: int = Field(8, description="Requests in flight to that server at once.")
+    openai_timeout_seconds: float = Field(120.0, description="Longest wait for one answer of that server.")
+    openai_retries: int = Field(4, description="Retries (with backoff) on 429, 5xx and timeouts.")
     admin_username: str | None = Field(None, description="First admin's name for `make run`.")
     admin_password: str | None = Field(None, description="First admin's password for `make run`.")
     extra_handlers: str | None = Field(

@@ -1,0 +1,268 @@
+"""Prompt sets: import a file whole or not at all, enqueue its sampling, report its progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import utcnow
+from app.labeling.models import Task, TaskStatus
+from app.prompts.models import DEFAULT_FLAGS, Prompt, PromptSet, SetStatus
+from app.prompts.parsing import Problem, TokenCounter, approx_tokens, parse_prompt_file
+from app.runs import policies
+from app.runs import service as jobs
+from app.runs.models import FINISHED, Job, JobStatus, ModelVersion
+
+K_MIN, K_MAX = 4, 9
+OVERLAP_MAX = 100
+SAMPLING_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
+
+
+class ImportRejected(Exception):
+    """The upload was refused; `problems` says where and why. Nothing was stored."""
+
+    def __init__(self, problems: list[Problem], truncated: bool = False) -> None:
+        super().__init__("; ".join(str(p) for p in problems[:3]))
+        self.problems = problems
+        self.truncated = truncated
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+@lru_cache(maxsize=8)
+def _tokenizer_file_counter(path: str, _mtime: float) -> TokenCounter:
+    # The `tokenizers` library only: transformers would pull torch into the web process.
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(path)
+    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+
+
+def token_counter(version: ModelVersion | None) -> tuple[TokenCounter, str]:
+    """The policy's own tokenizer when its folder has a tokenizer.json, else an approximation."""
+    if version is not None and version.path:
+        file = Path(version.path) / "tokenizer.json"
+        if file.is_file():
+            try:
+                return _tokenizer_file_counter(str(file), file.stat().st_mtime), "policy tokenizer"
+            except Exception:  # noqa: BLE001, S110  (an unreadable tokenizer falls back, and says so)
+                pass
+    return approx_tokens, "approximate (words, or characters / 4)"
+
+
+# --- import ----------------------------------------------------------------------------------
+
+def check_options(*, session: Session, filename: str, name: str, k: int, overlap: int,
+                  sampling: dict[str, Any], policy_version_id: int | None,
+                  compare_version_id: int | None) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def bad(fld: str, message: str) -> None:
+        problems.append(Problem(filename, None, fld, message))
+
+    if not name.strip():
+        bad("name", "a prompt set needs a name")
+    elif len(name) > 200:
+        bad("name", "at most 200 characters")
+    elif session.scalar(select(PromptSet.id).where(PromptSet.name == name.strip())) is not None:
+        bad("name", f"a prompt set named {name.strip()!r} already exists; choose another name")
+    if not K_MIN <= k <= K_MAX:
+        bad("k", f"K must be between {K_MIN} and {K_MAX}, got {k}")
+    if not 1 <= overlap <= OVERLAP_MAX:
+        bad("overlap", f"overlap must be between 1 and {OVERLAP_MAX}, got {overlap}")
+    mnt, temp = sampling.get("max_new_tokens"), sampling.get("temperature")
+    top_p, top_k = sampling.get("top_p"), sampling.get("top_k")
+    if not isinstance(mnt, int) or not 1 <= mnt <= 4096:
+        bad("max_new_tokens", f"must be a whole number from 1 to 4096, got {mnt}")
+    if not isinstance(temp, int | float) or not 0 < temp <= 5:
+        bad("temperature", f"must be above 0 and at most 5, got {temp}")
+    if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        bad("top_p", f"must be above 0 and at most 1, got {top_p}")
+    if not isinstance(top_k, int) or top_k < 0:
+        bad("top_k", f"must be 0 (off) or a positive whole number, got {top_k}")
+    for fld, vid in (("policy_version", policy_version_id), ("compare_version", compare_version_id)):
+        if vid is not None and policies.get_policy(session=session, version_id=vid) is None:
+            bad(fld, f"no policy version with id {vid}")
+    if compare_version_id is not None and compare_version_id == policy_version_id:
+        bad("compare_version", "must differ from the policy version")
+    return problems
+
+
+def import_prompt_set(
+    *,
+    session: Session,
+    settings: Settings,
+    name: str,
+    filename: str,
+    data: bytes,
+    fmt: str | None = None,
+    k: int = 4,
+    overlap: int = 1,
+    sampling: dict[str, Any] | None = None,
+    policy_version_id: int | None = None,
+    compare_version_id: int | None = None,
+    created_by_id: int | None = None,
+    enqueue: bool = True,
+) -> PromptSet:
+    """Validate everything, then store the set, its prompts and a `sample` job; or raise
+    ImportRejected having stored nothing."""
+    params = {**SAMPLING_DEFAULTS, **(sampling or {})}
+    problems = check_options(session=session, filename=filename, name=name, k=k, overlap=overlap,
+                             sampling=params, policy_version_id=policy_version_id,
+                             compare_version_id=compare_version_id)
+    version = None
+    if not any(p.field in ("policy_version", "compare_version") for p in problems):
+        version = (policies.get_policy(session=session, version_id=policy_version_id)
+                   if policy_version_id is not None
+                   else policies.default_policy(session=session, settings=settings))
+    counter, counted_with = token_counter(version)
+    parsed = parse_prompt_file(filename=filename, data=data, fmt=fmt,
+                               max_bytes=int(settings.max_upload_mb * 1_000_000),
+                               max_tokens=settings.max_prompt_tokens, count_tokens=counter)
+    problems += parsed.problems
+    if problems:
+        raise ImportRejected(problems, truncated=parsed.truncated)
+    assert version is not None
+    prompt_set = PromptSet(
+        name=name.strip(), k=k, overlap=overlap, sampling=params, policy_version_id=version.id,
+        compare_version_id=compare_version_id, flags=list(DEFAULT_FLAGS),
+        status=SetStatus.sampling if enqueue else SetStatus.active,
+        source_filename=filename[:500], created_by_id=created_by_id,
+        report={"rows": parsed.rows, "imported": len(parsed.prompts),
+                "duplicates": parsed.duplicates, "duplicate_lines": parsed.duplicate_lines,
+                "tokens_counted_with": counted_with},
+    )
+    session.add(prompt_set)
+    session.flush()
+    session.add_all(Prompt(prompt_set_id=prompt_set.id, text=p.text, text_hash=p.hash, meta=p.meta,
+                           source_line=p.line) for p in parsed.prompts)
+    session.flush()
+    if enqueue:
+        start_sampling(session=session, prompt_set=prompt_set, created_by_id=created_by_id)
+    return prompt_set
+
+
+def start_sampling(*, session: Session, prompt_set: PromptSet,
+                   created_by_id: int | None = None) -> Job:
+    """Queue a `sample` job for the set's prompts that have no task yet."""
+    job = jobs.enqueue(session=session, kind="sample", params={"prompt_set_id": prompt_set.id},
+                       created_by_id=created_by_id)
+    prompt_set.status = SetStatus.sampling
+    prompt_set.report = {**prompt_set.report, "job_id": job.id}
+    session.flush()
+    return job
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def list_sets(*, session: Session) -> list[PromptSet]:
+    return list(session.scalars(select(PromptSet).order_by(PromptSet.id.desc())))
+
+
+def get_set(*, session: Session, set_id: int) -> PromptSet | None:
+    return session.get(PromptSet, set_id)
+
+
+def get_set_by_name(*, session: Session, name: str) -> PromptSet | None:
+    return session.scalar(select(PromptSet).where(PromptSet.name == name))
+
+
+def sampling_job(*, session: Session, prompt_set: PromptSet) -> Job | None:
+    job_id = (prompt_set.report or {}).get("job_id")
+    return session.get(Job, job_id) if job_id else None
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int
+    job: Job | None
+    rate: float | None  # prompts per second over this job's run
+    eta_seconds: float | None
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.status in (JobStatus.queued, JobStatus.running)
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "done": self.done, "rate_per_s": self.rate,
+                "eta_seconds": self.eta_seconds,
+                "job": None if self.job is None else {
+                    "id": self.job.id, "status": self.job.status, "message": self.job.message,
+                    "error": self.job.error}}
+
+
+def progress(*, session: Session, prompt_set: PromptSet) -> Progress:
+    total = session.scalar(select(func.count()).select_from(Prompt)
+                           .where(Prompt.prompt_set_id == prompt_set.id)) or 0
+    done = session.scalar(select(func.count(func.distinct(Task.prompt_id)))
+                          .where(Task.prompt_set_id == prompt_set.id,
+                                 Task.status != TaskStatus.sampling)) or 0
+    job = sampling_job(session=session, prompt_set=prompt_set)
+    rate = eta = None
+    if job is not None and job.status == JobStatus.running and job.started_at is not None:
+        by_job = session.scalar(select(func.count()).select_from(Task)
+                                .where(Task.sampling_job_id == job.id)) or 0
+        elapsed = (utcnow() - job.started_at).total_seconds()
+        if by_job and elapsed > 0:
+            rate = by_job / elapsed
+            eta = (total - done) / rate
+    return Progress(total=total, done=done, job=job, rate=rate, eta_seconds=eta)
+
+
+def cancel_sampling(*, session: Session, prompt_set: PromptSet) -> Job | None:
+    job = sampling_job(session=session, prompt_set=prompt_set)
+    if job is not None and job.status not in FINISHED:
+        jobs.request_cancel(session=session, job=job)
+        if job.status == JobStatus.cancelled:  # it had not started: nothing else will update the set
+            prompt_set.status = SetStatus.active
+            session.flush()
+    return job
+
+
+def resume_sampling(*, session: Session, prompt_set: PromptSet,
+                    created_by_id: int | None = None) -> Job | None:
+    """After a cancel or a failure: sample the prompts still without completions."""
+    job = sampling_job(session=session, prompt_set=prompt_set)
+    if job is not None and job.status not in FINISHED:
+        return job
+    prog = progress(session=session, prompt_set=prompt_set)
+    if prog.done >= prog.total:
+        return None
+    return start_sampling(session=session, prompt_set=prompt_set, created_by_id=created_by_id)
+
+
+def sample_tasks(*, session: Session, prompt_set: PromptSet, limit: int = 20) -> list[Task]:
+    return list(session.scalars(
+        select(Task).where(Task.prompt_set_id == prompt_set.id, Task.status != TaskStatus.sampling)
+        .order_by(Task.id).limit(limit)
+    ))
+
+
+def prompts_page(*, session: Session, prompt_set: PromptSet, limit: int = 50) -> list[Prompt]:
+    return list(session.scalars(select(Prompt).where(Prompt.prompt_set_id == prompt_set.id)
+                                .order_by(Prompt.id).limit(limit)))
+
+
+def versions_by_id(*, session: Session, ids: set[int]) -> dict[int, ModelVersion]:
+    if not ids:
+        return {}
+    return {mv.id: mv for mv in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(ids)))}
+
+
+def is_demo_completion(*, session: Session, model_version_id: int | None) -> bool:
+    """For pages that show model text: say so when it came from the demo model."""
+    if model_version_id is None:
+        return False
+    mv = session.get(ModelVersion, model_version_id)
+    return bool(mv and mv.is_demo)
