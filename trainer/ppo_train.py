@@ -399,6 +399,14 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
                    last_beta=kl_ctl.beta, resumed_from=start_it, history=history)
 
 
+def checkpoint_iteration(work_dir: Path) -> int:
+    """The iteration a run in `work_dir` would resume from (0: none)."""
+    state = work_dir / "checkpoint" / "state.pt"
+    if not state.is_file():
+        return 0
+    return int(torch.load(state, map_location="cpu", weights_only=False)["iteration"])
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

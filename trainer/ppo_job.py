@@ -1,0 +1,227 @@
+"""The `train_ppo` job: prompts from the database → PPO → a new policy version, not yet active.
+
+params:
+  sets               prompt set names to draw prompts from (empty: every set not archived)
+  reward_version_id  the reward model to use (default: the active one)
+  reward_from_job    or: the reward model a train_reward job made (the round uses this)
+  ptx_file           a JSON Lines file of {"text": ...} for PPO-ptx; without it, and with
+                     ptx_coef > 0, the chosen (rank 1) completions of the labeled data
+  any PPOConfig field (iterations, beta, ptx_coef, learning_rate, batch_size, ...)
+
+The policy starts from the active policy (the base or demo one if none was promoted). The new
+version lands in <artifacts>/policy/job-<id>; checkpoints in <artifacts>/checkpoints/ppo-job-<id>,
+which a reclaimed job resumes from. A cancelled or failed run deletes them and registers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from app.config import get_settings
+from app.labeling.models import AnnotationItem, Completion, Task
+from app.prompts.models import Prompt, PromptSet, SetStatus
+from app.runs import policies
+from app.runs.models import Job, JobMetric, ModelKind, ModelVersion
+from trainer.ppo_train import PPOConfig, Summary, checkpoint_iteration, train
+
+OWN_KEYS = {"sets", "reward_version_id", "reward_from_job", "ptx_file"}
+MAX_PTX_TEXTS = 20_000
+SAMPLES_KEPT = 40  # rows of the samples table kept in the job's result
+
+
+def paths_for(job_id: int, artifacts: Path | None = None) -> tuple[Path, Path]:
+    """(model folder, checkpoint folder) of a train_ppo job."""
+    root = Path(artifacts or get_settings().artifacts_dir)
+    return root / "policy" / f"job-{job_id}", root / "checkpoints" / f"ppo-job-{job_id}"
+
+
+def config_from_params(params: dict[str, Any]) -> PPOConfig:
+    known = {f.name for f in fields(PPOConfig)}
+    unknown = sorted(set(params) - known - OWN_KEYS)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for train_ppo "
+                         f"(known: {', '.join(sorted(known | OWN_KEYS))})")
+    return PPOConfig.from_dict({k: v for k, v in params.items() if k in known and v is not None})
+
+
+def load_prompts(session: Any, set_names: list[str]) -> tuple[list[str], list[int]]:
+    """Prompt texts of the named sets (all sets not archived when none are named) and the set ids."""
+    if set_names:
+        found = {ps.name: ps for ps in session.scalars(select(PromptSet).where(PromptSet.name.in_(set_names)))}
+        missing = [n for n in set_names if n not in found]
+        if missing:
+            known = sorted(session.scalars(select(PromptSet.name)))
+            raise ValueError(f"no prompt set named {', '.join(repr(m) for m in missing)} "
+                             f"(known: {', '.join(known) or 'none'})")
+        ids = [found[n].id for n in set_names]
+    else:
+        ids = list(session.scalars(select(PromptSet.id).where(PromptSet.status != SetStatus.archived)))
+    texts = list(session.scalars(select(Prompt.text).where(Prompt.prompt_set_id.in_(ids)).order_by(Prompt.id)))
+    return texts, ids
+
+
+def load_ptx_texts(session: Any, ptx_file: str | None) -> tuple[list[str], str]:
+    """Pretraining texts for PPO-ptx and where they came from."""
+    if ptx_file:
+        texts = []
+        path = Path(ptx_file)
+        if not path.is_file():
+            raise ValueError(f"ptx_file {ptx_file}: no such file")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{ptx_file} line {n}: not JSON ({exc.msg})") from exc
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ValueError(f"{ptx_file} line {n}: each line must be an object with a string field 'text'")
+            texts.append(row["text"])
+        if not texts:
+            raise ValueError(f"{ptx_file}: no texts")
+        return texts[:MAX_PTX_TEXTS], f"file {ptx_file}"
+    # The completions labelers ranked best, with their prompts: on-distribution text people liked.
+    rows = session.execute(
+        select(Prompt.text, Completion.text)
+        .join(AnnotationItem, AnnotationItem.completion_id == Completion.id)
+        .join(Task, Task.id == Completion.task_id).join(Prompt, Prompt.id == Task.prompt_id)
+        .where(AnnotationItem.rank == 1).distinct().limit(MAX_PTX_TEXTS)
+    ).all()
+    return [f"{p}\n{c}" for p, c in rows], "chosen completions of the labeled data"
+
+
+def resolve_reward(session: Any, params: dict[str, Any]) -> ModelVersion:
+    if params.get("reward_version_id"):
+        mv = session.get(ModelVersion, int(params["reward_version_id"]))
+        if mv is None or mv.kind != ModelKind.reward:
+            raise ValueError(f"reward_version_id {params['reward_version_id']} is not a reward model")
+        return mv
+    if params.get("reward_from_job"):
+        mv = session.scalar(select(ModelVersion).where(ModelVersion.kind == ModelKind.reward,
+                                                       ModelVersion.job_id == int(params["reward_from_job"])))
+        if mv is None:
+            raise ValueError(f"job {params['reward_from_job']} registered no reward model")
+        return mv
+    mv = session.scalar(select(ModelVersion).where(ModelVersion.kind == ModelKind.reward,
+                                                   ModelVersion.is_active.is_(True)))
+    if mv is None:
+        raise ValueError("no active reward model: train one first (ranklab reward train) or activate one")
+    return mv
+
+
+def policy_files(version: ModelVersion) -> str:
+    """A folder or hub id from_pretrained reads; builds the demo model's files on first use."""
+    if version.is_demo:
+        from trainer.demo_policy import ensure_demo_policy
+
+        return str(ensure_demo_policy(Path(version.path or policies.demo_path(get_settings()))))
+    return str(version.path or version.source)
+
+
+class JobReporter:
+    """PPO's reports into the job row: progress (may cancel), metrics, live samples table, log."""
+
+    def __init__(self, ctx: Any, start: float = 0.02) -> None:
+        self.ctx, self.start = ctx, start
+        self.rows: list[dict[str, Any]] = []
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.ctx.progress(self.start + (1 - self.start) * fraction * 0.99, message)
+
+    def metric(self, step: int, **values: float) -> None:
+        self.ctx.metric(step, **values)
+
+    def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        self.rows = (self.rows + rows)[-SAMPLES_KEPT:]
+        with self.ctx.session() as s:  # shown on the run page while it runs
+            job = s.get(Job, self.ctx.job_id)
+            if job is not None:
+                job.result = {**(job.result or {}), "samples": list(self.rows)}
+
+    def log(self, line: str) -> None:
+        self.ctx.log(line)
+
+
+def run_job(ctx: Any) -> dict[str, Any]:
+    params = dict(ctx.params)
+    cfg = config_from_params(params)
+    ctx.progress(0.0, "reading prompts")
+    settings = get_settings()
+    with ctx.session() as s:
+        set_names = params.get("sets") or []
+        prompts, set_ids = load_prompts(s, [set_names] if isinstance(set_names, str) else list(set_names))
+        parent = policies.default_policy(session=s, settings=settings)
+        reward = resolve_reward(s, params)
+        ptx_texts, ptx_source = (load_ptx_texts(s, params.get("ptx_file")) if cfg.ptx_coef > 0 else ([], "off"))
+        parent_id, parent_name, parent_demo = parent.id, parent.name, parent.is_demo
+        reward_id, reward_path = reward.id, str(reward.path or reward.source)
+    if not prompts:
+        raise ValueError("the chosen prompt sets have no prompts")
+    if cfg.ptx_coef > 0 and not ptx_texts:
+        raise ValueError("ptx_coef > 0 but there is no pretraining text: pass ptx_file, or label some data")
+    with ctx.session() as s:
+        policy_path = policy_files(s.get(ModelVersion, parent_id))
+    ctx.log(f"{len(prompts)} prompts from {len(set_ids)} set(s); policy {parent_id} ({parent_name}); "
+            f"reward model {reward_id}; ptx: {ptx_source} ({len(ptx_texts)} texts)")
+
+    out_dir, work_dir = paths_for(ctx.job_id)
+    reporter = JobReporter(ctx)
+    summary: Summary | None = None
+    if not (out_dir / "summary.json").exists():
+        if ctx.attempt > 1:
+            # A reclaimed job: curves restart where the checkpoint does, without doubled points.
+            resume_at = checkpoint_iteration(work_dir)
+            with ctx.session() as s:
+                s.execute(delete(JobMetric).where(JobMetric.job_id == ctx.job_id, JobMetric.step > resume_at))
+        try:
+            summary = train(cfg, policy_path=policy_path, reward_path=reward_path, prompts=prompts,
+                            ptx_texts=ptx_texts, work_dir=work_dir, output_dir=out_dir, reporter=reporter)
+        except Exception:
+            # Cancelled or failed: no model, no checkpoints. (A killed worker leaves them to resume.)
+            shutil.rmtree(work_dir, ignore_errors=True)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            ctx.log("stopped: no model was saved and the checkpoints are deleted")
+            raise
+        (out_dir / "summary.json").write_text(json.dumps(_summary_dict(summary)))
+    stored = json.loads((out_dir / "summary.json").read_text())
+
+    metrics = {k: v for k, v in {
+        "mean_reward": stored["last_mean_reward"], "first_mean_reward": stored["first_mean_reward"],
+        "kl": stored["last_kl"], "beta": stored["last_beta"], "iterations": stored["iterations"],
+        "no_eos_share": stored["last"].get("no_eos_share"), "response_length": stored["last"].get("response_length"),
+    }.items() if v is not None}
+    with ctx.session() as s:
+        mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == ctx.job_id,
+                                                 ModelVersion.kind == ModelKind.policy))
+        if mv is None:  # not active: a person (or the round's promote step) decides
+            mv = ModelVersion(kind=ModelKind.policy, name=f"ppo-job{ctx.job_id}", source=policy_path,
+                              path=str(out_dir), parent_id=parent_id, job_id=ctx.job_id, is_active=False)
+            s.add(mv)
+        mv.config = {**asdict(cfg), "sets": set_ids, "reward_version_id": reward_id, "ptx": ptx_source,
+                     "parent_is_demo": parent_demo}
+        mv.metrics = metrics
+        s.flush()
+        mv_id = mv.id
+    ctx.log(f"policy {mv_id} saved at {out_dir}: reward {stored['first_mean_reward']:.3f} → "
+            f"{stored['last_mean_reward']:.3f}, KL {stored['last_kl']:.3f}; promote it to use it")
+    return {"model_version_id": mv_id, "path": str(out_dir), "parent_id": parent_id,
+            "reward_version_id": reward_id, "metrics": metrics, "samples": reporter.rows,
+            "resumed_from": stored["resumed_from"]}
+
+
+def _summary_dict(summary: Summary) -> dict[str, Any]:
+    def clean(v: float) -> float | None:
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    return {"iterations": summary.iterations, "first_mean_reward": clean(summary.first_mean_reward),
+            "last_mean_reward": clean(summary.last_mean_reward), "last_kl": clean(summary.last_kl),
+            "last_beta": summary.last_beta, "resumed_from": summary.resumed_from,
+            "last": {k: clean(v[-1]) for k, v in summary.history.items() if v}}
+
