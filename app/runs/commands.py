@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 
 import click
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.runs import dashboard
 from app.runs import models_service as registry
 from app.runs.models import JobStatus, ModelKind
 
 
-def _sessions():  # type: ignore[no-untyped-def]
+def _sessions() -> sessionmaker[Session]:
     from app.cli import sessions
 
-    return sessions()
+    return sessions()  # type: ignore[no-any-return]
 
 
 def _group(cli: click.Group, name: str, help_text: str) -> click.Group:
