@@ -15,7 +15,7 @@ from app.runs.models import JobStatus, ModelKind
 def _sessions() -> sessionmaker[Session]:
     from app.cli import sessions
 
-    return sessions()  # type: ignore[no-any-return]
+    return sessions()
 
 
 def _group(cli: click.Group, name: str, help_text: str) -> click.Group:
