@@ -76,13 +76,17 @@ def _login_form(request: Request, *, next: str | None, error: str | None = None,
 def login(
     request: Request,
     session: SessionDep,
-    username: Annotated[str, Form()],
-    password: Annotated[str, Form()],
+    # Optional here so that a missing CSRF token is refused (403) before anything is validated.
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
     csrf_token: Annotated[str, Form(alias=CSRF_FIELD)] = "",
     next: Annotated[str | None, Form()] = None,
 ) -> Response:
     if not security.same(csrf_token, request.cookies.get(ANON_CSRF_COOKIE)):
         raise Forbidden("Missing or wrong CSRF token: reload the login page and try again.")
+    if not username.strip() or not password:
+        return _login_form(request, next=next, error="Enter your username and password.",
+                           status_code=422, username=username)
     ip = request.client.host if request.client else None
     try:
         user = auth.authenticate(session=session, username=username.strip(), password=password, ip=ip)

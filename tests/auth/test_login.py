@@ -156,3 +156,9 @@ class TestThrottling:
             post_login(client, victim.username, "wrong-guess")
         assert post_login(client, other.username, PASSWORD).status_code == 303
         assert session.scalar(select(User.last_login_at).where(User.id == other.id)) is not None
+
+
+def test_empty_fields_are_asked_for_again(client: TestClient, session: Session) -> None:
+    r = post_login(client, "  ", "")
+    assert r.status_code == 422 and "Enter your username and password" in r.text
+    assert n_sessions(session) == 0

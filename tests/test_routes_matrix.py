@@ -1,0 +1,213 @@
+"""Every route of create_app() × {anonymous, labeler, researcher, admin}: who gets in.
+
+ADDING A ROUTE? Add its row to ROUTES below, "METHOD /path/{param}": the least role that may
+use it. test_every_route_is_in_the_table FAILS for any route the app serves that this table
+does not list. Rows for routes the app does not (yet) have are skipped, so add rows freely.
+
+Roles:
+  "public"      anyone, logged in or not
+  "user"        any logged-in role
+  "labeler"     labelers and admins (researchers cannot label)
+  "researcher"  researchers and admins
+  "admin"       admins only
+Expected: anonymous -> 303 to /login for pages, 401 for /api/; a role below the row's -> 403;
+an allowed role -> neither (path parameters are a nonexistent id: 404 or 422 is fine, since
+authentication and role are checked before anything is looked up). Every state-changing route
+also answers 403 to a logged-in, allowed user who sends no CSRF token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+from starlette.routing import Mount
+
+from app.auth import service as auth
+from app.auth.models import User
+
+ROUTES: dict[str, str] = {
+    # docs and health
+    "GET /healthz": "public",
+    "GET /api/v1/openapi.json": "public",
+    "GET /api/v1/docs": "public",
+    "GET /docs/oauth2-redirect": "public",
+    # accounts (app/auth)
+    "GET /login": "public",
+    "POST /login": "public",
+    "POST /logout": "user",
+    "GET /": "user",
+    "GET /account/tokens": "user",
+    "POST /account/tokens": "user",
+    "POST /account/tokens/{token_id}/revoke": "user",
+    "GET /api/v1/me": "user",
+    "POST /api/v1/tokens": "user",
+    "DELETE /api/v1/tokens/{token_id}": "user",
+    "GET /admin/users": "admin",
+    "POST /admin/users": "admin",
+    "POST /admin/users/{user_id}": "admin",
+    "POST /admin/users/{user_id}/tokens": "admin",
+    # prompt sets (app/prompts)
+    "GET /sets": "admin",
+    "POST /sets": "admin",
+    "GET /sets/{set_id}": "admin",
+    "GET /api/v1/sets": "admin",
+    "POST /api/v1/sets": "admin",
+    "GET /api/v1/sets/{set_id}": "admin",
+    # labeling (app/labeling)
+    "GET /label": "labeler",
+    "POST /label/{assignment_id}": "labeler",
+    "POST /label/{assignment_id}/skip": "labeler",
+    "GET /label/history": "labeler",
+    "GET /guidelines": "user",
+    "POST /guidelines": "admin",
+    "GET /api/v1/tasks/next": "labeler",
+    "POST /api/v1/assignments/{assignment_id}/annotation": "labeler",
+    # exports and data quality (app/exports)
+    "GET /exports": "researcher",
+    "GET /exports/download": "researcher",
+    "GET /exports/manifest": "researcher",
+    "GET /exports/import": "researcher",
+    "POST /exports/import": "researcher",
+    "GET /quality": "researcher",
+    "GET /api/v1/exports/{fmt}": "researcher",
+    "GET /api/v1/exports/{fmt}/manifest": "researcher",
+    # runs and models (app/runs)
+    "GET /runs": "researcher",
+    "GET /runs/{job_id}": "researcher",
+    "POST /runs/{job_id}/cancel": "researcher",
+    "GET /models": "researcher",
+    "POST /models/{model_id}/activate": "researcher",
+    "POST /models/{model_id}/promote": "researcher",
+    "GET /api/v1/jobs": "researcher",
+    "GET /api/v1/jobs/{job_id}": "researcher",
+    "POST /api/v1/jobs/{job_id}/cancel": "researcher",
+    "GET /api/v1/models": "researcher",
+    "POST /api/v1/models/{model_id}/activate": "researcher",
+}
+
+# Routes whose answer never ends for an allowed user (server-sent events): only the refusals
+# are checked for them.
+NEVER_ENDING: set[str] = set()
+
+ALLOWED = {
+    "public": {None, "labeler", "researcher", "admin"},
+    "user": {"labeler", "researcher", "admin"},
+    "labeler": {"labeler", "admin"},
+    "researcher": {"researcher", "admin"},
+    "admin": {"admin"},
+}
+SAFE = {"GET", "HEAD", "OPTIONS"}
+MISSING_ID = "987654"
+ANON_CSRF = "anon-csrf-for-the-matrix"
+
+
+def app_routes(app: FastAPI) -> set[str]:
+    """"METHOD /path" for every route the app serves (static files aside), however FastAPI
+    nests included routers."""
+    out: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, Mount):
+            continue
+        contexts = route.effective_route_contexts() if hasattr(route, "effective_route_contexts") \
+            else [route]
+        for ctx in contexts:
+            out.update(f"{m} {ctx.path}" for m in ctx.methods if m != "HEAD")  # type: ignore[attr-defined]
+    return out
+
+
+@dataclass
+class Who:
+    role: str | None
+    cookie: str = ""
+    csrf: str = ""
+
+
+@pytest.fixture
+def people(session: Session) -> dict[str | None, Who]:
+    """A browser session per role, made directly (no password hashing: it is not under test)."""
+    out: dict[str | None, Who] = {None: Who(None)}
+    for role in ("labeler", "researcher", "admin"):
+        user = User(username=f"matrix-{role}", password_hash="!", role=role)
+        session.add(user)
+        session.flush()
+        cookie, row = auth.start_session(session=session, user=user, hours=1)
+        out[role] = Who(role, cookie, row.csrf_token)
+    return out
+
+
+@pytest.fixture
+def bare_client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, base_url="http://testserver", raise_server_exceptions=False) as c:
+        yield c
+
+
+def call(client: TestClient, key: str, who: Who, *, csrf: bool = True):  # type: ignore[no-untyped-def]
+    method, path = key.split(" ", 1)
+    url = re.sub(r"\{[^}]+\}", MISSING_ID, path)
+    cookies = {"ranklab_csrf": ANON_CSRF}
+    headers: dict[str, str] = {}
+    if who.role is not None:
+        cookies["ranklab_session"] = who.cookie
+        if csrf:
+            headers["X-CSRF-Token"] = who.csrf
+    headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    data = {"csrf_token": ANON_CSRF} if method not in SAFE and csrf else None
+    client.cookies.clear()
+    return client.request(method, url, headers=headers, data=data, follow_redirects=False)
+
+
+def test_every_route_is_in_the_table(app: FastAPI) -> None:
+    missing = sorted(app_routes(app) - set(ROUTES))
+    assert not missing, (
+        "Routes with no row in tests/test_routes_matrix.py ROUTES (add each with its least "
+        f"role: public, user, labeler, researcher, admin): {missing}")
+
+
+def test_every_row_names_a_known_role() -> None:
+    assert set(ROUTES.values()) <= set(ALLOWED)
+    assert all(re.fullmatch(r"(GET|POST|PUT|PATCH|DELETE) /\S*", key) for key in ROUTES)
+
+
+@pytest.mark.parametrize("key", sorted(ROUTES))
+def test_who_gets_in(key: str, app: FastAPI, bare_client: TestClient,
+                     people: dict[str | None, Who]) -> None:
+    if key not in app_routes(app):
+        pytest.skip(f"{key} is not served (yet)")
+    minimal = ROUTES[key]
+    is_api = key.split(" ", 1)[1].startswith("/api/")
+    for role in (None, "labeler", "researcher", "admin"):
+        if role in ALLOWED[minimal] and key in NEVER_ENDING:
+            continue
+        r = call(bare_client, key, people[role])
+        where = f"{key} as {role or 'anonymous'}: {r.status_code} {r.text[:200]}"
+        if role in ALLOWED[minimal]:
+            assert r.status_code not in (401, 403), where
+            assert r.status_code < 500, where
+            assert not r.headers.get("location", "").startswith("/login?"), where
+        elif role is None:
+            if is_api:
+                assert r.status_code == 401, where
+                assert r.json()["detail"], where
+            else:
+                assert r.status_code == 303, where
+                assert r.headers["location"].startswith("/login?next="), where
+        else:
+            assert r.status_code == 403, where
+            assert "role" in r.text, where
+
+
+@pytest.mark.parametrize("key", sorted(k for k in ROUTES if k.split()[0] not in SAFE))
+def test_state_changing_routes_need_the_csrf_token(key: str, app: FastAPI, bare_client: TestClient,
+                                                  people: dict[str | None, Who]) -> None:
+    if key not in app_routes(app):
+        pytest.skip(f"{key} is not served (yet)")
+    allowed = [r for r in ("admin", "researcher", "labeler") if r in ALLOWED[ROUTES[key]]]
+    r = call(bare_client, key, people[allowed[0]], csrf=False)
+    assert r.status_code == 403, f"{key}: {r.status_code} {r.text[:200]}"
+    assert "CSRF" in r.text
