@@ -1,0 +1,137 @@
+"""The round end to end on a tiny model: train_reward → train_ppo → promote → sample, through the
+real handlers and one worker; a failed step stops the chain; promote on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import get_settings
+from app.labeling.models import Completion, Task
+from app.prompts.models import Prompt, PromptSet
+from app.runs.models import Job, ModelVersion
+from tests.factories import make_annotation, make_model_version, make_prompt_set, make_task, make_user
+from tests.trainer.ppo_fixtures import MARKER, PROMPTS, make_models, one_thread
+from trainer.round import RoundError, enqueue_round, promote
+from trainer.worker import Worker
+
+pytestmark = pytest.mark.slow
+
+REWARD = {"lr": 3e-3, "batch_size": 4, "max_length": 32, "val_fraction": 0.25, "eval_every": 50,
+          "checkpoint_every": 0}
+PPO = {"iterations": 2, "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 6,
+       "learning_rate": 1e-3, "value_learning_rate": 1e-3, "warmup_iterations": 0, "save_every": 0,
+       "sample_every": 1}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_models(tmp_path_factory.mktemp("round-models"))
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
+    monkeypatch.setenv("RANKLAB_SAMPLING_BACKEND", "local")
+    get_settings.cache_clear()
+    with one_thread():
+        yield tmp_path / "artifacts"
+    get_settings.cache_clear()
+
+
+def seed_labeled(session: Session, policy_path: Path, *, annotate: bool = True) -> ModelVersion:
+    """An active tiny policy and a labeled set: completions with the marker word rank first."""
+    policy = make_model_version(session, kind="policy", is_active=True)
+    policy.path = str(policy_path)
+    ps = make_prompt_set(session, name="round-src", k=4)
+    ps.sampling = {"max_new_tokens": 6}
+    labeler = make_user(session)
+    for i, prompt in enumerate(PROMPTS * 2):
+        comps = [f"the cat {MARKER} sat", f"a dog ran {i}", f"{MARKER} big box", f"the red mat {i}"]
+        task = make_task(session, prompt_set=ps, prompt=f"{prompt} {i}", completions=comps, policy=policy)
+        if annotate:
+            make_annotation(session, task=task, user=labeler, ranks=[1, 2, 1, 3])
+    session.commit()
+    return policy
+
+
+def worker(sessions: sessionmaker[Session]) -> Worker:
+    return Worker(sessions, worker_id="round-test", heartbeat_seconds=3600, stale_seconds=600)
+
+
+class TestRound:
+    def test_the_whole_chain_on_a_tiny_model(self, sessions, models, artifacts) -> None:
+        with sessions() as s:
+            old = seed_labeled(s, models[0])
+            rnd = enqueue_round(session=s, sets=["round-src"], mix=True, reward_params=REWARD, ppo_params=PPO)
+            ids = [j.id for j in rnd.jobs]
+            copy_id = rnd.new_sets[0].id
+            s.commit()
+            assert [j.kind for j in rnd.jobs] == ["train_reward", "train_ppo", "promote", "sample"]
+            assert [j.after_id for j in rnd.jobs] == [None, ids[0], ids[1], ids[2]]
+        worker(sessions).run(burst=True)
+        with sessions() as s:
+            done = [s.get(Job, i) for i in ids]
+            assert [j.status for j in done] == ["succeeded"] * 4, [(j.kind, j.error) for j in done]
+            new = s.get(ModelVersion, done[1].result["model_version_id"])
+            assert new.is_active and new.parent_id == old.id
+            assert not s.get(ModelVersion, old.id).is_active
+            reward = s.get(ModelVersion, done[0].result["model_version_id"])
+            assert reward.is_active and done[1].result["reward_version_id"] == reward.id
+            copy = s.get(PromptSet, copy_id)
+            assert copy.name == "round-src · round 2" and copy.status == "active"
+            assert (copy.policy_version_id, copy.compare_version_id) == (new.id, old.id)
+            assert done[3].params["policy_version_id"] == new.id
+            n_prompts = s.scalar(select(func.count()).select_from(Prompt).where(Prompt.prompt_set_id == copy_id))
+            tasks = list(s.scalars(select(Task).where(Task.prompt_set_id == copy_id)))
+            assert len(tasks) == n_prompts == len(PROMPTS) * 2
+            for task in tasks:  # every task mixes the new policy's completions with the old one's
+                versions = [c.model_version_id for c in task.completions]
+                assert len(versions) == 4 and versions.count(new.id) == 2 and versions.count(old.id) == 2
+            # the source set keeps its own tasks, untouched
+            src = s.scalar(select(PromptSet).where(PromptSet.name == "round-src"))
+            assert s.scalar(select(func.count()).select_from(Completion).join(Task)
+                            .where(Task.prompt_set_id == src.id)) == len(PROMPTS) * 2 * 4
+
+    def test_a_failed_step_stops_the_chain(self, sessions, models, artifacts) -> None:
+        with sessions() as s:
+            old = seed_labeled(s, models[0], annotate=False)  # nothing to train a reward model on
+            rnd = enqueue_round(session=s, sets=["round-src"], reward_params=REWARD, ppo_params=PPO)
+            ids = [j.id for j in rnd.jobs]
+            s.commit()
+        worker(sessions).run(burst=True)
+        with sessions() as s:
+            done = [s.get(Job, i) for i in ids]
+            assert done[0].status == "failed" and "no rankings" in done[0].error
+            assert all(j.status == "failed" for j in done[1:])
+            assert f"job {ids[0]} (train_reward)" in done[1].error
+            assert s.get(ModelVersion, old.id).is_active
+            assert s.scalar(select(func.count()).select_from(ModelVersion)
+                            .where(ModelVersion.kind == "policy", ModelVersion.job_id.is_not(None))) == 0
+
+    def test_bad_rounds_are_refused_before_anything_is_queued(self, session) -> None:
+        make_prompt_set(session, name="empty-set")
+        with pytest.raises(RoundError, match="no prompt set named 'nope'"):
+            enqueue_round(session=session, sets=["nope"])
+        with pytest.raises(RoundError, match="without prompts: empty-set"):
+            enqueue_round(session=session, sets=["empty-set"])
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+class TestPromote:
+    def test_promote_by_id_switches_the_active_policy(self, session) -> None:
+        old = make_model_version(session, kind="policy", is_active=True)
+        new = make_model_version(session, kind="policy")
+        new.parent_id = old.id
+        out = promote(session=session, params={"model_version_id": new.id})
+        assert out["policy_version_id"] == new.id and out["previous_policy_id"] == old.id
+        assert new.is_active and not old.is_active
+
+    def test_promote_refuses_a_reward_model(self, session) -> None:
+        rm = make_model_version(session, kind="reward")
+        with pytest.raises(ValueError, match="not a policy"):
+            promote(session=session, params={"model_version_id": rm.id})
