@@ -53,7 +53,8 @@ def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
     """Make this the one active model of its kind. Idempotent."""
     # Lock every row of the kind so two concurrent switches queue up rather than collide.
     session.execute(
-        select(ModelVersion.id).where(ModelVersion.kind == model.kind).with_for_update()
+        select(ModelVersion.id).where(ModelVersion.kind == model.kind)
+        .order_by(ModelVersion.id).with_for_update()  # one lock order: no deadlock between two
     ).all()
     session.execute(
         update(ModelVersion)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -90,6 +91,34 @@ class TestOneActivePerKind:
         assert registry.headline(r) == ("val_accuracy", 0.71)
         assert registry.headline(p) is None
         assert [m.id for m in registry.list_models(session=session, kind="reward")] == [r.id]
+
+
+class TestConcurrentPromotion:
+    def test_two_promotions_at_once_leave_exactly_one_active(
+            self, committed_pg: sessionmaker[Session]) -> None:
+        with committed_pg.begin() as s:
+            ids = [make_model(s, active=(i == 0)).id for i in range(5)]
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def promote(model_id: int) -> None:
+            try:
+                with committed_pg.begin() as s:
+                    barrier.wait(timeout=10)
+                    registry.promote_policy(session=s, model=registry.get_model(session=s,
+                                                                                model_id=model_id))
+            except BaseException as exc:  # noqa: BLE001  (reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=promote, args=(i,)) for i in ids[1:]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert errors == []
+        with committed_pg() as s:
+            active = active_ids(s, ModelKind.policy)
+        assert len(active) == 1 and active[0] in ids[1:]
 
 
 class TestModelsPage:
