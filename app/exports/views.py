@@ -188,9 +188,9 @@ def quality_context(*, session: Any, set_ids: list[int], show_names: bool, secre
     anns = quality.load(session=session, prompt_set_ids=set_ids)
     overall, _ = quality.agreement(anns)
     stats = quality.labeler_stats(anns)
-    names = dict(session.execute(select(User.id, User.username))) if show_names else {}
-    versions = dict(session.execute(select(ModelVersion.id, ModelVersion.name)))
-    set_names = dict(session.execute(select(PromptSet.id, PromptSet.name)))
+    names = dict(session.execute(select(User.id, User.username)).all()) if show_names else {}
+    versions = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
+    set_names = dict(session.execute(select(PromptSet.id, PromptSet.name)).all())
 
     def who(uid: int) -> str:
         return names.get(uid) or exports.pseudonym(uid, secret)
