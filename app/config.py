@@ -19,7 +19,10 @@ class SettingsError(SystemExit):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RANKLAB_", env_file=".env", extra="ignore")
+    # Empty values (`RANKLAB_POLICY_MODEL=` in .env or compose) count as unset, not as "".
+    model_config = SettingsConfigDict(
+        env_prefix="RANKLAB_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     env: Literal["development", "production", "test"] = Field(
         "development", description="`production` turns on Secure cookies and refuses default secrets."

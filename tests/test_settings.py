@@ -108,3 +108,16 @@ class TestCookies:
     def test_development_cookies_are_not_secure(self, client: TestClient) -> None:
         header = client.get("/login").headers["set-cookie"]
         assert "HttpOnly" in header and "Secure" not in header
+
+
+class TestDocumented:
+    def test_every_setting_is_in_the_docs_and_env_example(self) -> None:
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        docs = (root / "docs" / "foundation.md").read_text()
+        example = (root / ".env.example").read_text()
+        for name in Settings.model_fields:
+            var = f"RANKLAB_{name.upper()}"
+            assert f"| `{var}` |" in docs, f"add {var} to the table in docs/foundation.md"
+            assert f"{var}=" in example, f"add {var} to .env.example"
