@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from jinja2 import ChoiceLoader, DictLoader
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import security
 from app.auth import service as auth
@@ -19,6 +20,7 @@ from app.runs import views
 from app.runs.models import Job, JobStatus
 from app.web import templates
 from tests.factories import bearer, login, make_job, make_user
+from trainer.worker import JobContext, Worker, register
 
 
 @pytest.fixture(autouse=True)
@@ -200,6 +202,38 @@ class TestRunPage:
         ids = re.findall(r'href="/runs/(\d+)"', chain.group(1))
         assert ids == [str(first.id), str(second.id), str(third.id)]
         assert chain.group(1).count("status-queued") == 3
+
+
+def _curves_and_samples(ctx: JobContext) -> dict[str, Any]:
+    """What a training handler does, in miniature: metrics per step, then a samples table."""
+    for step in range(1, 6):
+        ctx.metric(step, train_loss=1.0 / step, lr=1e-4)
+        if step % 2 == 0:
+            ctx.metric(step, val_loss=1.2 / step, val_accuracy=0.5 + step / 20)
+        ctx.progress(step / 5, f"step {step} of 5")
+    ctx.log("saved <model>")
+    return {"samples": [{"step": 5, "prompt": "Say <hi>", "response": "hi & bye", "score": 1.5}]}
+
+
+class TestWithARealWorker:
+    def test_what_a_handler_reports_is_what_the_page_draws(
+            self, client: TestClient, session: Session, sessions: sessionmaker[Session]) -> None:
+        register("h7_curves", _curves_and_samples)
+        job = make_job(session, kind="h7_curves")
+        session.commit()
+        assert Worker(sessions, worker_id="w-test", heartbeat_seconds=60).run_one()
+        login(client, make_user(session, role="researcher"))
+
+        page = client.get(f"/runs/{job.id}").text
+        assert "status-succeeded" in page and "hx-trigger" not in page
+        svgs = {title: svg for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S)
+                for title in re.findall(r'class="chart-title"[^>]*>([^<]+)<', svg)}
+        assert set(svgs) == {"Loss", "Accuracy", "Learning rate"}
+        points = {name: len(pts.split()) for name, pts in
+                  re.findall(r'data-series="([^"]+)"[^>]*points="([^"]+)"', svgs["Loss"])}
+        assert points == {"train_loss": 5, "val_loss": 2}
+        assert "Say &lt;hi&gt;" in page and "hi &amp; bye" in page and "1.500" in page
+        assert "saved &lt;model&gt;" in page
 
 
 class TestCancel:
