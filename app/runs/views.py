@@ -21,6 +21,7 @@ router = APIRouter(tags=["runs"])
 api = APIRouter(tags=["runs"])
 
 POLL_SECONDS = 2
+LIST_LIMIT = 100
 PANELS_DIR = ROOT / "templates" / "runs" / "panels"
 
 
@@ -52,8 +53,10 @@ def runs_page(
     request: Request, session: SessionDep, user: CurrentResearcher,
     kind: str | None = None, status: str | None = None,
 ) -> Response:
-    rows = dashboard.list_runs(session=session, kind=kind or None, status=_status_or_none(status))
+    rows = dashboard.list_runs(session=session, kind=kind or None, status=_status_or_none(status),
+                               limit=LIST_LIMIT)
     return render(request, "runs/list.html", {
+        "limit": LIST_LIMIT,
         "rows": rows, "kind": kind or "", "status": status or "",
         "kinds": dashboard.kinds(session=session), "statuses": list(JobStatus),
         "counts": jobs.queue_counts(session=session),

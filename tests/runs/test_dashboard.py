@@ -85,8 +85,8 @@ class TestAccess:
 
 
 class TestRunsList:
-    def test_lists_jobs_with_who_counts_and_filters(self, client: TestClient,
-                                                    session: Session) -> None:
+    def test_lists_jobs_with_who_counts_and_filters(self, client: TestClient, session: Session,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
         alice = make_user(session, role="researcher")
         sample = make_job(session, kind="sample", created_by_id=alice.id)
         reward = make_job(session, kind="train_reward")
@@ -98,6 +98,11 @@ class TestRunsList:
         assert alice.username in page
         assert re.search(r"queued: <strong>1</strong>", page)
         assert re.search(r"cancelled: <strong>1</strong>", page)
+
+        assert "Showing the newest" not in page
+        monkeypatch.setattr(views, "LIST_LIMIT", 1)
+        assert "Showing the newest 1;" in client.get("/runs").text
+        monkeypatch.setattr(views, "LIST_LIMIT", 100)
 
         only_sample = client.get("/runs", params={"kind": "sample"}).text
         assert f'data-job="{sample.id}"' in only_sample and f'data-job="{reward.id}"' not in only_sample
