@@ -29,6 +29,9 @@ def reward() -> None:
 def register(cli: click.Group) -> None:
     cli.add_command(train)
     cli.add_command(reward)
+    from trainer import ppo_commands  # `ranklab train ppo` and `ranklab round`
+
+    ppo_commands.register(cli, train)
 
 
 # --- ranklab train reward -------------------------------------------------------------------

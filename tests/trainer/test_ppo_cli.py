@@ -1,0 +1,145 @@
+"""`ranklab train ppo` (queue and --inline), `ranklab round`, and the PPO / round web forms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.cli import cli
+from app.config import get_settings
+from app.runs.models import Job, ModelVersion
+from tests.factories import login, make_model_version, make_prompt_set, make_user
+from tests.trainer.ppo_fixtures import make_models, one_thread
+from tests.trainer.test_ppo_job import seed
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_models(tmp_path_factory.mktemp("ppo-cli-models"))
+
+
+@pytest.fixture
+def env(committed: sessionmaker[Session], db_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> sessionmaker[Session]:
+    monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
+    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    get_settings.cache_clear()
+    yield committed
+    get_settings.cache_clear()
+
+
+class TestTrainPPOCommand:
+    def test_queues_a_job_with_its_knobs(self, env) -> None:  # type: ignore[no-untyped-def]
+        with env.begin() as s:
+            make_prompt_set(s, name="round-1")
+        out = CliRunner().invoke(cli, ["train", "ppo", "--set", "round-1", "--iterations", "50",
+                                       "--beta", "0.05", "--ptx-coef", "2", "--kl-target", "6"])
+        assert out.exit_code == 0, out.output
+        with env() as s:
+            job = s.scalar(select(Job))
+            assert job.kind == "train_ppo" and job.status == "queued"
+            assert job.params == {"sets": ["round-1"], "iterations": 50, "beta": 0.05, "ptx_coef": 2.0,
+                                  "kl_target": 6.0}
+        assert f"queued job {job.id}" in out.output
+
+    @pytest.mark.slow
+    def test_inline_prints_one_json_summary(self, env, models) -> None:  # type: ignore[no-untyped-def]
+        with env() as s:
+            seed(s, models)
+        with one_thread():
+            out = CliRunner().invoke(cli, ["train", "ppo", "--inline", "--iterations", "3", "--batch-size", "8",
+                                           "--mini-batch-size", "4", "--max-new-tokens", "6", "--lr", "1e-3"])
+        assert out.exit_code == 0, out.output
+        summary = json.loads(out.stdout.strip().splitlines()[-1])
+        assert summary["iterations"] == 3 and summary["active"] is False
+        assert isinstance(summary["first_mean_reward"], float) and isinstance(summary["last_kl"], float)
+        with env() as s:
+            mv = s.get(ModelVersion, summary["policy_version_id"])
+            assert mv.kind == "policy" and not mv.is_active
+            assert s.get(Job, summary["job_id"]).status == "succeeded"
+
+
+class TestRoundCommand:
+    def test_queues_the_chain(self, env, models) -> None:  # type: ignore[no-untyped-def]
+        with env() as s:
+            seed(s, models, set_name="round-1")
+        out = CliRunner().invoke(cli, ["round", "--set", "round-1", "--mix", "--iterations", "7"])
+        assert out.exit_code == 0, out.output
+        with env() as s:
+            chain = list(s.scalars(select(Job).order_by(Job.id)))
+            assert [j.kind for j in chain] == ["train_reward", "train_ppo", "promote", "sample"]
+            assert chain[1].params["iterations"] == 7 and chain[2].params["mix"] is True
+        assert "round-1 · round 2" in out.output
+
+    def test_unknown_set_is_refused(self, env) -> None:  # type: ignore[no-untyped-def]
+        out = CliRunner().invoke(cli, ["round", "--set", "nope"])
+        assert out.exit_code != 0 and "no prompt set named 'nope'" in out.output
+        with env() as s:
+            assert s.scalar(select(Job)) is None
+
+
+class TestForms:
+    @pytest.fixture
+    def web(self, app, client: TestClient) -> TestClient:  # type: ignore[no-untyped-def]
+        from app.runs import launch_round
+
+        if not any(getattr(r, "path", "") == "/runs/new/ppo" for r in app.routes):
+            app.include_router(launch_round.router)
+        return client
+
+    def test_ppo_form_enqueues_and_redirects(self, web: TestClient, session: Session) -> None:
+        make_prompt_set(session, name="set-<b>")
+        make_model_version(session, kind="reward", is_active=True)
+        csrf = login(web, make_user(session, role="researcher"))
+        page = web.get("/runs/new/ppo")
+        assert page.status_code == 200 and "set-&lt;b&gt;" in page.text and "set-<b>" not in page.text
+        r = web.post("/runs/new/ppo", data={
+            "csrf_token": csrf, "sets": ["set-<b>"], "iterations": "20", "batch_size": "32",
+            "mini_batch_size": "8", "ppo_epochs": "2", "learning_rate": "1e-5", "beta": "0.1",
+            "ptx_coef": "0", "max_new_tokens": "32", "seed": "1", "kl_target": ""}, follow_redirects=False)
+        assert r.status_code == 303, r.text
+        job = session.scalar(select(Job).order_by(Job.id.desc()))
+        assert r.headers["location"] == f"/runs/{job.id}"
+        assert job.kind == "train_ppo" and job.params["sets"] == ["set-<b>"] and job.params["beta"] == 0.1
+        assert "kl_target" not in job.params
+
+    def test_ppo_form_names_bad_fields_and_starts_nothing(self, web: TestClient, session: Session) -> None:
+        csrf = login(web, make_user(session, role="researcher"))
+        r = web.post("/runs/new/ppo", data={"csrf_token": csrf, "iterations": "many", "beta": "-1",
+                                            "sets": ["nope"], "batch_size": "4", "mini_batch_size": "8"})
+        assert r.status_code == 422
+        for part in ("iterations: a number", "beta: a number", "no prompt set named", "mini batch size",
+                     "reward model: none is active"):
+            assert part in r.text
+        assert session.scalar(select(Job)) is None
+
+    def test_round_button_queues_the_chain(self, web: TestClient, session: Session) -> None:
+        from app.auth.security import sha256
+        from app.prompts.models import Prompt
+
+        ps = make_prompt_set(session, name="live")
+        session.add(Prompt(prompt_set_id=ps.id, text="hello", text_hash=sha256("hello")))
+        session.flush()
+        csrf = login(web, make_user(session, role="admin"))
+        assert "Start next round" in web.get("/runs/new/round").text
+        r = web.post("/runs/round", data={"csrf_token": csrf, "sets": ["live"], "mix": "1",
+                                          "iterations": "5"}, follow_redirects=False)
+        assert r.status_code == 303
+        chain = list(session.scalars(select(Job).order_by(Job.id)))
+        assert [j.kind for j in chain] == ["train_reward", "train_ppo", "promote", "sample"]
+        assert r.headers["location"] == f"/runs/{chain[0].id}" and chain[1].params["iterations"] == 5
+
+    def test_round_needs_csrf_and_a_researcher(self, web: TestClient, session: Session) -> None:
+        login(web, make_user(session, role="researcher"))
+        assert web.post("/runs/round", data={"sets": ["x"]}).status_code == 403
+        web.cookies.clear()
+        csrf = login(web, make_user(session, role="labeler"))
+        assert web.post("/runs/round", data={"csrf_token": csrf}).status_code == 403
+        assert web.get("/runs/new/ppo").status_code == 403
+        assert session.scalar(select(Job)) is None
