@@ -158,7 +158,7 @@ def _resample_duplicates(text: str, row: list[_Tagged], versions: list[_Version]
         dup_positions: list[int] = []
         for pos, (_, smp, _) in enumerate(row):
             key = _norm(smp.text)
-            if key in seen:
+            if key in seen or not key:  # an empty completion is as useless as a repeated one
                 dup_positions.append(pos)
             seen.add(key)
         if not dup_positions:

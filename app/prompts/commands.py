@@ -1,5 +1,185 @@
+"""`ranklab prompts import|list` and `ranklab demo`. Torch is imported only inside `demo`."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
 import click
+
+from app.config import get_settings
+
+DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo_prompts.jsonl"
+DEMO_SET = "demo: everyday questions"
 
 
 def register(cli: click.Group) -> None:
-    """No commands yet."""
+    cli.add_command(prompts)
+    cli.add_command(demo)
+
+
+def _sessions():  # type: ignore[no-untyped-def]
+    from app.cli import sessions
+
+    return sessions()
+
+
+@click.group()
+def prompts() -> None:
+    """Upload prompt sets and see how far their sampling got."""
+
+
+@prompts.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Name of the new set (must not exist yet).")
+@click.option("--k", "k", default=4, show_default=True, help="Completions per prompt, 4 to 9.")
+@click.option("--overlap", default=1, show_default=True, help="Labelers who should judge each task.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]),
+              help="File format; by default from the file name (.jsonl, .csv, .parquet).")
+@click.option("--max-new-tokens", default=64, show_default=True, help="Longest completion, in tokens.")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--top-k", default=0, show_default=True, help="0 turns top-k off.")
+@click.option("--policy-version", type=int, help="Policy version id that samples (default: the active one).")
+@click.option("--compare-version", type=int,
+              help="A second policy version: each task gets half its completions from each.")
+@click.option("--no-sample", is_flag=True, help="Import only; queue no sampling job.")
+def import_(file: Path, name: str, k: int, overlap: int, fmt: str | None, max_new_tokens: int,
+            temperature: float, top_p: float, top_k: int, policy_version: int | None,
+            compare_version: int | None, no_sample: bool) -> None:
+    """Import a prompt file as a new set and queue its sampling job. All or nothing.
+
+    \b
+    Formats:
+      JSON Lines  {"prompt": "..."}  or  {"instruction": "...", "input": "..."}; other keys -> metadata
+      CSV         a header with a `prompt` column; other columns -> metadata
+      Parquet     a `prompt` (or `instruction`) text column
+    \b
+    Examples:
+      ranklab prompts import prompts.jsonl --name "round 1" --k 4
+      ranklab prompts import questions.csv --name support --k 6 --overlap 3 --temperature 0.8
+    """
+    from app.prompts import service
+
+    settings = get_settings()
+    try:
+        with _sessions().begin() as s:
+            ps = service.import_prompt_set(
+                session=s, settings=settings, name=name, filename=file.name, data=file.read_bytes(),
+                fmt=fmt, k=k, overlap=overlap,
+                sampling={"max_new_tokens": max_new_tokens, "temperature": temperature,
+                          "top_p": top_p, "top_k": top_k},
+                policy_version_id=policy_version, compare_version_id=compare_version,
+                enqueue=not no_sample)
+            report, set_id, job_id = dict(ps.report), ps.id, ps.report.get("job_id")
+    except service.ImportRejected as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        more = " (and more; fix these first)" if exc.truncated else ""
+        click.echo(f"{len(exc.problems)} problem(s){more}: nothing was imported.", err=True)
+        sys.exit(1)
+    click.echo(f"imported {report['imported']} prompts from {report['rows']} rows into set "
+               f"'{name}' (id {set_id}); {report['duplicates']} duplicate(s) collapsed")
+    if job_id:
+        click.echo(f"sampling job {job_id} queued: `ranklab worker` (or `ranklab serve`) samples it")
+
+
+@prompts.command("list")
+def list_() -> None:
+    """Sets with their sampling progress."""
+    from app.prompts import service
+
+    with _sessions()() as s:
+        for ps in service.list_sets(session=s):
+            prog = service.progress(session=s, prompt_set=ps)
+            job = f"job {prog.job.id} {prog.job.status}" if prog.job else "no job"
+            click.echo(f"{ps.id:>4}  {ps.name:<40} K={ps.k} overlap={ps.overlap} "
+                       f"{prog.done}/{prog.total} sampled  {job}")
+
+
+@click.command()
+def demo() -> None:
+    """Make sure there is something to label: the demo policy, a demo set, sampled. Idempotent.
+
+    With RANKLAB_POLICY_MODEL unset, builds the small demo policy (once, under a minute on a
+    CPU) in the artifacts folder and registers it as the active policy. Imports the demo prompt
+    set if it is absent and samples whatever of it is not sampled yet, here and now.
+    """
+    from app.prompts import service
+    from app.prompts.models import SetStatus
+    from app.runs import policies
+    from app.runs.models import FINISHED, Job, JobStatus
+
+    settings = get_settings()
+    sessions = _sessions()
+    if not settings.policy_model:
+        from trainer.demo_policy import ensure_demo_policy, is_built
+
+        path = policies.demo_path(settings)
+        if not is_built(path):
+            click.echo("building the demo policy (a small model trained on text shipped with "
+                       "ranklab; once only)")
+        ensure_demo_policy(path, say=lambda m: click.echo(f"  {m}"))
+    with sessions.begin() as s:
+        version = policies.default_policy(session=s, settings=settings)
+        click.echo(f"active policy: {version.name} (version {version.id})"
+                   + (" [demo model]" if version.is_demo else ""))
+        ps = service.get_set_by_name(session=s, name=DEMO_SET)
+        if ps is None:
+            ps = service.import_prompt_set(
+                session=s, settings=settings, name=DEMO_SET, filename=DEMO_FILE.name,
+                data=DEMO_FILE.read_bytes(), k=4, sampling={"max_new_tokens": 48},
+                policy_version_id=version.id, enqueue=False)
+            click.echo(f"imported the demo prompt set '{DEMO_SET}' ({ps.report['imported']} prompts)")
+        prog = service.progress(session=s, prompt_set=ps)
+        if prog.done >= prog.total:
+            ps.status = SetStatus.active
+            click.echo(f"'{DEMO_SET}' is sampled ({prog.done}/{prog.total}) and ready to label")
+            return
+        job = prog.job
+        if job is not None and job.status == JobStatus.running:
+            click.echo(f"'{DEMO_SET}' is being sampled by {job.worker_id} (job {job.id})")
+            return
+        if job is None or job.status in FINISHED:
+            job = service.start_sampling(session=s, prompt_set=ps)
+        job_id, set_id, done, total = job.id, ps.id, prog.done, prog.total
+    _run_inline(sessions, job_id, set_id, done, total)
+    with sessions() as s:
+        final = s.get(Job, job_id)
+        assert final is not None
+        if final.status != JobStatus.succeeded:
+            raise click.ClickException(f"sampling the demo set {final.status}: {final.error}")
+    click.echo(f"'{DEMO_SET}' is sampled and ready to label")
+
+
+def _run_inline(sessions, job_id: int, set_id: int, done: int, total: int) -> None:  # type: ignore[no-untyped-def]
+    """Run queued sampling jobs in this process (ours among them) with a progress bar."""
+    from app.prompts import service
+    from app.prompts.models import PromptSet
+    from app.runs.models import FINISHED, Job
+    from trainer.worker import Worker
+
+    worker = Worker(sessions, worker_id=f"ranklab-demo:{id(sessions)}", kinds=["sample"],
+                    poll_seconds=0.2)
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True}, daemon=True)
+    thread.start()
+    with click.progressbar(length=total, label="sampling the demo set",
+                           show_pos=True, file=sys.stderr) as bar:
+        bar.update(done)
+        shown = done
+        while True:
+            with sessions() as s:
+                job = s.get(Job, job_id)
+                ps = s.get(PromptSet, set_id)
+                assert job is not None and ps is not None
+                now = service.progress(session=s, prompt_set=ps).done
+                finished = job.status in FINISHED
+            bar.update(now - shown)
+            shown = now
+            if finished:
+                break
+            time.sleep(0.3)
+    worker.stop.set()
+    thread.join(timeout=60)

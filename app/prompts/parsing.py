@@ -124,8 +124,8 @@ def parse_prompt_file(
                     "unknown file type; name it .jsonl, .csv or .parquet (or choose the format)")
         return out.result
     if len(data) > max_bytes:
-        out.problem(None, None, f"the file is {len(data) / 1e6:.1f} MB, over the "
-                                f"{max_bytes / 1e6:g} MB limit (RANKLAB_MAX_UPLOAD_MB)")
+        out.problem(None, None, f"the file is larger than the {max_bytes / 1e6:g} MB limit "
+                                "(RANKLAB_MAX_UPLOAD_MB)")
         return out.result
     if not data.strip():
         out.problem(None, None, "the file is empty")

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ProblemOut(BaseModel):
+    file: str
+    line: int | None = Field(description="Line (JSON Lines, CSV) or row (Parquet); null: the whole file.")
+    field: str | None
+    message: str
+    text: str = Field(description="The whole problem as one readable sentence.")
+
+
+class ProgressOut(BaseModel):
+    total: int = Field(description="Prompts in the set.")
+    done: int = Field(description="Prompts whose K completions exist (their tasks are open).")
+    rate_per_s: float | None
+    eta_seconds: float | None
+    job: dict[str, Any] | None
+
+
+class PromptSetOut(BaseModel):
+    id: int
+    name: str
+    k: int
+    overlap: int
+    sampling: dict[str, Any]
+    policy_version_id: int | None
+    compare_version_id: int | None
+    is_demo: bool = Field(description="Its completions come from the small local demo model.")
+    status: str
+    source_filename: str | None
+    report: dict[str, Any] = Field(description="rows, imported, duplicates, duplicate_lines, job_id.")
+    created_at: datetime
+    progress: ProgressOut
