@@ -24,6 +24,18 @@ from app.config import Settings
 from app.db import Base, get_engine, make_sessionmaker
 from app.main import create_app
 
+@pytest.fixture(autouse=True)
+def _cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2 at its real cost takes ~0.5 s a hash on a busy 2-core machine; tests of the
+    hashing itself read the parameters from the stored hash, so cheap ones prove the same."""
+    from argon2 import PasswordHasher
+
+    from app.auth import security
+
+    monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024,
+                                                            parallelism=1))
+
+
 PG_ADMIN_URL = os.environ.get(
     "RANKLAB_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

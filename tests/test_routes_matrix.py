@@ -89,6 +89,13 @@ ROUTES: dict[str, str] = {
     "POST /api/v1/jobs/{job_id}/cancel": "researcher",
     "GET /api/v1/models": "researcher",
     "POST /api/v1/models/{model_id}/activate": "researcher",
+    # starting training runs and the round (app/runs/launch*.py)
+    "GET /runs/new/reward": "researcher",
+    "POST /runs/new/reward": "researcher",
+    "GET /runs/new/ppo": "researcher",
+    "POST /runs/new/ppo": "researcher",
+    "GET /runs/new/round": "researcher",
+    "POST /runs/round": "researcher",
 }
 
 # Routes whose answer never ends for an allowed user (server-sent events): only the refusals
