@@ -376,8 +376,9 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
                 reporter.samples(done, _sample_rows(tokenizer, batch, scores, cfg.samples_shown, done))
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
                 _save_checkpoint(ckpt, acc, policy, value, tokenizer, opt_p, opt_v, kl_ctl, done, history, cfg)
-        reporter.progress(done / cfg.iterations,
-                          f"iteration {done}/{cfg.iterations}: reward {mean_reward:.3f}, KL {mean_kl:.3f}")
+            # The cancel point of a job: after the checkpoint, so a resumed run loses no iteration.
+            reporter.progress(done / cfg.iterations,
+                              f"iteration {done}/{cfg.iterations}: reward {mean_reward:.3f}, KL {mean_kl:.3f}")
 
     # --- the new policy, written whole, then moved into place -----------------------------------
     acc.wait_for_everyone()
@@ -440,3 +441,65 @@ def _save_checkpoint(ckpt: Path, acc: Any, policy: Any, value: Any, tokenizer: A
         os.replace(ckpt, old)
     os.replace(tmp, ckpt)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class PrintReporter(QuietReporter):
+    """`python -m trainer.ppo_train`: one line per iteration on the main process."""
+
+    def progress(self, fraction: float, message: str) -> None:
+        print(f"[{fraction:6.1%}] {message}", flush=True)
+
+    def log(self, line: str) -> None:
+        print(line, flush=True)
+
+
+def _read_lines(path: str, keys: tuple[str, ...]) -> list[str]:
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            row = json.loads(line)
+            text = next((row[k] for k in keys if isinstance(row, dict) and isinstance(row.get(k), str)), None)
+            if text is None:
+                raise SystemExit(f"{path} line {n}: needs a string field {' or '.join(keys)}")
+            out.append(text)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """PPO from files, e.g. on several GPUs (each process takes its share of every batch):
+
+    accelerate launch -m trainer.ppo_train --policy ./sft --reward ./rm --prompts prompts.jsonl \\
+        --out ./policy-v2 --set batch_size=512 --set ptx_coef=27.8 --ptx-file pretrain.jsonl
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m trainer.ppo_train", description=main.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", required=True, help="starting policy: folder or hub id")
+    ap.add_argument("--reward", required=True, help="reward model folder (also the value network's start)")
+    ap.add_argument("--prompts", required=True, help='JSON Lines with a "prompt" (or "text") field')
+    ap.add_argument("--ptx-file", help='JSON Lines of {"text": ...} for PPO-ptx')
+    ap.add_argument("--out", required=True, help="where the new policy goes (written whole, at the end)")
+    ap.add_argument("--work-dir", help="checkpoints (default: OUT.work); an existing one is resumed")
+    ap.add_argument("--config", help="JSON file of PPOConfig fields")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="one PPOConfig field")
+    args = ap.parse_args(argv)
+    values: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
+    for item in args.set:
+        name, _, raw = item.partition("=")
+        try:
+            values[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name] = raw
+    cfg = PPOConfig.from_dict(values)
+    out = Path(args.out)
+    summary = train(cfg, policy_path=args.policy, reward_path=args.reward,
+                    prompts=_read_lines(args.prompts, ("prompt", "text")),
+                    ptx_texts=_read_lines(args.ptx_file, ("text",)) if args.ptx_file else (),
+                    work_dir=Path(args.work_dir or f"{out}.work"), output_dir=out, reporter=PrintReporter())
+    print(json.dumps({"out": str(out), "first_mean_reward": summary.first_mean_reward,
+                      "last_mean_reward": summary.last_mean_reward, "last_kl": summary.last_kl}))
+
+
+if __name__ == "__main__":
+    main()

@@ -118,3 +118,18 @@ def test_ptx_needs_texts(models, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pretraining texts"):
         run(models, tmp_path, small_config(ptx_coef=1.0))
     assert not (tmp_path / "out").exists()
+
+
+def test_runs_from_files_for_accelerate_launch(models, tmp_path: Path, capsys) -> None:
+    from trainer.ppo_train import main
+
+    policy, reward = models
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS))
+    with one_thread():
+        main(["--policy", str(policy), "--reward", str(reward), "--prompts", str(prompts),
+              "--out", str(tmp_path / "new"), "--set", "iterations=2", "--set", "batch_size=8",
+              "--set", "mini_batch_size=4", "--set", "max_new_tokens=5"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["out"] == str(tmp_path / "new") and (tmp_path / "new" / "config.json").is_file()
+    assert not (tmp_path / "new.work").exists()
