@@ -59,6 +59,11 @@ ROUTES: dict[str, str] = {
     "GET /api/v1/sets": "admin",
     "POST /api/v1/sets": "admin",
     "GET /api/v1/sets/{set_id}": "admin",
+    "GET /sets/new": "admin",
+    "GET /sets/{set_id}/progress": "admin",
+    "POST /sets/{set_id}/cancel": "admin",
+    "POST /sets/{set_id}/resume": "admin",
+    "POST /api/v1/sets/{set_id}/cancel": "admin",
     # labeling (app/labeling)
     "GET /label": "labeler",
     "POST /label/{assignment_id}": "labeler",

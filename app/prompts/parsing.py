@@ -220,7 +220,7 @@ def _csv_rows(text: str, out: _Collector) -> list[tuple[int, dict[str, Any]]]:
         except csv.Error as exc:
             out.problem(start, None, f"not valid CSV: {exc}")
             break
-        if values and any(v.strip() for v in values):
+        if values:  # a truly empty line is skipped; a line of blanks is an empty prompt
             if len(values) != len(header):
                 out.problem(start, None, f"{len(values)} fields, but the header has {len(header)}")
             else:

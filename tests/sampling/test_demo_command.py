@@ -1,0 +1,51 @@
+"""`ranklab demo`: demo policy registered and active, demo set imported and sampled; idempotent."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.cli import cli
+from app.config import get_settings
+from app.labeling.models import Completion, Task
+from app.prompts.commands import DEMO_SET
+from app.prompts.models import PromptSet
+from app.runs import policies
+from app.runs.models import ModelVersion
+
+
+def test_demo_is_ready_to_label_and_idempotent(committed_sqlite: sessionmaker[Session],
+                                               sqlite_url: str, tmp_path: Path,
+                                               tiny_policy_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANKLAB_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
+    get_settings.cache_clear()
+    monkeypatch.setattr("trainer.sampling.get_settings", get_settings)
+    # The tiny policy stands in for the demo build, which the demo-policy tests cover.
+    shutil.copytree(tiny_policy_path, policies.demo_path(get_settings()))
+    try:
+        first = CliRunner().invoke(cli, ["demo"], prog_name="ranklab")
+        assert first.exit_code == 0, first.output
+        assert f"'{DEMO_SET}' is sampled and ready to label" in first.output
+        second = CliRunner().invoke(cli, ["demo"], prog_name="ranklab")
+        assert second.exit_code == 0, second.output
+        assert f"'{DEMO_SET}' is sampled (12/12) and ready to label" in second.output
+    finally:
+        get_settings.cache_clear()
+    with committed_sqlite() as s:
+        ps = s.scalar(select(PromptSet).where(PromptSet.name == DEMO_SET))
+        assert ps is not None and ps.status == "active"
+        tasks = s.scalars(select(Task).where(Task.prompt_set_id == ps.id)).all()
+        assert len(tasks) == 12 and all(t.status == "open" and len(t.completions) == 4 for t in tasks)
+        demo = s.scalar(select(ModelVersion).where(ModelVersion.is_demo))
+        assert demo is not None and demo.is_active and ps.policy_version_id == demo.id
+        assert s.scalar(select(func.count()).select_from(Completion)
+                        .where(Completion.model_version_id == demo.id)) == 48
+        assert s.scalar(select(func.count()).select_from(PromptSet)) == 1
