@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from markdown_it import MarkdownIt
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
@@ -70,21 +70,36 @@ def _live(now: datetime) -> Any:
     return and_(Assignment.state == AssignmentState.active, Assignment.lease_expires_at > now)
 
 
-def _live_leases(session: Session, task_id: int, now: datetime, *, excluding: int | None = None) -> int:
-    q = select(func.count()).select_from(Assignment).where(Assignment.task_id == task_id, _live(now))
+@dataclass
+class _Room:
+    label_count: int
+    status: str
+    overlap: int
+    live: int  # unexpired leases of active assignments
+    mine: bool  # this labeler has had the task already
+
+    @property
+    def has_room(self) -> bool:
+        return self.status == TaskStatus.open and self.label_count + self.live < self.overlap
+
+
+def _room(session: Session, task_id: int, user_id: int, now: datetime, *,
+          excluding: int | None = None) -> _Room:
+    """The task's counts as committed now, in one statement of its own: under READ COMMITTED a new
+    statement sees every commit made before it, including those of whoever held the task's lock."""
+    live = select(func.count()).select_from(Assignment).where(Assignment.task_id == task_id, _live(now))
     if excluding is not None:
-        q = q.where(Assignment.id != excluding)
-    return int(session.scalar(q) or 0)
-
-
-def _lock_task(session: Session, task_id: int) -> tuple[Task, int]:
-    """The task row, locked and re-read, with its set's overlap."""
-    task = session.scalars(
-        select(Task).where(Task.id == task_id).with_for_update(of=Task).execution_options(
-            populate_existing=True)
+        live = live.where(Assignment.id != excluding)
+    mine = exists().where(Assignment.task_id == task_id, Assignment.user_id == user_id)
+    row = session.execute(
+        select(Task.label_count, Task.status, PromptSet.overlap, live.scalar_subquery(), mine)
+        .join(PromptSet, PromptSet.id == Task.prompt_set_id).where(Task.id == task_id)
     ).one()
-    overlap = session.scalar(select(PromptSet.overlap).where(PromptSet.id == task.prompt_set_id))
-    return task, int(overlap or 1)
+    return _Room(int(row[0]), str(row[1]), int(row[2] or 1), int(row[3]), bool(row[4]))
+
+
+def _lock_task(session: Session, task_id: int) -> None:
+    session.execute(select(Task.id).where(Task.id == task_id).with_for_update())
 
 
 # --- taking a task ------------------------------------------------------------------------------
@@ -106,18 +121,20 @@ def next_assignment(*, session: Session, user: User, lease_minutes: float,
     if _is_pg(session):
         # One request at a time per labeler: two tabs asking at once get the same assignment.
         session.execute(select(User.id).where(User.id == user.id).with_for_update())
-    held = current_assignment(session=session, user=user, now=now)
-    if held is not None:
-        return held
     lease = timedelta(minutes=lease_minutes)
-    # An assignment whose lease ran out while the labeler was away: theirs again if there is room.
-    for stale in session.scalars(
+    active = session.scalars(
         select(Assignment).where(Assignment.user_id == user.id,
                                  Assignment.state == AssignmentState.active)
-    ).all():
-        task, overlap = _lock_task(session, stale.task_id)
-        if task.status == TaskStatus.open and \
-                task.label_count + _live_leases(session, task.id, now) < overlap:
+        .order_by(Assignment.id.desc())
+    ).all()
+    for held in active:
+        if held.lease_expires_at > now:
+            return held  # a reload gets the same task back
+    # An assignment whose lease ran out while the labeler was away: theirs again if there is room.
+    for stale in active:
+        _lock_task(session, stale.task_id)
+        room = _room(session, stale.task_id, user.id, now)
+        if room.has_room:
             stale.lease_expires_at = now + lease
             session.flush()
             return stale
@@ -130,20 +147,21 @@ def next_assignment(*, session: Session, user: User, lease_minutes: float,
         .where(Assignment.task_id == Task.id, _live(now)).correlate(Task).scalar_subquery()
     )
     had = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
-    task = _choose_task(session, user, now, live_count, had)
-    if task is None:
+    task_id = _choose_task(session, user, now, live_count, had)
+    if task_id is None:
         return None
+    task = session.get_one(Task, task_id)
     order = [c.id for c in task.completions]
     secrets.SystemRandom().shuffle(order)
     assignment = Assignment(task_id=task.id, user_id=user.id, display_order=order,
-                            lease_expires_at=now + lease, created_at=now)
+                            lease_expires_at=now + lease, created_at=now, task=task)
     session.add(assignment)
     session.flush()
     return assignment
 
 
 def _choose_task(session: Session, user: User, now: datetime, live_count: Any,
-                 had: Any) -> Task | None:
+                 had: Any) -> int | None:
     """Lock and return the first task with room for this labeler. First pass: SKIP LOCKED, so
     labelers never queue behind each other. If that finds nothing, the tasks left may only be
     locked for a moment by others, so a second pass waits for them (PostgreSQL only)."""
@@ -171,13 +189,10 @@ def _choose_task(session: Session, user: User, now: datetime, live_count: Any,
                 break
             # Counted again now that the row is ours: the snapshot of the choosing query may
             # predate an assignment committed by someone who held the lock a moment ago.
-            task, overlap = _lock_task(session, task_id)
-            mine = session.scalar(select(Assignment.id).where(Assignment.task_id == task_id,
-                                                               Assignment.user_id == user.id))
-            if mine is None and task.status == TaskStatus.open and \
-                    task.label_count + _live_leases(session, task_id, now) < overlap:
+            room = _room(session, task_id, user.id, now)
+            if not room.mine and room.has_room:
                 savepoint.commit()
-                return task
+                return task_id
             savepoint.rollback()
             rejected.append(task_id)
     return None
@@ -326,17 +341,25 @@ def latest_guideline(*, session: Session) -> Guideline | None:
     return session.scalars(select(Guideline).order_by(Guideline.version.desc()).limit(1)).first()
 
 
-def _check_lease(session: Session, assignment: Assignment, now: datetime) -> Task:
-    """Lock the task; an expired lease is honoured only while the task still needs labels."""
-    task, overlap = _lock_task(session, assignment.task_id)
-    live = assignment.state == AssignmentState.active and assignment.lease_expires_at > now
-    if not live and (task.status != TaskStatus.open or
-                     task.label_count + _live_leases(session, task.id, now,
-                                                     excluding=assignment.id) >= overlap):
+def _check_lease(session: Session, assignment: Assignment, now: datetime) -> None:
+    """An expired lease is honoured only while the task still needs labels (checked under the
+    task's lock, so two late submitters cannot both take the last place)."""
+    if assignment.state == AssignmentState.active and assignment.lease_expires_at > now:
+        return
+    _lock_task(session, assignment.task_id)
+    room = _room(session, assignment.task_id, assignment.user_id, now, excluding=assignment.id)
+    if not room.has_room:
         raise SubmissionRefused(
             "Your lease on this task expired and the task already has all the labels it needs, "
             "so this submission was not stored. Take the next task.")
-    return task
+
+
+def _lock_assignment(session: Session, assignment: Assignment) -> Annotation | None:
+    """Serialise submissions of one assignment (a double click, a retried request); returns the
+    annotation a previous one stored, if any."""
+    session.execute(select(Assignment.id).where(Assignment.id == assignment.id).with_for_update())
+    session.refresh(assignment, ["state", "lease_expires_at"])
+    return existing_annotation(session=session, assignment=assignment)
 
 
 def _time_spent(assignment: Assignment, now: datetime, client_ms: int | None) -> int:
@@ -357,13 +380,14 @@ def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any
            confirm_inconsistent: bool = False, now: datetime | None = None) -> Annotation:
     """Store one ranking whole; a second submission of the same assignment returns the first."""
     now = now or utcnow()
-    done = existing_annotation(session=session, assignment=assignment)
+    done = _lock_assignment(session, assignment)
     if done is not None:
         return done
     if assignment.state not in (AssignmentState.active, AssignmentState.expired):
         raise SubmissionRefused(f"This assignment is already {assignment.state}.")
     task = assignment.task
-    ps_flags = session.scalar(select(PromptSet.flags).where(PromptSet.id == task.prompt_set_id))
+    ps_flags, overlap = session.execute(
+        select(PromptSet.flags, PromptSet.overlap).where(PromptSet.id == task.prompt_set_id)).one()
     completion_ids = [c.id for c in task.completions]
     clean_ranks, clean_ratings, clean_flags = _validate(
         completion_ids=completion_ids, set_flags=list(ps_flags or []), ranks=ranks,
@@ -378,11 +402,7 @@ def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any
             "confirm_inconsistent",
             f"{len(clashes)} lower-ranked output(s) have a higher rating than one ranked above "
             "them: fix the ranks or ratings, or confirm")
-    task = _check_lease(session, assignment, now)
-    # Re-checked under the task lock: a concurrent double submit waits here, then finds the first.
-    done = existing_annotation(session=session, assignment=assignment)
-    if done is not None:
-        return done
+    _check_lease(session, assignment, now)
     guideline = latest_guideline(session=session)
     annotation = Annotation(
         assignment_id=assignment.id, task_id=task.id, user_id=assignment.user_id,
@@ -399,11 +419,16 @@ def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any
     session.add(annotation)
     assignment.state = AssignmentState.submitted
     assignment.finished_at = now
-    task.label_count += 1
-    overlap = session.scalar(select(PromptSet.overlap).where(PromptSet.id == task.prompt_set_id))
-    if task.label_count >= int(overlap or 1):
-        task.status = TaskStatus.closed
     session.flush()
+    # In the database, not read-modify-write in Python: concurrent submitters of one task each
+    # add exactly one (the UPDATE takes the row lock).
+    count = session.execute(
+        update(Task).where(Task.id == task.id).values(label_count=Task.label_count + 1)
+        .returning(Task.label_count).execution_options(synchronize_session=False)).scalar_one()
+    if count >= int(overlap or 1):
+        session.execute(update(Task).where(Task.id == task.id).values(status=TaskStatus.closed)
+                        .execution_options(synchronize_session=False))
+    session.expire(task, ["label_count", "status"])
     return annotation
 
 
@@ -411,17 +436,15 @@ def skip(*, session: Session, assignment: Assignment, reason: Any, notes: str = 
          time_spent_ms: int | None = None, now: datetime | None = None) -> Annotation:
     """Store a skip with its reason; it frees the task for others and counts no label."""
     now = now or utcnow()
-    done = existing_annotation(session=session, assignment=assignment)
-    if done is not None:
-        return done
     if reason not in SKIP_REASONS:
         raise SubmissionInvalid("skip", f"reason must be one of: {', '.join(SKIP_REASONS)}")
     if not isinstance(notes, str) or len(notes) > MAX_NOTES:
         raise SubmissionInvalid("notes", f"notes must be text of at most {MAX_NOTES} characters")
-    _lock_task(session, assignment.task_id)
-    done = existing_annotation(session=session, assignment=assignment)
+    done = _lock_assignment(session, assignment)
     if done is not None:
         return done
+    if assignment.state not in (AssignmentState.active, AssignmentState.expired):
+        raise SubmissionRefused(f"This assignment is already {assignment.state}.")
     guideline = latest_guideline(session=session)
     annotation = Annotation(
         assignment_id=assignment.id, task_id=assignment.task_id, user_id=assignment.user_id,

@@ -1,0 +1,244 @@
+"""Load test of the labeling JSON API on PostgreSQL, with an audit of what was stored.
+
+Starts the real server (uvicorn in a subprocess) on a scratch PostgreSQL database it creates and
+migrates, seeds labelers with API tokens and tasks, then runs N simulated labelers (httpx, async)
+that loop GET /api/v1/tasks/next -> POST /api/v1/assignments/{id}/annotation until the time or
+the tasks run out. Prints per-endpoint latency percentiles, annotations per second, and an audit
+from the database: lost (acknowledged but absent), duplicated, over-assigned — all must be 0.
+
+    python bench/labeling_load.py --labelers 100 --seconds 30
+    python bench/labeling_load.py --labelers 100 --think 0   # no pause between requests: saturation
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, insert, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import migrate  # noqa: E402
+from app.auth import security  # noqa: E402
+from app.auth.models import ApiToken, User  # noqa: E402
+from app.labeling.models import Completion, Task  # noqa: E402
+from app.prompts.models import DEFAULT_FLAGS, Prompt, PromptSet  # noqa: E402
+
+FLAG = DEFAULT_FLAGS[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def seed(url: str, *, labelers: int, tasks: int, k: int, overlap: int) -> list[str]:
+    """Users with one token each, one active prompt set, `tasks` open tasks of K completions."""
+    engine = create_engine(url)
+    password_hash = security.hash_password("bench-password-123")
+    tokens: list[str] = []
+    with engine.begin() as conn:
+        user_ids = conn.execute(insert(User).returning(User.id), [
+            {"username": f"bench{i}", "password_hash": password_hash, "role": "labeler",
+             "is_active": True, "is_system": False} for i in range(labelers)]).scalars().all()
+        rows = []
+        for uid in user_ids:
+            raw = security.new_token(security.TOKEN_PREFIX)
+            tokens.append(raw)
+            rows.append({"user_id": uid, "name": "bench", "token_hash": security.sha256(raw),
+                         "prefix": raw[:10]})
+        conn.execute(insert(ApiToken), rows)
+        set_id = conn.execute(insert(PromptSet).returning(PromptSet.id), {
+            "name": "bench", "k": k, "overlap": overlap, "status": "active", "flags": DEFAULT_FLAGS,
+            "sampling": {}, "report": {}}).scalar_one()
+        prompt_ids = conn.execute(insert(Prompt).returning(Prompt.id, sort_by_parameter_order=True), [
+            {"prompt_set_id": set_id, "text": f"Bench prompt {i}: explain photosynthesis briefly.",
+             "text_hash": security.sha256(f"bench {i}"), "meta": {}} for i in range(tasks)]).scalars().all()
+        task_ids = conn.execute(insert(Task).returning(Task.id, sort_by_parameter_order=True), [
+            {"prompt_id": pid, "prompt_set_id": set_id, "status": "open", "label_count": 0}
+            for pid in prompt_ids]).scalars().all()
+        conn.execute(insert(Completion), [
+            {"task_id": tid, "text": f"Completion {j} of task {tid}. " * 8, "params": {},
+             "finish_reason": "stop", "is_duplicate": False}
+            for tid in task_ids for j in range(k)])
+    engine.dispose()
+    return tokens
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+async def labeler(client: httpx.AsyncClient, token: str, deadline: float, think: float,
+                  lat: dict[str, list[float]], errors: list[str], acked: list[int]) -> None:
+    h = {"Authorization": f"Bearer {token}"}
+    rng = random.Random(token)
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        try:
+            r = await client.get("/api/v1/tasks/next", headers=h)
+        except httpx.HTTPError as e:
+            errors.append(f"next: {type(e).__name__}")
+            continue
+        lat["GET /api/v1/tasks/next"].append((time.perf_counter() - t0) * 1000)
+        if r.status_code == 204:
+            return
+        if r.status_code != 200:
+            errors.append(f"next: {r.status_code} {r.text[:120]}")
+            continue
+        task = r.json()
+        if think:
+            await asyncio.sleep(rng.uniform(0.5 * think, 1.5 * think))
+        ids = [c["id"] for c in task["completions"]]
+        if rng.random() < 0.05:
+            body: dict = {"skip": "unclear"}
+        else:
+            order = ids[:]
+            rng.shuffle(order)
+            ranks = {str(cid): n + 1 for n, cid in enumerate(order)}
+            if len(order) > 2 and rng.random() < 0.3:
+                ranks[str(order[2])] = ranks[str(order[1])]  # a tie, in competition form
+            body = {"ranks": ranks, "ratings": {c: max(1, 7 - r) for c, r in ranks.items()},
+                    "flags": {str(order[-1]): [FLAG]}, "notes": "", "time_spent_ms": 1000}
+        t0 = time.perf_counter()
+        try:
+            r = await client.post(f"/api/v1/assignments/{task['assignment_id']}/annotation",
+                                  headers=h, json=body)
+        except httpx.HTTPError as e:
+            errors.append(f"annotation: {type(e).__name__}")
+            continue
+        lat["POST /api/v1/assignments/{id}/annotation"].append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200:
+            errors.append(f"annotation: {r.status_code} {r.text[:120]}")
+            continue
+        acked.append(int(r.json()["id"]))
+
+
+def audit(url: str, acked: list[int], overlap: int) -> dict[str, int]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        present = set(conn.execute(text("SELECT id FROM annotation")).scalars().all())
+        out = {
+            "lost": sum(1 for a in acked if a not in present),
+            "duplicated": conn.execute(text(
+                "SELECT count(*) FROM (SELECT task_id, user_id FROM annotation "
+                "GROUP BY task_id, user_id HAVING count(*) > 1) d")).scalar_one(),
+            "over-assigned": conn.execute(text(
+                "SELECT count(*) FROM task t WHERE (SELECT count(*) FROM annotation a WHERE "
+                "a.task_id = t.id AND a.skip_reason IS NULL) > :o OR t.label_count > :o"),
+                {"o": overlap}).scalar_one(),
+            "label_count mismatch": conn.execute(text(
+                "SELECT count(*) FROM task t WHERE t.label_count <> (SELECT count(*) FROM annotation a "
+                "WHERE a.task_id = t.id AND a.skip_reason IS NULL)")).scalar_one(),
+            "annotations stored": len(present),
+        }
+    engine.dispose()
+    return out
+
+
+async def run(args: argparse.Namespace, base_url: str, tokens: list[str]) -> tuple[dict, list, list, float]:
+    lat: dict[str, list[float]] = defaultdict(list)
+    errors: list[str] = []
+    acked: list[int] = []
+    limits = httpx.Limits(max_connections=args.labelers, max_keepalive_connections=args.labelers)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+        await client.get("/healthz")
+        start = time.monotonic()
+        deadline = start + args.seconds
+        await asyncio.gather(*(labeler(client, t, deadline, args.think, lat, errors, acked)
+                               for t in tokens))
+        elapsed = time.monotonic() - start
+    return lat, errors, acked, elapsed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--labelers", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=30.0, help="stop after this long")
+    p.add_argument("--tasks", type=int, default=3000)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--overlap", type=int, default=3)
+    p.add_argument("--think", type=float, default=1.0,
+                   help="mean seconds a labeler 'reads' before submitting (0: none, saturation)")
+    p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    p.add_argument("--pg-admin-url", default=os.environ.get(
+        "RANKLAB_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    p.add_argument("--keep", action="store_true", help="keep the scratch database")
+    args = p.parse_args()
+
+    name = f"ranklab_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    server = None
+    try:
+        migrate.upgrade(url)
+        tokens = seed(url, labelers=args.labelers, tasks=args.tasks, k=args.k, overlap=args.overlap)
+        port = free_port()
+        env = {**os.environ, "RANKLAB_DATABASE_URL": url, "RANKLAB_ENV": "development"}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", str(args.workers), "--log-level", "warning",
+             "--no-access-log"], cwd=ROOT, env=env)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            print("the server did not start", file=sys.stderr)
+            return 1
+        lat, errors, acked, elapsed = asyncio.run(run(args, base, tokens))
+        print(f"labelers={args.labelers} workers={args.workers} think={args.think}s k={args.k} "
+              f"overlap={args.overlap} tasks={args.tasks} elapsed={elapsed:.1f}s")
+        for endpoint, values in lat.items():
+            print(f"{endpoint:<45} n={len(values):>6}  p50={pct(values, 50):6.1f} ms  "
+                  f"p95={pct(values, 95):6.1f} ms  p99={pct(values, 99):6.1f} ms  "
+                  f"max={max(values):6.1f} ms")
+        print(f"annotations/s={len(acked) / elapsed:.1f}  acknowledged={len(acked)}  errors={len(errors)}")
+        for e in sorted(set(errors))[:5]:
+            print("  error:", e)
+        result = audit(url, acked, args.overlap)
+        print("audit: " + "  ".join(f"{k}={v}" for k, v in result.items()))
+        all_lat = [v for values in lat.values() for v in values]
+        ok = not errors and result["lost"] == result["duplicated"] == result["over-assigned"] == 0 \
+            and result["label_count mismatch"] == 0
+        print(f"overall p99={pct(all_lat, 99):.1f} ms  ->  {'PASS' if ok and pct(all_lat, 99) < 200 else 'FAIL'}"
+              " (target: p99 < 200 ms, no errors, audit all 0)")
+        return 0 if ok else 1
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        if not args.keep:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
