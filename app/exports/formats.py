@@ -80,13 +80,11 @@ def comparison_rows(rec: AnnotationRecord) -> list[dict[str, Any]]:
         rows.append({
             "split": rec.split, "prompt_set": rec.prompt_set, "task_id": rec.task_id,
             "annotation_id": rec.annotation_id, "prompt_id": rec.prompt_id, "prompt": rec.prompt,
-            "chosen": c.text, "rejected": r.text,
-            "chosen_completion_id": c.completion_id, "rejected_completion_id": r.completion_id,
+            "chosen": c.text, "chosen_completion_id": c.completion_id, "chosen_rank": c.rank,
+            "chosen_rating": c.rating, "chosen_position": c.position, "chosen_policy": c.policy,
+            "rejected": r.text, "rejected_completion_id": r.completion_id, "rejected_rank": r.rank,
+            "rejected_rating": r.rating, "rejected_position": r.position, "rejected_policy": r.policy,
             "tie": p.tie, "rank_gap": p.rank_gap, "rating_diff": p.rating_diff,
-            "chosen_rank": c.rank, "rejected_rank": r.rank,
-            "chosen_rating": c.rating, "rejected_rating": r.rating,
-            "chosen_position": c.position, "rejected_position": r.position,
-            "chosen_policy": c.policy, "rejected_policy": r.policy,
             "labeler": rec.labeler, "guideline_version": rec.guideline_version,
             "created_at": created, "time_spent_ms": rec.time_spent_ms,
         })
@@ -170,13 +168,13 @@ _MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 def schema_for(fmt: str, opts: RowOptions) -> pa.Schema:
     s, i64, i32 = pa.string(), pa.int64(), pa.int32()
     if fmt == "comparisons":
+        side = [("", s), ("_completion_id", i64), ("_rank", i32), ("_rating", i32), ("_position", i32),
+                ("_policy", s)]
         return pa.schema([
             ("split", s), ("prompt_set", s), ("task_id", i64), ("annotation_id", i64),
-            ("prompt_id", i64), ("prompt", s), ("chosen", s), ("rejected", s),
-            ("chosen_completion_id", i64), ("rejected_completion_id", i64), ("tie", pa.bool_()),
-            ("rank_gap", i32), ("rating_diff", i32), ("chosen_rank", i32), ("rejected_rank", i32),
-            ("chosen_rating", i32), ("rejected_rating", i32), ("chosen_position", i32),
-            ("rejected_position", i32), ("chosen_policy", s), ("rejected_policy", s),
+            ("prompt_id", i64), ("prompt", s),
+            *[("chosen" + n, t) for n, t in side], *[("rejected" + n, t) for n, t in side],
+            ("tie", pa.bool_()), ("rank_gap", i32), ("rating_diff", i32),
             ("labeler", s), ("guideline_version", i32), ("created_at", s), ("time_spent_ms", i64),
         ])
     if fmt == "trl":
@@ -215,13 +213,16 @@ def columns(fmt: str, opts: RowOptions) -> list[str]:
 # --- writers --------------------------------------------------------------------------------
 
 
-def write_jsonl(batches: Iterable[list[dict[str, Any]]], *, gz: bool = False) -> Iterator[bytes]:
+Batch = list[dict[str, Any]] | bytes | pa.Table  # rows, or already encoded by app.exports.encode
+
+
+def write_jsonl(batches: Iterable[Batch], *, gz: bool = False) -> Iterator[bytes]:
     # zlib's gzip wrapper writes mtime 0, so the same data always gives the same bytes (sha256).
     comp = zlib.compressobj(6, zlib.DEFLATED, 31) if gz else None
     for batch in batches:
-        if not batch:
+        if not len(batch):
             continue
-        chunk = b"\n".join(map(orjson.dumps, batch)) + b"\n"
+        chunk = batch if isinstance(batch, bytes) else b"\n".join(map(orjson.dumps, batch)) + b"\n"
         if comp is not None:
             chunk = comp.compress(chunk)
         if chunk:
@@ -259,17 +260,21 @@ class _Drain:
         return out
 
 
-def write_parquet(batches: Iterable[list[dict[str, Any]]], schema: pa.Schema) -> Iterator[bytes]:
+def write_parquet(batches: Iterable[Batch], schema: pa.Schema) -> Iterator[bytes]:
     """One row group per batch; the file is valid (and readable by `datasets`) when done."""
     sink = _Drain()
     writer = pq.ParquetWriter(sink, schema, compression="zstd")
     try:
         for batch in batches:
-            if not batch:
+            if isinstance(batch, pa.Table):
+                table = batch
+            elif isinstance(batch, list) and batch:
+                table = pa.Table.from_pydict({name: pa.array([row[name] for row in batch], type=schema.field(name).type)
+                                              for name in schema.names}, schema=schema)
+            else:
                 continue
-            cols = {name: pa.array([row[name] for row in batch], type=schema.field(name).type)
-                    for name in schema.names}
-            writer.write_table(pa.Table.from_pydict(cols, schema=schema))
+            if table.num_rows:
+                writer.write_table(table)
             data = sink.take()
             if data:
                 yield data
@@ -278,7 +283,7 @@ def write_parquet(batches: Iterable[list[dict[str, Any]]], schema: pa.Schema) ->
     yield sink.take()
 
 
-def write(batches: Iterable[list[dict[str, Any]]], *, file_type: str,
+def write(batches: Iterable[Batch], *, file_type: str,
           schema: pa.Schema) -> Iterator[bytes]:
     if file_type == "parquet":
         return write_parquet(batches, schema)

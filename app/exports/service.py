@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.db import utcnow
-from app.exports import formats
+from app.exports import encode, formats
 from app.exports.formats import AnnotationRecord, ItemRecord, RowOptions
 from app.exports.pairs import ordered_pairs
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
@@ -27,8 +27,8 @@ from app.prompts.models import Prompt, PromptSet
 from app.runs.models import ModelVersion
 
 SPLITS = ("train", "validation", "test")
-BATCH_ROWS = 20_000  # rows per written batch / Parquet row group
-FETCH_ROWS = 5_000  # database rows per round trip
+BATCH_ANNOTATIONS = 500  # annotations per written batch (Parquet row group: up to 18,000 pairs at K=9)
+PAGE_ANNOTATIONS = 1_000  # annotations per database round trip
 
 
 class ExportError(ValueError):
@@ -94,24 +94,8 @@ def resolve_labelers(*, session: Session, names: list[str], secret: str) -> list
     return out
 
 
-def _base_query(filters: Filters, *, with_meta: bool) -> Select[Any]:
-    cols = [
-        Annotation.id, Annotation.task_id, Annotation.user_id, Annotation.guideline_version,
-        Annotation.created_at, Annotation.time_spent_ms, Annotation.notes, Annotation.skip_reason,
-        Annotation.inconsistency_confirmed, Task.prompt_set_id, Prompt.id, Prompt.text,
-        AnnotationItem.completion_id, AnnotationItem.rank, AnnotationItem.rating,
-        AnnotationItem.flags, AnnotationItem.position, Completion.text, Completion.model_version_id,
-    ]
-    if with_meta:
-        cols.append(Prompt.meta)
-    q = (
-        select(*cols)
-        .join(Task, Task.id == Annotation.task_id)
-        .join(Prompt, Prompt.id == Task.prompt_id)
-        .outerjoin(AnnotationItem, AnnotationItem.annotation_id == Annotation.id)
-        .outerjoin(Completion, Completion.id == AnnotationItem.completion_id)
-    )
-    conds = []
+def _conditions(filters: Filters) -> list[Any]:
+    conds: list[Any] = []
     if filters.prompt_set_ids:
         conds.append(Task.prompt_set_id.in_(filters.prompt_set_ids))
     if filters.since:
@@ -123,16 +107,59 @@ def _base_query(filters: Filters, *, with_meta: bool) -> Select[Any]:
     if not filters.include_skipped:
         conds.append(Annotation.skip_reason.is_(None))
     if filters.policy_version_ids:
-        conds.append(Annotation.task_id.in_(
-            select(Completion.task_id).where(Completion.model_version_id.in_(filters.policy_version_ids))
-        ))
+        # Correlated EXISTS (index on completion.task_id), not IN (subquery): no full scan per page.
+        conds.append(select(Completion.id).where(
+            Completion.task_id == Annotation.task_id,
+            Completion.model_version_id.in_(filters.policy_version_ids)).exists())
     if filters.min_labels > 1:
-        counted = (select(Annotation.task_id).where(Annotation.skip_reason.is_(None))
-                   .group_by(Annotation.task_id).having(func.count() >= filters.min_labels))
-        conds.append(Annotation.task_id.in_(counted))
-    if conds:
-        q = q.where(and_(*conds))
-    return q
+        conds.append(Task.label_count >= filters.min_labels)  # kept up to date by labeling
+    return conds
+
+
+def _id_pages(session: Session, filters: Filters, *, by_task: bool,
+              page: int = PAGE_ANNOTATIONS) -> Iterator[list[int]]:
+    """Matching annotation ids in export order, a page at a time (keyset paging: each query is
+    short and bounded, so no database sorts the whole result and no cursor stays open)."""
+    conds = _conditions(filters)
+    last_task, last_id = -1, -1
+    size = max(1, page // 10)  # a small first page, so the first bytes leave at once
+    while True:
+        q = select(Annotation.id, Annotation.task_id).join(Task, Task.id == Annotation.task_id)
+        if by_task:
+            q = q.where(or_(Annotation.task_id > last_task,
+                            and_(Annotation.task_id == last_task, Annotation.id > last_id)))
+            q = q.order_by(Annotation.task_id, Annotation.id)
+        else:
+            q = q.where(Annotation.id > last_id).order_by(Annotation.id)
+        rows = session.execute(q.where(*conds).limit(size)).all()
+        if not rows:
+            return
+        yield [r[0] for r in rows]
+        last_id, last_task = rows[-1][0], rows[-1][1]
+        if len(rows) < size:
+            return
+        size = page
+
+
+def _annotations_query(ids: list[int], *, with_meta: bool) -> Select[Any]:
+    cols = [Annotation.id, Annotation.task_id, Annotation.user_id, Annotation.guideline_version,
+            Annotation.created_at, Annotation.time_spent_ms, Annotation.notes, Annotation.skip_reason,
+            Annotation.inconsistency_confirmed, Task.prompt_set_id, Prompt.id, Prompt.text]
+    if with_meta:
+        cols.append(Prompt.meta)
+    return (select(*cols).join(Task, Task.id == Annotation.task_id)
+            .join(Prompt, Prompt.id == Task.prompt_id).where(Annotation.id.in_(ids)))
+
+
+def _items_query(ids: list[int], *, with_flags: bool) -> Select[Any]:
+    # Flags are JSON, decoded per row: read them only when a format or filter needs them.
+    cols = [AnnotationItem.annotation_id, AnnotationItem.completion_id, AnnotationItem.rank,
+            AnnotationItem.rating, AnnotationItem.position, Completion.text, Completion.model_version_id]
+    if with_flags:
+        cols.append(AnnotationItem.flags)
+    return (select(*cols).join(Completion, Completion.id == AnnotationItem.completion_id)
+            .where(AnnotationItem.annotation_id.in_(ids))
+            .order_by(AnnotationItem.annotation_id, AnnotationItem.completion_id))
 
 
 @dataclass
@@ -152,24 +179,27 @@ class Counts:
 
 
 def iter_records(*, session: Session, filters: Filters, secret: str, real_names: bool = False,
-                 with_meta: bool = False, by_task: bool = False) -> Iterator[AnnotationRecord]:
+                 with_meta: bool = False, by_task: bool = False,
+                 with_flags: bool = True) -> Iterator[AnnotationRecord]:
     """Annotations one at a time (items in completion order), filtered, with their split."""
     set_names = dict(session.execute(select(PromptSet.id, PromptSet.name)).all())
     policy_names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
     usernames = dict(session.execute(select(User.id, User.username)).all()) if real_names else {}
     labelers: dict[int, str] = {}
     splits: dict[int, str] = {}
-    order = ((Annotation.task_id, Annotation.id, AnnotationItem.completion_id) if by_task
-             else (Annotation.id, AnnotationItem.completion_id))
-    q = _base_query(filters, with_meta=with_meta).order_by(*order)
-    result = session.execute(q.execution_options(yield_per=FETCH_ROWS))
-    rec: AnnotationRecord | None = None
-    flagged = False
-    for row in result:
-        if rec is None or row[0] != rec.annotation_id:
-            if rec is not None and not (flagged and filters.exclude_flagged):
-                yield rec
-            rec, flagged = None, False
+    with_flags = with_flags or filters.exclude_flagged
+    # Two short queries per page (annotations with their prompt; items with their output text)
+    # rather than one join: the annotation's columns are not repeated K times per page.
+    for ids in _id_pages(session, filters, by_task=by_task):
+        anns = {row[0]: row for row in session.execute(_annotations_query(ids, with_meta=with_meta))}
+        items: dict[int, list[ItemRecord]] = {}
+        for r in session.execute(_items_query(ids, with_flags=with_flags)):
+            items.setdefault(r[0], []).append(ItemRecord(
+                completion_id=r[1], text=r[5], rank=r[2], rating=r[3],
+                flags=(r[7] or []) if with_flags else [], position=r[4], model_version_id=r[6],
+                policy=policy_names.get(r[6])))
+        for ann_id in ids:
+            row = anns[ann_id]
             user_id, prompt_id, prompt = row[2], row[10], row[11]
             split = splits.get(prompt_id)
             if split is None:
@@ -177,41 +207,33 @@ def iter_records(*, session: Session, filters: Filters, secret: str, real_names:
                                                      fractions=filters.split_fractions)
             if filters.split and split != filters.split:
                 continue
+            mine = items.get(ann_id, [])
+            if filters.exclude_flagged and any(it.flags for it in mine):
+                continue
             name = labelers.get(user_id)
             if name is None:
                 name = labelers[user_id] = (usernames[user_id] if real_names
                                             else pseudonym(user_id, secret))
-            meta = row[19] if with_meta else None
-            rec = AnnotationRecord(
-                annotation_id=row[0], task_id=row[1], prompt_set=set_names.get(row[9], ""),
+            yield AnnotationRecord(
+                annotation_id=ann_id, task_id=row[1], prompt_set=set_names.get(row[9], ""),
                 prompt_id=prompt_id, prompt=prompt,
-                prompt_messages=(meta or {}).get("messages") if with_meta else None,
+                prompt_messages=(row[12] or {}).get("messages") if with_meta else None,
                 labeler=name, guideline_version=row[3], created_at=row[4], time_spent_ms=row[5],
                 notes=row[6] or "", skip_reason=row[7], inconsistency_confirmed=bool(row[8]),
-                split=split)
-        if rec is None:
-            continue  # an annotation of another split
-        if row[12] is not None:
-            flags = row[15] or []
-            flagged = flagged or bool(flags)
-            rec.items.append(ItemRecord(
-                completion_id=row[12], text=row[17], rank=row[13], rating=row[14], flags=flags,
-                position=row[16], model_version_id=row[18], policy=policy_names.get(row[18])))
-    if rec is not None and not (flagged and filters.exclude_flagged):
-        yield rec
+                split=split, items=mine)
 
 
 def iter_rows(*, session: Session, fmt: str, filters: Filters, opts: RowOptions, secret: str,
-              real_names: bool = False, counts: Counts | None = None,
-              batch_rows: int = BATCH_ROWS) -> Iterator[list[dict[str, Any]]]:
-    """Batches of rows of format `fmt`, counted into `counts` as they go."""
+              real_names: bool = False, counts: Counts | None = None, file_type: str = "jsonl",
+              batch_annotations: int = BATCH_ANNOTATIONS) -> Iterator[formats.Batch]:
+    """Batches of format `fmt`, counted into `counts` as they go: JSON Lines bytes or Arrow
+    tables for the pair formats (see app.exports.encode), lists of row dicts for the others."""
     if fmt not in formats.FORMATS:
         raise ExportError(f"format: one of {', '.join(formats.FORMATS)}, not {fmt!r}")
     counts = counts if counts is not None else Counts()
-    with_meta = fmt == "trl" and opts.conversational
     records = iter_records(session=session, filters=filters, secret=secret, real_names=real_names,
-                           with_meta=with_meta, by_task=fmt == "groups")
-    batch: list[dict[str, Any]] = []
+                           with_meta=fmt == "trl" and opts.conversational, by_task=fmt == "groups",
+                           with_flags=fmt in ("rankings", "groups"))
 
     def note(rec: AnnotationRecord, n_rows: int) -> None:
         counts.annotations += 1
@@ -223,42 +245,55 @@ def iter_rows(*, session: Session, fmt: str, filters: Filters, opts: RowOptions,
         counts.pairs += strict
         counts.ties += ties
 
-    if fmt == "groups":
-        group: list[AnnotationRecord] = []
+    if fmt in ("comparisons", "trl") and file_type == "parquet":
+        table = encode.ArrowPairs(fmt, opts)
+        limit = max(1, batch_annotations // 10)  # a small first row group: the first bytes leave sooner
         for rec in records:
+            note(rec, table.add(rec))
+            if len(table.recs) >= limit:
+                yield table.table()
+                table, limit = encode.ArrowPairs(fmt, opts), batch_annotations
+        if table.recs:
+            yield table.table()
+        return
+    if fmt in ("comparisons", "trl"):
+        chunk: list[bytes] = []
+        for rec in records:
+            data, n = encode.comparison_lines(rec) if fmt == "comparisons" else encode.trl_lines(rec, opts)
+            note(rec, n)
+            chunk.append(data)
+            if len(chunk) >= batch_annotations // 4:  # JSON Lines: smaller pieces leave sooner
+                yield b"".join(chunk)
+                chunk = []
+        if chunk:
+            yield b"".join(chunk)
+        return
+
+    batch: list[dict[str, Any]] = []
+    group: list[AnnotationRecord] = []
+
+    def close_group() -> None:
+        batch.append(formats.group_row(group))
+        for g in group:
+            note(g, 0)
+        counts.rows += 1
+        counts.by_split[group[0].split] += 1
+
+    for rec in records:
+        if fmt == "rankings":
+            batch.append(formats.ranking_row(rec))
+            note(rec, 1)
+        else:
             if group and rec.task_id != group[0].task_id:
-                batch.append(formats.group_row(group))
-                for g in group:
-                    note(g, 0)
-                counts.rows += 1
-                counts.by_split[group[0].split] += 1
+                close_group()
                 group = []
             if rec.items:
                 group.append(rec)
-            if len(batch) >= batch_rows // 8:
-                yield batch
-                batch = []
-        if group:
-            batch.append(formats.group_row(group))
-            for g in group:
-                note(g, 0)
-            counts.rows += 1
-            counts.by_split[group[0].split] += 1
-    else:
-        for rec in records:
-            if fmt == "rankings":
-                rows = [formats.ranking_row(rec)]
-            elif not rec.items:
-                continue  # a skipped annotation: no pairs
-            elif fmt == "comparisons":
-                rows = formats.comparison_rows(rec)
-            else:
-                rows = formats.trl_rows(rec, opts)
-            note(rec, len(rows))
-            batch.extend(rows)
-            if len(batch) >= batch_rows:
-                yield batch
-                batch = []
+        if len(batch) >= batch_annotations:
+            yield batch
+            batch = []
+    if group:
+        close_group()
     if batch:
         yield batch
 
@@ -309,7 +344,7 @@ class Export:
 
 def export(*, session_factory: Callable[[], Session], fmt: str, file_type: str, filters: Filters,
            opts: RowOptions, secret: str, real_names: bool = False,
-           batch_rows: int = BATCH_ROWS) -> Export:
+           batch_annotations: int = BATCH_ANNOTATIONS) -> Export:
     """An export ready to stream. Its session opens when the first bytes are asked for and
     closes when the stream ends, so a web response can outlive the request's session."""
     if fmt not in formats.FORMATS:
@@ -324,7 +359,8 @@ def export(*, session_factory: Callable[[], Session], fmt: str, file_type: str, 
     def chunks() -> Iterator[bytes]:
         with session_factory() as session:
             batches = iter_rows(session=session, fmt=fmt, filters=filters, opts=opts, secret=secret,
-                                real_names=real_names, counts=counts, batch_rows=batch_rows)
+                                real_names=real_names, counts=counts, file_type=file_type,
+                                batch_annotations=batch_annotations)
             yield from formats.write(batches, file_type=file_type, schema=schema)
 
     return Export(fmt=fmt, file_type=file_type, filters=filters, opts=opts, real_names=real_names,

@@ -245,3 +245,46 @@ class TestLoadDataset:
         std = datasets.load_dataset("json", data_files=str(tmp_path / "trl.jsonl"), split="train",
                                     cache_dir=str(tmp_path / "cache"))
         assert std.features["prompt"].dtype == "string" and std.features["chosen"].dtype == "string"
+
+
+class TestFastEncoders:
+    """The encoders exports run give exactly the rows the readable dict builders describe."""
+
+    def test_same_rows_as_the_dict_builders(self, session: Session) -> None:
+        import io
+        import json
+
+        import pyarrow.parquet as pq
+
+        from app.exports import encode
+
+        build(session)
+        recs = list(service.iter_records(session=session, filters=service.Filters(), secret=SECRET,
+                                         with_meta=True))
+        cases = [("comparisons", RowOptions())] + [
+            ("trl", RowOptions(conversational=c, margin=m)) for c in (False, True)
+            for m in ("none", "rank", "rating")]
+        for fmt, opts in cases:
+            want = [row for rec in recs for row in (formats.comparison_rows(rec) if fmt == "comparisons"
+                                                    else formats.trl_rows(rec, opts))]
+            lines = b"".join((encode.comparison_lines(r) if fmt == "comparisons" else encode.trl_lines(r, opts))[0]
+                             for r in recs)
+            got = [json.loads(x) for x in lines.splitlines()]
+            assert got == want and [list(g) for g in got] == [list(w) for w in want], (fmt, opts)
+            table = encode.ArrowPairs(fmt, opts)
+            for r in recs:
+                table.add(r)
+            buf = io.BytesIO()
+            pq.write_table(table.table(), buf)
+            assert pq.read_table(io.BytesIO(buf.getvalue())).to_pylist() == want, (fmt, opts)
+
+    def test_first_bytes_leave_before_the_data_is_read(self, session: Session) -> None:
+        build(session)
+        from tests.exports.data import _same
+
+        ex = service.export(session_factory=_same(session), fmt="comparisons", file_type="jsonl",
+                            filters=service.Filters(), opts=RowOptions(), secret=SECRET, batch_annotations=4)
+        first = next(iter(ex.stream))
+        assert first.count(b"\n") == 6 and ex.counts.annotations == 1  # one annotation read so far
+        rest = b"".join(ex.stream)
+        assert (first + rest).count(b"\n") == 21
