@@ -38,7 +38,7 @@ SAMPLES_KEPT = 40  # rows of the samples table kept in the job's result
 
 def paths_for(job_id: int, artifacts: Path | None = None) -> tuple[Path, Path]:
     """(model folder, checkpoint folder) of a train_ppo job."""
-    root = Path(artifacts or get_settings().artifacts_dir)
+    root = Path(artifacts or get_settings().artifacts_dir).resolve()
     return root / "policy" / f"job-{job_id}", root / "checkpoints" / f"ppo-job-{job_id}"
 
 
@@ -201,7 +201,7 @@ def run_job(ctx: Any) -> dict[str, Any]:
         mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == ctx.job_id,
                                                  ModelVersion.kind == ModelKind.policy))
         if mv is None:  # not active: a person (or the round's promote step) decides
-            mv = ModelVersion(kind=ModelKind.policy, name=f"ppo-job{ctx.job_id}", source=policy_path,
+            mv = ModelVersion(kind=ModelKind.policy, name=f"ppo-job{ctx.job_id}", source=str(out_dir),
                               path=str(out_dir), parent_id=parent_id, job_id=ctx.job_id, is_active=False)
             s.add(mv)
         mv.config = {**asdict(cfg), "sets": set_ids, "reward_version_id": reward_id, "ptx": ptx_source,
