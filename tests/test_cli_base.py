@@ -20,6 +20,12 @@ from tests.auth.fast import fast_hashes  # noqa: F401  (autouse)
 
 
 @pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    """SQLite only: the services under these commands are tested on both databases."""
+    return sqlite_url
+
+
+@pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     for name in ("RANKLAB_ADMIN_USERNAME", "RANKLAB_ADMIN_PASSWORD", "RANKLAB_ENV"):
         monkeypatch.delenv(name, raising=False)
@@ -31,7 +37,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 @pytest.fixture
 def db(committed: sessionmaker[Session], db_url: str,
        env: pytest.MonkeyPatch) -> sessionmaker[Session]:
-    """The CLI pointed at the test database (SQLite and PostgreSQL), with real commits."""
+    """The CLI pointed at the test database, with real commits."""
     env.setenv("RANKLAB_DATABASE_URL", db_url)
     get_settings.cache_clear()
     return committed

@@ -133,6 +133,13 @@ def app_routes(app: FastAPI) -> set[str]:
     return out
 
 
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    """SQLite only: who gets in does not depend on the database (the auth tests run on both),
+    and this table grows with every feature."""
+    return sqlite_url
+
+
 @dataclass
 class Who:
     role: str | None

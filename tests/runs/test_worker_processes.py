@@ -56,7 +56,7 @@ class TestManyWorkers:
     def test_threads_and_processes_never_take_the_same_job(
             self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path) -> None:
         record = tmp_path / "claims.txt"
-        n_jobs = 300
+        n_jobs = 200
         with committed_pg.begin() as s:
             ids = {make_job(s, kind="t_record",
                             params={"record": str(record), "sleep": 0.003}).id
@@ -64,7 +64,7 @@ class TestManyWorkers:
         procs = [_worker_process(pg_only_url, "--burst", "--poll", "0.05") for _ in range(2)]
         # Each thread its own sessionmaker over its own pool connections.
         workers = [Worker(make_sessionmaker(pg_only_url), worker_id=f"thread-{i}",
-                          poll_seconds=0.05, heartbeat_seconds=30) for i in range(4)]
+                          poll_seconds=0.05, heartbeat_seconds=30) for i in range(3)]
         threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
         for t in threads:
             t.start()
