@@ -22,7 +22,8 @@ def bar_chart(bars: Sequence[Bar], *, title: str, ymax: float = 1.0, ref: float 
               height: int = 220) -> Markup:
     """Vertical bars with optional error bars, per-bar marks and one horizontal reference line.
     Every text is escaped; labels are shown under the bars and in each bar's <title>."""
-    left, right, top, bottom = 44, 10, 26, 44
+    left, top, bottom = 44, 36, 44
+    right = 84 if ref is not None and ref_label else 10  # room for the reference line's label
     plot_w, plot_h = width - left - right, height - top - bottom
     n = max(len(bars), 1)
     slot = plot_w / n
@@ -59,7 +60,8 @@ def bar_chart(bars: Sequence[Bar], *, title: str, ymax: float = 1.0, ref: float 
             yy = y(b.value)
             parts.append(f'<rect x="{cx - bar_w / 2:.1f}" y="{yy:.1f}" width="{bar_w:.1f}" '
                          f'height="{top + plot_h - yy:.1f}" fill="#2457c5" opacity="0.8"/>')
-            parts.append(f'<text x="{cx:.1f}" y="{yy - 3:.1f}" font-size="10" text-anchor="middle">{value}</text>')
+            # the value sits beside the bar's top, clear of an error bar drawn through its middle
+            parts.append(f'<text x="{cx + bar_w / 2 + 2:.1f}" y="{yy + 10:.1f}" font-size="10">{value}</text>')
         if b.lo is not None and b.hi is not None:
             y1, y2 = y(b.lo), y(b.hi)
             parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y1:.1f}" y2="{y2:.1f}" stroke="#1d2330"/>')
@@ -76,7 +78,7 @@ def bar_chart(bars: Sequence[Bar], *, title: str, ymax: float = 1.0, ref: float 
         ry = y(ref)
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{ry:.1f}" y2="{ry:.1f}" '
                      'stroke="#b3261e" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{width - right}" y="{ry - 3:.1f}" font-size="10" text-anchor="end" '
+        parts.append(f'<text x="{width - right + 4}" y="{ry + 3:.1f}" font-size="10" '
                      f'fill="#b3261e">{escape(ref_label)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
