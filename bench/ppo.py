@@ -29,28 +29,64 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PRESETS: dict[str, dict[str, int]] = {
-    "cpu": dict(layers=4, hidden=256, heads=4, vocab=2000, batch=32, mini_batch=8, prompt_len=32,
-                new_tokens=32, iterations=4),
-    "gpu": dict(layers=12, hidden=768, heads=12, vocab=8000, batch=128, mini_batch=32, prompt_len=64,
-                new_tokens=128, iterations=5),
+    "cpu": dict(
+        layers=4,
+        hidden=256,
+        heads=4,
+        vocab=2000,
+        batch=32,
+        mini_batch=8,
+        prompt_len=32,
+        new_tokens=32,
+        iterations=4,
+    ),
+    "gpu": dict(
+        layers=12,
+        hidden=768,
+        heads=12,
+        vocab=8000,
+        batch=128,
+        mini_batch=32,
+        prompt_len=64,
+        new_tokens=128,
+        iterations=5,
+    ),
 }
 
 
-def build(root: Path, *, layers: int, hidden: int, heads: int, vocab: int, prompt_len: int) -> tuple[Path, Path, list[str]]:
+def build(
+    root: Path, *, layers: int, hidden: int, heads: int, vocab: int, prompt_len: int
+) -> tuple[Path, Path, list[str]]:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import (
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+    )
 
     words = [f"w{i}" for i in range(vocab - 3)]
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))  # noqa: S106  (a token, not a secret)
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(
-        vocab_size=vocab, special_tokens=["<pad>", "<eos>", "<unk>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                        unk_token="<unk>", padding_side="left")
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=heads,
-                        n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+    tok.train_from_iterator(
+        [" ".join(words)],
+        trainers.WordLevelTrainer(vocab_size=vocab, special_tokens=["<pad>", "<eos>", "<unk>"]),
+    )
+    specials = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **specials)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=1024,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     policy, reward = root / "policy", root / "reward"
     GPT2LMHeadModel(config).save_pretrained(policy)
@@ -59,8 +95,10 @@ def build(root: Path, *, layers: int, hidden: int, heads: int, vocab: int, promp
     GPT2ForSequenceClassification(config).save_pretrained(reward)
     tokenizer.save_pretrained(reward)
     g = torch.Generator().manual_seed(1)
-    prompts = [" ".join(words[i] for i in torch.randint(0, len(words), (prompt_len,), generator=g).tolist())
-               for _ in range(256)]
+    prompts = [
+        " ".join(words[i] for i in torch.randint(0, len(words), (prompt_len,), generator=g).tolist())
+        for _ in range(256)
+    ]
     return policy, reward, prompts
 
 
@@ -78,13 +116,17 @@ class Collect:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu"
+    )
     for name in PRESETS["cpu"]:
         ap.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     ap.add_argument("--ppo-epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
-    size = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in PRESETS[args.preset].items()}
+    size = {
+        k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in PRESETS[args.preset].items()
+    }
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -93,29 +135,60 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        policy, reward, prompts = build(root, layers=size["layers"], hidden=size["hidden"], heads=size["heads"],
-                                        vocab=size["vocab"], prompt_len=size["prompt_len"])
-        cfg = PPOConfig(iterations=size["iterations"], batch_size=size["batch"], mini_batch_size=size["mini_batch"],
-                        ppo_epochs=args.ppo_epochs, max_new_tokens=size["new_tokens"], max_prompt_tokens=size["prompt_len"],
-                        warmup_iterations=0, sample_every=0, save_every=0, missing_eos_penalty=0.0)
+        policy, reward, prompts = build(
+            root,
+            layers=size["layers"],
+            hidden=size["hidden"],
+            heads=size["heads"],
+            vocab=size["vocab"],
+            prompt_len=size["prompt_len"],
+        )
+        cfg = PPOConfig(
+            iterations=size["iterations"],
+            batch_size=size["batch"],
+            mini_batch_size=size["mini_batch"],
+            ppo_epochs=args.ppo_epochs,
+            max_new_tokens=size["new_tokens"],
+            max_prompt_tokens=size["prompt_len"],
+            warmup_iterations=0,
+            sample_every=0,
+            save_every=0,
+            missing_eos_penalty=0.0,
+        )
         from transformers import AutoModelForCausalLM
 
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(policy).parameters())
         rec = Collect()
         began = time.perf_counter()
-        train(cfg, policy_path=policy, reward_path=reward, prompts=prompts, work_dir=root / "work",
-              output_dir=root / "out", reporter=rec)
+        train(
+            cfg,
+            policy_path=policy,
+            reward_path=reward,
+            prompts=prompts,
+            work_dir=root / "work",
+            output_dir=root / "out",
+            reporter=rec,
+        )
         wall = time.perf_counter() - began
 
     threads = torch.get_num_threads() if device == "cpu" else None
-    print(f"device: {device}" + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else f", {threads} threads")
-          + f"; precision: {'bf16' if device == 'cuda' else 'fp32'}")
-    print(f"policy: GPT-2 {size['layers']} layers, hidden {size['hidden']}, vocab {size['vocab']}, "
-          f"{n_params / 1e6:.1f}M parameters (value network the same size)")
-    print(f"batch {size['batch']} episodes, minibatch {size['mini_batch']}, {args.ppo_epochs} PPO epoch(s), "
-          f"prompt {size['prompt_len']} tokens, up to {size['new_tokens']} new tokens")
-    print(f"{'iter':>4} {'generate s':>10} {'score s':>8} {'update s':>9} {'total s':>8} {'resp len':>8} "
-          f"{'tokens/s':>9} {'update TFLOP/s':>14}")
+    print(
+        f"device: {device}"
+        + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else f", {threads} threads")
+        + f"; precision: {'bf16' if device == 'cuda' else 'fp32'}"
+    )
+    print(
+        f"policy: GPT-2 {size['layers']} layers, hidden {size['hidden']}, vocab {size['vocab']}, "
+        f"{n_params / 1e6:.1f}M parameters (value network the same size)"
+    )
+    print(
+        f"batch {size['batch']} episodes, minibatch {size['mini_batch']}, {args.ppo_epochs} PPO epoch(s), "
+        f"prompt {size['prompt_len']} tokens, up to {size['new_tokens']} new tokens"
+    )
+    print(
+        f"{'iter':>4} {'generate s':>10} {'score s':>8} {'update s':>9} {'total s':>8} {'resp len':>8} "
+        f"{'tokens/s':>9} {'update TFLOP/s':>14}"
+    )
     flops_rates = []
     for row in rec.rows:
         total = row["time_generate"] + row["time_score"] + row["time_update"]
@@ -124,18 +197,30 @@ def main() -> None:
         update_flops = 6 * 2 * n_params * size["batch"] * padded * args.ppo_epochs
         rate = update_flops / row["time_update"] / 1e12
         flops_rates.append(rate)
-        print(f"{row['iteration']:>4} {row['time_generate']:>10.3f} {row['time_score']:>8.3f} "
-              f"{row['time_update']:>9.3f} {total:>8.3f} {row['response_length']:>8.1f} "
-              f"{row['tokens_per_second']:>9.1f} {rate:>14.4f}")
+        print(
+            f"{row['iteration']:>4} {row['time_generate']:>10.3f} {row['time_score']:>8.3f} "
+            f"{row['time_update']:>9.3f} {total:>8.3f} {row['response_length']:>8.1f} "
+            f"{row['tokens_per_second']:>9.1f} {rate:>14.4f}"
+        )
     steady = rec.rows[1:] or rec.rows
-    med = {k: statistics.median(r[k] for r in steady) for k in ("time_generate", "time_score", "time_update",
-                                                               "tokens_per_second")}
+    med = {
+        k: statistics.median(r[k] for r in steady)
+        for k in ("time_generate", "time_score", "time_update", "tokens_per_second")
+    }
     total = med["time_generate"] + med["time_score"] + med["time_update"]
-    print("median after the first iteration: " + ", ".join(
-        f"{name} {med[key]:.3f} s ({med[key] / total:.0%})" for name, key in
-        (("generate", "time_generate"), ("score", "time_score"), ("update", "time_update")))
+    print(
+        "median after the first iteration: "
+        + ", ".join(
+            f"{name} {med[key]:.3f} s ({med[key] / total:.0%})"
+            for name, key in (
+                ("generate", "time_generate"),
+                ("score", "time_score"),
+                ("update", "time_update"),
+            )
+        )
         + f"; {med['tokens_per_second']:.1f} response tokens/s; update "
-        f"{statistics.median(flops_rates[1:] or flops_rates):.4f} TFLOP/s (estimated)")
+        f"{statistics.median(flops_rates[1:] or flops_rates):.4f} TFLOP/s (estimated)"
+    )
     print(json.dumps({"wall_seconds": round(wall, 2), **{k: round(v, 4) for k, v in med.items()}}))
 
 

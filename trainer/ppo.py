@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
 # --- masks and masked statistics ---------------------------------------------------------------
+
 
 def mask_after_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     """1.0 up to and including the first EOS of each row, 0.0 after it.  (B, T) -> (B, T)"""
@@ -63,8 +63,10 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 
 # --- log-probabilities and entropy ---------------------------------------------------------------
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
-                         temperature: float = 1.0) -> torch.Tensor:
+
+def logprobs_from_logits(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """log π(token) under the sampling distribution, i.e. of logits / temperature.  (B,T,V),(B,T) -> (B,T)"""
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
     return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
@@ -79,14 +81,15 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
 
 # --- rewards -------------------------------------------------------------------------------------
 
-def apply_missing_eos_penalty(scores: torch.Tensor, finished: torch.Tensor,
-                              penalty: float) -> torch.Tensor:
+
+def apply_missing_eos_penalty(scores: torch.Tensor, finished: torch.Tensor, penalty: float) -> torch.Tensor:
     """A response that never emitted EOS loses `penalty` from its score (the model must learn to stop)."""
     return torch.where(finished, scores, scores - penalty)
 
 
-def shape_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor,
-                  mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def shape_rewards(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: −β·(log π − log π_ref) on every real token, plus the score on the last one.
 
     Returns (rewards, kl), both (B, T) and zero on padding.
@@ -103,8 +106,10 @@ def shape_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: to
 
 # --- advantages ----------------------------------------------------------------------------------
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over the response tokens.  (B, T) x3 -> (B, T), (B, T)
 
     Positions after the end carry zero value and reward, so the episode ends at the last real
@@ -126,6 +131,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamm
 
 # --- losses --------------------------------------------------------------------------------------
 
+
 @dataclass
 class PolicyLossOut:
     loss: torch.Tensor
@@ -133,8 +139,13 @@ class PolicyLossOut:
     approx_kl: torch.Tensor
 
 
-def policy_loss(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip: float = 0.2) -> PolicyLossOut:
+def policy_loss(
+    new_logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+) -> PolicyLossOut:
     """Clipped surrogate objective (negated, to minimise), averaged over real tokens."""
     log_ratio = (new_logprobs - old_logprobs) * mask
     ratio = torch.exp(log_ratio)
@@ -143,12 +154,17 @@ def policy_loss(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     loss = masked_mean(torch.max(unclipped, clipped), mask)
     with torch.no_grad():
         clip_frac = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = 0.5 * masked_mean(log_ratio ** 2, mask)
+        approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
     return PolicyLossOut(loss=loss, clip_frac=clip_frac, approx_kl=approx_kl)
 
 
-def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+def value_loss(
+    new_values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss: the worse of the plain and the clipped squared error.  -> (loss, clip_frac)"""
     clipped_values = old_values + torch.clamp(new_values - old_values, -clip, clip)
     plain = (new_values - returns) ** 2
@@ -168,6 +184,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 # --- the KL coefficient ----------------------------------------------------------------------------
+
 
 class FixedKLController:
     """β stays what it was set to (InstructGPT: 0.02)."""
@@ -207,7 +224,9 @@ class AdaptiveKLController:
         self.beta = float(state["beta"])
 
 
-def kl_controller(beta: float, target: float | None, horizon: float) -> FixedKLController | AdaptiveKLController:
+def kl_controller(
+    beta: float, target: float | None, horizon: float
+) -> FixedKLController | AdaptiveKLController:
     if target is None:
         return FixedKLController(beta)
     return AdaptiveKLController(beta, target, horizon)

@@ -46,24 +46,32 @@ def config_from_params(params: dict[str, Any]) -> PPOConfig:
     known = {f.name for f in fields(PPOConfig)}
     unknown = sorted(set(params) - known - OWN_KEYS)
     if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for train_ppo "
-                         f"(known: {', '.join(sorted(known | OWN_KEYS))})")
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} for train_ppo "
+            f"(known: {', '.join(sorted(known | OWN_KEYS))})"
+        )
     return PPOConfig.from_dict({k: v for k, v in params.items() if k in known and v is not None})
 
 
 def load_prompts(session: Any, set_names: list[str]) -> tuple[list[str], list[int]]:
     """Prompt texts of the named sets (all sets not archived when none are named) and the set ids."""
     if set_names:
-        found = {ps.name: ps for ps in session.scalars(select(PromptSet).where(PromptSet.name.in_(set_names)))}
+        found = {
+            ps.name: ps for ps in session.scalars(select(PromptSet).where(PromptSet.name.in_(set_names)))
+        }
         missing = [n for n in set_names if n not in found]
         if missing:
             known = sorted(session.scalars(select(PromptSet.name)))
-            raise ValueError(f"no prompt set named {', '.join(repr(m) for m in missing)} "
-                             f"(known: {', '.join(known) or 'none'})")
+            raise ValueError(
+                f"no prompt set named {', '.join(repr(m) for m in missing)} "
+                f"(known: {', '.join(known) or 'none'})"
+            )
         ids = [found[n].id for n in set_names]
     else:
         ids = list(session.scalars(select(PromptSet.id).where(PromptSet.status != SetStatus.archived)))
-    texts = list(session.scalars(select(Prompt.text).where(Prompt.prompt_set_id.in_(ids)).order_by(Prompt.id)))
+    texts = list(
+        session.scalars(select(Prompt.text).where(Prompt.prompt_set_id.in_(ids)).order_by(Prompt.id))
+    )
     return texts, ids
 
 
@@ -82,7 +90,9 @@ def load_ptx_texts(session: Any, ptx_file: str | None) -> tuple[list[str], str]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{ptx_file} line {n}: not JSON ({exc.msg})") from exc
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise ValueError(f"{ptx_file} line {n}: each line must be an object with a string field 'text'")
+                raise ValueError(
+                    f"{ptx_file} line {n}: each line must be an object with a string field 'text'"
+                )
             texts.append(row["text"])
         if not texts:
             raise ValueError(f"{ptx_file}: no texts")
@@ -91,8 +101,11 @@ def load_ptx_texts(session: Any, ptx_file: str | None) -> tuple[list[str], str]:
     rows = session.execute(
         select(Prompt.text, Completion.text)
         .join(AnnotationItem, AnnotationItem.completion_id == Completion.id)
-        .join(Task, Task.id == Completion.task_id).join(Prompt, Prompt.id == Task.prompt_id)
-        .where(AnnotationItem.rank == 1).distinct().limit(MAX_PTX_TEXTS)
+        .join(Task, Task.id == Completion.task_id)
+        .join(Prompt, Prompt.id == Task.prompt_id)
+        .where(AnnotationItem.rank == 1)
+        .distinct()
+        .limit(MAX_PTX_TEXTS)
     ).all()
     return [f"{p}\n{c}" for p, c in rows], "chosen completions of the labeled data"
 
@@ -104,13 +117,17 @@ def resolve_reward(session: Any, params: dict[str, Any]) -> ModelVersion:
             raise ValueError(f"reward_version_id {params['reward_version_id']} is not a reward model")
         return mv
     if params.get("reward_from_job"):
-        mv = session.scalar(select(ModelVersion).where(ModelVersion.kind == ModelKind.reward,
-                                                       ModelVersion.job_id == int(params["reward_from_job"])))
+        mv = session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.kind == ModelKind.reward, ModelVersion.job_id == int(params["reward_from_job"])
+            )
+        )
         if mv is None:
             raise ValueError(f"job {params['reward_from_job']} registered no reward model")
         return mv
-    mv = session.scalar(select(ModelVersion).where(ModelVersion.kind == ModelKind.reward,
-                                                   ModelVersion.is_active.is_(True)))
+    mv = session.scalar(
+        select(ModelVersion).where(ModelVersion.kind == ModelKind.reward, ModelVersion.is_active.is_(True))
+    )
     if mv is None:
         raise ValueError("no active reward model: train one first (ranklab reward train) or activate one")
     return mv
@@ -159,7 +176,7 @@ def run_job(ctx: Any) -> dict[str, Any]:
         prompts, set_ids = load_prompts(s, [set_names] if isinstance(set_names, str) else list(set_names))
         parent = policies.default_policy(session=s, settings=settings)
         reward = resolve_reward(s, params)
-        ptx_texts, ptx_source = (load_ptx_texts(s, params.get("ptx_file")) if cfg.ptx_coef > 0 else ([], "off"))
+        ptx_texts, ptx_source = load_ptx_texts(s, params.get("ptx_file")) if cfg.ptx_coef > 0 else ([], "off")
         parent_id, parent_name, parent_demo = parent.id, parent.name, parent.is_demo
         reward_id, reward_path = reward.id, str(reward.path or reward.source)
     if not prompts:
@@ -168,8 +185,10 @@ def run_job(ctx: Any) -> dict[str, Any]:
         raise ValueError("ptx_coef > 0 but there is no pretraining text: pass ptx_file, or label some data")
     with ctx.session() as s:
         policy_path = policy_files(s.get(ModelVersion, parent_id))
-    ctx.log(f"{len(prompts)} prompts from {len(set_ids)} set(s); policy {parent_id} ({parent_name}); "
-            f"reward model {reward_id}; ptx: {ptx_source} ({len(ptx_texts)} texts)")
+    ctx.log(
+        f"{len(prompts)} prompts from {len(set_ids)} set(s); policy {parent_id} ({parent_name}); "
+        f"reward model {reward_id}; ptx: {ptx_source} ({len(ptx_texts)} texts)"
+    )
 
     out_dir, work_dir = paths_for(ctx.job_id)
     reporter = JobReporter(ctx)
@@ -181,8 +200,16 @@ def run_job(ctx: Any) -> dict[str, Any]:
             with ctx.session() as s:
                 s.execute(delete(JobMetric).where(JobMetric.job_id == ctx.job_id, JobMetric.step > resume_at))
         try:
-            summary = train(cfg, policy_path=policy_path, reward_path=reward_path, prompts=prompts,
-                            ptx_texts=ptx_texts, work_dir=work_dir, output_dir=out_dir, reporter=reporter)
+            summary = train(
+                cfg,
+                policy_path=policy_path,
+                reward_path=reward_path,
+                prompts=prompts,
+                ptx_texts=ptx_texts,
+                work_dir=work_dir,
+                output_dir=out_dir,
+                reporter=reporter,
+            )
         except Exception:
             # Cancelled or failed: no model, no checkpoints. (A killed worker leaves them to resume.)
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -192,36 +219,71 @@ def run_job(ctx: Any) -> dict[str, Any]:
         (out_dir / "summary.json").write_text(json.dumps(_summary_dict(summary)))
     stored = json.loads((out_dir / "summary.json").read_text())
 
-    metrics = {k: v for k, v in {
-        "mean_reward": stored["last_mean_reward"], "first_mean_reward": stored["first_mean_reward"],
-        "kl": stored["last_kl"], "beta": stored["last_beta"], "iterations": stored["iterations"],
-        "no_eos_share": stored["last"].get("no_eos_share"), "response_length": stored["last"].get("response_length"),
-    }.items() if v is not None}
+    metrics = {
+        k: v
+        for k, v in {
+            "mean_reward": stored["last_mean_reward"],
+            "first_mean_reward": stored["first_mean_reward"],
+            "kl": stored["last_kl"],
+            "beta": stored["last_beta"],
+            "iterations": stored["iterations"],
+            "no_eos_share": stored["last"].get("no_eos_share"),
+            "response_length": stored["last"].get("response_length"),
+        }.items()
+        if v is not None
+    }
     with ctx.session() as s:
-        mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == ctx.job_id,
-                                                 ModelVersion.kind == ModelKind.policy))
+        mv = s.scalar(
+            select(ModelVersion).where(
+                ModelVersion.job_id == ctx.job_id, ModelVersion.kind == ModelKind.policy
+            )
+        )
         if mv is None:  # not active: a person (or the round's promote step) decides
-            mv = ModelVersion(kind=ModelKind.policy, name=f"ppo-job{ctx.job_id}", source=str(out_dir),
-                              path=str(out_dir), parent_id=parent_id, job_id=ctx.job_id, is_active=False)
+            mv = ModelVersion(
+                kind=ModelKind.policy,
+                name=f"ppo-job{ctx.job_id}",
+                source=str(out_dir),
+                path=str(out_dir),
+                parent_id=parent_id,
+                job_id=ctx.job_id,
+                is_active=False,
+            )
             s.add(mv)
-        mv.config = {**asdict(cfg), "sets": set_ids, "reward_version_id": reward_id, "ptx": ptx_source,
-                     "parent_is_demo": parent_demo}
+        mv.config = {
+            **asdict(cfg),
+            "sets": set_ids,
+            "reward_version_id": reward_id,
+            "ptx": ptx_source,
+            "parent_is_demo": parent_demo,
+        }
         mv.metrics = metrics
         s.flush()
         mv_id = mv.id
-    ctx.log(f"policy {mv_id} saved at {out_dir}: reward {stored['first_mean_reward']:.3f} → "
-            f"{stored['last_mean_reward']:.3f}, KL {stored['last_kl']:.3f}; promote it to use it")
-    return {"model_version_id": mv_id, "path": str(out_dir), "parent_id": parent_id,
-            "reward_version_id": reward_id, "metrics": metrics, "samples": reporter.rows,
-            "resumed_from": stored["resumed_from"]}
+    ctx.log(
+        f"policy {mv_id} saved at {out_dir}: reward {stored['first_mean_reward']:.3f} → "
+        f"{stored['last_mean_reward']:.3f}, KL {stored['last_kl']:.3f}; promote it to use it"
+    )
+    return {
+        "model_version_id": mv_id,
+        "path": str(out_dir),
+        "parent_id": parent_id,
+        "reward_version_id": reward_id,
+        "metrics": metrics,
+        "samples": reporter.rows,
+        "resumed_from": stored["resumed_from"],
+    }
 
 
 def _summary_dict(summary: Summary) -> dict[str, Any]:
     def clean(v: float) -> float | None:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
-    return {"iterations": summary.iterations, "first_mean_reward": clean(summary.first_mean_reward),
-            "last_mean_reward": clean(summary.last_mean_reward), "last_kl": clean(summary.last_kl),
-            "last_beta": summary.last_beta, "resumed_from": summary.resumed_from,
-            "last": {k: clean(v[-1]) for k, v in summary.history.items() if v}}
-
+    return {
+        "iterations": summary.iterations,
+        "first_mean_reward": clean(summary.first_mean_reward),
+        "last_mean_reward": clean(summary.last_mean_reward),
+        "last_kl": clean(summary.last_kl),
+        "last_beta": summary.last_beta,
+        "resumed_from": summary.resumed_from,
+        "last": {k: clean(v[-1]) for k, v in summary.history.items() if v},
+    }

@@ -27,9 +27,8 @@ import torch
 
 from trainer import ppo
 from trainer import rollout as ro
-from trainer.rollout import Rollout
+from trainer.rollout import RewardModelScorer, Rollout, read_normalization  # noqa: F401  (re-exported)
 
-NORMALIZATION_FILE = "reward_normalization.json"  # {"shift": float, "scale": float}, written by the RM trainer
 CONFIG_FILE = "ppo_config.json"
 
 
@@ -70,7 +69,9 @@ class PPOConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown PPO setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise ValueError(
+                f"unknown PPO setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -111,41 +112,6 @@ class QuietReporter:
 Scorer = Callable[[Rollout], torch.Tensor]  # rollout -> (B,) normalised scores
 
 
-class RewardModelScorer:
-    """A trained reward model read at the last real token, normalised as its trainer stored."""
-
-    def __init__(self, model: torch.nn.Module, eos_id: int, shift: float = 0.0, scale: float = 1.0) -> None:
-        self.model, self.eos_id, self.shift, self.scale = model, eos_id, shift, scale
-
-    def __call__(self, batch: Rollout) -> torch.Tensor:
-        from trainer.reward import score
-
-        # The reward model learned on prompt + completion text, which has no EOS token: read it
-        # at the last text token, as in its training.
-        text = batch.response_mask * (batch.response != self.eos_id).to(batch.response_mask.dtype)
-        mask = torch.cat([batch.query_mask.to(text.dtype), text], dim=1).long()
-        raw = score(self.model, {"input_ids": batch.input_ids, "attention_mask": mask}).float()
-        return (raw - self.shift) / self.scale
-
-
-def read_normalization(reward_path: str | Path, config: Any = None) -> tuple[float, float]:
-    """(shift, scale): score_normalised = (raw − shift) / scale; (0, 1) when none was stored.
-
-    The reward trainer keeps them in the model's config (reward_mean, reward_std); a
-    reward_normalization.json beside it ({"shift", "scale"}) wins when present.
-    """
-    from trainer.reward import NORM_MEAN, NORM_STD
-
-    path = Path(reward_path) / NORMALIZATION_FILE
-    if path.is_file():
-        data = json.loads(path.read_text())
-        shift, scale = float(data.get("shift", 0.0)), float(data.get("scale") or 1.0)
-    else:
-        shift = float(getattr(config, NORM_MEAN, 0.0) or 0.0)
-        scale = float(getattr(config, NORM_STD, 1.0) or 1.0)
-    return shift, scale if scale > 0 else 1.0
-
-
 @dataclass
 class Summary:
     iterations: int
@@ -167,23 +133,32 @@ def _lm_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> t
     out = model(input_ids=ids, attention_mask=mask, position_ids=ro.position_ids(mask))
     logits = out.logits[:, :-1, :].float()  # (B, T-1, V)
     target, tmask = ids[:, 1:], mask[:, 1:].float()
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                            reduction="none").view_as(tmask)
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
+    ).view_as(tmask)
     return ppo.masked_mean(nll, tmask)
 
 
-def lm_loss_on(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], max_tokens: int = 256,
-               device: torch.device | str = "cpu") -> float:
+def lm_loss_on(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_tokens: int = 256,
+    device: torch.device | str = "cpu",
+) -> float:
     """Mean token LM loss of `model` on `texts` (the PPO-ptx regulariser's target; tests, metrics)."""
     ids, mask = _tokenize_texts(tokenizer, texts, max_tokens, device)
     with torch.no_grad():
         return float(_lm_loss(model, ids, mask))
 
 
-def _tokenize_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int,
-                    device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    seqs = [(tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_tokens]
-            for t in texts]
+def _tokenize_texts(
+    tokenizer: Any, texts: Sequence[str], max_tokens: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    seqs = [
+        (tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_tokens]
+        for t in texts
+    ]
     return ro.left_pad(seqs, tokenizer.pad_token_id, device)
 
 
@@ -191,12 +166,21 @@ def _seeded(seed: int, *salt: int) -> torch.Generator:
     value = seed
     for s in salt:
         value = value * 1_000_003 + s
-    return torch.Generator().manual_seed(value % (2 ** 63))
+    return torch.Generator().manual_seed(value % (2**63))
 
 
-def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, prompts: Sequence[str],
-          work_dir: Path, output_dir: Path, ptx_texts: Sequence[str] = (),
-          reporter: Reporter | None = None, scorer: Scorer | None = None) -> Summary:
+def train(
+    cfg: PPOConfig,
+    *,
+    policy_path: str | Path,
+    reward_path: str | Path,
+    prompts: Sequence[str],
+    work_dir: Path,
+    output_dir: Path,
+    ptx_texts: Sequence[str] = (),
+    reporter: Reporter | None = None,
+    scorer: Scorer | None = None,
+) -> Summary:
     """Run PPO and write the new policy to `output_dir` (only once it is whole).
 
     Checkpoints go to `work_dir/checkpoint`; if one is there the run resumes from it. The
@@ -213,7 +197,9 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
     if not prompts:
         raise ValueError("no prompts to train on: choose prompt sets that have prompts")
     if cfg.ptx_coef > 0 and not ptx_texts:
-        raise ValueError("ptx_coef > 0 needs pretraining texts (a JSON Lines file, or the chosen completions)")
+        raise ValueError(
+            "ptx_coef > 0 needs pretraining texts (a JSON Lines file, or the chosen completions)"
+        )
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -236,12 +222,16 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
     reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=frozen_dtype)
     value, _ = load_reward_model(str(start_value), tokenizer_source=str(policy_path))
     if value.config.vocab_size != policy.config.vocab_size:
-        raise ValueError(f"the reward model ({reward_path}) has a vocabulary of {value.config.vocab_size}, "
-                         f"the policy {policy.config.vocab_size}: the value network starts from the "
-                         "reward model, so both must share the policy's tokenizer")
+        raise ValueError(
+            f"the reward model ({reward_path}) has a vocabulary of {value.config.vocab_size}, "
+            f"the policy {policy.config.vocab_size}: the value network starts from the "
+            "reward model, so both must share the policy's tokenizer"
+        )
     if not is_decoder(value):
-        raise ValueError(f"the reward model ({reward_path}) is not a decoder with a `score` head; the "
-                         "value network starts from it and needs a value at every token")
+        raise ValueError(
+            f"the reward model ({reward_path}) is not a decoder with a `score` head; the "
+            "value network starts from it and needs a value at every token"
+        )
     value.config.pad_token_id = pad_id
     value = ro.TokenValueModel(value)
     for m in (policy, reference, value):
@@ -270,8 +260,10 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
         start_it, history = int(state["iteration"]), state["history"]
         reporter.log(f"resumed from the checkpoint of iteration {start_it}")
 
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"][-cfg.max_prompt_tokens:] or [eos_id]
-                  for p in prompts]
+    prompt_ids = [
+        tokenizer(p, add_special_tokens=False)["input_ids"][-cfg.max_prompt_tokens :] or [eos_id]
+        for p in prompts
+    ]
     per_process = max(1, cfg.batch_size // acc.num_processes)
     mini = max(1, cfg.mini_batch_size // acc.num_processes)
     ptx = _tokenize_texts(tokenizer, ptx_texts, cfg.ptx_max_tokens, "cpu") if cfg.ptx_coef > 0 else None
@@ -285,13 +277,22 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
 
         # --- 1. generate ------------------------------------------------------------------------
         t0 = time.perf_counter()
-        pick = torch.randint(0, len(prompt_ids), (per_process,),
-                             generator=_seeded(cfg.seed, it, acc.process_index)).tolist()
+        pick = torch.randint(
+            0, len(prompt_ids), (per_process,), generator=_seeded(cfg.seed, it, acc.process_index)
+        ).tolist()
         query, query_mask = ro.left_pad([prompt_ids[i] for i in pick], pad_id, device)
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + it * 31 + acc.process_index)
         with acc.autocast():
-            batch = ro.generate(unwrapped, query, query_mask, max_new_tokens=cfg.max_new_tokens,
-                                eos_id=eos_id, pad_id=pad_id, temperature=cfg.temperature, generator=gen)
+            batch = ro.generate(
+                unwrapped,
+                query,
+                query_mask,
+                max_new_tokens=cfg.max_new_tokens,
+                eos_id=eos_id,
+                pad_id=pad_id,
+                temperature=cfg.temperature,
+                generator=gen,
+            )
         _sync(device)
         t1 = time.perf_counter()
 
@@ -312,15 +313,29 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
         t2 = time.perf_counter()
 
         # --- 3. update --------------------------------------------------------------------------
-        stats: dict[str, list[float]] = {k: [] for k in (
-            "policy_loss", "value_loss", "clip_frac", "value_clip_frac", "approx_kl", "entropy", "ptx_loss")}
+        stats: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "policy_loss",
+                "value_loss",
+                "clip_frac",
+                "value_clip_frac",
+                "approx_kl",
+                "entropy",
+                "ptx_loss",
+            )
+        }
         order_gen = _seeded(cfg.seed, it, 99, acc.process_index)
-        for epoch in range(cfg.ppo_epochs):
+        for _epoch in range(cfg.ppo_epochs):
             order = torch.randperm(per_process, generator=order_gen).tolist()
             for start in range(0, per_process, mini):
-                idx = torch.tensor(order[start:start + mini], device=device)
-                mb = Rollout(query=batch.query[idx], query_mask=batch.query_mask[idx],
-                             response=batch.response[idx], response_mask=mask[idx])
+                idx = torch.tensor(order[start : start + mini], device=device)
+                mb = Rollout(
+                    query=batch.query[idx],
+                    query_mask=batch.query_mask[idx],
+                    response=batch.response[idx],
+                    response_mask=mask[idx],
+                )
                 m = mask[idx]
                 with acc.autocast():
                     new_logprobs, logits = ro.policy_forward(policy, mb, cfg.temperature)
@@ -345,24 +360,36 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
                 opt_v.step()
                 with torch.no_grad():
                     ent = ppo.masked_mean(ppo.entropy_from_logits(logits, cfg.temperature), m)
-                for name, v in (("policy_loss", pl.loss), ("value_loss", vl), ("clip_frac", pl.clip_frac),
-                                ("value_clip_frac", vclip), ("approx_kl", pl.approx_kl), ("entropy", ent)):
+                for name, v in (
+                    ("policy_loss", pl.loss),
+                    ("value_loss", vl),
+                    ("clip_frac", pl.clip_frac),
+                    ("value_clip_frac", vclip),
+                    ("approx_kl", pl.approx_kl),
+                    ("entropy", ent),
+                ):
                     stats[name].append(float(v.detach()))
         _sync(device)
         t3 = time.perf_counter()
 
         # --- metrics, β, samples, checkpoint ----------------------------------------------------
         seq_kl = kl.sum(dim=1)  # (B,) KL of each response to the reference
-        gathered = acc.gather_for_metrics(torch.stack([
-            raw_scores, seq_kl, mask.sum(dim=1), (~finished).float()], dim=1))  # (B_all, 4)
+        gathered = acc.gather_for_metrics(
+            torch.stack([raw_scores, seq_kl, mask.sum(dim=1), (~finished).float()], dim=1)
+        )  # (B_all, 4)
         mean_reward, mean_kl, length, no_eos = gathered.mean(dim=0).tolist()
         kl_ctl.update(mean_kl, cfg.batch_size)
         tokens = float(mask.sum()) * acc.num_processes
         metrics = {
-            "mean_reward": mean_reward, "kl": mean_kl, "beta": kl_ctl.beta,
+            "mean_reward": mean_reward,
+            "kl": mean_kl,
+            "beta": kl_ctl.beta,
             "explained_variance": ppo.explained_variance(old_values, returns, mask),
-            "response_length": length, "no_eos_share": no_eos,
-            "time_generate": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2,
+            "response_length": length,
+            "no_eos_share": no_eos,
+            "time_generate": t1 - t0,
+            "time_score": t2 - t1,
+            "time_update": t3 - t2,
             "tokens_per_second": tokens / max(t3 - t0, 1e-9),
             **{k: sum(v) / len(v) for k, v in stats.items() if v},
         }
@@ -375,10 +402,14 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
             if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.iterations):
                 reporter.samples(done, _sample_rows(tokenizer, batch, scores, cfg.samples_shown, done))
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
-                _save_checkpoint(ckpt, acc, policy, value, tokenizer, opt_p, opt_v, kl_ctl, done, history, cfg)
+                _save_checkpoint(
+                    ckpt, acc, policy, value, tokenizer, opt_p, opt_v, kl_ctl, done, history, cfg
+                )
             # The cancel point of a job: after the checkpoint, so a resumed run loses no iteration.
-            reporter.progress(done / cfg.iterations,
-                              f"iteration {done}/{cfg.iterations}: reward {mean_reward:.3f}, KL {mean_kl:.3f}")
+            reporter.progress(
+                done / cfg.iterations,
+                f"iteration {done}/{cfg.iterations}: reward {mean_reward:.3f}, KL {mean_kl:.3f}",
+            )
 
     # --- the new policy, written whole, then moved into place -----------------------------------
     acc.wait_for_everyone()
@@ -395,9 +426,15 @@ def train(cfg: PPOConfig, *, policy_path: str | Path, reward_path: str | Path, p
         os.replace(final, output_dir)
         shutil.rmtree(work_dir, ignore_errors=True)
     rewards_seen = history.get("mean_reward", [float("nan")])
-    return Summary(iterations=cfg.iterations, first_mean_reward=rewards_seen[0],
-                   last_mean_reward=rewards_seen[-1], last_kl=history.get("kl", [float("nan")])[-1],
-                   last_beta=kl_ctl.beta, resumed_from=start_it, history=history)
+    return Summary(
+        iterations=cfg.iterations,
+        first_mean_reward=rewards_seen[0],
+        last_mean_reward=rewards_seen[-1],
+        last_kl=history.get("kl", [float("nan")])[-1],
+        last_beta=kl_ctl.beta,
+        resumed_from=start_it,
+        history=history,
+    )
 
 
 def checkpoint_iteration(work_dir: Path) -> int:
@@ -413,19 +450,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _sample_rows(tokenizer: Any, batch: Rollout, scores: torch.Tensor, n: int, step: int) -> list[dict[str, Any]]:
+def _sample_rows(
+    tokenizer: Any, batch: Rollout, scores: torch.Tensor, n: int, step: int
+) -> list[dict[str, Any]]:
     rows = []
     for b in range(min(n, batch.query.shape[0])):
         q = batch.query[b][batch.query_mask[b] > 0]
         r = batch.response[b][batch.response_mask[b] > 0]
-        rows.append({"step": step, "prompt": tokenizer.decode(q, skip_special_tokens=True),
-                     "response": tokenizer.decode(r, skip_special_tokens=True),
-                     "score": round(float(scores[b]), 4)})
+        rows.append(
+            {
+                "step": step,
+                "prompt": tokenizer.decode(q, skip_special_tokens=True),
+                "response": tokenizer.decode(r, skip_special_tokens=True),
+                "score": round(float(scores[b]), 4),
+            }
+        )
     return rows
 
 
-def _save_checkpoint(ckpt: Path, acc: Any, policy: Any, value: Any, tokenizer: Any, opt_p: Any, opt_v: Any,
-                     kl_ctl: Any, iteration: int, history: dict[str, list[float]], cfg: PPOConfig) -> None:
+def _save_checkpoint(
+    ckpt: Path,
+    acc: Any,
+    policy: Any,
+    value: Any,
+    tokenizer: Any,
+    opt_p: Any,
+    opt_v: Any,
+    kl_ctl: Any,
+    iteration: int,
+    history: dict[str, list[float]],
+    cfg: PPOConfig,
+) -> None:
     """Written beside the old one and swapped in, so a crash mid-write keeps the previous one."""
     tmp = ckpt.with_name("checkpoint.tmp")
     if tmp.exists():
@@ -433,8 +488,16 @@ def _save_checkpoint(ckpt: Path, acc: Any, policy: Any, value: Any, tokenizer: A
     acc.unwrap_model(policy).save_pretrained(tmp / "policy")
     tokenizer.save_pretrained(tmp / "policy")
     acc.unwrap_model(value).model.save_pretrained(tmp / "value")
-    torch.save({"opt_policy": opt_p.state_dict(), "opt_value": opt_v.state_dict(), "kl": kl_ctl.state_dict(),
-                "iteration": iteration, "history": history}, tmp / "state.pt")
+    torch.save(
+        {
+            "opt_policy": opt_p.state_dict(),
+            "opt_value": opt_v.state_dict(),
+            "kl": kl_ctl.state_dict(),
+            "iteration": iteration,
+            "history": history,
+        },
+        tmp / "state.pt",
+    )
     (tmp / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
     old = ckpt.with_name("checkpoint.old")
     if ckpt.exists():
@@ -443,63 +506,7 @@ def _save_checkpoint(ckpt: Path, acc: Any, policy: Any, value: Any, tokenizer: A
     shutil.rmtree(old, ignore_errors=True)
 
 
-class PrintReporter(QuietReporter):
-    """`python -m trainer.ppo_train`: one line per iteration on the main process."""
+if __name__ == "__main__":  # `python -m trainer.ppo_train ...` (see trainer/ppo_launch.py)
+    from trainer.ppo_launch import main
 
-    def progress(self, fraction: float, message: str) -> None:
-        print(f"[{fraction:6.1%}] {message}", flush=True)
-
-    def log(self, line: str) -> None:
-        print(line, flush=True)
-
-
-def _read_lines(path: str, keys: tuple[str, ...]) -> list[str]:
-    out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            row = json.loads(line)
-            text = next((row[k] for k in keys if isinstance(row, dict) and isinstance(row.get(k), str)), None)
-            if text is None:
-                raise SystemExit(f"{path} line {n}: needs a string field {' or '.join(keys)}")
-            out.append(text)
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """PPO from files, e.g. on several GPUs (each process takes its share of every batch):
-
-    accelerate launch -m trainer.ppo_train --policy ./sft --reward ./rm --prompts prompts.jsonl \\
-        --out ./policy-v2 --set batch_size=512 --set ptx_coef=27.8 --ptx-file pretrain.jsonl
-    """
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m trainer.ppo_train", description=main.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", required=True, help="starting policy: folder or hub id")
-    ap.add_argument("--reward", required=True, help="reward model folder (also the value network's start)")
-    ap.add_argument("--prompts", required=True, help='JSON Lines with a "prompt" (or "text") field')
-    ap.add_argument("--ptx-file", help='JSON Lines of {"text": ...} for PPO-ptx')
-    ap.add_argument("--out", required=True, help="where the new policy goes (written whole, at the end)")
-    ap.add_argument("--work-dir", help="checkpoints (default: OUT.work); an existing one is resumed")
-    ap.add_argument("--config", help="JSON file of PPOConfig fields")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="one PPOConfig field")
-    args = ap.parse_args(argv)
-    values: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
-    for item in args.set:
-        name, _, raw = item.partition("=")
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
-    cfg = PPOConfig.from_dict(values)
-    out = Path(args.out)
-    summary = train(cfg, policy_path=args.policy, reward_path=args.reward,
-                    prompts=_read_lines(args.prompts, ("prompt", "text")),
-                    ptx_texts=_read_lines(args.ptx_file, ("text",)) if args.ptx_file else (),
-                    work_dir=Path(args.work_dir or f"{out}.work"), output_dir=out, reporter=PrintReporter())
-    print(json.dumps({"out": str(out), "first_mean_reward": summary.first_mean_reward,
-                      "last_mean_reward": summary.last_mean_reward, "last_kl": summary.last_kl}))
-
-
-if __name__ == "__main__":
     main()

@@ -8,7 +8,10 @@ position ids from the attention mask, so left padding does not shift positions.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,16 +36,17 @@ class Rollout:
         return torch.cat([self.query_mask.to(self.response_mask.dtype), self.response_mask], dim=1)
 
 
-def left_pad(sequences: list[list[int]], pad_id: int,
-             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    sequences: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> (ids, mask), both (B, max_len), padded on the left."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, seq in enumerate(sequences):
         if seq:
-            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[i, width - len(seq):] = 1
+            ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -52,9 +56,17 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, query: torch.Tensor, query_mask: torch.Tensor, *,
-             max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None) -> Rollout:
+def generate(
+    model: torch.nn.Module,
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Rollout:
     """Sample until every row has emitted EOS or `max_new_tokens` are drawn (KV cache, one token a step)."""
     B = query.shape[0]
     mask = query_mask.long()
@@ -72,18 +84,23 @@ def generate(model: torch.nn.Module, query: torch.Tensor, query_mask: torch.Tens
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                    past_key_values=out.past_key_values, use_cache=True)
+        out = model(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
         next_pos = next_pos + 1
     response = torch.stack(tokens, dim=1)  # (B, R)
     response_mask = ppo.mask_after_eos(response, eos_id)
     response = torch.where(response_mask > 0, response, torch.full_like(response, pad_id))
-    return Rollout(query=query, query_mask=query_mask, response=response,
-                   response_mask=response_mask)
+    return Rollout(query=query, query_mask=query_mask, response=response, response_mask=response_mask)
 
 
-def policy_forward(model: torch.nn.Module, rollout: Rollout,
-                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_forward(
+    model: torch.nn.Module, rollout: Rollout, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the sampled response tokens and the logits that gave them.
 
     Returns (logprobs (B, R), logits (B, R, V)); the logit at position p predicts token p + 1.
@@ -91,12 +108,13 @@ def policy_forward(model: torch.nn.Module, rollout: Rollout,
     mask = rollout.attention_mask.long()
     out = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask))
     P = rollout.query.shape[1]
-    logits = out.logits[:, P - 1:-1, :]  # (B, R, V)
+    logits = out.logits[:, P - 1 : -1, :]  # (B, R, V)
     return ppo.logprobs_from_logits(logits, rollout.response, temperature), logits
 
 
-def token_values(model: torch.nn.Module, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor) -> torch.Tensor:
+def token_values(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """The scalar head of a sequence-classification model at every position.  -> (B, T)
 
     AutoModelForSequenceClassification pools at the last non-pad token; PPO needs the head at
@@ -105,8 +123,9 @@ def token_values(model: torch.nn.Module, input_ids: torch.Tensor,
     """
     backbone = getattr(model, model.base_model_prefix)
     mask = attention_mask.long()
-    hidden = backbone(input_ids=input_ids, attention_mask=mask,
-                      position_ids=position_ids(mask)).last_hidden_state  # (B, T, H)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask)
+    ).last_hidden_state  # (B, T, H)
     return model.score(hidden).squeeze(-1).float()  # (B, T)
 
 
@@ -130,7 +149,7 @@ def value_forward(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
 
     `model` is a TokenValueModel (or anything called the same way)."""
     P = rollout.query.shape[1]
-    return model(rollout.input_ids, rollout.attention_mask)[:, P - 1:-1]
+    return model(rollout.input_ids, rollout.attention_mask)[:, P - 1 : -1]
 
 
 @torch.no_grad()
@@ -139,3 +158,42 @@ def reward_scores(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     values = token_values(model, rollout.input_ids, rollout.attention_mask)  # (B, P + R)
     last = ppo.last_index(rollout.attention_mask)
     return values[torch.arange(values.shape[0], device=values.device), last]
+
+
+# Where the reward trainer may store the normalisation besides the model config.
+NORMALIZATION_FILE = "reward_normalization.json"  # {"shift": float, "scale": float}
+
+
+class RewardModelScorer:
+    """A trained reward model read at the last real token, normalised as its trainer stored."""
+
+    def __init__(self, model: torch.nn.Module, eos_id: int, shift: float = 0.0, scale: float = 1.0) -> None:
+        self.model, self.eos_id, self.shift, self.scale = model, eos_id, shift, scale
+
+    def __call__(self, batch: Rollout) -> torch.Tensor:
+        from trainer.reward import score
+
+        # The reward model learned on prompt + completion text, which has no EOS token: read it
+        # at the last text token, as in its training.
+        text = batch.response_mask * (batch.response != self.eos_id).to(batch.response_mask.dtype)
+        mask = torch.cat([batch.query_mask.to(text.dtype), text], dim=1).long()
+        raw = score(self.model, {"input_ids": batch.input_ids, "attention_mask": mask}).float()
+        return (raw - self.shift) / self.scale
+
+
+def read_normalization(reward_path: str | Path, config: Any = None) -> tuple[float, float]:
+    """(shift, scale): score_normalised = (raw − shift) / scale; (0, 1) when none was stored.
+
+    The reward trainer keeps them in the model's config (reward_mean, reward_std); a
+    reward_normalization.json beside it ({"shift", "scale"}) wins when present.
+    """
+    from trainer.reward import NORM_MEAN, NORM_STD
+
+    path = Path(reward_path) / NORMALIZATION_FILE
+    if path.is_file():
+        data = json.loads(path.read_text())
+        shift, scale = float(data.get("shift", 0.0)), float(data.get("scale") or 1.0)
+    else:
+        shift = float(getattr(config, NORM_MEAN, 0.0) or 0.0)
+        scale = float(getattr(config, NORM_STD, 1.0) or 1.0)
+    return shift, scale if scale > 0 else 1.0

@@ -18,8 +18,10 @@ def promote_job(ctx: Any) -> dict[str, Any]:
     ctx.progress(0.0, "promoting the new policy")
     with ctx.session() as s:
         result = promote(session=s, params=dict(ctx.params), job_id=ctx.job_id)
-    ctx.log(f"policy {result['policy_version_id']} is active"
-            + (f"; reward model {result['reward_version_id']} is active" if "reward_version_id" in result else "")
-            + (f"; tasks will mix it with policy {result['mixed_with']}" if result["mixed_with"] else ""))
+    ctx.log(
+        f"policy {result['policy_version_id']} is active"
+        + (f"; reward model {result['reward_version_id']} is active" if "reward_version_id" in result else "")
+        + (f"; tasks will mix it with policy {result['mixed_with']}" if result["mixed_with"] else "")
+    )
     ctx.progress(1.0, f"policy {result['policy_version_id']} promoted")
     return result

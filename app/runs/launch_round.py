@@ -55,18 +55,26 @@ def _parse(values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
             params[name] = number
         except ValueError:
             errors.append(f"{name.replace('_', ' ')}: a number from {low:g} to {high:g}, not {raw!r}")
-    if "mini_batch_size" in params and "batch_size" in params and params["mini_batch_size"] > params["batch_size"]:
+    if (
+        "mini_batch_size" in params
+        and "batch_size" in params
+        and params["mini_batch_size"] > params["batch_size"]
+    ):
         errors.append("mini batch size: at most the batch size")
     return params
 
 
 def _context(session: Session, values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
     return {
-        "sets": list(session.scalars(select(PromptSet.name).where(PromptSet.status != SetStatus.archived)
-                                     .order_by(PromptSet.name))),
+        "sets": list(
+            session.scalars(
+                select(PromptSet.name).where(PromptSet.status != SetStatus.archived).order_by(PromptSet.name)
+            )
+        ),
         "policy": registry.active(session=session, kind=ModelKind.policy),
         "reward": registry.active(session=session, kind=ModelKind.reward),
-        "values": values, "errors": errors,
+        "values": values,
+        "errors": errors,
         "knobs": [k[0] for k in KNOBS],
     }
 
@@ -93,8 +101,13 @@ async def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher
     if errors:
         return render(request, "runs/new_ppo.html", ctx, status_code=422)
     params["sets"] = values["sets"]
-    job = jobs.enqueue(session=session, kind="train_ppo", params=params, created_by_id=user.id,
-                       max_attempts=request.app.state.settings.job_max_attempts)
+    job = jobs.enqueue(
+        session=session,
+        kind="train_ppo",
+        params=params,
+        created_by_id=user.id,
+        max_attempts=request.app.state.settings.job_max_attempts,
+    )
     return RedirectResponse(f"/runs/{job.id}", status_code=303)
 
 
@@ -106,7 +119,9 @@ def round_page(request: Request, session: SessionDep, user: CurrentResearcher) -
 
 @router.post("/runs/round")
 def start_round(
-    request: Request, session: SessionDep, user: CurrentResearcher,
+    request: Request,
+    session: SessionDep,
+    user: CurrentResearcher,
     sets: Annotated[list[str] | None, Form()] = None,
     mix: Annotated[str, Form()] = "",
     iterations: Annotated[str, Form()] = str(KNOBS[0][4]),
@@ -115,15 +130,26 @@ def start_round(
 ) -> Response:
     """Start next round: one chain of jobs; the page of its first step links the rest."""
     values: dict[str, Any] = {name: default for name, _, _, _, default in KNOBS}
-    values |= {"sets": sets or [], "mix": bool(mix), "iterations": iterations, "beta": beta,
-               "ptx_coef": ptx_coef, "kl_target": ""}
+    values |= {
+        "sets": sets or [],
+        "mix": bool(mix),
+        "iterations": iterations,
+        "beta": beta,
+        "ptx_coef": ptx_coef,
+        "kl_target": "",
+    }
     errors: list[str] = []
     ppo_params = {k: v for k, v in _parse(values, errors).items() if k in ("iterations", "beta", "ptx_coef")}
     if not errors:
         try:
-            rnd = enqueue_round(session=session, sets=values["sets"] or None, mix=values["mix"],
-                                created_by_id=user.id, ppo_params=ppo_params,
-                                max_attempts=request.app.state.settings.job_max_attempts)
+            rnd = enqueue_round(
+                session=session,
+                sets=values["sets"] or None,
+                mix=values["mix"],
+                created_by_id=user.id,
+                ppo_params=ppo_params,
+                max_attempts=request.app.state.settings.job_max_attempts,
+            )
         except RoundError as exc:
             errors.append(str(exc))
     if errors:  # enqueue_round checks everything before it writes: nothing to undo

@@ -1,4 +1,4 @@
-"""The round, its database side: train a reward model on all data → PPO → promote → resample with the new policy.
+"""The round, its database side: reward model on all data → PPO → promote → resample.
 
 `enqueue_round` writes the whole chain at once (Job.after_id links each step to the one before),
 so the dashboard shows every step from the start, and a failed step stops the rest
@@ -50,8 +50,9 @@ def round_sets(*, session: Session, names: list[str] | None = None) -> list[Prom
         if missing:
             raise RoundError(f"no prompt set named {', '.join(repr(m) for m in missing)}")
         return [found[n] for n in names]
-    return list(session.scalars(select(PromptSet).where(PromptSet.status == SetStatus.active)
-                                .order_by(PromptSet.id)))
+    return list(
+        session.scalars(select(PromptSet).where(PromptSet.status == SetStatus.active).order_by(PromptSet.id))
+    )
 
 
 def _copy_name(session: Session, name: str) -> str:
@@ -63,44 +64,94 @@ def _copy_name(session: Session, name: str) -> str:
 
 
 def _copy_set(session: Session, source: PromptSet, created_by_id: int | None) -> PromptSet:
-    copy = PromptSet(name=_copy_name(session, source.name), k=source.k, overlap=source.overlap,
-                     sampling=dict(source.sampling or {}), flags=list(source.flags or []),
-                     status=SetStatus.paused, created_by_id=created_by_id,
-                     report={"round_of": source.id})
+    copy = PromptSet(
+        name=_copy_name(session, source.name),
+        k=source.k,
+        overlap=source.overlap,
+        sampling=dict(source.sampling or {}),
+        flags=list(source.flags or []),
+        status=SetStatus.paused,
+        created_by_id=created_by_id,
+        report={"round_of": source.id},
+    )
     session.add(copy)
     session.flush()
     for p in session.scalars(select(Prompt).where(Prompt.prompt_set_id == source.id).order_by(Prompt.id)):
-        session.add(Prompt(prompt_set_id=copy.id, text=p.text, text_hash=p.text_hash, meta=dict(p.meta or {}),
-                           source_line=p.source_line))
+        session.add(
+            Prompt(
+                prompt_set_id=copy.id,
+                text=p.text,
+                text_hash=p.text_hash,
+                meta=dict(p.meta or {}),
+                source_line=p.source_line,
+            )
+        )
     session.flush()
     return copy
 
 
-def enqueue_round(*, session: Session, sets: list[str] | None = None, mix: bool = False,
-                  created_by_id: int | None = None, reward_params: dict[str, Any] | None = None,
-                  ppo_params: dict[str, Any] | None = None, max_attempts: int = 3) -> Round:
+def enqueue_round(
+    *,
+    session: Session,
+    sets: list[str] | None = None,
+    mix: bool = False,
+    created_by_id: int | None = None,
+    reward_params: dict[str, Any] | None = None,
+    ppo_params: dict[str, Any] | None = None,
+    max_attempts: int = 3,
+) -> Round:
     """Queue train_reward (all data) → train_ppo (the sets' prompts) → promote → sample per set."""
     chosen = round_sets(session=session, names=sets)
     if not chosen:
         raise RoundError("no prompt sets to resample: upload one, or name sets explicitly")
     names = [ps.name for ps in chosen]
-    empty = [ps.name for ps in chosen
-             if session.scalar(select(Prompt.id).where(Prompt.prompt_set_id == ps.id).limit(1)) is None]
+    empty = [
+        ps.name
+        for ps in chosen
+        if session.scalar(select(Prompt.id).where(Prompt.prompt_set_id == ps.id).limit(1)) is None
+    ]
     if empty:
         raise RoundError(f"prompt set(s) without prompts: {', '.join(empty)}")
-    reward = jobs.enqueue(session=session, kind="train_reward", params=dict(reward_params or {}),
-                          created_by_id=created_by_id, max_attempts=max_attempts)
-    ppo = jobs.enqueue(session=session, kind="train_ppo",
-                       params={**(ppo_params or {}), "sets": names, "reward_from_job": reward.id},
-                       created_by_id=created_by_id, after=reward, max_attempts=max_attempts)
+    reward = jobs.enqueue(
+        session=session,
+        kind="train_reward",
+        params=dict(reward_params or {}),
+        created_by_id=created_by_id,
+        max_attempts=max_attempts,
+    )
+    ppo = jobs.enqueue(
+        session=session,
+        kind="train_ppo",
+        params={**(ppo_params or {}), "sets": names, "reward_from_job": reward.id},
+        created_by_id=created_by_id,
+        after=reward,
+        max_attempts=max_attempts,
+    )
     copies = [_copy_set(session, ps, created_by_id) for ps in chosen]
-    promote = jobs.enqueue(session=session, kind="promote",
-                           params={"policy_from_job": ppo.id, "reward_from_job": reward.id, "mix": mix,
-                                   "prompt_set_ids": [c.id for c in copies]},
-                           created_by_id=created_by_id, after=ppo, max_attempts=max_attempts)
-    samples = [jobs.enqueue(session=session, kind="sample", params={"prompt_set_id": c.id},
-                            created_by_id=created_by_id, after=promote, max_attempts=max_attempts)
-               for c in copies]
+    promote = jobs.enqueue(
+        session=session,
+        kind="promote",
+        params={
+            "policy_from_job": ppo.id,
+            "reward_from_job": reward.id,
+            "mix": mix,
+            "prompt_set_ids": [c.id for c in copies],
+        },
+        created_by_id=created_by_id,
+        after=ppo,
+        max_attempts=max_attempts,
+    )
+    samples = [
+        jobs.enqueue(
+            session=session,
+            kind="sample",
+            params={"prompt_set_id": c.id},
+            created_by_id=created_by_id,
+            after=promote,
+            max_attempts=max_attempts,
+        )
+        for c in copies
+    ]
     return Round(reward_job=reward, ppo_job=ppo, promote_job=promote, sample_jobs=samples, new_sets=copies)
 
 
@@ -136,10 +187,14 @@ def promote(*, session: Session, params: dict[str, Any], job_id: int | None = No
         ps.compare_version_id = old_id if mix else None
     if job_id is not None:
         # Record in the queued sample steps which policy they will sample (the dashboard shows params).
-        for job in session.scalars(select(Job).where(Job.after_id == job_id, Job.kind == "sample",
-                                                     Job.status == JobStatus.queued)):
-            job.params = {**job.params, "policy_version_id": policy.id,
-                          **({"compare_version_id": old_id} if mix else {})}
+        for job in session.scalars(
+            select(Job).where(Job.after_id == job_id, Job.kind == "sample", Job.status == JobStatus.queued)
+        ):
+            job.params = {
+                **job.params,
+                "policy_version_id": policy.id,
+                **({"compare_version_id": old_id} if mix else {}),
+            }
     session.flush()
     out["mixed_with"] = old_id if mix else None
     return out

@@ -12,10 +12,33 @@ from tests.tiny import tiny_policy, tiny_reward_model, tiny_tokenizer
 from trainer.ppo_train import PPOConfig
 from trainer.rollout import Rollout
 
-WORDS = "the a cat dog sat ran on under mat box red blue big small good quick slow and".split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "under",
+    "mat",
+    "box",
+    "red",
+    "blue",
+    "big",
+    "small",
+    "good",
+    "quick",
+    "slow",
+    "and",
+]
 PROMPTS = ["the cat sat", "a dog ran", "the red box", "big blue mat", "a small cat", "the quick dog"]
-PTX_TEXTS = ["the cat sat on the mat", "a dog ran under the box", "the big red box and the small blue mat",
-             "a quick cat and a slow dog"]
+PTX_TEXTS = [
+    "the cat sat on the mat",
+    "a dog ran under the box",
+    "the big red box and the small blue mat",
+    "a quick cat and a slow dog",
+]
 MARKER = "good"
 
 
@@ -47,9 +70,20 @@ class MarkerScorer:
 
 def small_config(**overrides: object) -> PPOConfig:
     values: dict[str, object] = dict(
-        iterations=8, batch_size=32, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3,
-        value_learning_rate=3e-3, warmup_iterations=0, max_new_tokens=8, beta=0.1,
-        missing_eos_penalty=0.0, sample_every=4, samples_shown=2, save_every=0)
+        iterations=8,
+        batch_size=32,
+        mini_batch_size=8,
+        ppo_epochs=2,
+        learning_rate=3e-3,
+        value_learning_rate=3e-3,
+        warmup_iterations=0,
+        max_new_tokens=8,
+        beta=0.1,
+        missing_eos_penalty=0.0,
+        sample_every=4,
+        samples_shown=2,
+        save_every=0,
+    )
     values.update(overrides)
     return PPOConfig(**values)  # type: ignore[arg-type]
 

@@ -25,8 +25,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def env(committed: sessionmaker[Session], db_url: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> sessionmaker[Session]:
+def env(
+    committed: sessionmaker[Session], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> sessionmaker[Session]:
     monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
     monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     get_settings.cache_clear()
@@ -38,14 +39,34 @@ class TestTrainPPOCommand:
     def test_queues_a_job_with_its_knobs(self, env) -> None:  # type: ignore[no-untyped-def]
         with env.begin() as s:
             make_prompt_set(s, name="round-1")
-        out = CliRunner().invoke(cli, ["train", "ppo", "--set", "round-1", "--iterations", "50",
-                                       "--beta", "0.05", "--ptx-coef", "2", "--kl-target", "6"])
+        out = CliRunner().invoke(
+            cli,
+            [
+                "train",
+                "ppo",
+                "--set",
+                "round-1",
+                "--iterations",
+                "50",
+                "--beta",
+                "0.05",
+                "--ptx-coef",
+                "2",
+                "--kl-target",
+                "6",
+            ],
+        )
         assert out.exit_code == 0, out.output
         with env() as s:
             job = s.scalar(select(Job))
             assert job.kind == "train_ppo" and job.status == "queued"
-            assert job.params == {"sets": ["round-1"], "iterations": 50, "beta": 0.05, "ptx_coef": 2.0,
-                                  "kl_target": 6.0}
+            assert job.params == {
+                "sets": ["round-1"],
+                "iterations": 50,
+                "beta": 0.05,
+                "ptx_coef": 2.0,
+                "kl_target": 6.0,
+            }
         assert f"queued job {job.id}" in out.output
 
     @pytest.mark.slow
@@ -53,8 +74,24 @@ class TestTrainPPOCommand:
         with env() as s:
             seed(s, models)
         with one_thread():
-            out = CliRunner().invoke(cli, ["train", "ppo", "--inline", "--iterations", "3", "--batch-size", "8",
-                                           "--mini-batch-size", "4", "--max-new-tokens", "6", "--lr", "1e-3"])
+            out = CliRunner().invoke(
+                cli,
+                [
+                    "train",
+                    "ppo",
+                    "--inline",
+                    "--iterations",
+                    "3",
+                    "--batch-size",
+                    "8",
+                    "--mini-batch-size",
+                    "4",
+                    "--max-new-tokens",
+                    "6",
+                    "--lr",
+                    "1e-3",
+                ],
+            )
         assert out.exit_code == 0, out.output
         summary = json.loads(out.stdout.strip().splitlines()[-1])
         assert summary["iterations"] == 3 and summary["active"] is False
@@ -99,10 +136,24 @@ class TestForms:
         csrf = login(web, make_user(session, role="researcher"))
         page = web.get("/runs/new/ppo")
         assert page.status_code == 200 and "set-&lt;b&gt;" in page.text and "set-<b>" not in page.text
-        r = web.post("/runs/new/ppo", data={
-            "csrf_token": csrf, "sets": ["set-<b>"], "iterations": "20", "batch_size": "32",
-            "mini_batch_size": "8", "ppo_epochs": "2", "learning_rate": "1e-5", "beta": "0.1",
-            "ptx_coef": "0", "max_new_tokens": "32", "seed": "1", "kl_target": ""}, follow_redirects=False)
+        r = web.post(
+            "/runs/new/ppo",
+            data={
+                "csrf_token": csrf,
+                "sets": ["set-<b>"],
+                "iterations": "20",
+                "batch_size": "32",
+                "mini_batch_size": "8",
+                "ppo_epochs": "2",
+                "learning_rate": "1e-5",
+                "beta": "0.1",
+                "ptx_coef": "0",
+                "max_new_tokens": "32",
+                "seed": "1",
+                "kl_target": "",
+            },
+            follow_redirects=False,
+        )
         assert r.status_code == 303, r.text
         job = session.scalar(select(Job).order_by(Job.id.desc()))
         assert r.headers["location"] == f"/runs/{job.id}"
@@ -111,11 +162,25 @@ class TestForms:
 
     def test_ppo_form_names_bad_fields_and_starts_nothing(self, web: TestClient, session: Session) -> None:
         csrf = login(web, make_user(session, role="researcher"))
-        r = web.post("/runs/new/ppo", data={"csrf_token": csrf, "iterations": "many", "beta": "-1",
-                                            "sets": ["nope"], "batch_size": "4", "mini_batch_size": "8"})
+        r = web.post(
+            "/runs/new/ppo",
+            data={
+                "csrf_token": csrf,
+                "iterations": "many",
+                "beta": "-1",
+                "sets": ["nope"],
+                "batch_size": "4",
+                "mini_batch_size": "8",
+            },
+        )
         assert r.status_code == 422
-        for part in ("iterations: a number", "beta: a number", "no prompt set named", "mini batch size",
-                     "reward model: none is active"):
+        for part in (
+            "iterations: a number",
+            "beta: a number",
+            "no prompt set named",
+            "mini batch size",
+            "reward model: none is active",
+        ):
             assert part in r.text
         assert session.scalar(select(Job)) is None
 
@@ -128,8 +193,11 @@ class TestForms:
         session.flush()
         csrf = login(web, make_user(session, role="admin"))
         assert "Start next round" in web.get("/runs/new/round").text
-        r = web.post("/runs/round", data={"csrf_token": csrf, "sets": ["live"], "mix": "1",
-                                          "iterations": "5"}, follow_redirects=False)
+        r = web.post(
+            "/runs/round",
+            data={"csrf_token": csrf, "sets": ["live"], "mix": "1", "iterations": "5"},
+            follow_redirects=False,
+        )
         assert r.status_code == 303
         chain = list(session.scalars(select(Job).order_by(Job.id)))
         assert [j.kind for j in chain] == ["train_reward", "train_ppo", "promote", "sample"]

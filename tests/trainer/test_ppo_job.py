@@ -24,9 +24,18 @@ from trainer.worker import Worker
 
 pytestmark = pytest.mark.slow
 
-PARAMS = {"iterations": 4, "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 6,
-          "learning_rate": 1e-3, "value_learning_rate": 1e-3, "warmup_iterations": 0,
-          "sample_every": 2, "samples_shown": 2, "save_every": 2}
+PARAMS = {
+    "iterations": 4,
+    "batch_size": 8,
+    "mini_batch_size": 4,
+    "max_new_tokens": 6,
+    "learning_rate": 1e-3,
+    "value_learning_rate": 1e-3,
+    "warmup_iterations": 0,
+    "sample_every": 2,
+    "samples_shown": 2,
+    "save_every": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +91,17 @@ class TestPPOJob:
             assert {"mean_reward", "first_mean_reward", "kl"} <= set(mv.metrics)
             assert Path(mv.path, "config.json").is_file()
             names = set(s.scalars(select(JobMetric.name).where(JobMetric.job_id == job_id)))
-            assert {"mean_reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss",
-                    "explained_variance", "response_length", "no_eos_share"} <= names
+            assert {
+                "mean_reward",
+                "kl",
+                "entropy",
+                "clip_frac",
+                "approx_kl",
+                "value_loss",
+                "explained_variance",
+                "response_length",
+                "no_eos_share",
+            } <= names
             assert len(job.result["samples"]) == 4 and "response" in job.result["samples"][0]
         assert not paths_for(job_id)[1].exists()
 
@@ -125,8 +143,9 @@ class TestPPOJob:
         out_dir, work_dir = paths_for(job_id)
         assert not out_dir.exists() and not work_dir.exists()
 
-    def test_a_dead_worker_is_resumed_from_the_checkpoint(self, sessions, models, artifacts,
-                                                           monkeypatch) -> None:
+    def test_a_dead_worker_is_resumed_from_the_checkpoint(
+        self, sessions, models, artifacts, monkeypatch
+    ) -> None:
         with sessions() as s:
             seed(s, models)
             job_id = make_job(s, kind="train_ppo", params=PARAMS).id
@@ -145,8 +164,9 @@ class TestPPOJob:
             worker(sessions).run_one()
         assert (paths_for(job_id)[1] / "checkpoint" / "state.pt").is_file()
         with sessions() as s:
-            s.execute(update(Job).where(Job.id == job_id)
-                      .values(heartbeat_at=utcnow() - timedelta(minutes=10)))
+            s.execute(
+                update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(minutes=10))
+            )
             assert jobs.requeue_stale(session=s, stale_seconds=60) == 1
             s.commit()
         worker(sessions).run(burst=True)
@@ -155,8 +175,12 @@ class TestPPOJob:
             assert job.status == "succeeded", job.error
             assert job.result["resumed_from"] == 2
             assert "resumed from the checkpoint of iteration 2" in job.log
-            steps = list(s.scalars(select(JobMetric.step).where(JobMetric.job_id == job_id,
-                                                                JobMetric.name == "mean_reward")
-                                   .order_by(JobMetric.step)))
+            steps = list(
+                s.scalars(
+                    select(JobMetric.step)
+                    .where(JobMetric.job_id == job_id, JobMetric.name == "mean_reward")
+                    .order_by(JobMetric.step)
+                )
+            )
             assert steps == [1, 2, 3, 4]  # the lost iteration 3 was redone, not drawn twice
             assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is not None

@@ -28,8 +28,9 @@ class TestGAE:
                 running = delta + gamma * lam * running
                 expected[t] = running
             assert adv[b].tolist() == pytest.approx(expected, abs=1e-5)
-            assert ret[b, :n].tolist() == pytest.approx([a + x for a, x in zip(expected[:n], v[:n])],
-                                                        abs=1e-5)
+            assert ret[b, :n].tolist() == pytest.approx(
+                [a + x for a, x in zip(expected[:n], v[:n], strict=True)], abs=1e-5
+            )
             assert ret[b, n:].abs().sum() == 0
 
     def test_gamma_one_lambda_one_is_reward_to_go_minus_value(self) -> None:
@@ -100,7 +101,7 @@ class TestLosses:
     def test_value_loss_takes_the_worse_of_plain_and_clipped(self) -> None:
         old, new, ret = torch.tensor([[0.0]]), torch.tensor([[1.0]]), torch.tensor([[1.0]])
         loss, frac = ppo.value_loss(new, old, ret, torch.ones(1, 1), clip=0.2)
-        assert loss.item() == pytest.approx(0.5 * 0.8 ** 2)
+        assert loss.item() == pytest.approx(0.5 * 0.8**2)
         assert frac.item() == 1.0
 
     def test_entropy_of_uniform(self) -> None:

@@ -43,14 +43,27 @@ class Recorder:
         self.lines.append(line)
 
 
-def run(models: tuple[Path, Path], tmp_path: Path, cfg: PPOConfig, ptx: list[str] | None = None,
-        reporter: Recorder | None = None) -> tuple[Summary, Path]:
+def run(
+    models: tuple[Path, Path],
+    tmp_path: Path,
+    cfg: PPOConfig,
+    ptx: list[str] | None = None,
+    reporter: Recorder | None = None,
+) -> tuple[Summary, Path]:
     policy, reward = models
     out = tmp_path / "out"
     with one_thread():
-        summary = train(cfg, policy_path=policy, reward_path=reward, prompts=PROMPTS, ptx_texts=ptx or [],
-                        work_dir=tmp_path / "work", output_dir=out, reporter=reporter,
-                        scorer=MarkerScorer(policy))
+        summary = train(
+            cfg,
+            policy_path=policy,
+            reward_path=reward,
+            prompts=PROMPTS,
+            ptx_texts=ptx or [],
+            work_dir=tmp_path / "work",
+            output_dir=out,
+            reporter=reporter,
+            scorer=MarkerScorer(policy),
+        )
     return summary, out
 
 
@@ -63,8 +76,17 @@ class TestLearning:
         assert 0 < summary.last_kl < 15.0
         # every metric the run page draws, every iteration
         names = set(rec.metrics[-1][1])
-        assert {"mean_reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss",
-                "explained_variance", "response_length", "no_eos_share"} <= names
+        assert {
+            "mean_reward",
+            "kl",
+            "entropy",
+            "clip_frac",
+            "approx_kl",
+            "value_loss",
+            "explained_variance",
+            "response_length",
+            "no_eos_share",
+        } <= names
         assert [s for s, _ in rec.metrics] == list(range(1, 9))
         assert len(rec.tables) == 2 and {"prompt", "response", "score"} <= set(rec.tables[0][0])
         # the new policy is whole, loadable, and carries its config; the work folder is gone
@@ -84,8 +106,9 @@ class TestLearning:
         tok = AutoTokenizer.from_pretrained(policy)
         losses = {}
         for coef in (0.0, 1.0):
-            _, out = run(models, tmp_path / f"ptx{coef}", small_config(ptx_coef=coef, ptx_batch_size=4),
-                         ptx=PTX_TEXTS)
+            _, out = run(
+                models, tmp_path / f"ptx{coef}", small_config(ptx_coef=coef, ptx_batch_size=4), ptx=PTX_TEXTS
+            )
             losses[coef] = lm_loss_on(AutoModelForCausalLM.from_pretrained(out), tok, PTX_TEXTS)
         before = lm_loss_on(AutoModelForCausalLM.from_pretrained(policy), tok, PTX_TEXTS)
         assert losses[1.0] < losses[0.0] - 0.5, losses
@@ -121,15 +144,32 @@ def test_ptx_needs_texts(models, tmp_path: Path) -> None:
 
 
 def test_runs_from_files_for_accelerate_launch(models, tmp_path: Path, capsys) -> None:
-    from trainer.ppo_train import main
+    from trainer.ppo_launch import main
 
     policy, reward = models
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS))
     with one_thread():
-        main(["--policy", str(policy), "--reward", str(reward), "--prompts", str(prompts),
-              "--out", str(tmp_path / "new"), "--set", "iterations=2", "--set", "batch_size=8",
-              "--set", "mini_batch_size=4", "--set", "max_new_tokens=5"])
+        main(
+            [
+                "--policy",
+                str(policy),
+                "--reward",
+                str(reward),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(tmp_path / "new"),
+                "--set",
+                "iterations=2",
+                "--set",
+                "batch_size=8",
+                "--set",
+                "mini_batch_size=4",
+                "--set",
+                "max_new_tokens=5",
+            ]
+        )
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["out"] == str(tmp_path / "new") and (tmp_path / "new" / "config.json").is_file()
     assert not (tmp_path / "new.work").exists()

@@ -20,11 +20,25 @@ from trainer.worker import Worker
 
 pytestmark = pytest.mark.slow
 
-REWARD = {"lr": 3e-3, "batch_size": 4, "max_length": 32, "val_fraction": 0.25, "eval_every": 50,
-          "checkpoint_every": 0}
-PPO = {"iterations": 2, "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 6,
-       "learning_rate": 1e-3, "value_learning_rate": 1e-3, "warmup_iterations": 0, "save_every": 0,
-       "sample_every": 1}
+REWARD = {
+    "lr": 3e-3,
+    "batch_size": 4,
+    "max_length": 32,
+    "val_fraction": 0.25,
+    "eval_every": 50,
+    "checkpoint_every": 0,
+}
+PPO = {
+    "iterations": 2,
+    "batch_size": 8,
+    "mini_batch_size": 4,
+    "max_new_tokens": 6,
+    "learning_rate": 1e-3,
+    "value_learning_rate": 1e-3,
+    "warmup_iterations": 0,
+    "save_every": 0,
+    "sample_every": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +100,9 @@ class TestRound:
             assert copy.name == "round-src · round 2" and copy.status == "active"
             assert (copy.policy_version_id, copy.compare_version_id) == (new.id, old.id)
             assert done[3].params["policy_version_id"] == new.id
-            n_prompts = s.scalar(select(func.count()).select_from(Prompt).where(Prompt.prompt_set_id == copy_id))
+            n_prompts = s.scalar(
+                select(func.count()).select_from(Prompt).where(Prompt.prompt_set_id == copy_id)
+            )
             tasks = list(s.scalars(select(Task).where(Task.prompt_set_id == copy_id)))
             assert len(tasks) == n_prompts == len(PROMPTS) * 2
             for task in tasks:  # every task mixes the new policy's completions with the old one's
@@ -94,8 +110,15 @@ class TestRound:
                 assert len(versions) == 4 and versions.count(new.id) == 2 and versions.count(old.id) == 2
             # the source set keeps its own tasks, untouched
             src = s.scalar(select(PromptSet).where(PromptSet.name == "round-src"))
-            assert s.scalar(select(func.count()).select_from(Completion).join(Task)
-                            .where(Task.prompt_set_id == src.id)) == len(PROMPTS) * 2 * 4
+            assert (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Completion)
+                    .join(Task)
+                    .where(Task.prompt_set_id == src.id)
+                )
+                == len(PROMPTS) * 2 * 4
+            )
 
     def test_a_failed_step_stops_the_chain(self, sessions, models, artifacts) -> None:
         with sessions() as s:
@@ -110,8 +133,14 @@ class TestRound:
             assert all(j.status == "failed" for j in done[1:])
             assert f"job {ids[0]} (train_reward)" in done[1].error
             assert s.get(ModelVersion, old.id).is_active
-            assert s.scalar(select(func.count()).select_from(ModelVersion)
-                            .where(ModelVersion.kind == "policy", ModelVersion.job_id.is_not(None))) == 0
+            assert (
+                s.scalar(
+                    select(func.count())
+                    .select_from(ModelVersion)
+                    .where(ModelVersion.kind == "policy", ModelVersion.job_id.is_not(None))
+                )
+                == 0
+            )
 
     def test_bad_rounds_are_refused_before_anything_is_queued(self, session) -> None:
         make_prompt_set(session, name="empty-set")
