@@ -219,7 +219,9 @@ def train(
     eos_id, pad_id = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
 
     policy = AutoModelForCausalLM.from_pretrained(start_policy)
-    reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=frozen_dtype)
+    # Same weights dtype as the policy (autocast does the bf16 part), so at the start π = π_ref
+    # exactly and the KL measures training, not rounding.
+    reference = AutoModelForCausalLM.from_pretrained(policy_path)
     value, _ = load_reward_model(str(start_value), tokenizer_source=str(policy_path))
     if value.config.vocab_size != policy.config.vocab_size:
         raise ValueError(
