@@ -199,7 +199,9 @@ def iter_records(*, session: Session, filters: Filters, secret: str, real_names:
                 flags=(r[7] or []) if with_flags else [], position=r[4], model_version_id=r[6],
                 policy=policy_names.get(r[6])))
         for ann_id in ids:
-            row = anns[ann_id]
+            row = anns.get(ann_id)
+            if row is None:
+                continue  # deleted between the two queries (PostgreSQL, read committed)
             user_id, prompt_id, prompt = row[2], row[10], row[11]
             split = splits.get(prompt_id)
             if split is None:
