@@ -34,7 +34,7 @@ class DemoSize:
     hidden: int = 96  # embedding width
     layers: int = 3
     heads: int = 4
-    vocab: int = 1500  # BPE vocabulary, specials included
+    vocab: int = 3000  # BPE vocabulary: large enough that most words of the corpus are one token
     positions: int = 512  # longest prompt + completion the model can see
     seq_len: int = 64  # training window, in tokens
     batch: int = 8  # windows per training step
