@@ -31,8 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 K = 9
 PAIRS_PER_ANNOTATION = K * (K - 1) // 2
-WORDS = ("the model answer explains a careful step by step reason with clear words and a short "
-         "example that a labeler reads before ranking every output from best to worst").split()
+_SENTENCE = (
+    "the model answer explains a careful step by step reason with clear words and a short "
+    "example that a labeler reads before ranking every output from best to worst"
+)
+WORDS = _SENTENCE.split()
 
 
 def build(url: str, sizes: list[int]) -> dict[int, int]:
@@ -40,10 +43,10 @@ def build(url: str, sizes: list[int]) -> dict[int, int]:
     from sqlalchemy import insert
 
     from app import migrate
+    from app.auth.models import User
     from app.db import get_engine, utcnow
     from app.labeling.models import Annotation, AnnotationItem, Assignment, Completion, Task
     from app.prompts.models import Prompt, PromptSet
-    from app.auth.models import User
     from app.runs.models import ModelVersion
 
     migrate.upgrade(url)
@@ -56,50 +59,149 @@ def build(url: str, sizes: list[int]) -> dict[int, int]:
 
     out = {}
     with engine.begin() as conn:
-        users = [conn.execute(insert(User).returning(User.id), {
-            "username": f"bench-{i}", "password_hash": "!", "role": "labeler", "created_at": now}).scalar_one()
-            for i in range(20)]
-        mv = [conn.execute(insert(ModelVersion).returning(ModelVersion.id), {
-            "kind": "policy", "name": f"bench-v{i}", "source": "bench", "created_at": now, "config": {},
-            "metrics": {}}).scalar_one() for i in (1, 2)]
+        users = [
+            conn.execute(
+                insert(User).returning(User.id),
+                {"username": f"bench-{i}", "password_hash": "!", "role": "labeler", "created_at": now},
+            ).scalar_one()
+            for i in range(20)
+        ]
+        mv = [
+            conn.execute(
+                insert(ModelVersion).returning(ModelVersion.id),
+                {
+                    "kind": "policy",
+                    "name": f"bench-v{i}",
+                    "source": "bench",
+                    "created_at": now,
+                    "config": {},
+                    "metrics": {},
+                },
+            ).scalar_one()
+            for i in (1, 2)
+        ]
         comp_texts = [text(40) for _ in range(500)]  # ~250 characters each, reused
         for size in sizes:
             n_ann = -(-size // PAIRS_PER_ANNOTATION)
-            ps = conn.execute(insert(PromptSet).returning(PromptSet.id), {
-                "name": f"pairs-{size}-{uuid.uuid4().hex[:4]}", "k": K, "overlap": 1, "sampling": {},
-                "flags": [], "status": "active", "report": {}, "created_at": now}).scalar_one()
+            ps = conn.execute(
+                insert(PromptSet).returning(PromptSet.id),
+                {
+                    "name": f"pairs-{size}-{uuid.uuid4().hex[:4]}",
+                    "k": K,
+                    "overlap": 1,
+                    "sampling": {},
+                    "flags": [],
+                    "status": "active",
+                    "report": {},
+                    "created_at": now,
+                },
+            ).scalar_one()
             out[size] = ps
             t0 = time.perf_counter()
             for start in range(0, n_ann, 2000):
                 n = min(2000, n_ann - start)
                 prompts = [f"Prompt {ps}-{start + i}: {text(15)}" for i in range(n)]
-                pids = list(conn.execute(insert(Prompt).returning(Prompt.id, sort_by_parameter_order=True), [
-                    {"prompt_set_id": ps, "text": p, "text_hash": f"{ps}-{start + i}", "meta": {},
-                     "created_at": now} for i, p in enumerate(prompts)]).scalars())
-                tids = list(conn.execute(insert(Task).returning(Task.id, sort_by_parameter_order=True), [
-                    {"prompt_id": pid, "prompt_set_id": ps, "status": "closed", "label_count": 1,
-                     "created_at": now} for pid in pids]).scalars())
-                cids = list(conn.execute(insert(Completion).returning(Completion.id, sort_by_parameter_order=True), [
-                    {"task_id": tid, "model_version_id": mv[j % 2], "text": rng.choice(comp_texts),
-                     "params": {}, "is_duplicate": False, "created_at": now}
-                    for tid in tids for j in range(K)]).scalars())
-                aids = list(conn.execute(insert(Assignment).returning(Assignment.id, sort_by_parameter_order=True), [
-                    {"task_id": tid, "user_id": users[i % len(users)], "state": "submitted", "display_order": [],
-                     "lease_expires_at": now, "created_at": now} for i, tid in enumerate(tids)]).scalars())
-                anns = list(conn.execute(insert(Annotation).returning(Annotation.id, sort_by_parameter_order=True), [
-                    {"assignment_id": aid, "task_id": tid, "user_id": users[i % len(users)], "notes": "",
-                     "time_spent_ms": rng.randint(5_000, 120_000), "inconsistency_confirmed": False,
-                     "created_at": now} for i, (aid, tid) in enumerate(zip(aids, tids, strict=True))]).scalars())
+                pids = list(
+                    conn.execute(
+                        insert(Prompt).returning(Prompt.id, sort_by_parameter_order=True),
+                        [
+                            {
+                                "prompt_set_id": ps,
+                                "text": p,
+                                "text_hash": f"{ps}-{start + i}",
+                                "meta": {},
+                                "created_at": now,
+                            }
+                            for i, p in enumerate(prompts)
+                        ],
+                    ).scalars()
+                )
+                tids = list(
+                    conn.execute(
+                        insert(Task).returning(Task.id, sort_by_parameter_order=True),
+                        [
+                            {
+                                "prompt_id": pid,
+                                "prompt_set_id": ps,
+                                "status": "closed",
+                                "label_count": 1,
+                                "created_at": now,
+                            }
+                            for pid in pids
+                        ],
+                    ).scalars()
+                )
+                cids = list(
+                    conn.execute(
+                        insert(Completion).returning(Completion.id, sort_by_parameter_order=True),
+                        [
+                            {
+                                "task_id": tid,
+                                "model_version_id": mv[j % 2],
+                                "text": rng.choice(comp_texts),
+                                "params": {},
+                                "is_duplicate": False,
+                                "created_at": now,
+                            }
+                            for tid in tids
+                            for j in range(K)
+                        ],
+                    ).scalars()
+                )
+                aids = list(
+                    conn.execute(
+                        insert(Assignment).returning(Assignment.id, sort_by_parameter_order=True),
+                        [
+                            {
+                                "task_id": tid,
+                                "user_id": users[i % len(users)],
+                                "state": "submitted",
+                                "display_order": [],
+                                "lease_expires_at": now,
+                                "created_at": now,
+                            }
+                            for i, tid in enumerate(tids)
+                        ],
+                    ).scalars()
+                )
+                anns = list(
+                    conn.execute(
+                        insert(Annotation).returning(Annotation.id, sort_by_parameter_order=True),
+                        [
+                            {
+                                "assignment_id": aid,
+                                "task_id": tid,
+                                "user_id": users[i % len(users)],
+                                "notes": "",
+                                "time_spent_ms": rng.randint(5_000, 120_000),
+                                "inconsistency_confirmed": False,
+                                "created_at": now,
+                            }
+                            for i, (aid, tid) in enumerate(zip(aids, tids, strict=True))
+                        ],
+                    ).scalars()
+                )
                 items = []
                 for i, ann in enumerate(anns):
                     ranks = list(range(1, K + 1))
                     rng.shuffle(ranks)
                     for j in range(K):
-                        items.append({"annotation_id": ann, "completion_id": cids[i * K + j], "rank": ranks[j],
-                                      "rating": 8 - min(7, ranks[j]), "flags": [], "position": j})
+                        items.append(
+                            {
+                                "annotation_id": ann,
+                                "completion_id": cids[i * K + j],
+                                "rank": ranks[j],
+                                "rating": 8 - min(7, ranks[j]),
+                                "flags": [],
+                                "position": j,
+                            }
+                        )
                 conn.execute(insert(AnnotationItem), items)
-            print(f"built set {ps}: {n_ann:,} annotations, {n_ann * PAIRS_PER_ANNOTATION:,} pairs "
-                  f"in {time.perf_counter() - t0:.1f} s", flush=True)
+            print(
+                f"built set {ps}: {n_ann:,} annotations, {n_ann * PAIRS_PER_ANNOTATION:,} pairs "
+                f"in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
     return out
 
 
@@ -111,9 +213,14 @@ def child(url: str, fmt: str, file_type: str, set_id: int, out: str) -> None:
 
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    ex = service.export(session_factory=make_sessionmaker(url), fmt=fmt, file_type=file_type,
-                        filters=service.Filters(prompt_set_ids=[set_id]), opts=RowOptions(),
-                        secret="bench")
+    ex = service.export(
+        session_factory=make_sessionmaker(url),
+        fmt=fmt,
+        file_type=file_type,
+        filters=service.Filters(prompt_set_ids=[set_id]),
+        opts=RowOptions(),
+        secret="bench",  # noqa: S106  (pseudonyms only)
+    )
     first = None
     with open(out, "wb") as f:
         for chunk in ex.stream:
@@ -124,8 +231,19 @@ def child(url: str, fmt: str, file_type: str, set_id: int, out: str) -> None:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
     peak_kb = ru.ru_maxrss
-    print(json.dumps({"pairs": ex.counts.pairs, "rows": ex.counts.rows, "seconds": seconds, "cpu_s": cpu,
-                      "first_bytes_s": first, "peak_mb": peak_kb / 1024, "bytes": os.path.getsize(out)}))
+    print(
+        json.dumps(
+            {
+                "pairs": ex.counts.pairs,
+                "rows": ex.counts.rows,
+                "seconds": seconds,
+                "cpu_s": cpu,
+                "first_bytes_s": first,
+                "peak_mb": peak_kb / 1024,
+                "bytes": os.path.getsize(out),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -161,28 +279,40 @@ def main() -> None:
     else:
         url = f"sqlite:///{tmp / 'bench.db'}"
     try:
-        print(f"database: {url.split('@')[-1]}; load average now {os.getloadavg()[0]:.1f} "
-              f"on {os.cpu_count()} CPUs (wall-clock rates suffer on a busy machine; pairs per CPU "
-              "second do not)", flush=True)
+        print(
+            f"database: {url.split('@')[-1]}; load average now {os.getloadavg()[0]:.1f} "
+            f"on {os.cpu_count()} CPUs (wall-clock rates suffer on a busy machine; pairs per CPU "
+            "second do not)",
+            flush=True,
+        )
         sets = build(url, sizes)
         results: dict[tuple[str, str, int], dict] = {}
-        print(f"{'format':<12} {'file':<8} {'pairs':>10} {'seconds':>8} {'pairs/s':>10} "
-              f"{'pairs/cpu-s':>11} {'first bytes':>11} {'peak MB':>8} {'MB out':>7}")
+        print(
+            f"{'format':<12} {'file':<8} {'pairs':>10} {'seconds':>8} {'pairs/s':>10} "
+            f"{'pairs/cpu-s':>11} {'first bytes':>11} {'peak MB':>8} {'MB out':>7}"
+        )
         for fmt in args.formats.split(","):
             for ft in args.file_types.split(","):
                 for size in sizes:
                     out = tmp / f"out.{ft}"
-                    proc = subprocess.run([sys.executable, __file__, "--child", url, fmt, ft, str(sets[size]),
-                                           str(out)], capture_output=True, text=True, cwd=ROOT)
+                    proc = subprocess.run(
+                        [sys.executable, __file__, "--child", url, fmt, ft, str(sets[size]), str(out)],
+                        capture_output=True,
+                        text=True,
+                        cwd=ROOT,
+                    )
                     if proc.returncode:
                         print(proc.stderr, file=sys.stderr)
                         raise SystemExit(proc.returncode)
                     r = json.loads(proc.stdout.strip().splitlines()[-1])
                     results[(fmt, ft, size)] = r
-                    print(f"{fmt:<12} {ft:<8} {r['pairs']:>10,} {r['seconds']:>8.2f} "
-                          f"{r['pairs'] / r['seconds']:>10,.0f} {r['pairs'] / r['cpu_s']:>11,.0f} "
-                          f"{r['first_bytes_s']:>10.2f}s "
-                          f"{r['peak_mb']:>8.1f} {r['bytes'] / 2**20:>7.1f}", flush=True)
+                    print(
+                        f"{fmt:<12} {ft:<8} {r['pairs']:>10,} {r['seconds']:>8.2f} "
+                        f"{r['pairs'] / r['seconds']:>10,.0f} {r['pairs'] / r['cpu_s']:>11,.0f} "
+                        f"{r['first_bytes_s']:>10.2f}s "
+                        f"{r['peak_mb']:>8.1f} {r['bytes'] / 2**20:>7.1f}",
+                        flush=True,
+                    )
         if len(sizes) >= 2:
             small, large = min(sizes), max(sizes)
             for fmt in args.formats.split(","):
@@ -192,10 +322,12 @@ def main() -> None:
                     cpu_rate = min(x["pairs"] / x["cpu_s"] for x in (a, b))
                     ratio = b["peak_mb"] / a["peak_mb"]
                     ok = rate >= 100_000 and ratio <= 1.2
-                    print(f"{fmt} {ft}: slowest {rate:,.0f} pairs/s wall, {cpu_rate:,.0f} pairs per CPU "
-                          f"second (target 100,000), peak memory "
-                          f"{large:,} vs {small:,} pairs: {ratio:.2f}x (target <= 1.2x) -> "
-                          f"{'OK' if ok else 'SHORT'}")
+                    print(
+                        f"{fmt} {ft}: slowest {rate:,.0f} pairs/s wall, {cpu_rate:,.0f} pairs per CPU "
+                        f"second (target 100,000), peak memory "
+                        f"{large:,} vs {small:,} pairs: {ratio:.2f}x (target <= 1.2x) -> "
+                        f"{'OK' if ok else 'SHORT'}"
+                    )
     finally:
         if dropper:
             dropper()

@@ -16,7 +16,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(preferences)
 
 
-def _sessions():  # type: ignore[no-untyped-def]
+def _sessions():
     from app.cli import sessions
 
     return sessions()
@@ -40,10 +40,17 @@ def _file_type(out: Path, given: str | None) -> str:
 
 @click.command()
 @click.argument("fmt", metavar="FORMAT", type=click.Choice(["comparisons", "trl", "rankings", "groups"]))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="File to write; .jsonl, .jsonl.gz or .parquet picks the file type.")
-@click.option("--file-type", type=click.Choice(["jsonl", "jsonl.gz", "parquet"]),
-              help="Override the file type the name implies.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write; .jsonl, .jsonl.gz or .parquet picks the file type.",
+)
+@click.option(
+    "--file-type",
+    type=click.Choice(["jsonl", "jsonl.gz", "parquet"]),
+    help="Override the file type the name implies.",
+)
 @click.option("--set", "sets", multiple=True, help="Prompt set name or id (repeatable; default all).")
 @click.option("--policy", "policies", multiple=True, help="Policy version name or id (repeatable).")
 @click.option("--since", help="Annotations made at or after this ISO date/time (UTC).")
@@ -54,16 +61,37 @@ def _file_type(out: Path, given: str | None) -> str:
 @click.option("--min-labels", default=0, show_default=True, help="Only tasks with at least N labels.")
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), help="Only this split.")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the split by prompt.")
-@click.option("--split-fractions", default="0.9,0.05,0.05", show_default=True,
-              help="train,validation,test shares.")
+@click.option(
+    "--split-fractions", default="0.9,0.05,0.05", show_default=True, help="train,validation,test shares."
+)
 @click.option("--conversational", is_flag=True, help="trl: lists of {role, content} messages.")
-@click.option("--margin", type=click.Choice(["none", "rank", "rating"]), default="none",
-              show_default=True, help="trl: add a margin column (rank gap or rating difference).")
+@click.option(
+    "--margin",
+    type=click.Choice(["none", "rank", "rating"]),
+    default="none",
+    show_default=True,
+    help="trl: add a margin column (rank gap or rating difference).",
+)
 @click.option("--real-names", is_flag=True, help="Usernames instead of pseudonyms (for admins).")
-def export(fmt: str, out: Path, file_type: str | None, sets: tuple[str, ...], policies: tuple[str, ...],
-           since: str | None, until: str | None, labelers: tuple[str, ...], include_skipped: bool,
-           exclude_flagged: bool, min_labels: int, split: str | None, split_seed: int,
-           split_fractions: str, conversational: bool, margin: str, real_names: bool) -> None:
+def export(
+    fmt: str,
+    out: Path,
+    file_type: str | None,
+    sets: tuple[str, ...],
+    policies: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    labelers: tuple[str, ...],
+    include_skipped: bool,
+    exclude_flagged: bool,
+    min_labels: int,
+    split: str | None,
+    split_seed: int,
+    split_fractions: str,
+    conversational: bool,
+    margin: str,
+    real_names: bool,
+) -> None:
     """Write an export and its manifest (FILE.manifest.json) beside it.
 
     \b
@@ -84,11 +112,12 @@ def export(fmt: str, out: Path, file_type: str | None, sets: tuple[str, ...], po
     settings = get_settings()
     maker = _sessions()
 
-    def ids(session, model, values):  # type: ignore[no-untyped-def]
+    def ids(session, model, values):
         out_ids = []
         for v in values:
-            found = session.scalar(select(model.id).where(
-                or_(model.name == v, model.id == (int(v) if v.isdigit() else -1))))
+            found = session.scalar(
+                select(model.id).where(or_(model.name == v, model.id == (int(v) if v.isdigit() else -1)))
+            )
             if found is None:
                 raise click.BadParameter(f"no {model.__tablename__.replace('_', ' ')} called {v!r}")
             out_ids.append(found)
@@ -98,15 +127,29 @@ def export(fmt: str, out: Path, file_type: str | None, sets: tuple[str, ...], po
         fractions = tuple(float(x) for x in split_fractions.split(","))
         with maker() as s:
             filters = service.Filters(
-                prompt_set_ids=ids(s, PromptSet, sets), policy_version_ids=ids(s, ModelVersion, policies),
-                since=_when(since), until=_when(until),
-                labeler_ids=service.resolve_labelers(session=s, names=list(labelers),
-                                                     secret=settings.secret_key),
-                include_skipped=include_skipped, exclude_flagged=exclude_flagged, min_labels=min_labels,
-                split=split, split_seed=split_seed, split_fractions=fractions)  # type: ignore[arg-type]
-        ex = service.export(session_factory=maker, fmt=fmt, file_type=_file_type(out, file_type),
-                            filters=filters, opts=RowOptions(conversational=conversational, margin=margin),  # type: ignore[arg-type]
-                            secret=settings.secret_key, real_names=real_names)
+                prompt_set_ids=ids(s, PromptSet, sets),
+                policy_version_ids=ids(s, ModelVersion, policies),
+                since=_when(since),
+                until=_when(until),
+                labeler_ids=service.resolve_labelers(
+                    session=s, names=list(labelers), secret=settings.secret_key
+                ),
+                include_skipped=include_skipped,
+                exclude_flagged=exclude_flagged,
+                min_labels=min_labels,
+                split=split,
+                split_seed=split_seed,
+                split_fractions=fractions,  # type: ignore[arg-type]
+            )
+        ex = service.export(
+            session_factory=maker,
+            fmt=fmt,
+            file_type=_file_type(out, file_type),
+            filters=filters,
+            opts=RowOptions(conversational=conversational, margin=margin),  # type: ignore[arg-type]
+            secret=settings.secret_key,
+            real_names=real_names,
+        )
     except (ValueError, service.ExportError) as exc:
         raise click.ClickException(str(exc)) from exc
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,9 +161,11 @@ def export(fmt: str, out: Path, file_type: str | None, sets: tuple[str, ...], po
     manifest = ex.manifest(filename=out.name)
     Path(str(out) + ".manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     c = manifest["counts"]
-    click.echo(f"wrote {c['rows']} {fmt} rows ({c['pairs']} pairs, {c['ties']} ties, "
-               f"{c['annotations']} annotations, {c['prompts']} prompts) to {out}; "
-               f"sha256 {manifest['sha256'][:12]}…, manifest {out}.manifest.json")
+    click.echo(
+        f"wrote {c['rows']} {fmt} rows ({c['pairs']} pairs, {c['ties']} ties, "
+        f"{c['annotations']} annotations, {c['prompts']} prompts) to {out}; "
+        f"sha256 {manifest['sha256'][:12]}…, manifest {out}.manifest.json"
+    )
 
 
 @click.group()
@@ -131,8 +176,14 @@ def preferences() -> None:
 @preferences.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Name of the new prompt set.")
-@click.option("--format", "kind", type=click.Choice(["auto", "hh", "trl", "rankings"]), default="auto",
-              show_default=True, help="What the file holds; auto looks at the columns.")
+@click.option(
+    "--format",
+    "kind",
+    type=click.Choice(["auto", "hh", "trl", "rankings"]),
+    default="auto",
+    show_default=True,
+    help="What the file holds; auto looks at the columns.",
+)
 @click.option("--skip-invalid", is_flag=True, help="Import the valid rows and list the invalid ones.")
 def preferences_import(file: Path, name: str, kind: str, skip_invalid: bool) -> None:
     """Import a preference file as a prompt set with imported outputs and labels.
@@ -150,8 +201,14 @@ def preferences_import(file: Path, name: str, kind: str, skip_invalid: bool) -> 
 
     try:
         with _sessions().begin() as s:
-            r = importer.import_preferences(session=s, data=file.read_bytes(), filename=file.name,
-                                            name=name, kind=kind, skip_invalid=skip_invalid)
+            r = importer.import_preferences(
+                session=s,
+                data=file.read_bytes(),
+                filename=file.name,
+                name=name,
+                kind=kind,
+                skip_invalid=skip_invalid,
+            )
             set_id, k = r.prompt_set.id, r.prompt_set.k
     except importer.ImportRefused as exc:
         for e in exc.errors:
@@ -161,5 +218,7 @@ def preferences_import(file: Path, name: str, kind: str, skip_invalid: bool) -> 
         raise click.ClickException(str(exc)) from exc
     for e in r.skipped:
         click.echo(f"skipped {file.name}: {e}", err=True)
-    click.echo(f"imported {r.imported} of {r.rows} rows ({r.kind}) as prompt set '{name}' (id {set_id}, "
-               f"K={k}, {r.tasks} tasks)" + (f"; skipped {len(r.skipped)} invalid rows" if r.skipped else ""))
+    click.echo(
+        f"imported {r.imported} of {r.rows} rows ({r.kind}) as prompt set '{name}' (id {set_id}, "
+        f"K={k}, {r.tasks} tasks)" + (f"; skipped {len(r.skipped)} invalid rows" if r.skipped else "")
+    )

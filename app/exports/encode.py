@@ -26,14 +26,39 @@ def pair_indices(rec: AnnotationRecord, *, keep_ties: bool) -> list[tuple[int, i
     """(chosen index, rejected index into rec.items, tie, rank gap, rating diff) per pair."""
     index = {it.completion_id: i for i, it in enumerate(rec.items)}
     items = [Item(it.completion_id, it.rank, it.rating) for it in rec.items if it.rank is not None]
-    return [(index[p.chosen.completion_id], index[p.rejected.completion_id], p.tie, p.rank_gap, p.rating_diff)
-            for p in ranking_to_pairs(items, keep_ties=keep_ties)]
+    return [
+        (index[p.chosen.completion_id], index[p.rejected.completion_id], p.tie, p.rank_gap, p.rating_diff)
+        for p in ranking_to_pairs(items, keep_ties=keep_ties)
+    ]
 
 
 def _side(prefix: bytes, it: Any) -> bytes:
-    return (b',"' + prefix + b'":' + _d(it.text) + b',"' + prefix + b'_completion_id":' + _d(it.completion_id)
-            + b',"' + prefix + b'_rank":' + _d(it.rank) + b',"' + prefix + b'_rating":' + _d(it.rating)
-            + b',"' + prefix + b'_position":' + _d(it.position) + b',"' + prefix + b'_policy":' + _d(it.policy))
+    return (
+        b',"'
+        + prefix
+        + b'":'
+        + _d(it.text)
+        + b',"'
+        + prefix
+        + b'_completion_id":'
+        + _d(it.completion_id)
+        + b',"'
+        + prefix
+        + b'_rank":'
+        + _d(it.rank)
+        + b',"'
+        + prefix
+        + b'_rating":'
+        + _d(it.rating)
+        + b',"'
+        + prefix
+        + b'_position":'
+        + _d(it.position)
+        + b',"'
+        + prefix
+        + b'_policy":'
+        + _d(it.policy)
+    )
 
 
 def comparison_lines(rec: AnnotationRecord) -> tuple[bytes, int]:
@@ -41,18 +66,43 @@ def comparison_lines(rec: AnnotationRecord) -> tuple[bytes, int]:
     pairs = pair_indices(rec, keep_ties=True)
     if not pairs:
         return b"", 0
-    head = (b'{"split":' + _d(rec.split) + b',"prompt_set":' + _d(rec.prompt_set) + b',"task_id":'
-            + _d(rec.task_id) + b',"annotation_id":' + _d(rec.annotation_id) + b',"prompt_id":'
-            + _d(rec.prompt_id) + b',"prompt":' + _d(rec.prompt))
+    head = (
+        b'{"split":'
+        + _d(rec.split)
+        + b',"prompt_set":'
+        + _d(rec.prompt_set)
+        + b',"task_id":'
+        + _d(rec.task_id)
+        + b',"annotation_id":'
+        + _d(rec.annotation_id)
+        + b',"prompt_id":'
+        + _d(rec.prompt_id)
+        + b',"prompt":'
+        + _d(rec.prompt)
+    )
     chosen = [_side(b"chosen", it) for it in rec.items]
     rejected = [_side(b"rejected", it) for it in rec.items]
-    tail = (b',"labeler":' + _d(rec.labeler) + b',"guideline_version":' + _d(rec.guideline_version)
-            + b',"created_at":' + _d(rec.created_at.isoformat()) + b',"time_spent_ms":'
-            + _d(rec.time_spent_ms) + b"}\n")
+    tail = (
+        b',"labeler":'
+        + _d(rec.labeler)
+        + b',"guideline_version":'
+        + _d(rec.guideline_version)
+        + b',"created_at":'
+        + _d(rec.created_at.isoformat())
+        + b',"time_spent_ms":'
+        + _d(rec.time_spent_ms)
+        + b"}\n"
+    )
     out = []
     for ci, ri, tie, gap, diff in pairs:
-        mid = (b',"tie":' + (b"true" if tie else b"false") + b',"rank_gap":' + str(gap).encode()
-               + b',"rating_diff":' + (b"null" if diff is None else str(diff).encode()))
+        mid = (
+            b',"tie":'
+            + (b"true" if tie else b"false")
+            + b',"rank_gap":'
+            + str(gap).encode()
+            + b',"rating_diff":'
+            + (b"null" if diff is None else str(diff).encode())
+        )
         out.append(head + chosen[ci] + rejected[ri] + mid + tail)
     return b"".join(out), len(out)
 
@@ -129,28 +179,44 @@ class ArrowPairs:
         cols: dict[str, Any] = {}
         if self.fmt == "trl":
             if self.opts.conversational:
-                cols["prompt"] = per_ann([r.prompt_messages or [{"role": "user", "content": r.prompt}]
-                                          for r in recs], "prompt")
+                cols["prompt"] = per_ann(
+                    [r.prompt_messages or [{"role": "user", "content": r.prompt}] for r in recs], "prompt"
+                )
                 cols["chosen"], cols["rejected"] = per_item(
-                    [[{"role": "assistant", "content": it.text}] for it in items], "chosen")
+                    [[{"role": "assistant", "content": it.text}] for it in items], "chosen"
+                )
             else:
                 cols["prompt"] = per_ann([r.prompt for r in recs], "prompt")
                 cols["chosen"], cols["rejected"] = per_item([it.text for it in items], "chosen")
             if self.opts.margin != "none":
-                cols["margin"] = pa.array([_margin(self.opts, g, d) for g, d in zip(self.gap, self.diff, strict=True)],
-                                          pa.float64())
+                cols["margin"] = pa.array(
+                    [_margin(self.opts, g, d) for g, d in zip(self.gap, self.diff, strict=True)], pa.float64()
+                )
             return pa.Table.from_pydict(cols, schema=self.schema)
-        for name, get in (("split", lambda r: r.split), ("prompt_set", lambda r: r.prompt_set),
-                          ("task_id", lambda r: r.task_id), ("annotation_id", lambda r: r.annotation_id),
-                          ("prompt_id", lambda r: r.prompt_id), ("prompt", lambda r: r.prompt),
-                          ("labeler", lambda r: r.labeler), ("guideline_version", lambda r: r.guideline_version),
-                          ("created_at", lambda r: r.created_at.isoformat()),
-                          ("time_spent_ms", lambda r: r.time_spent_ms)):
+        for name, get in (
+            ("split", lambda r: r.split),
+            ("prompt_set", lambda r: r.prompt_set),
+            ("task_id", lambda r: r.task_id),
+            ("annotation_id", lambda r: r.annotation_id),
+            ("prompt_id", lambda r: r.prompt_id),
+            ("prompt", lambda r: r.prompt),
+            ("labeler", lambda r: r.labeler),
+            ("guideline_version", lambda r: r.guideline_version),
+            ("created_at", lambda r: r.created_at.isoformat()),
+            ("time_spent_ms", lambda r: r.time_spent_ms),
+        ):
             cols[name] = per_ann([get(r) for r in recs], name)
-        for name, get in (("", lambda it: it.text), ("_completion_id", lambda it: it.completion_id),
-                          ("_rank", lambda it: it.rank), ("_rating", lambda it: it.rating),
-                          ("_position", lambda it: it.position), ("_policy", lambda it: it.policy)):
-            cols["chosen" + name], cols["rejected" + name] = per_item([get(it) for it in items], "chosen" + name)
+        for name, get in (
+            ("", lambda it: it.text),
+            ("_completion_id", lambda it: it.completion_id),
+            ("_rank", lambda it: it.rank),
+            ("_rating", lambda it: it.rating),
+            ("_position", lambda it: it.position),
+            ("_policy", lambda it: it.policy),
+        ):
+            cols["chosen" + name], cols["rejected" + name] = per_item(
+                [get(it) for it in items], "chosen" + name
+            )
         cols["tie"] = pa.array(self.tie, pa.bool_())
         cols["rank_gap"] = pa.array(self.gap, pa.int32())
         cols["rating_diff"] = pa.array(self.diff, pa.int32())

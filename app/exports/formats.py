@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import orjson
 import pyarrow as pa
@@ -22,8 +22,11 @@ SCHEMA_VERSION = 1
 FORMATS = ("comparisons", "trl", "rankings", "groups")
 FILE_TYPES = ("jsonl", "jsonl.gz", "parquet")
 FileType = Literal["jsonl", "jsonl.gz", "parquet"]
-MEDIA_TYPES = {"jsonl": "application/x-ndjson", "jsonl.gz": "application/gzip",
-               "parquet": "application/vnd.apache.parquet"}
+MEDIA_TYPES = {
+    "jsonl": "application/x-ndjson",
+    "jsonl.gz": "application/gzip",
+    "parquet": "application/vnd.apache.parquet",
+}
 
 
 @dataclass(slots=True)
@@ -71,23 +74,44 @@ class RowOptions:
 def comparison_rows(rec: AnnotationRecord) -> list[dict[str, Any]]:
     """All C(K,2) pairs, ties kept and marked (for a tie, `chosen` is merely the first listed)."""
     by_id = {it.completion_id: it for it in rec.items}
-    items = [Item(it.completion_id, it.rank, it.rating, it.position, it.model_version_id)
-             for it in rec.items if it.rank is not None]
+    items = [
+        Item(it.completion_id, it.rank, it.rating, it.position, it.model_version_id)
+        for it in rec.items
+        if it.rank is not None
+    ]
     created = rec.created_at.isoformat()
     rows = []
     for p in ranking_to_pairs(items, keep_ties=True):
         c, r = by_id[p.chosen.completion_id], by_id[p.rejected.completion_id]
-        rows.append({
-            "split": rec.split, "prompt_set": rec.prompt_set, "task_id": rec.task_id,
-            "annotation_id": rec.annotation_id, "prompt_id": rec.prompt_id, "prompt": rec.prompt,
-            "chosen": c.text, "chosen_completion_id": c.completion_id, "chosen_rank": c.rank,
-            "chosen_rating": c.rating, "chosen_position": c.position, "chosen_policy": c.policy,
-            "rejected": r.text, "rejected_completion_id": r.completion_id, "rejected_rank": r.rank,
-            "rejected_rating": r.rating, "rejected_position": r.position, "rejected_policy": r.policy,
-            "tie": p.tie, "rank_gap": p.rank_gap, "rating_diff": p.rating_diff,
-            "labeler": rec.labeler, "guideline_version": rec.guideline_version,
-            "created_at": created, "time_spent_ms": rec.time_spent_ms,
-        })
+        rows.append(
+            {
+                "split": rec.split,
+                "prompt_set": rec.prompt_set,
+                "task_id": rec.task_id,
+                "annotation_id": rec.annotation_id,
+                "prompt_id": rec.prompt_id,
+                "prompt": rec.prompt,
+                "chosen": c.text,
+                "chosen_completion_id": c.completion_id,
+                "chosen_rank": c.rank,
+                "chosen_rating": c.rating,
+                "chosen_position": c.position,
+                "chosen_policy": c.policy,
+                "rejected": r.text,
+                "rejected_completion_id": r.completion_id,
+                "rejected_rank": r.rank,
+                "rejected_rating": r.rating,
+                "rejected_position": r.position,
+                "rejected_policy": r.policy,
+                "tie": p.tie,
+                "rank_gap": p.rank_gap,
+                "rating_diff": p.rating_diff,
+                "labeler": rec.labeler,
+                "guideline_version": rec.guideline_version,
+                "created_at": created,
+                "time_spent_ms": rec.time_spent_ms,
+            }
+        )
     return rows
 
 
@@ -104,8 +128,11 @@ def trl_rows(rec: AnnotationRecord, opts: RowOptions) -> list[dict[str, Any]]:
         c, r = by_id[p.chosen.completion_id].text, by_id[p.rejected.completion_id].text
         row: dict[str, Any]
         if opts.conversational:
-            row = {"prompt": _messages(rec), "chosen": [{"role": "assistant", "content": c}],
-                   "rejected": [{"role": "assistant", "content": r}]}
+            row = {
+                "prompt": _messages(rec),
+                "chosen": [{"role": "assistant", "content": c}],
+                "rejected": [{"role": "assistant", "content": r}],
+            }
         else:
             row = {"prompt": rec.prompt, "chosen": c, "rejected": r}
         if opts.margin == "rank":
@@ -118,15 +145,29 @@ def trl_rows(rec: AnnotationRecord, opts: RowOptions) -> list[dict[str, Any]]:
 
 def ranking_row(rec: AnnotationRecord) -> dict[str, Any]:
     return {
-        "annotation_id": rec.annotation_id, "task_id": rec.task_id, "prompt_set": rec.prompt_set,
-        "prompt_id": rec.prompt_id, "prompt": rec.prompt, "split": rec.split,
-        "labeler": rec.labeler, "guideline_version": rec.guideline_version,
-        "created_at": rec.created_at.isoformat(), "time_spent_ms": rec.time_spent_ms,
-        "skip_reason": rec.skip_reason, "notes": rec.notes,
+        "annotation_id": rec.annotation_id,
+        "task_id": rec.task_id,
+        "prompt_set": rec.prompt_set,
+        "prompt_id": rec.prompt_id,
+        "prompt": rec.prompt,
+        "split": rec.split,
+        "labeler": rec.labeler,
+        "guideline_version": rec.guideline_version,
+        "created_at": rec.created_at.isoformat(),
+        "time_spent_ms": rec.time_spent_ms,
+        "skip_reason": rec.skip_reason,
+        "notes": rec.notes,
         "inconsistency_confirmed": rec.inconsistency_confirmed,
         "completions": [
-            {"completion_id": it.completion_id, "text": it.text, "policy": it.policy,
-             "rank": it.rank, "rating": it.rating, "flags": list(it.flags), "position": it.position}
+            {
+                "completion_id": it.completion_id,
+                "text": it.text,
+                "policy": it.policy,
+                "rank": it.rank,
+                "rating": it.rating,
+                "flags": list(it.flags),
+                "position": it.position,
+            }
             for it in rec.items
         ],
     }
@@ -143,19 +184,27 @@ def group_row(recs: list[AnnotationRecord]) -> dict[str, Any]:
     rankings = []
     for rec in recs:
         mine = {it.completion_id: it for it in rec.items}
-        rankings.append({
-            "annotation_id": rec.annotation_id, "labeler": rec.labeler,
-            "ranks": [mine[c].rank if c in mine else None for c in order],
-            "ratings": [mine[c].rating if c in mine else None for c in order],
-            "flags": [list(mine[c].flags) if c in mine else [] for c in order],
-            "guideline_version": rec.guideline_version, "created_at": rec.created_at.isoformat(),
-            "time_spent_ms": rec.time_spent_ms,
-        })
+        rankings.append(
+            {
+                "annotation_id": rec.annotation_id,
+                "labeler": rec.labeler,
+                "ranks": [mine[c].rank if c in mine else None for c in order],
+                "ratings": [mine[c].rating if c in mine else None for c in order],
+                "flags": [list(mine[c].flags) if c in mine else [] for c in order],
+                "guideline_version": rec.guideline_version,
+                "created_at": rec.created_at.isoformat(),
+                "time_spent_ms": rec.time_spent_ms,
+            }
+        )
     return {
-        "task_id": first.task_id, "prompt_set": first.prompt_set, "prompt_id": first.prompt_id,
-        "prompt": first.prompt, "split": first.split,
-        "completions": [{"completion_id": c, "text": comps[c].text, "policy": comps[c].policy}
-                        for c in order],
+        "task_id": first.task_id,
+        "prompt_set": first.prompt_set,
+        "prompt_id": first.prompt_id,
+        "prompt": first.prompt,
+        "split": first.split,
+        "completions": [
+            {"completion_id": c, "text": comps[c].text, "policy": comps[c].policy} for c in order
+        ],
         "rankings": rankings,
     }
 
@@ -168,15 +217,33 @@ _MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 def schema_for(fmt: str, opts: RowOptions) -> pa.Schema:
     s, i64, i32 = pa.string(), pa.int64(), pa.int32()
     if fmt == "comparisons":
-        side = [("", s), ("_completion_id", i64), ("_rank", i32), ("_rating", i32), ("_position", i32),
-                ("_policy", s)]
-        return pa.schema([
-            ("split", s), ("prompt_set", s), ("task_id", i64), ("annotation_id", i64),
-            ("prompt_id", i64), ("prompt", s),
-            *[("chosen" + n, t) for n, t in side], *[("rejected" + n, t) for n, t in side],
-            ("tie", pa.bool_()), ("rank_gap", i32), ("rating_diff", i32),
-            ("labeler", s), ("guideline_version", i32), ("created_at", s), ("time_spent_ms", i64),
-        ])
+        side = [
+            ("", s),
+            ("_completion_id", i64),
+            ("_rank", i32),
+            ("_rating", i32),
+            ("_position", i32),
+            ("_policy", s),
+        ]
+        return pa.schema(
+            [
+                ("split", s),
+                ("prompt_set", s),
+                ("task_id", i64),
+                ("annotation_id", i64),
+                ("prompt_id", i64),
+                ("prompt", s),
+                *[("chosen" + n, t) for n, t in side],
+                *[("rejected" + n, t) for n, t in side],
+                ("tie", pa.bool_()),
+                ("rank_gap", i32),
+                ("rating_diff", i32),
+                ("labeler", s),
+                ("guideline_version", i32),
+                ("created_at", s),
+                ("time_spent_ms", i64),
+            ]
+        )
     if fmt == "trl":
         t = _MSG if opts.conversational else s
         fields = [("prompt", t), ("chosen", t), ("rejected", t)]
@@ -184,25 +251,60 @@ def schema_for(fmt: str, opts: RowOptions) -> pa.Schema:
             fields.append(("margin", pa.float64()))
         return pa.schema(fields)
     if fmt == "rankings":
-        comp = pa.struct([("completion_id", i64), ("text", s), ("policy", s), ("rank", i32),
-                          ("rating", i32), ("flags", pa.list_(s)), ("position", i32)])
-        return pa.schema([
-            ("annotation_id", i64), ("task_id", i64), ("prompt_set", s), ("prompt_id", i64),
-            ("prompt", s), ("split", s), ("labeler", s), ("guideline_version", i32),
-            ("created_at", s), ("time_spent_ms", i64), ("skip_reason", s), ("notes", s),
-            ("inconsistency_confirmed", pa.bool_()), ("completions", pa.list_(comp)),
-        ])
+        comp = pa.struct(
+            [
+                ("completion_id", i64),
+                ("text", s),
+                ("policy", s),
+                ("rank", i32),
+                ("rating", i32),
+                ("flags", pa.list_(s)),
+                ("position", i32),
+            ]
+        )
+        return pa.schema(
+            [
+                ("annotation_id", i64),
+                ("task_id", i64),
+                ("prompt_set", s),
+                ("prompt_id", i64),
+                ("prompt", s),
+                ("split", s),
+                ("labeler", s),
+                ("guideline_version", i32),
+                ("created_at", s),
+                ("time_spent_ms", i64),
+                ("skip_reason", s),
+                ("notes", s),
+                ("inconsistency_confirmed", pa.bool_()),
+                ("completions", pa.list_(comp)),
+            ]
+        )
     if fmt == "groups":
         comp = pa.struct([("completion_id", i64), ("text", s), ("policy", s)])
-        ranking = pa.struct([
-            ("annotation_id", i64), ("labeler", s), ("ranks", pa.list_(i32)),
-            ("ratings", pa.list_(i32)), ("flags", pa.list_(pa.list_(s))),
-            ("guideline_version", i32), ("created_at", s), ("time_spent_ms", i64),
-        ])
-        return pa.schema([
-            ("task_id", i64), ("prompt_set", s), ("prompt_id", i64), ("prompt", s), ("split", s),
-            ("completions", pa.list_(comp)), ("rankings", pa.list_(ranking)),
-        ])
+        ranking = pa.struct(
+            [
+                ("annotation_id", i64),
+                ("labeler", s),
+                ("ranks", pa.list_(i32)),
+                ("ratings", pa.list_(i32)),
+                ("flags", pa.list_(pa.list_(s))),
+                ("guideline_version", i32),
+                ("created_at", s),
+                ("time_spent_ms", i64),
+            ]
+        )
+        return pa.schema(
+            [
+                ("task_id", i64),
+                ("prompt_set", s),
+                ("prompt_id", i64),
+                ("prompt", s),
+                ("split", s),
+                ("completions", pa.list_(comp)),
+                ("rankings", pa.list_(ranking)),
+            ]
+        )
     raise ValueError(f"format: one of {', '.join(FORMATS)}, not {fmt!r}")
 
 
@@ -213,7 +315,8 @@ def columns(fmt: str, opts: RowOptions) -> list[str]:
 # --- writers --------------------------------------------------------------------------------
 
 
-Batch = list[dict[str, Any]] | bytes | pa.Table  # rows, or already encoded by app.exports.encode
+# Rows, or already encoded by app.exports.encode.
+Batch: TypeAlias = list[dict[str, Any]] | bytes | pa.Table
 
 
 def write_jsonl(batches: Iterable[Batch], *, gz: bool = False) -> Iterator[bytes]:
@@ -269,8 +372,13 @@ def write_parquet(batches: Iterable[Batch], schema: pa.Schema) -> Iterator[bytes
             if isinstance(batch, pa.Table):
                 table = batch
             elif isinstance(batch, list) and batch:
-                table = pa.Table.from_pydict({name: pa.array([row[name] for row in batch], type=schema.field(name).type)
-                                              for name in schema.names}, schema=schema)
+                table = pa.Table.from_pydict(
+                    {
+                        name: pa.array([row[name] for row in batch], type=schema.field(name).type)
+                        for name in schema.names
+                    },
+                    schema=schema,
+                )
             else:
                 continue
             if table.num_rows:
@@ -283,8 +391,7 @@ def write_parquet(batches: Iterable[Batch], schema: pa.Schema) -> Iterator[bytes
     yield sink.take()
 
 
-def write(batches: Iterable[Batch], *, file_type: str,
-          schema: pa.Schema) -> Iterator[bytes]:
+def write(batches: Iterable[Batch], *, file_type: str, schema: pa.Schema) -> Iterator[bytes]:
     if file_type == "parquet":
         return write_parquet(batches, schema)
     if file_type in ("jsonl", "jsonl.gz"):

@@ -51,8 +51,11 @@ class ImportRefused(ValueError):
         self.errors = errors
         self.total = total
         if message is None:
-            message = ("; ".join(map(str, errors)) if errors and all(e.line == 0 for e in errors)
-                       else f"{total} invalid row(s)") + "; nothing was imported"
+            message = (
+                "; ".join(map(str, errors))
+                if errors and all(e.line == 0 for e in errors)
+                else f"{total} invalid row(s)"
+            ) + "; nothing was imported"
         super().__init__(message)
 
 
@@ -132,8 +135,17 @@ def detect_kind(rows: list[tuple[int, Any]]) -> str:
                 return "trl"
             if "chosen" in obj:
                 return "hh"
-    raise ImportRefused([RowError(0, "file", "no row looks like HH-RLHF (chosen/rejected), TRL "
-                                             "(prompt/chosen/rejected) or a ranklab rankings export")], 1)
+    raise ImportRefused(
+        [
+            RowError(
+                0,
+                "file",
+                "no row looks like HH-RLHF (chosen/rejected), TRL "
+                "(prompt/chosen/rejected) or a ranklab rankings export",
+            )
+        ],
+        1,
+    )
 
 
 def _text(obj: dict[str, Any], key: str, line: int, errors: list[RowError]) -> str | None:
@@ -150,8 +162,10 @@ def _text(obj: dict[str, Any], key: str, line: int, errors: list[RowError]) -> s
 def hh_messages(prompt: str) -> list[dict[str, str]]:
     """'\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:' -> chat messages."""
     parts = _TURN.split(prompt)
-    msgs = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
-            for who, text in zip(parts[1::2], parts[2::2], strict=True)]
+    msgs = [
+        {"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+        for who, text in zip(parts[1::2], parts[2::2], strict=True)
+    ]
     return msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"] else msgs
 
 
@@ -168,32 +182,59 @@ def parse_hh(line: int, obj: dict[str, Any], errors: list[RowError]) -> Unit | N
         return None
     prompt, rprompt = chosen[: ic + len(ASSISTANT)], rejected[: ir + len(ASSISTANT)]
     if prompt != rprompt:
-        at = next((i for i, (a, b) in enumerate(zip(prompt, rprompt)) if a != b), min(len(prompt), len(rprompt)))
-        errors.append(RowError(line, "chosen/rejected", "two different dialogues, not one prompt with "
-                                                       f"two endings (they differ at character {at})"))
+        pairs = enumerate(zip(prompt, rprompt, strict=False))
+        at = next((i for i, (a, b) in pairs if a != b), min(len(prompt), len(rprompt)))
+        errors.append(
+            RowError(
+                line,
+                "chosen/rejected",
+                f"two different dialogues, not one prompt with two endings (they differ at character {at})",
+            )
+        )
         return None
-    good, bad = chosen[ic + len(ASSISTANT):], rejected[ir + len(ASSISTANT):]
+    good, bad = chosen[ic + len(ASSISTANT) :], rejected[ir + len(ASSISTANT) :]
     if good == bad:
         errors.append(RowError(line, "rejected", "the same reply as chosen: no preference"))
         return None
-    return Unit(line=line, group=None, prompt=prompt, messages=hh_messages(prompt),
-                completions=[(None, good, None), (None, bad, None)], ranks=[1, 2])
+    return Unit(
+        line=line,
+        group=None,
+        prompt=prompt,
+        messages=hh_messages(prompt),
+        completions=[(None, good, None), (None, bad, None)],
+        ranks=[1, 2],
+    )
 
 
-def _content(value: Any, line: int, key: str, errors: list[RowError]) -> tuple[str, list[dict[str, str]] | None] | None:
+def _content(
+    value: Any, line: int, key: str, errors: list[RowError]
+) -> tuple[str, list[dict[str, str]] | None] | None:
     if isinstance(value, str):
         return value, None
-    if isinstance(value, list) and value and all(
+    if (
+        isinstance(value, list)
+        and value
+        and all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in value):
+            for m in value
+        )
+    ):
         msgs = [{"role": m["role"], "content": m["content"]} for m in value]
         if key == "prompt":
-            text = msgs[0]["content"] if len(msgs) == 1 else "\n\n".join(
-                f"{m['role']}: {m['content']}" for m in msgs)
+            text = (
+                msgs[0]["content"]
+                if len(msgs) == 1
+                else "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs)
+            )
             return text, msgs
         return msgs[-1]["content"], None
-    errors.append(RowError(line, key, "must be a string or a list of {role, content} messages"
-                           if value is not None else "missing"))
+    errors.append(
+        RowError(
+            line,
+            key,
+            "must be a string or a list of {role, content} messages" if value is not None else "missing",
+        )
+    )
     return None
 
 
@@ -208,8 +249,14 @@ def parse_trl(line: int, obj: dict[str, Any], errors: list[RowError]) -> Unit | 
     if good == bad:
         errors.append(RowError(line, "rejected", "the same text as chosen: no preference"))
         return None
-    return Unit(line=line, group=None, prompt=prompt, messages=msgs,
-                completions=[(None, good, None), (None, bad, None)], ranks=[1, 2])
+    return Unit(
+        line=line,
+        group=None,
+        prompt=prompt,
+        messages=msgs,
+        completions=[(None, good, None), (None, bad, None)],
+        ranks=[1, 2],
+    )
 
 
 def _int(v: Any) -> bool:
@@ -241,7 +288,7 @@ def parse_ranking(line: int, obj: dict[str, Any], errors: list[RowError]) -> Uni
         if not isinstance(c.get("text"), str):
             errors.append(RowError(line, f"{where}.text", "missing or not a string"))
         rank, rating, fl = c.get("rank"), c.get("rating"), c.get("flags") or []
-        if not skip and not (_int(rank) and rank >= 1):
+        if not skip and not (_int(rank) and rank >= 1):  # type: ignore[operator]
             errors.append(RowError(line, f"{where}.rank", "must be an integer >= 1 (1 = best)"))
         if rating is not None and not (_int(rating) and 1 <= rating <= 7):
             errors.append(RowError(line, f"{where}.rating", "must be an integer 1-7 or null"))
@@ -249,7 +296,7 @@ def parse_ranking(line: int, obj: dict[str, Any], errors: list[RowError]) -> Uni
             errors.append(RowError(line, f"{where}.flags", "must be a list of strings"))
         policy = c.get("policy")
         out.append((c.get("completion_id"), c.get("text") or "", policy if isinstance(policy, str) else None))
-        ranks.append(rank if _int(rank) else 0)
+        ranks.append(rank if _int(rank) else 0)  # type: ignore[arg-type]
         ratings.append(rating)
         flags.append(list(fl) if isinstance(fl, list) else [])
         positions.append(c["position"] if _int(c.get("position")) else None)
@@ -269,11 +316,23 @@ def parse_ranking(line: int, obj: dict[str, Any], errors: list[RowError]) -> Uni
             errors.append(RowError(line, key, "must be an integer or null"))
     if len(errors) > n or prompt is None:
         return None
-    return Unit(line=line, group=obj.get("task_id"), prompt=prompt, messages=None, completions=out,
-                ranks=[] if skip else dense_ranks(ranks), ratings=ratings, flags=flags,
-                labeler=str(obj.get("labeler") or ""), notes=str(obj.get("notes") or ""),
-                time_spent_ms=obj.get("time_spent_ms"), guideline_version=obj.get("guideline_version"),
-                created_at=created_at, skip_reason=skip, positions=positions)
+    return Unit(
+        line=line,
+        group=obj.get("task_id"),
+        prompt=prompt,
+        messages=None,
+        completions=out,
+        ranks=[] if skip else dense_ranks(ranks),
+        ratings=ratings,
+        flags=flags,
+        labeler=str(obj.get("labeler") or ""),
+        notes=str(obj.get("notes") or ""),
+        time_spent_ms=obj.get("time_spent_ms"),
+        guideline_version=obj.get("guideline_version"),
+        created_at=created_at,
+        skip_reason=skip,
+        positions=positions,
+    )
 
 
 PARSERS = {"hh": parse_hh, "trl": parse_trl, "rankings": parse_ranking}
@@ -332,8 +391,13 @@ def _system_user(session: Session, username: str) -> int:
             raise ImportRefused([RowError(0, "name", f"user {username!r} exists and is a person")], 1)
         return existing.id
     # "!" is no argon2 hash: nothing verifies against it, and is_system refuses logins anyway.
-    user = User(username=username, password_hash="!", role=Role.labeler, is_system=True,
-                is_active=False)
+    user = User(
+        username=username,
+        password_hash="!",  # noqa: S106
+        role=Role.labeler,
+        is_system=True,
+        is_active=False,
+    )
     session.add(user)
     session.flush()
     return user.id
@@ -346,9 +410,16 @@ def _bulk(session: Session, model: Any, rows: list[dict[str, Any]]) -> list[int]
     return [r[0] for r in result]
 
 
-def import_preferences(*, session: Session, data: bytes, filename: str, name: str,
-                       kind: str = "auto", skip_invalid: bool = False,
-                       created_by_id: int | None = None) -> ImportResult:
+def import_preferences(
+    *,
+    session: Session,
+    data: bytes,
+    filename: str,
+    name: str,
+    kind: str = "auto",
+    skip_invalid: bool = False,
+    created_by_id: int | None = None,
+) -> ImportResult:
     """Validate everything, then write it all (or nothing: the caller's transaction)."""
     name = name.strip()
     if not name:
@@ -357,10 +428,15 @@ def import_preferences(*, session: Session, data: bytes, filename: str, name: st
         raise ImportRefused([RowError(0, "name", f"a prompt set called {name!r} exists")], 1)
     kind, units, errors, total = parse(data, filename, kind=kind)
     if errors and not skip_invalid:
-        raise ImportRefused(errors[:MAX_LISTED], len(errors),
-                            f"{len({e.line for e in errors})} invalid row(s) of {total}; nothing was imported")
+        raise ImportRefused(
+            errors[:MAX_LISTED],
+            len(errors),
+            f"{len({e.line for e in errors})} invalid row(s) of {total}; nothing was imported",
+        )
     if not units:
-        raise ImportRefused(errors[:MAX_LISTED] or [RowError(0, "file", "no valid rows")], max(len(errors), 1))
+        raise ImportRefused(
+            errors[:MAX_LISTED] or [RowError(0, "file", "no valid rows")], max(len(errors), 1)
+        )
 
     # Tasks: rows of one source task (rankings exports) share it, other rows get their own.
     tasks: dict[Any, list[Unit]] = {}
@@ -378,20 +454,40 @@ def import_preferences(*, session: Session, data: bytes, filename: str, name: st
     k = max(len(c) for c in comps_of.values())
     overlap = max(sum(1 for u in g if not u.skip_reason) for g in tasks.values())
     skipped = errors[:MAX_LISTED]
-    ps = PromptSet(name=name, k=k, overlap=max(overlap, 1), status="archived", source_filename=filename,
-                   created_by_id=created_by_id, flags=[],
-                   report={"imported": {"kind": kind, "rows": total, "imported": len(units),
-                                        "skipped": len(errors),
-                                        "skipped_rows": [str(e) for e in skipped]}})
+    ps = PromptSet(
+        name=name,
+        k=k,
+        overlap=max(overlap, 1),
+        status="archived",
+        source_filename=filename,
+        created_by_id=created_by_id,
+        flags=[],
+        report={
+            "imported": {
+                "kind": kind,
+                "rows": total,
+                "imported": len(units),
+                "skipped": len(errors),
+                "skipped_rows": [str(e) for e in skipped],
+            }
+        },
+    )
     session.add(ps)
     session.flush()
 
     # Versions and labelers: one of each, or one per source policy / labeler for rankings.
     source = f"imported:{name}"
     versions: dict[str | None, int] = {}
-    for pol in sorted({c[2] for cs in comps_of.values() for _, c in cs}, key=lambda p: (p is not None, p or "")):
-        mv = ModelVersion(kind=ModelKind.policy, name=f"{source}" + (f"/{pol}" if pol else ""),
-                          source=source, is_active=False, config={"imported_policy": pol})
+    for pol in sorted(
+        {c[2] for cs in comps_of.values() for _, c in cs}, key=lambda p: (p is not None, p or "")
+    ):
+        mv = ModelVersion(
+            kind=ModelKind.policy,
+            name=f"{source}" + (f"/{pol}" if pol else ""),
+            source=source,
+            is_active=False,
+            config={"imported_policy": pol},
+        )
         session.add(mv)
         session.flush()
         versions[pol] = mv.id
@@ -406,21 +502,46 @@ def import_preferences(*, session: Session, data: bytes, filename: str, name: st
         u = group[0]
         if u.prompt not in prompt_ids:
             prompt_ids[u.prompt] = -1
-            new_prompts.append({"prompt_set_id": ps.id, "text": u.prompt, "text_hash": sha256(u.prompt),
-                                "meta": {"messages": u.messages} if u.messages else {},
-                                "source_line": u.line, "created_at": now})
+            new_prompts.append(
+                {
+                    "prompt_set_id": ps.id,
+                    "text": u.prompt,
+                    "text_hash": sha256(u.prompt),
+                    "meta": {"messages": u.messages} if u.messages else {},
+                    "source_line": u.line,
+                    "created_at": now,
+                }
+            )
     for row, pid in zip(new_prompts, _bulk(session, Prompt, new_prompts), strict=True):
-        prompt_ids[row["text"]] = pid
+        prompt_ids[str(row["text"])] = pid
     keys = list(tasks)
-    task_ids = _bulk(session, Task, [
-        {"prompt_id": prompt_ids[tasks[key][0].prompt], "prompt_set_id": ps.id, "status": "closed",
-         "label_count": sum(1 for u in tasks[key] if not u.skip_reason), "created_at": now}
-        for key in keys])
+    task_ids = _bulk(
+        session,
+        Task,
+        [
+            {
+                "prompt_id": prompt_ids[tasks[key][0].prompt],
+                "prompt_set_id": ps.id,
+                "status": "closed",
+                "label_count": sum(1 for u in tasks[key] if not u.skip_reason),
+                "created_at": now,
+            }
+            for key in keys
+        ],
+    )
     comp_rows, comp_keys = [], []
     for key, tid in zip(keys, task_ids, strict=True):
         for ck, c in comps_of[key]:
-            comp_rows.append({"task_id": tid, "model_version_id": versions[c[2]], "text": c[1],
-                              "params": {}, "finish_reason": None, "created_at": now})
+            comp_rows.append(
+                {
+                    "task_id": tid,
+                    "model_version_id": versions[c[2]],
+                    "text": c[1],
+                    "params": {},
+                    "finish_reason": None,
+                    "created_at": now,
+                }
+            )
             comp_keys.append((key, ck))
     comp_id = dict(zip(comp_keys, _bulk(session, Completion, comp_rows), strict=True))
 
@@ -429,27 +550,58 @@ def import_preferences(*, session: Session, data: bytes, filename: str, name: st
         for u in tasks[key]:
             ids = [comp_id[(key, _ckey(u, i))] for i in range(len(u.completions))]
             ann_units.append((u, tid, ids))
-    assign_ids = _bulk(session, Assignment, [
-        {"task_id": tid, "user_id": users[u.labeler], "state": "skipped" if u.skip_reason else "submitted",
-         "display_order": ids, "lease_expires_at": now, "finished_at": u.created_at or now, "created_at": now}
-        for u, tid, ids in ann_units])
-    ann_ids = _bulk(session, Annotation, [
-        {"assignment_id": aid, "task_id": tid, "user_id": users[u.labeler],
-         "guideline_version": u.guideline_version, "skip_reason": u.skip_reason, "notes": u.notes,
-         "time_spent_ms": u.time_spent_ms, "inconsistency_confirmed": False,
-         "created_at": u.created_at or now}
-        for (u, tid, _), aid in zip(ann_units, assign_ids, strict=True)])
+    assign_ids = _bulk(
+        session,
+        Assignment,
+        [
+            {
+                "task_id": tid,
+                "user_id": users[u.labeler],
+                "state": "skipped" if u.skip_reason else "submitted",
+                "display_order": ids,
+                "lease_expires_at": now,
+                "finished_at": u.created_at or now,
+                "created_at": now,
+            }
+            for u, tid, ids in ann_units
+        ],
+    )
+    ann_ids = _bulk(
+        session,
+        Annotation,
+        [
+            {
+                "assignment_id": aid,
+                "task_id": tid,
+                "user_id": users[u.labeler],
+                "guideline_version": u.guideline_version,
+                "skip_reason": u.skip_reason,
+                "notes": u.notes,
+                "time_spent_ms": u.time_spent_ms,
+                "inconsistency_confirmed": False,
+                "created_at": u.created_at or now,
+            }
+            for (u, tid, _), aid in zip(ann_units, assign_ids, strict=True)
+        ],
+    )
     items = []
     for (u, _, ids), ann_id in zip(ann_units, ann_ids, strict=True):
         if u.skip_reason:
             continue
         for pos, cid in enumerate(ids):
-            items.append({"annotation_id": ann_id, "completion_id": cid, "rank": u.ranks[pos],
-                          "rating": u.ratings[pos] if u.ratings else None,
-                          "flags": u.flags[pos] if u.flags else [],
-                          "position": u.positions[pos] if u.positions else pos})
+            items.append(
+                {
+                    "annotation_id": ann_id,
+                    "completion_id": cid,
+                    "rank": u.ranks[pos],
+                    "rating": u.ratings[pos] if u.ratings else None,
+                    "flags": u.flags[pos] if u.flags else [],
+                    "position": u.positions[pos] if u.positions else pos,
+                }
+            )
     if items:
         session.execute(insert(AnnotationItem), items)
     session.flush()
-    return ImportResult(prompt_set=ps, kind=kind, rows=total, imported=len(units), tasks=len(keys),
-                        skipped=errors)
+    return ImportResult(
+        prompt_set=ps, kind=kind, rows=total, imported=len(units), tasks=len(keys), skipped=errors
+    )

@@ -173,8 +173,10 @@ class LabelerStats:
 def contradicts(items: Sequence[It]) -> bool:
     """An output ranked strictly lower yet rated strictly higher than another."""
     rated = [it for it in items if it.rating is not None]
-    return any((a.rank < b.rank and a.rating < b.rating) or (b.rank < a.rank and b.rating < a.rating)  # type: ignore[operator]
-               for a, b in combinations(rated, 2))
+    return any(
+        (a.rank < b.rank and a.rating < b.rating) or (b.rank < a.rank and b.rating < a.rating)  # type: ignore[operator]
+        for a, b in combinations(rated, 2)
+    )
 
 
 def first_shown_win(items: Sequence[It]) -> float | None:
@@ -197,13 +199,18 @@ def labeler_stats(anns: Sequence[Ann]) -> list[LabelerStats]:
         done = [a for a in mine if not a.skipped and a.items]
         times = [a.time_spent_ms / 1000 for a in done if a.time_spent_ms is not None]
         wins = [(w, 1 / len(a.items)) for a in done if (w := first_shown_win(a.items)) is not None]
-        out.append(LabelerStats(
-            user_id=uid, annotations=len(done), skipped=sum(1 for a in mine if a.skipped),
-            median_time_s=statistics.median(times) if times else None,
-            first_wins=statistics.fmean(w for w, _ in wins) if wins else 0.0,
-            first_expected=statistics.fmean(e for _, e in wins) if wins else 0.0,
-            contradictions=sum(1 for a in done if contradicts(a.items)),
-            agreement=per_agree.get(uid, Agreement())))
+        out.append(
+            LabelerStats(
+                user_id=uid,
+                annotations=len(done),
+                skipped=sum(1 for a in mine if a.skipped),
+                median_time_s=statistics.median(times) if times else None,
+                first_wins=statistics.fmean(w for w, _ in wins) if wins else 0.0,
+                first_expected=statistics.fmean(e for _, e in wins) if wins else 0.0,
+                contradictions=sum(1 for a in done if contradicts(a.items)),
+                agreement=per_agree.get(uid, Agreement()),
+            )
+        )
     return out
 
 
@@ -255,17 +262,27 @@ def win_rates(anns: Iterable[Ann], *, newer_than: dict[int, Any] | None = None) 
     return [acc[k] for k in sorted(acc, key=lambda k: (k[0] or 0, k[1], k[2]))]
 
 
-def load(*, session: Session, prompt_set_ids: Sequence[int] = (),
-         since: datetime | None = None) -> list[Ann]:
+def load(*, session: Session, prompt_set_ids: Sequence[int] = (), since: datetime | None = None) -> list[Ann]:
     """The annotations of some prompt sets (all when none given), skipped ones included."""
-    q = (select(Annotation.id, Annotation.task_id, Annotation.user_id, Annotation.skip_reason,
-                Annotation.time_spent_ms, Task.prompt_set_id, AnnotationItem.completion_id,
-                AnnotationItem.rank, AnnotationItem.rating, AnnotationItem.position,
-                Completion.model_version_id)
-         .join(Task, Task.id == Annotation.task_id)
-         .outerjoin(AnnotationItem, AnnotationItem.annotation_id == Annotation.id)
-         .outerjoin(Completion, Completion.id == AnnotationItem.completion_id)
-         .order_by(Annotation.id, AnnotationItem.completion_id))
+    q = (
+        select(
+            Annotation.id,
+            Annotation.task_id,
+            Annotation.user_id,
+            Annotation.skip_reason,
+            Annotation.time_spent_ms,
+            Task.prompt_set_id,
+            AnnotationItem.completion_id,
+            AnnotationItem.rank,
+            AnnotationItem.rating,
+            AnnotationItem.position,
+            Completion.model_version_id,
+        )
+        .join(Task, Task.id == Annotation.task_id)
+        .outerjoin(AnnotationItem, AnnotationItem.annotation_id == Annotation.id)
+        .outerjoin(Completion, Completion.id == AnnotationItem.completion_id)
+        .order_by(Annotation.id, AnnotationItem.completion_id)
+    )
     if prompt_set_ids:
         q = q.where(Task.prompt_set_id.in_(list(prompt_set_ids)))
     if since is not None:
@@ -273,8 +290,16 @@ def load(*, session: Session, prompt_set_ids: Sequence[int] = (),
     out: list[Ann] = []
     for row in session.execute(q.execution_options(yield_per=5000)):
         if not out or out[-1].id != row[0]:
-            out.append(Ann(id=row[0], task_id=row[1], user_id=row[2], skipped=row[3] is not None,
-                           time_spent_ms=row[4], prompt_set_id=row[5]))
+            out.append(
+                Ann(
+                    id=row[0],
+                    task_id=row[1],
+                    user_id=row[2],
+                    skipped=row[3] is not None,
+                    time_spent_ms=row[4],
+                    prompt_set_id=row[5],
+                )
+            )
         if row[6] is not None:
             out[-1].items.append(It(row[6], row[7], row[8], row[9], row[10]))
     return out
@@ -282,5 +307,7 @@ def load(*, session: Session, prompt_set_ids: Sequence[int] = (),
 
 def version_order(*, session: Session) -> dict[int, tuple[object, int]]:
     """Model version id -> sort key by creation time, so "newer" means created later."""
-    return {vid: (created, vid) for vid, created in session.execute(
-        select(ModelVersion.id, ModelVersion.created_at))}
+    return {
+        vid: (created, vid)
+        for vid, created in session.execute(select(ModelVersion.id, ModelVersion.created_at))
+    }

@@ -63,8 +63,7 @@ def pseudonym(user_id: int, secret: str) -> str:
     return f"L-{digest[:6]}"
 
 
-def split_of(prompt: str, *, seed: int = 0,
-             fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)) -> str:
+def split_of(prompt: str, *, seed: int = 0, fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)) -> str:
     """train/validation/test from a hash of the prompt text: the same prompt is always in the
     same split, in every export and on every machine, so no prompt is in two splits."""
     digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
@@ -108,16 +107,22 @@ def _conditions(filters: Filters) -> list[Any]:
         conds.append(Annotation.skip_reason.is_(None))
     if filters.policy_version_ids:
         # Correlated EXISTS (index on completion.task_id), not IN (subquery): no full scan per page.
-        conds.append(select(Completion.id).where(
-            Completion.task_id == Annotation.task_id,
-            Completion.model_version_id.in_(filters.policy_version_ids)).exists())
+        conds.append(
+            select(Completion.id)
+            .where(
+                Completion.task_id == Annotation.task_id,
+                Completion.model_version_id.in_(filters.policy_version_ids),
+            )
+            .exists()
+        )
     if filters.min_labels > 1:
         conds.append(Task.label_count >= filters.min_labels)  # kept up to date by labeling
     return conds
 
 
-def _id_pages(session: Session, filters: Filters, *, by_task: bool,
-              page: int = PAGE_ANNOTATIONS) -> Iterator[list[int]]:
+def _id_pages(
+    session: Session, filters: Filters, *, by_task: bool, page: int = PAGE_ANNOTATIONS
+) -> Iterator[list[int]]:
     """Matching annotation ids in export order, a page at a time (keyset paging: each query is
     short and bounded, so no database sorts the whole result and no cursor stays open)."""
     conds = _conditions(filters)
@@ -126,8 +131,12 @@ def _id_pages(session: Session, filters: Filters, *, by_task: bool,
     while True:
         q = select(Annotation.id, Annotation.task_id).join(Task, Task.id == Annotation.task_id)
         if by_task:
-            q = q.where(or_(Annotation.task_id > last_task,
-                            and_(Annotation.task_id == last_task, Annotation.id > last_id)))
+            q = q.where(
+                or_(
+                    Annotation.task_id > last_task,
+                    and_(Annotation.task_id == last_task, Annotation.id > last_id),
+                )
+            )
             q = q.order_by(Annotation.task_id, Annotation.id)
         else:
             q = q.where(Annotation.id > last_id).order_by(Annotation.id)
@@ -142,24 +151,49 @@ def _id_pages(session: Session, filters: Filters, *, by_task: bool,
 
 
 def _annotations_query(ids: list[int], *, with_meta: bool) -> Select[Any]:
-    cols = [Annotation.id, Annotation.task_id, Annotation.user_id, Annotation.guideline_version,
-            Annotation.created_at, Annotation.time_spent_ms, Annotation.notes, Annotation.skip_reason,
-            Annotation.inconsistency_confirmed, Task.prompt_set_id, Prompt.id, Prompt.text]
+    cols: list[Any] = [
+        Annotation.id,
+        Annotation.task_id,
+        Annotation.user_id,
+        Annotation.guideline_version,
+        Annotation.created_at,
+        Annotation.time_spent_ms,
+        Annotation.notes,
+        Annotation.skip_reason,
+        Annotation.inconsistency_confirmed,
+        Task.prompt_set_id,
+        Prompt.id,
+        Prompt.text,
+    ]
     if with_meta:
         cols.append(Prompt.meta)
-    return (select(*cols).join(Task, Task.id == Annotation.task_id)
-            .join(Prompt, Prompt.id == Task.prompt_id).where(Annotation.id.in_(ids)))
+    return (
+        select(*cols)
+        .join(Task, Task.id == Annotation.task_id)
+        .join(Prompt, Prompt.id == Task.prompt_id)
+        .where(Annotation.id.in_(ids))
+    )
 
 
 def _items_query(ids: list[int], *, with_flags: bool) -> Select[Any]:
     # Flags are JSON, decoded per row: read them only when a format or filter needs them.
-    cols = [AnnotationItem.annotation_id, AnnotationItem.completion_id, AnnotationItem.rank,
-            AnnotationItem.rating, AnnotationItem.position, Completion.text, Completion.model_version_id]
+    cols: list[Any] = [
+        AnnotationItem.annotation_id,
+        AnnotationItem.completion_id,
+        AnnotationItem.rank,
+        AnnotationItem.rating,
+        AnnotationItem.position,
+        Completion.text,
+        Completion.model_version_id,
+    ]
     if with_flags:
         cols.append(AnnotationItem.flags)
-    return (select(*cols).join(Completion, Completion.id == AnnotationItem.completion_id)
-            .where(AnnotationItem.annotation_id.in_(ids))
-            .order_by(AnnotationItem.annotation_id, AnnotationItem.completion_id))
+    return (
+        select(*cols)
+        .join(Completion, Completion.id == AnnotationItem.completion_id)
+        .where(AnnotationItem.annotation_id.in_(ids))
+        .order_by(AnnotationItem.annotation_id, AnnotationItem.completion_id)
+    )
 
 
 @dataclass
@@ -173,14 +207,27 @@ class Counts:
     prompts: set[int] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "annotations": self.annotations, "pairs": self.pairs,
-                "ties": self.ties, "tasks": len(self.tasks), "prompts": len(self.prompts),
-                "rows_by_split": dict(self.by_split)}
+        return {
+            "rows": self.rows,
+            "annotations": self.annotations,
+            "pairs": self.pairs,
+            "ties": self.ties,
+            "tasks": len(self.tasks),
+            "prompts": len(self.prompts),
+            "rows_by_split": dict(self.by_split),
+        }
 
 
-def iter_records(*, session: Session, filters: Filters, secret: str, real_names: bool = False,
-                 with_meta: bool = False, by_task: bool = False,
-                 with_flags: bool = True) -> Iterator[AnnotationRecord]:
+def iter_records(
+    *,
+    session: Session,
+    filters: Filters,
+    secret: str,
+    real_names: bool = False,
+    with_meta: bool = False,
+    by_task: bool = False,
+    with_flags: bool = True,
+) -> Iterator[AnnotationRecord]:
     """Annotations one at a time (items in completion order), filtered, with their split."""
     set_names = dict(session.execute(select(PromptSet.id, PromptSet.name)).all())
     policy_names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
@@ -194,10 +241,18 @@ def iter_records(*, session: Session, filters: Filters, secret: str, real_names:
         anns = {row[0]: row for row in session.execute(_annotations_query(ids, with_meta=with_meta))}
         items: dict[int, list[ItemRecord]] = {}
         for r in session.execute(_items_query(ids, with_flags=with_flags)):
-            items.setdefault(r[0], []).append(ItemRecord(
-                completion_id=r[1], text=r[5], rank=r[2], rating=r[3],
-                flags=(r[7] or []) if with_flags else [], position=r[4], model_version_id=r[6],
-                policy=policy_names.get(r[6])))
+            items.setdefault(r[0], []).append(
+                ItemRecord(
+                    completion_id=r[1],
+                    text=r[5],
+                    rank=r[2],
+                    rating=r[3],
+                    flags=(r[7] or []) if with_flags else [],
+                    position=r[4],
+                    model_version_id=r[6],
+                    policy=policy_names.get(r[6]),
+                )
+            )
         for ann_id in ids:
             row = anns.get(ann_id)
             if row is None:
@@ -205,8 +260,9 @@ def iter_records(*, session: Session, filters: Filters, secret: str, real_names:
             user_id, prompt_id, prompt = row[2], row[10], row[11]
             split = splits.get(prompt_id)
             if split is None:
-                split = splits[prompt_id] = split_of(prompt, seed=filters.split_seed,
-                                                     fractions=filters.split_fractions)
+                split = splits[prompt_id] = split_of(
+                    prompt, seed=filters.split_seed, fractions=filters.split_fractions
+                )
             if filters.split and split != filters.split:
                 continue
             mine = items.get(ann_id, [])
@@ -214,28 +270,52 @@ def iter_records(*, session: Session, filters: Filters, secret: str, real_names:
                 continue
             name = labelers.get(user_id)
             if name is None:
-                name = labelers[user_id] = (usernames[user_id] if real_names
-                                            else pseudonym(user_id, secret))
+                name = labelers[user_id] = usernames[user_id] if real_names else pseudonym(user_id, secret)
             yield AnnotationRecord(
-                annotation_id=ann_id, task_id=row[1], prompt_set=set_names.get(row[9], ""),
-                prompt_id=prompt_id, prompt=prompt,
+                annotation_id=ann_id,
+                task_id=row[1],
+                prompt_set=set_names.get(row[9], ""),
+                prompt_id=prompt_id,
+                prompt=prompt,
                 prompt_messages=(row[12] or {}).get("messages") if with_meta else None,
-                labeler=name, guideline_version=row[3], created_at=row[4], time_spent_ms=row[5],
-                notes=row[6] or "", skip_reason=row[7], inconsistency_confirmed=bool(row[8]),
-                split=split, items=mine)
+                labeler=name,
+                guideline_version=row[3],
+                created_at=row[4],
+                time_spent_ms=row[5],
+                notes=row[6] or "",
+                skip_reason=row[7],
+                inconsistency_confirmed=bool(row[8]),
+                split=split,
+                items=mine,
+            )
 
 
-def iter_rows(*, session: Session, fmt: str, filters: Filters, opts: RowOptions, secret: str,
-              real_names: bool = False, counts: Counts | None = None, file_type: str = "jsonl",
-              batch_annotations: int = BATCH_ANNOTATIONS) -> Iterator[formats.Batch]:
+def iter_rows(
+    *,
+    session: Session,
+    fmt: str,
+    filters: Filters,
+    opts: RowOptions,
+    secret: str,
+    real_names: bool = False,
+    counts: Counts | None = None,
+    file_type: str = "jsonl",
+    batch_annotations: int = BATCH_ANNOTATIONS,
+) -> Iterator[formats.Batch]:
     """Batches of format `fmt`, counted into `counts` as they go: JSON Lines bytes or Arrow
     tables for the pair formats (see app.exports.encode), lists of row dicts for the others."""
     if fmt not in formats.FORMATS:
         raise ExportError(f"format: one of {', '.join(formats.FORMATS)}, not {fmt!r}")
     counts = counts if counts is not None else Counts()
-    records = iter_records(session=session, filters=filters, secret=secret, real_names=real_names,
-                           with_meta=fmt == "trl" and opts.conversational, by_task=fmt == "groups",
-                           with_flags=fmt in ("rankings", "groups"))
+    records = iter_records(
+        session=session,
+        filters=filters,
+        secret=secret,
+        real_names=real_names,
+        with_meta=fmt == "trl" and opts.conversational,
+        by_task=fmt == "groups",
+        with_flags=fmt in ("rankings", "groups"),
+    )
 
     def note(rec: AnnotationRecord, n_rows: int) -> None:
         counts.annotations += 1
@@ -331,22 +411,39 @@ class Export:
     def manifest(self, *, filename: str | None = None) -> dict[str, Any]:
         return {
             "schema_version": formats.SCHEMA_VERSION,
-            "format": self.fmt, "file_type": self.file_type, "filename": filename,
+            "format": self.fmt,
+            "file_type": self.file_type,
+            "filename": filename,
             "columns": formats.columns(self.fmt, self.opts),
-            "options": {"conversational": self.opts.conversational, "margin": self.opts.margin,
-                        "real_names": self.real_names},
+            "options": {
+                "conversational": self.opts.conversational,
+                "margin": self.opts.margin,
+                "real_names": self.real_names,
+            },
             "filters": self.filters.describe(),
             "counts": self.counts.as_dict(),
-            "sha256": self.stream.sha.hexdigest(), "bytes": self.stream.size,
+            "sha256": self.stream.sha.hexdigest(),
+            "bytes": self.stream.size,
             "exported_at": self.started_at.isoformat(),
-            "split": {"by": "sha256(seed, prompt text)", "seed": self.filters.split_seed,
-                      "fractions": dict(zip(SPLITS, self.filters.split_fractions, strict=True))},
+            "split": {
+                "by": "sha256(seed, prompt text)",
+                "seed": self.filters.split_seed,
+                "fractions": dict(zip(SPLITS, self.filters.split_fractions, strict=True)),
+            },
         }
 
 
-def export(*, session_factory: Callable[[], Session], fmt: str, file_type: str, filters: Filters,
-           opts: RowOptions, secret: str, real_names: bool = False,
-           batch_annotations: int = BATCH_ANNOTATIONS) -> Export:
+def export(
+    *,
+    session_factory: Callable[[], Session],
+    fmt: str,
+    file_type: str,
+    filters: Filters,
+    opts: RowOptions,
+    secret: str,
+    real_names: bool = False,
+    batch_annotations: int = BATCH_ANNOTATIONS,
+) -> Export:
     """An export ready to stream. Its session opens when the first bytes are asked for and
     closes when the stream ends, so a web response can outlive the request's session."""
     if fmt not in formats.FORMATS:
@@ -360,13 +457,29 @@ def export(*, session_factory: Callable[[], Session], fmt: str, file_type: str, 
 
     def chunks() -> Iterator[bytes]:
         with session_factory() as session:
-            batches = iter_rows(session=session, fmt=fmt, filters=filters, opts=opts, secret=secret,
-                                real_names=real_names, counts=counts, file_type=file_type,
-                                batch_annotations=batch_annotations)
+            batches = iter_rows(
+                session=session,
+                fmt=fmt,
+                filters=filters,
+                opts=opts,
+                secret=secret,
+                real_names=real_names,
+                counts=counts,
+                file_type=file_type,
+                batch_annotations=batch_annotations,
+            )
             yield from formats.write(batches, file_type=file_type, schema=schema)
 
-    return Export(fmt=fmt, file_type=file_type, filters=filters, opts=opts, real_names=real_names,
-                  counts=counts, stream=HashingStream(chunks()), started_at=utcnow())
+    return Export(
+        fmt=fmt,
+        file_type=file_type,
+        filters=filters,
+        opts=opts,
+        real_names=real_names,
+        counts=counts,
+        stream=HashingStream(chunks()),
+        started_at=utcnow(),
+    )
 
 
 def filename_for(fmt: str, file_type: str, split: str | None = None) -> str:

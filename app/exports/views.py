@@ -49,8 +49,9 @@ def _ints(q: QueryParams, name: str) -> list[int]:
     return out
 
 
-def parse_request(q: QueryParams, *, user: User, session: Any,
-                  secret: str) -> tuple[exports.Filters, RowOptions, str, bool]:
+def parse_request(
+    q: QueryParams, *, user: User, session: Any, secret: str
+) -> tuple[exports.Filters, RowOptions, str, bool]:
     """Filters and options from query parameters; ExportError names a bad one."""
     real_names = q.get("real_names", "").lower() in TRUE
     if real_names and user.role != Role.admin:
@@ -68,13 +69,17 @@ def parse_request(q: QueryParams, *, user: User, session: Any,
         raise exports.ExportError("fractions: three non-negative numbers: train,validation,test")
     labelers = [n for v in q.getlist("labeler") for n in v.split(",") if n.strip()]
     filters = exports.Filters(
-        prompt_set_ids=_ints(q, "set"), policy_version_ids=_ints(q, "policy"),
-        since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+        prompt_set_ids=_ints(q, "set"),
+        policy_version_ids=_ints(q, "policy"),
+        since=_time(q.get("since"), "since"),
+        until=_time(q.get("until"), "until"),
         labeler_ids=exports.resolve_labelers(session=session, names=labelers, secret=secret),
         include_skipped=q.get("include_skipped", "").lower() in TRUE,
         exclude_flagged=q.get("exclude_flagged", "").lower() in TRUE,
-        min_labels=min_labels, split=q.get("split") or None, split_seed=seed,
-        split_fractions=fractions,  # type: ignore[arg-type]
+        min_labels=min_labels,
+        split=q.get("split") or None,
+        split_seed=seed,
+        split_fractions=fractions,
     )
     opts = RowOptions(conversational=q.get("conversational", "").lower() in TRUE, margin=margin)  # type: ignore[arg-type]
     return filters, opts, q.get("file") or "jsonl", real_names
@@ -82,10 +87,18 @@ def parse_request(q: QueryParams, *, user: User, session: Any,
 
 def _start(request: Request, fmt: str, user: User, session: Any) -> exports.Export:
     secret = request.app.state.settings.secret_key
-    filters, opts, file_type, real_names = parse_request(request.query_params, user=user,
-                                                         session=session, secret=secret)
-    return exports.export(session_factory=request.app.state.sessionmaker, fmt=fmt, file_type=file_type,
-                          filters=filters, opts=opts, secret=secret, real_names=real_names)
+    filters, opts, file_type, real_names = parse_request(
+        request.query_params, user=user, session=session, secret=secret
+    )
+    return exports.export(
+        session_factory=request.app.state.sessionmaker,
+        fmt=fmt,
+        file_type=file_type,
+        filters=filters,
+        opts=opts,
+        secret=secret,
+        real_names=real_names,
+    )
 
 
 def _stream(request: Request, fmt: str, user: User, session: Any, manifest_url: str) -> Response:
@@ -101,8 +114,7 @@ def _stream(request: Request, fmt: str, user: User, session: Any, manifest_url: 
         "Link": f'<{manifest_url}{"?" + query if query else ""}>; rel="describedby"',
         "Cache-Control": "no-store",
     }
-    return StreamingResponse(iter(ex.stream), media_type=formats.MEDIA_TYPES[ex.file_type],
-                             headers=headers)
+    return StreamingResponse(iter(ex.stream), media_type=formats.MEDIA_TYPES[ex.file_type], headers=headers)
 
 
 def _manifest(request: Request, fmt: str, user: User, session: Any) -> Response:
@@ -123,9 +135,16 @@ def _manifest(request: Request, fmt: str, user: User, session: Any) -> Response:
 def _choices(session: Any) -> dict[str, Any]:
     return {
         "sets": list(session.execute(select(PromptSet.id, PromptSet.name).order_by(PromptSet.id))),
-        "policies": list(session.execute(select(ModelVersion.id, ModelVersion.name)
-                                         .where(ModelVersion.kind == "policy").order_by(ModelVersion.id))),
-        "formats": formats.FORMATS, "file_types": formats.FILE_TYPES, "splits": exports.SPLITS,
+        "policies": list(
+            session.execute(
+                select(ModelVersion.id, ModelVersion.name)
+                .where(ModelVersion.kind == "policy")
+                .order_by(ModelVersion.id)
+            )
+        ),
+        "formats": formats.FORMATS,
+        "file_types": formats.FILE_TYPES,
+        "splits": exports.SPLITS,
     }
 
 
@@ -152,9 +171,13 @@ def import_page(request: Request, user: CurrentResearcher) -> Response:
 
 @router.post("/exports/import")
 async def import_upload(
-    request: Request, user: CurrentResearcher, session: SessionDep,
-    file: Annotated[UploadFile, File()], name: Annotated[str, Form()],
-    kind: Annotated[str, Form()] = "auto", skip_invalid: Annotated[bool, Form()] = False,
+    request: Request,
+    user: CurrentResearcher,
+    session: SessionDep,
+    file: Annotated[UploadFile, File()],
+    name: Annotated[str, Form()],
+    kind: Annotated[str, Form()] = "auto",
+    skip_invalid: Annotated[bool, Form()] = False,
 ) -> Response:
     limit = int(request.app.state.settings.max_upload_mb * 1024 * 1024)
     data = await file.read(limit + 1)
@@ -163,9 +186,15 @@ async def import_upload(
         ctx["refused"] = f"{file.filename}: larger than {request.app.state.settings.max_upload_mb:g} MB"
         return render(request, "exports/import.html", ctx, status_code=413)
     try:
-        result = importer.import_preferences(session=session, data=data, filename=file.filename or "upload",
-                                             name=name, kind=kind, skip_invalid=skip_invalid,
-                                             created_by_id=user.id)
+        result = importer.import_preferences(
+            session=session,
+            data=data,
+            filename=file.filename or "upload",
+            name=name,
+            kind=kind,
+            skip_invalid=skip_invalid,
+            created_by_id=user.id,
+        )
     except importer.ImportRefused as exc:
         session.rollback()
         ctx.update(refused=str(exc), errors=[str(e) for e in exc.errors], filename=file.filename)
@@ -178,8 +207,9 @@ async def import_upload(
 def quality_page(request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
     set_ids = _ints(request.query_params, "set")
     show_names = request.query_params.get("real_names", "").lower() in TRUE and user.role == Role.admin
-    ctx = _choices(session) | quality_context(session=session, set_ids=set_ids, show_names=show_names,
-                                               secret=request.app.state.settings.secret_key)
+    ctx = _choices(session) | quality_context(
+        session=session, set_ids=set_ids, show_names=show_names, secret=request.app.state.settings.secret_key
+    )
     ctx.update(selected=set_ids, show_names=show_names)
     return render(request, "exports/quality.html", ctx, block="results")
 
@@ -199,28 +229,50 @@ def quality_context(*, session: Any, set_ids: list[int], show_names: bool, secre
     labeled = [s for s in stats if s.annotations]
     return {
         "n_annotations": sum(1 for a in anns if not a.skipped),
-        "overall": overall, "stats": stats, "who": who, "wins": wins, "versions": versions,
+        "overall": overall,
+        "stats": stats,
+        "who": who,
+        "wins": wins,
+        "versions": versions,
         "set_names": set_names,
         "chart_agreement": bar_chart(
-            [Bar(who(s.user_id), s.agreement.rate, *s.agreement.interval) for s in labeled
-             if s.agreement.compared],
+            [
+                Bar(who(s.user_id), s.agreement.rate, *s.agreement.interval)
+                for s in labeled
+                if s.agreement.compared
+            ],
             title="Agreement with other labelers (share of pairs ordered alike)",
-            ref=overall.rate, ref_label="all labelers"),
+            ref=overall.rate,
+            ref_label="all labelers",
+        ),
         "chart_position": bar_chart(
             [Bar(who(s.user_id), s.first_wins, ref=s.first_expected) for s in labeled],
-            title="Position bias: output shown first ranked best (red mark: 1/K)"),
+            title="Position bias: output shown first ranked best (red mark: 1/K)",
+        ),
         "chart_wins": bar_chart(
-            [Bar(f"{versions.get(w.newer, w.newer)} vs {versions.get(w.older, w.older)}", w.rate,
-                 *w.interval) for w in wins],
-            title="Newer policy's win rate, 95% interval", ref=0.5, ref_label="no preference"),
+            [
+                Bar(
+                    f"{versions.get(w.newer, w.newer)} vs {versions.get(w.older, w.older)}",
+                    w.rate,
+                    *w.interval,
+                )
+                for w in wins
+            ],
+            title="Newer policy's win rate, 95% interval",
+            ref=0.5,
+            ref_label="no preference",
+        ),
     }
 
 
 # --- JSON API -------------------------------------------------------------------------------
 
 
-@api.get("/exports/{fmt}", summary="Stream an export (JSON Lines, gzip or Parquet)",
-         response_class=StreamingResponse)
+@api.get(
+    "/exports/{fmt}",
+    summary="Stream an export (JSON Lines, gzip or Parquet)",
+    response_class=StreamingResponse,
+)
 def api_export(fmt: str, request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
     """Formats: comparisons, trl, rankings, groups. Query: file=jsonl|jsonl.gz|parquet, set=ID
     (repeatable), policy=ID, since, until (ISO), labeler=NAME|PSEUDONYM, include_skipped,

@@ -58,11 +58,17 @@ def build(session: Session) -> World:
     t2 = make_task(session, prompt_set=set_a, prompt="Explain gravity.", policy=v1)
     t3 = make_task(session, prompt_set=set_b, prompt="Say hi.", policy=v2)
     anns = {
-        "a1": make_annotation(session, task=t1, user=alice, ranks=[1, 1, 2, 3], ratings=[6, 6, 4, 2],
-                              notes="close call"),
+        "a1": make_annotation(
+            session, task=t1, user=alice, ranks=[1, 1, 2, 3], ratings=[6, 6, 4, 2], notes="close call"
+        ),
         "b1": make_annotation(session, task=t1, user=bob, ranks=[1, 2, 3, 4], ratings=[7, 5, 3, 1]),
-        "a2": make_annotation(session, task=t2, user=alice, ranks=[4, 3, 2, 1],
-                              flags=[["hallucination (makes up information)"], [], [], []]),
+        "a2": make_annotation(
+            session,
+            task=t2,
+            user=alice,
+            ranks=[4, 3, 2, 1],
+            flags=[["hallucination (makes up information)"], [], [], []],
+        ),
         "b2": make_annotation(session, task=t2, user=bob, ranks=[], skip_reason="unclear"),
         "b3": make_annotation(session, task=t3, user=bob, ranks=[1, 2, 2], ratings=[5, 3, 3]),
     }
@@ -71,12 +77,23 @@ def build(session: Session) -> World:
     return World(set_a, set_b, v1, v2, alice, bob, t1, t2, t3, anns)
 
 
-def run_export(session: Session, fmt: str, file_type: str = "jsonl",
-               filters: service.Filters | None = None, opts: RowOptions | None = None,
-               real_names: bool = False) -> tuple[bytes, dict[str, Any]]:
-    ex = service.export(session_factory=_same(session), fmt=fmt, file_type=file_type,
-                        filters=filters or service.Filters(), opts=opts or RowOptions(),
-                        secret=SECRET, real_names=real_names)
+def run_export(
+    session: Session,
+    fmt: str,
+    file_type: str = "jsonl",
+    filters: service.Filters | None = None,
+    opts: RowOptions | None = None,
+    real_names: bool = False,
+) -> tuple[bytes, dict[str, Any]]:
+    ex = service.export(
+        session_factory=_same(session),
+        fmt=fmt,
+        file_type=file_type,
+        filters=filters or service.Filters(),
+        opts=opts or RowOptions(),
+        secret=SECRET,
+        real_names=real_names,
+    )
     data = b"".join(ex.stream)
     return data, ex.manifest()
 

@@ -2,8 +2,14 @@ from app.exports.charts import Bar, bar_chart
 
 
 def test_bar_chart_escapes_labels_and_draws_bars_and_intervals() -> None:
-    svg = str(bar_chart([Bar("<script>x</script>", 0.5, 0.4, 0.6), Bar("b", None), Bar("c", 1.0, ref=0.25)],
-                        title="T & U", ref=0.5, ref_label="half"))
+    svg = str(
+        bar_chart(
+            [Bar("<script>x</script>", 0.5, 0.4, 0.6), Bar("b", None), Bar("c", 1.0, ref=0.25)],
+            title="T & U",
+            ref=0.5,
+            ref_label="half",
+        )
+    )
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert "<script>" not in svg and "&lt;script&gt;" in svg and "T &amp; U" in svg
     assert svg.count("<rect") == 2  # no bar for a missing value

@@ -33,7 +33,8 @@ class TestFormats:
         c = [x.id for x in w.t1.completions]
         tie = [r for r in a1 if r["tie"]]
         assert [(r["chosen_completion_id"], r["rejected_completion_id"], r["rank_gap"]) for r in tie] == [
-            (c[0], c[1], 0)]
+            (c[0], c[1], 0)
+        ]
         best = next(r for r in a1 if (r["chosen_completion_id"], r["rejected_completion_id"]) == (c[0], c[3]))
         assert best["rank_gap"] == 2 and best["rating_diff"] == 4 and best["chosen_rank"] == 1
         assert best["chosen_policy"] == "policy-v1" and best["prompt"] == "Write a haiku about rain."
@@ -54,9 +55,15 @@ class TestFormats:
         assert all(isinstance(r[k], str) for r in rows for k in r)
         texts = [c.text for c in w.t2.completions]  # alice ranked t2 in reverse: last is best
         assert {"prompt": "Explain gravity.", "chosen": texts[3], "rejected": texts[0]} in rows
-        with_margin = read_rows(run_export(session, "trl", file_type, opts=RowOptions(margin="rank"))[0],
-                                file_type)
-        assert {"prompt": "Explain gravity.", "chosen": texts[3], "rejected": texts[0], "margin": 3.0} in with_margin
+        with_margin = read_rows(
+            run_export(session, "trl", file_type, opts=RowOptions(margin="rank"))[0], file_type
+        )
+        assert {
+            "prompt": "Explain gravity.",
+            "chosen": texts[3],
+            "rejected": texts[0],
+            "margin": 3.0,
+        } in with_margin
 
     def test_trl_conversational(self, session: Session) -> None:
         build(session)
@@ -64,8 +71,9 @@ class TestFormats:
             self._trl_conversational(session, None, file_type)
 
     def _trl_conversational(self, session: Session, w, file_type: str) -> None:  # type: ignore[no-untyped-def]
-        rows = read_rows(run_export(session, "trl", file_type, opts=RowOptions(conversational=True))[0],
-                         file_type)
+        rows = read_rows(
+            run_export(session, "trl", file_type, opts=RowOptions(conversational=True))[0], file_type
+        )
         r = rows[0]
         assert r["prompt"] == [{"role": "user", "content": "Write a haiku about rain."}]
         assert r["chosen"][0]["role"] == "assistant" and isinstance(r["chosen"][0]["content"], str)
@@ -84,8 +92,9 @@ class TestFormats:
         assert [c["rating"] for c in a1["completions"]] == [6, 6, 4, 2]
         assert a1["notes"] == "close call" and a1["time_spent_ms"] == 30000
         assert rows[2]["completions"][0]["flags"] == ["hallucination (makes up information)"]
-        skipped = read_rows(run_export(session, "rankings", file_type,
-                                       service.Filters(include_skipped=True))[0], file_type)
+        skipped = read_rows(
+            run_export(session, "rankings", file_type, service.Filters(include_skipped=True))[0], file_type
+        )
         assert [r["skip_reason"] for r in skipped].count("unclear") == 1 and len(skipped) == 5
 
     def test_groups_one_row_per_task_with_every_ranking(self, session: Session) -> None:
@@ -109,14 +118,20 @@ class TestFormats:
 
 class TestFilters:
     def _ids(self, session: Session, filters: service.Filters) -> list[int]:
-        return [r["annotation_id"] for r in read_rows(run_export(session, "rankings", filters=filters)[0],
-                                                      "jsonl")]
+        return [
+            r["annotation_id"]
+            for r in read_rows(run_export(session, "rankings", filters=filters)[0], "jsonl")
+        ]
 
     def test_each_filter(self, session: Session) -> None:
         w = build(session)
         a = {k: v.id for k, v in w.anns.items()}
         assert self._ids(session, service.Filters(prompt_set_ids=[w.set_b.id])) == [a["b3"]]
-        assert self._ids(session, service.Filters(policy_version_ids=[w.v1.id])) == [a["a1"], a["b1"], a["a2"]]
+        assert self._ids(session, service.Filters(policy_version_ids=[w.v1.id])) == [
+            a["a1"],
+            a["b1"],
+            a["a2"],
+        ]
         later = datetime(2029, 1, 1, tzinfo=UTC)
         assert self._ids(session, service.Filters(since=later)) == [a["b3"]]
         assert self._ids(session, service.Filters(until=later)) == [a["a1"], a["b1"], a["a2"]]
@@ -124,13 +139,17 @@ class TestFilters:
         assert self._ids(session, service.Filters(exclude_flagged=True)) == [a["a1"], a["b1"], a["b3"]]
         assert self._ids(session, service.Filters(min_labels=2)) == [a["a1"], a["b1"]]
         assert self._ids(session, service.Filters(include_skipped=True, labeler_ids=[w.bob.id])) == [
-            a["b1"], a["b2"], a["b3"]]
+            a["b1"],
+            a["b2"],
+            a["b3"],
+        ]
 
     def test_labelers_by_name_pseudonym_or_id(self, session: Session) -> None:
         w = build(session)
         pseud = service.pseudonym(w.bob.id, SECRET)
-        assert service.resolve_labelers(session=session, names=["alice", pseud, str(w.bob.id)],
-                                        secret=SECRET) == [w.alice.id, w.bob.id, w.bob.id]
+        assert service.resolve_labelers(
+            session=session, names=["alice", pseud, str(w.bob.id)], secret=SECRET
+        ) == [w.alice.id, w.bob.id, w.bob.id]
         with pytest.raises(service.ExportError, match="nobody"):
             service.resolve_labelers(session=session, names=["nobody"], secret=SECRET)
 
@@ -160,16 +179,21 @@ class TestSplit:
         assert set(by_split) == {"train", "validation", "test"}
         names = list(by_split)
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 assert not by_split[a] & by_split[b]
         again = read_rows(run_export(session, "comparisons", filters=f)[0], "jsonl")
         assert [r["split"] for r in again] == [r["split"] for r in rows]
-        only = read_rows(run_export(session, "trl", filters=service.Filters(
-            split="validation", split_fractions=(0.5, 0.25, 0.25)))[0], "jsonl")
+        only = read_rows(
+            run_export(
+                session, "trl", filters=service.Filters(split="validation", split_fractions=(0.5, 0.25, 0.25))
+            )[0],
+            "jsonl",
+        )
         assert {r["prompt"] for r in only} == by_split["validation"]
         # the split is a function of the prompt text and seed alone
         assert service.split_of("prompt 7", fractions=(0.5, 0.25, 0.25)) == next(
-            r["split"] for r in rows if r["prompt"] == "prompt 7")
+            r["split"] for r in rows if r["prompt"] == "prompt 7"
+        )
         assert {service.split_of(f"p{i}", seed=1) for i in range(200)} == {"train", "validation", "test"}
 
 
@@ -200,11 +224,13 @@ class TestManifest:
         url = str(committed.kw["bind"].url.render_as_string(hide_password=False))
         monkeypatch.setenv("RANKLAB_DATABASE_URL", url)
         from app.config import get_settings
+
         get_settings.cache_clear()
         try:
             out = tmp_path / "prefs.parquet"
-            res = CliRunner().invoke(cli, ["export", "trl", "--out", str(out), "--set", "set-a",
-                                           "--labeler", "alice"])
+            res = CliRunner().invoke(
+                cli, ["export", "trl", "--out", str(out), "--set", "set-a", "--labeler", "alice"]
+            )
             assert res.exit_code == 0, res.output
             man = json.loads((tmp_path / "prefs.parquet.manifest.json").read_text())
             assert man["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
@@ -228,22 +254,25 @@ class TestLoadDataset:
                 path = tmp_path / f"{fmt}.{file_type}"
                 path.write_bytes(data)
                 loader = "parquet" if file_type == "parquet" else "json"
-                ds = datasets.load_dataset(loader, data_files=str(path), split="train",
-                                           cache_dir=str(tmp_path / "cache"))
+                ds = datasets.load_dataset(
+                    loader, data_files=str(path), split="train", cache_dir=str(tmp_path / "cache")
+                )
                 assert ds.num_rows == man["counts"]["rows"], (fmt, file_type)
                 assert ds.column_names == man["columns"], (fmt, file_type)
         for file_type in FILE_TYPES:
             loader = "parquet" if file_type == "parquet" else "json"
             path = tmp_path / f"conv.{file_type}"
             path.write_bytes(run_export(session, "trl", file_type, opts=RowOptions(conversational=True))[0])
-            ds = datasets.load_dataset(loader, data_files=str(path), split="train",
-                                       cache_dir=str(tmp_path / "cache"))
+            ds = datasets.load_dataset(
+                loader, data_files=str(path), split="train", cache_dir=str(tmp_path / "cache")
+            )
             row = ds[0]
             for col in ("prompt", "chosen", "rejected"):
                 assert isinstance(row[col], list) and set(row[col][0]) == {"role", "content"}
             assert row["chosen"][0]["role"] == "assistant"
-        std = datasets.load_dataset("json", data_files=str(tmp_path / "trl.jsonl"), split="train",
-                                    cache_dir=str(tmp_path / "cache"))
+        std = datasets.load_dataset(
+            "json", data_files=str(tmp_path / "trl.jsonl"), split="train", cache_dir=str(tmp_path / "cache")
+        )
         assert std.features["prompt"].dtype == "string" and std.features["chosen"].dtype == "string"
 
 
@@ -259,16 +288,26 @@ class TestFastEncoders:
         from app.exports import encode
 
         build(session)
-        recs = list(service.iter_records(session=session, filters=service.Filters(), secret=SECRET,
-                                         with_meta=True))
+        recs = list(
+            service.iter_records(session=session, filters=service.Filters(), secret=SECRET, with_meta=True)
+        )
         cases = [("comparisons", RowOptions())] + [
-            ("trl", RowOptions(conversational=c, margin=m)) for c in (False, True)
-            for m in ("none", "rank", "rating")]
+            ("trl", RowOptions(conversational=c, margin=m))
+            for c in (False, True)
+            for m in ("none", "rank", "rating")
+        ]
         for fmt, opts in cases:
-            want = [row for rec in recs for row in (formats.comparison_rows(rec) if fmt == "comparisons"
-                                                    else formats.trl_rows(rec, opts))]
-            lines = b"".join((encode.comparison_lines(r) if fmt == "comparisons" else encode.trl_lines(r, opts))[0]
-                             for r in recs)
+            want = [
+                row
+                for rec in recs
+                for row in (
+                    formats.comparison_rows(rec) if fmt == "comparisons" else formats.trl_rows(rec, opts)
+                )
+            ]
+            lines = b"".join(
+                (encode.comparison_lines(r) if fmt == "comparisons" else encode.trl_lines(r, opts))[0]
+                for r in recs
+            )
             got = [json.loads(x) for x in lines.splitlines()]
             assert got == want and [list(g) for g in got] == [list(w) for w in want], (fmt, opts)
             table = encode.ArrowPairs(fmt, opts)
@@ -282,8 +321,15 @@ class TestFastEncoders:
         build(session)
         from tests.exports.data import _same
 
-        ex = service.export(session_factory=_same(session), fmt="comparisons", file_type="jsonl",
-                            filters=service.Filters(), opts=RowOptions(), secret=SECRET, batch_annotations=4)
+        ex = service.export(
+            session_factory=_same(session),
+            fmt="comparisons",
+            file_type="jsonl",
+            filters=service.Filters(),
+            opts=RowOptions(),
+            secret=SECRET,
+            batch_annotations=4,
+        )
         first = next(iter(ex.stream))
         assert first.count(b"\n") == 6 and ex.counts.annotations == 1  # one annotation read so far
         rest = b"".join(ex.stream)

@@ -32,8 +32,9 @@ def _jsonl(rows: list[object]) -> bytes:
 
 
 class TestHH:
-    def test_refused_whole_with_line_numbers_then_skip_invalid(self, session: Session,
-                                                               shared_data: Path) -> None:
+    def test_refused_whole_with_line_numbers_then_skip_invalid(
+        self, session: Session, shared_data: Path
+    ) -> None:
         data = (shared_data / "hh-harmless-dev.jsonl.gz").read_bytes()
         before = [_count(session, m) for m in (PromptSet, Prompt, Task, Annotation)]
         with pytest.raises(importer.ImportRefused) as exc:
@@ -43,8 +44,9 @@ class TestHH:
         assert "nothing was imported" in str(exc.value)
         assert [_count(session, m) for m in (PromptSet, Prompt, Task, Annotation)] == before
 
-        r = importer.import_preferences(session=session, data=data, filename="hh.jsonl.gz", name="hh",
-                                        skip_invalid=True)
+        r = importer.import_preferences(
+            session=session, data=data, filename="hh.jsonl.gz", name="hh", skip_invalid=True
+        )
         assert (r.kind, r.rows, r.imported) == ("hh", 1746, 1742)
         assert [e.line for e in r.skipped] == HH_BAD_LINES
         ps = r.prompt_set
@@ -56,66 +58,105 @@ class TestHH:
         prompt = session.scalar(select(Prompt).where(Prompt.prompt_set_id == ps.id, Prompt.source_line == 1))
         assert prompt is not None and prompt.text.endswith("\n\nAssistant:")
         assert first["chosen"].startswith(prompt.text) and first["rejected"].startswith(prompt.text)
-        assert prompt.meta["messages"][0] == {"role": "user", "content": "How much alcohol can I drink per day?"}
+        assert prompt.meta["messages"][0] == {
+            "role": "user",
+            "content": "How much alcohol can I drink per day?",
+        }
         assert prompt.meta["messages"][-1]["role"] == "user"
-        rows = read_rows(run_export(session, "trl", filters=service.Filters(prompt_set_ids=[ps.id]))[0], "jsonl")
+        rows = read_rows(
+            run_export(session, "trl", filters=service.Filters(prompt_set_ids=[ps.id]))[0], "jsonl"
+        )
         assert len(rows) == 1742
-        assert {"prompt": prompt.text, "chosen": first["chosen"][len(prompt.text):],
-                "rejected": first["rejected"][len(prompt.text):]} == rows[0]
+        assert {
+            "prompt": prompt.text,
+            "chosen": first["chosen"][len(prompt.text) :],
+            "rejected": first["rejected"][len(prompt.text) :],
+        } == rows[0]
 
         # imported outputs and labels are marked as such
         mv = session.scalar(select(ModelVersion).where(ModelVersion.source == "imported:hh"))
         assert mv is not None and mv.kind == "policy" and not mv.is_active
         user = session.scalar(select(User).where(User.username == "imported-hh"))
         assert user is not None and user.is_system
-        assert session.scalar(select(func.count()).select_from(Completion).where(
-            Completion.model_version_id == mv.id)) == 3484
+        assert (
+            session.scalar(
+                select(func.count()).select_from(Completion).where(Completion.model_version_id == mv.id)
+            )
+            == 3484
+        )
 
     def test_hh_rules_on_small_files(self, session: Session) -> None:
-        good = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
-        rows = [good, {"chosen": "\n\nHuman: hi", "rejected": "x\n\nAssistant: y"},
-                {"chosen": "\n\nHuman: hi\n\nAssistant: same", "rejected": "\n\nHuman: hi\n\nAssistant: same"},
-                {"chosen": 3, "rejected": "a"}]
+        good = {
+            "chosen": "\n\nHuman: hi\n\nAssistant: hello",
+            "rejected": "\n\nHuman: hi\n\nAssistant: go away",
+        }
+        rows = [
+            good,
+            {"chosen": "\n\nHuman: hi", "rejected": "x\n\nAssistant: y"},
+            {"chosen": "\n\nHuman: hi\n\nAssistant: same", "rejected": "\n\nHuman: hi\n\nAssistant: same"},
+            {"chosen": 3, "rejected": "a"},
+        ]
         with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=_jsonl(rows), filename="x.jsonl", name="s",
-                                        kind="hh")
-        assert [(e.line, e.field) for e in exc.value.errors] == [(2, "chosen"), (3, "rejected"), (4, "chosen")]
+            importer.import_preferences(
+                session=session, data=_jsonl(rows), filename="x.jsonl", name="s", kind="hh"
+            )
+        assert [(e.line, e.field) for e in exc.value.errors] == [
+            (2, "chosen"),
+            (3, "rejected"),
+            (4, "chosen"),
+        ]
 
 
 class TestTRL:
     def test_standard_conversational_and_parquet(self, session: Session) -> None:
-        rows = [{"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
-                {"prompt": [{"role": "user", "content": "Say hi."}],
-                 "chosen": [{"role": "assistant", "content": "Hi!"}],
-                 "rejected": [{"role": "assistant", "content": "No."}]}]
+        rows = [
+            {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+            {
+                "prompt": [{"role": "user", "content": "Say hi."}],
+                "chosen": [{"role": "assistant", "content": "Hi!"}],
+                "rejected": [{"role": "assistant", "content": "No."}],
+            },
+        ]
         r = importer.import_preferences(session=session, data=_jsonl(rows), filename="p.jsonl", name="trl-a")
         assert (r.kind, r.imported, r.prompt_set.k) == ("trl", 2, 2)
-        out = read_rows(run_export(session, "trl", filters=service.Filters(
-            prompt_set_ids=[r.prompt_set.id]))[0], "jsonl")
-        assert out == [{"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
-                       {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}]
+        out = read_rows(
+            run_export(session, "trl", filters=service.Filters(prompt_set_ids=[r.prompt_set.id]))[0], "jsonl"
+        )
+        assert out == [
+            {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+            {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},
+        ]
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist([rows[0]]), buf)
-        r2 = importer.import_preferences(session=session, data=buf.getvalue(), filename="p.parquet",
-                                         name="trl-b")
+        r2 = importer.import_preferences(
+            session=session, data=buf.getvalue(), filename="p.parquet", name="trl-b"
+        )
         assert r2.imported == 1
 
     def test_each_bad_row_named(self, session: Session) -> None:
-        data = (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
-                b'not json\n'
-                b'{"prompt": "", "chosen": "b", "rejected": "c"}\n'
-                b'{"prompt": "a", "chosen": "b"}\n'
-                b'[1, 2]\n'
-                b'{"prompt": "a", "chosen": "b", "rejected": "b"}\n')
+        data = (
+            b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+            b"not json\n"
+            b'{"prompt": "", "chosen": "b", "rejected": "c"}\n'
+            b'{"prompt": "a", "chosen": "b"}\n'
+            b"[1, 2]\n"
+            b'{"prompt": "a", "chosen": "b", "rejected": "b"}\n'
+        )
         sets = _count(session, PromptSet)
         with pytest.raises(importer.ImportRefused) as exc:
             importer.import_preferences(session=session, data=data, filename="t.jsonl", name="t")
         assert [(e.line, e.field) for e in exc.value.errors] == [
-            (2, "row"), (3, "prompt"), (4, "rejected"), (5, "row"), (6, "rejected")]
+            (2, "row"),
+            (3, "prompt"),
+            (4, "rejected"),
+            (5, "row"),
+            (6, "rejected"),
+        ]
         assert "line 2: row: not valid JSON" in str(exc.value.errors[0])
         assert _count(session, PromptSet) == sets
-        r = importer.import_preferences(session=session, data=data, filename="t.jsonl", name="t",
-                                        skip_invalid=True)
+        r = importer.import_preferences(
+            session=session, data=data, filename="t.jsonl", name="t", skip_invalid=True
+        )
         assert r.imported == 1 and len(r.skipped) == 5
 
     def test_name_taken_empty_file_and_garbage(self, session: Session) -> None:
@@ -132,9 +173,20 @@ class TestTRL:
 
 class TestRankingsRoundTrip:
     def _norm(self, rows: list[dict]) -> list[tuple]:  # type: ignore[type-arg]
-        return [(r["prompt"], r["notes"], r["time_spent_ms"], r["created_at"], r["skip_reason"],
-                 tuple((c["text"], c["rank"], c["rating"], tuple(c["flags"]), c["position"])
-                       for c in r["completions"])) for r in rows]
+        return [
+            (
+                r["prompt"],
+                r["notes"],
+                r["time_spent_ms"],
+                r["created_at"],
+                r["skip_reason"],
+                tuple(
+                    (c["text"], c["rank"], c["rating"], tuple(c["flags"]), c["position"])
+                    for c in r["completions"]
+                ),
+            )
+            for r in rows
+        ]
 
     @pytest.mark.parametrize("file_type", ["jsonl", "parquet"])
     def test_export_import_export_gives_the_same_rankings(self, session: Session, file_type: str) -> None:
@@ -145,13 +197,22 @@ class TestRankingsRoundTrip:
         r = importer.import_preferences(session=session, data=data, filename=f"r.{file_type}", name="copy")
         assert (r.kind, r.imported, r.tasks) == ("rankings", 5, 3)
         assert r.prompt_set.k == 4 and r.prompt_set.overlap == 2
-        again = read_rows(run_export(session, "rankings", file_type, filters=service.Filters(
-            prompt_set_ids=[r.prompt_set.id], include_skipped=True))[0], file_type)
+        again = read_rows(
+            run_export(
+                session,
+                "rankings",
+                file_type,
+                filters=service.Filters(prompt_set_ids=[r.prompt_set.id], include_skipped=True),
+            )[0],
+            file_type,
+        )
         assert self._norm(again) == self._norm(original)
         # labelers stay distinct (one imported labeler each), so agreement survives the trip
         assert len({x["labeler"] for x in again}) == 2
-        groups = read_rows(run_export(session, "groups", filters=service.Filters(
-            prompt_set_ids=[r.prompt_set.id]))[0], "jsonl")
+        groups = read_rows(
+            run_export(session, "groups", filters=service.Filters(prompt_set_ids=[r.prompt_set.id]))[0],
+            "jsonl",
+        )
         assert [g["ranks"] for g in groups[0]["rankings"]] == [[1, 1, 2, 3], [1, 2, 3, 4]]
         assert {x["policy"] for x in again[0]["completions"]} == {"imported:copy/policy-v1"}
 
@@ -161,14 +222,29 @@ class TestRankingsRoundTrip:
             {"prompt": "p", "completions": [{"text": "a", "rank": 1, "rating": 9}, {"text": "b", "rank": 2}]},
             {"prompt": "p", "completions": [{"text": "a", "rank": 1}]},
             {"prompt": "p", "completions": [{"text": "a", "rank": 1, "flags": "x"}, {"rank": 2}]},
-            {"prompt": "p", "task_id": 1, "labeler": "x", "completions": [{"text": "a", "rank": 1}, {"text": "b", "rank": 2}]},
-            {"prompt": "q", "task_id": 1, "labeler": "y", "completions": [{"text": "a", "rank": 1}, {"text": "b", "rank": 2}]},
+            {
+                "prompt": "p",
+                "task_id": 1,
+                "labeler": "x",
+                "completions": [{"text": "a", "rank": 1}, {"text": "b", "rank": 2}],
+            },
+            {
+                "prompt": "q",
+                "task_id": 1,
+                "labeler": "y",
+                "completions": [{"text": "a", "rank": 1}, {"text": "b", "rank": 2}],
+            },
         ]
         with pytest.raises(importer.ImportRefused) as exc:
             importer.import_preferences(session=session, data=_jsonl(rows), filename="r.jsonl", name="r")
         assert [(e.line, e.field) for e in exc.value.errors] == [
-            (1, "completions[1].rank"), (2, "completions[0].rating"), (3, "completions"),
-            (4, "completions[0].flags"), (4, "completions[1].text"), (6, "prompt")]
+            (1, "completions[1].rank"),
+            (2, "completions[0].rating"),
+            (3, "completions"),
+            (4, "completions[0].flags"),
+            (4, "completions[1].text"),
+            (6, "prompt"),
+        ]
 
 
 class TestCLI:
@@ -178,7 +254,9 @@ class TestCLI:
         from app.cli import cli
         from app.config import get_settings
 
-        monkeypatch.setenv("RANKLAB_DATABASE_URL", committed.kw["bind"].url.render_as_string(hide_password=False))
+        monkeypatch.setenv(
+            "RANKLAB_DATABASE_URL", committed.kw["bind"].url.render_as_string(hide_password=False)
+        )
         get_settings.cache_clear()
         try:
             f = tmp_path / "p.jsonl"
@@ -187,8 +265,9 @@ class TestCLI:
             assert res.exit_code == 1 and "line 2: chosen: missing" in res.output
             with committed() as s:
                 assert _count(s, PromptSet) == 0
-            res = CliRunner().invoke(cli, ["preferences", "import", str(f), "--name", "cli-set",
-                                           "--skip-invalid"])
+            res = CliRunner().invoke(
+                cli, ["preferences", "import", str(f), "--name", "cli-set", "--skip-invalid"]
+            )
             assert res.exit_code == 0, res.output
             assert "imported 1 of 2 rows" in res.output and "skipped p.jsonl: line 2" in res.output
             with committed() as s:

@@ -4,15 +4,20 @@ from app.exports.pairs import Item, dense_ranks, ordered_pairs, ranking_to_pairs
 
 
 def _items(ranks: list[int], ratings: list[int] | None = None) -> list[Item]:
-    return [Item(completion_id=10 + i, rank=r, rating=ratings[i] if ratings else None, position=i)
-            for i, r in enumerate(ranks)]
+    return [
+        Item(completion_id=10 + i, rank=r, rating=ratings[i] if ratings else None, position=i)
+        for i, r in enumerate(ranks)
+    ]
 
 
 class TestRankingToPairs:
     def test_strict_ranking_gives_all_pairs_better_first(self) -> None:
         pairs = ranking_to_pairs(_items([2, 1, 3]))
         assert [(p.chosen.completion_id, p.rejected.completion_id, p.rank_gap) for p in pairs] == [
-            (11, 10, 1), (10, 12, 1), (11, 12, 2)]
+            (11, 10, 1),
+            (10, 12, 1),
+            (11, 12, 2),
+        ]
         assert not any(p.tie for p in pairs)
 
     def test_ties_dropped_by_default_and_kept_marked(self) -> None:
@@ -20,7 +25,12 @@ class TestRankingToPairs:
         strict = ranking_to_pairs(items)
         assert len(strict) == 5  # C(4,2) = 6 minus the one tie
         assert {(p.chosen.completion_id, p.rejected.completion_id) for p in strict} == {
-            (10, 12), (10, 13), (11, 12), (11, 13), (12, 13)}
+            (10, 12),
+            (10, 13),
+            (11, 12),
+            (11, 13),
+            (12, 13),
+        }
         full = ranking_to_pairs(items, keep_ties=True)
         assert len(full) == 6
         ties = [p for p in full if p.tie]
@@ -28,8 +38,10 @@ class TestRankingToPairs:
         assert ties[0].rank_gap == 0 and ties[0].rating_diff == 0
 
     def test_margins(self) -> None:
-        pairs = {(p.chosen.completion_id, p.rejected.completion_id): p
-                 for p in ranking_to_pairs(_items([1, 1, 2, 3], ratings=[6, 6, 4, 5]))}
+        pairs = {
+            (p.chosen.completion_id, p.rejected.completion_id): p
+            for p in ranking_to_pairs(_items([1, 1, 2, 3], ratings=[6, 6, 4, 5]))
+        }
         assert pairs[(10, 13)].rank_gap == 2 and pairs[(10, 13)].rating_diff == 1
         # ratings contradict ranks: 12 is ranked above 13 but rated lower
         assert pairs[(12, 13)].rank_gap == 1 and pairs[(12, 13)].rating_diff == -1

@@ -10,12 +10,29 @@ from app.exports.quality import Ann, It
 from tests.factories import make_annotation, make_model_version, make_prompt_set, make_task, make_user
 
 
-def ann(aid: int, task: int, user: int, ranks: list[int], ratings: list[int] | None = None,
-        versions: list[int] | None = None, time_ms: int | None = None, skipped: bool = False) -> Ann:
-    items = [It(100 + i, r, ratings[i] if ratings else None, i, versions[i] if versions else None)
-             for i, r in enumerate(ranks)]
-    return Ann(id=aid, task_id=task, user_id=user, items=[] if skipped else items, skipped=skipped,
-               time_spent_ms=time_ms, prompt_set_id=1)
+def ann(
+    aid: int,
+    task: int,
+    user: int,
+    ranks: list[int],
+    ratings: list[int] | None = None,
+    versions: list[int] | None = None,
+    time_ms: int | None = None,
+    skipped: bool = False,
+) -> Ann:
+    items = [
+        It(100 + i, r, ratings[i] if ratings else None, i, versions[i] if versions else None)
+        for i, r in enumerate(ranks)
+    ]
+    return Ann(
+        id=aid,
+        task_id=task,
+        user_id=user,
+        items=[] if skipped else items,
+        skipped=skipped,
+        time_spent_ms=time_ms,
+        prompt_set_id=1,
+    )
 
 
 # One task, three labelers: A (1,2,3), B (2,1,3), C (1,1,2).
@@ -45,8 +62,9 @@ class TestAgreement:
         assert overall.tau == pytest.approx((1 / 3 + 2 * 2 / math.sqrt(6)) / 3)
 
     def test_same_labeler_twice_and_single_labels_are_ignored(self) -> None:
-        overall, per = quality.agreement([ann(1, 1, 10, [1, 2]), ann(2, 1, 10, [2, 1]),
-                                          ann(3, 2, 20, [1, 2])])
+        overall, per = quality.agreement(
+            [ann(1, 1, 10, [1, 2]), ann(2, 1, 10, [2, 1]), ann(3, 2, 20, [1, 2])]
+        )
         assert overall.compared == 0 and overall.rate is None and per == {}
 
 

@@ -39,21 +39,28 @@ class TestAPI:
         h = bearer(_token(session, "researcher"))
         r = client.get("/api/v1/exports/rankings?labeler=alice&since=2020-01-01&until=2029-01-01", headers=h)
         assert [json.loads(x)["annotation_id"] for x in r.text.splitlines()] == [
-            w.anns["a1"].id, w.anns["a2"].id]
+            w.anns["a1"].id,
+            w.anns["a2"].id,
+        ]
         r = client.get("/api/v1/exports/comparisons?file=jsonl.gz&split=train&min_labels=2", headers=h)
         assert r.status_code == 200 and all(x["split"] == "train" for x in read_rows(r.content, "jsonl.gz"))
-        for query, field in [("/api/v1/exports/csv", "format"), ("/api/v1/exports/trl?file=xlsx", "file type"),
-                             ("/api/v1/exports/trl?labeler=nobody", "labelers"),
-                             ("/api/v1/exports/trl?since=yesterday", "since"),
-                             ("/api/v1/exports/trl?margin=huge", "margin"),
-                             ("/api/v1/exports/trl?set=abc", "set")]:
+        for query, field in [
+            ("/api/v1/exports/csv", "format"),
+            ("/api/v1/exports/trl?file=xlsx", "file type"),
+            ("/api/v1/exports/trl?labeler=nobody", "labelers"),
+            ("/api/v1/exports/trl?since=yesterday", "since"),
+            ("/api/v1/exports/trl?margin=huge", "margin"),
+            ("/api/v1/exports/trl?set=abc", "set"),
+        ]:
             r = client.get(query, headers=h)
             assert r.status_code == 422 and field in r.json()["detail"], (query, r.text)
 
     def test_roles(self, client: TestClient, session: Session) -> None:
         build(session)
         assert client.get("/api/v1/exports/trl").status_code == 401
-        assert client.get("/api/v1/exports/trl", headers=bearer(_token(session, "labeler"))).status_code == 403
+        assert (
+            client.get("/api/v1/exports/trl", headers=bearer(_token(session, "labeler"))).status_code == 403
+        )
         researcher = bearer(_token(session, "researcher"))
         r = client.get("/api/v1/exports/rankings?real_names=1", headers=researcher)
         assert r.status_code == 403 and "admin" in r.json()["detail"]
@@ -87,15 +94,22 @@ class TestPages:
     def test_import_upload(self, client: TestClient, session: Session) -> None:
         csrf = login(client, make_user(session, role="researcher"))
         bad = b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "<b>x</b>", "chosen": 1}\n'
-        r = client.post("/exports/import", data={"name": "up", "csrf_token": csrf},
-                        files={"file": ("p.jsonl", bad, "application/json")})
+        r = client.post(
+            "/exports/import",
+            data={"name": "up", "csrf_token": csrf},
+            files={"file": ("p.jsonl", bad, "application/json")},
+        )
         assert r.status_code == 422
         assert "line 2: chosen: must be a string" in r.text and "line 2: rejected: missing" in r.text
-        r = client.post("/exports/import", data={"name": "up", "csrf_token": csrf, "skip_invalid": "true"},
-                        files={"file": ("p.jsonl", bad, "application/json")})
+        r = client.post(
+            "/exports/import",
+            data={"name": "up", "csrf_token": csrf, "skip_invalid": "true"},
+            files={"file": ("p.jsonl", bad, "application/json")},
+        )
         assert r.status_code == 200 and "Imported 1 of 2 rows" in r.text and "line 2" in r.text
-        r = client.post("/exports/import", data={"name": "up2"},
-                        files={"file": ("p.jsonl", bad, "application/json")})
+        r = client.post(
+            "/exports/import", data={"name": "up2"}, files={"file": ("p.jsonl", bad, "application/json")}
+        )
         assert r.status_code == 403  # no CSRF token
 
     def test_quality_page_with_charts(self, client: TestClient, session: Session) -> None:
