@@ -90,6 +90,7 @@ async def labeler(client: httpx.AsyncClient, token: str, deadline: float, think:
                   lat: dict[str, list[float]], errors: list[str], acked: list[int]) -> None:
     h = {"Authorization": f"Bearer {token}"}
     rng = random.Random(token)
+    await asyncio.sleep(rng.uniform(0, think))  # labelers do not all start in the same millisecond
     while time.monotonic() < deadline:
         t0 = time.perf_counter()
         try:

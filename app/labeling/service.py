@@ -357,8 +357,9 @@ def _check_lease(session: Session, assignment: Assignment, now: datetime) -> Non
 def _lock_assignment(session: Session, assignment: Assignment) -> Annotation | None:
     """Serialise submissions of one assignment (a double click, a retried request); returns the
     annotation a previous one stored, if any."""
-    session.execute(select(Assignment.id).where(Assignment.id == assignment.id).with_for_update())
-    session.refresh(assignment, ["state", "lease_expires_at"])
+    session.refresh(assignment, ["state", "lease_expires_at"], with_for_update=True)
+    if assignment.state in (AssignmentState.active, AssignmentState.expired):
+        return None  # the state changes in the same transaction that stores an annotation
     return existing_annotation(session=session, assignment=assignment)
 
 
