@@ -222,6 +222,7 @@ def train(
     # Same weights dtype as the policy (autocast does the bf16 part), so at the start π = π_ref
     # exactly and the KL measures training, not rounding.
     reference = AutoModelForCausalLM.from_pretrained(policy_path)
+    value: Any
     value, _ = load_reward_model(str(start_value), tokenizer_source=str(policy_path))
     if value.config.vocab_size != policy.config.vocab_size:
         raise ValueError(
@@ -236,9 +237,9 @@ def train(
         )
     value.config.pad_token_id = pad_id
     value = ro.TokenValueModel(value)
-    for m in (policy, reference, value):
-        disable_dropout(m)
-        m.eval()  # dropout off everywhere; eval() does not stop gradients
+    for net in (policy, reference, value):
+        disable_dropout(net)
+        net.eval()  # dropout off everywhere; eval() does not stop gradients
     reference.requires_grad_(False)
     reference.to(device)
     if scorer is None:

@@ -112,9 +112,7 @@ def policy_forward(
     return ppo.logprobs_from_logits(logits, rollout.response, temperature), logits
 
 
-def token_values(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
+def token_values(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head of a sequence-classification model at every position.  -> (B, T)
 
     AutoModelForSequenceClassification pools at the last non-pad token; PPO needs the head at
