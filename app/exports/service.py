@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Engine, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
@@ -457,6 +457,7 @@ def export(
 
     def chunks() -> Iterator[bytes]:
         with session_factory() as session:
+            _snapshot(session)
             batches = iter_rows(
                 session=session,
                 fmt=fmt,
@@ -480,6 +481,16 @@ def export(
         stream=HashingStream(chunks()),
         started_at=utcnow(),
     )
+
+
+def _snapshot(session: Session) -> None:
+    """On PostgreSQL, read every page of an export from one snapshot (REPEATABLE READ), so
+    labels submitted meanwhile never make a file, its counts and its sha256 disagree. SQLite
+    gives one snapshot per transaction anyway. A session bound to a connection that is
+    already in a transaction (tests) keeps that transaction's level."""
+    bind = session.get_bind()
+    if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 def filename_for(fmt: str, file_type: str, split: str | None = None) -> str:

@@ -334,3 +334,11 @@ class TestFastEncoders:
         assert first.count(b"\n") == 6 and ex.counts.annotations == 1  # one annotation read so far
         rest = b"".join(ex.stream)
         assert (first + rest).count(b"\n") == 21
+
+
+def test_postgres_exports_read_one_snapshot(committed_pg) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    with committed_pg() as s:
+        service._snapshot(s)
+        assert s.execute(text("SHOW transaction_isolation")).scalar() == "repeatable read"
