@@ -24,8 +24,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from app.runs.policies import DEMO_MARKER
+
 CORPUS = Path(__file__).resolve().parent / "demo_corpus.txt"
-MARKER = "ranklab-demo.json"  # written last: its presence means the folder is complete
+MARKER = DEMO_MARKER  # written last: its presence means the folder is complete
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 
 

@@ -114,14 +114,12 @@ def demo() -> None:
 
     settings = get_settings()
     sessions = _sessions()
-    if not settings.policy_model:
-        from trainer.demo_policy import ensure_demo_policy, is_built
+    if not settings.policy_model and not policies.demo_is_built(settings):
+        from trainer.demo_policy import ensure_demo_policy  # torch: only when there is work
 
-        path = policies.demo_path(settings)
-        if not is_built(path):
-            click.echo("building the demo policy (a small model trained on text shipped with "
-                       "ranklab; once only)")
-        ensure_demo_policy(path, say=lambda m: click.echo(f"  {m}"))
+        click.echo("building the demo policy (a small model trained on text shipped with "
+                   "ranklab; once only)")
+        ensure_demo_policy(policies.demo_path(settings), say=lambda m: click.echo(f"  {m}"))
     with sessions.begin() as s:
         version = policies.default_policy(session=s, settings=settings)
         click.echo(f"active policy: {version.name} (version {version.id})"

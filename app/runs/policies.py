@@ -20,6 +20,11 @@ from app.runs.models import ModelKind, ModelVersion
 DEMO_SOURCE = "demo"
 DEMO_NAME = "demo policy (small GPT-2-style model built locally)"
 DEMO_DIRNAME = "demo-policy"
+DEMO_MARKER = "ranklab-demo.json"  # written last by the builder: the folder is complete
+
+
+def demo_is_built(settings: Settings) -> bool:
+    return (demo_path(settings) / DEMO_MARKER).is_file()
 
 
 def demo_path(settings: Settings) -> Path:
