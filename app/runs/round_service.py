@@ -4,8 +4,9 @@
 so the dashboard shows every step from the start, and a failed step stops the rest
 (app/runs/service.fail_broken_chains says which step failed). The resampling happens in fresh
 copies of the chosen prompt sets — "<name> · round <n>" — because the sample job fills only
-prompts that have no task yet; the copies wait, paused and empty, until the promote step points
-them at the new policy (and, with mixing, at the old one too, so each task holds both).
+prompts that have no task yet; the copies wait, empty and marked "sampling" (their report links
+the sample job), until the promote step points them at the new policy (and, with mixing, at the
+old one too, so each task holds both).
 
 Pure database code (no torch): the dashboard's button and `ranklab round` call `enqueue_round`;
 the worker's `promote` handler (trainer/round.py) calls `promote`.
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.prompts.models import Prompt, PromptSet, SetStatus
@@ -70,9 +71,10 @@ def _copy_set(session: Session, source: PromptSet, created_by_id: int | None) ->
         overlap=source.overlap,
         sampling=dict(source.sampling or {}),
         flags=list(source.flags or []),
-        status=SetStatus.paused,
+        # "sampling" as the prompts page shows a set whose sample job is queued (report.job_id).
+        status=SetStatus.sampling,
         created_by_id=created_by_id,
-        report={"round_of": source.id},
+        source_filename=source.source_filename,
     )
     session.add(copy)
     session.flush()
@@ -87,6 +89,14 @@ def _copy_set(session: Session, source: PromptSet, created_by_id: int | None) ->
             )
         )
     session.flush()
+    n = session.scalar(select(func.count()).select_from(Prompt).where(Prompt.prompt_set_id == copy.id)) or 0
+    copy.report = {
+        "round_of": source.id,
+        "round_of_name": source.name,
+        "rows": n,
+        "imported": n,
+        "duplicates": 0,
+    }
     return copy
 
 
@@ -152,6 +162,9 @@ def enqueue_round(
         )
         for c in copies
     ]
+    for c, job in zip(copies, samples, strict=True):
+        c.report = {**c.report, "job_id": job.id}  # the set page links its sampling job
+    session.flush()
     return Round(reward_job=reward, ppo_job=ppo, promote_job=promote, sample_jobs=samples, new_sets=copies)
 
 

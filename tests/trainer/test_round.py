@@ -87,6 +87,8 @@ class TestRound:
             s.commit()
             assert [j.kind for j in rnd.jobs] == ["train_reward", "train_ppo", "promote", "sample"]
             assert [j.after_id for j in rnd.jobs] == [None, ids[0], ids[1], ids[2]]
+            waiting = rnd.new_sets[0]
+            assert waiting.status == "sampling" and waiting.report["job_id"] == ids[3]
         worker(sessions).run(burst=True)
         with sessions() as s:
             done = [s.get(Job, i) for i in ids]
