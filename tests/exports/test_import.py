@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.exports import importer, service
+from app.exports.formats import RowOptions
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import ModelVersion
@@ -72,6 +73,18 @@ class TestHH:
             "chosen": first["chosen"][len(prompt.text) :],
             "rejected": first["rejected"][len(prompt.text) :],
         } == rows[0]
+        conv = read_rows(
+            run_export(
+                session,
+                "trl",
+                filters=service.Filters(prompt_set_ids=[ps.id]),
+                opts=RowOptions(conversational=True),
+            )[0],
+            "jsonl",
+        )[0]
+        assert conv["prompt"] == prompt.meta["messages"] and len(conv["prompt"]) == 5
+        assert [m["role"] for m in conv["prompt"]] == ["user", "assistant", "user", "assistant", "user"]
+        assert conv["chosen"] == [{"role": "assistant", "content": rows[0]["chosen"]}]
 
         # imported outputs and labels are marked as such
         mv = session.scalar(select(ModelVersion).where(ModelVersion.source == "imported:hh"))
