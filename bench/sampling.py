@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,7 +41,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_batched(model, tok, texts: list[str], k: int, max_new: int, device: str) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def run_batched(model: Any, tok: Any, texts: list[str], k: int, max_new: int,
+                device: str) -> tuple[float, int]:
     enc = tok(texts, return_tensors="pt", padding=True).to(device)
     sync(device)
     start = time.perf_counter()
@@ -52,7 +54,8 @@ def run_batched(model, tok, texts: list[str], k: int, max_new: int, device: str)
     return time.perf_counter() - start, int((new != tok.pad_token_id).sum())
 
 
-def run_unbatched(model, tok, texts: list[str], k: int, max_new: int, device: str) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def run_unbatched(model: Any, tok: Any, texts: list[str], k: int, max_new: int,
+                  device: str) -> tuple[float, int]:
     tokens = 0
     sync(device)
     start = time.perf_counter()
@@ -85,7 +88,7 @@ def main() -> None:
     if args.random_size:
         hidden, layers = (int(x) for x in args.random_size.lower().split("x"))
         torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(
+        model: Any = GPT2LMHeadModel(GPT2Config(
             vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=max(1, hidden // 64),
             n_positions=1024, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id))

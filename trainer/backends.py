@@ -71,7 +71,7 @@ class LocalBackend:
             raise BackendError(f"could not load the policy from {path!r}: "
                                f"{type(exc).__name__}: {exc}") from exc
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval()  # type: ignore[arg-type]
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -93,7 +93,7 @@ class LocalBackend:
                                    f"{self.max_positions} positions")
         torch.manual_seed(seed)
         with torch.no_grad():
-            out = self.model.generate(
+            out = self.model.generate(  # type: ignore[misc]
                 **enc, do_sample=True, num_return_sequences=n, max_new_tokens=max_new,
                 temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_id,
@@ -103,7 +103,7 @@ class LocalBackend:
         for row, ids in enumerate(new):
             stop = ids.index(self.eos_id) if self.eos_id in ids else None
             kept = ids[:stop] if stop is not None else ids
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            text = str(self.tokenizer.decode(kept, skip_special_tokens=True))
             results[row // n].append(Sample(text=text.strip(),
                                             finish_reason="stop" if stop is not None else "length",
                                             token_count=len(kept)))

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import click
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
 
@@ -20,7 +21,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(demo)
 
 
-def _sessions():  # type: ignore[no-untyped-def]
+def _sessions() -> sessionmaker[Session]:
     from app.cli import sessions
 
     return sessions()
@@ -152,7 +153,8 @@ def demo() -> None:
     click.echo(f"'{DEMO_SET}' is sampled and ready to label")
 
 
-def _run_inline(sessions, job_id: int, set_id: int, done: int, total: int) -> None:  # type: ignore[no-untyped-def]
+def _run_inline(sessions: sessionmaker[Session], job_id: int, set_id: int, done: int,
+                total: int) -> None:
     """Run queued sampling jobs in this process (ours among them) with a progress bar."""
     from app.prompts import service
     from app.prompts.models import PromptSet
