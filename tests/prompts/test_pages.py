@@ -131,3 +131,54 @@ class TestApi:
             "p.csv, line 2, field 'prompt': empty or only whitespace"]
         assert {k: v for k, v in bad.json()["detail"][1].items() if k != "text"} == {
             "file": "p.csv", "line": 2, "field": "prompt", "message": "empty or only whitespace"}
+
+
+class TestLiveFigures:
+    def test_a_running_job_shows_rate_and_time_left(self, client: TestClient, session: Session) -> None:
+        from datetime import timedelta
+
+        from app.db import utcnow
+        from app.prompts import service
+
+        login(client, make_user(session, role="admin"))
+        ps = make_prompt_set(session, name="running")
+        job = service.start_sampling(session=session, prompt_set=ps)
+        job.status, job.started_at = "running", utcnow() - timedelta(seconds=10)
+        for _ in range(2):
+            task = make_task(session, prompt_set=ps)
+            task.sampling_job_id = job.id
+        for i in range(4):
+            session.add(Prompt(prompt_set_id=ps.id, text=f"waiting {i}", text_hash=f"w{i}"))
+        session.flush()
+        prog = service.progress(session=session, prompt_set=ps)
+        assert (prog.done, prog.total) == (2, 6)
+        assert prog.rate is not None and 0.15 < prog.rate <= 0.2
+        assert prog.eta_seconds is not None and 19 < prog.eta_seconds < 27
+        frag = client.get(f"/sets/{ps.id}/progress", headers={"HX-Request": "true"}).text
+        assert "2 / 6 prompts sampled" in frag and "prompts/s" in frag and " s left" in frag
+        assert 'hx-trigger="every 2s"' in frag
+
+    def test_a_finished_job_stops_the_polling(self, client: TestClient, session: Session) -> None:
+        login(client, make_user(session, role="admin"))
+        ps = make_prompt_set(session, name="done")
+        make_task(session, prompt_set=ps)
+        frag = client.get(f"/sets/{ps.id}/progress", headers={"HX-Request": "true"}).text
+        assert "1 / 1 prompts sampled" in frag and "hx-trigger" not in frag
+
+    def test_the_upload_limit_applies_in_the_browser(self, client: TestClient, session: Session) -> None:
+        csrf = login(client, make_user(session, role="admin"))
+        app = client.app
+        app.state.settings = app.state.settings.model_copy(update={"max_upload_mb": 0.00005})
+        r = upload(client, csrf, data=JL * 10)
+        assert r.status_code == 422
+        assert "p.jsonl: the file is larger than the 5e-05 MB limit (RANKLAB_MAX_UPLOAD_MB)" in r.text
+        assert session.scalar(select(func.count()).select_from(PromptSet)) == 0
+
+
+def test_the_web_app_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, app.main, app.prompts.views, app.prompts.service, app.prompts.commands, "
+            "app.runs.policies; sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
