@@ -46,10 +46,12 @@ def prompts() -> None:
 @click.option("--policy-version", type=int, help="Policy version id that samples (default: the active one).")
 @click.option("--compare-version", type=int,
               help="A second policy version: each task gets half its completions from each.")
+@click.option("--flag", "flags", multiple=True,
+              help="A yes/no flag labelers tick (repeatable); default: InstructGPT's eleven.")
 @click.option("--no-sample", is_flag=True, help="Import only; queue no sampling job.")
 def import_(file: Path, name: str, k: int, overlap: int, fmt: str | None, max_new_tokens: int,
             temperature: float, top_p: float, top_k: int, policy_version: int | None,
-            compare_version: int | None, no_sample: bool) -> None:
+            compare_version: int | None, flags: tuple[str, ...], no_sample: bool) -> None:
     """Import a prompt file as a new set and queue its sampling job. All or nothing.
 
     \b
@@ -73,7 +75,7 @@ def import_(file: Path, name: str, k: int, overlap: int, fmt: str | None, max_ne
                 sampling={"max_new_tokens": max_new_tokens, "temperature": temperature,
                           "top_p": top_p, "top_k": top_k},
                 policy_version_id=policy_version, compare_version_id=compare_version,
-                enqueue=not no_sample)
+                flags=list(flags) or None, enqueue=not no_sample)
             report, set_id, job_id = dict(ps.report), ps.id, ps.report.get("job_id")
     except service.ImportRejected as exc:
         for problem in exc.problems:

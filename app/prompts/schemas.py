@@ -31,6 +31,7 @@ class PromptSetOut(BaseModel):
     policy_version_id: int | None
     compare_version_id: int | None
     is_demo: bool = Field(description="Its completions come from the small local demo model.")
+    flags: list[str] = Field(description="The yes/no flags labelers tick for each completion.")
     status: str
     source_filename: str | None
     report: dict[str, Any] = Field(description="rows, imported, duplicates, duplicate_lines, job_id.")

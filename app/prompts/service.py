@@ -21,6 +21,7 @@ from app.runs.models import FINISHED, Job, JobStatus, ModelVersion
 
 K_MIN, K_MAX = 4, 9
 OVERLAP_MAX = 100
+MAX_FLAGS = 30
 SAMPLING_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
@@ -107,6 +108,7 @@ def import_prompt_set(
     sampling: dict[str, Any] | None = None,
     policy_version_id: int | None = None,
     compare_version_id: int | None = None,
+    flags: list[str] | None = None,
     created_by_id: int | None = None,
     enqueue: bool = True,
 ) -> PromptSet:
@@ -116,6 +118,15 @@ def import_prompt_set(
     problems = check_options(session=session, filename=filename, name=name, k=k, overlap=overlap,
                              sampling=params, policy_version_id=policy_version_id,
                              compare_version_id=compare_version_id)
+    flag_set = [f.strip() for f in (flags or []) if f.strip()] or list(DEFAULT_FLAGS)
+    if len(flag_set) > MAX_FLAGS:
+        problems.append(Problem(filename, None, "flags", f"at most {MAX_FLAGS} flags, got {len(flag_set)}"))
+    for flag in flag_set:
+        if len(flag) > 200:
+            problems.append(Problem(filename, None, "flags", f"a flag of {len(flag)} characters; "
+                                                             "at most 200"))
+    if len(set(flag_set)) != len(flag_set):
+        problems.append(Problem(filename, None, "flags", "the same flag is listed twice"))
     version = None
     if not any(p.field in ("policy_version", "compare_version") for p in problems):
         version = (policies.get_policy(session=session, version_id=policy_version_id)
@@ -131,7 +142,7 @@ def import_prompt_set(
     assert version is not None
     prompt_set = PromptSet(
         name=name.strip(), k=k, overlap=overlap, sampling=params, policy_version_id=version.id,
-        compare_version_id=compare_version_id, flags=list(DEFAULT_FLAGS),
+        compare_version_id=compare_version_id, flags=flag_set,
         status=SetStatus.sampling if enqueue else SetStatus.active,
         source_filename=filename[:500], created_by_id=created_by_id,
         report={"rows": parsed.rows, "imported": len(parsed.prompts),

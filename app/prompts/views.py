@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.auth.deps import CurrentAdmin
 from app.db import SessionDep
 from app.prompts import service
-from app.prompts.models import PromptSet
+from app.prompts.models import DEFAULT_FLAGS, PromptSet
 from app.prompts.parsing import Problem
 from app.prompts.schemas import PromptSetOut
 from app.runs import policies
@@ -66,7 +66,7 @@ def _new_form(request: Request, session: Session, *, problems: list[Problem] | N
         "problems": problems or [], "truncated": truncated,
         "values": {"k": 4, "overlap": 1, **service.SAMPLING_DEFAULTS, **(values or {})},
         "max_upload_mb": settings.max_upload_mb, "max_prompt_tokens": settings.max_prompt_tokens,
-        "k_range": (service.K_MIN, service.K_MAX),
+        "k_range": (service.K_MIN, service.K_MAX), "default_flags": DEFAULT_FLAGS,
     }, status_code=status_code)
 
 
@@ -86,7 +86,8 @@ def _number(problems: list[Problem], filename: str, fld: str, raw: str, kind: ty
 
 def _upload(request: Request, session: Session, admin_id: int, *, file: UploadFile, name: str,
             fmt: str, k: str, overlap: str, max_new_tokens: str, temperature: str, top_p: str,
-            top_k: str, policy_version_id: str, compare_version_id: str) -> PromptSet:
+            top_k: str, policy_version_id: str, compare_version_id: str,
+            flags: str = "") -> PromptSet:
     """Shared by the page and the API; raises service.ImportRejected."""
     settings = request.app.state.settings
     filename = file.filename or "upload"
@@ -105,7 +106,8 @@ def _upload(request: Request, session: Session, admin_id: int, *, file: UploadFi
         fmt=fmt or None, k=numbers["k"], overlap=numbers["overlap"],
         sampling={f: numbers[f] for f in ("max_new_tokens", "temperature", "top_p", "top_k")},
         policy_version_id=numbers["policy_version"] or None,
-        compare_version_id=numbers["compare_version"] or None, created_by_id=admin_id)
+        compare_version_id=numbers["compare_version"] or None,
+        flags=[line for line in flags.splitlines() if line.strip()] or None, created_by_id=admin_id)
 
 
 Text = Annotated[str, Form()]
@@ -117,16 +119,16 @@ def upload_set(
     file: Annotated[UploadFile, File()], name: Text, k: Text = "4", overlap: Text = "1",
     fmt: Annotated[str, Form(alias="format")] = "", max_new_tokens: Text = "64",
     temperature: Text = "1.0", top_p: Text = "1.0", top_k: Text = "0",
-    policy_version_id: Text = "", compare_version_id: Text = "",
+    policy_version_id: Text = "", compare_version_id: Text = "", flags: Text = "",
 ) -> Response:
-    form = {"name": name, "k": k, "overlap": overlap, "max_new_tokens": max_new_tokens,
+    form = {"flags": flags, "name": name, "k": k, "overlap": overlap, "max_new_tokens": max_new_tokens,
             "temperature": temperature, "top_p": top_p, "top_k": top_k, "format": fmt,
             "policy_version_id": policy_version_id, "compare_version_id": compare_version_id}
     try:
         ps = _upload(request, session, admin.id, file=file, name=name, fmt=fmt, k=k,
                      overlap=overlap, max_new_tokens=max_new_tokens, temperature=temperature,
                      top_p=top_p, top_k=top_k, policy_version_id=policy_version_id,
-                     compare_version_id=compare_version_id)
+                     compare_version_id=compare_version_id, flags=flags)
     except service.ImportRejected as exc:
         session.rollback()  # a default policy registered on the way is not worth keeping either
         return _new_form(request, session, problems=exc.problems, truncated=exc.truncated,
@@ -183,7 +185,7 @@ def _out(session: Session, ps: PromptSet) -> PromptSetOut:
     return PromptSetOut(
         id=ps.id, name=ps.name, k=ps.k, overlap=ps.overlap, sampling=ps.sampling,
         policy_version_id=ps.policy_version_id, compare_version_id=ps.compare_version_id,
-        is_demo=row["is_demo"], status=ps.status, source_filename=ps.source_filename,
+        is_demo=row["is_demo"], flags=list(ps.flags), status=ps.status, source_filename=ps.source_filename,
         report=ps.report, created_at=ps.created_at, progress=row["prog"].as_dict())
 
 
@@ -204,14 +206,14 @@ def upload_set_api(
     file: Annotated[UploadFile, File()], name: Text, k: Text = "4", overlap: Text = "1",
     fmt: Annotated[str, Form(alias="format")] = "", max_new_tokens: Text = "64",
     temperature: Text = "1.0", top_p: Text = "1.0", top_k: Text = "0",
-    policy_version_id: Text = "", compare_version_id: Text = "",
+    policy_version_id: Text = "", compare_version_id: Text = "", flags: Text = "",
 ) -> Response | PromptSetOut:
     """Upload a prompt file (multipart): all or nothing; queues the sampling job."""
     try:
         ps = _upload(request, session, admin.id, file=file, name=name, fmt=fmt, k=k,
                      overlap=overlap, max_new_tokens=max_new_tokens, temperature=temperature,
                      top_p=top_p, top_k=top_k, policy_version_id=policy_version_id,
-                     compare_version_id=compare_version_id)
+                     compare_version_id=compare_version_id, flags=flags)
     except service.ImportRejected as exc:
         session.rollback()
         return JSONResponse({"detail": [p.as_dict() for p in exc.problems],

@@ -212,3 +212,25 @@ class TestMalformed:
         assert len(err.value.problems) == 50 and err.value.truncated
         assert str(err.value.problems[-1]) == "m.jsonl, line 50, field 'prompt': empty or only whitespace"
         assert counts(session) == (0, 0, 0)
+
+
+class TestFlags:
+    def test_default_flags_or_the_given_ones(self, session: Session, settings: Settings) -> None:
+        from app.prompts.models import DEFAULT_FLAGS
+
+        a = service.import_prompt_set(session=session, settings=settings, name="a",
+                                      filename="a.jsonl", data=jl({"prompt": "x"}))
+        b = service.import_prompt_set(session=session, settings=settings, name="b",
+                                      filename="b.jsonl", data=jl({"prompt": "x"}),
+                                      flags=[" is rude ", "", "is off topic"])
+        assert a.flags == DEFAULT_FLAGS and len(a.flags) == 11
+        assert b.flags == ["is rude", "is off topic"]
+
+    def test_a_repeated_flag_is_refused(self, session: Session, settings: Settings) -> None:
+        with pytest.raises(service.ImportRejected) as err:
+            service.import_prompt_set(session=session, settings=settings, name="c",
+                                      filename="c.jsonl", data=jl({"prompt": "x"}),
+                                      flags=["rude", "rude"])
+        assert [str(p) for p in err.value.problems] == [
+            "c.jsonl, field 'flags': the same flag is listed twice"]
+        assert counts(session) == (0, 0, 0)

@@ -29,11 +29,13 @@ class TestUploadPage:
         csrf = login(client, make_user(session, role="admin"))
         page = client.get("/sets/new")
         assert page.status_code == 200 and 'enctype="multipart/form-data"' in page.text
-        r = upload(client, csrf, k="5", overlap="2", temperature="0.7", max_new_tokens="32")
+        r = upload(client, csrf, k="5", overlap="2", temperature="0.7", max_new_tokens="32",
+                   flags="off topic\nrude\n")
         assert r.status_code == 303, r.text
         ps = session.scalar(select(PromptSet).where(PromptSet.name == "web set"))
         assert ps is not None and (ps.k, ps.overlap) == (5, 2)
         assert ps.sampling["temperature"] == 0.7 and ps.sampling["max_new_tokens"] == 32
+        assert ps.flags == ["off topic", "rude"]
         assert r.headers["location"] == f"/sets/{ps.id}"
         job = session.get(Job, ps.report["job_id"])
         assert job is not None and job.kind == "sample" and job.status == "queued"
