@@ -16,20 +16,22 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (`take` needs it; load it now, not at the first export)
 
+from app.exports import pairs
 from app.exports.formats import AnnotationRecord, RowOptions, schema_for
-from app.exports.pairs import Item, ranking_to_pairs
 
 _d = orjson.dumps
 
 
 def pair_indices(rec: AnnotationRecord, *, keep_ties: bool) -> list[tuple[int, int, bool, int, int | None]]:
     """(chosen index, rejected index into rec.items, tie, rank gap, rating diff) per pair."""
-    index = {it.completion_id: i for i, it in enumerate(rec.items)}
-    items = [Item(it.completion_id, it.rank, it.rating) for it in rec.items if it.rank is not None]
-    return [
-        (index[p.chosen.completion_id], index[p.rejected.completion_id], p.tie, p.rank_gap, p.rating_diff)
-        for p in ranking_to_pairs(items, keep_ties=keep_ties)
-    ]
+    ranked = [i for i, it in enumerate(rec.items) if it.rank is not None]
+    items = rec.items
+    out = []
+    for w, x, gap in pairs.pair_indices([items[i].rank for i in ranked], keep_ties=keep_ties):  # type: ignore[misc]
+        c, r = ranked[w], ranked[x]
+        a, b = items[c].rating, items[r].rating
+        out.append((c, r, gap == 0, gap, None if a is None or b is None else a - b))
+    return out
 
 
 def _side(prefix: bytes, it: Any) -> bytes:

@@ -7,7 +7,6 @@ an export shows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import combinations
 from typing import NamedTuple
 
 # NamedTuples, not frozen dataclasses: an export makes one Pair per row, and frozen dataclasses
@@ -38,19 +37,32 @@ def ranking_to_pairs(items: Sequence[Item], *, keep_ties: bool = False) -> list[
     """Every pair of items with different ranks, the better one as `chosen`; with `keep_ties`,
     the tied pairs as well (marked `tie=True`). Pairs come in the order of the items given
     (i < j), so the output is deterministic for a given input order."""
-    ranks = [it.rank for it in items]
-    if any(r < 1 for r in ranks):
-        raise ValueError(f"ranks must be >= 1 (1 = best), got {ranks}")
     if len({it.completion_id for it in items}) != len(items):
         raise ValueError("a completion appears twice in one ranking")
-    out: list[Pair] = []
-    for a, b in combinations(items, 2):
-        if a.rank == b.rank:
-            if keep_ties:
-                out.append(Pair(a, b, True, 0, _diff(a, b)))
-            continue
-        win, lose = (a, b) if a.rank < b.rank else (b, a)
-        out.append(Pair(win, lose, False, lose.rank - win.rank, _diff(win, lose)))
+    return [
+        Pair(items[w], items[x], gap == 0, gap, _diff(items[w], items[x]))
+        for w, x, gap in pair_indices([it.rank for it in items], keep_ties=keep_ties)
+    ]
+
+
+def pair_indices(ranks: Sequence[int], *, keep_ties: bool = False) -> list[tuple[int, int, int]]:
+    """The expansion itself, on positions: (better, worse, rank gap) for each pair i < j with
+    different ranks (for a tie, with `keep_ties`: (i, j, 0)). Exports run this directly, so
+    they make no objects per pair; `ranking_to_pairs` is the same thing with Items."""
+    if any(r < 1 for r in ranks):
+        raise ValueError(f"ranks must be >= 1 (1 = best), got {list(ranks)}")
+    out = []
+    n = len(ranks)
+    for i in range(n):
+        ri = ranks[i]
+        for j in range(i + 1, n):
+            rj = ranks[j]
+            if ri < rj:
+                out.append((i, j, rj - ri))
+            elif rj < ri:
+                out.append((j, i, ri - rj))
+            elif keep_ties:
+                out.append((i, j, 0))
     return out
 
 
