@@ -6,6 +6,7 @@ import secrets
 import sys
 
 import click
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import service as auth
 from app.auth.models import Role
@@ -17,7 +18,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(tokens)
 
 
-def _sessions():  # type: ignore[no-untyped-def]
+def _sessions() -> sessionmaker[Session]:
     from app.cli import sessions
 
     return sessions()

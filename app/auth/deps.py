@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from app.auth import security
 from app.auth import service as auth
@@ -56,14 +57,15 @@ async def submitted_csrf_token(request: Request) -> str | None:
 
 async def get_principal(request: Request, session: SessionDep) -> Principal | None:
     if hasattr(request.state, "principal"):
-        return request.state.principal  # type: ignore[no-any-return]
+        cached: Principal | None = request.state.principal
+        return cached
     principal: Principal | None = None
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise LoginRequired("The Authorization header must be 'Bearer <token>'.")
-        user = auth.user_for_api_token(session=session, token=token.strip())
+        user = await run_in_threadpool(lambda: auth.user_for_api_token(session=session, token=token.strip()))
         if user is None:
             raise LoginRequired("This API token is unknown or revoked. Create a new one.")
         principal = Principal(user=user, via="token")

@@ -82,7 +82,8 @@ def set_password(*, session: Session, user: User, password: str) -> None:
 
 
 def has_admin(*, session: Session) -> bool:
-    return session.scalar(select(func.count()).select_from(User).where(User.role == Role.admin)) > 0
+    count = session.scalar(select(func.count()).select_from(User).where(User.role == Role.admin))
+    return bool(count)
 
 
 # --- logins -------------------------------------------------------------------------------

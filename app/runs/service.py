@@ -139,13 +139,14 @@ def claim(*, session: Session, worker_id: str, kinds: list[str] | None = None) -
 
 def heartbeat(*, session: Session, job_id: int, worker_id: str) -> bool:
     """Keep the claim alive. False when the job is no longer ours (requeued to someone else)."""
-    res = session.execute(
+    still_ours = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running)
         .values(heartbeat_at=utcnow())
+        .returning(Job.id)
         .execution_options(synchronize_session=False)
     )
-    return res.rowcount == 1
+    return still_ours is not None
 
 
 def set_progress(*, session: Session, job_id: int, fraction: float, message: str = "") -> None:

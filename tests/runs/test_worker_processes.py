@@ -25,18 +25,22 @@ register("t_record", handlers.record)
 register("t_slow", handlers.slow)
 
 
-def _worker_process(url: str, *args: str, **env: str) -> subprocess.Popen[str]:
-    """`python -m app.cli worker ...` on `url`, knowing the test handlers; returns once it runs."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", *args],
-        cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "RANKLAB_DATABASE_URL": url, "RANKLAB_ENV": "test",
-             "RANKLAB_EXTRA_HANDLERS": "t_record=tests.runs.handlers:record,"
-                                       "t_slow=tests.runs.handlers:slow", **env},
-    )
-    assert proc.stderr is not None
-    first = proc.stderr.readline()
-    assert "started" in first, first + proc.stderr.read()
+def _worker_process(url: str, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """`python -m app.cli worker ...` on `url`, knowing the test handlers; returns once it runs.
+    Its stderr goes to `log` (a file never fills up and blocks the worker, as a pipe could)."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", *args],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+            env={**os.environ, "RANKLAB_DATABASE_URL": url, "RANKLAB_ENV": "test",
+                 "RANKLAB_EXTRA_HANDLERS": "t_record=tests.runs.handlers:record,"
+                                           "t_slow=tests.runs.handlers:slow", **env},
+        )
+    deadline = time.monotonic() + 60
+    while " started" not in log.read_text():
+        assert proc.poll() is None, f"worker exited {proc.returncode}: {log.read_text()}"
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
     return proc
 
 
@@ -61,7 +65,8 @@ class TestManyWorkers:
             ids = {make_job(s, kind="t_record",
                             params={"record": str(record), "sleep": 0.003}).id
                    for _ in range(n_jobs)}
-        procs = [_worker_process(pg_only_url, "--burst", "--poll", "0.05") for _ in range(2)]
+        logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+        procs = [_worker_process(pg_only_url, log, "--burst", "--poll", "0.05") for log in logs]
         # Each thread its own sessionmaker over its own pool connections.
         workers = [Worker(make_sessionmaker(pg_only_url), worker_id=f"thread-{i}",
                           poll_seconds=0.05, heartbeat_seconds=30) for i in range(3)]
@@ -70,8 +75,8 @@ class TestManyWorkers:
             t.start()
         for t in threads:
             t.join(timeout=120)
-        for p in procs:
-            assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
+        for p, log in zip(procs, logs, strict=True):
+            assert p.wait(timeout=120) == 0, log.read_text()
 
         runs = [line.split() for line in record.read_text().splitlines()]
         per_job = Counter(int(job_id) for job_id, *_ in runs)
@@ -92,7 +97,8 @@ class TestKilledWorker:
         with committed_pg.begin() as s:
             job_id = make_job(s, kind="t_slow",
                               params={"record": str(record), "hang_first": True}).id
-        proc = _worker_process(pg_only_url, "--poll", "0.05", RANKLAB_JOB_STALE_SECONDS="2")
+        proc = _worker_process(pg_only_url, tmp_path / "worker.log", "--poll", "0.05",
+                               RANKLAB_JOB_STALE_SECONDS="2")
         try:
             running = _wait(committed_pg, job_id,
                             lambda j: j.status == JobStatus.running and j.progress > 0)
@@ -100,11 +106,13 @@ class TestKilledWorker:
         finally:
             proc.kill()
             proc.wait()
-        time.sleep(1.2)  # let its heartbeat grow older than the rescuer's stale limit
-
         rescuer = Worker(committed_pg, worker_id="rescuer", poll_seconds=0.05,
                          heartbeat_seconds=30, stale_seconds=1.0)
-        assert rescuer.run(burst=True) == 1
+        # Nothing to take until the dead worker's last heartbeat is older than the stale limit.
+        deadline = time.monotonic() + 30
+        while rescuer.run(burst=True) == 0:
+            assert time.monotonic() < deadline, "the dead worker's job was never requeued"
+            time.sleep(0.2)
         job = _wait(committed_pg, job_id, lambda j: j.status != JobStatus.running, timeout=5)
         assert (job.status, job.attempts, job.worker_id, job.result) == (
             "succeeded", 2, "rescuer", {"attempt": 2})
