@@ -25,6 +25,8 @@ from app.auth.schemas import MeOut, TokenOut
 from app.db import SessionDep
 from app.web import render
 
+COOKIE_MAX_AGE = 30 * 24 * 3600
+
 router = APIRouter(tags=["accounts"])
 api = APIRouter(tags=["accounts"])
 
@@ -101,7 +103,9 @@ def login(
     hours = request.app.state.settings.session_hours
     token, _ = auth.start_session(session=session, user=user, hours=hours)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    _set_cookie(request, response, SESSION_COOKIE, token, max_age=int(hours * 3600))
+    # The server's sliding expiry decides when a login ends; a cookie that died `hours` after
+    # login would log out someone who has been active all along.
+    _set_cookie(request, response, SESSION_COOKIE, token, max_age=COOKIE_MAX_AGE)
     response.delete_cookie(ANON_CSRF_COOKIE, path="/")
     return response
 

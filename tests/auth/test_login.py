@@ -162,3 +162,9 @@ def test_empty_fields_are_asked_for_again(client: TestClient, session: Session) 
     r = post_login(client, "  ", "")
     assert r.status_code == 422 and "Enter your username and password" in r.text
     assert n_sessions(session) == 0
+
+
+def test_the_cookie_outlives_the_sliding_server_expiry(client: TestClient, session: Session) -> None:
+    user = make_user(session)
+    r = post_login(client, user.username, PASSWORD)
+    assert "Max-Age=2592000" in r.headers["set-cookie"]  # the server decides when it ends
