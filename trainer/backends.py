@@ -93,9 +93,10 @@ class LocalBackend:
                                    f"{self.max_positions} positions")
         torch.manual_seed(seed)
         with torch.no_grad():
+            # top_k=0 is passed as is: it turns top-k off, where None would mean generate's 50.
             out = self.model.generate(  # type: ignore[misc]
                 **enc, do_sample=True, num_return_sequences=n, max_new_tokens=max_new,
-                temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None,
+                temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_id,
             )  # (B*n, width + new), the n samples of each prompt next to each other
         new = out[:, width:].tolist()
