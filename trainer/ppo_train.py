@@ -263,10 +263,19 @@ def train(
         start_it, history = int(state["iteration"]), state["history"]
         reporter.log(f"resumed from the checkpoint of iteration {start_it}")
 
-    prompt_ids = [
-        tokenizer(p, add_special_tokens=False)["input_ids"][-cfg.max_prompt_tokens :] or [eos_id]
-        for p in prompts
-    ]
+    # Tokenised as the sampler does (with the tokenizer's own special tokens, e.g. a BOS), cut from
+    # the left so that prompt + response fit the model's positions.
+    positions = getattr(acc.unwrap_model(policy).config, "max_position_embeddings", None) or getattr(
+        acc.unwrap_model(policy).config, "n_positions", None
+    )
+    room = (
+        cfg.max_prompt_tokens if not positions else min(cfg.max_prompt_tokens, positions - cfg.max_new_tokens)
+    )
+    if room < 1:
+        raise ValueError(
+            f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in {positions} positions"
+        )
+    prompt_ids = [tokenizer(p)["input_ids"][-room:] or [eos_id] for p in prompts]
     per_process = max(1, cfg.batch_size // acc.num_processes)
     mini = max(1, cfg.mini_batch_size // acc.num_processes)
     ptx = _tokenize_texts(tokenizer, ptx_texts, cfg.ptx_max_tokens, "cpu") if cfg.ptx_coef > 0 else None
