@@ -3,6 +3,7 @@ real handlers and one worker; a failed step stops the chain; promote on its own.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,54 @@ def worker(sessions: sessionmaker[Session]) -> Worker:
     return Worker(sessions, worker_id="round-test", heartbeat_seconds=3600, stale_seconds=600)
 
 
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo policy at its test size (a few seconds of training on the shipped corpus)."""
+    from trainer.demo_policy import TINY, build_demo_policy
+
+    with one_thread():
+        return build_demo_policy(tmp_path_factory.mktemp("demo") / "demo-policy", TINY)
+
+
 class TestRound:
+    def test_the_round_on_the_demo_model(self, sessions, demo_files, artifacts) -> None:
+        from app.runs import policies
+
+        shutil.copytree(demo_files, policies.demo_path(get_settings()))
+        with sessions() as s:
+            demo = policies.ensure_base_policy(session=s, settings=get_settings())
+            assert demo.is_demo and demo.is_active
+            ps = make_prompt_set(s, name="demo-src", k=4)
+            ps.sampling = {"max_new_tokens": 8}
+            labeler = make_user(s)
+            for i in range(8):
+                comps = [
+                    "Sure, here is a short answer.",
+                    f"No {i}.",
+                    "Happy to help with that.",
+                    f"Maybe {i}",
+                ]
+                task = make_task(
+                    s,
+                    prompt_set=ps,
+                    prompt=f"Say something kind, number {i}.",
+                    completions=comps,
+                    policy=demo,
+                )
+                make_annotation(s, task=task, user=labeler, ranks=[1, 3, 2, 4])
+            rnd = enqueue_round(session=s, sets=["demo-src"], reward_params=REWARD, ppo_params=PPO)
+            ids, copy_id, demo_id = [j.id for j in rnd.jobs], rnd.new_sets[0].id, demo.id
+            s.commit()
+        worker(sessions).run(burst=True)
+        with sessions() as s:
+            done = [s.get(Job, i) for i in ids]
+            assert [j.status for j in done] == ["succeeded"] * 4, [(j.kind, j.error) for j in done]
+            new = s.get(ModelVersion, done[1].result["model_version_id"])
+            assert new.is_active and new.parent_id == demo_id and new.config["parent_is_demo"]
+            tasks = list(s.scalars(select(Task).where(Task.prompt_set_id == copy_id)))
+            assert len(tasks) == 8
+            assert all({c.model_version_id for c in t.completions} == {new.id} for t in tasks)
+
     def test_the_whole_chain_on_a_tiny_model(self, sessions, models, artifacts) -> None:
         with sessions() as s:
             old = seed_labeled(s, models[0])
