@@ -26,6 +26,7 @@ class TestAPI:
         r = client.get(f"/api/v1/exports/trl?file=parquet&set={w.set_a.id}", headers=h)
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "application/vnd.apache.parquet"
+        assert "content-length" not in r.headers  # streamed in chunks, not built whole first
         assert 'filename="ranklab-trl-' in r.headers["content-disposition"]
         assert r.headers["link"].startswith(f"</api/v1/exports/trl/manifest?file=parquet&set={w.set_a.id}>")
         rows = read_rows(r.content, "parquet")
