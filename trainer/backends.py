@@ -203,7 +203,9 @@ def make_backend(version: ModelVersion, settings: Settings) -> Backend:
                              concurrency=settings.openai_concurrency,
                              timeout=settings.openai_timeout_seconds,
                              retries=settings.openai_retries)
-    if version.is_demo:
+    if version.source == policies.DEMO_SOURCE and version.parent_id is None and version.job_id is None:
+        # The base demo model is built on first use. Its descendants (trained from it, also
+        # marked is_demo) are checkpoints like any other and are only ever loaded.
         from trainer.demo_policy import ensure_demo_policy
 
         path = Path(version.path or policies.demo_path(settings))

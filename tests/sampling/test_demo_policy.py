@@ -59,3 +59,18 @@ class TestDemoPolicy:
         again = policies.ensure_base_policy(
             session=session, settings=Settings(env="test", policy_model="org/real-model"))
         assert again.id == real.id
+
+
+def test_a_policy_trained_from_the_demo_is_loaded_not_rebuilt(tiny_policy_path: Path,
+                                                               tmp_path: Path) -> None:
+    from app.runs.models import ModelVersion
+
+    checkpoint = tmp_path / "ppo-out"
+    shutil.copytree(tiny_policy_path, checkpoint)
+    (checkpoint / demo_policy.MARKER).unlink()  # a trainer's checkpoint has no demo marker
+    before = (checkpoint / "model.safetensors").stat().st_mtime_ns
+    child = ModelVersion(kind="policy", name="ppo 1", source="ppo", path=str(checkpoint),
+                         parent_id=1, is_demo=True)
+    assert isinstance(make_backend(child, Settings(env="test", artifacts_dir=tmp_path)), LocalBackend)
+    assert (checkpoint / "model.safetensors").stat().st_mtime_ns == before
+    assert not demo_policy.is_built(checkpoint)
