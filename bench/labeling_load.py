@@ -17,7 +17,6 @@ import asyncio
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -225,7 +224,8 @@ def main() -> int:
         all_lat = [v for values in lat.values() for v in values]
         ok = not errors and result["lost"] == result["duplicated"] == result["over-assigned"] == 0 \
             and result["label_count mismatch"] == 0
-        print(f"overall p99={pct(all_lat, 99):.1f} ms  ->  {'PASS' if ok and pct(all_lat, 99) < 200 else 'FAIL'}"
+        verdict = "PASS" if ok and pct(all_lat, 99) < 200 else "FAIL"
+        print(f"overall p99={pct(all_lat, 99):.1f} ms  ->  {verdict}"
               " (target: p99 < 200 ms, no errors, audit all 0)")
         return 0 if ok else 1
     finally:

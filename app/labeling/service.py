@@ -515,10 +515,11 @@ def history(*, session: Session, user: User, limit: int = 200) -> History:
     counts = dict(session.execute(
         select(Annotation.skip_reason.is_(None), func.count()).where(Annotation.user_id == user.id)
         .group_by(Annotation.skip_reason.is_(None))).all())
-    times = list(session.scalars(
+    times = [int(t) for t in session.scalars(
         select(Annotation.time_spent_ms).where(Annotation.user_id == user.id,
                                                Annotation.skip_reason.is_(None),
-                                               Annotation.time_spent_ms.is_not(None))).all())
+                                               Annotation.time_spent_ms.is_not(None))).all()
+             if t is not None]
     task_ids = {a.task_id for a in rows}
     prompts = dict(session.execute(
         select(Task.id, Prompt.text).join(Prompt, Prompt.id == Task.prompt_id)

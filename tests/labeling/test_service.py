@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.labeling import service as labeling
-from app.labeling.models import Annotation, AnnotationItem, Assignment, Guideline
+from app.labeling.models import Annotation, Assignment, Guideline
 from tests.factories import make_prompt_set, make_task, make_user
 
 LEASE = 30.0
