@@ -17,6 +17,7 @@ from app.exports import views as exports_views
 from app.labeling import views as labeling_views
 from app.prompts import views as prompts_views
 from app.runs import launch as runs_launch
+from app.runs import launch_round as runs_launch_round
 from app.runs import views as runs_views
 from app.web import ROOT, render
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(domain.router)
         app.include_router(domain.api, prefix="/api/v1")
     app.include_router(runs_launch.router)
+    app.include_router(runs_launch_round.router)
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:
