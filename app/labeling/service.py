@@ -230,12 +230,13 @@ def task_view(*, session: Session, assignment: Assignment) -> TaskView:
     is_demo = bool(version_ids) and bool(session.scalar(
         select(func.count()).select_from(ModelVersion)
         .where(ModelVersion.id.in_(version_ids), ModelVersion.is_demo.is_(True))))
-    labels = [_letter(i) for i in range(len(shown))]
+    labels = [letter(i) for i in range(len(shown))]
     return TaskView(assignment=assignment, prompt=prompt_text, completions=shown,
                     flags=list(flags or []), k=len(shown), is_demo=is_demo, labels=labels)
 
 
-def _letter(i: int) -> str:
+def letter(i: int) -> str:
+    """The label of the i-th output shown: A, B, C, …."""
     return chr(ord("A") + i) if i < 26 else f"Z{i - 25}"
 
 
@@ -504,7 +505,7 @@ def ranking_text(annotation: Annotation) -> str:
     for n, item in enumerate(items):
         if n:
             out += " = " if item.rank == items[n - 1].rank else " > "
-        out += _letter(item.position) if item.position is not None else str(item.completion_id)
+        out += letter(item.position) if item.position is not None else str(item.completion_id)
     return out
 
 

@@ -63,7 +63,16 @@ def _form_values(form: FormData, completion_ids: list[int]) -> dict[str, Any]:
         "rating": {cid: str(form.get(f"rating-{cid}", "")) for cid in completion_ids},
         "flags": {cid: [str(f) for f in form.getlist(f"flags-{cid}")] for cid in completion_ids},
         "notes": str(form.get("notes", "")),
+        "item_notes": {cid: str(form.get(f"note-{cid}", "")).strip() for cid in completion_ids},
     }
+
+
+def _joined_notes(values: dict[str, Any], labels: dict[int, str]) -> str:
+    """The task's notes, then one line per output note ("B: invents a date"): annotation.notes
+    is one text, and the letters are the ones this labeler saw."""
+    lines = [values["notes"].strip()] if values["notes"].strip() else []
+    lines += [f"{labels[cid]}: {text}" for cid, text in values["item_notes"].items() if text]
+    return "\n".join(lines)
 
 
 def _int_or_keep(value: str) -> Any:
@@ -90,12 +99,13 @@ def label_submit(request: Request, session: SessionDep, user: CurrentLabeler, fo
                       status_code=404)
     ids = [c.id for c in assignment.task.completions]
     values = _form_values(form, ids)
+    labels = {cid: labeling.letter(i) for i, cid in enumerate(assignment.display_order)}
     ranks = {str(cid): _int_or_keep(v) for cid, v in values["rank"].items() if v.strip()}
     ratings = {str(cid): _int_or_keep(v) for cid, v in values["rating"].items() if v.strip()}
     try:
         labeling.submit(session=session, assignment=assignment, ranks=ranks, ratings=ratings,
                         flags={str(cid): f for cid, f in values["flags"].items()},
-                        notes=values["notes"], time_spent_ms=_ms(form),
+                        notes=_joined_notes(values, labels), time_spent_ms=_ms(form),
                         confirm_inconsistent=form.get("confirm_inconsistent") == "1")
     except labeling.SubmissionInvalid as e:
         session.rollback()

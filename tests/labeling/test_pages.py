@@ -56,11 +56,13 @@ class TestLabelPage:
         aid = _assignment_id(client.get("/label").text)
         data = {"csrf_token": csrf, **_fields(first, ["1", "1", "3"], ["6", "6", "2"]),
                 f"flags-{first.completions[2].id}": ps.flags[0], "notes": "B rambles",
-                "time_spent_ms": "1234"}
+                f"note-{first.completions[2].id}": "too long", "time_spent_ms": "1234"}
         r = client.post(f"/label/{aid}", data=data)
         assert r.status_code == 200 and "The second prompt" in r.text and "Task 2 of 2" in r.text
         ann = session.scalars(select(Annotation)).one()
-        assert sorted(i.rank for i in ann.items) == [1, 1, 2] and ann.notes == "B rambles"
+        assert sorted(i.rank for i in ann.items) == [1, 1, 2]
+        shown = "ABC"[session.get(Assignment, aid).display_order.index(first.completions[2].id)]  # type: ignore[union-attr]
+        assert ann.notes == f"B rambles\n{shown}: too long"  # per-output notes, by the letter seen
         assert [i.flags for i in ann.items if i.completion_id == first.completions[2].id] == [[ps.flags[0]]]
 
     def test_a_bad_form_is_shown_again_with_the_error_and_the_values(self, client: TestClient,
