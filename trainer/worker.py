@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -179,15 +180,24 @@ class Worker:
 
     def run(self, *, burst: bool = False) -> int:
         """Work until stopped; with burst, until nothing is left to claim. Returns jobs run."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # `docker stop`, `ranklab serve` ending, systemd: SIGTERM stops like Ctrl-C, and the
+            # job in hand goes straight back to the queue (see run_one) instead of going stale.
+            previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         done = 0
-        while not self.stop.is_set():
-            self.maintain()
-            if self.run_one():
-                done += 1
-            elif burst:
-                break
-            else:
-                self.stop.wait(self.poll_seconds)
+        try:
+            while not self.stop.is_set():
+                self.maintain()
+                if self.run_one():
+                    done += 1
+                elif burst:
+                    break
+                else:
+                    self.stop.wait(self.poll_seconds)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return done
 
     def maintain(self) -> None:
@@ -216,6 +226,11 @@ class Worker:
             result = resolve(ctx.kind)(ctx)
         except jobs.JobCancelled:
             self._finish(ctx, lambda s, j: jobs.mark_cancelled(session=s, job=j))
+        except KeyboardInterrupt:
+            reason = f"worker {self.worker_id} was stopped"
+            log.warning("job %s: %s; giving it back to the queue", ctx.job_id, reason)
+            self._finish(ctx, lambda s, j: jobs.release(session=s, job=j, reason=reason))
+            raise
         except JobLost as exc:
             log.warning("%s", exc)
         except Exception as exc:  # noqa: BLE001  (any failure of a handler is the job's failure)

@@ -188,6 +188,22 @@ def mark_cancelled(*, session: Session, job: Job) -> None:
     session.flush()
 
 
+def release(*, session: Session, job: Job, reason: str) -> None:
+    """Give a running job back to the queue now (its worker is shutting down), without using
+    up an attempt: the stale limit is for workers that die, not ones that are told to stop."""
+    if job.status != JobStatus.running:
+        return
+    if job.cancel_requested:
+        _finish(job, JobStatus.cancelled, error=None, message="cancelled")
+    else:
+        job.status = JobStatus.queued
+        job.worker_id = None
+        job.attempts = max(0, job.attempts - 1)
+        job.message = f"requeued: {reason}"
+        _append_log(job, job.message)
+    session.flush()
+
+
 def add_metrics(*, session: Session, job_id: int, step: int, values: dict[str, float]) -> None:
     session.add_all(
         JobMetric(job_id=job_id, step=step, name=name, value=float(value))

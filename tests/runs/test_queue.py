@@ -164,3 +164,24 @@ class TestStaleJobs:
         jobs.requeue_stale(session=session, stale_seconds=120)
         session.refresh(job)
         assert job.status == JobStatus.cancelled
+
+
+class TestRelease:
+    def test_a_stopping_worker_gives_the_job_back_without_using_an_attempt(
+            self, session: Session) -> None:
+        job = make_job(session)
+        jobs.claim(session=session, worker_id="w")
+        session.refresh(job)
+        jobs.release(session=session, job=job, reason="worker w was stopped")
+        assert (job.status, job.attempts, job.worker_id) == ("queued", 0, None)
+        assert job.message == "requeued: worker w was stopped"
+        again = jobs.claim(session=session, worker_id="w2")
+        assert again is not None and again.id == job.id and again.attempts == 1
+
+    def test_a_released_job_with_a_cancel_request_ends_cancelled(self, session: Session) -> None:
+        job = make_job(session)
+        jobs.claim(session=session, worker_id="w")
+        session.refresh(job)
+        jobs.request_cancel(session=session, job=job)
+        jobs.release(session=session, job=job, reason="stopped")
+        assert job.status == JobStatus.cancelled

@@ -120,3 +120,23 @@ class TestKilledWorker:
         lines = record.read_text().splitlines()
         assert [line.split()[3] for line in lines] == ["started", "started", "finished"]
         assert lines[-1].split()[1:3] == ["2", "rescuer"]
+
+
+class TestStoppedWorker:
+    def test_sigterm_gives_the_job_back_at_once_without_using_an_attempt(
+            self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path) -> None:
+        with committed_pg.begin() as s:
+            job_id = make_job(s, kind="t_slow", params={"hang_first": True}).id
+        log = tmp_path / "worker.log"
+        proc = _worker_process(pg_only_url, log, "--poll", "0.05")
+        try:
+            _wait(committed_pg, job_id, lambda j: j.status == JobStatus.running and j.progress > 0)
+            proc.terminate()  # what `docker stop` and the end of `ranklab serve` send
+            assert proc.wait(timeout=30) == 0, log.read_text()
+        finally:
+            proc.kill()
+        with committed_pg() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            assert (job.status, job.attempts, job.worker_id) == ("queued", 0, None)
+            assert "was stopped" in job.message
