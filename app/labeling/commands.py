@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import IO
 
 import click
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 
 def register(cli: click.Group) -> None:
@@ -13,7 +15,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(labeling_group)
 
 
-def _sessions():  # type: ignore[no-untyped-def]
+def _sessions() -> sessionmaker[Session]:
     from app.cli import sessions
 
     return sessions()
@@ -27,7 +29,7 @@ def guidelines() -> None:
 @guidelines.command("set")
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @click.option("--by", "username", help="Record this admin as the author.")
-def guidelines_set(file: click.utils.LazyFile, username: str | None) -> None:
+def guidelines_set(file: IO[str], username: str | None) -> None:
     """Save FILE (markdown; `-` reads stdin) as the next version.
 
     \b
