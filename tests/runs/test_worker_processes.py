@@ -90,6 +90,33 @@ class TestManyWorkers:
         assert all(result == {"worker": worker} for _, _, worker, result in rows)
 
 
+    def test_threads_on_sqlite_never_take_the_same_job(self, sqlite_url: str,
+                                                       tmp_path: Path) -> None:
+        """The default install: one SQLite file, the web process and workers writing to it."""
+        from tests.conftest import _empty_all_tables
+
+        _empty_all_tables(sqlite_url)
+        sessions = make_sessionmaker(sqlite_url)
+        record = tmp_path / "claims.txt"
+        try:
+            with sessions.begin() as s:
+                ids = {make_job(s, kind="t_record", params={"record": str(record)}).id
+                       for _ in range(60)}
+            workers = [Worker(make_sessionmaker(sqlite_url), worker_id=f"lite-{i}",
+                              poll_seconds=0.05, heartbeat_seconds=0.05) for i in range(3)]
+            threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            per_job = Counter(int(line.split()[0]) for line in record.read_text().splitlines())
+            assert set(per_job) == ids and max(per_job.values()) == 1
+            with sessions() as s:
+                assert set(s.scalars(select(Job.status))) == {"succeeded"}
+        finally:
+            _empty_all_tables(sqlite_url)
+
+
 class TestKilledWorker:
     def test_a_killed_workers_job_is_claimed_again_and_finishes_once(
             self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path) -> None:
