@@ -16,7 +16,6 @@ from app.auth.models import ApiToken, User
 from app.cli import cli
 from app.config import get_settings
 from app.db import get_engine
-from tests.auth.fast import fast_hashes  # noqa: F401  (autouse)
 
 
 @pytest.fixture

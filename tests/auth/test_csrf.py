@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 
 from app.auth import service as auth
 from app.auth.models import ApiToken, User, UserSession
-from tests.auth.fast import fast_hashes  # noqa: F401  (autouse)
 from tests.factories import PASSWORD, bearer, login, make_user
 
 BAD_TOKENS = [None, "", "forged-token"]

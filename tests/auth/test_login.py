@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth
 from app.auth.models import LoginFailure, User, UserSession
 from app.db import utcnow
-from tests.auth.fast import fast_hashes  # noqa: F401  (autouse)
 from tests.factories import PASSWORD, login, make_user
 
 

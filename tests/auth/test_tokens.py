@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth
 from app.auth.deps import CurrentAdmin, CurrentLabeler, CurrentResearcher
 from app.auth.models import ApiToken, Role, User
-from tests.auth.fast import fast_hashes  # noqa: F401  (autouse)
 from tests.factories import bearer, login, make_user
 
 TOKEN_RE = re.compile(r'<code class="token">(?:[^:<]+: )?(rl_[A-Za-z0-9_-]+)</code>')
