@@ -198,10 +198,20 @@ def _choose_task(session: Session, user: User, now: datetime, live_count: Any,
     return None
 
 
-def get_assignment(*, session: Session, assignment_id: int, user: User) -> Assignment | None:
-    """The assignment if it is this labeler's (others' are invisible, a 404)."""
-    a = session.get(Assignment, assignment_id)
+def get_assignment(*, session: Session, assignment_id: int, user: User,
+                   lock: bool = False) -> Assignment | None:
+    """The assignment if it is this labeler's (others' are invisible, a 404). `lock`: read it
+    FOR UPDATE, as submit() would, saving submit() that read."""
+    if lock:
+        a = session.get(Assignment, assignment_id, with_for_update={"of": Assignment})
+        if a is not None:
+            session.info.setdefault(_LOCKED, set()).add(a.id)
+    else:
+        a = session.get(Assignment, assignment_id)
     return a if a is not None and a.user_id == user.id else None
+
+
+_LOCKED = "labeling.locked_assignments"
 
 
 @dataclass
@@ -215,13 +225,14 @@ class TaskView:
     k: int
     is_demo: bool
     labels: list[str] = field(default_factory=list)
+    guideline_version: int | None = None
 
 
 def task_view(*, session: Session, assignment: Assignment) -> TaskView:
     task = assignment.task
-    prompt_text, flags = session.execute(
-        select(Prompt.text, PromptSet.flags).join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
-        .where(Prompt.id == task.prompt_id)
+    prompt_text, flags, guideline_version = session.execute(
+        select(Prompt.text, PromptSet.flags, _guideline_version())
+        .join(PromptSet, PromptSet.id == Prompt.prompt_set_id).where(Prompt.id == task.prompt_id)
     ).one()
     by_id = {c.id: c for c in task.completions}
     shown = [by_id[i] for i in assignment.display_order if i in by_id]
@@ -232,7 +243,8 @@ def task_view(*, session: Session, assignment: Assignment) -> TaskView:
         .where(ModelVersion.id.in_(version_ids), ModelVersion.is_demo.is_(True))))
     labels = [letter(i) for i in range(len(shown))]
     return TaskView(assignment=assignment, prompt=prompt_text, completions=shown,
-                    flags=list(flags or []), k=len(shown), is_demo=is_demo, labels=labels)
+                    flags=list(flags or []), k=len(shown), is_demo=is_demo, labels=labels,
+                    guideline_version=guideline_version)
 
 
 def letter(i: int) -> str:
@@ -338,6 +350,10 @@ def _validate(*, completion_ids: list[int], set_flags: list[str], ranks: Any, ra
     return clean_ranks, clean_ratings, clean_flags
 
 
+def _guideline_version() -> Any:
+    return select(func.max(Guideline.version)).scalar_subquery()
+
+
 def latest_guideline(*, session: Session) -> Guideline | None:
     return session.scalars(select(Guideline).order_by(Guideline.version.desc()).limit(1)).first()
 
@@ -358,7 +374,8 @@ def _check_lease(session: Session, assignment: Assignment, now: datetime) -> Non
 def _lock_assignment(session: Session, assignment: Assignment) -> Annotation | None:
     """Serialise submissions of one assignment (a double click, a retried request); returns the
     annotation a previous one stored, if any."""
-    session.refresh(assignment, ["state", "lease_expires_at"], with_for_update=True)
+    if assignment.id not in session.info.get(_LOCKED, ()):
+        session.refresh(assignment, ["state", "lease_expires_at"], with_for_update=True)
     if assignment.state in (AssignmentState.active, AssignmentState.expired):
         return None  # the state changes in the same transaction that stores an annotation
     return existing_annotation(session=session, assignment=assignment)
@@ -388,8 +405,9 @@ def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any
     if assignment.state not in (AssignmentState.active, AssignmentState.expired):
         raise SubmissionRefused(f"This assignment is already {assignment.state}.")
     task = assignment.task
-    ps_flags, overlap = session.execute(
-        select(PromptSet.flags, PromptSet.overlap).where(PromptSet.id == task.prompt_set_id)).one()
+    ps_flags, overlap, guideline_version = session.execute(
+        select(PromptSet.flags, PromptSet.overlap, _guideline_version())
+        .where(PromptSet.id == task.prompt_set_id)).one()
     completion_ids = [c.id for c in task.completions]
     clean_ranks, clean_ratings, clean_flags = _validate(
         completion_ids=completion_ids, set_flags=list(ps_flags or []), ranks=ranks,
@@ -405,10 +423,9 @@ def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any
             f"{len(clashes)} lower-ranked output(s) have a higher rating than one ranked above "
             "them: fix the ranks or ratings, or confirm")
     _check_lease(session, assignment, now)
-    guideline = latest_guideline(session=session)
     annotation = Annotation(
         assignment_id=assignment.id, task_id=task.id, user_id=assignment.user_id,
-        guideline_version=guideline.version if guideline else None, notes=(notes or "").strip(),
+        guideline_version=guideline_version, notes=(notes or "").strip(),
         time_spent_ms=_time_spent(assignment, now, time_spent_ms),
         inconsistency_confirmed=bool(clashes), created_at=now)
     position = {cid: i for i, cid in enumerate(assignment.display_order)}
@@ -447,10 +464,9 @@ def skip(*, session: Session, assignment: Assignment, reason: Any, notes: str = 
         return done
     if assignment.state not in (AssignmentState.active, AssignmentState.expired):
         raise SubmissionRefused(f"This assignment is already {assignment.state}.")
-    guideline = latest_guideline(session=session)
     annotation = Annotation(
         assignment_id=assignment.id, task_id=assignment.task_id, user_id=assignment.user_id,
-        guideline_version=guideline.version if guideline else None, skip_reason=reason,
+        guideline_version=session.scalar(select(_guideline_version())), skip_reason=reason,
         notes=notes.strip(), time_spent_ms=_time_spent(assignment, now, time_spent_ms),
         created_at=now)
     session.add(annotation)

@@ -93,7 +93,8 @@ def _ms(form: FormData) -> int | None:
 @router.post("/label/{assignment_id}", response_class=HTMLResponse)
 def label_submit(request: Request, session: SessionDep, user: CurrentLabeler, form: FormDep,
                  assignment_id: int) -> Response:
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
+    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user,
+                                         lock=True)
     if assignment is None:
         return render(request, "error.html", {"message": "No such assignment of yours."},
                       status_code=404)
@@ -121,7 +122,8 @@ def label_submit(request: Request, session: SessionDep, user: CurrentLabeler, fo
 def label_skip(request: Request, session: SessionDep, user: CurrentLabeler, assignment_id: int,
                reason: Annotated[str, Form()] = "", notes: Annotated[str, Form()] = "",
                time_spent_ms: Annotated[str, Form()] = "") -> Response:
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
+    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user,
+                                         lock=True)
     if assignment is None:
         return render(request, "error.html", {"message": "No such assignment of yours."},
                       status_code=404)
@@ -175,11 +177,10 @@ def api_next_task(request: Request, session: SessionDep, user: CurrentLabeler) -
     if assignment is None:
         return Response(status_code=204)
     view = labeling.task_view(session=session, assignment=assignment)
-    guideline = labeling.latest_guideline(session=session)
     return TaskOut(assignment_id=assignment.id, prompt=view.prompt,
                    completions=[CompletionOut(id=c.id, text=c.text) for c in view.completions],
                    flags=view.flags, k=view.k, lease_expires_at=assignment.lease_expires_at,
-                   is_demo=view.is_demo, guideline_version=guideline.version if guideline else None)
+                   is_demo=view.is_demo, guideline_version=view.guideline_version)
 
 
 def _annotation_out(a: Annotation) -> AnnotationOut:
@@ -198,7 +199,8 @@ def _annotation_out(a: Annotation) -> AnnotationOut:
 def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: int,
                body: AnnotationIn) -> Any:
     """Submit a ranking or a skip. Submitting again returns the first annotation unchanged."""
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
+    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user,
+                                         lock=True)
     if assignment is None:
         return JSONResponse({"detail": "No such assignment of yours."}, status_code=404)
     try:
