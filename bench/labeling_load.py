@@ -78,6 +78,24 @@ def seed(url: str, *, labelers: int, tasks: int, k: int, overlap: int) -> list[s
     return tokens
 
 
+def cpu_seconds(server_pid: int, database: str) -> tuple[float, float]:
+    """CPU time used so far by the uvicorn processes, and by PostgreSQL backends of `database`."""
+    import psutil
+
+    def used(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    root = psutil.Process(server_pid)
+    app = used(root) + sum(used(c) for c in root.children(recursive=True))
+    db = sum(used(p) for p in psutil.process_iter(["cmdline"])
+             if database in " ".join(p.info.get("cmdline") or []))
+    return app, db
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -209,7 +227,9 @@ def main() -> int:
         else:
             print("the server did not start", file=sys.stderr)
             return 1
+        cpu_before = cpu_seconds(server.pid, name)
         lat, errors, acked, elapsed = asyncio.run(run(args, base, tokens))
+        cpu_after = cpu_seconds(server.pid, name)
         print(f"labelers={args.labelers} workers={args.workers} think={args.think}s k={args.k} "
               f"overlap={args.overlap} tasks={args.tasks} elapsed={elapsed:.1f}s")
         for endpoint, values in lat.items():
@@ -217,6 +237,11 @@ def main() -> int:
                   f"p95={pct(values, 95):6.1f} ms  p99={pct(values, 99):6.1f} ms  "
                   f"max={max(values):6.1f} ms")
         print(f"annotations/s={len(acked) / elapsed:.1f}  acknowledged={len(acked)}  errors={len(errors)}")
+        n_requests = sum(len(v) for v in lat.values()) or 1
+        app_ms = (cpu_after[0] - cpu_before[0]) * 1000 / n_requests
+        db_ms = (cpu_after[1] - cpu_before[1]) * 1000 / n_requests
+        print(f"CPU per request: server {app_ms:.1f} ms + PostgreSQL {db_ms:.1f} ms"
+              f"  (machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         for e in sorted(set(errors))[:5]:
             print("  error:", e)
         result = audit(url, acked, args.overlap)
