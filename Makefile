@@ -20,6 +20,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/ranklab db upgrade
 	$(BIN)/ranklab users ensure-admin
+	$(BIN)/ranklab demo
 	$(BIN)/ranklab serve
 
 test: install
