@@ -132,12 +132,13 @@ def next_assignment(*, session: Session, user: User, lease_minutes: float,
             return held  # a reload gets the same task back
     # An assignment whose lease ran out while the labeler was away: theirs again if there is room.
     for stale in active:
+        savepoint = session.begin_nested()  # gives the task's lock back if it cannot be renewed
         _lock_task(session, stale.task_id)
-        room = _room(session, stale.task_id, user.id, now)
-        if room.has_room:
+        if _room(session, stale.task_id, user.id, now).has_room:
             stale.lease_expires_at = now + lease
-            session.flush()
+            savepoint.commit()
             return stale
+        savepoint.rollback()
         stale.state = AssignmentState.expired
         stale.finished_at = now
     session.flush()
