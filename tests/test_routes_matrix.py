@@ -82,6 +82,7 @@ ROUTES: dict[str, str] = {
     "GET /quality": "researcher",
     "GET /api/v1/exports/{fmt}": "researcher",
     "GET /api/v1/exports/{fmt}/manifest": "researcher",
+    "GET /api/v1/quality": "researcher",
     # runs and models (app/runs)
     "GET /runs": "researcher",
     "GET /runs/{job_id}": "researcher",

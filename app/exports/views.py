@@ -284,3 +284,59 @@ def api_export(fmt: str, request: Request, user: CurrentResearcher, session: Ses
 @api.get("/exports/{fmt}/manifest", summary="Manifest of the export with the same query")
 def api_manifest(fmt: str, request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
     return _manifest(request, fmt, user, session)
+
+
+@api.get("/quality", summary="Agreement, labeler statistics and policy win rates")
+def api_quality(request: Request, user: CurrentResearcher, session: SessionDep) -> dict[str, Any]:
+    """The figures of the /quality page as JSON. Query: set=ID (repeatable; default all),
+    real_names=1 (admins). Rates are shares in [0, 1]; intervals are 95% Wilson intervals."""
+    real = request.query_params.get("real_names", "").lower() in TRUE
+    if real and user.role != Role.admin:
+        raise Forbidden("Real labeler names are for admins; labelers are named by pseudonym.")
+    ctx = quality_context(
+        session=session,
+        set_ids=_ints(request.query_params, "set"),
+        show_names=real,
+        secret=request.app.state.settings.secret_key,
+    )
+    overall, who, versions = ctx["overall"], ctx["who"], ctx["versions"]
+
+    def agreement(a: quality.Agreement) -> dict[str, Any]:
+        return {
+            "rate": a.rate,
+            "interval": list(a.interval) if a.compared else None,
+            "pairs": a.compared,
+            "kendall_tau_b": a.tau,
+        }
+
+    return {
+        "annotations": ctx["n_annotations"],
+        "agreement": agreement(overall) | {"labeler_pairs": overall.task_pairs},
+        "labelers": [
+            {
+                "labeler": who(s.user_id),
+                "annotations": s.annotations,
+                "skipped": s.skipped,
+                "skip_rate": s.skip_rate,
+                "median_time_s": s.median_time_s,
+                "agreement": agreement(s.agreement),
+                "first_shown_best": s.first_wins,
+                "first_shown_best_expected": s.first_expected,
+                "rating_rank_contradictions": s.contradictions,
+            }
+            for s in ctx["stats"]
+        ],
+        "win_rates": [
+            {
+                "prompt_set": ctx["set_names"].get(w.prompt_set_id),
+                "newer": versions.get(w.newer),
+                "older": versions.get(w.older),
+                "rate": w.rate,
+                "interval": list(w.interval),
+                "wins": w.wins,
+                "losses": w.losses,
+                "ties": w.ties,
+            }
+            for w in ctx["wins"]
+        ],
+    }

@@ -125,3 +125,17 @@ class TestPages:
         frag = client.get(f"/quality?set={w.set_b.id}", headers={"HX-Request": "true"})
         assert frag.status_code == 200 and frag.text.lstrip().startswith('<div id="quality">')
         assert "No task has been labeled by two labelers yet" in frag.text
+
+
+def test_quality_api(client: TestClient, session: Session) -> None:
+    w = build(session)
+    h = bearer(_token(session, "researcher"))
+    r = client.get(f"/api/v1/quality?set={w.set_a.id}", headers=h)
+    assert r.status_code == 200, r.text
+    q = r.json()
+    assert q["agreement"]["rate"] == 1.0 and q["agreement"]["pairs"] == 5
+    assert q["annotations"] == 3 and {x["annotations"] for x in q["labelers"]} == {1, 2}
+    assert all(re.fullmatch(r"L-[0-9a-f]{6}", x["labeler"]) for x in q["labelers"])
+    assert q["win_rates"] == []
+    assert client.get("/api/v1/quality?real_names=1", headers=h).status_code == 403
+    assert client.get("/api/v1/quality", headers=bearer(_token(session, "labeler"))).status_code == 403
