@@ -37,6 +37,7 @@ def guidelines_set(file: IO[str], username: str | None) -> None:
       ranklab guidelines set docs/my-guidelines.md --by alice
     """
     from app.auth import service as auth
+    from app.labeling import guidelines as texts
     from app.labeling import service as labeling
 
     body = file.read()
@@ -45,7 +46,7 @@ def guidelines_set(file: IO[str], username: str | None) -> None:
         if username and user is None:
             raise click.ClickException(f"no user named {username!r}")
         try:
-            g = labeling.save_guideline(session=s, body=body, user=user)
+            g = texts.save_guideline(session=s, body=body, user=user)
         except labeling.SubmissionInvalid as e:
             raise click.ClickException(e.message) from None
         s.commit()
@@ -56,10 +57,10 @@ def guidelines_set(file: IO[str], username: str | None) -> None:
 @click.option("--version", type=int, help="An older version (default: the latest).")
 def guidelines_show(version: int | None) -> None:
     """Print the guidelines' markdown."""
-    from app.labeling import service as labeling
+    from app.labeling import guidelines as texts
 
     with _sessions()() as s:
-        versions = labeling.list_guidelines(session=s)
+        versions = texts.list_guidelines(session=s)
         shown = next((g for g in versions if g.version == version), None) if version else \
             (versions[0] if versions else None)
         if shown is None:

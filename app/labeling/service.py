@@ -10,12 +10,10 @@ over-assigned; the unique (task_id, user_id) constraint keeps one labeler from g
 from __future__ import annotations
 
 import secrets
-import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from markdown_it import MarkdownIt
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
@@ -355,10 +353,6 @@ def _guideline_version() -> Any:
     return select(func.max(Guideline.version)).scalar_subquery()
 
 
-def latest_guideline(*, session: Session) -> Guideline | None:
-    return session.scalars(select(Guideline).order_by(Guideline.version.desc()).limit(1)).first()
-
-
 def _check_lease(session: Session, assignment: Assignment, now: datetime) -> None:
     """An expired lease is honoured only while the task still needs labels (checked under the
     task's lock, so two late submitters cannot both take the last place)."""
@@ -475,75 +469,3 @@ def skip(*, session: Session, assignment: Assignment, reason: Any, notes: str = 
     assignment.finished_at = now
     session.flush()
     return annotation
-
-
-# --- guidelines ---------------------------------------------------------------------------------
-
-_md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
-
-
-def render_markdown(body: str) -> str:
-    """HTML from markdown with raw HTML off: tags in the text come out escaped, and markdown-it
-    refuses javascript: and data: links."""
-    return _md.render(body)
-
-
-def save_guideline(*, session: Session, body: str, user: User | None) -> Guideline:
-    body = body.strip()
-    if not body:
-        raise SubmissionInvalid("body", "the guidelines cannot be empty")
-    latest = latest_guideline(session=session)
-    g = Guideline(version=(latest.version + 1) if latest else 1, body=body,
-                  created_by_id=user.id if user else None)
-    session.add(g)
-    session.flush()
-    return g
-
-
-def list_guidelines(*, session: Session) -> list[Guideline]:
-    return list(session.scalars(select(Guideline).order_by(Guideline.version.desc())).all())
-
-
-# --- history ------------------------------------------------------------------------------------
-
-@dataclass
-class History:
-    annotations: list[Annotation]
-    submitted: int
-    skipped: int
-    median_ms: float | None
-    prompts: dict[int, str]
-    orders: dict[int, str] = field(default_factory=dict)  # annotation id -> "B > A = C > D"
-
-
-def ranking_text(annotation: Annotation) -> str:
-    """Letters as the labeler saw them, best first: "B > A = C > D"."""
-    items = sorted(annotation.items, key=lambda i: (i.rank, i.position or 0))
-    out = ""
-    for n, item in enumerate(items):
-        if n:
-            out += " = " if item.rank == items[n - 1].rank else " > "
-        out += letter(item.position) if item.position is not None else str(item.completion_id)
-    return out
-
-
-def history(*, session: Session, user: User, limit: int = 200) -> History:
-    rows = list(session.scalars(
-        select(Annotation).where(Annotation.user_id == user.id)
-        .order_by(Annotation.created_at.desc(), Annotation.id.desc()).limit(limit)).all())
-    counts = dict(session.execute(
-        select(Annotation.skip_reason.is_(None), func.count()).where(Annotation.user_id == user.id)
-        .group_by(Annotation.skip_reason.is_(None))).all())
-    times = [int(t) for t in session.scalars(
-        select(Annotation.time_spent_ms).where(Annotation.user_id == user.id,
-                                               Annotation.skip_reason.is_(None),
-                                               Annotation.time_spent_ms.is_not(None))).all()
-             if t is not None]
-    task_ids = {a.task_id for a in rows}
-    prompts = dict(session.execute(
-        select(Task.id, Prompt.text).join(Prompt, Prompt.id == Task.prompt_id)
-        .where(Task.id.in_(task_ids))).all()) if task_ids else {}
-    return History(annotations=rows, submitted=int(counts.get(True, 0)),
-                   skipped=int(counts.get(False, 0)),
-                   median_ms=statistics.median(times) if times else None, prompts=prompts,
-                   orders={a.id: ranking_text(a) for a in rows if not a.skip_reason})

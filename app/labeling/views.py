@@ -11,6 +11,7 @@ from starlette.datastructures import FormData
 from app.auth.deps import CurrentAdmin, CurrentLabeler, CurrentUser
 from app.auth.models import User
 from app.db import SessionDep, utcnow
+from app.labeling import guidelines, history
 from app.labeling import service as labeling
 from app.labeling.models import Annotation, Assignment
 from app.labeling.schemas import AnnotationIn, AnnotationOut, CompletionOut, ErrorOut, TaskOut
@@ -37,11 +38,11 @@ def _page(request: Request, session: SessionDep, user: User, assignment: Assignm
           status_code: int = 200) -> Response:
     view = labeling.task_view(session=session, assignment=assignment)
     x, y = labeling.queue_position(session=session, user=user)
-    guideline = labeling.latest_guideline(session=session)
+    guideline = guidelines.latest_guideline(session=session)
     elapsed_ms = max(0, int((utcnow() - assignment.created_at).total_seconds() * 1000))
     return render(request, "labeling/label.html", {
         "view": view, "x": x, "y": y, "guideline": guideline,
-        "guideline_html": labeling.render_markdown(guideline.body) if guideline else None,
+        "guideline_html": guidelines.render_markdown(guideline.body) if guideline else None,
         "skip_reasons": labeling.SKIP_REASONS, "error": error, "elapsed_ms": elapsed_ms,
         "values": values or {"rank": {}, "rating": {}, "flags": {}, "notes": ""},
         "long_prompt": len(view.prompt) > 700 or view.prompt.count("\n") > 12,
@@ -139,29 +140,29 @@ def label_skip(request: Request, session: SessionDep, user: CurrentLabeler, assi
 
 @router.get("/label/history", response_class=HTMLResponse)
 def label_history(request: Request, session: SessionDep, user: CurrentLabeler) -> Response:
-    h = labeling.history(session=session, user=user)
+    h = history.history(session=session, user=user)
     return render(request, "labeling/history.html", {"h": h})
 
 
 @router.get("/guidelines", response_class=HTMLResponse)
 def guidelines_page(request: Request, session: SessionDep, user: CurrentUser,
                     version: int | None = None) -> Response:
-    versions = labeling.list_guidelines(session=session)
+    versions = guidelines.list_guidelines(session=session)
     shown = next((g for g in versions if g.version == version), None) if version else \
         (versions[0] if versions else None)
     return render(request, "labeling/guidelines.html", {
         "versions": versions, "shown": shown,
-        "html": labeling.render_markdown(shown.body) if shown else None, "error": None})
+        "html": guidelines.render_markdown(shown.body) if shown else None, "error": None})
 
 
 @router.post("/guidelines", response_class=HTMLResponse)
 def guidelines_save(request: Request, session: SessionDep, user: CurrentAdmin,
                     body: Annotated[str, Form()] = "") -> Response:
     try:
-        labeling.save_guideline(session=session, body=body, user=user)
+        guidelines.save_guideline(session=session, body=body, user=user)
     except labeling.SubmissionInvalid as e:
         return render(request, "labeling/guidelines.html", {
-            "versions": labeling.list_guidelines(session=session), "shown": None, "html": None,
+            "versions": guidelines.list_guidelines(session=session), "shown": None, "html": None,
             "error": e.message}, status_code=422)
     return RedirectResponse("/guidelines", status_code=303)
 

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
+from app.labeling import guidelines, history
 from app.labeling import service as labeling
 from app.labeling.models import Annotation, Assignment, Guideline
 from tests.factories import make_prompt_set, make_task, make_user
@@ -200,7 +201,7 @@ class TestSubmitAnnotation:
             ann.time_spent_ms = t
         make_task(session, prompt_set=ps)
         labeling.skip(session=session, assignment=_next(session, user), reason="unclear")  # type: ignore[arg-type]
-        h = labeling.history(session=session, user=user)
+        h = history.history(session=session, user=user)
         assert (h.submitted, h.skipped, h.median_ms) == (3, 1, 30_000)
         assert len(h.annotations) == 4 and set(h.orders.values()) <= {"A > B", "B > A"}
 
@@ -212,7 +213,8 @@ def test_dense_ranks_and_inconsistencies() -> None:
 
 
 def test_markdown_is_rendered_with_raw_html_escaped() -> None:
-    html = labeling.render_markdown("# Rules\n\n<script>alert(1)</script> [x](javascript:alert(1)) **bold**")
+    html = guidelines.render_markdown(
+        "# Rules\n\n<script>alert(1)</script> [x](javascript:alert(1)) **bold**")
     assert "<h1>Rules</h1>" in html and "<strong>bold</strong>" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert 'href="javascript' not in html

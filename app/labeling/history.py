@@ -1,0 +1,57 @@
+"""A labeler's own history: past annotations, counts, median time per task."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.auth.models import User
+from app.labeling.models import Annotation, Task
+from app.labeling.service import letter
+from app.prompts.models import Prompt
+
+
+@dataclass
+class History:
+    annotations: list[Annotation]
+    submitted: int
+    skipped: int
+    median_ms: float | None
+    prompts: dict[int, str]
+    orders: dict[int, str] = field(default_factory=dict)  # annotation id -> "B > A = C > D"
+
+
+def ranking_text(annotation: Annotation) -> str:
+    """Letters as the labeler saw them, best first: "B > A = C > D"."""
+    items = sorted(annotation.items, key=lambda i: (i.rank, i.position or 0))
+    out = ""
+    for n, item in enumerate(items):
+        if n:
+            out += " = " if item.rank == items[n - 1].rank else " > "
+        out += letter(item.position) if item.position is not None else str(item.completion_id)
+    return out
+
+
+def history(*, session: Session, user: User, limit: int = 200) -> History:
+    rows = list(session.scalars(
+        select(Annotation).where(Annotation.user_id == user.id)
+        .order_by(Annotation.created_at.desc(), Annotation.id.desc()).limit(limit)).all())
+    counts = dict(session.execute(
+        select(Annotation.skip_reason.is_(None), func.count()).where(Annotation.user_id == user.id)
+        .group_by(Annotation.skip_reason.is_(None))).all())
+    times = [int(t) for t in session.scalars(
+        select(Annotation.time_spent_ms).where(Annotation.user_id == user.id,
+                                               Annotation.skip_reason.is_(None),
+                                               Annotation.time_spent_ms.is_not(None))).all()
+             if t is not None]
+    task_ids = {a.task_id for a in rows}
+    prompts = dict(session.execute(
+        select(Task.id, Prompt.text).join(Prompt, Prompt.id == Task.prompt_id)
+        .where(Task.id.in_(task_ids))).all()) if task_ids else {}
+    return History(annotations=rows, submitted=int(counts.get(True, 0)),
+                   skipped=int(counts.get(False, 0)),
+                   median_ms=statistics.median(times) if times else None, prompts=prompts,
+                   orders={a.id: ranking_text(a) for a in rows if not a.skip_reason})
