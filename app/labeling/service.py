@@ -1,10 +1,11 @@
-"""Assignment with leases, submission and skips, guidelines, a labeler's history.
+"""Assignment with leases, submission and skips (guidelines.py and history.py hold the rest).
 
-Concurrency: every writer that changes how many labels a task holds or may still get (taking a
-task, submitting) first locks the task row (`FOR UPDATE`, `SKIP LOCKED` when choosing), then
-counts again in a fresh statement. Under READ COMMITTED that fresh statement sees every commit
-made before the lock was granted, so the count it checks is the true one and a task is never
-over-assigned; the unique (task_id, user_id) constraint keeps one labeler from getting it twice.
+Concurrency: taking a task locks the task row (`FOR UPDATE SKIP LOCKED`), then counts again in
+a fresh statement: under READ COMMITTED that statement sees every commit made before the lock
+was granted, so the count it checks is the true one and a task is never over-assigned; the
+unique (task_id, user_id) constraint keeps one labeler from getting it twice. A submission locks
+its assignment row (so a double submit finds the first) and adds to `label_count` in one UPDATE;
+a late one (lease expired) is checked under the task's lock like a new assignment.
 """
 
 from __future__ import annotations
