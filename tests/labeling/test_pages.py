@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.labeling import service as labeling
 from app.labeling.models import Annotation, Assignment
 from tests.factories import csrf_of, login, make_model_version, make_prompt_set, make_task, make_user
 
@@ -64,6 +66,27 @@ class TestLabelPage:
         shown = "ABC"[session.get(Assignment, aid).display_order.index(first.completions[2].id)]  # type: ignore[union-attr]
         assert ann.notes == f"B rambles\n{shown}: too long"  # per-output notes, by the letter seen
         assert [i.flags for i in ann.items if i.completion_id == first.completions[2].id] == [[ps.flags[0]]]
+
+    def test_a_reload_shows_the_same_task_and_a_late_submit_to_a_full_task_is_refused(
+            self, client: TestClient, session: Session) -> None:
+        user, other = make_user(session), make_user(session)
+        task = make_task(session, prompt_set=make_prompt_set(session, k=2, overlap=1))
+        csrf = login(client, user)
+        aid = _assignment_id(client.get("/label").text)
+        assert _assignment_id(client.get("/label").text) == aid
+        # The lease runs out and someone else labels the task.
+        a = session.get(Assignment, aid)
+        a.lease_expires_at = a.created_at - timedelta(seconds=1)  # type: ignore[union-attr]
+        session.flush()
+        b = labeling.next_assignment(session=session, user=other, lease_minutes=30)
+        assert b is not None and b.task_id == task.id
+        labeling.submit(session=session, assignment=b, ranks={str(c.id): n + 1 for n, c in
+                                                               enumerate(task.completions)},
+                        ratings={str(c.id): 5 for c in task.completions})
+        session.flush()
+        r = client.post(f"/label/{aid}", data={"csrf_token": csrf, **_fields(task, ["1", "2"], ["6", "3"])})
+        assert r.status_code == 409 and "already has all the labels it needs" in r.text
+        assert session.scalar(select(func.count()).select_from(Annotation)) == 1
 
     def test_a_bad_form_is_shown_again_with_the_error_and_the_values(self, client: TestClient,
                                                                       session: Session) -> None:
