@@ -114,7 +114,8 @@ def load_groups(*, session: Session, filters: DataFilters) -> tuple[list[Group],
 
 
 def group_from_row(row: dict[str, Any]) -> Group:
-    """A groups-file row: {"prompt", "completions": [text | {"text": ...}], "rankings" | "ranks"}."""
+    """A groups-file row (ranklab's `groups` export): {"prompt", "completions": [text | {"text"}],
+    "rankings": [[rank, ...] | {"ranks": [...]}, ...]} or one labeler's "ranks"."""
     comps = tuple(c["text"] if isinstance(c, dict) else str(c) for c in row["completions"])
     if "rankings" in row:
         rankings = row["rankings"]
@@ -122,8 +123,9 @@ def group_from_row(row: dict[str, Any]) -> Group:
         rankings = [row["ranks"]]
     else:
         raise KeyError("'rankings' (a list of rank lists) is missing")
-    rankings = tuple(tuple(int(r) for r in (x["ranks"] if isinstance(x, dict) else x))
-                     for x in rankings)
+    raw = [x["ranks"] if isinstance(x, dict) else x for x in rankings]
+    # A labeler who left a completion unranked gives no usable ranking of this task.
+    rankings = tuple(tuple(int(r) for r in ranks) for ranks in raw if None not in ranks)
     for r in rankings:
         if len(r) != len(comps):
             raise ValueError(f"a ranking has {len(r)} ranks for {len(comps)} completions")

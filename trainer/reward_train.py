@@ -395,8 +395,11 @@ def read_groups(path: Path) -> list[Group]:
     (ranklab's `groups` export; `ranks` of one labeler also accepted)."""
     from trainer.data import group_from_row
 
+    import gzip
+
     out = []
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:

@@ -96,3 +96,27 @@ def _hooks(seen: list):  # type: ignore[no-untyped-def]
     from trainer.reward_train import Hooks
 
     return Hooks(metric=lambda step, **v: seen.append((step, v)))
+
+
+@pytest.mark.slow
+def test_module_entry_point_trains_on_a_groups_export(base_model: Path, tmp_path: Path) -> None:
+    """`python -m trainer.reward_train` (what `accelerate launch -m` runs) on a `groups` export."""
+    from trainer.reward_train import main
+
+    rows = [{"task_id": i, "prompt_id": i, "prompt": g.prompt,
+             "completions": [{"completion_id": j, "text": c} for j, c in enumerate(g.completions)],
+             "rankings": [{"labeler": "a", "ranks": list(g.rankings[0])},
+                          {"labeler": "b", "ranks": [None] * g.k}]}  # incomplete: not used
+            for i, g in enumerate(synthetic_groups(40))]
+    groups = tmp_path / "groups.jsonl"
+    groups.write_text("\n".join(json.dumps(r) for r in rows))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"base_model": str(base_model), "lr": 3e-3, "batch_size": 4,
+                                  "max_length": 32}))
+    main(["--groups", str(groups), "--config", str(config), "--out", str(tmp_path / "rm"),
+          "--set", "epochs=2"])
+    metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
+    assert metrics["train_pairs"] == 4 * metrics["train_prompts"]  # one ranking per task
+    assert json.loads((tmp_path / "rm" / "reward_config.json").read_text())["epochs"] == 2
+    with pytest.raises(ValueError, match="unknown reward config field"):
+        main(["--groups", str(groups), "--out", str(tmp_path / "x"), "--set", "nope=1"])
