@@ -171,7 +171,8 @@ class TestTokensCreate:
 class TestHelp:
     @pytest.mark.parametrize("command", [
         [], ["db", "upgrade"], ["users"], ["users", "create"], ["users", "list"],
-        ["users", "ensure-admin"], ["tokens"], ["tokens", "create"], ["serve"], ["worker"],
+        ["users", "ensure-admin"], ["users", "set-password"], ["tokens"], ["tokens", "create"],
+        ["serve"], ["worker"],
     ])
     def test_help_teaches_with_examples(self, command: list[str]) -> None:
         result = run(*command, "--help")
@@ -182,3 +183,32 @@ class TestHelp:
         examples = [line.strip() for line in result.output.splitlines()
                     if line.strip().startswith(("ranklab ", "echo ", "TOKEN=", "RANKLAB_"))]
         assert any(("ranklab " + " ".join(command)).strip() in line for line in examples), examples
+
+
+class TestSetPassword:
+    def test_sets_the_password_and_ends_sessions(self, db: sessionmaker[Session]) -> None:
+        from app.auth.models import UserSession
+
+        run("users", "create", "--username", "bob", "--role", "labeler", "--password-stdin",
+            input="old password\n")
+        with db.begin() as s:
+            user = auth.get_user(session=s, username="bob")
+            assert user is not None
+            auth.start_session(session=s, user=user, hours=1)
+        result = run("users", "set-password", "--username", "bob", input="new password\nnew password\n")
+        assert result.exit_code == 0, result.output
+        with db() as s:
+            user = auth.get_user(session=s, username="bob")
+            assert user is not None and security.verify_password(user.password_hash, "new password")
+            assert s.scalar(select(func.count()).select_from(UserSession)) == 0
+
+    def test_refuses_unknown_users_and_short_passwords(self, db: sessionmaker[Session]) -> None:
+        assert run("users", "set-password", "--username", "ghost", "--password-stdin",
+                   input="whatever-long\n").exit_code == 1
+        run("users", "create", "--username", "bob", "--role", "labeler", "--password-stdin",
+            input="old password\n")
+        result = run("users", "set-password", "--username", "bob", "--password-stdin", input="x\n")
+        assert result.exit_code == 1 and "password: at least 8" in result.output
+        with db() as s:
+            user = auth.get_user(session=s, username="bob")
+            assert user is not None and security.verify_password(user.password_hash, "old password")

@@ -66,6 +66,34 @@ def users_create(username: str, role: str, password_stdin: bool) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@users.command("set-password")
+@click.option("--username", required=True, help="Whose password.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def users_set_password(username: str, password_stdin: bool) -> None:
+    """Set a new password (a lost admin password, say). Ends the user's logged-in sessions.
+
+    \b
+    Examples:
+      ranklab users set-password --username admin
+      echo "$PASSWORD" | ranklab users set-password --username bob --password-stdin
+    """
+    with _sessions()() as s:
+        if auth.get_user(session=s, username=username) is None:
+            raise click.ClickException(f"no user '{username}' (see `ranklab users list`)")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        with _sessions().begin() as s:
+            user = auth.get_user(session=s, username=username)
+            assert user is not None
+            auth.set_password(session=s, user=user, password=password)
+    except auth.AuthError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"password of '{username}' changed; their sessions are logged out")
+
+
 @users.command("list")
 def users_list() -> None:
     """Show every account with its role and status.
@@ -110,7 +138,7 @@ def users_ensure_admin() -> None:
         click.echo(f"created admin '{username}' with the password from RANKLAB_ADMIN_PASSWORD")
     else:
         click.echo(f"created admin '{username}' with password: {password}\n"
-                   "(shown only this once; change it with `ranklab users create` for others)")
+                   f"(shown only this once; change it: ranklab users set-password --username {username})")
 
 
 @click.group()
