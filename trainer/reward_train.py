@@ -393,9 +393,9 @@ def _write_json(path: Path, value: Any) -> None:
 def read_groups(path: Path) -> list[Group]:
     """JSON Lines of {"prompt", "completions": [...], "rankings": [[rank, ...], ...]}
     (ranklab's `groups` export; `ranks` of one labeler also accepted)."""
-    from trainer.data import group_from_row
-
     import gzip
+
+    from trainer.data import group_from_row
 
     out = []
     opener = gzip.open if str(path).endswith(".gz") else open

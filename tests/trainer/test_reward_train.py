@@ -13,8 +13,8 @@ from tests.tiny import save_tiny_policy
 from trainer.reward import Group, load_reward_model, score_texts
 from trainer.reward_train import RewardConfig, split_by_prompt, step_plan, train
 
-WORDS = ("apple river stone cloud green quick lazy tall small bright dark old new warm cold "
-         "house tree road bird fish").split()
+WORDS = ["apple", "river", "stone", "cloud", "green", "quick", "lazy", "tall", "small", "bright",
+         "dark", "old", "new", "warm", "cold", "house", "tree", "road", "bird", "fish"]
 MARKER = "excellent"
 
 
