@@ -6,8 +6,8 @@ that loop GET /api/v1/tasks/next -> POST /api/v1/assignments/{id}/annotation unt
 the tasks run out. Prints per-endpoint latency percentiles, annotations per second, and an audit
 from the database: lost (acknowledged but absent), duplicated, over-assigned — all must be 0.
 
-    python bench/labeling_load.py --labelers 100 --seconds 30
-    python bench/labeling_load.py --labelers 100 --think 0   # no pause between requests: saturation
+    python bench/labeling_load.py --labelers 100 --seconds 30   # each pauses ~5 s per task
+    python bench/labeling_load.py --labelers 100 --think 0      # no pause between requests: saturation
 """
 
 from __future__ import annotations
@@ -193,8 +193,9 @@ def main() -> int:
     p.add_argument("--tasks", type=int, default=3000)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--overlap", type=int, default=3)
-    p.add_argument("--think", type=float, default=1.0,
-                   help="mean seconds a labeler 'reads' before submitting (0: none, saturation)")
+    p.add_argument("--think", type=float, default=5.0,
+                   help="mean seconds a simulated labeler reads before submitting; real labelers take "
+                        "30 s or more per task (0: no pause, i.e. saturation)")
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     p.add_argument("--pg-admin-url", default=os.environ.get(
         "RANKLAB_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
