@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from app.auth import security
 from app.auth import service as auth
@@ -55,30 +54,37 @@ async def submitted_csrf_token(request: Request) -> str | None:
     return None
 
 
-async def get_principal(request: Request, session: SessionDep) -> Principal | None:
-    if hasattr(request.state, "principal"):
-        cached: Principal | None = request.state.principal
-        return cached
-    principal: Principal | None = None
+def resolve_principal(request: Request, session: SessionDep) -> Principal | None:
+    """Whose token or cookie this is. A plain `def`: FastAPI runs it in the thread pool, so
+    its database reads never block the event loop."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise LoginRequired("The Authorization header must be 'Bearer <token>'.")
-        user = await run_in_threadpool(lambda: auth.user_for_api_token(session=session, token=token.strip()))
+        user = auth.user_for_api_token(session=session, token=token.strip())
         if user is None:
             raise LoginRequired("This API token is unknown or revoked. Create a new one.")
-        principal = Principal(user=user, via="token")
-    elif cookie := request.cookies.get(SESSION_COOKIE):
+        return Principal(user=user, via="token")
+    if cookie := request.cookies.get(SESSION_COOKIE):
         hours = request.app.state.settings.session_hours
         row = auth.session_for_token(session=session, token=cookie, hours=hours)
         if row is None:
             raise LoginRequired("Your session has ended. Please log in again.")
-        principal = Principal(user=row.user, via="cookie", user_session=row)
-        if request.method not in SAFE_METHODS:
-            sent = await submitted_csrf_token(request)
-            if not security.same(sent, row.csrf_token):
-                raise Forbidden("Missing or wrong CSRF token: reload the page and try again.")
+        return Principal(user=row.user, via="cookie", user_session=row)
+    return None
+
+
+async def get_principal(
+    request: Request, principal: Annotated[Principal | None, Depends(resolve_principal)]
+) -> Principal | None:
+    """The principal, after checking the CSRF token of a cookie-authenticated change."""
+    if principal is not None and principal.user_session is not None and (
+        request.method not in SAFE_METHODS
+    ):
+        sent = await submitted_csrf_token(request)
+        if not security.same(sent, principal.user_session.csrf_token):
+            raise Forbidden("Missing or wrong CSRF token: reload the page and try again.")
     request.state.principal = principal
     return principal
 
@@ -98,15 +104,18 @@ def require(*roles: Role) -> Callable[..., Awaitable[User]]:
     return dependency
 
 
-async def get_optional_principal(request: Request, session: SessionDep) -> Principal | None:
+def get_optional_principal(request: Request, session: SessionDep) -> Principal | None:
     """Who is asking, or None. A stale session cookie counts as anonymous here (the login page
-    must not answer an expired cookie with a redirect to itself); a bad API token still fails."""
+    must not answer an expired cookie with a redirect to itself); a bad API token still fails.
+    Only pages that change nothing use it, so there is no CSRF token to check."""
     try:
-        return await get_principal(request, session)
+        principal = resolve_principal(request, session)
     except LoginRequired:
         if request.headers.get("authorization"):
             raise
-        return None
+        principal = None
+    request.state.principal = principal
+    return principal
 
 
 OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]
