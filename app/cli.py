@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import click
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
 from app.db import make_sessionmaker
@@ -40,7 +41,7 @@ def cli(verbose: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def sessions():  # type: ignore[no-untyped-def]
+def sessions() -> sessionmaker[Session]:
     """A sessionmaker for the configured database (commands open short transactions with it)."""
     return make_sessionmaker(get_settings().database_url)
 
