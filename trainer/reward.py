@@ -197,9 +197,12 @@ def score(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     mask = batch["attention_mask"]
     # Position ids from the mask, so a left-padded row sees the same positions as a right-padded one.
     position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    backbone = getattr(core, core.base_model_prefix)
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=mask,
-                      position_ids=position_ids).last_hidden_state  # (B, T, d)
+    # Through the (possibly DDP-wrapped) model's own forward, so gradient sync is set up; its
+    # pooled logits find the "last non-pad token" by token id, which fails when pad == eos, so
+    # the score is read here from the final hidden states at the mask's last position.
+    out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids,
+                output_hidden_states=True)
+    hidden = out.hidden_states[-1]  # (B, T, d), after the final norm
     last = last_token_index(mask)  # (B,)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
     return core.score(pooled)[:, 0]  # (B,)
