@@ -113,7 +113,7 @@ class TestScoreReading:
         model = tiny_reward_model(tok)
         rows: list[int] = []
         model.transformer.register_forward_hook(lambda m, a, kw, out: rows.append(
-            kw["input_ids"].shape[0]), with_kwargs=True)
+            out.last_hidden_state.shape[0]), with_kwargs=True)  # sequences through the backbone
         groups = [Group("the cat", tuple(f"w{i} good" for i in range(k)),
                         tuple(tuple(range(1, k + 1)) for _ in range(labelers)))
                   for k, labelers in ((4, 1), (6, 3), (9, 2))]
