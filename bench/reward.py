@@ -56,7 +56,7 @@ def ranked_groups(n: int, k: int, seed: int) -> list[Group]:
         levels = rng.sample(range(len(QUALITY)), k)
         comps = []
         for lv in levels:
-            words = rng.choices(FILLER, k=rng.randint(10, 20))
+            words = rng.choices(FILLER, k=rng.randint(20, 36))
             words.insert(rng.randint(0, len(words)), QUALITY[lv])
             comps.append(" ".join(words))
         ranks = tuple(sorted(levels).index(lv) + 1 for lv in levels)
@@ -123,7 +123,7 @@ def part_grouped(prompts: int, val_prompts: int, prompts_per_batch: int, lr: flo
     # measure the neighbours (OpenMP threads spin while they wait for a core).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    print(f"# grouped vs flattened pairs: small GPT-2 (d=128, 2 layers), completions of 11-21 "
+    print(f"# grouped vs flattened pairs: small GPT-2 (d=128, 2 layers), completions of 21-37 "
           f"words, {prompts} training "
           f"prompts, {val_prompts} validation prompts, one epoch, lr {lr}, "
           f"1 CPU thread")
@@ -191,11 +191,11 @@ def part_hh(train_pairs: int, max_length: int, lr: float, batch_size: int) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["all", "grouped", "hh"], default="all")
-    parser.add_argument("--prompts", type=int, default=384, help="training prompts per K")
-    parser.add_argument("--val-prompts", type=int, default=128)
-    parser.add_argument("--prompts-per-batch", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=768, help="training prompts per K")
+    parser.add_argument("--val-prompts", type=int, default=256)
+    parser.add_argument("--prompts-per-batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--hh-train", type=int, default=600, help="HH pairs to train on")
+    parser.add_argument("--hh-train", type=int, default=1000, help="HH pairs to train on")
     parser.add_argument("--hh-max-length", type=int, default=96)
     parser.add_argument("--hh-lr", type=float, default=3e-5)
     parser.add_argument("--hh-batch-size", type=int, default=16)
