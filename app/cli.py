@@ -48,7 +48,13 @@ def sessions() -> sessionmaker[Session]:
 
 @cli.group()
 def db() -> None:
-    """Create or update the database schema (Alembic migrations)."""
+    """Create or update the database schema (Alembic migrations).
+
+    \b
+    Examples:
+      ranklab db upgrade                      # after installing or updating ranklab
+      ranklab db downgrade --revision base    # empty the database (asks first)
+    """
 
 
 @db.command("upgrade")
@@ -71,7 +77,12 @@ def db_upgrade(revision: str) -> None:
 @click.option("--revision", required=True, help="Target revision; 'base' empties the database.")
 @click.confirmation_option(prompt="Downgrading drops tables and their data. Continue?")
 def db_downgrade(revision: str) -> None:
-    """Undo migrations down to REVISION."""
+    """Undo migrations down to REVISION.
+
+    \b
+    Example:
+      ranklab db downgrade --revision base    # drop every table (asks for confirmation)
+    """
     from app import migrate
 
     migrate.downgrade(get_settings().database_url, revision)

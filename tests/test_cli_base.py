@@ -170,7 +170,7 @@ class TestTokensCreate:
 
 class TestHelp:
     @pytest.mark.parametrize("command", [
-        [], ["db", "upgrade"], ["users"], ["users", "create"], ["users", "list"],
+        [], ["db"], ["db", "upgrade"], ["db", "downgrade"], ["users"], ["users", "create"], ["users", "list"],
         ["users", "ensure-admin"], ["users", "set-password"], ["tokens"], ["tokens", "create"],
         ["serve"], ["worker"],
     ])

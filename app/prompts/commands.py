@@ -29,7 +29,13 @@ def _sessions() -> sessionmaker[Session]:
 
 @click.group()
 def prompts() -> None:
-    """Upload prompt sets and see how far their sampling got."""
+    """Upload prompt sets and see how far their sampling got.
+
+    \b
+    Examples:
+      ranklab prompts import prompts.jsonl --name "round 1" --k 4
+      ranklab prompts list
+    """
 
 
 @prompts.command("import")
@@ -91,7 +97,12 @@ def import_(file: Path, name: str, k: int, overlap: int, fmt: str | None, max_ne
 
 @prompts.command("list")
 def list_() -> None:
-    """Sets with their sampling progress."""
+    """Sets with their sampling progress.
+
+    \b
+    Example:
+      ranklab prompts list    # id, name, K, overlap, sampled/total, the sampling job's state
+    """
     from app.prompts import service
 
     with _sessions()() as s:
@@ -109,6 +120,10 @@ def demo() -> None:
     With RANKLAB_POLICY_MODEL unset, builds the small demo policy (once, under a minute on a
     CPU) in the artifacts folder and registers it as the active policy. Imports the demo prompt
     set if it is absent and samples whatever of it is not sampled yet, here and now.
+
+    \b
+    Example:
+      ranklab demo    # `make run` runs it before `ranklab serve`
     """
     from app.prompts import service
     from app.prompts.models import SetStatus

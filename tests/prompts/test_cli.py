@@ -71,3 +71,12 @@ class TestPromptsImport:
             assert s.scalar(select(func.count()).select_from(PromptSet)) == 0
             assert s.scalar(select(func.count()).select_from(Prompt)) == 0
             assert s.scalar(select(func.count()).select_from(Job)) == 0
+
+
+@pytest.mark.parametrize("command", [["prompts"], ["prompts", "import"], ["prompts", "list"], ["demo"]])
+def test_help_teaches_with_an_example_of_the_command(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.exit_code == 0, result.output
+    examples = [line.strip() for line in result.output.splitlines()
+                if line.strip().startswith("ranklab ")]
+    assert any(line.startswith("ranklab " + " ".join(command)) for line in examples), result.output
