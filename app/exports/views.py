@@ -49,6 +49,13 @@ def _ints(q: QueryParams, name: str) -> list[int]:
     return out
 
 
+def _int(q: QueryParams, name: str) -> int:
+    try:
+        return int(q.get(name) or 0)
+    except ValueError:
+        raise exports.ExportError(f"{name}: not a whole number: {q.get(name)!r}") from None
+
+
 def parse_request(
     q: QueryParams, *, user: User, session: Any, secret: str
 ) -> tuple[exports.Filters, RowOptions, str, bool]:
@@ -59,12 +66,14 @@ def parse_request(
     margin = q.get("margin") or "none"
     if margin not in ("none", "rank", "rating"):
         raise exports.ExportError(f"margin: one of none, rank, rating, not {margin!r}")
+    min_labels = _int(q, "min_labels")
+    if min_labels < 0:
+        raise exports.ExportError(f"min_labels: a whole number >= 0, not {min_labels}")
+    seed = _int(q, "seed")
     try:
-        min_labels = int(q.get("min_labels") or 0)
-        seed = int(q.get("seed") or 0)
         fractions = tuple(float(x) for x in (q.get("fractions") or "0.9,0.05,0.05").split(","))
     except ValueError as exc:
-        raise exports.ExportError(f"min_labels, seed or fractions: {exc}") from exc
+        raise exports.ExportError(f"fractions: {exc}") from exc
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise exports.ExportError("fractions: three non-negative numbers: train,validation,test")
     labelers = [n for v in q.getlist("labeler") for n in v.split(",") if n.strip()]
@@ -205,7 +214,10 @@ async def import_upload(
 
 @router.get("/quality")
 def quality_page(request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
-    set_ids = _ints(request.query_params, "set")
+    try:
+        set_ids = _ints(request.query_params, "set")
+    except exports.ExportError as exc:
+        return render(request, "error.html", {"message": str(exc)}, status_code=422)
     show_names = request.query_params.get("real_names", "").lower() in TRUE and user.role == Role.admin
     ctx = _choices(session) | quality_context(
         session=session, set_ids=set_ids, show_names=show_names, secret=request.app.state.settings.secret_key
@@ -293,9 +305,13 @@ def api_quality(request: Request, user: CurrentResearcher, session: SessionDep) 
     real = request.query_params.get("real_names", "").lower() in TRUE
     if real and user.role != Role.admin:
         raise Forbidden("Real labeler names are for admins; labelers are named by pseudonym.")
+    try:
+        set_ids = _ints(request.query_params, "set")
+    except exports.ExportError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=422)  # type: ignore[return-value]
     ctx = quality_context(
         session=session,
-        set_ids=_ints(request.query_params, "set"),
+        set_ids=set_ids,
         show_names=real,
         secret=request.app.state.settings.secret_key,
     )

@@ -52,9 +52,13 @@ class TestAPI:
             ("/api/v1/exports/trl?since=yesterday", "since"),
             ("/api/v1/exports/trl?margin=huge", "margin"),
             ("/api/v1/exports/trl?set=abc", "set"),
+            ("/api/v1/exports/trl?min_labels=two", "min_labels"),
+            ("/api/v1/exports/trl?min_labels=-1", "min_labels"),
+            ("/api/v1/exports/trl?seed=1.5", "seed"),
+            ("/api/v1/exports/trl?fractions=a,b,c", "fractions"),
         ]:
             r = client.get(query, headers=h)
-            assert r.status_code == 422 and field in r.json()["detail"], (query, r.text)
+            assert r.status_code == 422 and r.json()["detail"].startswith(field + ":"), (query, r.text)
 
     def test_roles(self, client: TestClient, session: Session) -> None:
         build(session)
@@ -125,6 +129,8 @@ class TestPages:
         frag = client.get(f"/quality?set={w.set_b.id}", headers={"HX-Request": "true"})
         assert frag.status_code == 200 and frag.text.lstrip().startswith('<div id="quality">')
         assert "No task has been labeled by two labelers yet" in frag.text
+        bad = client.get("/quality?set=abc")
+        assert bad.status_code == 422 and "set: not an id" in bad.text
 
 
 def test_quality_api(client: TestClient, session: Session) -> None:
@@ -139,3 +145,5 @@ def test_quality_api(client: TestClient, session: Session) -> None:
     assert q["win_rates"] == []
     assert client.get("/api/v1/quality?real_names=1", headers=h).status_code == 403
     assert client.get("/api/v1/quality", headers=bearer(_token(session, "labeler"))).status_code == 403
+    bad = client.get("/api/v1/quality?set=abc", headers=h)
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("set:")
