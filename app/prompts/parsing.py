@@ -116,6 +116,7 @@ def parse_prompt_file(
     max_bytes: int,
     max_tokens: int,
     count_tokens: TokenCounter = approx_tokens,
+    limit_name: str = "RANKLAB_MAX_PROMPT_TOKENS",
 ) -> ParseResult:
     out = _Collector(filename)
     kind = detect_format(filename, fmt)
@@ -143,7 +144,8 @@ def parse_prompt_file(
         rows = _jsonl_rows(text, out) if kind == "jsonl" else _csv_rows(text, out)
     for line, record in rows:
         out.result.rows += 1
-        _take(line, record, out, max_tokens=max_tokens, count_tokens=count_tokens)
+        _take(line, record, out, max_tokens=max_tokens, count_tokens=count_tokens,
+              limit_name=limit_name)
         if out.full:
             break
     if out.result.rows == 0 and not out.result.problems:
@@ -260,7 +262,7 @@ def _parquet_rows(data: bytes, out: _Collector) -> list[tuple[int, dict[str, Any
 
 
 def _take(line: int, record: dict[str, Any], out: _Collector, *, max_tokens: int,
-          count_tokens: TokenCounter) -> None:
+          count_tokens: TokenCounter, limit_name: str = "RANKLAB_MAX_PROMPT_TOKENS") -> None:
     if "prompt" in record:
         fld = "prompt"
         text = record["prompt"]
@@ -289,8 +291,7 @@ def _take(line: int, record: dict[str, Any], out: _Collector, *, max_tokens: int
         full = f"{full}\n\n{extra.strip()}"
     n_tokens = count_tokens(full)
     if n_tokens > max_tokens:
-        out.problem(line, fld, f"{n_tokens} tokens, over the limit of {max_tokens} "
-                               "(RANKLAB_MAX_PROMPT_TOKENS)")
+        out.problem(line, fld, f"{n_tokens} tokens, over the limit of {max_tokens} ({limit_name})")
         return
     digest = text_hash(full)
     if digest in out.seen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -55,6 +56,20 @@ def token_counter(version: ModelVersion | None) -> tuple[TokenCounter, str]:
             except Exception:  # noqa: BLE001, S110  (an unreadable tokenizer falls back, and says so)
                 pass
     return approx_tokens, "approximate (words, or characters / 4)"
+
+
+def context_positions(version: ModelVersion | None) -> int | None:
+    """How many tokens the policy sees at once, from its folder's config.json (None: unknown)."""
+    if version is None or not version.path:
+        return None
+    try:
+        config = json.loads((Path(version.path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    return positions if isinstance(positions, int) and positions > 0 else None
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -133,9 +148,19 @@ def import_prompt_set(
                    if policy_version_id is not None
                    else policies.default_policy(session=session, settings=settings))
     counter, counted_with = token_counter(version)
+    # A prompt must leave the policy room to write; past its context the sampling job would fail.
+    max_tokens, limit_name = settings.max_prompt_tokens, "RANKLAB_MAX_PROMPT_TOKENS"
+    positions, new_tokens = context_positions(version), params.get("max_new_tokens")
+    if positions is not None and isinstance(new_tokens, int) and new_tokens > 0:
+        if new_tokens >= positions:
+            problems.append(Problem(filename, None, "max_new_tokens", f"must be below the "
+                                    f"{positions} tokens the policy sees at once, got {new_tokens}"))
+        elif positions - new_tokens < max_tokens:
+            max_tokens = positions - new_tokens
+            limit_name = f"the policy's {positions} positions less max_new_tokens {new_tokens}"
     parsed = parse_prompt_file(filename=filename, data=data, fmt=fmt,
                                max_bytes=int(settings.max_upload_mb * 1_000_000),
-                               max_tokens=settings.max_prompt_tokens, count_tokens=counter)
+                               max_tokens=max_tokens, count_tokens=counter, limit_name=limit_name)
     problems += parsed.problems
     if problems:
         raise ImportRejected(problems, truncated=parsed.truncated)

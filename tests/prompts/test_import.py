@@ -234,3 +234,50 @@ class TestFlags:
         assert [str(p) for p in err.value.problems] == [
             "c.jsonl, field 'flags': the same flag is listed twice"]
         assert counts(session) == (0, 0, 0)
+
+
+class TestPolicyContext:
+    """A prompt must leave the policy room for max_new_tokens: a longer one would fail the job."""
+
+    @pytest.fixture
+    def small_context_policy(self, session: Session, tmp_path: Path) -> int:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        from tests.factories import make_model_version
+
+        tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
+        folder = tmp_path / "small"
+        folder.mkdir()
+        tok.save(str(folder / "tokenizer.json"))
+        (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 16}))
+        mv = make_model_version(session, name="small context")
+        mv.path = str(folder)
+        session.flush()
+        return mv.id
+
+    def test_the_limit_is_the_context_less_max_new_tokens(
+            self, session: Session, settings: Settings, small_context_policy: int) -> None:
+        with pytest.raises(service.ImportRejected) as err:
+            service.import_prompt_set(
+                session=session, settings=settings, name="c", filename="p.jsonl",
+                data=jl({"prompt": "a" * 12}, {"prompt": "a" * 13}), sampling={"max_new_tokens": 4},
+                policy_version_id=small_context_policy)
+        assert [str(p) for p in err.value.problems] == [
+            "p.jsonl, line 2, field 'prompt': 13 tokens, over the limit of 12 "
+            "(the policy's 16 positions less max_new_tokens 4)"]
+        assert counts(session) == (0, 0, 0)
+        ps = service.import_prompt_set(
+            session=session, settings=settings, name="c", filename="p.jsonl",
+            data=jl({"prompt": "a" * 12}), sampling={"max_new_tokens": 4},
+            policy_version_id=small_context_policy)
+        assert ps.report["imported"] == 1
+
+    def test_max_new_tokens_must_fit_the_context(
+            self, session: Session, settings: Settings, small_context_policy: int) -> None:
+        with pytest.raises(service.ImportRejected) as err:
+            service.import_prompt_set(
+                session=session, settings=settings, name="c", filename="p.jsonl",
+                data=jl({"prompt": "a"}), sampling={"max_new_tokens": 16},
+                policy_version_id=small_context_policy)
+        assert [p.field for p in err.value.problems] == ["max_new_tokens"]
