@@ -133,3 +133,33 @@ class TestScoreReading:
         init_head(lin)
         assert lin.bias.abs().sum() == 0
         assert lin.weight.std().item() == pytest.approx(1 / 20, rel=0.2)
+
+
+class TestLoading:
+    def test_from_a_policy_dropout_is_off_and_the_new_head_gets_the_papers_init(
+            self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        import math
+
+        from transformers import GPT2LMHeadModel
+
+        from tests.tiny import tiny_config
+        from trainer.reward import load_reward_model, score_head
+
+        tok = tiny_tokenizer(["the cat sat on a mat"])
+        cfg = tiny_config(tok, hidden=64)
+        cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.1  # a backbone trained with dropout
+        GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "policy")
+        tok.save_pretrained(tmp_path / "policy")
+        model, rm_tok = load_reward_model(str(tmp_path / "policy"))
+        assert not [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+        assert all(v == 0 for k, v in vars(model.config).items()
+                   if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop")))
+        head = score_head(model)
+        # N(0, 1/√(d+1)), not the backbone's initializer_range (0.02); bias (if any) 0.
+        assert head.weight.std().item() == pytest.approx(1 / math.sqrt(65), rel=0.3)
+        assert head.bias is None or head.bias.abs().sum() == 0
+        # A saved reward model keeps its trained head (no re-initialisation on load).
+        model.save_pretrained(tmp_path / "rm")
+        rm_tok.save_pretrained(tmp_path / "rm")
+        again, _ = load_reward_model(str(tmp_path / "rm"))
+        assert torch.equal(score_head(again).weight, head.weight)

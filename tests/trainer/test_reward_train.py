@@ -54,6 +54,16 @@ def test_split_is_by_prompt_and_stable() -> None:
     assert split_by_prompt(groups, 0.2) == (train, val)
 
 
+def test_cosine_decay_ends_at_a_tenth_of_the_rate_after_one_epoch() -> None:
+    from trainer.reward_train import cosine_to
+
+    cfg = RewardConfig()
+    assert (cfg.epochs, cfg.min_lr_ratio) == (1, 0.1)
+    factor = cosine_to(cfg.min_lr_ratio, 10)
+    assert [factor(0), factor(5), factor(10), factor(12)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    assert all(factor(i) > factor(i + 1) for i in range(10))
+
+
 def test_step_plan_covers_every_group_once_per_epoch() -> None:
     plan = step_plan(23, RewardConfig(batch_size=4, grad_accum=2, epochs=2), world=1)
     flat = [i for step in plan for micro in step for i in micro]
