@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class CompletionOut(BaseModel):
@@ -48,8 +48,10 @@ class AnnotationIn(BaseModel):
         {"skip": "unclear", "notes": "The instruction is cut off."},
     ]})
 
-    ranks: dict[str, int] | None = None
-    ratings: dict[str, int] | None = None
+    # Strict: JSON true, "2" or 2.0 are refused as the page and the service refuse them, not
+    # quietly read as numbers.
+    ranks: dict[str, StrictInt] | None = None
+    ratings: dict[str, StrictInt] | None = None
     flags: dict[str, list[str]] | None = None
     notes: str = Field("", max_length=10_000)
     skip: str | None = Field(None, description="unclear, harmful, broken or other")
