@@ -56,7 +56,13 @@ def guidelines_set(file: IO[str], username: str | None) -> None:
 @guidelines.command("show")
 @click.option("--version", type=int, help="An older version (default: the latest).")
 def guidelines_show(version: int | None) -> None:
-    """Print the guidelines' markdown."""
+    """Print the guidelines' markdown.
+
+    \b
+    Examples:
+      ranklab guidelines show
+      ranklab guidelines show --version 2 > guidelines-v2.md
+    """
     from app.labeling import guidelines as texts
 
     with _sessions()() as s:
@@ -77,7 +83,12 @@ def labeling_group() -> None:
 
 @labeling_group.command("status")
 def labeling_status() -> None:
-    """Tasks open and closed, live assignments, annotations and skips, per prompt set."""
+    """Tasks open and closed, live assignments, annotations and skips, per prompt set.
+
+    \b
+    Example:
+      ranklab labeling status
+    """
     from app.db import utcnow
     from app.labeling.models import Annotation, Assignment, AssignmentState, Task
     from app.prompts.models import PromptSet

@@ -59,3 +59,11 @@ def test_labeling_status(db: sessionmaker[Session]) -> None:
     assert r.exit_code == 0, r.output
     line = next(x for x in r.output.splitlines() if x.startswith("chat-v1"))
     assert line.split()[1:] == ["active", "1", "1", "0", "1", "0"]
+
+
+@pytest.mark.parametrize("command", [["guidelines", "set"], ["guidelines", "show"],
+                                     ["labeling", "status"]])
+def test_every_command_help_has_an_example(command: list[str]) -> None:
+    r = run(*command, "--help")
+    assert r.exit_code == 0 and "Example" in r.output
+    assert f"ranklab {' '.join(command)}" in r.output.split("Example", 1)[1]
