@@ -155,3 +155,34 @@ class TestRewardJob:
         out_dir, work_dir = paths_for(job_id)
         assert not out_dir.exists() and not work_dir.exists()
         assert not list(artifacts.glob("reward/*"))  # no half-written folder either
+
+
+def test_the_score_is_normalised_on_the_active_policys_completions(
+        sessions: sessionmaker[Session], artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference for the normalisation (mean 0, std 1) is the policy PPO will start from."""
+    import trainer.reward_job as reward_job
+    from tests.factories import make_model_version
+
+    seen: dict[str, object] = {}
+
+    def fake_train(cfg, groups, *, out_dir, reference, **kw):  # type: ignore[no-untyped-def]
+        seen["reference"] = reference
+        return reward_train.TrainResult(path=out_dir, metrics={"val_accuracy": None}, resumed_from_step=0,
+                                        steps=0)
+
+    monkeypatch.setattr(reward_job, "train", fake_train)
+    with sessions() as s:
+        ps = make_prompt_set(s, name="norm-data", k=2)
+        current = make_model_version(s, kind="policy", is_active=True)
+        older = make_model_version(s, kind="policy")
+        user = make_user(s)
+        for i, policy in enumerate((current, older, current)):
+            task = make_task(s, prompt_set=ps, prompt=f"p{i}", completions=[f"a{i}", f"b{i}"],
+                             policy=policy)
+            make_annotation(s, task=task, user=user, ranks=[1, 2])
+        job_id = make_job(s, kind="train_reward", params={"base_model": "unused"}).id
+        s.commit()
+    assert worker(sessions).run(burst=True) == 1
+    with sessions() as s:
+        assert s.get(Job, job_id).status == "succeeded", s.get(Job, job_id).error
+    assert seen["reference"] == [("p0", "a0"), ("p0", "b0"), ("p2", "a2"), ("p2", "b2")]
