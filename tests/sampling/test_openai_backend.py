@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -96,3 +101,43 @@ class TestOpenAIBackend:
             assert job is not None and job.status == "failed"
             assert "BackendError" in job.error and "failed 3 times; last: HTTP 503" in job.error
             assert s.scalars(select(Task).where(Task.prompt_set_id == set_id)).all() == []
+
+
+class TestOpenAILimits:
+    def test_a_client_error_is_not_retried(self, server: RunningServer, state: ServerState) -> None:
+        state.fail_next, state.fail_status = 1, 400
+        with pytest.raises(BackendError) as err:
+            fast_backend(server).generate(["Hi"], n=2, params=SamplingParams(), seed=0)
+        assert "refused the request (HTTP 400" in str(err.value) and len(state.requests) == 1
+
+    def test_a_server_that_never_answers_times_out_and_says_so(self) -> None:
+        # A listening socket that nobody reads: the connection opens, no answer ever comes.
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+            backend = OpenAIBackend(url, "tiny", retries=1, backoff=0.01, timeout=0.3)
+            with pytest.raises(BackendError) as err:
+                backend.generate(["Hi"], n=2, params=SamplingParams(), seed=0)
+        assert str(err.value) == f"{url}/completions failed 2 times; last: no answer within 0.3 s"
+
+    def test_no_more_requests_in_flight_than_the_concurrency_limit(self) -> None:
+        in_flight, peak, lock = 0, 0, threading.Lock()
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            nonlocal in_flight, peak
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+            time.sleep(0.05)
+            with lock:
+                in_flight -= 1
+            n = json.loads(request.content)["n"]
+            return httpx.Response(200, json={"choices": [
+                {"index": i, "text": f"answer {i}", "finish_reason": "stop"} for i in range(n)]})
+
+        backend = OpenAIBackend("http://server.test/v1", "tiny", concurrency=2)
+        backend.client = httpx.Client(transport=httpx.MockTransport(answer))
+        out = backend.generate([f"prompt {i}" for i in range(8)], n=4, params=SamplingParams(), seed=0)
+        assert [len(row) for row in out] == [4] * 8
+        assert peak == 2
