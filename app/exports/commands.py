@@ -124,7 +124,10 @@ def export(
         return out_ids
 
     try:
-        fractions = tuple(float(x) for x in split_fractions.split(","))
+        try:
+            fractions = tuple(float(x) for x in split_fractions.split(","))
+        except ValueError:
+            raise click.BadParameter(f"not numbers: {split_fractions!r}", param_hint="--split-fractions") from None
         with maker() as s:
             filters = service.Filters(
                 prompt_set_ids=ids(s, PromptSet, sets),

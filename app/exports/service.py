@@ -452,6 +452,10 @@ def export(
         raise ExportError(f"file type: one of {', '.join(formats.FILE_TYPES)}, not {file_type!r}")
     if filters.split is not None and filters.split not in SPLITS:
         raise ExportError(f"split: one of {', '.join(SPLITS)}, not {filters.split!r}")
+    fr = filters.split_fractions
+    if len(fr) != 3 or any(f < 0 for f in fr) or sum(fr) <= 0:
+        # Checked here, not mid-stream: a bad one would fail after the first bytes had left.
+        raise ExportError(f"split fractions: three non-negative numbers train,validation,test, not {list(fr)}")
     counts = Counts()
     schema = formats.schema_for(fmt, opts)
 

@@ -158,6 +158,9 @@ class TestFilters:
             run_export(session, "csv")
         with pytest.raises(service.ExportError, match="split"):
             run_export(session, "trl", filters=service.Filters(split="dev"))
+        for bad in ((0.5, 0.5), (0.0, 0.0, 0.0), (1.0, -0.5, 0.5)):
+            with pytest.raises(service.ExportError, match="split fractions"):
+                run_export(session, "trl", filters=service.Filters(split_fractions=bad))  # type: ignore[arg-type]
 
 
 class TestSplit:
@@ -237,6 +240,11 @@ class TestManifest:
             assert man["counts"]["rows"] == 5 + 6 and len(read_rows(out.read_bytes(), "parquet")) == 11
             bad = CliRunner().invoke(cli, ["export", "trl", "--out", str(out), "--set", "nope"])
             assert bad.exit_code != 0 and "nope" in bad.output
+            other = tmp_path / "other.jsonl"
+            for fractions, said in (("1,0", "split fractions"), ("a,b,c", "--split-fractions")):
+                bad = CliRunner().invoke(cli, ["export", "trl", "--out", str(other), "--split-fractions", fractions])
+                assert bad.exit_code in (1, 2), bad.output
+                assert said in bad.output and not list(tmp_path.glob("other*")), bad.output
         finally:
             get_settings.cache_clear()
 
