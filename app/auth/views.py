@@ -32,8 +32,10 @@ api = APIRouter(tags=["accounts"])
 
 
 def _safe_next(target: str | None) -> str:
-    # Only same-site paths: never an open redirect to another host.
-    if target and target.startswith("/") and not target.startswith("//"):
+    # Only same-site paths: never an open redirect to another host. Browsers read "/\\host" as
+    # "//host", and drop tabs and newlines, so a backslash or control character is refused too.
+    if (target and target.startswith("/") and not target.startswith("//")
+            and "\\" not in target and not any(ord(c) < 32 for c in target)):
         return target
     return "/"
 

@@ -54,6 +54,17 @@ class TestLogin:
         r = post_login(client, user.username, PASSWORD, next="//evil.example/x")
         assert r.headers["location"] == "/"
 
+    def test_next_with_a_backslash_or_control_character_never_leaves_the_site(
+            self, client: TestClient, session: Session) -> None:
+        user = make_user(session)
+        for target in ("/\\evil.example/x", "/\t/evil.example/x", "/\n/evil.example"):
+            r = post_login(client, user.username, PASSWORD, next=target)
+            assert r.status_code == 303 and r.headers["location"] == "/", target
+            client.cookies.clear()
+        login(client, user)  # logged in: the login page sends on, and just as safely
+        r = client.get("/login", params={"next": "/\\evil.example"}, follow_redirects=False)
+        assert r.headers["location"] == "/"
+
     def test_wrong_password_is_refused(self, client: TestClient, session: Session) -> None:
         user = make_user(session)
         r = post_login(client, user.username, "nope-nope")
