@@ -86,9 +86,10 @@ def _int_or_keep(value: str) -> Any:
         return value  # the service names the field
 
 
-def _ms(form: FormData) -> int | None:
-    raw = str(form.get("time_spent_ms", "")).strip()
-    return int(raw) if raw.isdigit() else None
+def _ms(raw: Any) -> int | None:
+    # The length cap: int() refuses strings of over 4,300 digits (a 500), and no task lasts 10**15 ms.
+    raw = str(raw or "").strip()
+    return int(raw) if raw.isdigit() and len(raw) <= 15 else None
 
 
 @router.post("/label/{assignment_id}", response_class=HTMLResponse)
@@ -107,7 +108,7 @@ def label_submit(request: Request, session: SessionDep, user: CurrentLabeler, fo
     try:
         labeling.submit(session=session, assignment=assignment, ranks=ranks, ratings=ratings,
                         flags={str(cid): f for cid, f in values["flags"].items()},
-                        notes=_joined_notes(values, labels), time_spent_ms=_ms(form),
+                        notes=_joined_notes(values, labels), time_spent_ms=_ms(form.get("time_spent_ms")),
                         confirm_inconsistent=form.get("confirm_inconsistent") == "1")
     except labeling.SubmissionInvalid as e:
         session.rollback()
@@ -130,7 +131,7 @@ def label_skip(request: Request, session: SessionDep, user: CurrentLabeler, assi
                       status_code=404)
     try:
         labeling.skip(session=session, assignment=assignment, reason=reason, notes=notes,
-                      time_spent_ms=int(time_spent_ms) if time_spent_ms.isdigit() else None)
+                      time_spent_ms=_ms(time_spent_ms))
     except labeling.SubmissionInvalid as e:
         session.rollback()
         return _page(request, session, user, assignment, error=f"{e.field}: {e.message}",

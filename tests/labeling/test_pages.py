@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.labeling import service as labeling
-from app.labeling.models import Annotation, Assignment
+from app.labeling.models import Annotation, Assignment, Guideline
 from tests.factories import csrf_of, login, make_model_version, make_prompt_set, make_task, make_user
 
 
@@ -58,8 +58,8 @@ class TestLabelPage:
         aid = _assignment_id(client.get("/label").text)
         data = {"csrf_token": csrf, **_fields(first, ["1", "1", "3"], ["6", "6", "2"]),
                 f"flags-{first.completions[2].id}": ps.flags[0], "notes": "B rambles",
-                f"note-{first.completions[2].id}": "too long", "time_spent_ms": "1234"}
-        r = client.post(f"/label/{aid}", data=data)
+                f"note-{first.completions[2].id}": "too long", "time_spent_ms": "9" * 5000}
+        r = client.post(f"/label/{aid}", data=data)  # an absurd client time: the server's is kept
         assert r.status_code == 200 and "The second prompt" in r.text and "Task 2 of 2" in r.text
         ann = session.scalars(select(Annotation)).one()
         assert sorted(i.rank for i in ann.items) == [1, 1, 2]
@@ -120,7 +120,8 @@ class TestLabelPage:
         aid = _assignment_id(client.get("/label").text)
         bad = client.post(f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": ""})
         assert bad.status_code == 422
-        r = client.post(f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": "unclear"})
+        r = client.post(f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": "unclear",
+                                                    "time_spent_ms": "9" * 5000})  # no 500
         assert r.status_code == 200 and "Nothing to label right now" in r.text
         assert session.scalars(select(Annotation)).one().skip_reason == "unclear"
         assert session.get(Assignment, aid).state == "skipped"  # type: ignore[union-attr]
@@ -171,3 +172,10 @@ class TestGuidelines:
         assert client.get("/guidelines").status_code == 200
         r = client.post("/guidelines", data={"csrf_token": csrf_of(client), "body": "x"})
         assert r.status_code == 403
+
+    def test_empty_guidelines_are_refused_and_no_version_is_saved(self, client: TestClient,
+                                                                   session: Session) -> None:
+        csrf = login(client, make_user(session, role="admin"))
+        r = client.post("/guidelines", data={"csrf_token": csrf, "body": "  \n "})
+        assert r.status_code == 422 and "cannot be empty" in r.text
+        assert session.scalar(select(func.count()).select_from(Guideline)) == 0
