@@ -3,6 +3,7 @@ skipping, hostile text shown as text, and a screenshot."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,14 @@ class TestLabelingPage:
 
         data = fresh(live_server)
         log_in(page, data["username"])
+        # The timers run; `?` hides and shows the key help.
+        expect(page.locator("#task-timer")).to_have_text(re.compile(r"^0:0[1-9]$"))
+        expect(page.locator("#session-timer")).to_have_text(re.compile(r"^\d+:\d\d$"))
+        expect(page.locator("#keymap")).to_be_visible()
+        page.keyboard.press("?")
+        expect(page.locator("#keymap")).to_be_hidden()
+        page.keyboard.press("?")
+        expect(page.locator("#keymap")).to_be_visible()
         page.keyboard.press("s")
         expect(page.locator("#skip-reason")).to_be_focused()
         page.select_option("#skip-reason", "broken")
