@@ -143,11 +143,21 @@ def encode_pair(tokenizer: Any, prompt: str, completion: str, max_length: int) -
     whole budget loses its beginning (the end is where a decoder reads the score).
     """
     specials = tokenizer.num_special_tokens_to_add(pair=True)
-    n_completion = len(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    tail = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    n_completion = len(tail)
     strategy = "only_first" if n_completion + specials < max_length else "longest_first"
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"
     try:
+        if tokenizer.sep_token is None:
+            # A decoder (no separator token): the prompt with its own specials, then the completion
+            # right after it, as PPO's rollouts are tokenised and scored. A pair template may put
+            # a second BOS between the two (Llama 3) that the scored rollouts never have.
+            room = max_length - n_completion
+            if room < 1 + tokenizer.num_special_tokens_to_add(pair=False):
+                return Encoded(tail[-max_length:], None)
+            head = tokenizer(prompt, truncation=True, max_length=room)["input_ids"]
+            return Encoded(list(head) + list(tail), None)
         enc = tokenizer(prompt, completion, truncation=strategy, max_length=max_length)
     finally:
         tokenizer.truncation_side = side

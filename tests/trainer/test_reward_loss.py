@@ -128,6 +128,26 @@ class TestScoreReading:
         e = encode_pair(tok, "the cat sat on a mat", "the dog ran", 5)
         assert tok.convert_ids_to_tokens(e.input_ids) == ["a", "mat", "the", "dog", "ran"]
 
+    def test_a_decoder_with_a_bos_sees_the_text_as_ppo_scores_it(self) -> None:
+        """Prompt (with its BOS) then completion: no second BOS from a Llama-3-style pair template."""
+        from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        raw.pre_tokenizer = pre_tokenizers.Whitespace()
+        raw.train_from_iterator(["the cat sat on a mat the dog ran"],
+                                trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<bos>"]))
+        raw.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A <bos>:1 $B:1",
+            special_tokens=[("<bos>", raw.token_to_id("<bos>"))])
+        tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>",
+                                      bos_token="<bos>")
+        # What a PPO rollout is: the tokenised prompt, then the sampled completion tokens.
+        rollout = tok("the cat sat")["input_ids"] + tok("on a mat", add_special_tokens=False)["input_ids"]
+        assert encode_pair(tok, "the cat sat", "on a mat", 64).input_ids == rollout
+        cut = encode_pair(tok, "the cat sat on a mat", "the dog ran", 5)
+        assert tok.convert_ids_to_tokens(cut.input_ids) == ["<bos>", "mat", "the", "dog", "ran"]
+
     def test_head_init(self) -> None:
         lin = torch.nn.Linear(399, 1)
         init_head(lin)
