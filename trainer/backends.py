@@ -198,6 +198,11 @@ def make_backend(version: ModelVersion, settings: Settings) -> Backend:
     if settings.sampling_backend == "openai":
         if not settings.openai_base_url:
             raise BackendError("RANKLAB_SAMPLING_BACKEND=openai needs RANKLAB_OPENAI_BASE_URL")
+        if version.is_demo:
+            # The server samples its own model: its text would be recorded (and badged) as the demo's.
+            raise BackendError("an OpenAI-compatible server cannot serve the locally built demo model; "
+                               "set RANKLAB_POLICY_MODEL to the model the server serves (for the web "
+                               "server and the workers alike), then upload the set again")
         model = (version.config or {}).get("openai_model") or settings.openai_model or version.source
         return OpenAIBackend(settings.openai_base_url, model, api_key=settings.openai_api_key,
                              concurrency=settings.openai_concurrency,

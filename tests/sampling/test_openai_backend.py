@@ -141,3 +141,17 @@ class TestOpenAILimits:
         out = backend.generate([f"prompt {i}" for i in range(8)], n=4, params=SamplingParams(), seed=0)
         assert [len(row) for row in out] == [4] * 8
         assert peak == 2
+
+
+def test_the_demo_policy_is_never_sampled_through_a_server() -> None:
+    """The server would answer with its own model, recorded and badged as the demo's: refused."""
+    from app.runs.models import ModelVersion
+    from trainer.backends import make_backend
+
+    demo = ModelVersion(kind="policy", name="demo", source="demo", is_demo=True)
+    settings = Settings(env="test", sampling_backend="openai", openai_base_url="http://gpu:8001/v1",
+                        openai_model="served")
+    with pytest.raises(BackendError, match="set RANKLAB_POLICY_MODEL to the model the server serves"):
+        make_backend(demo, settings)
+    real = ModelVersion(kind="policy", name="served", source="served", is_demo=False)
+    assert isinstance(make_backend(real, settings), OpenAIBackend)
