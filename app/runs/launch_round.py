@@ -8,6 +8,9 @@ No torch here: the worker trains.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -85,6 +88,40 @@ def new_ppo_page(request: Request, session: SessionDep, user: CurrentResearcher)
     return render(request, "runs/new_ppo.html", _context(session, values, []))
 
 
+def _read_ptx(upload: Any, limit_mb: float, errors: list[str]) -> bytes | None:
+    """An uploaded PPO-ptx corpus, JSON Lines of {"text": ...}, checked whole (None: no file)."""
+    if upload is None or isinstance(upload, str) or not upload.filename:
+        return None
+    name, limit = upload.filename, int(limit_mb * 1_000_000)
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        errors.append(f"pretraining file {name}: larger than {limit_mb:g} MB")
+        return None
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        errors.append(f"pretraining file {name}: not UTF-8 text")
+        return None
+    texts = 0
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(f"pretraining file {name}, line {n}: not JSON ({exc.msg})")
+            return None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            errors.append(f"pretraining file {name}, line {n}: each line must be an object "
+                          "with a string field 'text'")
+            return None
+        texts += 1
+    if not texts:
+        errors.append(f"pretraining file {name}: no texts")
+        return None
+    return data
+
+
 @router.post("/runs/new/ppo")
 async def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher) -> Response:
     form = await request.form()
@@ -95,12 +132,19 @@ async def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher
     params = _parse(values, errors)
     known = set(session.scalars(select(PromptSet.name)))
     errors += [f"sets: no prompt set named {s!r}" for s in values["sets"] if s not in known]
+    settings = request.app.state.settings
+    ptx = _read_ptx(form.get("ptx_file"), settings.max_upload_mb, errors)
     ctx = _context(session, values, errors)
     if ctx["reward"] is None:
         errors.append("reward model: none is active; train one first (Train reward model)")
     if errors:
         return render(request, "runs/new_ppo.html", ctx, status_code=422)
     params["sets"] = values["sets"]
+    if ptx is not None:  # stored by content (the worker reads it from the shared artifacts folder)
+        path = Path(settings.artifacts_dir).resolve() / "ptx" / f"{hashlib.sha256(ptx).hexdigest()}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(ptx)
+        params["ptx_file"] = str(path)
     job = jobs.enqueue(
         session=session,
         kind="train_ppo",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.cli import cli
@@ -159,6 +159,30 @@ class TestForms:
         assert r.headers["location"] == f"/runs/{job.id}"
         assert job.kind == "train_ppo" and job.params["sets"] == ["set-<b>"] and job.params["beta"] == 0.1
         assert "kl_target" not in job.params
+
+    def test_ppo_form_takes_an_uploaded_pretraining_corpus(self, web: TestClient, session: Session,
+                                                           app) -> None:  # type: ignore[no-untyped-def]
+        make_model_version(session, kind="reward", is_active=True)
+        csrf = login(web, make_user(session, role="researcher"))
+        assert 'name="ptx_file"' in web.get("/runs/new/ppo").text
+        corpus = b'{"text": "the cat sat"}\n\n{"text": "a dog ran"}\n'
+        from app.runs.launch_round import KNOBS
+
+        form = {name: str(default) for name, *_, default in KNOBS}
+        r = web.post("/runs/new/ppo", data={**form, "csrf_token": csrf, "ptx_coef": "27.8"},
+                     files={"ptx_file": ("pretrain.jsonl", corpus, "application/json")},
+                     follow_redirects=False)
+        assert r.status_code == 303, r.text
+        job = session.scalar(select(Job).order_by(Job.id.desc()))
+        assert job.params["ptx_coef"] == 27.8
+        assert Path(job.params["ptx_file"]).read_bytes() == corpus  # what the train_ppo job reads
+        stored = Path(app.state.settings.artifacts_dir) / "ptx"
+        before = sorted(stored.iterdir())
+        bad = b'{"text": "fine"}\n{"txt": "typo"}\n'
+        r = web.post("/runs/new/ppo", data={**form, "csrf_token": csrf, "ptx_coef": "1"},
+                     files={"ptx_file": ("bad.jsonl", bad, "application/json")})
+        assert r.status_code == 422 and "bad.jsonl, line 2" in r.text
+        assert session.scalar(select(func.count(Job.id))) == 1 and sorted(stored.iterdir()) == before
 
     def test_ppo_form_names_bad_fields_and_starts_nothing(self, web: TestClient, session: Session) -> None:
         csrf = login(web, make_user(session, role="researcher"))

@@ -95,8 +95,8 @@ class _Enc:
 
 
 @pytest.mark.slow
-def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from trainer.ppo_train import train
