@@ -289,6 +289,16 @@ def _take(line: int, record: dict[str, Any], out: _Collector, *, max_tokens: int
     full = text.strip()
     if extra and extra.strip():
         full = f"{full}\n\n{extra.strip()}"
+    # PostgreSQL cannot store a NUL character in text or JSON: refuse it here, with its place.
+    nul = "contains a NUL character (\\u0000); remove it"
+    if "\x00" in full:
+        out.problem(line, fld if "\x00" in text else "input", nul)
+        return
+    meta = {k: _jsonable(v) for k, v in record.items() if k not in TEXT_KEYS}
+    for key, value in meta.items():
+        if "\x00" in key or "\\u0000" in json.dumps(value):
+            out.problem(line, key.replace("\x00", "\\u0000"), nul)
+            return
     n_tokens = count_tokens(full)
     if n_tokens > max_tokens:
         out.problem(line, fld, f"{n_tokens} tokens, over the limit of {max_tokens} ({limit_name})")
@@ -300,7 +310,6 @@ def _take(line: int, record: dict[str, Any], out: _Collector, *, max_tokens: int
             out.result.duplicate_lines.append(line)
         return
     out.seen[digest] = line
-    meta = {k: _jsonable(v) for k, v in record.items() if k not in TEXT_KEYS}
     out.result.prompts.append(ParsedPrompt(line=line, text=full, meta=meta, hash=digest))
 
 

@@ -86,6 +86,8 @@ def check_options(*, session: Session, filename: str, name: str, k: int, overlap
         bad("name", "a prompt set needs a name")
     elif len(name) > 200:
         bad("name", "at most 200 characters")
+    elif "\x00" in name:  # PostgreSQL cannot even look such a name up
+        bad("name", "contains a NUL character (\\u0000)")
     elif session.scalar(select(PromptSet.id).where(PromptSet.name == name.strip())) is not None:
         bad("name", f"a prompt set named {name.strip()!r} already exists; choose another name")
     if not K_MIN <= k <= K_MAX:
@@ -137,6 +139,8 @@ def import_prompt_set(
     if len(flag_set) > MAX_FLAGS:
         problems.append(Problem(filename, None, "flags", f"at most {MAX_FLAGS} flags, got {len(flag_set)}"))
     for flag in flag_set:
+        if "\x00" in flag:
+            problems.append(Problem(filename, None, "flags", "a flag contains a NUL character (\\u0000)"))
         if len(flag) > 200:
             problems.append(Problem(filename, None, "flags", f"a flag of {len(flag)} characters; "
                                                              "at most 200"))
@@ -169,7 +173,7 @@ def import_prompt_set(
         name=name.strip(), k=k, overlap=overlap, sampling=params, policy_version_id=version.id,
         compare_version_id=compare_version_id, flags=flag_set,
         status=SetStatus.sampling if enqueue else SetStatus.active,
-        source_filename=filename[:500], created_by_id=created_by_id,
+        source_filename=filename.replace("\x00", "")[:500], created_by_id=created_by_id,
         report={"rows": parsed.rows, "imported": len(parsed.prompts),
                 "duplicates": parsed.duplicates, "duplicate_lines": parsed.duplicate_lines,
                 "tokens_counted_with": counted_with},
