@@ -275,7 +275,9 @@ def train(
         raise ValueError(
             f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in {positions} positions"
         )
-    prompt_ids = [tokenizer(p)["input_ids"][-room:] or [eos_id] for p in prompts]
+    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"  # keeps a BOS, cuts the text
+    prompt_ids = [tokenizer(p, truncation=True, max_length=room)["input_ids"] or [eos_id] for p in prompts]
+    tokenizer.truncation_side = side
     per_process = max(1, cfg.batch_size // acc.num_processes)
     mini = max(1, cfg.mini_batch_size // acc.num_processes)
     ptx = _tokenize_texts(tokenizer, ptx_texts, cfg.ptx_max_tokens, "cpu") if cfg.ptx_coef > 0 else None

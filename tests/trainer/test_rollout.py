@@ -131,3 +131,39 @@ def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
     assert not old.training  # dropout off: eval mode, gradients still flow
     assert any(p.requires_grad for p in old.parameters())
     assert torch.equal(values[0], rm_head)  # the value network starts from the reward model
+
+
+@pytest.mark.slow
+def test_a_long_prompt_is_cut_from_the_left_and_keeps_its_bos(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from trainer.ppo_train import train
+
+    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.train_from_iterator([" ".join(PROMPTS)], trainers.WordLevelTrainer(
+        special_tokens=["<pad>", "<eos>", "<unk>", "<bos>"]))
+    bos = raw.token_to_id("<bos>")
+    raw.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>",
+                                  unk_token="<unk>", bos_token="<bos>")
+    for path, model in ((tmp_path / "policy", tiny_policy(tok)), (tmp_path / "rm", tiny_reward_model(tok))):
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+    seen: list[list[int]] = []
+    real = ro.left_pad
+
+    def left_pad(sequences, pad_id, device="cpu"):  # type: ignore[no-untyped-def]
+        seen.extend(sequences)
+        return real(sequences, pad_id, device)
+
+    monkeypatch.setattr(ro, "left_pad", left_pad)
+    cfg = small_config(iterations=1, batch_size=6, mini_batch_size=6, ppo_epochs=1, max_new_tokens=2,
+                       max_prompt_tokens=3, sample_every=0)
+    with one_thread():
+        train(cfg, policy_path=tmp_path / "policy", reward_path=tmp_path / "rm", prompts=["the quick dog"],
+              work_dir=tmp_path / "work", output_dir=tmp_path / "out",
+              scorer=lambda batch: torch.zeros(batch.query.shape[0]))
+    assert seen and all(s == [bos] + tok("quick dog", add_special_tokens=False)["input_ids"] for s in seen)
