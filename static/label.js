@@ -225,6 +225,7 @@
       case "g": e.preventDefault(); toggleGuidelines(); break;
       case "?": e.preventDefault(); toggleHelp(); break;
       case "n": e.preventDefault(); document.getElementById("notes").focus(); break;
+      case "e": if (expand) { e.preventDefault(); expand.click(); } break;
       case "f":
         if (card) {
           const d = card.querySelector("details.flags");

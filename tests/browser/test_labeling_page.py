@@ -166,6 +166,19 @@ class TestLabelingPage:
         page.wait_for_timeout(300)
         assert dialogs == [] and page.evaluate("window.__pwned") is None
 
+    def test_a_long_instruction_is_folded_and_e_unfolds_it(self, page: Any,
+                                                          live_server: LiveServer) -> None:
+        from playwright.sync_api import expect
+
+        prompt = "\n".join(f"Step {i}: do the next thing." for i in range(40))
+        data = fresh(live_server, k=2, prompts=[prompt])
+        log_in(page, data["username"])
+        expect(page.locator("#prompt-text")).to_have_class(re.compile(r"\bcollapsed\b"))
+        page.keyboard.press("e")
+        expect(page.locator("#prompt-text")).not_to_have_class(re.compile(r"\bcollapsed\b"))
+        expect(page.locator("#expand-prompt")).to_have_attribute("aria-expanded", "true")
+        assert page.inner_text("#prompt-text") == prompt
+
     def test_screenshot_at_1280x800_and_a_narrow_screen(self, page: Any, live_server: LiveServer,
                                                         test_output: Path) -> None:
         from playwright.sync_api import expect
