@@ -108,6 +108,8 @@ def _retry_after(session: Session, username: str, now: datetime) -> int:
 def authenticate(*, session: Session, username: str, password: str, ip: str | None) -> User:
     """The user, or AuthError (wrong password, unknown, deactivated) or Throttled. Failures are
     recorded; the caller must commit even when this raises, so that throttling holds."""
+    if "\x00" in username:  # no account has one, and PostgreSQL refuses NUL in any query
+        raise AuthError("Wrong username or password.")
     now = utcnow()
     wait = _retry_after(session, username, now)
     if wait:
@@ -171,7 +173,8 @@ class NewToken:
 def create_token(*, session: Session, user: User, name: str = "api") -> NewToken:
     raw = security.new_token(security.TOKEN_PREFIX)
     row = ApiToken(
-        user_id=user.id, name=name[:100] or "api", token_hash=security.sha256(raw), prefix=raw[:10]
+        user_id=user.id, name=name.replace("\x00", "")[:100] or "api",  # PostgreSQL refuses NUL
+        token_hash=security.sha256(raw), prefix=raw[:10]
     )
     session.add(row)
     session.flush()

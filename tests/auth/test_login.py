@@ -65,6 +65,12 @@ class TestLogin:
         r = client.get("/login", params={"next": "/\\evil.example"}, follow_redirects=False)
         assert r.headers["location"] == "/"
 
+    def test_a_nul_character_in_the_username_is_a_wrong_login_not_a_crash(
+            self, client: TestClient, session: Session) -> None:
+        user = make_user(session)  # PostgreSQL refuses NUL in any text it is sent
+        r = post_login(client, user.username + "\x00", PASSWORD)
+        assert r.status_code == 401 and "Wrong username or password." in r.text
+
     def test_wrong_password_is_refused(self, client: TestClient, session: Session) -> None:
         user = make_user(session)
         r = post_login(client, user.username, "nope-nope")

@@ -71,6 +71,12 @@ class TestCreate:
         assert body["token"] not in all_db_text(session)
         assert client.get("/api/v1/me", headers=bearer(body["token"])).json()["username"] == user.username
 
+    def test_a_nul_character_in_the_name_is_dropped(self, client: TestClient, session: Session) -> None:
+        user = make_user(session)  # PostgreSQL refuses NUL in any text it stores
+        r = client.post("/api/v1/tokens", params={"name": "c\x00i"},
+                        headers=bearer(auth.create_token(session=session, user=user).token))
+        assert r.status_code == 201 and r.json()["name"] == "ci"
+
     def test_an_admin_makes_one_for_someone_else(self, client: TestClient, session: Session) -> None:
         admin, bob = make_user(session, role=Role.admin), make_user(session)
         csrf = login(client, admin)
