@@ -192,6 +192,7 @@
   }
   function closePanels() {
     hide(skipForm);
+    hide(warning); // "Fix it": the check runs again on the next submit
   }
 
   document.addEventListener("keydown", (e) => {

@@ -97,8 +97,9 @@ class TestLabelingPage:
         page.keyboard.press("Enter")
         expect(page.locator("#consistency")).to_be_visible()
         expect(page.locator("#consistency-list")).to_contain_text("B is ranked below A but rated higher")
-        # Fix it: back to A, rate it 6, submit.
+        # Fix it: Esc closes the warning, back to A; rate it 6, submit.
         page.keyboard.press("Escape")
+        expect(page.locator("#consistency")).to_be_hidden()
         page.keyboard.press("6")
         page.keyboard.press("Enter")
         expect(page.locator("#queue-pos")).to_have_text("Task 2 of 2")
