@@ -110,10 +110,13 @@ def _start(request: Request, fmt: str, user: User, session: Any) -> exports.Expo
     )
 
 
-def _stream(request: Request, fmt: str, user: User, session: Any, manifest_url: str) -> Response:
+def _stream(request: Request, fmt: str, user: User, session: Any, manifest_url: str,
+            html: bool = False) -> Response:
     try:
         ex = _start(request, fmt, user, session)
     except exports.ExportError as exc:
+        if html:  # the download form's error is read in the browser, not by a script
+            return render(request, "error.html", {"message": str(exc)}, status_code=422)
         return JSONResponse({"detail": str(exc)}, status_code=422)
     name = exports.filename_for(fmt, ex.file_type, ex.filters.split)
     query = request.url.query
@@ -165,7 +168,7 @@ def exports_page(request: Request, user: CurrentResearcher, session: SessionDep)
 @router.get("/exports/download")
 def exports_download(request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
     fmt = request.query_params.get("format") or "comparisons"
-    return _stream(request, fmt, user, session, "/exports/manifest")
+    return _stream(request, fmt, user, session, "/exports/manifest", html=True)
 
 
 @router.get("/exports/manifest")

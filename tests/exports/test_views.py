@@ -90,6 +90,9 @@ class TestPages:
         assert len(rows) == 3 and {x["split"] for x in rows} == {"train"}
         m = client.get(f"/exports/manifest?{q}").json()
         assert m["sha256"] == hashlib.sha256(r.content).hexdigest() and m["counts"]["ties"] == 1
+        bad = client.get("/exports/download?format=comparisons&since=yesterday")
+        assert bad.status_code == 422 and bad.headers["content-type"].startswith("text/html")
+        assert "since: not an ISO date" in bad.text
 
     def test_labeler_is_refused(self, client: TestClient, session: Session) -> None:
         login(client, make_user(session, role="labeler"))
