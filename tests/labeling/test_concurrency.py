@@ -88,3 +88,33 @@ def test_fifty_labelers_at_once_never_over_assign(committed_pg: sessionmaker[Ses
         assert len(pairs) == len(set(pairs)) == TASKS * OVERLAP
         assert s.scalar(select(func.count()).select_from(Assignment)
                         .where(Assignment.state == "active")) == 0
+
+
+def test_the_same_submission_sent_at_once_stores_one_annotation(
+        committed_pg: sessionmaker[Session]) -> None:
+    """A double click or a retried request: several submits of one assignment, all at once."""
+    with committed_pg() as s:
+        ps = make_prompt_set(s, k=2, overlap=3)
+        task = make_task(s, prompt_set=ps)
+        user = make_user(s)
+        a = labeling.next_assignment(session=s, user=user, lease_minutes=30)
+        assert a is not None
+        aid, uid, ids = a.id, user.id, [c.id for c in task.completions]
+        s.commit()
+    got: list[int] = []
+
+    def send(i: int) -> None:
+        with committed_pg() as s:
+            mine = labeling.get_assignment(session=s, assignment_id=aid,
+                                           user=s.get_one(User, uid), lock=True)
+            ann = labeling.submit(session=s, assignment=mine,  # type: ignore[arg-type]
+                                  ranks={str(ids[0]): 1, str(ids[1]): 2},
+                                  ratings={str(ids[0]): 6, str(ids[1]): 3})
+            got.append(ann.id)
+            s.commit()
+
+    assert _run_all(send, 8) == []
+    with committed_pg() as s:
+        assert s.scalar(select(func.count()).select_from(Annotation)) == 1
+        assert len(set(got)) == 1 and len(got) == 8
+        assert s.get_one(Task, task.id).label_count == 1
