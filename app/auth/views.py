@@ -222,6 +222,8 @@ def update_user_page(
     role: Annotated[str | None, Form()] = None, active: Annotated[str | None, Form()] = None,
 ) -> Response:
     target = _target_user(session, user_id)
+    if active not in (None, "true", "false"):  # anything else must not read as "deactivate"
+        return _users_page(request, session, status_code=422, error="active: 'true' or 'false'")
     is_active = None if active is None else active == "true"
     if target.id == admin.id and (is_active is False or (role and role != Role.admin)):
         return _users_page(request, session, status_code=422,

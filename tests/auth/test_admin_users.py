@@ -112,3 +112,12 @@ class TestChangeUser:
         assert bob.role == "labeler"
         r = client.post("/admin/users/987654", data={"role": "admin", "csrf_token": csrf})
         assert r.status_code == 404
+
+    def test_an_active_value_other_than_true_or_false_is_refused(
+            self, client: TestClient, session: Session) -> None:
+        admin, bob = make_user(session, role=Role.admin), make_user(session)
+        csrf = login(client, admin)
+        r = client.post(f"/admin/users/{bob.id}", data={"active": "yes", "csrf_token": csrf})
+        assert r.status_code == 422 and "active:" in r.text
+        session.refresh(bob)
+        assert bob.is_active
