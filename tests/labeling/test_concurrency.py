@@ -118,3 +118,46 @@ def test_the_same_submission_sent_at_once_stores_one_annotation(
         assert s.scalar(select(func.count()).select_from(Annotation)) == 1
         assert len(set(got)) == 1 and len(got) == 8
         assert s.get_one(Task, task.id).label_count == 1
+
+
+def test_two_late_submitters_cannot_both_take_the_last_place(
+        committed_pg: sessionmaker[Session]) -> None:
+    """Both leases ran out, the task needs one more label, both submit at once: one is stored,
+    the other is refused with a message that says why."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    with committed_pg() as s:
+        task = make_task(s, prompt_set=make_prompt_set(s, k=2, overlap=1))
+        users = [make_user(s), make_user(s)]
+        aids = []
+        for u in users:  # each takes the task, then the lease runs out
+            a = labeling.next_assignment(session=s, user=u, lease_minutes=30)
+            assert a is not None and a.task_id == task.id
+            a.lease_expires_at = utcnow() - timedelta(minutes=1)
+            s.flush()
+            aids.append(a.id)
+        uids, ids = [u.id for u in users], [c.id for c in task.completions]
+        s.commit()
+    outcome: list[str] = []
+
+    def send(i: int) -> None:
+        with committed_pg() as s:
+            mine = labeling.get_assignment(session=s, assignment_id=aids[i],
+                                           user=s.get_one(User, uids[i]), lock=True)
+            try:
+                labeling.submit(session=s, assignment=mine,  # type: ignore[arg-type]
+                                ranks={str(ids[0]): 1, str(ids[1]): 2},
+                                ratings={str(ids[0]): 6, str(ids[1]): 3})
+                s.commit()
+                outcome.append("stored")
+            except labeling.SubmissionRefused as e:
+                assert "already has all the labels" in e.message
+                outcome.append("refused")
+
+    assert _run_all(send, 2) == []
+    assert sorted(outcome) == ["refused", "stored"]
+    with committed_pg() as s:
+        assert s.scalar(select(func.count()).select_from(Annotation)) == 1
+        assert s.get_one(Task, task.id).label_count == 1
