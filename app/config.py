@@ -36,12 +36,14 @@ class Settings(BaseSettings):
         description="Server secret; production refuses a missing, default or short (< 32 chars) one.",
     )
     artifacts_dir: Path = Field(Path("var/artifacts"), description="Models, checkpoints and exports.")
-    session_hours: float = Field(12.0, description="How long a login lasts without activity.")
-    max_upload_mb: float = Field(50.0, description="Largest prompt or preference file accepted.")
-    max_prompt_tokens: int = Field(1024, description="Longest prompt accepted, in policy tokens.")
-    lease_minutes: float = Field(30.0, description="How long a labeler holds a task.")
-    job_stale_seconds: float = Field(120.0, description="A running job with an older heartbeat is requeued.")
-    job_max_attempts: int = Field(3, description="Claims a job gets before it fails for good.")
+    session_hours: float = Field(12.0, gt=0, description="How long a login lasts without activity.")
+    max_upload_mb: float = Field(50.0, gt=0, description="Largest prompt or preference file accepted.")
+    max_prompt_tokens: int = Field(1024, ge=1, description="Longest prompt accepted, in policy tokens.")
+    lease_minutes: float = Field(30.0, gt=0, description="How long a labeler holds a task.")
+    job_stale_seconds: float = Field(
+        120.0, gt=0, description="A running job with an older heartbeat is requeued."
+    )
+    job_max_attempts: int = Field(3, ge=1, description="Claims a job gets before it fails for good.")
     policy_model: str | None = Field(
         None, description="from_pretrained hub id or folder of the base policy; unset: the demo model."
     )
@@ -49,9 +51,11 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. vLLM.")
     openai_api_key: str | None = Field(None, description="Bearer key for that server, if it wants one.")
     openai_model: str | None = Field(None, description="Model name the server serves.")
-    openai_concurrency: int = Field(8, description="Requests in flight to that server at once.")
-    openai_timeout_seconds: float = Field(120.0, description="Longest wait for one answer of that server.")
-    openai_retries: int = Field(4, description="Retries (with backoff) on 429, 5xx and timeouts.")
+    openai_concurrency: int = Field(8, ge=1, description="Requests in flight to that server at once.")
+    openai_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest wait for one answer of that server."
+    )
+    openai_retries: int = Field(4, ge=0, description="Retries (with backoff) on 429, 5xx and timeouts.")
     admin_username: str | None = Field(None, description="First admin's name for `make run`.")
     admin_password: str | None = Field(None, description="First admin's password for `make run`.")
     extra_handlers: str | None = Field(

@@ -46,6 +46,21 @@ class TestDefaults:
             get_settings()
 
 
+    @pytest.mark.parametrize(("var", "value"), [
+        ("RANKLAB_JOB_STALE_SECONDS", "0"), ("RANKLAB_JOB_MAX_ATTEMPTS", "0"),
+        ("RANKLAB_SESSION_HOURS", "-1"), ("RANKLAB_MAX_UPLOAD_MB", "0"),
+        ("RANKLAB_MAX_PROMPT_TOKENS", "0"), ("RANKLAB_LEASE_MINUTES", "0"),
+        ("RANKLAB_OPENAI_CONCURRENCY", "0"), ("RANKLAB_OPENAI_TIMEOUT_SECONDS", "0"),
+        ("RANKLAB_OPENAI_RETRIES", "-1"),
+    ])
+    def test_a_zero_or_negative_amount_is_refused_by_name(self, var: str, value: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        # A stale limit of 0 requeues every running job at once; 0 attempts fail every job.
+        monkeypatch.setenv(var, value)
+        with pytest.raises(SettingsError, match=var):
+            get_settings()
+
+
 class TestProductionSecret:
     @pytest.mark.parametrize("secret", [None, DEFAULT_SECRET_KEY, "short-secret", ""])
     def test_refused_with_the_how_to(self, monkeypatch: pytest.MonkeyPatch,
