@@ -127,7 +127,9 @@ def export(
         try:
             fractions = tuple(float(x) for x in split_fractions.split(","))
         except ValueError:
-            raise click.BadParameter(f"not numbers: {split_fractions!r}", param_hint="--split-fractions") from None
+            raise click.BadParameter(
+                f"not numbers: {split_fractions!r}", param_hint="--split-fractions"
+            ) from None
         with maker() as s:
             filters = service.Filters(
                 prompt_set_ids=ids(s, PromptSet, sets),

@@ -455,7 +455,9 @@ def export(
     fr = filters.split_fractions
     if len(fr) != 3 or any(f < 0 for f in fr) or sum(fr) <= 0:
         # Checked here, not mid-stream: a bad one would fail after the first bytes had left.
-        raise ExportError(f"split fractions: three non-negative numbers train,validation,test, not {list(fr)}")
+        raise ExportError(
+            f"split fractions: three non-negative numbers train,validation,test, not {list(fr)}"
+        )
     counts = Counts()
     schema = formats.schema_for(fmt, opts)
 

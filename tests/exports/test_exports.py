@@ -242,7 +242,8 @@ class TestManifest:
             assert bad.exit_code != 0 and "nope" in bad.output
             other = tmp_path / "other.jsonl"
             for fractions, said in (("1,0", "split fractions"), ("a,b,c", "--split-fractions")):
-                bad = CliRunner().invoke(cli, ["export", "trl", "--out", str(other), "--split-fractions", fractions])
+                args = ["export", "trl", "--out", str(other), "--split-fractions", fractions]
+                bad = CliRunner().invoke(cli, args)
                 assert bad.exit_code in (1, 2), bad.output
                 assert said in bad.output and not list(tmp_path.glob("other*")), bad.output
         finally:
