@@ -241,8 +241,10 @@ class TestManifest:
             bad = CliRunner().invoke(cli, ["export", "trl", "--out", str(out), "--set", "nope"])
             assert bad.exit_code != 0 and "nope" in bad.output
             other = tmp_path / "other.jsonl"
-            for fractions, said in (("1,0", "split fractions"), ("a,b,c", "--split-fractions")):
-                args = ["export", "trl", "--out", str(other), "--split-fractions", fractions]
+            for option, value, said in (("--split-fractions", "1,0", "split fractions"),
+                                        ("--split-fractions", "a,b,c", "--split-fractions"),
+                                        ("--min-labels", "-1", "--min-labels")):
+                args = ["export", "trl", "--out", str(other), option, value]
                 bad = CliRunner().invoke(cli, args)
                 assert bad.exit_code in (1, 2), bad.output
                 assert said in bad.output and not list(tmp_path.glob("other*")), bad.output
