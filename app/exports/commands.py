@@ -22,10 +22,13 @@ def _sessions():
     return sessions()
 
 
-def _when(value: str | None) -> datetime | None:
+def _when(value: str | None, option: str) -> datetime | None:
     if not value:
         return None
-    t = datetime.fromisoformat(value)
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO date or time: {value!r}", param_hint=option) from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
@@ -135,8 +138,8 @@ def export(
             filters = service.Filters(
                 prompt_set_ids=ids(s, PromptSet, sets),
                 policy_version_ids=ids(s, ModelVersion, policies),
-                since=_when(since),
-                until=_when(until),
+                since=_when(since, "--since"),
+                until=_when(until, "--until"),
                 labeler_ids=service.resolve_labelers(
                     session=s, names=list(labelers), secret=settings.secret_key
                 ),

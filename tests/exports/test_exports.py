@@ -243,7 +243,8 @@ class TestManifest:
             other = tmp_path / "other.jsonl"
             for option, value, said in (("--split-fractions", "1,0", "split fractions"),
                                         ("--split-fractions", "a,b,c", "--split-fractions"),
-                                        ("--min-labels", "-1", "--min-labels")):
+                                        ("--min-labels", "-1", "--min-labels"),
+                                        ("--since", "yesterday", "--since")):
                 args = ["export", "trl", "--out", str(other), option, value]
                 bad = CliRunner().invoke(cli, args)
                 assert bad.exit_code in (1, 2), bad.output
