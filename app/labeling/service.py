@@ -412,6 +412,8 @@ def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any
         raise SubmissionInvalid("notes", "notes must be text")
     if len(notes or "") > MAX_NOTES:
         raise SubmissionInvalid("notes", f"notes are limited to {MAX_NOTES} characters")
+    if "\x00" in (notes or ""):  # PostgreSQL cannot store it: a 422, not a DataError (500)
+        raise SubmissionInvalid("notes", "notes cannot contain a NUL character (\\u0000)")
     clashes = inconsistencies(clean_ranks, clean_ratings)
     if clashes and not confirm_inconsistent:
         raise SubmissionInvalid(
@@ -455,6 +457,8 @@ def skip(*, session: Session, assignment: Assignment, reason: Any, notes: str = 
         raise SubmissionInvalid("skip", f"reason must be one of: {', '.join(SKIP_REASONS)}")
     if not isinstance(notes, str) or len(notes) > MAX_NOTES:
         raise SubmissionInvalid("notes", f"notes must be text of at most {MAX_NOTES} characters")
+    if "\x00" in notes:
+        raise SubmissionInvalid("notes", "notes cannot contain a NUL character (\\u0000)")
     done = _lock_assignment(session, assignment)
     if done is not None:
         return done

@@ -124,6 +124,8 @@ BAD_SHAPES: list[tuple[str, Any, str]] = [
     ("unknown skip reason", lambda ids, d: {"skip": "bored"}, "skip"),
     ("skip with ranks", lambda ids, d: {**d, "skip": "unclear"}, "skip"),
     ("an unknown field", lambda ids, d: {**d, "score": 3}, "score"),
+    ("a NUL in the notes", lambda ids, d: {**d, "notes": "a\x00b"}, "notes"),
+    ("a NUL in a skip's notes", lambda ids, d: {"skip": "other", "notes": "a\x00b"}, "notes"),
     ("ratings contradict ranks", lambda ids, d: {**d, "ratings": {str(ids[0]): 2, str(ids[1]): 4,
                                                                  str(ids[2]): 6}}, "confirm_inconsistent"),
 ]

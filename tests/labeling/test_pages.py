@@ -178,4 +178,6 @@ class TestGuidelines:
         csrf = login(client, make_user(session, role="admin"))
         r = client.post("/guidelines", data={"csrf_token": csrf, "body": "  \n "})
         assert r.status_code == 422 and "cannot be empty" in r.text
+        r = client.post("/guidelines", data={"csrf_token": csrf, "body": "# Rules\x00"})
+        assert r.status_code == 422 and "NUL" in r.text  # PostgreSQL cannot store it: no 500
         assert session.scalar(select(func.count()).select_from(Guideline)) == 0
