@@ -355,6 +355,8 @@ def parse(data: bytes, filename: str, *, kind: str = "auto") -> tuple[str, list[
             errors.append(RowError(line, "row", str(obj)))
         elif not isinstance(obj, dict):
             errors.append(RowError(line, "row", "must be a JSON object"))
+        elif (where := _nul_at(obj)) is not None:
+            errors.append(RowError(line, where, "contains a NUL character (\\u0000); remove it"))
         elif (unit := parser(line, obj, errors)) is not None:
             units.append(unit)
     if kind == "rankings":
@@ -362,6 +364,20 @@ def parse(data: bytes, filename: str, *, kind: str = "auto") -> tuple[str, list[
         bad = {e.line for e in errors}
         units = [u for u in units if u.line not in bad]
     return kind, units, errors, len(rows)
+
+
+def _nul_at(value: Any, where: str = "") -> str | None:
+    """Where a NUL character hides in a row (PostgreSQL cannot store one in text or JSON)."""
+    if isinstance(value, str):
+        return (where or "row") if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, v in items:
+        here = f"{where}.{key}" if where else str(key)
+        if "\x00" in here:
+            return here.replace("\x00", "\\u0000")
+        if (found := _nul_at(v, here)) is not None:
+            return found
+    return None
 
 
 def _check_groups(units: list[Unit], errors: list[RowError]) -> None:
@@ -422,8 +438,8 @@ def import_preferences(
 ) -> ImportResult:
     """Validate everything, then write it all (or nothing: the caller's transaction)."""
     name = name.strip()
-    if not name:
-        raise ImportRefused([RowError(0, "name", "a set name is needed")], 1)
+    if not name or "\x00" in name:
+        raise ImportRefused([RowError(0, "name", "a set name is needed, without NUL characters")], 1)
     if session.scalar(select(PromptSet.id).where(PromptSet.name == name)) is not None:
         raise ImportRefused([RowError(0, "name", f"a prompt set called {name!r} exists")], 1)
     kind, units, errors, total = parse(data, filename, kind=kind)

@@ -183,6 +183,26 @@ class TestTRL:
             importer.import_preferences(session=session, data=b'{"a": 1}\n', filename="t.jsonl", name="g")
         assert "HH-RLHF" in str(exc.value.errors[0])
 
+    def test_a_nul_character_is_a_located_row_error(self, session: Session) -> None:
+        # PostgreSQL cannot store NUL in text or JSON: the row is named, nothing is written.
+        rows = [
+            {"prompt": "a", "chosen": "b", "rejected": "c"},
+            {"prompt": "x\x00y", "chosen": "b", "rejected": "c"},
+            {"prompt": [{"role": "user", "content": "hi\x00"}], "chosen": "b", "rejected": "c"},
+        ]
+        before = _count(session, PromptSet)
+        with pytest.raises(importer.ImportRefused) as exc:
+            importer.import_preferences(session=session, data=_jsonl(rows), filename="t.jsonl", name="n")
+        assert [(e.line, e.field) for e in exc.value.errors] == [(2, "prompt"), (3, "prompt.0.content")]
+        assert _count(session, PromptSet) == before
+        r = importer.import_preferences(
+            session=session, data=_jsonl(rows), filename="t.jsonl", name="n", skip_invalid=True
+        )
+        session.flush()
+        assert r.imported == 1 and [e.line for e in r.skipped] == [2, 3]
+        with pytest.raises(importer.ImportRefused, match="NUL"):
+            importer.import_preferences(session=session, data=_jsonl(rows[:1]), filename="t", name="a\x00")
+
 
 class TestRankingsRoundTrip:
     def _norm(self, rows: list[dict]) -> list[tuple]:  # type: ignore[type-arg]
