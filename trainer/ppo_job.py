@@ -145,9 +145,10 @@ def policy_files(version: ModelVersion) -> str:
 class JobReporter:
     """PPO's reports into the job row: progress (may cancel), metrics, live samples table, log."""
 
-    def __init__(self, ctx: Any, start: float = 0.02) -> None:
+    def __init__(self, ctx: Any, start: float = 0.02, from_demo: bool = False) -> None:
         self.ctx, self.start = ctx, start
         self.rows: list[dict[str, Any]] = []
+        self.from_demo = from_demo  # the run page badges the samples of a demo-derived policy
 
     def progress(self, fraction: float, message: str) -> None:
         self.ctx.progress(self.start + (1 - self.start) * fraction * 0.99, message)
@@ -160,7 +161,8 @@ class JobReporter:
         with self.ctx.session() as s:  # shown on the run page while it runs
             job = s.get(Job, self.ctx.job_id)
             if job is not None:
-                job.result = {**(job.result or {}), "samples": list(self.rows)}
+                job.result = {**(job.result or {}), "samples": list(self.rows),
+                              "from_demo": self.from_demo}
 
     def log(self, line: str) -> None:
         self.ctx.log(line)
@@ -177,7 +179,9 @@ def run_job(ctx: Any) -> dict[str, Any]:
         parent = policies.default_policy(session=s, settings=settings)
         reward = resolve_reward(s, params)
         ptx_texts, ptx_source = load_ptx_texts(s, params.get("ptx_file")) if cfg.ptx_coef > 0 else ([], "off")
-        parent_id, parent_name, parent_demo = parent.id, parent.name, parent.is_demo
+        # The demo policy's descendants still write demo-quality text: the badge follows the line.
+        parent_demo = parent.is_demo or bool((parent.config or {}).get("parent_is_demo"))
+        parent_id, parent_name = parent.id, parent.name
         reward_id, reward_path = reward.id, str(reward.path or reward.source)
     if not prompts:
         raise ValueError("the chosen prompt sets have no prompts")
@@ -191,7 +195,7 @@ def run_job(ctx: Any) -> dict[str, Any]:
     )
 
     out_dir, work_dir = paths_for(ctx.job_id)
-    reporter = JobReporter(ctx)
+    reporter = JobReporter(ctx, from_demo=parent_demo)
     summary: Summary | None = None
     if not (out_dir / "summary.json").exists():
         if ctx.attempt > 1:
@@ -270,6 +274,7 @@ def run_job(ctx: Any) -> dict[str, Any]:
         "reward_version_id": reward_id,
         "metrics": metrics,
         "samples": reporter.rows,
+        "from_demo": parent_demo,
         "resumed_from": stored["resumed_from"],
     }
 

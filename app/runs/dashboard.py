@@ -185,6 +185,11 @@ def samples(job: Job) -> list[dict[str, Any]]:
     return out
 
 
+def samples_from_demo(job: Job) -> bool:
+    """Whether the job says its samples come from the demo policy or a policy trained from it."""
+    return isinstance(job.result, dict) and bool(job.result.get("from_demo"))
+
+
 def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
 

@@ -78,6 +78,7 @@ def run_page(request: Request, session: SessionDep, user: CurrentResearcher, job
         "row": row, "job": job, "charts": charts, "chain": dashboard.chain(session=session, job=job),
         "params": dashboard.pretty(job.params), "result": dashboard.result_without_samples(job),
         "pretty": dashboard.pretty, "samples": dashboard.samples(job),
+        "samples_from_demo": dashboard.samples_from_demo(job),
         "log_tail": dashboard.log_tail(job), "polling": row.is_active,
         "poll_seconds": POLL_SECONDS, "human": dashboard.human,
     }, block="fragment")

@@ -195,6 +195,19 @@ class TestRunPage:
         # The samples are not repeated in the raw result JSON.
         assert "policy_id" in page and page.count("alert(1)") == 1
 
+    def test_samples_of_a_demo_derived_policy_are_badged(self, client: TestClient,
+                                                         session: Session) -> None:
+        login(client, make_user(session, role="researcher"))
+        pages = {}
+        for from_demo in (True, False):
+            job = _running(session, make_job(session, kind="train_ppo"))
+            jobs.complete(session=session, job=job, result={
+                "samples": [{"step": 1, "prompt": "p", "response": "r", "score": 0.1}],
+                "from_demo": from_demo})
+            pages[from_demo] = client.get(f"/runs/{job.id}").text
+        badge = '<h2>Samples <span class="demo-badge"'
+        assert badge in pages[True] and badge not in pages[False]
+
     def test_chain_shows_each_step_with_its_status(self, client: TestClient,
                                                    session: Session) -> None:
         first = make_job(session, kind="train_reward")

@@ -122,6 +122,7 @@ class TestRound:
             assert [j.status for j in done] == ["succeeded"] * 4, [(j.kind, j.error) for j in done]
             new = s.get(ModelVersion, done[1].result["model_version_id"])
             assert new.is_active and new.parent_id == demo_id and new.config["parent_is_demo"]
+            assert done[1].result["from_demo"]  # the run page badges its samples as demo text
             tasks = list(s.scalars(select(Task).where(Task.prompt_set_id == copy_id)))
             assert len(tasks) == 8
             assert all({c.model_version_id for c in t.completions} == {new.id} for t in tasks)
