@@ -437,7 +437,7 @@ def import_preferences(
     created_by_id: int | None = None,
 ) -> ImportResult:
     """Validate everything, then write it all (or nothing: the caller's transaction)."""
-    name = name.strip()
+    name, filename = name.strip(), filename.replace("\x00", "")  # the file's name is stored too
     if not name or "\x00" in name:
         raise ImportRefused([RowError(0, "name", "a set name is needed, without NUL characters")], 1)
     if session.scalar(select(PromptSet.id).where(PromptSet.name == name)) is not None:

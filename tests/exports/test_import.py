@@ -202,6 +202,10 @@ class TestTRL:
         assert r.imported == 1 and [e.line for e in r.skipped] == [2, 3]
         with pytest.raises(importer.ImportRefused, match="NUL"):
             importer.import_preferences(session=session, data=_jsonl(rows[:1]), filename="t", name="a\x00")
+        one = _jsonl(rows[:1])
+        r = importer.import_preferences(session=session, data=one, filename="t\x00.jsonl", name="f")
+        session.flush()
+        assert r.imported == 1
 
 
 class TestRankingsRoundTrip:
