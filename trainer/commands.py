@@ -18,12 +18,23 @@ from app.config import get_settings
 
 @click.group()
 def train() -> None:
-    """Train the reward model or the policy: enqueue a job for the worker, or run it here."""
+    """Train the reward model or the policy: enqueue a job for the worker, or run it here.
+
+    \b
+    Examples:
+      ranklab train reward --set round-1 --inline
+      ranklab train ppo --iterations 20 --inline
+    """
 
 
 @click.group()
 def reward() -> None:
-    """Use a trained reward model: evaluate it on a preference file."""
+    """Use a trained reward model: evaluate it on a preference file.
+
+    \b
+    Example:
+      ranklab reward eval --model active held-out.jsonl.gz
+    """
 
 
 def register(cli: click.Group) -> None:

@@ -179,7 +179,12 @@ def export(
 
 @click.group()
 def preferences() -> None:
-    """External preference data (HH-RLHF, TRL, ranklab rankings exports)."""
+    """External preference data (HH-RLHF, TRL, ranklab rankings exports).
+
+    \b
+    Example:
+      ranklab preferences import hh-rlhf.jsonl.gz --name hh --skip-invalid
+    """
 
 
 @preferences.command("import")

@@ -23,7 +23,13 @@ def _sessions() -> sessionmaker[Session]:
 
 @click.group()
 def guidelines() -> None:
-    """The labeling guidelines (markdown, versioned; every annotation records its version)."""
+    """The labeling guidelines (markdown, versioned; every annotation records its version).
+
+    \b
+    Examples:
+      ranklab guidelines set guidelines.md
+      ranklab guidelines show
+    """
 
 
 @guidelines.command("set")
@@ -78,7 +84,12 @@ def guidelines_show(version: int | None) -> None:
 
 @click.group("labeling")
 def labeling_group() -> None:
-    """How far labeling has got."""
+    """How far labeling has got.
+
+    \b
+    Example:
+      ranklab labeling status
+    """
 
 
 @labeling_group.command("status")
