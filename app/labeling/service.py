@@ -42,6 +42,7 @@ SKIP_REASONS: dict[str, str] = {
 RATING_MIN, RATING_MAX = 1, 7
 MAX_NOTES = 10_000
 MAX_TIME_MS = 24 * 3600 * 1000
+MAX_ID = 2**31 - 1  # ids are 32-bit integers
 
 
 class SubmissionInvalid(Exception):
@@ -202,6 +203,8 @@ def get_assignment(*, session: Session, assignment_id: int, user: User,
                    lock: bool = False) -> Assignment | None:
     """The assignment if it is this labeler's (others' are invisible, a 404). `lock`: read it
     FOR UPDATE, as submit() would, saving submit() that read."""
+    if not 0 < assignment_id <= MAX_ID:
+        return None  # no such row, and PostgreSQL would refuse the number itself (a 500)
     if lock:
         a = session.get(Assignment, assignment_id, with_for_update={"of": Assignment})
         if a is not None:

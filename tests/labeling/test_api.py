@@ -91,6 +91,9 @@ class TestSubmitViaApi:
         other = bearer(auth.create_token(session=session, user=make_user(session)).token)
         r = client.post(f"/api/v1/assignments/{aid}/annotation", headers=other, json={"skip": "other"})
         assert r.status_code == 404
+        for huge in (2**31, 10**30):  # beyond a 32-bit id: still a 404, not PostgreSQL's DataError
+            r = client.post(f"/api/v1/assignments/{huge}/annotation", headers=other, json={"skip": "other"})
+            assert r.status_code == 404
 
 
 def _valid(ids: list[int]) -> dict[str, Any]:

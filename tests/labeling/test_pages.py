@@ -136,6 +136,9 @@ class TestLabelPage:
         login(client, make_user(session))
         aid = _assignment_id(client.get("/label").text)
         assert client.post(f"/label/{aid}/skip", data={"reason": "unclear"}).status_code == 403
+        csrf = csrf_of(client)
+        for url in (f"/label/{2**40}", f"/label/{2**40}/skip"):  # no 500 on PostgreSQL
+            assert client.post(url, data={"csrf_token": csrf, "reason": "other"}).status_code == 404
 
     def test_history_page(self, client: TestClient, session: Session) -> None:
         user = make_user(session)
