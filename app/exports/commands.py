@@ -61,7 +61,7 @@ def _file_type(out: Path, given: str | None) -> str:
 @click.option("--labeler", "labelers", multiple=True, help="Username or pseudonym (repeatable).")
 @click.option("--include-skipped", is_flag=True, help="Skipped annotations too (rankings only).")
 @click.option("--exclude-flagged", is_flag=True, help="Leave out annotations with any flagged output.")
-@click.option("--min-labels", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--min-labels", type=click.IntRange(min=0, max=2**31 - 1), default=0, show_default=True,
               help="Only tasks with at least N labels.")
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), help="Only this split.")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the split by prompt.")
@@ -119,9 +119,8 @@ def export(
     def ids(session, model, values):
         out_ids = []
         for v in values:
-            found = session.scalar(
-                select(model.id).where(or_(model.name == v, model.id == (int(v) if v.isdigit() else -1)))
-            )
+            as_id = int(v) if v.isdigit() and int(v) < 2**31 else -1  # ids are 32-bit
+            found = session.scalar(select(model.id).where(or_(model.name == v, model.id == as_id)))
             if found is None:
                 raise click.BadParameter(f"no {model.__tablename__.replace('_', ' ')} called {v!r}")
             out_ids.append(found)

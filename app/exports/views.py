@@ -26,6 +26,7 @@ router = APIRouter(tags=["exports"])
 api = APIRouter(tags=["exports"])
 
 TRUE = {"1", "true", "on", "yes"}
+MAX_ID = 2**31 - 1  # ids and counts are 32-bit integers: PostgreSQL refuses larger numbers (a 500)
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -43,7 +44,7 @@ def _ints(q: QueryParams, name: str) -> list[int]:
     for v in q.getlist(name):
         for part in v.split(","):
             if part.strip():
-                if not part.strip().isdigit():
+                if not part.strip().isdigit() or int(part) > MAX_ID:
                     raise exports.ExportError(f"{name}: not an id: {part!r}")
                 out.append(int(part))
     return out
@@ -67,8 +68,8 @@ def parse_request(
     if margin not in ("none", "rank", "rating"):
         raise exports.ExportError(f"margin: one of none, rank, rating, not {margin!r}")
     min_labels = _int(q, "min_labels")
-    if min_labels < 0:
-        raise exports.ExportError(f"min_labels: a whole number >= 0, not {min_labels}")
+    if not 0 <= min_labels <= MAX_ID:
+        raise exports.ExportError(f"min_labels: a whole number from 0 to {MAX_ID}, not {min_labels}")
     seed = _int(q, "seed")
     try:
         fractions = tuple(float(x) for x in (q.get("fractions") or "0.9,0.05,0.05").split(","))

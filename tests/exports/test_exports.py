@@ -244,7 +244,9 @@ class TestManifest:
             for option, value, said in (("--split-fractions", "1,0", "split fractions"),
                                         ("--split-fractions", "a,b,c", "--split-fractions"),
                                         ("--min-labels", "-1", "--min-labels"),
-                                        ("--since", "yesterday", "--since")):
+                                        ("--since", "yesterday", "--since"),
+                                        ("--set", str(10**20), "no prompt set"),  # PostgreSQL: no DataError
+                                        ("--min-labels", str(2**31), "--min-labels")):
                 args = ["export", "trl", "--out", str(other), option, value]
                 bad = CliRunner().invoke(cli, args)
                 assert bad.exit_code in (1, 2), bad.output

@@ -54,6 +54,9 @@ class TestAPI:
             ("/api/v1/exports/trl?set=abc", "set"),
             ("/api/v1/exports/trl?min_labels=two", "min_labels"),
             ("/api/v1/exports/trl?min_labels=-1", "min_labels"),
+            (f"/api/v1/exports/trl?min_labels={2**31}", "min_labels"),  # PostgreSQL: no 500
+            (f"/api/v1/exports/trl?set={10**20}", "set"),
+            (f"/api/v1/exports/trl?policy={2**31}", "policy"),
             ("/api/v1/exports/trl?seed=1.5", "seed"),
             ("/api/v1/exports/trl?fractions=a,b,c", "fractions"),
         ]:
@@ -148,8 +151,9 @@ def test_quality_api(client: TestClient, session: Session) -> None:
     assert q["win_rates"] == []
     assert client.get("/api/v1/quality?real_names=1", headers=h).status_code == 403
     assert client.get("/api/v1/quality", headers=bearer(_token(session, "labeler"))).status_code == 403
-    bad = client.get("/api/v1/quality?set=abc", headers=h)
-    assert bad.status_code == 422 and bad.json()["detail"].startswith("set:")
+    for query in ("set=abc", f"set={10**20}"):
+        bad = client.get(f"/api/v1/quality?{query}", headers=h)
+        assert bad.status_code == 422 and bad.json()["detail"].startswith("set:")
 
 
 def test_import_upload_over_the_size_limit_is_refused(client: TestClient, session: Session,
