@@ -29,10 +29,12 @@ def _group(cli: click.Group, name: str, help_text: str) -> click.Group:
 
 
 def register(cli: click.Group) -> None:
-    jobs_group = _group(cli, "jobs", "Look at and cancel sampling and training jobs.\n\n\b\nExamples:\n  ranklab jobs list --status running\n  ranklab jobs cancel 12")
+    jobs_group = _group(cli, "jobs", "Look at and cancel sampling and training jobs.\n\n\b\n"
+                        "Examples:\n  ranklab jobs list --status running\n  ranklab jobs cancel 12")
     jobs_group.add_command(jobs_list)
     jobs_group.add_command(jobs_cancel)
-    policies = _group(cli, "policies", "Policy versions: list them, promote one to active.\n\n\b\nExamples:\n  ranklab policies list\n  ranklab policies promote 7")
+    policies = _group(cli, "policies", "Policy versions: list them, promote one to active.\n\n\b\n"
+                      "Examples:\n  ranklab policies list\n  ranklab policies promote 7")
     policies.add_command(policies_list)
     policies.add_command(policies_promote)
 
