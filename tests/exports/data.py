@@ -18,7 +18,13 @@ from app.exports.formats import RowOptions
 from app.labeling.models import Annotation, Task
 from app.prompts.models import PromptSet
 from app.runs.models import ModelVersion
-from tests.factories import make_annotation, make_model_version, make_prompt_set, make_task
+from tests.factories import (
+    make_annotation,
+    make_model_version,
+    make_prompt_set,
+    make_task,
+    make_user,
+)
 
 SECRET = "test-secret"
 
@@ -37,14 +43,6 @@ class World:
     anns: dict[str, Annotation]
 
 
-def cheap_user(session: Session, username: str, role: str = "labeler") -> User:
-    """A labeler without the (slow, on purpose) password hash: these tests never log them in."""
-    user = User(username=username, password_hash="!", role=role)
-    session.add(user)
-    session.flush()
-    return user
-
-
 def build(session: Session) -> World:
     """Set A (K=4): t1 labeled by alice (1,1,2,3) and bob (1,2,3,4); t2 by alice (4,3,2,1) with a
     flag, bob skipped it. Set B (K=3, v2 outputs): t3 by bob (1,2,2) at a later time."""
@@ -52,8 +50,8 @@ def build(session: Session) -> World:
     v2 = make_model_version(session, name="policy-v2")
     set_a = make_prompt_set(session, name="set-a", k=4)
     set_b = make_prompt_set(session, name="set-b", k=3)
-    alice = cheap_user(session, "alice")
-    bob = cheap_user(session, "bob")
+    alice = make_user(session, username="alice")
+    bob = make_user(session, username="bob")
     t1 = make_task(session, prompt_set=set_a, prompt="Write a haiku about rain.", policy=v1)
     t2 = make_task(session, prompt_set=set_a, prompt="Explain gravity.", policy=v1)
     t3 = make_task(session, prompt_set=set_b, prompt="Say hi.", policy=v2)

@@ -165,11 +165,10 @@ class TestFilters:
 
 class TestSplit:
     def test_disjoint_by_prompt_and_stable(self, session: Session) -> None:
-        from tests.exports.data import cheap_user
-        from tests.factories import make_annotation, make_prompt_set, make_task
+        from tests.factories import make_annotation, make_prompt_set, make_task, make_user
 
         ps = make_prompt_set(session, k=2)
-        u1, u2 = cheap_user(session, "u1"), cheap_user(session, "u2")
+        u1, u2 = make_user(session, username="u1"), make_user(session, username="u2")
         for i in range(40):
             t = make_task(session, prompt_set=ps, prompt=f"prompt {i}")
             make_annotation(session, task=t, user=u1, ranks=[1, 2])

@@ -6,14 +6,14 @@ from sqlalchemy.orm import Session
 
 from app.exports import service
 from app.labeling import service as labeling
-from tests.exports.data import cheap_user, read_rows, run_export
-from tests.factories import make_prompt_set, make_task
+from tests.exports.data import read_rows, run_export
+from tests.factories import make_prompt_set, make_task, make_user
 
 
 def test_submitted_ranking_exports_with_shown_positions(session: Session) -> None:
     ps = make_prompt_set(session, k=4, flags=["hallucination"])
     task = make_task(session, prompt_set=ps, prompt="Name three rivers.")
-    user = cheap_user(session, "river-labeler")
+    user = make_user(session, username="river-labeler")
     a = labeling.next_assignment(session=session, user=user, lease_minutes=30)
     assert a is not None and a.task_id == task.id
     shown = list(a.display_order)  # completion ids, first shown first

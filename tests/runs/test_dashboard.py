@@ -7,12 +7,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from jinja2 import ChoiceLoader, DictLoader
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth import security
 from app.auth import service as auth
 from app.db import utcnow
 from app.runs import service as jobs
@@ -21,13 +19,6 @@ from app.runs.models import Job, JobStatus
 from app.web import templates
 from tests.factories import bearer, login, make_job, make_user
 from trainer.worker import JobContext, Worker, register
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Argon2 at production cost is ~0.5 s per hash on a loaded CPU, and every test here logs in;
-    the strength of the hash is not what these tests are about."""
-    monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
 
 
 def _running(session: Session, job: Job, *, progress: float = 0.5, minutes_ago: float = 10) -> Job:

@@ -7,13 +7,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from argon2 import PasswordHasher
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth import security
 from app.auth import service as auth
 from app.cli import cli
 from app.config import get_settings
@@ -21,13 +19,6 @@ from app.runs import models_service as registry
 from app.runs import service as jobs
 from app.runs.models import Job, JobStatus, ModelKind, ModelVersion
 from tests.factories import bearer, login, make_job, make_user
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Argon2 at production cost is ~0.5 s per hash on a loaded CPU, and every test here logs in;
-    the strength of the hash is not what these tests are about."""
-    monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
 
 
 def make_model(session: Session, *, kind: str = ModelKind.policy, name: str | None = None,
