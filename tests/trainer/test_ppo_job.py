@@ -11,13 +11,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.security import sha256
-from app.config import get_settings
 from app.db import utcnow
 from app.prompts.models import Prompt
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_job, make_model_version, make_prompt_set
-from tests.trainer.ppo_fixtures import PROMPTS, make_models, one_thread
+from tests.trainer.ppo_fixtures import PROMPTS, make_models
 from trainer import ppo_job
 from trainer.ppo_job import paths_for
 from trainer.worker import Worker
@@ -41,15 +40,6 @@ PARAMS = {
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_models(tmp_path_factory.mktemp("ppo-job-models"))
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    get_settings.cache_clear()
-    with one_thread():
-        yield tmp_path / "artifacts"
-    get_settings.cache_clear()
 
 
 def seed(session: Session, models: tuple[Path, Path], set_name: str = "ppo-prompts") -> tuple[int, int]:

@@ -11,7 +11,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import trainer.reward_train as reward_train
-from app.config import get_settings
 from app.db import utcnow
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
@@ -30,14 +29,6 @@ PARAMS = {"lr": 3e-3, "batch_size": 4, "max_length": 32, "val_fraction": 0.25, "
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_policy(tmp_path_factory.mktemp("policy") / "tiny",
                             [" ".join(WORDS + [MARKER])], hidden=32, layers=2)
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    get_settings.cache_clear()
-    yield tmp_path / "artifacts"
-    get_settings.cache_clear()
 
 
 def seed_rankings(session: Session, n: int = 32, set_name: str = "rm-data") -> None:

@@ -47,17 +47,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_models(tmp_path_factory.mktemp("round-models"))
 
 
-@pytest.fixture
-def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
-    monkeypatch.setenv("RANKLAB_SAMPLING_BACKEND", "local")
-    get_settings.cache_clear()
-    with one_thread():
-        yield tmp_path / "artifacts"
-    get_settings.cache_clear()
-
-
 def seed_labeled(session: Session, policy_path: Path, *, annotate: bool = True) -> ModelVersion:
     """An active tiny policy and a labeled set: completions with the marker word rank first."""
     policy = make_model_version(session, kind="policy", is_active=True)

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.config import get_settings
+from tests.trainer.ppo_fixtures import one_thread
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private artifacts folder for a job test, with the sampling settings pinned to their
+    defaults (a developer's own RANKLAB_POLICY_MODEL must not leak in), on one torch thread."""
+    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
+    monkeypatch.setenv("RANKLAB_SAMPLING_BACKEND", "local")
+    get_settings.cache_clear()
+    with one_thread():
+        yield tmp_path / "artifacts"
+    get_settings.cache_clear()
