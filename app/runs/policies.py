@@ -32,9 +32,7 @@ def demo_path(settings: Settings) -> Path:
 
 
 def active_policy(*, session: Session) -> ModelVersion | None:
-    return session.scalar(
-        select(ModelVersion).where(ModelVersion.kind == ModelKind.policy, ModelVersion.is_active)
-    )
+    return models_service.active(session=session, kind=ModelKind.policy)
 
 
 def list_policies(*, session: Session) -> list[ModelVersion]:
@@ -46,10 +44,6 @@ def list_policies(*, session: Session) -> list[ModelVersion]:
 def get_policy(*, session: Session, version_id: int) -> ModelVersion | None:
     mv = session.get(ModelVersion, version_id)
     return mv if mv is not None and mv.kind == ModelKind.policy else None
-
-
-def activate(*, session: Session, version: ModelVersion) -> ModelVersion:
-    return models_service.activate(session=session, model=version)
 
 
 def ensure_demo_policy(*, session: Session, settings: Settings) -> ModelVersion:
@@ -93,7 +87,7 @@ def ensure_base_policy(*, session: Session, settings: Settings) -> ModelVersion:
         base = ensure_demo_policy(session=session, settings=settings)
     current = active_policy(session=session)
     if current is None or (current.is_demo and not base.is_demo):
-        activate(session=session, version=base)
+        models_service.activate(session=session, model=base)
     return base
 
 
