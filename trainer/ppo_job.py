@@ -27,7 +27,7 @@ from sqlalchemy import delete, select
 from app.config import get_settings
 from app.labeling.models import AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet, SetStatus
-from app.runs import policies
+from app.runs import models_service, policies
 from app.runs.models import Job, JobMetric, ModelKind, ModelVersion
 from trainer.ppo_train import PPOConfig, Summary, checkpoint_iteration, train
 
@@ -125,11 +125,9 @@ def resolve_reward(session: Any, params: dict[str, Any]) -> ModelVersion:
         if mv is None:
             raise ValueError(f"job {params['reward_from_job']} registered no reward model")
         return mv
-    mv = session.scalar(
-        select(ModelVersion).where(ModelVersion.kind == ModelKind.reward, ModelVersion.is_active.is_(True))
-    )
+    mv = models_service.active(session=session, kind=ModelKind.reward)
     if mv is None:
-        raise ValueError("no active reward model: train one first (ranklab reward train) or activate one")
+        raise ValueError("no active reward model: train one first (ranklab train reward) or activate one")
     return mv
 
 

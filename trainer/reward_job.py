@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.config import get_settings
+from app.runs import models_service
 from app.runs import service as jobs
 from app.runs.models import ModelKind, ModelVersion
 from trainer.data import DataFilters, load_groups
@@ -42,10 +43,10 @@ def config_from_params(params: dict[str, Any], base_model: str) -> RewardConfig:
     return RewardConfig.from_dict(values)
 
 
-def resolve_base_model(session: Any, requested: str | None) -> tuple[str, ModelVersion | None]:
-    """The backbone: what was asked for, else the active policy's, else RANKLAB_POLICY_MODEL."""
-    policy = session.scalar(select(ModelVersion).where(
-        ModelVersion.kind == ModelKind.policy, ModelVersion.is_active.is_(True)))
+def resolve_base_model(requested: str | None,
+                       policy: ModelVersion | None) -> tuple[str, ModelVersion | None]:
+    """The backbone: what was asked for, else the active `policy`'s, else RANKLAB_POLICY_MODEL.
+    The policy comes back only when its files are the backbone (it is then the model's parent)."""
     if requested:
         return requested, None
     if policy is not None and (policy.path or policy.source not in ("", "demo")):
@@ -60,12 +61,12 @@ def run_job(ctx: Any) -> dict[str, Any]:
     params = dict(ctx.params)
     ctx.progress(0.0, "reading rankings")
     with ctx.session() as s:
-        base_model, policy = resolve_base_model(s, params.get("base_model"))
+        active_policy = models_service.active(session=s, kind=ModelKind.policy)
+        base_model, policy = resolve_base_model(params.get("base_model"), active_policy)
         cfg = config_from_params(params, base_model)
         filters = DataFilters.from_params(params)
         groups, manifest = load_groups(session=s, filters=filters)
-        ref_id = policy.id if policy else s.scalar(select(ModelVersion.id).where(
-            ModelVersion.kind == ModelKind.policy, ModelVersion.is_active.is_(True)))
+        ref_id = active_policy.id if active_policy else None
     if not groups:
         raise ValueError(f"no rankings match the filters {manifest['filters']}")
     manifest["job_id"] = ctx.job_id
@@ -105,9 +106,7 @@ def run_job(ctx: Any) -> dict[str, Any]:
         mv.config = {**asdict(cfg), "data": manifest["filters"], "manifest": manifest}
         mv.metrics = metrics
         s.flush()
-        none_active = s.scalar(select(ModelVersion.id).where(
-            ModelVersion.kind == ModelKind.reward, ModelVersion.is_active.is_(True))) is None
-        if none_active:
+        if models_service.active(session=s, kind=ModelKind.reward) is None:
             mv.is_active = True  # the first reward model is the one PPO uses until someone switches
         s.flush()
         mv_id, active = mv.id, mv.is_active

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from app.auth.deps import CurrentResearcher
 from app.db import SessionDep
 from app.prompts.models import PromptSet
+from app.runs import models_service
 from app.runs import service as jobs
-from app.runs.models import ModelKind, ModelVersion
+from app.runs.models import ModelKind
 from app.web import render
 
 router = APIRouter(tags=["runs"])
@@ -25,8 +26,7 @@ DEFAULTS: dict[str, Any] = {"lr": 1e-5, "epochs": 1, "batch_size": 8, "max_lengt
 
 
 def _context(session: Session, values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
-    policy = session.scalar(select(ModelVersion).where(
-        ModelVersion.kind == ModelKind.policy, ModelVersion.is_active.is_(True)))
+    policy = models_service.active(session=session, kind=ModelKind.policy)
     return {"sets": list(session.scalars(select(PromptSet.name).order_by(PromptSet.name))),
             "policy": policy, "values": values, "errors": errors}
 
