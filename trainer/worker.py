@@ -263,17 +263,3 @@ class Worker:
                     return
             except Exception:  # noqa: BLE001  (a missed beat is retried at the next one)
                 log.exception("heartbeat for job %s failed", ctx.job_id)
-
-
-def wait_for(sessions: sessionmaker[Session], job_id: int, timeout: float = 60.0) -> Job:
-    """Poll until the job finishes (tests, `--inline` helpers)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sessions() as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-            if job.status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled):
-                return job
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
-        time.sleep(0.1)

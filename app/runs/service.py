@@ -230,13 +230,6 @@ def log(*, session: Session, job_id: int, line: str) -> None:
         session.flush()
 
 
-def list_jobs(*, session: Session, kind: str | None = None, limit: int = 100) -> list[Job]:
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
-    if kind is not None:
-        query = query.where(Job.kind == kind)
-    return list(session.scalars(query))
-
-
 def queue_counts(*, session: Session) -> dict[str, int]:
     rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
     return {status: count for status, count in rows}
