@@ -1,4 +1,5 @@
-# The README's two commands: `make run` and `make test`. Both work on a fresh clone and are idempotent.
+# The README's two commands: `make run` and `make test` (and `make lint`, which CI runs too).
+# All work on a fresh clone and are idempotent.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch on machines without a GPU; set TORCH_SPEC="torch" to let pip choose.
@@ -28,3 +29,5 @@ test: install
 
 lint: install
 	$(BIN)/ruff check app trainer tests bench
+	$(BIN)/ruff format --check app trainer tests bench
+	$(BIN)/mypy app trainer

@@ -6,6 +6,19 @@ from app.prompts.models import Prompt, PromptSet
 from app.runs.models import Job, JobMetric, ModelVersion
 
 __all__ = [
-    "Annotation", "AnnotationItem", "ApiToken", "Assignment", "Completion", "Guideline", "Job",
-    "JobMetric", "LoginFailure", "ModelVersion", "Prompt", "PromptSet", "Task", "User", "UserSession",
+    "Annotation",
+    "AnnotationItem",
+    "ApiToken",
+    "Assignment",
+    "Completion",
+    "Guideline",
+    "Job",
+    "JobMetric",
+    "LoginFailure",
+    "ModelVersion",
+    "Prompt",
+    "PromptSet",
+    "Task",
+    "User",
+    "UserSession",
 ]

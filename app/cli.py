@@ -37,8 +37,10 @@ def cli(verbose: bool) -> None:
       ranklab users create --username alice --role admin
       ranklab serve
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
 
 
 def sessions() -> sessionmaker[Session]:
@@ -107,8 +109,10 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     worker = None
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])  # noqa: S603
-    click.echo(f"ranklab is serving at http://{host}:{port}/"
-               + ("" if no_worker else f" (worker pid {worker.pid if worker else '-'})"))
+    click.echo(
+        f"ranklab is serving at http://{host}:{port}/"
+        + ("" if no_worker else f" (worker pid {worker.pid if worker else '-'})")
+    )
     try:
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="info")
     finally:
@@ -137,9 +141,13 @@ def worker(burst: bool, kinds: tuple[str, ...], poll: float) -> None:
     from trainer.worker import Worker
 
     settings = get_settings()
-    w = Worker(sessions(), poll_seconds=poll, stale_seconds=settings.job_stale_seconds,
-               heartbeat_seconds=min(10.0, settings.job_stale_seconds / 4),
-               kinds=list(kinds) or None)
+    w = Worker(
+        sessions(),
+        poll_seconds=poll,
+        stale_seconds=settings.job_stale_seconds,
+        heartbeat_seconds=min(10.0, settings.job_stale_seconds / 4),
+        kinds=list(kinds) or None,
+    )
     click.echo(f"worker {w.worker_id} started" + (" (burst)" if burst else ""), err=True)
     try:
         n = w.run(burst=burst)

@@ -52,8 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:
         if _wants_json(request):
-            return JSONResponse({"detail": exc.message}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                {"detail": exc.message}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         target = "/login?next=" + quote(request.url.path)
         if request.headers.get("HX-Request") == "true":
             return Response(status_code=401, headers={"HX-Redirect": target})

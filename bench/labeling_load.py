@@ -51,29 +51,84 @@ def seed(url: str, *, labelers: int, tasks: int, k: int, overlap: int) -> list[s
     password_hash = security.hash_password("bench-password-123")
     tokens: list[str] = []
     with engine.begin() as conn:
-        user_ids = conn.execute(insert(User).returning(User.id), [
-            {"username": f"bench{i}", "password_hash": password_hash, "role": "labeler",
-             "is_active": True, "is_system": False} for i in range(labelers)]).scalars().all()
+        user_ids = (
+            conn.execute(
+                insert(User).returning(User.id),
+                [
+                    {
+                        "username": f"bench{i}",
+                        "password_hash": password_hash,
+                        "role": "labeler",
+                        "is_active": True,
+                        "is_system": False,
+                    }
+                    for i in range(labelers)
+                ],
+            )
+            .scalars()
+            .all()
+        )
         rows = []
         for uid in user_ids:
             raw = security.new_token(security.TOKEN_PREFIX)
             tokens.append(raw)
-            rows.append({"user_id": uid, "name": "bench", "token_hash": security.sha256(raw),
-                         "prefix": raw[:10]})
+            rows.append(
+                {"user_id": uid, "name": "bench", "token_hash": security.sha256(raw), "prefix": raw[:10]}
+            )
         conn.execute(insert(ApiToken), rows)
-        set_id = conn.execute(insert(PromptSet).returning(PromptSet.id), {
-            "name": "bench", "k": k, "overlap": overlap, "status": "active", "flags": DEFAULT_FLAGS,
-            "sampling": {}, "report": {}}).scalar_one()
-        prompt_ids = conn.execute(insert(Prompt).returning(Prompt.id, sort_by_parameter_order=True), [
-            {"prompt_set_id": set_id, "text": f"Bench prompt {i}: explain photosynthesis briefly.",
-             "text_hash": security.sha256(f"bench {i}"), "meta": {}} for i in range(tasks)]).scalars().all()
-        task_ids = conn.execute(insert(Task).returning(Task.id, sort_by_parameter_order=True), [
-            {"prompt_id": pid, "prompt_set_id": set_id, "status": "open", "label_count": 0}
-            for pid in prompt_ids]).scalars().all()
-        conn.execute(insert(Completion), [
-            {"task_id": tid, "text": f"Completion {j} of task {tid}. " * 8, "params": {},
-             "finish_reason": "stop", "is_duplicate": False}
-            for tid in task_ids for j in range(k)])
+        set_id = conn.execute(
+            insert(PromptSet).returning(PromptSet.id),
+            {
+                "name": "bench",
+                "k": k,
+                "overlap": overlap,
+                "status": "active",
+                "flags": DEFAULT_FLAGS,
+                "sampling": {},
+                "report": {},
+            },
+        ).scalar_one()
+        prompt_ids = (
+            conn.execute(
+                insert(Prompt).returning(Prompt.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "prompt_set_id": set_id,
+                        "text": f"Bench prompt {i}: explain photosynthesis briefly.",
+                        "text_hash": security.sha256(f"bench {i}"),
+                        "meta": {},
+                    }
+                    for i in range(tasks)
+                ],
+            )
+            .scalars()
+            .all()
+        )
+        task_ids = (
+            conn.execute(
+                insert(Task).returning(Task.id, sort_by_parameter_order=True),
+                [
+                    {"prompt_id": pid, "prompt_set_id": set_id, "status": "open", "label_count": 0}
+                    for pid in prompt_ids
+                ],
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            insert(Completion),
+            [
+                {
+                    "task_id": tid,
+                    "text": f"Completion {j} of task {tid}. " * 8,
+                    "params": {},
+                    "finish_reason": "stop",
+                    "is_duplicate": False,
+                }
+                for tid in task_ids
+                for j in range(k)
+            ],
+        )
     engine.dispose()
     return tokens
 
@@ -91,8 +146,9 @@ def cpu_seconds(server_pid: int, database: str) -> tuple[float, float]:
 
     root = psutil.Process(server_pid)
     app = used(root) + sum(used(c) for c in root.children(recursive=True))
-    db = sum(used(p) for p in psutil.process_iter(["cmdline"])
-             if database in " ".join(p.info.get("cmdline") or []))
+    db = sum(
+        used(p) for p in psutil.process_iter(["cmdline"]) if database in " ".join(p.info.get("cmdline") or [])
+    )
     return app, db
 
 
@@ -103,8 +159,15 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-async def labeler(client: httpx.AsyncClient, token: str, deadline: float, think: float,
-                  lat: dict[str, list[float]], errors: list[str], acked: list[int]) -> None:
+async def labeler(
+    client: httpx.AsyncClient,
+    token: str,
+    deadline: float,
+    think: float,
+    lat: dict[str, list[float]],
+    errors: list[str],
+    acked: list[int],
+) -> None:
     h = {"Authorization": f"Bearer {token}"}
     rng = random.Random(token)
     await asyncio.sleep(rng.uniform(0, think))  # labelers do not all start in the same millisecond
@@ -133,12 +196,18 @@ async def labeler(client: httpx.AsyncClient, token: str, deadline: float, think:
             ranks = {str(cid): n + 1 for n, cid in enumerate(order)}
             if len(order) > 2 and rng.random() < 0.3:
                 ranks[str(order[2])] = ranks[str(order[1])]  # a tie, in competition form
-            body = {"ranks": ranks, "ratings": {c: max(1, 7 - r) for c, r in ranks.items()},
-                    "flags": {str(order[-1]): [FLAG]}, "notes": "", "time_spent_ms": 1000}
+            body = {
+                "ranks": ranks,
+                "ratings": {c: max(1, 7 - r) for c, r in ranks.items()},
+                "flags": {str(order[-1]): [FLAG]},
+                "notes": "",
+                "time_spent_ms": 1000,
+            }
         t0 = time.perf_counter()
         try:
-            r = await client.post(f"/api/v1/assignments/{task['assignment_id']}/annotation",
-                                  headers=h, json=body)
+            r = await client.post(
+                f"/api/v1/assignments/{task['assignment_id']}/annotation", headers=h, json=body
+            )
         except httpx.HTTPError as e:
             errors.append(f"annotation: {type(e).__name__}")
             continue
@@ -155,16 +224,25 @@ def audit(url: str, acked: list[int], overlap: int) -> dict[str, int]:
         present = set(conn.execute(text("SELECT id FROM annotation")).scalars().all())
         out = {
             "lost": sum(1 for a in acked if a not in present),
-            "duplicated": conn.execute(text(
-                "SELECT count(*) FROM (SELECT task_id, user_id FROM annotation "
-                "GROUP BY task_id, user_id HAVING count(*) > 1) d")).scalar_one(),
-            "over-assigned": conn.execute(text(
-                "SELECT count(*) FROM task t WHERE (SELECT count(*) FROM annotation a WHERE "
-                "a.task_id = t.id AND a.skip_reason IS NULL) > :o OR t.label_count > :o"),
-                {"o": overlap}).scalar_one(),
-            "label_count mismatch": conn.execute(text(
-                "SELECT count(*) FROM task t WHERE t.label_count <> (SELECT count(*) FROM annotation a "
-                "WHERE a.task_id = t.id AND a.skip_reason IS NULL)")).scalar_one(),
+            "duplicated": conn.execute(
+                text(
+                    "SELECT count(*) FROM (SELECT task_id, user_id FROM annotation "
+                    "GROUP BY task_id, user_id HAVING count(*) > 1) d"
+                )
+            ).scalar_one(),
+            "over-assigned": conn.execute(
+                text(
+                    "SELECT count(*) FROM task t WHERE (SELECT count(*) FROM annotation a WHERE "
+                    "a.task_id = t.id AND a.skip_reason IS NULL) > :o OR t.label_count > :o"
+                ),
+                {"o": overlap},
+            ).scalar_one(),
+            "label_count mismatch": conn.execute(
+                text(
+                    "SELECT count(*) FROM task t WHERE t.label_count <> (SELECT count(*) FROM annotation a "
+                    "WHERE a.task_id = t.id AND a.skip_reason IS NULL)"
+                )
+            ).scalar_one(),
             "annotations stored": len(present),
         }
     engine.dispose()
@@ -180,8 +258,7 @@ async def run(args: argparse.Namespace, base_url: str, tokens: list[str]) -> tup
         await client.get("/healthz")
         start = time.monotonic()
         deadline = start + args.seconds
-        await asyncio.gather(*(labeler(client, t, deadline, args.think, lat, errors, acked)
-                               for t in tokens))
+        await asyncio.gather(*(labeler(client, t, deadline, args.think, lat, errors, acked) for t in tokens))
         elapsed = time.monotonic() - start
     return lat, errors, acked, elapsed
 
@@ -193,12 +270,20 @@ def main() -> int:
     p.add_argument("--tasks", type=int, default=3000)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--overlap", type=int, default=3)
-    p.add_argument("--think", type=float, default=5.0,
-                   help="mean seconds a simulated labeler reads before submitting; real labelers take "
-                        "30 s or more per task (0: no pause, i.e. saturation)")
+    p.add_argument(
+        "--think",
+        type=float,
+        default=5.0,
+        help="mean seconds a simulated labeler reads before submitting; real labelers take "
+        "30 s or more per task (0: no pause, i.e. saturation)",
+    )
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
-    p.add_argument("--pg-admin-url", default=os.environ.get(
-        "RANKLAB_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    p.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get(
+            "RANKLAB_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
     p.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = p.parse_args()
 
@@ -214,9 +299,25 @@ def main() -> int:
         port = free_port()
         env = {**os.environ, "RANKLAB_DATABASE_URL": url, "RANKLAB_ENV": "development"}
         server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(args.workers), "--log-level", "warning",
-             "--no-access-log"], cwd=ROOT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
         base = f"http://127.0.0.1:{port}"
         for _ in range(200):
             try:
@@ -231,28 +332,39 @@ def main() -> int:
         cpu_before = cpu_seconds(server.pid, name)
         lat, errors, acked, elapsed = asyncio.run(run(args, base, tokens))
         cpu_after = cpu_seconds(server.pid, name)
-        print(f"labelers={args.labelers} workers={args.workers} think={args.think}s k={args.k} "
-              f"overlap={args.overlap} tasks={args.tasks} elapsed={elapsed:.1f}s")
+        print(
+            f"labelers={args.labelers} workers={args.workers} think={args.think}s k={args.k} "
+            f"overlap={args.overlap} tasks={args.tasks} elapsed={elapsed:.1f}s"
+        )
         for endpoint, values in lat.items():
-            print(f"{endpoint:<45} n={len(values):>6}  p50={pct(values, 50):6.1f} ms  "
-                  f"p95={pct(values, 95):6.1f} ms  p99={pct(values, 99):6.1f} ms  "
-                  f"max={max(values):6.1f} ms")
+            print(
+                f"{endpoint:<45} n={len(values):>6}  p50={pct(values, 50):6.1f} ms  "
+                f"p95={pct(values, 95):6.1f} ms  p99={pct(values, 99):6.1f} ms  "
+                f"max={max(values):6.1f} ms"
+            )
         print(f"annotations/s={len(acked) / elapsed:.1f}  acknowledged={len(acked)}  errors={len(errors)}")
         n_requests = sum(len(v) for v in lat.values()) or 1
         app_ms = (cpu_after[0] - cpu_before[0]) * 1000 / n_requests
         db_ms = (cpu_after[1] - cpu_before[1]) * 1000 / n_requests
-        print(f"CPU per request: server {app_ms:.1f} ms + PostgreSQL {db_ms:.1f} ms"
-              f"  (machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        print(
+            f"CPU per request: server {app_ms:.1f} ms + PostgreSQL {db_ms:.1f} ms"
+            f"  (machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        )
         for e in sorted(set(errors))[:5]:
             print("  error:", e)
         result = audit(url, acked, args.overlap)
         print("audit: " + "  ".join(f"{k}={v}" for k, v in result.items()))
         all_lat = [v for values in lat.values() for v in values]
-        ok = not errors and result["lost"] == result["duplicated"] == result["over-assigned"] == 0 \
+        ok = (
+            not errors
+            and result["lost"] == result["duplicated"] == result["over-assigned"] == 0
             and result["label_count mismatch"] == 0
+        )
         verdict = "PASS" if ok and pct(all_lat, 99) < 200 else "FAIL"
-        print(f"overall p99={pct(all_lat, 99):.1f} ms  ->  {verdict}"
-              " (target: p99 < 200 ms, no errors, audit all 0)")
+        print(
+            f"overall p99={pct(all_lat, 99):.1f} ms  ->  {verdict}"
+            " (target: p99 < 200 ms, no errors, audit all 0)"
+        )
         return 0 if ok else 1
     finally:
         if server is not None:

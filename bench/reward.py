@@ -42,9 +42,36 @@ from trainer.reward import (  # noqa: E402
 )
 
 QUALITY = ["superb", "great", "good", "decent", "fine", "okay", "meh", "poor", "awful"]
-FILLER = ["the", "a", "river", "stone", "cloud", "green", "quick", "lazy", "tall", "small",
-          "bright", "dark", "old", "new", "warm", "cold", "house", "tree", "road", "bird", "fish",
-          "runs", "sees", "makes", "under", "over", "near", "far"]
+FILLER = [
+    "the",
+    "a",
+    "river",
+    "stone",
+    "cloud",
+    "green",
+    "quick",
+    "lazy",
+    "tall",
+    "small",
+    "bright",
+    "dark",
+    "old",
+    "new",
+    "warm",
+    "cold",
+    "house",
+    "tree",
+    "road",
+    "bird",
+    "fish",
+    "runs",
+    "sees",
+    "makes",
+    "under",
+    "over",
+    "near",
+    "far",
+]
 HH = ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl.gz"
 
 
@@ -66,8 +93,12 @@ def ranked_groups(n: int, k: int, seed: int) -> list[Group]:
 
 def flatten(groups: list[Group]) -> list[Group]:
     """Each comparison its own two-completion element: TRL's (chosen, rejected) rows."""
-    return [Group(g.prompt, (g.completions[w], g.completions[lo]), ((1, 2),), key=g.key)
-            for g in groups for ranks in g.rankings for w, lo in ranking_pairs(ranks)]
+    return [
+        Group(g.prompt, (g.completions[w], g.completions[lo]), ((1, 2),), key=g.key)
+        for g in groups
+        for ranks in g.rankings
+        for w, lo in ranking_pairs(ranks)
+    ]
 
 
 def make_model(tok, seed: int):  # type: ignore[no-untyped-def]
@@ -76,24 +107,32 @@ def make_model(tok, seed: int):  # type: ignore[no-untyped-def]
     return tiny_reward_model(tok, seed=seed, hidden=128, layers=2, heads=4).train()
 
 
-def run_one(tok, elements: list[Group], val: list[Group], per_batch: int, lr: float,  # type: ignore[no-untyped-def]
-            seed: int, accum: int = 1) -> dict[str, float]:
+def run_one(
+    tok,
+    elements: list[Group],
+    val: list[Group],
+    per_batch: int,
+    lr: float,  # type: ignore[no-untyped-def]
+    seed: int,
+    accum: int = 1,
+) -> dict[str, float]:
     """One epoch over `elements` (shuffled), `per_batch` per forward call and `accum` calls per
     optimizer step; returns training time, sequences encoded and validation accuracy."""
     model = make_model(tok, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     steps = (len(elements) + per_batch * accum - 1) // (per_batch * accum)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item()))
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item())
+    )
     encoded = [[encode_pair(tok, g.prompt, c, 64) for c in g.completions] for g in elements]
     order = list(range(len(elements)))
     random.Random(seed).shuffle(order)
     sequences = 0
     began, cpu_began = time.perf_counter(), time.process_time()
     for step_start in range(0, len(order), per_batch * accum):
-        step = order[step_start:step_start + per_batch * accum]
+        step = order[step_start : step_start + per_batch * accum]
         for start in range(0, len(step), per_batch):
-            idx = step[start:start + per_batch]
+            idx = step[start : start + per_batch]
             plan = plan_pairs([elements[i] for i in idx])
             batch = collate([e for i in idx for e in encoded[i]], tok.pad_token_id)
             loss = grouped_loss(score(model, batch), plan)  # (N,) scores → mean over elements
@@ -108,7 +147,7 @@ def run_one(tok, elements: list[Group], val: list[Group], per_batch: int, lr: fl
     right, pairs = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(val), 32):
-            part = val[start:start + 32]
+            part = val[start : start + 32]
             enc = [encode_pair(tok, g.prompt, c, 64) for g in part for c in g.completions]
             r, n = pair_correct(score(model, collate(enc, tok.pad_token_id)), plan_pairs(part))
             right, pairs = right + r, pairs + n
@@ -123,13 +162,17 @@ def part_grouped(prompts: int, val_prompts: int, prompts_per_batch: int, lr: flo
     # measure the neighbours (OpenMP threads spin while they wait for a core).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    print(f"# grouped vs flattened pairs: small GPT-2 (d=128, 2 layers), completions of 21-37 "
-          f"words, {prompts} training "
-          f"prompts, {val_prompts} validation prompts, one epoch, lr {lr}, "
-          f"1 CPU thread")
-    print(f"{'K':>2} {'pairs':>6} {'grouped s':>10} {'flat s':>8} {'speed-up':>9} {'≥0.8(K-1)':>10} "
-          f"{'CPU-time ratio':>15} {'grouped fwd':>12} {'flat fwd':>9} {'grouped acc':>12} "
-          f"{'flat acc':>9} {'Δ pts':>6}")
+    print(
+        f"# grouped vs flattened pairs: small GPT-2 (d=128, 2 layers), completions of 21-37 "
+        f"words, {prompts} training "
+        f"prompts, {val_prompts} validation prompts, one epoch, lr {lr}, "
+        f"1 CPU thread"
+    )
+    print(
+        f"{'K':>2} {'pairs':>6} {'grouped s':>10} {'flat s':>8} {'speed-up':>9} {'≥0.8(K-1)':>10} "
+        f"{'CPU-time ratio':>15} {'grouped fwd':>12} {'flat fwd':>9} {'grouped acc':>12} "
+        f"{'flat acc':>9} {'Δ pts':>6}"
+    )
     for k in (4, 6, 9):
         train = ranked_groups(prompts, k, seed=k)
         val = ranked_groups(val_prompts, k, seed=100 + k)
@@ -141,10 +184,13 @@ def part_grouped(prompts: int, val_prompts: int, prompts_per_batch: int, lr: flo
         f = run_one(tok, flat, val, max(1, prompts_per_batch * k // 2), lr, seed=0, accum=k - 1)
         speed = f["seconds"] / g["seconds"]
         cpu = f["cpu"] / g["cpu"]
-        print(f"{k:>2} {len(flat):>6} {g['seconds']:>10.2f} {f['seconds']:>8.2f} {speed:>8.2f}x "
-              f"{'yes' if speed >= 0.8 * (k - 1) else 'NO':>10} {cpu:>14.2f}x {g['sequences']:>12} "
-              f"{f['sequences']:>9} {g['accuracy']:>12.4f} {f['accuracy']:>9.4f} "
-              f"{100 * abs(g['accuracy'] - f['accuracy']):>6.2f}", flush=True)
+        print(
+            f"{k:>2} {len(flat):>6} {g['seconds']:>10.2f} {f['seconds']:>8.2f} {speed:>8.2f}x "
+            f"{'yes' if speed >= 0.8 * (k - 1) else 'NO':>10} {cpu:>14.2f}x {g['sequences']:>12} "
+            f"{f['sequences']:>9} {g['accuracy']:>12.4f} {f['accuracy']:>9.4f} "
+            f"{100 * abs(g['accuracy'] - f['accuracy']):>6.2f}",
+            flush=True,
+        )
     torch.set_num_threads(threads)
 
 
@@ -167,25 +213,39 @@ def part_hh(train_pairs: int, max_length: int, lr: float, batch_size: int) -> No
     rng = random.Random(0)
     rng.shuffle(groups)
     held = groups[train_pairs:]
-    print(f"# real data: {HH.name}, {len(groups)} pairs ({skipped} invalid rows skipped), "
-          f"MiniLM-L6 (22M) backbone, max length {max_length}, lr {lr}, batch {batch_size} "
-          f"prompts, one epoch")
-    cfg = RewardConfig(base_model=backbone, lr=lr, batch_size=batch_size, max_length=max_length,
-                       val_fraction=0.0, eval_every=10**9, checkpoint_every=0,
-                       normalize_samples=64, eval_batch_size=32)
+    print(
+        f"# real data: {HH.name}, {len(groups)} pairs ({skipped} invalid rows skipped), "
+        f"MiniLM-L6 (22M) backbone, max length {max_length}, lr {lr}, batch {batch_size} "
+        f"prompts, one epoch"
+    )
+    cfg = RewardConfig(
+        base_model=backbone,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        val_fraction=0.0,
+        eval_every=10**9,
+        checkpoint_every=0,
+        normalize_samples=64,
+        eval_batch_size=32,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(cfg, groups[:train_pairs], out_dir=Path(tmp) / "rm",
-                       work_dir=Path(tmp) / "work")
+        result = train(cfg, groups[:train_pairs], out_dir=Path(tmp) / "rm", work_dir=Path(tmp) / "work")
         model, tok = load_reward_model(str(result.path))
         began = time.perf_counter()
-        val = evaluate(model, held, encode_groups(tok, held, max_length), tok.pad_token_id,
-                       torch.device("cpu"), 32)
+        val = evaluate(
+            model, held, encode_groups(tok, held, max_length), tok.pad_token_id, torch.device("cpu"), 32
+        )
         eval_s = time.perf_counter() - began
     m = result.metrics
-    print(f"trained on {m['train_pairs']} pairs in {m['seconds']:.1f} s: "
-          f"{m['pairs_per_second']:.2f} training pairs/s")
-    print(f"held-out pairwise accuracy: {val['val_accuracy']:.4f} on {val['val_pairs']} pairs "
-          f"({val['val_pairs'] / eval_s:.1f} pairs/s scored)")
+    print(
+        f"trained on {m['train_pairs']} pairs in {m['seconds']:.1f} s: "
+        f"{m['pairs_per_second']:.2f} training pairs/s"
+    )
+    print(
+        f"held-out pairwise accuracy: {val['val_accuracy']:.4f} on {val['val_pairs']} pairs "
+        f"({val['val_pairs'] / eval_s:.1f} pairs/s scored)"
+    )
 
 
 def main() -> None:

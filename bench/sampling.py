@@ -41,21 +41,29 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_batched(model: Any, tok: Any, texts: list[str], k: int, max_new: int,
-                device: str) -> tuple[float, int]:
+def run_batched(
+    model: Any, tok: Any, texts: list[str], k: int, max_new: int, device: str
+) -> tuple[float, int]:
     enc = tok(texts, return_tensors="pt", padding=True).to(device)
     sync(device)
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, num_return_sequences=k, max_new_tokens=max_new,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            num_return_sequences=k,
+            max_new_tokens=max_new,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
     sync(device)
-    new = out[:, enc["input_ids"].shape[1]:]  # (B*K, T_new)
+    new = out[:, enc["input_ids"].shape[1] :]  # (B*K, T_new)
     return time.perf_counter() - start, int((new != tok.pad_token_id).sum())
 
 
-def run_unbatched(model: Any, tok: Any, texts: list[str], k: int, max_new: int,
-                  device: str) -> tuple[float, int]:
+def run_unbatched(
+    model: Any, tok: Any, texts: list[str], k: int, max_new: int, device: str
+) -> tuple[float, int]:
     tokens = 0
     sync(device)
     start = time.perf_counter()
@@ -63,8 +71,13 @@ def run_unbatched(model: Any, tok: Any, texts: list[str], k: int, max_new: int,
         enc = tok([text], return_tensors="pt").to(device)
         for _ in range(k):
             with torch.no_grad():
-                out = model.generate(**enc, do_sample=True, max_new_tokens=max_new,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                out = model.generate(
+                    **enc,
+                    do_sample=True,
+                    max_new_tokens=max_new,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
             tokens += out.shape[1] - enc["input_ids"].shape[1]
     sync(device)
     return time.perf_counter() - start, tokens
@@ -73,8 +86,11 @@ def run_unbatched(model: Any, tok: Any, texts: list[str], k: int, max_new: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="from_pretrained folder; default: the demo policy (built if absent)")
-    ap.add_argument("--random-size", help="HIDDENxLAYERS: a randomly initialised GPT-2 of that size "
-                                          "with the demo tokenizer (for a bigger model offline)")
+    ap.add_argument(
+        "--random-size",
+        help="HIDDENxLAYERS: a randomly initialised GPT-2 of that size "
+        "with the demo tokenizer (for a bigger model offline)",
+    )
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -88,10 +104,18 @@ def main() -> None:
     if args.random_size:
         hidden, layers = (int(x) for x in args.random_size.lower().split("x"))
         torch.manual_seed(0)
-        model: Any = GPT2LMHeadModel(GPT2Config(
-            vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=max(1, hidden // 64),
-            n_positions=1024, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id))
+        model: Any = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tok),
+                n_embd=hidden,
+                n_layer=layers,
+                n_head=max(1, hidden // 64),
+                n_positions=1024,
+                bos_token_id=tok.eos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        )
         name = f"random GPT-2 {hidden}x{layers}"
     else:
         model = AutoModelForCausalLM.from_pretrained(path)
@@ -100,10 +124,14 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     texts = prompts(args.prompts)
     n = args.prompts * args.k
-    print(f"model: {name} ({params / 1e6:.2f} M parameters), device: {args.device}, "
-          f"torch threads: {torch.get_num_threads()}")
-    print(f"{args.prompts} prompts x K={args.k} = {n} completions, max_new_tokens={args.max_new_tokens}, "
-          f"median of {args.repeats} repeats")
+    print(
+        f"model: {name} ({params / 1e6:.2f} M parameters), device: {args.device}, "
+        f"torch threads: {torch.get_num_threads()}"
+    )
+    print(
+        f"{args.prompts} prompts x K={args.k} = {n} completions, max_new_tokens={args.max_new_tokens}, "
+        f"median of {args.repeats} repeats"
+    )
     run_batched(model, tok, texts[:2], args.k, 4, args.device)  # warm-up
     rates: dict[str, list[float]] = {"batched": [], "unbatched": []}
     tokens: dict[str, list[int]] = {"batched": [], "unbatched": []}
@@ -114,10 +142,14 @@ def main() -> None:
             rates[label].append(n / seconds)
             tokens[label].append(toks)
     b, u = statistics.median(rates["batched"]), statistics.median(rates["unbatched"])
-    print(f"batched (one generate per {args.prompts} prompts, num_return_sequences={args.k}): "
-          f"{b:.1f} completions/s  (median generated tokens {statistics.median(tokens['batched']):.0f})")
-    print(f"unbatched (one generate per completion): {u:.1f} completions/s  "
-          f"(median generated tokens {statistics.median(tokens['unbatched']):.0f})")
+    print(
+        f"batched (one generate per {args.prompts} prompts, num_return_sequences={args.k}): "
+        f"{b:.1f} completions/s  (median generated tokens {statistics.median(tokens['batched']):.0f})"
+    )
+    print(
+        f"unbatched (one generate per completion): {u:.1f} completions/s  "
+        f"(median generated tokens {statistics.median(tokens['unbatched']):.0f})"
+    )
     print(f"ratio batched/unbatched: {b / u:.1f}x")
 
 

@@ -24,6 +24,7 @@ from app.config import Settings
 from app.db import Base, get_engine, make_sessionmaker
 from app.main import create_app
 
+
 @pytest.fixture(autouse=True)
 def _cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Argon2 at its real cost takes ~0.5 s a hash on a busy 2-core machine; tests of the
@@ -106,8 +107,7 @@ def connection(db_url: str) -> Iterator:
 @pytest.fixture
 def sessions(connection) -> sessionmaker[Session]:  # type: ignore[no-untyped-def]
     """Sessions inside the test's transaction: their commits are savepoints, undone at the end."""
-    return sessionmaker(bind=connection, join_transaction_mode="create_savepoint",
-                        expire_on_commit=False)
+    return sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
 
 
 @pytest.fixture
@@ -117,8 +117,14 @@ def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def make_settings(url: str, **overrides: object) -> Settings:
-    return Settings(database_url=url, env="test", artifacts_dir=overrides.pop(  # type: ignore[arg-type]
-        "artifacts_dir", Path("var/test-artifacts")), **overrides)
+    return Settings(
+        database_url=url,
+        env="test",
+        artifacts_dir=overrides.pop(  # type: ignore[arg-type]
+            "artifacts_dir", Path("var/test-artifacts")
+        ),
+        **overrides,
+    )
 
 
 @pytest.fixture

@@ -23,23 +23,30 @@ PASSWORD = "correct horse battery"
 _seq = itertools.count(1)
 
 
-def make_user(session: Session, *, role: str = Role.labeler, username: str | None = None,
-              password: str = PASSWORD) -> User:
-    return auth.create_user(session=session, username=username or f"{role}{next(_seq)}",
-                            password=password, role=role)
+def make_user(
+    session: Session, *, role: str = Role.labeler, username: str | None = None, password: str = PASSWORD
+) -> User:
+    return auth.create_user(
+        session=session, username=username or f"{role}{next(_seq)}", password=password, role=role
+    )
 
 
-def make_job(session: Session, *, kind: str = "noop", params: dict[str, Any] | None = None,
-             **kw: Any) -> Job:
+def make_job(session: Session, *, kind: str = "noop", params: dict[str, Any] | None = None, **kw: Any) -> Job:
     return jobs.enqueue(session=session, kind=kind, params=params, **kw)
 
 
 def login(client: TestClient, user: User, password: str = PASSWORD) -> str:
     """Log the client in through the real form; returns the session's CSRF token."""
     client.get("/login")
-    r = client.post("/login", data={"username": user.username, "password": password,
-                                    "csrf_token": client.cookies.get(ANON_CSRF_COOKIE, "")},
-                    follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={
+            "username": user.username,
+            "password": password,
+            "csrf_token": client.cookies.get(ANON_CSRF_COOKIE, ""),
+        },
+        follow_redirects=False,
+    )
     assert r.status_code == 303, r.text
     return csrf_of(client)
 
@@ -60,36 +67,62 @@ def bearer(token: str) -> dict[str, str]:
 
 # --- prompt sets, tasks, annotations ----------------------------------------------------------
 
-def make_model_version(session: Session, *, kind: str = "policy", name: str | None = None,
-                       is_active: bool = False, is_demo: bool = False,
-                       source: str = "test") -> "ModelVersion":
+
+def make_model_version(
+    session: Session,
+    *,
+    kind: str = "policy",
+    name: str | None = None,
+    is_active: bool = False,
+    is_demo: bool = False,
+    source: str = "test",
+) -> ModelVersion:
     from app.runs.models import ModelVersion
 
-    mv = ModelVersion(kind=kind, name=name or f"{kind}-{next(_seq)}", source=source,
-                      is_active=is_active, is_demo=is_demo)
+    mv = ModelVersion(
+        kind=kind, name=name or f"{kind}-{next(_seq)}", source=source, is_active=is_active, is_demo=is_demo
+    )
     session.add(mv)
     session.flush()
     return mv
 
 
-def make_prompt_set(session: Session, *, name: str | None = None, k: int = 4, overlap: int = 1,
-                    flags: list[str] | None = None, status: str = "active") -> "PromptSet":
+def make_prompt_set(
+    session: Session,
+    *,
+    name: str | None = None,
+    k: int = 4,
+    overlap: int = 1,
+    flags: list[str] | None = None,
+    status: str = "active",
+) -> PromptSet:
     from app.prompts.models import DEFAULT_FLAGS, PromptSet
 
-    ps = PromptSet(name=name or f"set-{next(_seq)}", k=k, overlap=overlap, status=status,
-                   flags=list(DEFAULT_FLAGS if flags is None else flags))
+    ps = PromptSet(
+        name=name or f"set-{next(_seq)}",
+        k=k,
+        overlap=overlap,
+        status=status,
+        flags=list(DEFAULT_FLAGS if flags is None else flags),
+    )
     session.add(ps)
     session.flush()
     return ps
 
 
-def make_task(session: Session, *, prompt_set: "PromptSet", prompt: str | None = None,
-              completions: list[str] | None = None, policy: "ModelVersion | None" = None,
-              status: str = "open") -> "Task":
+def make_task(
+    session: Session,
+    *,
+    prompt_set: PromptSet,
+    prompt: str | None = None,
+    completions: list[str] | None = None,
+    policy: ModelVersion | None = None,
+    status: str = "open",
+) -> Task:
     """A task with its prompt and K completions (texts default to distinct placeholders)."""
+    from app.auth.security import sha256
     from app.labeling.models import Completion, Task
     from app.prompts.models import Prompt
-    from app.auth.security import sha256
 
     n = next(_seq)
     text = prompt if prompt is not None else f"Prompt number {n}: say something kind."
@@ -101,18 +134,32 @@ def make_task(session: Session, *, prompt_set: "PromptSet", prompt: str | None =
     session.flush()
     texts = completions or [f"Answer {i} to prompt {n}." for i in range(prompt_set.k)]
     for t in texts:
-        session.add(Completion(task_id=task.id, text=t, finish_reason="stop",
-                               model_version_id=policy.id if policy else None,
-                               token_count=len(t.split())))
+        session.add(
+            Completion(
+                task_id=task.id,
+                text=t,
+                finish_reason="stop",
+                model_version_id=policy.id if policy else None,
+                token_count=len(t.split()),
+            )
+        )
     session.flush()
     session.refresh(task)
     return task
 
 
-def make_annotation(session: Session, *, task: "Task", user: User, ranks: list[int],
-                    ratings: list[int] | None = None, flags: list[list[str]] | None = None,
-                    skip_reason: str | None = None, notes: str = "",
-                    time_spent_ms: int = 30_000) -> "Annotation":
+def make_annotation(
+    session: Session,
+    *,
+    task: Task,
+    user: User,
+    ranks: list[int],
+    ratings: list[int] | None = None,
+    flags: list[list[str]] | None = None,
+    skip_reason: str | None = None,
+    notes: str = "",
+    time_spent_ms: int = 30_000,
+) -> Annotation:
     """Rows as a submission would leave them; ranks/ratings/flags follow task.completions order
     (ranks are stored in dense normal form: 1 = best, ties share a rank)."""
     from datetime import timedelta
@@ -122,22 +169,39 @@ def make_annotation(session: Session, *, task: "Task", user: User, ranks: list[i
 
     comps = task.completions
     order = [c.id for c in comps]
-    a = Assignment(task_id=task.id, user_id=user.id, state="skipped" if skip_reason else "submitted",
-                   display_order=order, lease_expires_at=utcnow() + timedelta(minutes=30),
-                   finished_at=utcnow())
+    a = Assignment(
+        task_id=task.id,
+        user_id=user.id,
+        state="skipped" if skip_reason else "submitted",
+        display_order=order,
+        lease_expires_at=utcnow() + timedelta(minutes=30),
+        finished_at=utcnow(),
+    )
     session.add(a)
     session.flush()
-    ann = Annotation(assignment_id=a.id, task_id=task.id, user_id=user.id,
-                     skip_reason=skip_reason, notes=notes, time_spent_ms=time_spent_ms)
+    ann = Annotation(
+        assignment_id=a.id,
+        task_id=task.id,
+        user_id=user.id,
+        skip_reason=skip_reason,
+        notes=notes,
+        time_spent_ms=time_spent_ms,
+    )
     session.add(ann)
     session.flush()
     if not skip_reason:
         dense = {r: i + 1 for i, r in enumerate(sorted(set(ranks)))}
         for pos, c in enumerate(comps):
-            session.add(AnnotationItem(
-                annotation_id=ann.id, completion_id=c.id, rank=dense[ranks[pos]],
-                rating=ratings[pos] if ratings else None,
-                flags=list(flags[pos]) if flags else [], position=pos))
+            session.add(
+                AnnotationItem(
+                    annotation_id=ann.id,
+                    completion_id=c.id,
+                    rank=dense[ranks[pos]],
+                    rating=ratings[pos] if ratings else None,
+                    flags=list(flags[pos]) if flags else [],
+                    position=pos,
+                )
+            )
         task.label_count += 1
     session.flush()
     session.refresh(ann)

@@ -48,15 +48,18 @@ def make_app(state: ServerState) -> FastAPI:
             if state.fail_next > 0:
                 state.fail_next -= 1
         if failing:
-            return JSONResponse({"error": {"message": "the test server was told to fail"}},
-                                status_code=state.fail_status)
+            return JSONResponse(
+                {"error": {"message": "the test server was told to fail"}}, status_code=state.fail_status
+            )
         n = int(body.get("n", 1))
-        params = SamplingParams(max_new_tokens=int(body.get("max_tokens", 16)),
-                                temperature=float(body.get("temperature", 1.0)),
-                                top_p=float(body.get("top_p", 1.0)), top_k=int(body.get("top_k", 0)))
+        params = SamplingParams(
+            max_new_tokens=int(body.get("max_tokens", 16)),
+            temperature=float(body.get("temperature", 1.0)),
+            top_p=float(body.get("top_p", 1.0)),
+            top_k=int(body.get("top_k", 0)),
+        )
         with state.lock:  # one generate at a time: the model is shared
-            samples = backend.generate([body["prompt"]], n=n, params=params,
-                                       seed=int(body.get("seed", 0)))[0]
+            samples = backend.generate([body["prompt"]], n=n, params=params, seed=int(body.get("seed", 0)))[0]
         choices = []
         for i, smp in enumerate(samples):
             choice: dict[str, Any] = {"index": i, "text": smp.text, "finish_reason": smp.finish_reason}
@@ -64,9 +67,16 @@ def make_app(state: ServerState) -> FastAPI:
                 choice["logprobs"] = {"tokens": ["t"] * int(smp.token_count or 0)}
             choices.append(choice)
         used = sum(int(s.token_count or 0) for s in samples)
-        return JSONResponse({"id": "cmpl-test", "object": "text_completion", "created": int(time.time()),
-                             "model": body.get("model"), "choices": choices,
-                             "usage": {"completion_tokens": used}})
+        return JSONResponse(
+            {
+                "id": "cmpl-test",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": choices,
+                "usage": {"completion_tokens": used},
+            }
+        )
 
     return app
 

@@ -34,8 +34,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 
 
 @pytest.fixture
-def db(committed: sessionmaker[Session], db_url: str,
-       env: pytest.MonkeyPatch) -> sessionmaker[Session]:
+def db(committed: sessionmaker[Session], db_url: str, env: pytest.MonkeyPatch) -> sessionmaker[Session]:
     """The CLI pointed at the test database, with real commits."""
     env.setenv("RANKLAB_DATABASE_URL", db_url)
     get_settings.cache_clear()
@@ -53,7 +52,8 @@ def count_users(db: sessionmaker[Session]) -> int:
 
 class TestDbUpgrade:
     def test_upgrade_makes_the_schema_and_is_safe_to_repeat(
-            self, tmp_path: Path, env: pytest.MonkeyPatch) -> None:
+        self, tmp_path: Path, env: pytest.MonkeyPatch
+    ) -> None:
         url = f"sqlite:///{tmp_path / 'new.db'}"
         env.setenv("RANKLAB_DATABASE_URL", url)
         for _ in range(2):
@@ -65,8 +65,16 @@ class TestDbUpgrade:
 
 class TestUsersCreate:
     def test_password_from_stdin(self, db: sessionmaker[Session]) -> None:
-        result = run("users", "create", "--username", "bob", "--role", "labeler", "--password-stdin",
-                     input="a long password\n")
+        result = run(
+            "users",
+            "create",
+            "--username",
+            "bob",
+            "--role",
+            "labeler",
+            "--password-stdin",
+            input="a long password\n",
+        )
         assert result.exit_code == 0, result.output
         assert "created labeler 'bob'" in result.output
         with db() as s:
@@ -76,57 +84,102 @@ class TestUsersCreate:
             assert security.verify_password(user.password_hash, "a long password")
 
     def test_password_from_the_prompt_asked_twice(self, db: sessionmaker[Session]) -> None:
-        result = run("users", "create", "--username", "carol", "--role", "researcher",
-                     input="prompted-pw\nprompted-pw\n")
+        result = run(
+            "users",
+            "create",
+            "--username",
+            "carol",
+            "--role",
+            "researcher",
+            input="prompted-pw\nprompted-pw\n",
+        )
         assert result.exit_code == 0, result.output
         assert "Repeat for confirmation" in result.output
         with db() as s:
             user = auth.get_user(session=s, username="carol")
             assert user is not None and security.verify_password(user.password_hash, "prompted-pw")
 
-    @pytest.mark.parametrize(("args", "stdin", "code", "message"), [
-        (["--username", "dave", "--role", "boss"], "a long password\n", 2,
-         "'boss' is not one of 'labeler', 'researcher', 'admin'"),
-        (["--username", "no spaces", "--role", "labeler"], "a long password\n", 2,
-         "Invalid value for '--username'"),
-        (["--username", "erin", "--role", "labeler"], "short\n", 1, "password: at least 8"),
-        (["--username", "erin", "--role", "labeler"], "\n", 1, "password: at least 8"),
-    ])
+    @pytest.mark.parametrize(
+        ("args", "stdin", "code", "message"),
+        [
+            (
+                ["--username", "dave", "--role", "boss"],
+                "a long password\n",
+                2,
+                "'boss' is not one of 'labeler', 'researcher', 'admin'",
+            ),
+            (
+                ["--username", "no spaces", "--role", "labeler"],
+                "a long password\n",
+                2,
+                "Invalid value for '--username'",
+            ),
+            (["--username", "erin", "--role", "labeler"], "short\n", 1, "password: at least 8"),
+            (["--username", "erin", "--role", "labeler"], "\n", 1, "password: at least 8"),
+        ],
+    )
     def test_bad_input_is_refused_and_nothing_is_written(
-            self, db: sessionmaker[Session], args: list[str], stdin: str, code: int,
-            message: str) -> None:
+        self, db: sessionmaker[Session], args: list[str], stdin: str, code: int, message: str
+    ) -> None:
         result = run("users", "create", *args, "--password-stdin", input=stdin)
         assert result.exit_code == code
         assert message in result.output
         assert count_users(db) == 0
 
-    def test_a_bad_username_is_refused_before_asking_for_a_password(
-            self, db: sessionmaker[Session]) -> None:
+    def test_a_bad_username_is_refused_before_asking_for_a_password(self, db: sessionmaker[Session]) -> None:
         result = run("users", "create", "--username", "x", "--role", "labeler", input="")
         assert result.exit_code == 2 and "Password" not in result.output
 
     def test_a_taken_username_is_refused(self, db: sessionmaker[Session]) -> None:
-        assert run("users", "create", "--username", "bob", "--role", "admin", "--password-stdin",
-                   input="a long password\n").exit_code == 0
-        result = run("users", "create", "--username", "bob", "--role", "labeler",
-                     "--password-stdin", input="another password\n")
+        assert (
+            run(
+                "users",
+                "create",
+                "--username",
+                "bob",
+                "--role",
+                "admin",
+                "--password-stdin",
+                input="a long password\n",
+            ).exit_code
+            == 0
+        )
+        result = run(
+            "users",
+            "create",
+            "--username",
+            "bob",
+            "--role",
+            "labeler",
+            "--password-stdin",
+            input="another password\n",
+        )
         assert result.exit_code == 1 and "'bob' is taken" in result.output
         with db() as s:
             assert auth.get_user(session=s, username="bob").role == "admin"  # type: ignore[union-attr]
 
     def test_list_shows_every_account(self, db: sessionmaker[Session]) -> None:
         for name, role in (("ann", "labeler"), ("rex", "researcher")):
-            run("users", "create", "--username", name, "--role", role, "--password-stdin",
-                input="a long password\n")
+            run(
+                "users",
+                "create",
+                "--username",
+                name,
+                "--role",
+                role,
+                "--password-stdin",
+                input="a long password\n",
+            )
         lines = run("users", "list").output.splitlines()
         assert lines[0].split() == ["id", "username", "role", "status"]
         assert [line.split()[1:] for line in lines[1:]] == [
-            ["ann", "labeler", "active"], ["rex", "researcher", "active"]]
+            ["ann", "labeler", "active"],
+            ["rex", "researcher", "active"],
+        ]
 
 
 class TestEnsureAdmin:
-    def test_prints_a_random_password_once_then_creates_nothing(
-            self, db: sessionmaker[Session]) -> None:
+    def test_prints_a_random_password_once_then_creates_nothing(self, db: sessionmaker[Session]) -> None:
         first = run("users", "ensure-admin")
         assert first.exit_code == 0, first.output
         password = first.output.split("with password: ")[1].split()[0]
@@ -139,8 +192,7 @@ class TestEnsureAdmin:
         assert password not in second.output
         assert count_users(db) == 1
 
-    def test_takes_the_login_from_env_vars(self, db: sessionmaker[Session],
-                                           env: pytest.MonkeyPatch) -> None:
+    def test_takes_the_login_from_env_vars(self, db: sessionmaker[Session], env: pytest.MonkeyPatch) -> None:
         env.setenv("RANKLAB_ADMIN_USERNAME", "root")
         env.setenv("RANKLAB_ADMIN_PASSWORD", "from-the-env-123")
         get_settings.cache_clear()
@@ -152,8 +204,16 @@ class TestEnsureAdmin:
 
 class TestTokensCreate:
     def test_prints_a_working_token_stored_hashed(self, db: sessionmaker[Session]) -> None:
-        run("users", "create", "--username", "bob", "--role", "labeler", "--password-stdin",
-            input="a long password\n")
+        run(
+            "users",
+            "create",
+            "--username",
+            "bob",
+            "--role",
+            "labeler",
+            "--password-stdin",
+            input="a long password\n",
+        )
         result = run("tokens", "create", "--username", "bob", "--name", "script")
         assert result.exit_code == 0, result.output
         token = result.output.strip()
@@ -169,19 +229,35 @@ class TestTokensCreate:
 
 
 class TestHelp:
-    @pytest.mark.parametrize("command", [
-        [], ["db"], ["db", "upgrade"], ["db", "downgrade"], ["users"], ["users", "create"], ["users", "list"],
-        ["users", "ensure-admin"], ["users", "set-password"], ["tokens"], ["tokens", "create"],
-        ["serve"], ["worker"],
-    ])
+    @pytest.mark.parametrize(
+        "command",
+        [
+            [],
+            ["db"],
+            ["db", "upgrade"],
+            ["db", "downgrade"],
+            ["users"],
+            ["users", "create"],
+            ["users", "list"],
+            ["users", "ensure-admin"],
+            ["users", "set-password"],
+            ["tokens"],
+            ["tokens", "create"],
+            ["serve"],
+            ["worker"],
+        ],
+    )
     def test_help_teaches_with_examples(self, command: list[str]) -> None:
         result = run(*command, "--help")
         assert result.exit_code == 0
         assert "ranklab " + " ".join(command) in result.output.split("Usage:", 1)[1].splitlines()[0]
         assert "Example" in result.output or "ranklab db upgrade" in result.output
         # The example lines are real invocations of this command.
-        examples = [line.strip() for line in result.output.splitlines()
-                    if line.strip().startswith(("ranklab ", "echo ", "TOKEN=", "RANKLAB_"))]
+        examples = [
+            line.strip()
+            for line in result.output.splitlines()
+            if line.strip().startswith(("ranklab ", "echo ", "TOKEN=", "RANKLAB_"))
+        ]
         assert any(("ranklab " + " ".join(command)).strip() in line for line in examples), examples
 
 
@@ -189,8 +265,16 @@ class TestSetPassword:
     def test_sets_the_password_and_ends_sessions(self, db: sessionmaker[Session]) -> None:
         from app.auth.models import UserSession
 
-        run("users", "create", "--username", "bob", "--role", "labeler", "--password-stdin",
-            input="old password\n")
+        run(
+            "users",
+            "create",
+            "--username",
+            "bob",
+            "--role",
+            "labeler",
+            "--password-stdin",
+            input="old password\n",
+        )
         with db.begin() as s:
             user = auth.get_user(session=s, username="bob")
             assert user is not None
@@ -203,10 +287,22 @@ class TestSetPassword:
             assert s.scalar(select(func.count()).select_from(UserSession)) == 0
 
     def test_refuses_unknown_users_and_short_passwords(self, db: sessionmaker[Session]) -> None:
-        assert run("users", "set-password", "--username", "ghost", "--password-stdin",
-                   input="whatever-long\n").exit_code == 1
-        run("users", "create", "--username", "bob", "--role", "labeler", "--password-stdin",
-            input="old password\n")
+        assert (
+            run(
+                "users", "set-password", "--username", "ghost", "--password-stdin", input="whatever-long\n"
+            ).exit_code
+            == 1
+        )
+        run(
+            "users",
+            "create",
+            "--username",
+            "bob",
+            "--role",
+            "labeler",
+            "--password-stdin",
+            input="old password\n",
+        )
         result = run("users", "set-password", "--username", "bob", "--password-stdin", input="x\n")
         assert result.exit_code == 1 and "password: at least 8" in result.output
         with db() as s:

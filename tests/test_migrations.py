@@ -76,5 +76,9 @@ class TestSQLite:
 
     def test_a_dangling_foreign_key_is_refused(self, sqlite_url: str) -> None:
         with get_engine(sqlite_url).connect() as conn, pytest.raises(IntegrityError):
-            conn.execute(text("INSERT INTO api_token (user_id, name, token_hash, prefix, created_at) "
-                              "VALUES (987654, 'x', 'h', 'p', '2026-01-01')"))
+            conn.execute(
+                text(
+                    "INSERT INTO api_token (user_id, name, token_hash, prefix, created_at) "
+                    "VALUES (987654, 'x', 'h', 'p', '2026-01-01')"
+                )
+            )

@@ -121,14 +121,13 @@ ANON_CSRF = "anon-csrf-for-the-matrix"
 
 
 def app_routes(app: FastAPI) -> set[str]:
-    """"METHOD /path" for every route the app serves (static files aside), however FastAPI
+    """ "METHOD /path" for every route the app serves (static files aside), however FastAPI
     nests included routers."""
     out: set[str] = set()
     for route in app.routes:
         if isinstance(route, Mount):
             continue
-        contexts = route.effective_route_contexts() if hasattr(route, "effective_route_contexts") \
-            else [route]
+        contexts = route.effective_route_contexts() if hasattr(route, "effective_route_contexts") else [route]
         for ctx in contexts:
             out.update(f"{m} {ctx.path}" for m in ctx.methods if m != "HEAD")  # type: ignore[attr-defined]
     return out
@@ -186,7 +185,8 @@ def test_every_route_is_in_the_table(app: FastAPI) -> None:
     missing = sorted(app_routes(app) - set(ROUTES))
     assert not missing, (
         "Routes with no row in tests/test_routes_matrix.py ROUTES (add each with its least "
-        f"role: public, user, labeler, researcher, admin): {missing}")
+        f"role: public, user, labeler, researcher, admin): {missing}"
+    )
 
 
 def test_every_row_names_a_known_role() -> None:
@@ -195,8 +195,7 @@ def test_every_row_names_a_known_role() -> None:
 
 
 @pytest.mark.parametrize("key", sorted(ROUTES))
-def test_who_gets_in(key: str, app: FastAPI, bare_client: TestClient,
-                     people: dict[str | None, Who]) -> None:
+def test_who_gets_in(key: str, app: FastAPI, bare_client: TestClient, people: dict[str | None, Who]) -> None:
     if key not in app_routes(app):
         pytest.skip(f"{key} is not served (yet)")
     minimal = ROUTES[key]
@@ -223,8 +222,9 @@ def test_who_gets_in(key: str, app: FastAPI, bare_client: TestClient,
 
 
 @pytest.mark.parametrize("key", sorted(k for k in ROUTES if k.split()[0] not in SAFE))
-def test_state_changing_routes_need_the_csrf_token(key: str, app: FastAPI, bare_client: TestClient,
-                                                  people: dict[str | None, Who]) -> None:
+def test_state_changing_routes_need_the_csrf_token(
+    key: str, app: FastAPI, bare_client: TestClient, people: dict[str | None, Who]
+) -> None:
     if key not in app_routes(app):
         pytest.skip(f"{key} is not served (yet)")
     allowed = [r for r in ("admin", "researcher", "labeler") if r in ALLOWED[ROUTES[key]]]

@@ -45,16 +45,23 @@ class TestDefaults:
         with pytest.raises(SettingsError, match="RANKLAB_JOB_MAX_ATTEMPTS"):
             get_settings()
 
-
-    @pytest.mark.parametrize(("var", "value"), [
-        ("RANKLAB_JOB_STALE_SECONDS", "0"), ("RANKLAB_JOB_MAX_ATTEMPTS", "0"),
-        ("RANKLAB_SESSION_HOURS", "-1"), ("RANKLAB_MAX_UPLOAD_MB", "0"),
-        ("RANKLAB_MAX_PROMPT_TOKENS", "0"), ("RANKLAB_LEASE_MINUTES", "0"),
-        ("RANKLAB_OPENAI_CONCURRENCY", "0"), ("RANKLAB_OPENAI_TIMEOUT_SECONDS", "0"),
-        ("RANKLAB_OPENAI_RETRIES", "-1"),
-    ])
-    def test_a_zero_or_negative_amount_is_refused_by_name(self, var: str, value: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    @pytest.mark.parametrize(
+        ("var", "value"),
+        [
+            ("RANKLAB_JOB_STALE_SECONDS", "0"),
+            ("RANKLAB_JOB_MAX_ATTEMPTS", "0"),
+            ("RANKLAB_SESSION_HOURS", "-1"),
+            ("RANKLAB_MAX_UPLOAD_MB", "0"),
+            ("RANKLAB_MAX_PROMPT_TOKENS", "0"),
+            ("RANKLAB_LEASE_MINUTES", "0"),
+            ("RANKLAB_OPENAI_CONCURRENCY", "0"),
+            ("RANKLAB_OPENAI_TIMEOUT_SECONDS", "0"),
+            ("RANKLAB_OPENAI_RETRIES", "-1"),
+        ],
+    )
+    def test_a_zero_or_negative_amount_is_refused_by_name(
+        self, var: str, value: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         # A stale limit of 0 requeues every running job at once; 0 attempts fail every job.
         monkeypatch.setenv(var, value)
         with pytest.raises(SettingsError, match=var):
@@ -63,8 +70,7 @@ class TestDefaults:
 
 class TestProductionSecret:
     @pytest.mark.parametrize("secret", [None, DEFAULT_SECRET_KEY, "short-secret", ""])
-    def test_refused_with_the_how_to(self, monkeypatch: pytest.MonkeyPatch,
-                                     secret: str | None) -> None:
+    def test_refused_with_the_how_to(self, monkeypatch: pytest.MonkeyPatch, secret: str | None) -> None:
         monkeypatch.setenv("RANKLAB_ENV", "production")
         if secret is not None:
             monkeypatch.setenv("RANKLAB_SECRET_KEY", secret)
@@ -105,16 +111,23 @@ class TestProductionSecret:
 
 class TestCookies:
     def test_production_cookies_are_secure_httponly_samesite(
-            self, db_url: str, sessions: sessionmaker[Session], session: Session) -> None:
+        self, db_url: str, sessions: sessionmaker[Session], session: Session
+    ) -> None:
         app = create_app(Settings(env="production", secret_key=GOOD_SECRET, database_url=db_url))
         app.state.sessionmaker = sessions
         user = make_user(session)
         session.commit()
         with TestClient(app, base_url="https://testserver") as client:
             anon = client.get("/login").headers["set-cookie"]
-            r = client.post("/login", follow_redirects=False, data={
-                "username": user.username, "password": PASSWORD,
-                "csrf_token": client.cookies["ranklab_csrf"]})
+            r = client.post(
+                "/login",
+                follow_redirects=False,
+                data={
+                    "username": user.username,
+                    "password": PASSWORD,
+                    "csrf_token": client.cookies["ranklab_csrf"],
+                },
+            )
         assert r.status_code == 303
         for header in (anon, r.headers["set-cookie"]):
             assert "Secure" in header and "HttpOnly" in header and "SameSite=lax" in header

@@ -22,24 +22,46 @@ from transformers import (
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
 
 
-def tiny_tokenizer(texts: Iterable[str], vocab_size: int = 500,
-                   padding_side: str = "left") -> PreTrainedTokenizerFast:
+def tiny_tokenizer(
+    texts: Iterable[str], vocab_size: int = 500, padding_side: str = "left"
+) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(list(texts), trainers.WordLevelTrainer(vocab_size=vocab_size,
-                                                                    special_tokens=SPECIALS))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>", padding_side=padding_side)
+    tok.train_from_iterator(
+        list(texts), trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIALS)
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        padding_side=padding_side,
+    )
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, *, hidden: int = 32, layers: int = 2,
-                heads: int = 2, positions: int = 128, **extra: object) -> GPT2Config:
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    positions: int = 128,
+    **extra: object,
+) -> GPT2Config:
     return GPT2Config(
-        vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=heads,
-        n_positions=positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **extra,
+        vocab_size=len(tokenizer),
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=positions,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
 
 
@@ -48,8 +70,9 @@ def tiny_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **size: int) 
     return GPT2LMHeadModel(tiny_config(tokenizer, **size)).eval()
 
 
-def tiny_reward_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0,
-                      **size: int) -> GPT2ForSequenceClassification:
+def tiny_reward_model(
+    tokenizer: PreTrainedTokenizerFast, seed: int = 0, **size: int
+) -> GPT2ForSequenceClassification:
     torch.manual_seed(seed)
     return GPT2ForSequenceClassification(tiny_config(tokenizer, num_labels=1, **size)).eval()
 

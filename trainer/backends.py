@@ -53,8 +53,9 @@ class Sample:
 class Backend(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], *, n: int, params: SamplingParams,
-                 seed: int) -> list[list[Sample]]: ...
+    def generate(
+        self, prompts: list[str], *, n: int, params: SamplingParams, seed: int
+    ) -> list[list[Sample]]: ...
 
 
 class LocalBackend:
@@ -68,8 +69,9 @@ class LocalBackend:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path)
         except Exception as exc:  # noqa: BLE001  (the reason goes to the job, never a fallback)
-            raise BackendError(f"could not load the policy from {path!r}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+            raise BackendError(
+                f"could not load the policy from {path!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()  # type: ignore[arg-type]
         self.tokenizer.padding_side = "left"
@@ -77,10 +79,12 @@ class LocalBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.eos_id = self.tokenizer.eos_token_id
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(
-            self.model.config, "n_positions", None)
+            self.model.config, "n_positions", None
+        )
 
-    def generate(self, prompts: list[str], *, n: int, params: SamplingParams,
-                 seed: int) -> list[list[Sample]]:
+    def generate(
+        self, prompts: list[str], *, n: int, params: SamplingParams, seed: int
+    ) -> list[list[Sample]]:
         import torch
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
@@ -89,15 +93,23 @@ class LocalBackend:
         if self.max_positions:
             max_new = min(max_new, self.max_positions - width)
             if max_new < 1:
-                raise BackendError(f"a prompt of {width} tokens leaves no room in this model's "
-                                   f"{self.max_positions} positions")
+                raise BackendError(
+                    f"a prompt of {width} tokens leaves no room in this model's "
+                    f"{self.max_positions} positions"
+                )
         torch.manual_seed(seed)
         with torch.no_grad():
             # top_k=0 is passed as is: it turns top-k off, where None would mean generate's 50.
-            out = self.model.generate(  # type: ignore[misc]
-                **enc, do_sample=True, num_return_sequences=n, max_new_tokens=max_new,
-                temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_id,
+            out = self.model.generate(
+                **enc,
+                do_sample=True,
+                num_return_sequences=n,
+                max_new_tokens=max_new,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.eos_id,
             )  # (B*n, width + new), the n samples of each prompt next to each other
         new = out[:, width:].tolist()
         results: list[list[Sample]] = [[] for _ in prompts]
@@ -105,9 +117,13 @@ class LocalBackend:
             stop = ids.index(self.eos_id) if self.eos_id in ids else None
             kept = ids[:stop] if stop is not None else ids
             text = str(self.tokenizer.decode(kept, skip_special_tokens=True))
-            results[row // n].append(Sample(text=text.strip(),
-                                            finish_reason="stop" if stop is not None else "length",
-                                            token_count=len(kept)))
+            results[row // n].append(
+                Sample(
+                    text=text.strip(),
+                    finish_reason="stop" if stop is not None else "length",
+                    token_count=len(kept),
+                )
+            )
         return results
 
 
@@ -117,9 +133,17 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
-                 concurrency: int = 8, timeout: float = 60.0, retries: int = 4,
-                 backoff: float = 0.5) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+    ) -> None:
         self.url = base_url.rstrip("/") + "/completions"
         self.model = model
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -129,16 +153,21 @@ class OpenAIBackend:
         self.backoff = backoff
         self.client = httpx.Client(timeout=timeout, headers=self.headers)
 
-    def generate(self, prompts: list[str], *, n: int, params: SamplingParams,
-                 seed: int) -> list[list[Sample]]:
+    def generate(
+        self, prompts: list[str], *, n: int, params: SamplingParams, seed: int
+    ) -> list[list[Sample]]:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts) or 1)) as pool:
-            return list(pool.map(lambda ip: self._one(ip[1], n, params, seed + ip[0]),
-                                 enumerate(prompts)))
+            return list(pool.map(lambda ip: self._one(ip[1], n, params, seed + ip[0]), enumerate(prompts)))
 
     def _one(self, prompt: str, n: int, params: SamplingParams, seed: int) -> list[Sample]:
         body: dict[str, Any] = {
-            "model": self.model, "prompt": prompt, "n": n, "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature, "top_p": params.top_p, "seed": seed,
+            "model": self.model,
+            "prompt": prompt,
+            "n": n,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": seed,
             # Sampled tokens come back with logprobs, which is how each completion is counted.
             "logprobs": 0,
         }
@@ -150,14 +179,22 @@ class OpenAIBackend:
             raise BackendError(f"{self.url} returned {len(choices)} choices, asked for n={n}")
         out = []
         for c in choices:
-            tokens = ((c.get("logprobs") or {}).get("tokens")) if isinstance(c.get("logprobs"), dict) \
-                else None
-            count = len(tokens) if tokens is not None else (
-                (data.get("usage") or {}).get("completion_tokens") if n == 1 else None)
+            tokens = (
+                ((c.get("logprobs") or {}).get("tokens")) if isinstance(c.get("logprobs"), dict) else None
+            )
+            count = (
+                len(tokens)
+                if tokens is not None
+                else ((data.get("usage") or {}).get("completion_tokens") if n == 1 else None)
+            )
             reason = c.get("finish_reason") or "stop"
-            out.append(Sample(text=str(c.get("text", "")).strip(),
-                              finish_reason="length" if reason == "length" else "stop",
-                              token_count=count))
+            out.append(
+                Sample(
+                    text=str(c.get("text", "")).strip(),
+                    finish_reason="length" if reason == "length" else "stop",
+                    token_count=count,
+                )
+            )
         return out
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -200,14 +237,20 @@ def make_backend(version: ModelVersion, settings: Settings) -> Backend:
             raise BackendError("RANKLAB_SAMPLING_BACKEND=openai needs RANKLAB_OPENAI_BASE_URL")
         if version.is_demo:
             # The server samples its own model: its text would be recorded (and badged) as the demo's.
-            raise BackendError("an OpenAI-compatible server cannot serve the locally built demo model; "
-                               "set RANKLAB_POLICY_MODEL to the model the server serves (for the web "
-                               "server and the workers alike), then upload the set again")
+            raise BackendError(
+                "an OpenAI-compatible server cannot serve the locally built demo model; "
+                "set RANKLAB_POLICY_MODEL to the model the server serves (for the web "
+                "server and the workers alike), then upload the set again"
+            )
         model = (version.config or {}).get("openai_model") or settings.openai_model or version.source
-        return OpenAIBackend(settings.openai_base_url, model, api_key=settings.openai_api_key,
-                             concurrency=settings.openai_concurrency,
-                             timeout=settings.openai_timeout_seconds,
-                             retries=settings.openai_retries)
+        return OpenAIBackend(
+            settings.openai_base_url,
+            model,
+            api_key=settings.openai_api_key,
+            concurrency=settings.openai_concurrency,
+            timeout=settings.openai_timeout_seconds,
+            retries=settings.openai_retries,
+        )
     if version.source == policies.DEMO_SOURCE and version.parent_id is None and version.job_id is None:
         # The base demo model is built on first use. Its descendants (trained from it, also
         # marked is_demo) are checkpoints like any other and are only ever loaded.

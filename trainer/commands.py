@@ -49,24 +49,48 @@ def register(cli: click.Group) -> None:
 
 
 @train.command("reward")
-@click.option("--set", "sets", multiple=True, metavar="NAME",
-              help="Train on this prompt set's rankings (repeatable; default: every set).")
-@click.option("--min-labels", type=int, default=1, show_default=True,
-              help="Only tasks ranked by at least this many labelers.")
-@click.option("--labeler", "labelers", multiple=True, metavar="USERNAME",
-              help="Only this labeler's rankings (repeatable).")
-@click.option("--base-model", metavar="ID_OR_PATH",
-              help="Backbone (hub id or folder). Default: the active policy's.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME",
+    help="Train on this prompt set's rankings (repeatable; default: every set).",
+)
+@click.option(
+    "--min-labels",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Only tasks ranked by at least this many labelers.",
+)
+@click.option(
+    "--labeler",
+    "labelers",
+    multiple=True,
+    metavar="USERNAME",
+    help="Only this labeler's rankings (repeatable).",
+)
+@click.option(
+    "--base-model", metavar="ID_OR_PATH", help="Backbone (hub id or folder). Default: the active policy's."
+)
 @click.option("--lr", type=float, help="Peak learning rate (AdamW, cosine decay to 10%).")
 @click.option("--epochs", type=int, help="Passes over the data (default 1; more overfits).")
 @click.option("--batch-size", type=int, help="Prompts per batch (each with all K completions).")
 @click.option("--grad-accum", type=int, help="Batches per optimizer step.")
 @click.option("--max-length", type=int, help="Tokens of prompt + completion (prompt cut first).")
 @click.option("--inline", is_flag=True, help="Run here with a progress bar instead of queueing.")
-def train_reward(sets: tuple[str, ...], min_labels: int, labelers: tuple[str, ...],
-                 base_model: str | None, lr: float | None, epochs: int | None,
-                 batch_size: int | None, grad_accum: int | None, max_length: int | None,
-                 inline: bool) -> None:
+def train_reward(
+    sets: tuple[str, ...],
+    min_labels: int,
+    labelers: tuple[str, ...],
+    base_model: str | None,
+    lr: float | None,
+    epochs: int | None,
+    batch_size: int | None,
+    grad_accum: int | None,
+    max_length: int | None,
+    inline: bool,
+) -> None:
     """Train a reward model on the rankings in the database (InstructGPT's K-way loss).
 
     It becomes a reward model version; the first one is made active.
@@ -79,25 +103,33 @@ def train_reward(sets: tuple[str, ...], min_labels: int, labelers: tuple[str, ..
     from app.cli import sessions
     from app.runs import service as jobs
 
-    params: dict[str, Any] = {"sets": list(sets), "min_labels": min_labels,
-                              "labelers": list(labelers)}
-    for name, value in (("base_model", base_model), ("lr", lr), ("epochs", epochs),
-                        ("batch_size", batch_size), ("grad_accum", grad_accum),
-                        ("max_length", max_length)):
+    params: dict[str, Any] = {"sets": list(sets), "min_labels": min_labels, "labelers": list(labelers)}
+    for name, value in (
+        ("base_model", base_model),
+        ("lr", lr),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("grad_accum", grad_accum),
+        ("max_length", max_length),
+    ):
         if value is not None:
             params[name] = value
     maker = sessions()
     with maker.begin() as s:
-        job = jobs.enqueue(session=s, kind="train_reward", params=params,
-                           max_attempts=get_settings().job_max_attempts)
+        job = jobs.enqueue(
+            session=s, kind="train_reward", params=params, max_attempts=get_settings().job_max_attempts
+        )
         job_id = job.id
     if not inline:
-        click.echo(f"queued job {job_id} (train_reward); follow it at /runs/{job_id} "
-                   f"or run `ranklab worker --burst`")
+        click.echo(
+            f"queued job {job_id} (train_reward); follow it at /runs/{job_id} or run `ranklab worker --burst`"
+        )
         return
     result = run_inline(maker, job_id)
-    click.echo(f"reward model {result['model_version_id']} at {result['path']}"
-               + (" (active)" if result.get("active") else ""))
+    click.echo(
+        f"reward model {result['model_version_id']} at {result['path']}"
+        + (" (active)" if result.get("active") else "")
+    )
     click.echo(f"validation accuracy: {result['metrics'].get('val_accuracy')}")
 
 
@@ -117,14 +149,29 @@ def run_inline(maker: Any, job_id: int) -> dict[str, Any]:
     worker_id = f"inline:{socket.gethostname()}:{os.getpid()}"
     with maker.begin() as s:
         now = utcnow()
-        taken = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued).values(
-            status=JobStatus.running, worker_id=worker_id, attempts=Job.attempts + 1,
-            heartbeat_at=now, started_at=now, message="started")).rowcount
+        taken = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued)
+            .values(
+                status=JobStatus.running,
+                worker_id=worker_id,
+                attempts=Job.attempts + 1,
+                heartbeat_at=now,
+                started_at=now,
+                message="started",
+            )
+        ).rowcount
         if taken != 1:
             raise click.ClickException(f"job {job_id} was taken by a worker before this process")
         job = s.get(Job, job_id)
-        ctx = JobContext(job_id=job_id, kind=job.kind, params=dict(job.params), attempt=job.attempts,
-                         worker_id=worker_id, sessions=maker)
+        ctx = JobContext(
+            job_id=job_id,
+            kind=job.kind,
+            params=dict(job.params),
+            attempt=job.attempts,
+            worker_id=worker_id,
+            sessions=maker,
+        )
     bar = tqdm(total=1000, unit="‰", file=sys.stderr, dynamic_ncols=True)
     report = ctx.progress
 
@@ -164,16 +211,25 @@ def run_inline(maker: Any, job_id: int) -> dict[str, Any]:
 
 
 @reward.command("eval")
-@click.option("--model", "model_ref", default="active", show_default=True, metavar="ID|active|PATH",
-              help="A reward model version id, `active`, or a model folder.")
-@click.option("--max-length", type=int, default=512, show_default=True,
-              help="Tokens of prompt + completion (prompt cut from the left).")
-@click.option("--batch-size", type=int, default=32, show_default=True,
-              help="Sequences per forward pass.")
+@click.option(
+    "--model",
+    "model_ref",
+    default="active",
+    show_default=True,
+    metavar="ID|active|PATH",
+    help="A reward model version id, `active`, or a model folder.",
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Tokens of prompt + completion (prompt cut from the left).",
+)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per forward pass.")
 @click.option("--limit", type=int, help="Only the first N rows of the file.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def reward_eval(model_ref: str, max_length: int, batch_size: int, limit: int | None,
-                file: str) -> None:
+def reward_eval(model_ref: str, max_length: int, batch_size: int, limit: int | None, file: str) -> None:
     """Score a preference FILE (HH-RLHF, TRL or a ranklab rankings export) and print the
     pairwise accuracy: the share of comparisons the model orders as the labelers did.
 
@@ -213,12 +269,16 @@ def _model_path(ref: str) -> str:
     if not ref.isdigit() and ref != "active":
         if Path(ref).is_dir():
             return ref
-        raise click.BadParameter(f"{ref!r} is no model version id, 'active', or a folder",
-                                 param_hint="--model")
+        raise click.BadParameter(
+            f"{ref!r} is no model version id, 'active', or a folder", param_hint="--model"
+        )
     with sessions()() as s:
         query = select(ModelVersion).where(ModelVersion.kind == ModelKind.reward)
-        query = (query.where(ModelVersion.is_active.is_(True)) if ref == "active"
-                 else query.where(ModelVersion.id == int(ref)))
+        query = (
+            query.where(ModelVersion.is_active.is_(True))
+            if ref == "active"
+            else query.where(ModelVersion.id == int(ref))
+        )
         mv = s.scalar(query)
         if mv is None:
             what = "no reward model is active" if ref == "active" else f"no reward model {ref}"
@@ -228,8 +288,7 @@ def _model_path(ref: str) -> str:
         return mv.path
 
 
-def evaluate_file(path: str, groups: list[Any], *, max_length: int,
-                  batch_size: int) -> tuple[float, int]:
+def evaluate_file(path: str, groups: list[Any], *, max_length: int, batch_size: int) -> tuple[float, int]:
     """(comparisons ordered right, comparisons) over the groups' untied pairs."""
     import torch
 
@@ -241,11 +300,19 @@ def evaluate_file(path: str, groups: list[Any], *, max_length: int,
     correct, pairs = 0.0, 0
     chunk = max(1, batch_size // 2)
     for start in range(0, len(groups), chunk):
-        part = groups[start:start + chunk]
-        scores = torch.tensor(score_texts(
-            model, tokenizer, [g.prompt for g in part for _ in g.completions],
-            [c for g in part for c in g.completions], max_length=max_length,
-            batch_size=batch_size, normalized=False, device=device))
+        part = groups[start : start + chunk]
+        scores = torch.tensor(
+            score_texts(
+                model,
+                tokenizer,
+                [g.prompt for g in part for _ in g.completions],
+                [c for g in part for c in g.completions],
+                max_length=max_length,
+                batch_size=batch_size,
+                normalized=False,
+                device=device,
+            )
+        )
         right, n = pair_correct(scores, plan_pairs(part))
         correct += right
         pairs += n

@@ -44,10 +44,13 @@ class DataFilters:
 
         sets = params.get("sets") or []
         labelers = params.get("labelers") or []
-        return cls(sets=[sets] if isinstance(sets, str) else list(sets),
-                   min_labels=max(1, int(params.get("min_labels") or 1)),
-                   labelers=[labelers] if isinstance(labelers, str) else list(labelers),
-                   since=when(params.get("since")), until=when(params.get("until")))
+        return cls(
+            sets=[sets] if isinstance(sets, str) else list(sets),
+            min_labels=max(1, int(params.get("min_labels") or 1)),
+            labelers=[labelers] if isinstance(labelers, str) else list(labelers),
+            since=when(params.get("since")),
+            until=when(params.get("until")),
+        )
 
 
 def load_groups(*, session: Session, filters: DataFilters) -> tuple[list[Group], dict[str, Any]]:
@@ -55,8 +58,10 @@ def load_groups(*, session: Session, filters: DataFilters) -> tuple[list[Group],
     known = set(session.scalars(select(PromptSet.name)))
     missing = [s for s in filters.sets if s not in known]
     if missing:
-        raise ValueError(f"no prompt set named {', '.join(repr(m) for m in missing)} "
-                         f"(known: {', '.join(sorted(known)) or 'none'})")
+        raise ValueError(
+            f"no prompt set named {', '.join(repr(m) for m in missing)} "
+            f"(known: {', '.join(sorted(known)) or 'none'})"
+        )
     query = (
         select(Annotation, Task, Prompt)
         .join(Task, Annotation.task_id == Task.id)
@@ -66,10 +71,10 @@ def load_groups(*, session: Session, filters: DataFilters) -> tuple[list[Group],
     )
     if filters.sets:
         query = query.join(PromptSet, Task.prompt_set_id == PromptSet.id).where(
-            PromptSet.name.in_(filters.sets))
+            PromptSet.name.in_(filters.sets)
+        )
     if filters.labelers:
-        query = query.join(User, Annotation.user_id == User.id).where(
-            User.username.in_(filters.labelers))
+        query = query.join(User, Annotation.user_id == User.id).where(User.username.in_(filters.labelers))
     if filters.since is not None:
         query = query.where(Annotation.created_at >= filters.since)
     if filters.until is not None:
@@ -97,14 +102,22 @@ def load_groups(*, session: Session, filters: DataFilters) -> tuple[list[Group],
             digest.update(f"{ann.id}:{rankings[-1]};".encode())
         if len(rankings) < filters.min_labels or len(comps) < 2:
             continue
-        groups.append(Group(prompt=prompt.text, completions=tuple(c.text for c in comps),
-                            rankings=tuple(rankings), key=prompt.text_hash,
-                            policies=tuple(c.model_version_id for c in comps), task_id=task.id))
+        groups.append(
+            Group(
+                prompt=prompt.text,
+                completions=tuple(c.text for c in comps),
+                rankings=tuple(rankings),
+                key=prompt.text_hash,
+                policies=tuple(c.model_version_id for c in comps),
+                task_id=task.id,
+            )
+        )
     manifest = {
-        "schema": SCHEMA, "created_at": utcnow().isoformat(),
-        "filters": {k: (v.isoformat() if isinstance(v, datetime) else v)
-                    for k, v in asdict(filters).items()},
-        "tasks": len(groups), "rankings": sum(len(g.rankings) for g in groups),
+        "schema": SCHEMA,
+        "created_at": utcnow().isoformat(),
+        "filters": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(filters).items()},
+        "tasks": len(groups),
+        "rankings": sum(len(g.rankings) for g in groups),
         "comparisons": sum(g.n_pairs() for g in groups),
         "completions": sum(g.k for g in groups),
         "incomplete_annotations_dropped": dropped,
@@ -129,5 +142,9 @@ def group_from_row(row: dict[str, Any]) -> Group:
     for r in rankings:
         if len(r) != len(comps):
             raise ValueError(f"a ranking has {len(r)} ranks for {len(comps)} completions")
-    return Group(prompt=str(row["prompt"]), completions=comps, rankings=rankings,
-                 key=str(row.get("prompt_id") or row["prompt"]))
+    return Group(
+        prompt=str(row["prompt"]),
+        completions=comps,
+        rankings=rankings,
+        key=str(row.get("prompt_id") or row["prompt"]),
+    )

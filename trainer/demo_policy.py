@@ -46,8 +46,18 @@ class DemoSize:
 
 
 # Tests build this one: small enough to train in a few seconds, still real transformers code.
-TINY = DemoSize(hidden=32, layers=2, heads=2, vocab=400, positions=128, seq_len=48, batch=8,
-                steps=60, seconds=8.0, lr=5e-3)
+TINY = DemoSize(
+    hidden=32,
+    layers=2,
+    heads=2,
+    vocab=400,
+    positions=128,
+    seq_len=48,
+    batch=8,
+    steps=60,
+    seconds=8.0,
+    lr=5e-3,
+)
 
 
 def corpus_documents(path: Path = CORPUS) -> list[str]:
@@ -60,25 +70,37 @@ def build_tokenizer(docs: list[str], vocab: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(docs, trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=[PAD, EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        docs,
+        trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=[PAD, EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     # Left padding: generation appends to the right end of every row of a batch.
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
-                                   bos_token=EOS, padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=EOS, padding_side="left"
+    )
 
 
-def build_demo_policy(path: Path, size: DemoSize = DemoSize(), *, seed: int = 0,
-                      say: Callable[[str], None] | None = None) -> Path:
+def build_demo_policy(
+    path: Path, size: DemoSize = DemoSize(), *, seed: int = 0, say: Callable[[str], None] | None = None
+) -> Path:
     """Build, train briefly and save the demo policy into `path` (replacing what is there)."""
     say = say or (lambda _msg: None)
     torch.manual_seed(seed)
     docs = corpus_documents()
     tokenizer = build_tokenizer(docs, size.vocab)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=size.hidden, n_layer=size.layers, n_head=size.heads,
-        n_positions=size.positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_embd=size.hidden,
+        n_layer=size.layers,
+        n_head=size.heads,
+        n_positions=size.positions,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = GPT2LMHeadModel(config)
@@ -95,10 +117,19 @@ def build_demo_policy(path: Path, size: DemoSize = DemoSize(), *, seed: int = 0,
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({
-        "size": asdict(size), "seed": seed, "train_steps": steps, "final_loss": round(loss, 4),
-        "corpus": CORPUS.name, "note": "demo model: not a real assistant",
-    }, indent=2))
+    (tmp / MARKER).write_text(
+        json.dumps(
+            {
+                "size": asdict(size),
+                "seed": seed,
+                "train_steps": steps,
+                "final_loss": round(loss, 4),
+                "corpus": CORPUS.name,
+                "note": "demo model: not a real assistant",
+            },
+            indent=2,
+        )
+    )
     if path.exists():
         shutil.rmtree(path)
     try:
@@ -113,8 +144,9 @@ def is_built(path: Path) -> bool:
     return (path / MARKER).is_file()
 
 
-def ensure_demo_policy(path: Path, size: DemoSize = DemoSize(), *,
-                       say: Callable[[str], None] | None = None) -> Path:
+def ensure_demo_policy(
+    path: Path, size: DemoSize = DemoSize(), *, say: Callable[[str], None] | None = None
+) -> Path:
     if not is_built(path):
         build_demo_policy(path, size, say=say)
     return path
@@ -149,7 +181,7 @@ def _train_loop(model: GPT2LMHeadModel, stream: torch.Tensor, size: DemoSize) ->
         for group in opt.param_groups:
             group["lr"] = size.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / size.steps)))
         offsets = torch.randint(0, span, (size.batch,), generator=gen)
-        batch = torch.stack([stream[o: o + size.seq_len] for o in offsets.tolist()])  # (B, T)
+        batch = torch.stack([stream[o : o + size.seq_len] for o in offsets.tolist()])  # (B, T)
         out = model(input_ids=batch, labels=batch)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()

@@ -159,8 +159,7 @@ class JobReporter:
         with self.ctx.session() as s:  # shown on the run page while it runs
             job = s.get(Job, self.ctx.job_id)
             if job is not None:
-                job.result = {**(job.result or {}), "samples": list(self.rows),
-                              "from_demo": self.from_demo}
+                job.result = {**(job.result or {}), "samples": list(self.rows), "from_demo": self.from_demo}
 
     def log(self, line: str) -> None:
         self.ctx.log(line)

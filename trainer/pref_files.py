@@ -17,7 +17,14 @@ from trainer.reward import Group
 def read_preference_groups(path: Path, *, kind: str = "auto") -> tuple[list[Group], int]:
     """(groups, invalid rows skipped)."""
     _, units, errors, _ = importer.parse(Path(path).read_bytes(), Path(path).name, kind=kind)
-    groups = [Group(prompt=u.prompt, completions=tuple(text for _, text, _ in u.completions),
-                    rankings=(tuple(u.ranks),), key=u.prompt)
-              for u in units if u.skip_reason is None and len(u.completions) >= 2]
+    groups = [
+        Group(
+            prompt=u.prompt,
+            completions=tuple(text for _, text, _ in u.completions),
+            rankings=(tuple(u.ranks),),
+            key=u.prompt,
+        )
+        for u in units
+        if u.skip_reason is None and len(u.completions) >= 2
+    ]
     return groups, len({e.line for e in errors})

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +72,14 @@ class PairPlan:
     offsets: list[int] = field(default_factory=list)  # first score index of each group
 
     def to(self, device: torch.device | str) -> PairPlan:
-        return PairPlan(self.win.to(device), self.lose.to(device), self.ranking.to(device),
-                        self.n_rankings, self.n_sequences, self.offsets)
+        return PairPlan(
+            self.win.to(device),
+            self.lose.to(device),
+            self.ranking.to(device),
+            self.n_rankings,
+            self.n_sequences,
+            self.offsets,
+        )
 
 
 def plan_pairs(groups: Sequence[Group]) -> PairPlan:
@@ -92,8 +98,7 @@ def plan_pairs(groups: Sequence[Group]) -> PairPlan:
         offsets.append(base)
         for ranks in g.rankings:
             if len(ranks) != g.k:
-                raise ValueError(f"a ranking of {len(ranks)} ranks for {g.k} completions "
-                                 f"(task {g.task_id})")
+                raise ValueError(f"a ranking of {len(ranks)} ranks for {g.k} completions (task {g.task_id})")
             pairs = ranking_pairs(ranks)
             if not pairs:
                 continue
@@ -113,8 +118,7 @@ def grouped_loss(scores: Tensor, plan: PairPlan) -> Tensor:
         return scores.sum() * 0.0  # keeps the graph (DDP wants every step to backpropagate)
     logp = F.logsigmoid(scores[plan.win] - scores[plan.lose])  # (P,)
     sums = scores.new_zeros(plan.n_rankings).index_add(0, plan.ranking, logp)  # (R,)
-    counts = scores.new_zeros(plan.n_rankings).index_add(
-        0, plan.ranking, torch.ones_like(logp))  # (R,)
+    counts = scores.new_zeros(plan.n_rankings).index_add(0, plan.ranking, torch.ones_like(logp))  # (R,)
     return -(sums / counts).mean()
 
 
@@ -161,8 +165,7 @@ def encode_pair(tokenizer: Any, prompt: str, completion: str, max_length: int) -
         enc = tokenizer(prompt, completion, truncation=strategy, max_length=max_length)
     finally:
         tokenizer.truncation_side = side
-    return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]) if "token_type_ids" in enc
-                   else None)
+    return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]) if "token_type_ids" in enc else None)
 
 
 def collate(encoded: Sequence[Encoded], pad_id: int, *, left: bool = False) -> dict[str, Tensor]:
@@ -210,12 +213,17 @@ def score(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     # Through the (possibly DDP-wrapped) model's own forward, so gradient sync is set up; its
     # pooled logits find the "last non-pad token" by token id, which fails when pad == eos, so
     # the score is read here from the final hidden states at the mask's last position.
-    out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids,
-                output_hidden_states=True)
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=mask,
+        position_ids=position_ids,
+        output_hidden_states=True,
+    )
     hidden = out.hidden_states[-1]  # (B, T, d), after the final norm
     last = last_token_index(mask)  # (B,)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
-    return core.score(pooled)[:, 0]  # (B,)
+    head = cast(nn.Module, core.score)
+    return head(pooled)[:, 0]  # (B,)
 
 
 def normalize(raw: Tensor, config: Any) -> Tensor:
@@ -265,7 +273,8 @@ def load_reward_model(source: str, *, tokenizer_source: str | None = None) -> tu
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        source, config=config, output_loading_info=True)
+        source, config=config, output_loading_info=True
+    )
     head = score_head(model)
     head_names = {n for n, m in model.named_modules() if m is head}
     if any(k.rsplit(".", 1)[0] in head_names for k in info.get("missing_keys", [])):
@@ -275,9 +284,17 @@ def load_reward_model(source: str, *, tokenizer_source: str | None = None) -> tu
 
 
 @torch.no_grad()
-def score_texts(model: nn.Module, tokenizer: Any, prompts: Sequence[str], completions: Sequence[str],
-                *, max_length: int = 512, batch_size: int = 32, normalized: bool = True,
-                device: torch.device | str | None = None) -> list[float]:
+def score_texts(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    max_length: int = 512,
+    batch_size: int = 32,
+    normalized: bool = True,
+    device: torch.device | str | None = None,
+) -> list[float]:
     """Scores of prompt + completion pairs, in order (normalised with the stored statistics)."""
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -285,9 +302,12 @@ def score_texts(model: nn.Module, tokenizer: Any, prompts: Sequence[str], comple
     out: list[float] = []
     pad = tokenizer.pad_token_id
     for start in range(0, len(prompts), batch_size):
-        enc = [encode_pair(tokenizer, p, c, max_length)
-               for p, c in zip(prompts[start:start + batch_size],
-                               completions[start:start + batch_size], strict=True)]
+        enc = [
+            encode_pair(tokenizer, p, c, max_length)
+            for p, c in zip(
+                prompts[start : start + batch_size], completions[start : start + batch_size], strict=True
+            )
+        ]
         batch = {k: v.to(device) for k, v in collate(enc, pad).items()}
         raw = score(model, batch).float()
         out.extend((normalize(raw, model.config) if normalized else raw).tolist())

@@ -36,15 +36,16 @@ def config_from_params(params: dict[str, Any], base_model: str) -> RewardConfig:
     known = {f.name for f in fields(RewardConfig)}
     unknown = sorted(set(params) - known - FILTER_KEYS)
     if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for train_reward "
-                         f"(known: {', '.join(sorted(known | FILTER_KEYS))})")
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} for train_reward "
+            f"(known: {', '.join(sorted(known | FILTER_KEYS))})"
+        )
     values = {k: v for k, v in params.items() if k in known and v not in (None, "")}
     values["base_model"] = base_model
     return RewardConfig.from_dict(values)
 
 
-def resolve_base_model(requested: str | None,
-                       policy: ModelVersion | None) -> tuple[str, ModelVersion | None]:
+def resolve_base_model(requested: str | None, policy: ModelVersion | None) -> tuple[str, ModelVersion | None]:
     """The backbone: what was asked for, else the active `policy`'s, else RANKLAB_POLICY_MODEL.
     The policy comes back only when its files are the backbone (it is then the model's parent)."""
     if requested:
@@ -53,8 +54,9 @@ def resolve_base_model(requested: str | None,
         return str(policy.path or policy.source), policy
     if get_settings().policy_model:
         return str(get_settings().policy_model), None
-    raise ValueError("no base model: pass base_model (--base-model), or make a policy with "
-                     "saved files active")
+    raise ValueError(
+        "no base model: pass base_model (--base-model), or make a policy with saved files active"
+    )
 
 
 def run_job(ctx: Any) -> dict[str, Any]:
@@ -70,12 +72,18 @@ def run_job(ctx: Any) -> dict[str, Any]:
     if not groups:
         raise ValueError(f"no rankings match the filters {manifest['filters']}")
     manifest["job_id"] = ctx.job_id
-    ctx.log(f"{manifest['tasks']} tasks, {manifest['rankings']} rankings, "
-            f"{manifest['comparisons']} comparisons; base model {base_model}")
+    ctx.log(
+        f"{manifest['tasks']} tasks, {manifest['rankings']} rankings, "
+        f"{manifest['comparisons']} comparisons; base model {base_model}"
+    )
 
     # The reference policy's own samples set the score's zero and unit; without any, all of them.
-    reference = [(g.prompt, c) for g in groups
-                 for c, p in zip(g.completions, g.policies, strict=False) if ref_id and p == ref_id]
+    reference = [
+        (g.prompt, c)
+        for g in groups
+        for c, p in zip(g.completions, g.policies, strict=False)
+        if ref_id and p == ref_id
+    ]
     manifest["normalized_on"] = f"policy {ref_id}" if reference else "every completion in the data"
 
     out_dir, work_dir = paths_for(ctx.job_id)
@@ -84,10 +92,17 @@ def run_job(ctx: Any) -> dict[str, Any]:
             # A previous attempt saved the model and died before registering it.
             metrics = json.loads((out_dir / "metrics.json").read_text())
         else:
-            result = train(cfg, groups, out_dir=out_dir, work_dir=work_dir,
-                           reference=reference or None, manifest=manifest,
-                           hooks=Hooks(progress=lambda f, m: ctx.progress(0.02 + 0.98 * f, m),
-                                       metric=ctx.metric, log=ctx.log))
+            result = train(
+                cfg,
+                groups,
+                out_dir=out_dir,
+                work_dir=work_dir,
+                reference=reference or None,
+                manifest=manifest,
+                hooks=Hooks(
+                    progress=lambda f, m: ctx.progress(0.02 + 0.98 * f, m), metric=ctx.metric, log=ctx.log
+                ),
+            )
             metrics = result.metrics
     except jobs.JobCancelled:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -96,12 +111,20 @@ def run_job(ctx: Any) -> dict[str, Any]:
     shutil.rmtree(work_dir, ignore_errors=True)
 
     with ctx.session() as s:
-        mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == ctx.job_id,
-                                                 ModelVersion.kind == ModelKind.reward))
+        mv = s.scalar(
+            select(ModelVersion).where(
+                ModelVersion.job_id == ctx.job_id, ModelVersion.kind == ModelKind.reward
+            )
+        )
         if mv is None:
-            mv = ModelVersion(kind=ModelKind.reward, name=f"reward-job{ctx.job_id}",
-                              source=base_model, path=str(out_dir), job_id=ctx.job_id,
-                              parent_id=policy.id if policy else None)
+            mv = ModelVersion(
+                kind=ModelKind.reward,
+                name=f"reward-job{ctx.job_id}",
+                source=base_model,
+                path=str(out_dir),
+                job_id=ctx.job_id,
+                parent_id=policy.id if policy else None,
+            )
             s.add(mv)
         mv.config = {**asdict(cfg), "data": manifest["filters"], "manifest": manifest}
         mv.metrics = metrics
@@ -110,7 +133,8 @@ def run_job(ctx: Any) -> dict[str, Any]:
             mv.is_active = True  # the first reward model is the one PPO uses until someone switches
         s.flush()
         mv_id, active = mv.id, mv.is_active
-    ctx.log(f"reward model {mv_id} saved at {out_dir} (validation accuracy "
-            f"{metrics.get('val_accuracy')}){'; now active' if active else ''}")
-    return {"model_version_id": mv_id, "path": str(out_dir), "active": active,
-            "metrics": metrics}
+    ctx.log(
+        f"reward model {mv_id} saved at {out_dir} (validation accuracy "
+        f"{metrics.get('val_accuracy')}){'; now active' if active else ''}"
+    )
+    return {"model_version_id": mv_id, "path": str(out_dir), "active": active, "metrics": metrics}

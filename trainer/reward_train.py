@@ -82,8 +82,9 @@ class RewardConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown reward config field(s): {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(known))})")
+            raise ValueError(
+                f"unknown reward config field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -118,8 +119,9 @@ class TrainResult:
 # --- data ---------------------------------------------------------------------------------
 
 
-def split_by_prompt(groups: Sequence[Group], val_fraction: float,
-                    seed: int = 0) -> tuple[list[Group], list[Group]]:
+def split_by_prompt(
+    groups: Sequence[Group], val_fraction: float, seed: int = 0
+) -> tuple[list[Group], list[Group]]:
     """A stable split by prompt: a prompt's every task and ranking fall on one side."""
     if val_fraction <= 0:
         return list(groups), []
@@ -151,9 +153,9 @@ def step_plan(n_groups: int, cfg: RewardConfig, world: int) -> list[list[list[in
     for epoch in range(cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         order = torch.randperm(n_groups, generator=gen).tolist()
-        micros = [order[i:i + per_micro] for i in range(0, n_groups, per_micro)]
+        micros = [order[i : i + per_micro] for i in range(0, n_groups, per_micro)]
         micros = [m for m in micros if len(m) >= world]
-        steps.extend(micros[i:i + cfg.grad_accum] for i in range(0, len(micros), cfg.grad_accum))
+        steps.extend(micros[i : i + cfg.grad_accum] for i in range(0, len(micros), cfg.grad_accum))
     return steps
 
 
@@ -161,46 +163,60 @@ def cosine_to(ratio: float, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         progress = min(1.0, step / max(1, total))
         return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return factor
 
 
-def scores_of(model: torch.nn.Module, enc: Sequence[Encoded], pad_id: int,
-              device: torch.device) -> torch.Tensor:
+def scores_of(
+    model: torch.nn.Module, enc: Sequence[Encoded], pad_id: int, device: torch.device
+) -> torch.Tensor:
     batch = {k: v.to(device) for k, v in collate(enc, pad_id).items()}
     return score(model, batch).float()  # (N,)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, groups: Sequence[Group], encoded: Sequence[list[Encoded]],
-             pad_id: int, device: torch.device, batch_size: int,
-             accelerator: Any = None) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module,
+    groups: Sequence[Group],
+    encoded: Sequence[list[Encoded]],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    accelerator: Any = None,
+) -> dict[str, float]:
     """Validation loss (mean over rankings) and pairwise accuracy, summed over every process."""
     model.eval()
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     idx = list(range(rank, len(groups), world))
     totals = torch.zeros(4, dtype=torch.float64)  # loss·R, R, correct, pairs
     for start in range(0, len(idx), batch_size):
-        chunk = idx[start:start + batch_size]
+        chunk = idx[start : start + batch_size]
         plan = plan_pairs([groups[i] for i in chunk]).to(device)
         if plan.n_rankings == 0:
             continue
         s = scores_of(model, [e for i in chunk for e in encoded[i]], pad_id, device)
         right, pairs = pair_correct(s, plan)
-        totals += torch.tensor([float(grouped_loss(s, plan)) * plan.n_rankings, plan.n_rankings,
-                                right, pairs], dtype=torch.float64)
+        totals += torch.tensor(
+            [float(grouped_loss(s, plan)) * plan.n_rankings, plan.n_rankings, right, pairs],
+            dtype=torch.float64,
+        )
     if accelerator is not None and world > 1:
         totals = accelerator.reduce(totals.to(device), reduction="sum").cpu()
     model.train()
     loss_r, n_r, right, pairs = totals.tolist()
-    return {"val_loss": loss_r / n_r if n_r else float("nan"),
-            "val_accuracy": right / pairs if pairs else float("nan"), "val_pairs": int(pairs)}
+    return {
+        "val_loss": loss_r / n_r if n_r else float("nan"),
+        "val_accuracy": right / pairs if pairs else float("nan"),
+        "val_pairs": int(pairs),
+    }
 
 
 # --- checkpoints --------------------------------------------------------------------------
 
 
-def save_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                    step: int, cfg: RewardConfig) -> None:
+def save_checkpoint(
+    work_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, cfg: RewardConfig
+) -> None:
     """Model, optimizer and schedule at `step`, written aside and swapped in whole."""
     from safetensors.torch import save_model
 
@@ -208,8 +224,7 @@ def save_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any, s
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-               tmp / "trainer.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=2))
     final = work_dir / CHECKPOINT
     old = work_dir / f"{CHECKPOINT}.old"
@@ -220,8 +235,7 @@ def save_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any, s
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any,
-                    scheduler: Any) -> int:
+def load_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> int:
     """The step of the last whole checkpoint, loaded into the given objects; 0 when none."""
     from safetensors.torch import load_model
 
@@ -238,9 +252,17 @@ def load_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any,
 # --- the run ------------------------------------------------------------------------------
 
 
-def train(cfg: RewardConfig, groups: Sequence[Group], *, out_dir: Path, work_dir: Path,
-          reference: Sequence[tuple[str, str]] | None = None, manifest: dict[str, Any] | None = None,
-          hooks: Hooks | None = None, accelerator: Any = None) -> TrainResult:
+def train(
+    cfg: RewardConfig,
+    groups: Sequence[Group],
+    *,
+    out_dir: Path,
+    work_dir: Path,
+    reference: Sequence[tuple[str, str]] | None = None,
+    manifest: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    accelerator: Any = None,
+) -> TrainResult:
     """Train, validate, normalise and save to out_dir (which must not exist yet).
 
     reference: (prompt, completion) samples of the reference policy for the normalisation;
@@ -265,8 +287,10 @@ def train(cfg: RewardConfig, groups: Sequence[Group], *, out_dir: Path, work_dir
     train_groups = [g for g in train_groups if g.n_pairs() > 0]
     if not train_groups:
         raise ValueError("no training data: no ranking with two differently ranked completions")
-    hooks.log(f"{len(train_groups)} training prompts, {len(val_groups)} validation prompts, "
-              f"{sum(g.n_pairs() for g in train_groups)} training comparisons")
+    hooks.log(
+        f"{len(train_groups)} training prompts, {len(val_groups)} validation prompts, "
+        f"{sum(g.n_pairs() for g in train_groups)} training comparisons"
+    )
     model, tokenizer = load_reward_model(cfg.base_model)
     pad_id = tokenizer.pad_token_id
     train_enc = encode_groups(tokenizer, train_groups, cfg.max_length)
@@ -290,10 +314,10 @@ def train(cfg: RewardConfig, groups: Sequence[Group], *, out_dir: Path, work_dir
     began = time.monotonic()
     seen_pairs = 0
     for step in range(start, total):
-        micros = [[train_groups[i] for i in m[accelerator.process_index::world]]
-                  for m in plan[step]]
-        micro_encs = [[e for i in m[accelerator.process_index::world] for e in train_enc[i]]
-                      for m in plan[step]]
+        micros = [[train_groups[i] for i in m[accelerator.process_index :: world]] for m in plan[step]]
+        micro_encs = [
+            [e for i in m[accelerator.process_index :: world] for e in train_enc[i]] for m in plan[step]
+        ]
         plans = [plan_pairs(m).to(device) for m in micros]
         n_rankings = sum(p.n_rankings for p in plans) or 1
         step_loss = 0.0
@@ -316,15 +340,20 @@ def train(cfg: RewardConfig, groups: Sequence[Group], *, out_dir: Path, work_dir
             hooks.metric(done, train_loss=step_loss, lr=lr)
         history["train_loss"] = step_loss
         if done % cfg.eval_every == 0 and done < total:
-            val = evaluate(model, val_groups, val_enc, pad_id, device, cfg.eval_batch_size,
-                           accelerator)
+            val = evaluate(model, val_groups, val_enc, pad_id, device, cfg.eval_batch_size, accelerator)
             if main and val["val_pairs"]:
                 hooks.metric(done, val_loss=val["val_loss"], val_accuracy=val["val_accuracy"])
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
             accelerator.wait_for_everyone()
             if main:
-                save_checkpoint(work_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
-                                scheduler=scheduler, step=done, cfg=cfg)
+                save_checkpoint(
+                    work_dir,
+                    model=accelerator.unwrap_model(model),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    step=done,
+                    cfg=cfg,
+                )
                 hooks.log(f"checkpoint at step {done}")
         hooks.progress(0.95 * done / total, f"step {done}/{total}, loss {step_loss:.4f}")
     seconds = time.monotonic() - began
@@ -343,8 +372,12 @@ def train(cfg: RewardConfig, groups: Sequence[Group], *, out_dir: Path, work_dir
     ref_enc = [encode_pair(tokenizer, p, c, cfg.max_length) for p, c in reference]
     bare.eval()
     with torch.no_grad():
-        raw = torch.cat([scores_of(bare, ref_enc[i:i + cfg.eval_batch_size], pad_id, device)
-                         for i in range(0, len(ref_enc), cfg.eval_batch_size)])
+        raw = torch.cat(
+            [
+                scores_of(bare, ref_enc[i : i + cfg.eval_batch_size], pad_id, device)
+                for i in range(0, len(ref_enc), cfg.eval_batch_size)
+            ]
+        )
     mean = float(raw.mean())
     std = float(raw.std()) if raw.numel() > 1 and float(raw.std()) > 1e-6 else 1.0
     setattr(bare.config, NORM_MEAN, mean)
@@ -353,12 +386,18 @@ def train(cfg: RewardConfig, groups: Sequence[Group], *, out_dir: Path, work_dir
     metrics = {
         "val_accuracy": val["val_accuracy"] if val["val_pairs"] else None,
         "val_loss": val["val_loss"] if val["val_pairs"] else None,
-        "val_pairs": val["val_pairs"], "train_loss": history.get("train_loss"),
-        "train_prompts": len(train_groups), "val_prompts": len(val_groups),
-        "train_pairs": sum(g.n_pairs() for g in train_groups), "steps": total,
-        "resumed_from_step": start, "seconds": round(seconds, 2),
+        "val_pairs": val["val_pairs"],
+        "train_loss": history.get("train_loss"),
+        "train_prompts": len(train_groups),
+        "val_prompts": len(val_groups),
+        "train_pairs": sum(g.n_pairs() for g in train_groups),
+        "steps": total,
+        "resumed_from_step": start,
+        "seconds": round(seconds, 2),
         "pairs_per_second": round(seen_pairs * world / seconds, 2) if seconds > 0 else None,
-        NORM_MEAN: mean, NORM_STD: std, "normalized_on": len(reference),
+        NORM_MEAN: mean,
+        NORM_STD: std,
+        "normalized_on": len(reference),
     }
 
     # -- save whole: a temporary folder renamed into place
@@ -412,13 +451,19 @@ def read_groups(path: Path) -> list[Group]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.reward_train",
-        description="Train a reward model on a groups file; run under `accelerate launch` for "
-                    "several GPUs.")
+        description="Train a reward model on a groups file; run under `accelerate launch` for several GPUs.",
+    )
     parser.add_argument("--groups", type=Path, required=True, help="groups JSON Lines file")
     parser.add_argument("--config", type=Path, help="RewardConfig fields as JSON")
     parser.add_argument("--out", type=Path, required=True, help="model folder to create")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="FIELD=VALUE", help="override one config field (JSON value)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one config field (JSON value)",
+    )
     args = parser.parse_args(argv)
     values = json.loads(args.config.read_text()) if args.config else {}
     for item in args.overrides:
@@ -430,12 +475,20 @@ def main(argv: list[str] | None = None) -> None:
     cfg = RewardConfig.from_dict(values)
     groups = read_groups(args.groups)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    hooks = Hooks(log=lambda line: print(line, flush=True) if rank0 else None,
-                  metric=lambda step, **v: print(json.dumps({"step": step, **v}), flush=True)
-                  if rank0 and "val_accuracy" in v else None)
-    result = train(cfg, groups, out_dir=args.out,
-                   work_dir=args.out.with_name(f".{args.out.name}.work"),
-                   manifest={"groups_file": str(args.groups), "groups": len(groups)}, hooks=hooks)
+    hooks = Hooks(
+        log=lambda line: print(line, flush=True) if rank0 else None,
+        metric=lambda step, **v: (
+            print(json.dumps({"step": step, **v}), flush=True) if rank0 and "val_accuracy" in v else None
+        ),
+    )
+    result = train(
+        cfg,
+        groups,
+        out_dir=args.out,
+        work_dir=args.out.with_name(f".{args.out.name}.work"),
+        manifest={"groups_file": str(args.groups), "groups": len(groups)},
+        hooks=hooks,
+    )
     if rank0:
         print(json.dumps(result.metrics))
 

@@ -56,8 +56,11 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
             raise LookupError(f"prompt set {cfg.prompt_set_id} does not exist")
         k = prompt_set.k
         params = SamplingParams.from_dict(prompt_set.sampling or {})
-        main = (s.get(ModelVersion, prompt_set.policy_version_id) if prompt_set.policy_version_id
-                else policies.default_policy(session=s, settings=settings))
+        main = (
+            s.get(ModelVersion, prompt_set.policy_version_id)
+            if prompt_set.policy_version_id
+            else policies.default_policy(session=s, settings=settings)
+        )
         assert main is not None
         chosen = [main]
         if prompt_set.compare_version_id:
@@ -88,10 +91,9 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
                 raise BackendError(f"policy version {v.id} ({v.source}): {exc}") from exc
         ctx.progress(done / total if total else 1.0, f"{done}/{total} prompts sampled")
         for start in range(0, len(pending), cfg.batch_prompts):
-            batch = pending[start: start + cfg.batch_prompts]
+            batch = pending[start : start + cfg.batch_prompts]
             seed = base_seed + batch[0][0]  # the same batch draws the same samples when rerun
-            per_prompt = _sample_batch(batch, versions, backends, shares, params, seed,
-                                       cfg.duplicate_tries)
+            per_prompt = _sample_batch(batch, versions, backends, shares, params, seed, cfg.duplicate_tries)
             new = _write_batch(ctx, set_id, batch, per_prompt, params, backends[0].name)
             written += new
             duplicates_kept += sum(d for _, d in per_prompt)
@@ -105,14 +107,23 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
         raise
     with ctx.session() as s:
         _set_status(s, set_id, SetStatus.active)
-    return {"prompt_set_id": set_id, "prompts": total, "sampled_now": written,
-            "completions": written * k, "duplicates_kept": duplicates_kept,
-            "versions": [v.id for v in versions], "is_demo": any(v.is_demo for v in versions)}
+    return {
+        "prompt_set_id": set_id,
+        "prompts": total,
+        "sampled_now": written,
+        "completions": written * k,
+        "duplicates_kept": duplicates_kept,
+        "versions": [v.id for v in versions],
+        "is_demo": any(v.is_demo for v in versions),
+    }
 
 
 def _pending(s: Any, set_id: int) -> tuple[int, list[tuple[int, str]]]:
-    rows = s.execute(select(Prompt.id, Prompt.text, exists().where(Task.prompt_id == Prompt.id))
-                     .where(Prompt.prompt_set_id == set_id).order_by(Prompt.id)).all()
+    rows = s.execute(
+        select(Prompt.id, Prompt.text, exists().where(Task.prompt_id == Prompt.id))
+        .where(Prompt.prompt_set_id == set_id)
+        .order_by(Prompt.id)
+    ).all()
     return len(rows), [(pid, text) for pid, text, has_task in rows if not has_task]
 
 
@@ -125,9 +136,15 @@ def _set_status(s: Any, set_id: int, status: str) -> None:
 _Tagged = tuple[int, Sample, int]  # (version id, sample, seed)
 
 
-def _sample_batch(batch: list[tuple[int, str]], versions: list[_Version], backends: list[Backend],
-                  shares: list[int], params: SamplingParams, seed: int,
-                  tries: int) -> list[tuple[list[tuple[_Tagged, bool]], int]]:
+def _sample_batch(
+    batch: list[tuple[int, str]],
+    versions: list[_Version],
+    backends: list[Backend],
+    shares: list[int],
+    params: SamplingParams,
+    seed: int,
+    tries: int,
+) -> list[tuple[list[tuple[_Tagged, bool]], int]]:
     """For each prompt: its K (tagged sample, is_duplicate) and how many duplicates remain."""
     texts = [t for _, t in batch]
     rows: list[list[_Tagged]] = [[] for _ in batch]
@@ -149,9 +166,15 @@ def _sample_batch(batch: list[tuple[int, str]], versions: list[_Version], backen
     return out
 
 
-def _resample_duplicates(text: str, row: list[_Tagged], versions: list[_Version],
-                         backends: list[Backend], params: SamplingParams, seed: int,
-                         tries: int) -> list[_Tagged]:
+def _resample_duplicates(
+    text: str,
+    row: list[_Tagged],
+    versions: list[_Version],
+    backends: list[Backend],
+    params: SamplingParams,
+    seed: int,
+    tries: int,
+) -> list[_Tagged]:
     by_id = {v.id: b for v, b in zip(versions, backends, strict=True)}
     for attempt in range(1, tries + 1):
         seen: set[str] = set()
@@ -176,22 +199,40 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def _write_batch(ctx: JobContext, set_id: int, batch: list[tuple[int, str]],
-                 per_prompt: list[tuple[list[tuple[_Tagged, bool]], int]],
-                 params: SamplingParams, backend_name: str) -> int:
+def _write_batch(
+    ctx: JobContext,
+    set_id: int,
+    batch: list[tuple[int, str]],
+    per_prompt: list[tuple[list[tuple[_Tagged, bool]], int]],
+    params: SamplingParams,
+    backend_name: str,
+) -> int:
     """One transaction per batch: each task with all its completions, or nothing."""
     record = {**params.as_dict(), "backend": backend_name}
     try:
         with ctx.session() as s:
             for (prompt_id, _), (marked, _) in zip(batch, per_prompt, strict=True):
-                task = Task(prompt_id=prompt_id, prompt_set_id=set_id, sampling_job_id=ctx.job_id,
-                            status=TaskStatus.sampling)
+                task = Task(
+                    prompt_id=prompt_id,
+                    prompt_set_id=set_id,
+                    sampling_job_id=ctx.job_id,
+                    status=TaskStatus.sampling,
+                )
                 s.add(task)
                 s.flush()
-                s.add_all(Completion(task_id=task.id, model_version_id=vid, text=smp.text,
-                                     params=record, seed=seed, finish_reason=smp.finish_reason,
-                                     token_count=smp.token_count, is_duplicate=dup)
-                          for (vid, smp, seed), dup in marked)
+                s.add_all(
+                    Completion(
+                        task_id=task.id,
+                        model_version_id=vid,
+                        text=smp.text,
+                        params=record,
+                        seed=seed,
+                        finish_reason=smp.finish_reason,
+                        token_count=smp.token_count,
+                        is_duplicate=dup,
+                    )
+                    for (vid, smp, seed), dup in marked
+                )
                 # Its K completions exist, in this same transaction: labelers may take it.
                 task.status = TaskStatus.open
     except IntegrityError:
@@ -199,4 +240,3 @@ def _write_batch(ctx: JobContext, set_id: int, batch: list[tuple[int, str]],
         ctx.log(f"batch starting at prompt {batch[0][0]} was already written; skipped")
         return 0
     return len(batch)
-

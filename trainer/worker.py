@@ -141,13 +141,13 @@ class JobContext:
     def check_cancelled(self) -> None:
         if self.lost.is_set():
             raise JobLost(f"job {self.job_id} was taken over by another worker")
-        if in_transaction(self.sessions,
-                          lambda s: jobs.is_cancel_requested(session=s, job_id=self.job_id)):
+        if in_transaction(self.sessions, lambda s: jobs.is_cancel_requested(session=s, job_id=self.job_id)):
             raise jobs.JobCancelled()
 
     def metric(self, step: int, **values: float) -> None:
-        in_transaction(self.sessions, lambda s: jobs.add_metrics(
-            session=s, job_id=self.job_id, step=step, values=values))
+        in_transaction(
+            self.sessions, lambda s: jobs.add_metrics(session=s, job_id=self.job_id, step=step, values=values)
+        )
 
     def log(self, line: str) -> None:
         log.info("job %s: %s", self.job_id, line)
@@ -202,18 +202,29 @@ class Worker:
 
     def maintain(self) -> None:
         """Requeue jobs of dead workers and fail chains that can no longer run."""
-        in_transaction(self.sessions, lambda s: (
-            jobs.requeue_stale(session=s, stale_seconds=self.stale_seconds),
-            jobs.fail_broken_chains(session=s)))
+        in_transaction(
+            self.sessions,
+            lambda s: (
+                jobs.requeue_stale(session=s, stale_seconds=self.stale_seconds),
+                jobs.fail_broken_chains(session=s),
+            ),
+        )
 
     def run_one(self) -> bool:
         """Claim one job and run it to its end. False when nothing was claimable."""
+
         def take(s: Session) -> JobContext | None:
             job = jobs.claim(session=s, worker_id=self.worker_id, kinds=self.kinds)
             if job is None:
                 return None
-            return JobContext(job_id=job.id, kind=job.kind, params=dict(job.params),
-                              attempt=job.attempts, worker_id=self.worker_id, sessions=self.sessions)
+            return JobContext(
+                job_id=job.id,
+                kind=job.kind,
+                params=dict(job.params),
+                attempt=job.attempts,
+                worker_id=self.worker_id,
+                sessions=self.sessions,
+            )
 
         ctx: JobContext | None = in_transaction(self.sessions, take)
         if ctx is None:
@@ -257,8 +268,10 @@ class Worker:
     def _beat(self, ctx: JobContext, done: threading.Event) -> None:
         while not done.wait(self.heartbeat_seconds):
             try:
-                if not in_transaction(self.sessions, lambda s: jobs.heartbeat(
-                        session=s, job_id=ctx.job_id, worker_id=self.worker_id)):
+                if not in_transaction(
+                    self.sessions,
+                    lambda s: jobs.heartbeat(session=s, job_id=ctx.job_id, worker_id=self.worker_id),
+                ):
                     ctx.lost.set()
                     return
             except Exception:  # noqa: BLE001  (a missed beat is retried at the next one)

@@ -37,8 +37,12 @@ def users() -> None:
 
 @users.command("create")
 @click.option("--username", required=True, help="Login name: letters, digits, '.', '_', '-'.")
-@click.option("--role", required=True, type=click.Choice([r.value for r in Role]),
-              help="labeler: labels only; researcher: dashboard, exports, runs; admin: all.")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice([r.value for r in Role]),
+    help="labeler: labels only; researcher: dashboard, exports, runs; admin: all.",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def users_create(username: str, role: str, password_stdin: bool) -> None:
     """Create an account. Asks for the password unless --password-stdin is given.
@@ -106,8 +110,9 @@ def users_list() -> None:
         rows = auth.list_users(session=s)
         click.echo(f"{'id':>4}  {'username':<24} {'role':<11} status")
         for u in rows:
-            click.echo(f"{u.id:>4}  {u.username:<24} {u.role:<11} "
-                       f"{'active' if u.is_active else 'deactivated'}")
+            click.echo(
+                f"{u.id:>4}  {u.username:<24} {u.role:<11} {'active' if u.is_active else 'deactivated'}"
+            )
 
 
 @users.command("ensure-admin")
@@ -137,8 +142,10 @@ def users_ensure_admin() -> None:
     if settings.admin_password:
         click.echo(f"created admin '{username}' with the password from RANKLAB_ADMIN_PASSWORD")
     else:
-        click.echo(f"created admin '{username}' with password: {password}\n"
-                   f"(shown only this once; change it: ranklab users set-password --username {username})")
+        click.echo(
+            f"created admin '{username}' with password: {password}\n"
+            f"(shown only this once; change it: ranklab users set-password --username {username})"
+        )
 
 
 @click.group()

@@ -79,9 +79,7 @@ async def get_principal(
     request: Request, principal: Annotated[Principal | None, Depends(resolve_principal)]
 ) -> Principal | None:
     """The principal, after checking the CSRF token of a cookie-authenticated change."""
-    if principal is not None and principal.user_session is not None and (
-        request.method not in SAFE_METHODS
-    ):
+    if principal is not None and principal.user_session is not None and (request.method not in SAFE_METHODS):
         sent = await submitted_csrf_token(request)
         if not security.same(sent, principal.user_session.csrf_token):
             raise Forbidden("Missing or wrong CSRF token: reload the page and try again.")

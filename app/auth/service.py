@@ -173,8 +173,10 @@ class NewToken:
 def create_token(*, session: Session, user: User, name: str = "api") -> NewToken:
     raw = security.new_token(security.TOKEN_PREFIX)
     row = ApiToken(
-        user_id=user.id, name=name.replace("\x00", "")[:100] or "api",  # PostgreSQL refuses NUL
-        token_hash=security.sha256(raw), prefix=raw[:10]
+        user_id=user.id,
+        name=name.replace("\x00", "")[:100] or "api",  # PostgreSQL refuses NUL
+        token_hash=security.sha256(raw),
+        prefix=raw[:10],
     )
     session.add(row)
     session.flush()

@@ -34,17 +34,28 @@ api = APIRouter(tags=["accounts"])
 def _safe_next(target: str | None) -> str:
     # Only same-site paths: never an open redirect to another host. Browsers read "/\\host" as
     # "//host", and drop tabs and newlines, so a backslash or control character is refused too.
-    if (target and target.startswith("/") and not target.startswith("//")
-            and "\\" not in target and not any(ord(c) < 32 for c in target)):
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and not any(ord(c) < 32 for c in target)
+    ):
         return target
     return "/"
 
 
-def _set_cookie(request: Request, response: Response, name: str, value: str,
-                max_age: int | None = None) -> None:
+def _set_cookie(
+    request: Request, response: Response, name: str, value: str, max_age: int | None = None
+) -> None:
     response.set_cookie(
-        name, value, max_age=max_age, httponly=True, samesite="lax",
-        secure=request.app.state.settings.secure_cookies, path="/",
+        name,
+        value,
+        max_age=max_age,
+        httponly=True,
+        samesite="lax",
+        secure=request.app.state.settings.secure_cookies,
+        path="/",
     )
 
 
@@ -65,13 +76,22 @@ def login_page(request: Request, principal: OptionalPrincipal, next: str | None 
     return _login_form(request, next=next)
 
 
-def _login_form(request: Request, *, next: str | None, error: str | None = None,
-                status_code: int = 200, username: str = "") -> Response:
+def _login_form(
+    request: Request,
+    *,
+    next: str | None,
+    error: str | None = None,
+    status_code: int = 200,
+    username: str = "",
+) -> Response:
     anon = request.cookies.get(ANON_CSRF_COOKIE) or security.new_token()
     request.state.anon_csrf = anon
-    response = render(request, "auth/login.html",
-                      {"next": _safe_next(next), "error": error, "username": username},
-                      status_code=status_code)
+    response = render(
+        request,
+        "auth/login.html",
+        {"next": _safe_next(next), "error": error, "username": username},
+        status_code=status_code,
+    )
     _set_cookie(request, response, ANON_CSRF_COOKIE, anon)
     return response
 
@@ -89,8 +109,9 @@ def login(
     if not security.same(csrf_token, request.cookies.get(ANON_CSRF_COOKIE)):
         raise Forbidden("Missing or wrong CSRF token: reload the login page and try again.")
     if not username.strip() or not password:
-        return _login_form(request, next=next, error="Enter your username and password.",
-                           status_code=422, username=username)
+        return _login_form(
+            request, next=next, error="Enter your username and password.", status_code=422, username=username
+        )
     ip = request.client.host if request.client else None
     try:
         user = auth.authenticate(session=session, username=username.strip(), password=password, ip=ip)
@@ -132,8 +153,11 @@ def home(request: Request, user: CurrentUser) -> Response:
 
 @router.get("/account/tokens", response_class=HTMLResponse)
 def tokens_page(request: Request, session: SessionDep, user: CurrentUser) -> Response:
-    return render(request, "auth/tokens.html",
-                  {"tokens": auth.list_tokens(session=session, user=user), "new_token": None})
+    return render(
+        request,
+        "auth/tokens.html",
+        {"tokens": auth.list_tokens(session=session, user=user), "new_token": None},
+    )
 
 
 @router.post("/account/tokens", response_class=HTMLResponse)
@@ -141,9 +165,12 @@ def create_token_page(
     request: Request, session: SessionDep, user: CurrentUser, name: Annotated[str, Form()] = "api"
 ) -> Response:
     new = auth.create_token(session=session, user=user, name=name.strip())
-    return render(request, "auth/tokens.html",
-                  {"tokens": auth.list_tokens(session=session, user=user), "new_token": new.token},
-                  status_code=201)
+    return render(
+        request,
+        "auth/tokens.html",
+        {"tokens": auth.list_tokens(session=session, user=user), "new_token": new.token},
+        status_code=201,
+    )
 
 
 def _own_token(session: SessionDep, user: User, token_id: int) -> ApiToken:
@@ -164,8 +191,7 @@ def revoke_token_page(token_id: int, session: SessionDep, user: CurrentUser) -> 
 
 @api.get("/me", response_model=MeOut)
 def me(request: Request, user: CurrentUser) -> MeOut:
-    return MeOut(id=user.id, username=user.username, role=user.role,
-                 auth=request.state.principal.via)
+    return MeOut(id=user.id, username=user.username, role=user.role, auth=request.state.principal.via)
 
 
 @api.post("/tokens", response_model=TokenOut, status_code=201)
@@ -185,11 +211,25 @@ def revoke_token_api(token_id: int, session: SessionDep, user: CurrentUser) -> R
 # --- user management ------------------------------------------------------------------------
 
 
-def _users_page(request: Request, session: SessionDep, *, error: str | None = None,
-                new_token: str | None = None, status_code: int = 200) -> Response:
-    return render(request, "auth/users.html",
-                  {"users": auth.list_users(session=session), "roles": list(Role),
-                   "error": error, "new_token": new_token}, status_code=status_code)
+def _users_page(
+    request: Request,
+    session: SessionDep,
+    *,
+    error: str | None = None,
+    new_token: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    return render(
+        request,
+        "auth/users.html",
+        {
+            "users": auth.list_users(session=session),
+            "roles": list(Role),
+            "error": error,
+            "new_token": new_token,
+        },
+        status_code=status_code,
+    )
 
 
 @router.get("/admin/users", response_class=HTMLResponse)
@@ -199,8 +239,12 @@ def users_page(request: Request, session: SessionDep, admin: CurrentAdmin) -> Re
 
 @router.post("/admin/users", response_class=HTMLResponse)
 def create_user_page(
-    request: Request, session: SessionDep, admin: CurrentAdmin,
-    username: Annotated[str, Form()], password: Annotated[str, Form()], role: Annotated[str, Form()],
+    request: Request,
+    session: SessionDep,
+    admin: CurrentAdmin,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    role: Annotated[str, Form()],
 ) -> Response:
     try:
         auth.create_user(session=session, username=username.strip(), password=password, role=role)
@@ -218,16 +262,24 @@ def _target_user(session: SessionDep, user_id: int) -> User:
 
 @router.post("/admin/users/{user_id}", response_class=HTMLResponse)
 def update_user_page(
-    request: Request, session: SessionDep, admin: CurrentAdmin, user_id: int,
-    role: Annotated[str | None, Form()] = None, active: Annotated[str | None, Form()] = None,
+    request: Request,
+    session: SessionDep,
+    admin: CurrentAdmin,
+    user_id: int,
+    role: Annotated[str | None, Form()] = None,
+    active: Annotated[str | None, Form()] = None,
 ) -> Response:
     target = _target_user(session, user_id)
     if active not in (None, "true", "false"):  # anything else must not read as "deactivate"
         return _users_page(request, session, status_code=422, error="active: 'true' or 'false'")
     is_active = None if active is None else active == "true"
     if target.id == admin.id and (is_active is False or (role and role != Role.admin)):
-        return _users_page(request, session, status_code=422,
-                           error="You cannot demote or deactivate yourself; ask another admin.")
+        return _users_page(
+            request,
+            session,
+            status_code=422,
+            error="You cannot demote or deactivate yourself; ask another admin.",
+        )
     try:
         auth.update_user(session=session, user=target, role=role, is_active=is_active)
     except auth.AuthError as exc:
@@ -241,7 +293,4 @@ def create_token_for_user(
 ) -> Response:
     target = _target_user(session, user_id)
     new = auth.create_token(session=session, user=target, name=f"by {admin.username}")
-    return _users_page(request, session, new_token=f"{target.username}: {new.token}",
-                       status_code=201)
-
-
+    return _users_page(request, session, new_token=f"{target.username}: {new.token}", status_code=201)

@@ -61,8 +61,13 @@ def _file_type(out: Path, given: str | None) -> str:
 @click.option("--labeler", "labelers", multiple=True, help="Username or pseudonym (repeatable).")
 @click.option("--include-skipped", is_flag=True, help="Skipped annotations too (rankings only).")
 @click.option("--exclude-flagged", is_flag=True, help="Leave out annotations with any flagged output.")
-@click.option("--min-labels", type=click.IntRange(min=0, max=2**31 - 1), default=0, show_default=True,
-              help="Only tasks with at least N labels.")
+@click.option(
+    "--min-labels",
+    type=click.IntRange(min=0, max=2**31 - 1),
+    default=0,
+    show_default=True,
+    help="Only tasks with at least N labels.",
+)
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), help="Only this split.")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the split by prompt.")
 @click.option(

@@ -111,8 +111,9 @@ def _start(request: Request, fmt: str, user: User, session: Any) -> exports.Expo
     )
 
 
-def _stream(request: Request, fmt: str, user: User, session: Any, manifest_url: str,
-            html: bool = False) -> Response:
+def _stream(
+    request: Request, fmt: str, user: User, session: Any, manifest_url: str, html: bool = False
+) -> Response:
     try:
         ex = _start(request, fmt, user, session)
     except exports.ExportError as exc:

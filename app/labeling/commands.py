@@ -73,11 +73,15 @@ def guidelines_show(version: int | None) -> None:
 
     with _sessions()() as s:
         versions = texts.list_guidelines(session=s)
-        shown = next((g for g in versions if g.version == version), None) if version else \
-            (versions[0] if versions else None)
+        shown = (
+            next((g for g in versions if g.version == version), None)
+            if version
+            else (versions[0] if versions else None)
+        )
         if shown is None:
-            raise click.ClickException("no such guidelines version" if version else
-                                       "no guidelines yet: ranklab guidelines set FILE")
+            raise click.ClickException(
+                "no such guidelines version" if version else "no guidelines yet: ranklab guidelines set FILE"
+            )
         click.echo(f"# v{shown.version}, {shown.created_at:%Y-%m-%d %H:%M}", err=True)
         sys.stdout.write(shown.body.rstrip("\n") + "\n")
 
@@ -110,19 +114,34 @@ def labeling_status() -> None:
         if not sets:
             click.echo("no prompt sets yet")
             return
-        click.echo(f"{'set':<32} {'status':<9} {'open':>6} {'closed':>7} {'leased':>7} "
-                   f"{'labels':>7} {'skips':>6}")
+        click.echo(
+            f"{'set':<32} {'status':<9} {'open':>6} {'closed':>7} {'leased':>7} {'labels':>7} {'skips':>6}"
+        )
         for ps in sets:
-            tasks = dict(s.execute(select(Task.status, func.count()).where(Task.prompt_set_id == ps.id)
-                                   .group_by(Task.status)).all())
-            leased = s.scalar(select(func.count()).select_from(Assignment).join(Task)
-                              .where(Task.prompt_set_id == ps.id,
-                                     Assignment.state == AssignmentState.active,
-                                     Assignment.lease_expires_at > now))
+            tasks = dict(
+                s.execute(
+                    select(Task.status, func.count()).where(Task.prompt_set_id == ps.id).group_by(Task.status)
+                ).all()
+            )
+            leased = s.scalar(
+                select(func.count())
+                .select_from(Assignment)
+                .join(Task)
+                .where(
+                    Task.prompt_set_id == ps.id,
+                    Assignment.state == AssignmentState.active,
+                    Assignment.lease_expires_at > now,
+                )
+            )
             labels, skips = s.execute(
-                select(func.count(Annotation.id).filter(Annotation.skip_reason.is_(None)),
-                       func.count(Annotation.id).filter(Annotation.skip_reason.is_not(None)))
-                .join(Task, Task.id == Annotation.task_id).where(Task.prompt_set_id == ps.id)).one()
-            click.echo(f"{ps.name[:32]:<32} {ps.status:<9} {tasks.get('open', 0):>6} "
-                       f"{tasks.get('closed', 0):>7} {leased or 0:>7} {labels:>7} {skips:>6}")
-
+                select(
+                    func.count(Annotation.id).filter(Annotation.skip_reason.is_(None)),
+                    func.count(Annotation.id).filter(Annotation.skip_reason.is_not(None)),
+                )
+                .join(Task, Task.id == Annotation.task_id)
+                .where(Task.prompt_set_id == ps.id)
+            ).one()
+            click.echo(
+                f"{ps.name[:32]:<32} {ps.status:<9} {tasks.get('open', 0):>6} "
+                f"{tasks.get('closed', 0):>7} {leased or 0:>7} {labels:>7} {skips:>6}"
+            )

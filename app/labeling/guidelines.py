@@ -31,8 +31,9 @@ def save_guideline(*, session: Session, body: str, user: User | None) -> Guideli
     if "\x00" in body:  # PostgreSQL cannot store it
         raise SubmissionInvalid("body", "the guidelines cannot contain a NUL character (\\u0000)")
     latest = latest_guideline(session=session)
-    g = Guideline(version=(latest.version + 1) if latest else 1, body=body,
-                  created_by_id=user.id if user else None)
+    g = Guideline(
+        version=(latest.version + 1) if latest else 1, body=body, created_by_id=user.id if user else None
+    )
     session.add(g)
     session.flush()
     return g

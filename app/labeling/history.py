@@ -36,22 +36,49 @@ def ranking_text(annotation: Annotation) -> str:
 
 
 def history(*, session: Session, user: User, limit: int = 200) -> History:
-    rows = list(session.scalars(
-        select(Annotation).where(Annotation.user_id == user.id)
-        .order_by(Annotation.created_at.desc(), Annotation.id.desc()).limit(limit)).all())
-    counts = dict(session.execute(
-        select(Annotation.skip_reason.is_(None), func.count()).where(Annotation.user_id == user.id)
-        .group_by(Annotation.skip_reason.is_(None))).all())
-    times = [int(t) for t in session.scalars(
-        select(Annotation.time_spent_ms).where(Annotation.user_id == user.id,
-                                               Annotation.skip_reason.is_(None),
-                                               Annotation.time_spent_ms.is_not(None))).all()
-             if t is not None]
+    rows = list(
+        session.scalars(
+            select(Annotation)
+            .where(Annotation.user_id == user.id)
+            .order_by(Annotation.created_at.desc(), Annotation.id.desc())
+            .limit(limit)
+        ).all()
+    )
+    counts = dict(
+        session.execute(
+            select(Annotation.skip_reason.is_(None), func.count())
+            .where(Annotation.user_id == user.id)
+            .group_by(Annotation.skip_reason.is_(None))
+        ).all()
+    )
+    times = [
+        int(t)
+        for t in session.scalars(
+            select(Annotation.time_spent_ms).where(
+                Annotation.user_id == user.id,
+                Annotation.skip_reason.is_(None),
+                Annotation.time_spent_ms.is_not(None),
+            )
+        ).all()
+        if t is not None
+    ]
     task_ids = {a.task_id for a in rows}
-    prompts = dict(session.execute(
-        select(Task.id, Prompt.text).join(Prompt, Prompt.id == Task.prompt_id)
-        .where(Task.id.in_(task_ids))).all()) if task_ids else {}
-    return History(annotations=rows, submitted=int(counts.get(True, 0)),
-                   skipped=int(counts.get(False, 0)),
-                   median_ms=statistics.median(times) if times else None, prompts=prompts,
-                   orders={a.id: ranking_text(a) for a in rows if not a.skip_reason})
+    prompts = (
+        dict(
+            session.execute(
+                select(Task.id, Prompt.text)
+                .join(Prompt, Prompt.id == Task.prompt_id)
+                .where(Task.id.in_(task_ids))
+            ).all()
+        )
+        if task_ids
+        else {}
+    )
+    return History(
+        annotations=rows,
+        submitted=int(counts.get(True, 0)),
+        skipped=int(counts.get(False, 0)),
+        median_ms=statistics.median(times) if times else None,
+        prompts=prompts,
+        orders={a.id: ranking_text(a) for a in rows if not a.skip_reason},
+    )

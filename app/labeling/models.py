@@ -56,9 +56,7 @@ class Completion(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"), index=True)
-    model_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("model_version.id", ondelete="SET NULL")
-    )
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id", ondelete="SET NULL"))
     text: Mapped[str] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     seed: Mapped[int | None]
@@ -100,9 +98,7 @@ class Annotation(Base):
     __tablename__ = "annotation"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    assignment_id: Mapped[int] = mapped_column(
-        ForeignKey("assignment.id", ondelete="CASCADE"), unique=True
-    )
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignment.id", ondelete="CASCADE"), unique=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
     guideline_version: Mapped[int | None]

@@ -15,14 +15,25 @@ class CompletionOut(BaseModel):
 class TaskOut(BaseModel):
     """A task given to you: rank and rate its completions, then POST the annotation."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "assignment_id": 7, "prompt": "Write a haiku about rain.",
-        "completions": [{"id": 31, "text": "Soft rain on the roof..."},
-                        {"id": 32, "text": "Rain falls."}],
-        "flags": ["hallucination (makes up information)", "expresses an opinion"],
-        "k": 2, "lease_expires_at": "2026-11-20T12:30:00Z", "is_demo": False,
-        "guideline_version": 3,
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "assignment_id": 7,
+                    "prompt": "Write a haiku about rain.",
+                    "completions": [
+                        {"id": 31, "text": "Soft rain on the roof..."},
+                        {"id": 32, "text": "Rain falls."},
+                    ],
+                    "flags": ["hallucination (makes up information)", "expresses an opinion"],
+                    "k": 2,
+                    "lease_expires_at": "2026-11-20T12:30:00Z",
+                    "is_demo": False,
+                    "guideline_version": 3,
+                }
+            ]
+        }
+    )
 
     assignment_id: int
     prompt: str = Field(description="The instruction, exactly as written.")
@@ -42,11 +53,20 @@ class AnnotationIn(BaseModel):
     completion. Flags: only the prompt set's. Keys are completion ids as strings.
     """
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"ranks": {"31": 1, "32": 2}, "ratings": {"31": 6, "32": 3},
-         "flags": {"32": ["hallucination (makes up information)"]}, "notes": "B invents a date."},
-        {"skip": "unclear", "notes": "The instruction is cut off."},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "ranks": {"31": 1, "32": 2},
+                    "ratings": {"31": 6, "32": 3},
+                    "flags": {"32": ["hallucination (makes up information)"]},
+                    "notes": "B invents a date.",
+                },
+                {"skip": "unclear", "notes": "The instruction is cut off."},
+            ]
+        },
+    )
 
     # Strict: JSON true, "2" or 2.0 are refused as the page and the service refuse them, not
     # quietly read as numbers.
@@ -57,17 +77,31 @@ class AnnotationIn(BaseModel):
     skip: str | None = Field(None, description="unclear, harmful, broken or other")
     time_spent_ms: int | None = Field(None, ge=0, description="As measured by the client; clamped.")
     confirm_inconsistent: bool = Field(
-        False, description="Submit even though a lower-ranked output has a higher rating.")
+        False, description="Submit even though a lower-ranked output has a higher rating."
+    )
 
 
 class AnnotationOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": 12, "assignment_id": 7, "task_id": 3, "skipped": None,
-        "ranks": {"31": 1, "32": 2}, "ratings": {"31": 6, "32": 3},
-        "flags": {"31": [], "32": ["hallucination (makes up information)"]}, "notes": "",
-        "time_spent_ms": 41250, "guideline_version": 3, "inconsistency_confirmed": False,
-        "created_at": "2026-11-20T12:01:00Z",
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 12,
+                    "assignment_id": 7,
+                    "task_id": 3,
+                    "skipped": None,
+                    "ranks": {"31": 1, "32": 2},
+                    "ratings": {"31": 6, "32": 3},
+                    "flags": {"31": [], "32": ["hallucination (makes up information)"]},
+                    "notes": "",
+                    "time_spent_ms": 41250,
+                    "guideline_version": 3,
+                    "inconsistency_confirmed": False,
+                    "created_at": "2026-11-20T12:01:00Z",
+                }
+            ]
+        }
+    )
 
     id: int
     assignment_id: int

@@ -83,8 +83,9 @@ class _Room:
         return self.status == TaskStatus.open and self.label_count + self.live < self.overlap
 
 
-def _room(session: Session, task_id: int, user_id: int, now: datetime, *,
-          excluding: int | None = None) -> _Room:
+def _room(
+    session: Session, task_id: int, user_id: int, now: datetime, *, excluding: int | None = None
+) -> _Room:
     """The task's counts as committed now, in one statement of its own: under READ COMMITTED a new
     statement sees every commit made before it, including those of whoever held the task's lock."""
     live = select(func.count()).select_from(Assignment).where(Assignment.task_id == task_id, _live(now))
@@ -93,7 +94,8 @@ def _room(session: Session, task_id: int, user_id: int, now: datetime, *,
     mine = exists().where(Assignment.task_id == task_id, Assignment.user_id == user_id)
     row = session.execute(
         select(Task.label_count, Task.status, PromptSet.overlap, live.scalar_subquery(), mine)
-        .join(PromptSet, PromptSet.id == Task.prompt_set_id).where(Task.id == task_id)
+        .join(PromptSet, PromptSet.id == Task.prompt_set_id)
+        .where(Task.id == task_id)
     ).one()
     return _Room(int(row[0]), str(row[1]), int(row[2] or 1), int(row[3]), bool(row[4]))
 
@@ -104,17 +106,21 @@ def _lock_task(session: Session, task_id: int) -> None:
 
 # --- taking a task ------------------------------------------------------------------------------
 
+
 def current_assignment(*, session: Session, user: User, now: datetime | None = None) -> Assignment | None:
     """The labeler's active assignment whose lease still runs (a reload gets it back)."""
     now = now or utcnow()
     return session.scalars(
-        select(Assignment).where(Assignment.user_id == user.id, _live(now))
-        .order_by(Assignment.id.desc()).limit(1)
+        select(Assignment)
+        .where(Assignment.user_id == user.id, _live(now))
+        .order_by(Assignment.id.desc())
+        .limit(1)
     ).first()
 
 
-def next_assignment(*, session: Session, user: User, lease_minutes: float,
-                    now: datetime | None = None) -> Assignment | None:
+def next_assignment(
+    *, session: Session, user: User, lease_minutes: float, now: datetime | None = None
+) -> Assignment | None:
     """The labeler's current assignment, or a new one on the next task that needs labels; None
     when there is nothing left for them."""
     now = now or utcnow()
@@ -123,8 +129,8 @@ def next_assignment(*, session: Session, user: User, lease_minutes: float,
         session.execute(select(User.id).where(User.id == user.id).with_for_update())
     lease = timedelta(minutes=lease_minutes)
     active = session.scalars(
-        select(Assignment).where(Assignment.user_id == user.id,
-                                 Assignment.state == AssignmentState.active)
+        select(Assignment)
+        .where(Assignment.user_id == user.id, Assignment.state == AssignmentState.active)
         .order_by(Assignment.id.desc())
     ).all()
     for held in active:
@@ -144,8 +150,11 @@ def next_assignment(*, session: Session, user: User, lease_minutes: float,
     session.flush()
 
     live_count = (
-        select(func.count()).select_from(Assignment)
-        .where(Assignment.task_id == Task.id, _live(now)).correlate(Task).scalar_subquery()
+        select(func.count())
+        .select_from(Assignment)
+        .where(Assignment.task_id == Task.id, _live(now))
+        .correlate(Task)
+        .scalar_subquery()
     )
     had = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
     task_id = _choose_task(session, user, now, live_count, had)
@@ -154,28 +163,38 @@ def next_assignment(*, session: Session, user: User, lease_minutes: float,
     task = session.get_one(Task, task_id)
     order = [c.id for c in task.completions]
     secrets.SystemRandom().shuffle(order)
-    assignment = Assignment(task_id=task.id, user_id=user.id, display_order=order,
-                            lease_expires_at=now + lease, created_at=now, task=task)
+    assignment = Assignment(
+        task_id=task.id,
+        user_id=user.id,
+        display_order=order,
+        lease_expires_at=now + lease,
+        created_at=now,
+        task=task,
+    )
     session.add(assignment)
     session.flush()
     return assignment
 
 
-def _choose_task(session: Session, user: User, now: datetime, live_count: Any,
-                 had: Any) -> int | None:
+def _choose_task(session: Session, user: User, now: datetime, live_count: Any, had: Any) -> int | None:
     """Lock and return the first task with room for this labeler. First pass: SKIP LOCKED, so
     labelers never queue behind each other. If that finds nothing, the tasks left may only be
     locked for a moment by others, so a second pass waits for them (PostgreSQL only)."""
     pg = _is_pg(session)
-    for skip_locked in ((True, False) if pg else (False,)):
+    for skip_locked in (True, False) if pg else (False,):
         rejected: list[int] = []
         while True:
             q = (
                 select(Task.id)
                 .join(PromptSet, PromptSet.id == Task.prompt_set_id)
-                .where(Task.status == TaskStatus.open, PromptSet.status == SetStatus.active,
-                       ~had, Task.label_count + live_count < PromptSet.overlap)
-                .order_by(Task.id).limit(1)
+                .where(
+                    Task.status == TaskStatus.open,
+                    PromptSet.status == SetStatus.active,
+                    ~had,
+                    Task.label_count + live_count < PromptSet.overlap,
+                )
+                .order_by(Task.id)
+                .limit(1)
             )
             if rejected:
                 q = q.where(Task.id.not_in(rejected))
@@ -199,8 +218,9 @@ def _choose_task(session: Session, user: User, now: datetime, live_count: Any,
     return None
 
 
-def get_assignment(*, session: Session, assignment_id: int, user: User,
-                   lock: bool = False) -> Assignment | None:
+def get_assignment(
+    *, session: Session, assignment_id: int, user: User, lock: bool = False
+) -> Assignment | None:
     """The assignment if it is this labeler's (others' are invisible, a 404). `lock`: read it
     FOR UPDATE, as submit() would, saving submit() that read."""
     if not 0 < assignment_id <= MAX_ID:
@@ -235,19 +255,31 @@ def task_view(*, session: Session, assignment: Assignment) -> TaskView:
     task = assignment.task
     prompt_text, flags, guideline_version = session.execute(
         select(Prompt.text, PromptSet.flags, _guideline_version())
-        .join(PromptSet, PromptSet.id == Prompt.prompt_set_id).where(Prompt.id == task.prompt_id)
+        .join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
+        .where(Prompt.id == task.prompt_id)
     ).one()
     by_id = {c.id: c for c in task.completions}
     shown = [by_id[i] for i in assignment.display_order if i in by_id]
     shown += [c for c in task.completions if c.id not in set(assignment.display_order)]
     version_ids = {c.model_version_id for c in shown if c.model_version_id is not None}
-    is_demo = bool(version_ids) and bool(session.scalar(
-        select(func.count()).select_from(ModelVersion)
-        .where(ModelVersion.id.in_(version_ids), ModelVersion.is_demo.is_(True))))
+    is_demo = bool(version_ids) and bool(
+        session.scalar(
+            select(func.count())
+            .select_from(ModelVersion)
+            .where(ModelVersion.id.in_(version_ids), ModelVersion.is_demo.is_(True))
+        )
+    )
     labels = [letter(i) for i in range(len(shown))]
-    return TaskView(assignment=assignment, prompt=prompt_text, completions=shown,
-                    flags=list(flags or []), k=len(shown), is_demo=is_demo, labels=labels,
-                    guideline_version=guideline_version)
+    return TaskView(
+        assignment=assignment,
+        prompt=prompt_text,
+        completions=shown,
+        flags=list(flags or []),
+        k=len(shown),
+        is_demo=is_demo,
+        labels=labels,
+        guideline_version=guideline_version,
+    )
 
 
 def letter(i: int) -> str:
@@ -259,23 +291,44 @@ def queue_position(*, session: Session, user: User, now: datetime | None = None)
     """("Task x of y"): x counts the labeler's finished tasks plus this one, y adds what is
     still open to them."""
     now = now or utcnow()
-    done = int(session.scalar(
-        select(func.count()).select_from(Assignment).where(
-            Assignment.user_id == user.id,
-            Assignment.state.in_([AssignmentState.submitted, AssignmentState.skipped]))) or 0)
+    done = int(
+        session.scalar(
+            select(func.count())
+            .select_from(Assignment)
+            .where(
+                Assignment.user_id == user.id,
+                Assignment.state.in_([AssignmentState.submitted, AssignmentState.skipped]),
+            )
+        )
+        or 0
+    )
     live_count = (
-        select(func.count()).select_from(Assignment)
-        .where(Assignment.task_id == Task.id, _live(now)).correlate(Task).scalar_subquery()
+        select(func.count())
+        .select_from(Assignment)
+        .where(Assignment.task_id == Task.id, _live(now))
+        .correlate(Task)
+        .scalar_subquery()
     )
     had = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
-    left = int(session.scalar(
-        select(func.count()).select_from(Task).join(PromptSet, PromptSet.id == Task.prompt_set_id)
-        .where(Task.status == TaskStatus.open, PromptSet.status == SetStatus.active, ~had,
-               Task.label_count + live_count < PromptSet.overlap)) or 0)
+    left = int(
+        session.scalar(
+            select(func.count())
+            .select_from(Task)
+            .join(PromptSet, PromptSet.id == Task.prompt_set_id)
+            .where(
+                Task.status == TaskStatus.open,
+                PromptSet.status == SetStatus.active,
+                ~had,
+                Task.label_count + live_count < PromptSet.overlap,
+            )
+        )
+        or 0
+    )
     return done + 1, done + 1 + left
 
 
 # --- submitting ---------------------------------------------------------------------------------
+
 
 def dense_ranks(ranks: dict[int, int]) -> dict[int, int]:
     """Any order-preserving ranks (dense, competition, gaps) to dense: 1 = best, ties share."""
@@ -303,8 +356,9 @@ def _as_int_key(key: Any, fld: str, valid: set[int]) -> int:
     return cid
 
 
-def _validate(*, completion_ids: list[int], set_flags: list[str], ranks: Any, ratings: Any,
-              flags: Any) -> tuple[dict[int, int], dict[int, int], dict[int, list[str]]]:
+def _validate(
+    *, completion_ids: list[int], set_flags: list[str], ranks: Any, ratings: Any, flags: Any
+) -> tuple[dict[int, int], dict[int, int], dict[int, list[str]]]:
     valid = set(completion_ids)
     k = len(completion_ids)
     if not isinstance(ranks, dict) or not ranks:
@@ -329,8 +383,7 @@ def _validate(*, completion_ids: list[int], set_flags: list[str], ranks: Any, ra
         raise SubmissionInvalid("ratings", "ratings must map completion ids to 1-7")
     for key, value in ratings.items():
         cid = _as_int_key(key, "ratings", valid)
-        if isinstance(value, bool) or not isinstance(value, int) or \
-                not RATING_MIN <= value <= RATING_MAX:
+        if isinstance(value, bool) or not isinstance(value, int) or not RATING_MIN <= value <= RATING_MAX:
             raise SubmissionInvalid(f"ratings.{cid}", "rating must be a whole number from 1 to 7")
         clean_ratings[cid] = value
     missing = valid - set(clean_ratings)
@@ -367,7 +420,8 @@ def _check_lease(session: Session, assignment: Assignment, now: datetime) -> Non
     if not room.has_room:
         raise SubmissionRefused(
             "Your lease on this task expired and the task already has all the labels it needs, "
-            "so this submission was not stored. Take the next task.")
+            "so this submission was not stored. Take the next task."
+        )
 
 
 def _lock_assignment(session: Session, assignment: Assignment) -> Annotation | None:
@@ -393,9 +447,18 @@ def existing_annotation(*, session: Session, assignment: Assignment) -> Annotati
     return session.scalars(select(Annotation).where(Annotation.assignment_id == assignment.id)).first()
 
 
-def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any = None,
-           flags: Any = None, notes: str = "", time_spent_ms: int | None = None,
-           confirm_inconsistent: bool = False, now: datetime | None = None) -> Annotation:
+def submit(
+    *,
+    session: Session,
+    assignment: Assignment,
+    ranks: Any,
+    ratings: Any = None,
+    flags: Any = None,
+    notes: str = "",
+    time_spent_ms: int | None = None,
+    confirm_inconsistent: bool = False,
+    now: datetime | None = None,
+) -> Annotation:
     """Store one ranking whole; a second submission of the same assignment returns the first."""
     now = now or utcnow()
     done = _lock_assignment(session, assignment)
@@ -405,12 +468,18 @@ def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any
         raise SubmissionRefused(f"This assignment is already {assignment.state}.")
     task = assignment.task
     ps_flags, overlap, guideline_version = session.execute(
-        select(PromptSet.flags, PromptSet.overlap, _guideline_version())
-        .where(PromptSet.id == task.prompt_set_id)).one()
+        select(PromptSet.flags, PromptSet.overlap, _guideline_version()).where(
+            PromptSet.id == task.prompt_set_id
+        )
+    ).one()
     completion_ids = [c.id for c in task.completions]
     clean_ranks, clean_ratings, clean_flags = _validate(
-        completion_ids=completion_ids, set_flags=list(ps_flags or []), ranks=ranks,
-        ratings=ratings, flags=flags)
+        completion_ids=completion_ids,
+        set_flags=list(ps_flags or []),
+        ranks=ranks,
+        ratings=ratings,
+        flags=flags,
+    )
     if notes is not None and not isinstance(notes, str):
         raise SubmissionInvalid("notes", "notes must be text")
     if len(notes or "") > MAX_NOTES:
@@ -422,18 +491,29 @@ def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any
         raise SubmissionInvalid(
             "confirm_inconsistent",
             f"{len(clashes)} lower-ranked output(s) have a higher rating than one ranked above "
-            "them: fix the ranks or ratings, or confirm")
+            "them: fix the ranks or ratings, or confirm",
+        )
     _check_lease(session, assignment, now)
     annotation = Annotation(
-        assignment_id=assignment.id, task_id=task.id, user_id=assignment.user_id,
-        guideline_version=guideline_version, notes=(notes or "").strip(),
+        assignment_id=assignment.id,
+        task_id=task.id,
+        user_id=assignment.user_id,
+        guideline_version=guideline_version,
+        notes=(notes or "").strip(),
         time_spent_ms=_time_spent(assignment, now, time_spent_ms),
-        inconsistency_confirmed=bool(clashes), created_at=now)
+        inconsistency_confirmed=bool(clashes),
+        created_at=now,
+    )
     position = {cid: i for i, cid in enumerate(assignment.display_order)}
     dense = dense_ranks(clean_ranks)
     annotation.items = [
-        AnnotationItem(completion_id=cid, rank=dense[cid], rating=clean_ratings.get(cid),
-                       flags=clean_flags[cid], position=position.get(cid))
+        AnnotationItem(
+            completion_id=cid,
+            rank=dense[cid],
+            rating=clean_ratings.get(cid),
+            flags=clean_flags[cid],
+            position=position.get(cid),
+        )
         for cid in completion_ids
     ]
     session.add(annotation)
@@ -443,17 +523,32 @@ def submit(*, session: Session, assignment: Assignment, ranks: Any, ratings: Any
     # In the database, not read-modify-write in Python: concurrent submitters of one task each
     # add exactly one (the UPDATE takes the row lock).
     count = session.execute(
-        update(Task).where(Task.id == task.id).values(label_count=Task.label_count + 1)
-        .returning(Task.label_count).execution_options(synchronize_session=False)).scalar_one()
+        update(Task)
+        .where(Task.id == task.id)
+        .values(label_count=Task.label_count + 1)
+        .returning(Task.label_count)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
     if count >= int(overlap or 1):
-        session.execute(update(Task).where(Task.id == task.id).values(status=TaskStatus.closed)
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            update(Task)
+            .where(Task.id == task.id)
+            .values(status=TaskStatus.closed)
+            .execution_options(synchronize_session=False)
+        )
     session.expire(task, ["label_count", "status"])
     return annotation
 
 
-def skip(*, session: Session, assignment: Assignment, reason: Any, notes: str = "",
-         time_spent_ms: int | None = None, now: datetime | None = None) -> Annotation:
+def skip(
+    *,
+    session: Session,
+    assignment: Assignment,
+    reason: Any,
+    notes: str = "",
+    time_spent_ms: int | None = None,
+    now: datetime | None = None,
+) -> Annotation:
     """Store a skip with its reason; it frees the task for others and counts no label."""
     now = now or utcnow()
     if reason not in SKIP_REASONS:
@@ -468,10 +563,15 @@ def skip(*, session: Session, assignment: Assignment, reason: Any, notes: str = 
     if assignment.state not in (AssignmentState.active, AssignmentState.expired):
         raise SubmissionRefused(f"This assignment is already {assignment.state}.")
     annotation = Annotation(
-        assignment_id=assignment.id, task_id=assignment.task_id, user_id=assignment.user_id,
-        guideline_version=session.scalar(select(_guideline_version())), skip_reason=reason,
-        notes=notes.strip(), time_spent_ms=_time_spent(assignment, now, time_spent_ms),
-        created_at=now)
+        assignment_id=assignment.id,
+        task_id=assignment.task_id,
+        user_id=assignment.user_id,
+        guideline_version=session.scalar(select(_guideline_version())),
+        skip_reason=reason,
+        notes=notes.strip(),
+        time_spent_ms=_time_spent(assignment, now, time_spent_ms),
+        created_at=now,
+    )
     session.add(annotation)
     assignment.state = AssignmentState.skipped
     assignment.finished_at = now

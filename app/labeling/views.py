@@ -33,26 +33,42 @@ def _lease_minutes(request: Request) -> float:
     return float(request.app.state.settings.lease_minutes)
 
 
-def _page(request: Request, session: SessionDep, user: User, assignment: Assignment, *,
-          error: str | None = None, values: dict[str, Any] | None = None,
-          status_code: int = 200) -> Response:
+def _page(
+    request: Request,
+    session: SessionDep,
+    user: User,
+    assignment: Assignment,
+    *,
+    error: str | None = None,
+    values: dict[str, Any] | None = None,
+    status_code: int = 200,
+) -> Response:
     view = labeling.task_view(session=session, assignment=assignment)
     x, y = labeling.queue_position(session=session, user=user)
     guideline = guidelines.latest_guideline(session=session)
     elapsed_ms = max(0, int((utcnow() - assignment.created_at).total_seconds() * 1000))
-    return render(request, "labeling/label.html", {
-        "view": view, "x": x, "y": y, "guideline": guideline,
-        "guideline_html": guidelines.render_markdown(guideline.body) if guideline else None,
-        "skip_reasons": labeling.SKIP_REASONS, "error": error, "elapsed_ms": elapsed_ms,
-        "values": values or {"rank": {}, "rating": {}, "flags": {}, "notes": ""},
-        "long_prompt": len(view.prompt) > 700 or view.prompt.count("\n") > 12,
-    }, status_code=status_code)
+    return render(
+        request,
+        "labeling/label.html",
+        {
+            "view": view,
+            "x": x,
+            "y": y,
+            "guideline": guideline,
+            "guideline_html": guidelines.render_markdown(guideline.body) if guideline else None,
+            "skip_reasons": labeling.SKIP_REASONS,
+            "error": error,
+            "elapsed_ms": elapsed_ms,
+            "values": values or {"rank": {}, "rating": {}, "flags": {}, "notes": ""},
+            "long_prompt": len(view.prompt) > 700 or view.prompt.count("\n") > 12,
+        },
+        status_code=status_code,
+    )
 
 
 @router.get("/label", response_class=HTMLResponse)
 def label_page(request: Request, session: SessionDep, user: CurrentLabeler) -> Response:
-    assignment = labeling.next_assignment(session=session, user=user,
-                                          lease_minutes=_lease_minutes(request))
+    assignment = labeling.next_assignment(session=session, user=user, lease_minutes=_lease_minutes(request))
     if assignment is None:
         return render(request, "labeling/empty.html", {})
     return _page(request, session, user, assignment)
@@ -93,27 +109,39 @@ def _ms(raw: Any) -> int | None:
 
 
 @router.post("/label/{assignment_id}", response_class=HTMLResponse)
-def label_submit(request: Request, session: SessionDep, user: CurrentLabeler, form: FormDep,
-                 assignment_id: int) -> Response:
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user,
-                                         lock=True)
+def label_submit(
+    request: Request, session: SessionDep, user: CurrentLabeler, form: FormDep, assignment_id: int
+) -> Response:
+    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user, lock=True)
     if assignment is None:
-        return render(request, "error.html", {"message": "No such assignment of yours."},
-                      status_code=404)
+        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
     ids = [c.id for c in assignment.task.completions]
     values = _form_values(form, ids)
     labels = {cid: labeling.letter(i) for i, cid in enumerate(assignment.display_order)}
     ranks = {str(cid): _int_or_keep(v) for cid, v in values["rank"].items() if v.strip()}
     ratings = {str(cid): _int_or_keep(v) for cid, v in values["rating"].items() if v.strip()}
     try:
-        labeling.submit(session=session, assignment=assignment, ranks=ranks, ratings=ratings,
-                        flags={str(cid): f for cid, f in values["flags"].items()},
-                        notes=_joined_notes(values, labels), time_spent_ms=_ms(form.get("time_spent_ms")),
-                        confirm_inconsistent=form.get("confirm_inconsistent") == "1")
+        labeling.submit(
+            session=session,
+            assignment=assignment,
+            ranks=ranks,
+            ratings=ratings,
+            flags={str(cid): f for cid, f in values["flags"].items()},
+            notes=_joined_notes(values, labels),
+            time_spent_ms=_ms(form.get("time_spent_ms")),
+            confirm_inconsistent=form.get("confirm_inconsistent") == "1",
+        )
     except labeling.SubmissionInvalid as e:
         session.rollback()
-        return _page(request, session, user, assignment, error=f"{e.field}: {e.message}",
-                     values=values, status_code=422)
+        return _page(
+            request,
+            session,
+            user,
+            assignment,
+            error=f"{e.field}: {e.message}",
+            values=values,
+            status_code=422,
+        )
     except labeling.SubmissionRefused as e:
         session.rollback()
         return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
@@ -121,21 +149,29 @@ def label_submit(request: Request, session: SessionDep, user: CurrentLabeler, fo
 
 
 @router.post("/label/{assignment_id}/skip", response_class=HTMLResponse)
-def label_skip(request: Request, session: SessionDep, user: CurrentLabeler, assignment_id: int,
-               reason: Annotated[str, Form()] = "", notes: Annotated[str, Form()] = "",
-               time_spent_ms: Annotated[str, Form()] = "") -> Response:
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user,
-                                         lock=True)
+def label_skip(
+    request: Request,
+    session: SessionDep,
+    user: CurrentLabeler,
+    assignment_id: int,
+    reason: Annotated[str, Form()] = "",
+    notes: Annotated[str, Form()] = "",
+    time_spent_ms: Annotated[str, Form()] = "",
+) -> Response:
+    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user, lock=True)
     if assignment is None:
-        return render(request, "error.html", {"message": "No such assignment of yours."},
-                      status_code=404)
+        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
     try:
-        labeling.skip(session=session, assignment=assignment, reason=reason, notes=notes,
-                      time_spent_ms=_ms(time_spent_ms))
+        labeling.skip(
+            session=session,
+            assignment=assignment,
+            reason=reason,
+            notes=notes,
+            time_spent_ms=_ms(time_spent_ms),
+        )
     except labeling.SubmissionInvalid as e:
         session.rollback()
-        return _page(request, session, user, assignment, error=f"{e.field}: {e.message}",
-                     status_code=422)
+        return _page(request, session, user, assignment, error=f"{e.field}: {e.message}", status_code=422)
     return RedirectResponse("/label", status_code=303)
 
 
@@ -146,76 +182,125 @@ def label_history(request: Request, session: SessionDep, user: CurrentLabeler) -
 
 
 @router.get("/guidelines", response_class=HTMLResponse)
-def guidelines_page(request: Request, session: SessionDep, user: CurrentUser,
-                    version: int | None = None) -> Response:
+def guidelines_page(
+    request: Request, session: SessionDep, user: CurrentUser, version: int | None = None
+) -> Response:
     versions = guidelines.list_guidelines(session=session)
-    shown = next((g for g in versions if g.version == version), None) if version else \
-        (versions[0] if versions else None)
-    return render(request, "labeling/guidelines.html", {
-        "versions": versions, "shown": shown,
-        "html": guidelines.render_markdown(shown.body) if shown else None, "error": None})
+    shown = (
+        next((g for g in versions if g.version == version), None)
+        if version
+        else (versions[0] if versions else None)
+    )
+    return render(
+        request,
+        "labeling/guidelines.html",
+        {
+            "versions": versions,
+            "shown": shown,
+            "html": guidelines.render_markdown(shown.body) if shown else None,
+            "error": None,
+        },
+    )
 
 
 @router.post("/guidelines", response_class=HTMLResponse)
-def guidelines_save(request: Request, session: SessionDep, user: CurrentAdmin,
-                    body: Annotated[str, Form()] = "") -> Response:
+def guidelines_save(
+    request: Request, session: SessionDep, user: CurrentAdmin, body: Annotated[str, Form()] = ""
+) -> Response:
     try:
         guidelines.save_guideline(session=session, body=body, user=user)
     except labeling.SubmissionInvalid as e:
-        return render(request, "labeling/guidelines.html", {
-            "versions": guidelines.list_guidelines(session=session), "shown": None, "html": None,
-            "error": e.message}, status_code=422)
+        return render(
+            request,
+            "labeling/guidelines.html",
+            {
+                "versions": guidelines.list_guidelines(session=session),
+                "shown": None,
+                "html": None,
+                "error": e.message,
+            },
+            status_code=422,
+        )
     return RedirectResponse("/guidelines", status_code=303)
 
 
 # --- JSON API -----------------------------------------------------------------------------------
 
-@api.get("/tasks/next", response_model=TaskOut,
-         responses={204: {"description": "Nothing left for you to label."}})
+
+@api.get(
+    "/tasks/next", response_model=TaskOut, responses={204: {"description": "Nothing left for you to label."}}
+)
 def api_next_task(request: Request, session: SessionDep, user: CurrentLabeler) -> Any:
     """Take the next task (or get back the one you hold): an assignment with a lease."""
-    assignment = labeling.next_assignment(session=session, user=user,
-                                          lease_minutes=_lease_minutes(request))
+    assignment = labeling.next_assignment(session=session, user=user, lease_minutes=_lease_minutes(request))
     if assignment is None:
         return Response(status_code=204)
     view = labeling.task_view(session=session, assignment=assignment)
-    return TaskOut(assignment_id=assignment.id, prompt=view.prompt,
-                   completions=[CompletionOut(id=c.id, text=c.text) for c in view.completions],
-                   flags=view.flags, k=view.k, lease_expires_at=assignment.lease_expires_at,
-                   is_demo=view.is_demo, guideline_version=view.guideline_version)
+    return TaskOut(
+        assignment_id=assignment.id,
+        prompt=view.prompt,
+        completions=[CompletionOut(id=c.id, text=c.text) for c in view.completions],
+        flags=view.flags,
+        k=view.k,
+        lease_expires_at=assignment.lease_expires_at,
+        is_demo=view.is_demo,
+        guideline_version=view.guideline_version,
+    )
 
 
 def _annotation_out(a: Annotation) -> AnnotationOut:
     return AnnotationOut(
-        id=a.id, assignment_id=a.assignment_id, task_id=a.task_id, skipped=a.skip_reason,
+        id=a.id,
+        assignment_id=a.assignment_id,
+        task_id=a.task_id,
+        skipped=a.skip_reason,
         ranks={str(i.completion_id): i.rank for i in a.items},
         ratings={str(i.completion_id): i.rating for i in a.items},
-        flags={str(i.completion_id): list(i.flags) for i in a.items}, notes=a.notes,
-        time_spent_ms=a.time_spent_ms, guideline_version=a.guideline_version,
-        inconsistency_confirmed=a.inconsistency_confirmed, created_at=a.created_at)
+        flags={str(i.completion_id): list(i.flags) for i in a.items},
+        notes=a.notes,
+        time_spent_ms=a.time_spent_ms,
+        guideline_version=a.guideline_version,
+        inconsistency_confirmed=a.inconsistency_confirmed,
+        created_at=a.created_at,
+    )
 
 
-@api.post("/assignments/{assignment_id}/annotation", response_model=AnnotationOut,
-          responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut},
-                     422: {"model": ErrorOut, "description": "Names the field at fault."}})
-def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: int,
-               body: AnnotationIn) -> Any:
+@api.post(
+    "/assignments/{assignment_id}/annotation",
+    response_model=AnnotationOut,
+    responses={
+        404: {"model": ErrorOut},
+        409: {"model": ErrorOut},
+        422: {"model": ErrorOut, "description": "Names the field at fault."},
+    },
+)
+def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: int, body: AnnotationIn) -> Any:
     """Submit a ranking or a skip. Submitting again returns the first annotation unchanged."""
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user,
-                                         lock=True)
+    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user, lock=True)
     if assignment is None:
         return JSONResponse({"detail": "No such assignment of yours."}, status_code=404)
     try:
         if body.skip is not None:
             if body.ranks or body.ratings or body.flags:
                 raise labeling.SubmissionInvalid("skip", "a skip carries no ranks, ratings or flags")
-            a = labeling.skip(session=session, assignment=assignment, reason=body.skip,
-                              notes=body.notes, time_spent_ms=body.time_spent_ms)
+            a = labeling.skip(
+                session=session,
+                assignment=assignment,
+                reason=body.skip,
+                notes=body.notes,
+                time_spent_ms=body.time_spent_ms,
+            )
         else:
-            a = labeling.submit(session=session, assignment=assignment, ranks=body.ranks,
-                                ratings=body.ratings, flags=body.flags, notes=body.notes,
-                                time_spent_ms=body.time_spent_ms,
-                                confirm_inconsistent=body.confirm_inconsistent)
+            a = labeling.submit(
+                session=session,
+                assignment=assignment,
+                ranks=body.ranks,
+                ratings=body.ratings,
+                flags=body.flags,
+                notes=body.notes,
+                time_spent_ms=body.time_spent_ms,
+                confirm_inconsistent=body.confirm_inconsistent,
+            )
     except labeling.SubmissionInvalid as e:
         session.rollback()
         return JSONResponse({"detail": [{"field": e.field, "message": e.message}]}, status_code=422)

@@ -43,21 +43,44 @@ def prompts() -> None:
 @click.option("--name", required=True, help="Name of the new set (must not exist yet).")
 @click.option("--k", "k", default=4, show_default=True, help="Completions per prompt, 4 to 9.")
 @click.option("--overlap", default=1, show_default=True, help="Labelers who should judge each task.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]),
-              help="File format; by default from the file name (.jsonl, .csv, .parquet).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "parquet"]),
+    help="File format; by default from the file name (.jsonl, .csv, .parquet).",
+)
 @click.option("--max-new-tokens", default=64, show_default=True, help="Longest completion, in tokens.")
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--top-k", default=0, show_default=True, help="0 turns top-k off.")
 @click.option("--policy-version", type=int, help="Policy version id that samples (default: the active one).")
-@click.option("--compare-version", type=int,
-              help="A second policy version: each task gets half its completions from each.")
-@click.option("--flag", "flags", multiple=True,
-              help="A yes/no flag labelers tick (repeatable); default: InstructGPT's eleven.")
+@click.option(
+    "--compare-version",
+    type=int,
+    help="A second policy version: each task gets half its completions from each.",
+)
+@click.option(
+    "--flag",
+    "flags",
+    multiple=True,
+    help="A yes/no flag labelers tick (repeatable); default: InstructGPT's eleven.",
+)
 @click.option("--no-sample", is_flag=True, help="Import only; queue no sampling job.")
-def import_(file: Path, name: str, k: int, overlap: int, fmt: str | None, max_new_tokens: int,
-            temperature: float, top_p: float, top_k: int, policy_version: int | None,
-            compare_version: int | None, flags: tuple[str, ...], no_sample: bool) -> None:
+def import_(
+    file: Path,
+    name: str,
+    k: int,
+    overlap: int,
+    fmt: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    policy_version: int | None,
+    compare_version: int | None,
+    flags: tuple[str, ...],
+    no_sample: bool,
+) -> None:
     """Import a prompt file as a new set and queue its sampling job. All or nothing.
 
     \b
@@ -76,12 +99,25 @@ def import_(file: Path, name: str, k: int, overlap: int, fmt: str | None, max_ne
     try:
         with _sessions().begin() as s:
             ps = service.import_prompt_set(
-                session=s, settings=settings, name=name, filename=file.name, data=file.read_bytes(),
-                fmt=fmt, k=k, overlap=overlap,
-                sampling={"max_new_tokens": max_new_tokens, "temperature": temperature,
-                          "top_p": top_p, "top_k": top_k},
-                policy_version_id=policy_version, compare_version_id=compare_version,
-                flags=list(flags) or None, enqueue=not no_sample)
+                session=s,
+                settings=settings,
+                name=name,
+                filename=file.name,
+                data=file.read_bytes(),
+                fmt=fmt,
+                k=k,
+                overlap=overlap,
+                sampling={
+                    "max_new_tokens": max_new_tokens,
+                    "temperature": temperature,
+                    "top_p": top_p,
+                    "top_k": top_k,
+                },
+                policy_version_id=policy_version,
+                compare_version_id=compare_version,
+                flags=list(flags) or None,
+                enqueue=not no_sample,
+            )
             report, set_id, job_id = dict(ps.report), ps.id, ps.report.get("job_id")
     except service.ImportRejected as exc:
         for problem in exc.problems:
@@ -89,8 +125,10 @@ def import_(file: Path, name: str, k: int, overlap: int, fmt: str | None, max_ne
         more = " (and more; fix these first)" if exc.truncated else ""
         click.echo(f"{len(exc.problems)} problem(s){more}: nothing was imported.", err=True)
         sys.exit(1)
-    click.echo(f"imported {report['imported']} prompts from {report['rows']} rows into set "
-               f"'{name}' (id {set_id}); {report['duplicates']} duplicate(s) collapsed")
+    click.echo(
+        f"imported {report['imported']} prompts from {report['rows']} rows into set "
+        f"'{name}' (id {set_id}); {report['duplicates']} duplicate(s) collapsed"
+    )
     if job_id:
         click.echo(f"sampling job {job_id} queued: `ranklab worker` (or `ranklab serve`) samples it")
 
@@ -109,8 +147,10 @@ def list_() -> None:
         for ps in service.list_sets(session=s):
             prog = service.progress(session=s, prompt_set=ps)
             job = f"job {prog.job.id} {prog.job.status}" if prog.job else "no job"
-            click.echo(f"{ps.id:>4}  {ps.name:<40} K={ps.k} overlap={ps.overlap} "
-                       f"{prog.done}/{prog.total} sampled  {job}")
+            click.echo(
+                f"{ps.id:>4}  {ps.name:<40} K={ps.k} overlap={ps.overlap} "
+                f"{prog.done}/{prog.total} sampled  {job}"
+            )
 
 
 @click.command()
@@ -135,19 +175,27 @@ def demo() -> None:
     if not settings.policy_model and not policies.demo_is_built(settings):
         from trainer.demo_policy import ensure_demo_policy  # torch: only when there is work
 
-        click.echo("building the demo policy (a small model trained on text shipped with "
-                   "ranklab; once only)")
+        click.echo("building the demo policy (a small model trained on text shipped with ranklab; once only)")
         ensure_demo_policy(policies.demo_path(settings), say=lambda m: click.echo(f"  {m}"))
     with sessions.begin() as s:
         version = policies.default_policy(session=s, settings=settings)
-        click.echo(f"active policy: {version.name} (version {version.id})"
-                   + (" [demo model]" if version.is_demo else ""))
+        click.echo(
+            f"active policy: {version.name} (version {version.id})"
+            + (" [demo model]" if version.is_demo else "")
+        )
         ps = service.get_set_by_name(session=s, name=DEMO_SET)
         if ps is None:
             ps = service.import_prompt_set(
-                session=s, settings=settings, name=DEMO_SET, filename=DEMO_FILE.name,
-                data=DEMO_FILE.read_bytes(), k=4, sampling={"max_new_tokens": 48},
-                policy_version_id=version.id, enqueue=False)
+                session=s,
+                settings=settings,
+                name=DEMO_SET,
+                filename=DEMO_FILE.name,
+                data=DEMO_FILE.read_bytes(),
+                k=4,
+                sampling={"max_new_tokens": 48},
+                policy_version_id=version.id,
+                enqueue=False,
+            )
             click.echo(f"imported the demo prompt set '{DEMO_SET}' ({ps.report['imported']} prompts)")
         prog = service.progress(session=s, prompt_set=ps)
         if prog.done >= prog.total:
@@ -170,20 +218,19 @@ def demo() -> None:
     click.echo(f"'{DEMO_SET}' is sampled and ready to label")
 
 
-def _run_inline(sessions: sessionmaker[Session], job_id: int, set_id: int, done: int,
-                total: int) -> None:
+def _run_inline(sessions: sessionmaker[Session], job_id: int, set_id: int, done: int, total: int) -> None:
     """Run queued sampling jobs in this process (ours among them) with a progress bar."""
     from app.prompts import service
     from app.prompts.models import PromptSet
     from app.runs.models import FINISHED, Job
     from trainer.worker import Worker
 
-    worker = Worker(sessions, worker_id=f"ranklab-demo:{id(sessions)}", kinds=["sample"],
-                    poll_seconds=0.2)
+    worker = Worker(sessions, worker_id=f"ranklab-demo:{id(sessions)}", kinds=["sample"], poll_seconds=0.2)
     thread = threading.Thread(target=worker.run, kwargs={"burst": True}, daemon=True)
     thread.start()
-    with click.progressbar(length=total, label="sampling the demo set",
-                           show_pos=True, file=sys.stderr) as bar:
+    with click.progressbar(
+        length=total, label="sampling the demo set", show_pos=True, file=sys.stderr
+    ) as bar:
         bar.update(done)
         shown = done
         while True:

@@ -41,9 +41,7 @@ class PromptSet(Base):
     overlap: Mapped[int] = mapped_column(default=1)
     # max_new_tokens, temperature, top_p, top_k
     sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    policy_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("model_version.id", ondelete="SET NULL")
-    )
+    policy_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id", ondelete="SET NULL"))
     # When set, every task mixes completions of both versions, half and half.
     compare_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_version.id", ondelete="SET NULL")

@@ -19,8 +19,14 @@ from typing import Any
 
 MAX_PROBLEMS = 50
 FORMATS = ("jsonl", "csv", "parquet")
-EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
-              ".parquet": "parquet", ".pq": "parquet"}
+EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 # Keys that make the prompt itself; every other key or column is kept as metadata.
 TEXT_KEYS = ("prompt", "instruction", "input")
 
@@ -54,8 +60,13 @@ class Problem:
         return f"{where}: {self.message}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "field": self.field, "message": self.message,
-                "text": str(self)}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "field": self.field,
+            "message": self.message,
+            "text": str(self),
+        }
 
 
 @dataclass
@@ -121,12 +132,18 @@ def parse_prompt_file(
     out = _Collector(filename)
     kind = detect_format(filename, fmt)
     if kind is None:
-        out.problem(None, None, f"unknown format {fmt!r}; use jsonl, csv or parquet" if fmt else
-                    "unknown file type; name it .jsonl, .csv or .parquet (or choose the format)")
+        out.problem(
+            None,
+            None,
+            f"unknown format {fmt!r}; use jsonl, csv or parquet"
+            if fmt
+            else "unknown file type; name it .jsonl, .csv or .parquet (or choose the format)",
+        )
         return out.result
     if len(data) > max_bytes:
-        out.problem(None, None, f"the file is larger than the {max_bytes / 1e6:g} MB limit "
-                                "(RANKLAB_MAX_UPLOAD_MB)")
+        out.problem(
+            None, None, f"the file is larger than the {max_bytes / 1e6:g} MB limit (RANKLAB_MAX_UPLOAD_MB)"
+        )
         return out.result
     if not data.strip():
         out.problem(None, None, "the file is empty")
@@ -144,8 +161,7 @@ def parse_prompt_file(
         rows = _jsonl_rows(text, out) if kind == "jsonl" else _csv_rows(text, out)
     for line, record in rows:
         out.result.rows += 1
-        _take(line, record, out, max_tokens=max_tokens, count_tokens=count_tokens,
-              limit_name=limit_name)
+        _take(line, record, out, max_tokens=max_tokens, count_tokens=count_tokens, limit_name=limit_name)
         if out.full:
             break
     if out.result.rows == 0 and not out.result.problems:
@@ -163,8 +179,9 @@ def _decode(data: bytes, out: _Collector) -> str | None:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        out.problem(line, None, f"not UTF-8: byte 0x{data[exc.start]:02x} at column {column} "
-                                "(save the file as UTF-8)")
+        out.problem(
+            line, None, f"not UTF-8: byte 0x{data[exc.start]:02x} at column {column} (save the file as UTF-8)"
+        )
         return None
 
 
@@ -210,8 +227,11 @@ def _csv_rows(text: str, out: _Collector) -> list[tuple[int, dict[str, Any]]]:
         return []
     header = [h.strip() for h in header]
     if "prompt" not in header:
-        out.problem(1, "prompt", "the header has no 'prompt' column (columns: "
-                                 + ", ".join(repr(h) for h in header) + ")")
+        out.problem(
+            1,
+            "prompt",
+            "the header has no 'prompt' column (columns: " + ", ".join(repr(h) for h in header) + ")",
+        )
         return []
     start = reader.line_num + 1
     while True:
@@ -248,21 +268,29 @@ def _parquet_rows(data: bytes, out: _Collector) -> list[tuple[int, dict[str, Any
     names = table.column_names
     text_column = "prompt" if "prompt" in names else "instruction" if "instruction" in names else None
     if text_column is None:
-        out.problem(None, "prompt", "no 'prompt' column (columns: "
-                                    + ", ".join(repr(n) for n in names) + ")")
+        out.problem(None, "prompt", "no 'prompt' column (columns: " + ", ".join(repr(n) for n in names) + ")")
         return []
     for name in ("prompt", "instruction", "input"):
-        if name in names and not (pa.types.is_string(table.schema.field(name).type)
-                                  or pa.types.is_large_string(table.schema.field(name).type)
-                                  or pa.types.is_null(table.schema.field(name).type)):
+        if name in names and not (
+            pa.types.is_string(table.schema.field(name).type)
+            or pa.types.is_large_string(table.schema.field(name).type)
+            or pa.types.is_null(table.schema.field(name).type)
+        ):
             out.problem(None, name, f"column type is {table.schema.field(name).type}; it must be text")
     if out.result.problems:
         return []
     return [(i, row) for i, row in enumerate(table.to_pylist(), start=1)]
 
 
-def _take(line: int, record: dict[str, Any], out: _Collector, *, max_tokens: int,
-          count_tokens: TokenCounter, limit_name: str = "RANKLAB_MAX_PROMPT_TOKENS") -> None:
+def _take(
+    line: int,
+    record: dict[str, Any],
+    out: _Collector,
+    *,
+    max_tokens: int,
+    count_tokens: TokenCounter,
+    limit_name: str = "RANKLAB_MAX_PROMPT_TOKENS",
+) -> None:
     if "prompt" in record:
         fld = "prompt"
         text = record["prompt"]
@@ -314,8 +342,15 @@ def _take(line: int, record: dict[str, Any], out: _Collector, *, max_tokens: int
 
 
 def _type_name(value: object) -> str:
-    return {bool: "true/false", int: "a number", float: "a number", list: "a list",
-            dict: "an object", str: "text", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+        str: "text",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _jsonable(value: Any) -> Any:

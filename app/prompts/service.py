@@ -37,6 +37,7 @@ class ImportRejected(Exception):
 
 # --- tokens ----------------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=8)
 def _tokenizer_file_counter(path: str, _mtime: float) -> TokenCounter:
     # The `tokenizers` library only: transformers would pull torch into the web process.
@@ -74,9 +75,18 @@ def context_positions(version: ModelVersion | None) -> int | None:
 
 # --- import ----------------------------------------------------------------------------------
 
-def check_options(*, session: Session, filename: str, name: str, k: int, overlap: int,
-                  sampling: dict[str, Any], policy_version_id: int | None,
-                  compare_version_id: int | None) -> list[Problem]:
+
+def check_options(
+    *,
+    session: Session,
+    filename: str,
+    name: str,
+    k: int,
+    overlap: int,
+    sampling: dict[str, Any],
+    policy_version_id: int | None,
+    compare_version_id: int | None,
+) -> list[Problem]:
     problems: list[Problem] = []
 
     def bad(fld: str, message: str) -> None:
@@ -132,9 +142,16 @@ def import_prompt_set(
     """Validate everything, then store the set, its prompts and a `sample` job; or raise
     ImportRejected having stored nothing."""
     params = {**SAMPLING_DEFAULTS, **(sampling or {})}
-    problems = check_options(session=session, filename=filename, name=name, k=k, overlap=overlap,
-                             sampling=params, policy_version_id=policy_version_id,
-                             compare_version_id=compare_version_id)
+    problems = check_options(
+        session=session,
+        filename=filename,
+        name=name,
+        k=k,
+        overlap=overlap,
+        sampling=params,
+        policy_version_id=policy_version_id,
+        compare_version_id=compare_version_id,
+    )
     flag_set = [f.strip() for f in (flags or []) if f.strip()] or list(DEFAULT_FLAGS)
     if len(flag_set) > MAX_FLAGS:
         problems.append(Problem(filename, None, "flags", f"at most {MAX_FLAGS} flags, got {len(flag_set)}"))
@@ -142,57 +159,84 @@ def import_prompt_set(
         if "\x00" in flag:
             problems.append(Problem(filename, None, "flags", "a flag contains a NUL character (\\u0000)"))
         if len(flag) > 200:
-            problems.append(Problem(filename, None, "flags", f"a flag of {len(flag)} characters; "
-                                                             "at most 200"))
+            problems.append(
+                Problem(filename, None, "flags", f"a flag of {len(flag)} characters; at most 200")
+            )
     if len(set(flag_set)) != len(flag_set):
         problems.append(Problem(filename, None, "flags", "the same flag is listed twice"))
     version = None
     if not any(p.field in ("policy_version", "compare_version") for p in problems):
-        version = (policies.get_policy(session=session, version_id=policy_version_id)
-                   if policy_version_id is not None
-                   else policies.default_policy(session=session, settings=settings))
+        version = (
+            policies.get_policy(session=session, version_id=policy_version_id)
+            if policy_version_id is not None
+            else policies.default_policy(session=session, settings=settings)
+        )
     counter, counted_with = token_counter(version)
     # A prompt must leave the policy room to write; past its context the sampling job would fail.
     max_tokens, limit_name = settings.max_prompt_tokens, "RANKLAB_MAX_PROMPT_TOKENS"
     positions, new_tokens = context_positions(version), params.get("max_new_tokens")
     if positions is not None and isinstance(new_tokens, int) and new_tokens > 0:
         if new_tokens >= positions:
-            problems.append(Problem(filename, None, "max_new_tokens", f"must be below the "
-                                    f"{positions} tokens the policy sees at once, got {new_tokens}"))
+            problems.append(
+                Problem(
+                    filename,
+                    None,
+                    "max_new_tokens",
+                    f"must be below the {positions} tokens the policy sees at once, got {new_tokens}",
+                )
+            )
         elif positions - new_tokens < max_tokens:
             max_tokens = positions - new_tokens
             limit_name = f"the policy's {positions} positions less max_new_tokens {new_tokens}"
-    parsed = parse_prompt_file(filename=filename, data=data, fmt=fmt,
-                               max_bytes=int(settings.max_upload_mb * 1_000_000),
-                               max_tokens=max_tokens, count_tokens=counter, limit_name=limit_name)
+    parsed = parse_prompt_file(
+        filename=filename,
+        data=data,
+        fmt=fmt,
+        max_bytes=int(settings.max_upload_mb * 1_000_000),
+        max_tokens=max_tokens,
+        count_tokens=counter,
+        limit_name=limit_name,
+    )
     problems += parsed.problems
     if problems:
         raise ImportRejected(problems, truncated=parsed.truncated)
     assert version is not None
     prompt_set = PromptSet(
-        name=name.strip(), k=k, overlap=overlap, sampling=params, policy_version_id=version.id,
-        compare_version_id=compare_version_id, flags=flag_set,
+        name=name.strip(),
+        k=k,
+        overlap=overlap,
+        sampling=params,
+        policy_version_id=version.id,
+        compare_version_id=compare_version_id,
+        flags=flag_set,
         status=SetStatus.sampling if enqueue else SetStatus.active,
-        source_filename=filename.replace("\x00", "")[:500], created_by_id=created_by_id,
-        report={"rows": parsed.rows, "imported": len(parsed.prompts),
-                "duplicates": parsed.duplicates, "duplicate_lines": parsed.duplicate_lines,
-                "tokens_counted_with": counted_with},
+        source_filename=filename.replace("\x00", "")[:500],
+        created_by_id=created_by_id,
+        report={
+            "rows": parsed.rows,
+            "imported": len(parsed.prompts),
+            "duplicates": parsed.duplicates,
+            "duplicate_lines": parsed.duplicate_lines,
+            "tokens_counted_with": counted_with,
+        },
     )
     session.add(prompt_set)
     session.flush()
-    session.add_all(Prompt(prompt_set_id=prompt_set.id, text=p.text, text_hash=p.hash, meta=p.meta,
-                           source_line=p.line) for p in parsed.prompts)
+    session.add_all(
+        Prompt(prompt_set_id=prompt_set.id, text=p.text, text_hash=p.hash, meta=p.meta, source_line=p.line)
+        for p in parsed.prompts
+    )
     session.flush()
     if enqueue:
         start_sampling(session=session, prompt_set=prompt_set, created_by_id=created_by_id)
     return prompt_set
 
 
-def start_sampling(*, session: Session, prompt_set: PromptSet,
-                   created_by_id: int | None = None) -> Job:
+def start_sampling(*, session: Session, prompt_set: PromptSet, created_by_id: int | None = None) -> Job:
     """Queue a `sample` job for the set's prompts that have no task yet."""
-    job = jobs.enqueue(session=session, kind="sample", params={"prompt_set_id": prompt_set.id},
-                       created_by_id=created_by_id)
+    job = jobs.enqueue(
+        session=session, kind="sample", params={"prompt_set_id": prompt_set.id}, created_by_id=created_by_id
+    )
     prompt_set.status = SetStatus.sampling
     prompt_set.report = {**prompt_set.report, "job_id": job.id}
     session.flush()
@@ -200,6 +244,7 @@ def start_sampling(*, session: Session, prompt_set: PromptSet,
 
 
 # --- reading ---------------------------------------------------------------------------------
+
 
 def list_sets(*, session: Session) -> list[PromptSet]:
     return list(session.scalars(select(PromptSet).order_by(PromptSet.id.desc())))
@@ -235,24 +280,41 @@ class Progress:
         return self.done / self.total if self.total else 1.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "done": self.done, "rate_per_s": self.rate,
-                "eta_seconds": self.eta_seconds,
-                "job": None if self.job is None else {
-                    "id": self.job.id, "status": self.job.status, "message": self.job.message,
-                    "error": self.job.error}}
+        return {
+            "total": self.total,
+            "done": self.done,
+            "rate_per_s": self.rate,
+            "eta_seconds": self.eta_seconds,
+            "job": None
+            if self.job is None
+            else {
+                "id": self.job.id,
+                "status": self.job.status,
+                "message": self.job.message,
+                "error": self.job.error,
+            },
+        }
 
 
 def progress(*, session: Session, prompt_set: PromptSet) -> Progress:
-    total = session.scalar(select(func.count()).select_from(Prompt)
-                           .where(Prompt.prompt_set_id == prompt_set.id)) or 0
-    done = session.scalar(select(func.count(func.distinct(Task.prompt_id)))
-                          .where(Task.prompt_set_id == prompt_set.id,
-                                 Task.status != TaskStatus.sampling)) or 0
+    total = (
+        session.scalar(select(func.count()).select_from(Prompt).where(Prompt.prompt_set_id == prompt_set.id))
+        or 0
+    )
+    done = (
+        session.scalar(
+            select(func.count(func.distinct(Task.prompt_id))).where(
+                Task.prompt_set_id == prompt_set.id, Task.status != TaskStatus.sampling
+            )
+        )
+        or 0
+    )
     job = sampling_job(session=session, prompt_set=prompt_set)
     rate = eta = None
     if job is not None and job.status == JobStatus.running and job.started_at is not None:
-        by_job = session.scalar(select(func.count()).select_from(Task)
-                                .where(Task.sampling_job_id == job.id)) or 0
+        by_job = (
+            session.scalar(select(func.count()).select_from(Task).where(Task.sampling_job_id == job.id)) or 0
+        )
         elapsed = (utcnow() - job.started_at).total_seconds()
         if by_job and elapsed > 0:
             rate = by_job / elapsed
@@ -270,8 +332,9 @@ def cancel_sampling(*, session: Session, prompt_set: PromptSet) -> Job | None:
     return job
 
 
-def resume_sampling(*, session: Session, prompt_set: PromptSet,
-                    created_by_id: int | None = None) -> Job | None:
+def resume_sampling(
+    *, session: Session, prompt_set: PromptSet, created_by_id: int | None = None
+) -> Job | None:
     """After a cancel or a failure: sample the prompts still without completions."""
     job = sampling_job(session=session, prompt_set=prompt_set)
     if job is not None and job.status not in FINISHED:
@@ -283,15 +346,22 @@ def resume_sampling(*, session: Session, prompt_set: PromptSet,
 
 
 def sample_tasks(*, session: Session, prompt_set: PromptSet, limit: int = 20) -> list[Task]:
-    return list(session.scalars(
-        select(Task).where(Task.prompt_set_id == prompt_set.id, Task.status != TaskStatus.sampling)
-        .order_by(Task.id).limit(limit)
-    ))
+    return list(
+        session.scalars(
+            select(Task)
+            .where(Task.prompt_set_id == prompt_set.id, Task.status != TaskStatus.sampling)
+            .order_by(Task.id)
+            .limit(limit)
+        )
+    )
 
 
 def prompts_page(*, session: Session, prompt_set: PromptSet, limit: int = 50) -> list[Prompt]:
-    return list(session.scalars(select(Prompt).where(Prompt.prompt_set_id == prompt_set.id)
-                                .order_by(Prompt.id).limit(limit)))
+    return list(
+        session.scalars(
+            select(Prompt).where(Prompt.prompt_set_id == prompt_set.id).order_by(Prompt.id).limit(limit)
+        )
+    )
 
 
 def versions_by_id(*, session: Session, ids: set[int]) -> dict[int, ModelVersion]:

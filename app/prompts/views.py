@@ -40,15 +40,20 @@ def fmt_seconds(seconds: float | None) -> str:
 
 
 def _row(session: Session, ps: PromptSet) -> dict[str, Any]:
-    versions = service.versions_by_id(session=session, ids={i for i in (
-        ps.policy_version_id, ps.compare_version_id) if i})
-    return {"ps": ps, "prog": service.progress(session=session, prompt_set=ps),
-            "policy": versions.get(ps.policy_version_id or 0),
-            "compare": versions.get(ps.compare_version_id or 0),
-            "is_demo": any(v.is_demo for v in versions.values())}
+    versions = service.versions_by_id(
+        session=session, ids={i for i in (ps.policy_version_id, ps.compare_version_id) if i}
+    )
+    return {
+        "ps": ps,
+        "prog": service.progress(session=session, prompt_set=ps),
+        "policy": versions.get(ps.policy_version_id or 0),
+        "compare": versions.get(ps.compare_version_id or 0),
+        "is_demo": any(v.is_demo for v in versions.values()),
+    }
 
 
 # --- pages -----------------------------------------------------------------------------------
+
 
 @router.get("/sets", response_class=HTMLResponse)
 def sets_page(request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
@@ -56,18 +61,33 @@ def sets_page(request: Request, session: SessionDep, admin: CurrentAdmin) -> Res
     return render(request, "prompts/list.html", {"rows": rows, "fmt_seconds": fmt_seconds})
 
 
-def _new_form(request: Request, session: Session, *, problems: list[Problem] | None = None,
-              truncated: bool = False, values: dict[str, Any] | None = None,
-              status_code: int = 200) -> Response:
+def _new_form(
+    request: Request,
+    session: Session,
+    *,
+    problems: list[Problem] | None = None,
+    truncated: bool = False,
+    values: dict[str, Any] | None = None,
+    status_code: int = 200,
+) -> Response:
     settings = request.app.state.settings
     active = policies.active_policy(session=session)
-    return render(request, "prompts/new.html", {
-        "policies": policies.list_policies(session=session), "active": active,
-        "problems": problems or [], "truncated": truncated,
-        "values": {"k": 4, "overlap": 1, **service.SAMPLING_DEFAULTS, **(values or {})},
-        "max_upload_mb": settings.max_upload_mb, "max_prompt_tokens": settings.max_prompt_tokens,
-        "k_range": (service.K_MIN, service.K_MAX), "default_flags": DEFAULT_FLAGS,
-    }, status_code=status_code)
+    return render(
+        request,
+        "prompts/new.html",
+        {
+            "policies": policies.list_policies(session=session),
+            "active": active,
+            "problems": problems or [],
+            "truncated": truncated,
+            "values": {"k": 4, "overlap": 1, **service.SAMPLING_DEFAULTS, **(values or {})},
+            "max_upload_mb": settings.max_upload_mb,
+            "max_prompt_tokens": settings.max_prompt_tokens,
+            "k_range": (service.K_MIN, service.K_MAX),
+            "default_flags": DEFAULT_FLAGS,
+        },
+        status_code=status_code,
+    )
 
 
 @router.get("/sets/new", response_class=HTMLResponse)
@@ -79,35 +99,66 @@ def _number(problems: list[Problem], filename: str, fld: str, raw: str, kind: ty
     try:
         return kind(raw.strip())
     except ValueError:
-        problems.append(Problem(filename, None, fld, f"not a {'whole ' if kind is int else ''}"
-                                                     f"number: {raw!r}"))
+        problems.append(
+            Problem(filename, None, fld, f"not a {'whole ' if kind is int else ''}number: {raw!r}")
+        )
         return None
 
 
-def _upload(request: Request, session: Session, admin_id: int, *, file: UploadFile, name: str,
-            fmt: str, k: str, overlap: str, max_new_tokens: str, temperature: str, top_p: str,
-            top_k: str, policy_version_id: str, compare_version_id: str,
-            flags: str = "") -> PromptSet:
+def _upload(
+    request: Request,
+    session: Session,
+    admin_id: int,
+    *,
+    file: UploadFile,
+    name: str,
+    fmt: str,
+    k: str,
+    overlap: str,
+    max_new_tokens: str,
+    temperature: str,
+    top_p: str,
+    top_k: str,
+    policy_version_id: str,
+    compare_version_id: str,
+    flags: str = "",
+) -> PromptSet:
     """Shared by the page and the API; raises service.ImportRejected."""
     settings = request.app.state.settings
     filename = file.filename or "upload"
     limit = int(settings.max_upload_mb * 1_000_000)
     data = file.file.read(limit + 1)  # never more than the limit (plus one byte to notice) in memory
     problems: list[Problem] = []
-    numbers = {fld: _number(problems, filename, fld, raw, kind) for fld, raw, kind in (
-        ("k", k, int), ("overlap", overlap, int), ("max_new_tokens", max_new_tokens, int),
-        ("temperature", temperature, float), ("top_p", top_p, float), ("top_k", top_k, int),
-        ("policy_version", policy_version_id or "0", int),
-        ("compare_version", compare_version_id or "0", int))}
+    numbers = {
+        fld: _number(problems, filename, fld, raw, kind)
+        for fld, raw, kind in (
+            ("k", k, int),
+            ("overlap", overlap, int),
+            ("max_new_tokens", max_new_tokens, int),
+            ("temperature", temperature, float),
+            ("top_p", top_p, float),
+            ("top_k", top_k, int),
+            ("policy_version", policy_version_id or "0", int),
+            ("compare_version", compare_version_id or "0", int),
+        )
+    }
     if problems:
         raise service.ImportRejected(problems)
     return service.import_prompt_set(
-        session=session, settings=settings, name=name, filename=filename, data=data,
-        fmt=fmt or None, k=numbers["k"], overlap=numbers["overlap"],
+        session=session,
+        settings=settings,
+        name=name,
+        filename=filename,
+        data=data,
+        fmt=fmt or None,
+        k=numbers["k"],
+        overlap=numbers["overlap"],
         sampling={f: numbers[f] for f in ("max_new_tokens", "temperature", "top_p", "top_k")},
         policy_version_id=numbers["policy_version"] or None,
         compare_version_id=numbers["compare_version"] or None,
-        flags=[line for line in flags.splitlines() if line.strip()] or None, created_by_id=admin_id)
+        flags=[line for line in flags.splitlines() if line.strip()] or None,
+        created_by_id=admin_id,
+    )
 
 
 Text = Annotated[str, Form()]
@@ -115,24 +166,58 @@ Text = Annotated[str, Form()]
 
 @router.post("/sets", response_class=HTMLResponse)
 def upload_set(
-    request: Request, session: SessionDep, admin: CurrentAdmin,
-    file: Annotated[UploadFile, File()], name: Text, k: Text = "4", overlap: Text = "1",
-    fmt: Annotated[str, Form(alias="format")] = "", max_new_tokens: Text = "64",
-    temperature: Text = "1.0", top_p: Text = "1.0", top_k: Text = "0",
-    policy_version_id: Text = "", compare_version_id: Text = "", flags: Text = "",
+    request: Request,
+    session: SessionDep,
+    admin: CurrentAdmin,
+    file: Annotated[UploadFile, File()],
+    name: Text,
+    k: Text = "4",
+    overlap: Text = "1",
+    fmt: Annotated[str, Form(alias="format")] = "",
+    max_new_tokens: Text = "64",
+    temperature: Text = "1.0",
+    top_p: Text = "1.0",
+    top_k: Text = "0",
+    policy_version_id: Text = "",
+    compare_version_id: Text = "",
+    flags: Text = "",
 ) -> Response:
-    form = {"flags": flags, "name": name, "k": k, "overlap": overlap, "max_new_tokens": max_new_tokens,
-            "temperature": temperature, "top_p": top_p, "top_k": top_k, "format": fmt,
-            "policy_version_id": policy_version_id, "compare_version_id": compare_version_id}
+    form = {
+        "flags": flags,
+        "name": name,
+        "k": k,
+        "overlap": overlap,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "format": fmt,
+        "policy_version_id": policy_version_id,
+        "compare_version_id": compare_version_id,
+    }
     try:
-        ps = _upload(request, session, admin.id, file=file, name=name, fmt=fmt, k=k,
-                     overlap=overlap, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, top_k=top_k, policy_version_id=policy_version_id,
-                     compare_version_id=compare_version_id, flags=flags)
+        ps = _upload(
+            request,
+            session,
+            admin.id,
+            file=file,
+            name=name,
+            fmt=fmt,
+            k=k,
+            overlap=overlap,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            policy_version_id=policy_version_id,
+            compare_version_id=compare_version_id,
+            flags=flags,
+        )
     except service.ImportRejected as exc:
         session.rollback()  # a default policy registered on the way is not worth keeping either
-        return _new_form(request, session, problems=exc.problems, truncated=exc.truncated,
-                         values=form, status_code=422)
+        return _new_form(
+            request, session, problems=exc.problems, truncated=exc.truncated, values=form, status_code=422
+        )
     return RedirectResponse(f"/sets/{ps.id}", status_code=303)
 
 
@@ -142,10 +227,18 @@ def set_page(set_id: int, request: Request, session: SessionDep, admin: CurrentA
     tasks = service.sample_tasks(session=session, prompt_set=ps, limit=10)
     version_ids = {c.model_version_id for t in tasks for c in t.completions if c.model_version_id}
     prompts = service.prompts_page(session=session, prompt_set=ps, limit=50)
-    return render(request, "prompts/detail.html", {
-        **_row(session, ps), "tasks": tasks, "prompt_text": {p.id: p.text for p in prompts},
-        "prompts": prompts, "versions": service.versions_by_id(session=session, ids=version_ids),
-        "fmt_seconds": fmt_seconds})
+    return render(
+        request,
+        "prompts/detail.html",
+        {
+            **_row(session, ps),
+            "tasks": tasks,
+            "prompt_text": {p.id: p.text for p in prompts},
+            "prompts": prompts,
+            "versions": service.versions_by_id(session=session, ids=version_ids),
+            "fmt_seconds": fmt_seconds,
+        },
+    )
 
 
 @router.get("/sets/{set_id}/progress", response_class=HTMLResponse)
@@ -154,8 +247,9 @@ def set_progress(set_id: int, request: Request, session: SessionDep, admin: Curr
     ps = _set_or_404(session, set_id)
     if not is_htmx(request):
         return RedirectResponse(f"/sets/{set_id}", status_code=303)
-    return render(request, "prompts/detail.html", {**_row(session, ps), "fmt_seconds": fmt_seconds},
-                  block="progress")
+    return render(
+        request, "prompts/detail.html", {**_row(session, ps), "fmt_seconds": fmt_seconds}, block="progress"
+    )
 
 
 @router.post("/sets/{set_id}/cancel", response_class=HTMLResponse)
@@ -163,8 +257,12 @@ def cancel_set(set_id: int, request: Request, session: SessionDep, admin: Curren
     ps = _set_or_404(session, set_id)
     service.cancel_sampling(session=session, prompt_set=ps)
     if is_htmx(request):
-        return render(request, "prompts/detail.html", {**_row(session, ps), "fmt_seconds": fmt_seconds},
-                      block="progress")
+        return render(
+            request,
+            "prompts/detail.html",
+            {**_row(session, ps), "fmt_seconds": fmt_seconds},
+            block="progress",
+        )
     return RedirectResponse(f"/sets/{set_id}", status_code=303)
 
 
@@ -173,20 +271,36 @@ def resume_set(set_id: int, request: Request, session: SessionDep, admin: Curren
     ps = _set_or_404(session, set_id)
     service.resume_sampling(session=session, prompt_set=ps, created_by_id=admin.id)
     if is_htmx(request):
-        return render(request, "prompts/detail.html", {**_row(session, ps), "fmt_seconds": fmt_seconds},
-                      block="progress")
+        return render(
+            request,
+            "prompts/detail.html",
+            {**_row(session, ps), "fmt_seconds": fmt_seconds},
+            block="progress",
+        )
     return RedirectResponse(f"/sets/{set_id}", status_code=303)
 
 
 # --- JSON API --------------------------------------------------------------------------------
 
+
 def _out(session: Session, ps: PromptSet) -> PromptSetOut:
     row = _row(session, ps)
     return PromptSetOut(
-        id=ps.id, name=ps.name, k=ps.k, overlap=ps.overlap, sampling=ps.sampling,
-        policy_version_id=ps.policy_version_id, compare_version_id=ps.compare_version_id,
-        is_demo=row["is_demo"], flags=list(ps.flags), status=ps.status, source_filename=ps.source_filename,
-        report=ps.report, created_at=ps.created_at, progress=row["prog"].as_dict())
+        id=ps.id,
+        name=ps.name,
+        k=ps.k,
+        overlap=ps.overlap,
+        sampling=ps.sampling,
+        policy_version_id=ps.policy_version_id,
+        compare_version_id=ps.compare_version_id,
+        is_demo=row["is_demo"],
+        flags=list(ps.flags),
+        status=ps.status,
+        source_filename=ps.source_filename,
+        report=ps.report,
+        created_at=ps.created_at,
+        progress=row["prog"].as_dict(),
+    )
 
 
 @api.get("/sets", response_model=list[PromptSetOut])
@@ -199,25 +313,53 @@ def get_set_api(set_id: int, session: SessionDep, admin: CurrentAdmin) -> Prompt
     return _out(session, _set_or_404(session, set_id))
 
 
-@api.post("/sets", response_model=PromptSetOut, status_code=201,
-          responses={422: {"description": "Refused: every problem with file, line and field."}})
+@api.post(
+    "/sets",
+    response_model=PromptSetOut,
+    status_code=201,
+    responses={422: {"description": "Refused: every problem with file, line and field."}},
+)
 def upload_set_api(
-    request: Request, session: SessionDep, admin: CurrentAdmin,
-    file: Annotated[UploadFile, File()], name: Text, k: Text = "4", overlap: Text = "1",
-    fmt: Annotated[str, Form(alias="format")] = "", max_new_tokens: Text = "64",
-    temperature: Text = "1.0", top_p: Text = "1.0", top_k: Text = "0",
-    policy_version_id: Text = "", compare_version_id: Text = "", flags: Text = "",
+    request: Request,
+    session: SessionDep,
+    admin: CurrentAdmin,
+    file: Annotated[UploadFile, File()],
+    name: Text,
+    k: Text = "4",
+    overlap: Text = "1",
+    fmt: Annotated[str, Form(alias="format")] = "",
+    max_new_tokens: Text = "64",
+    temperature: Text = "1.0",
+    top_p: Text = "1.0",
+    top_k: Text = "0",
+    policy_version_id: Text = "",
+    compare_version_id: Text = "",
+    flags: Text = "",
 ) -> Response | PromptSetOut:
     """Upload a prompt file (multipart): all or nothing; queues the sampling job."""
     try:
-        ps = _upload(request, session, admin.id, file=file, name=name, fmt=fmt, k=k,
-                     overlap=overlap, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, top_k=top_k, policy_version_id=policy_version_id,
-                     compare_version_id=compare_version_id, flags=flags)
+        ps = _upload(
+            request,
+            session,
+            admin.id,
+            file=file,
+            name=name,
+            fmt=fmt,
+            k=k,
+            overlap=overlap,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            policy_version_id=policy_version_id,
+            compare_version_id=compare_version_id,
+            flags=flags,
+        )
     except service.ImportRejected as exc:
         session.rollback()
-        return JSONResponse({"detail": [p.as_dict() for p in exc.problems],
-                             "truncated": exc.truncated}, status_code=422)
+        return JSONResponse(
+            {"detail": [p.as_dict() for p in exc.problems], "truncated": exc.truncated}, status_code=422
+        )
     return _out(session, ps)
 
 

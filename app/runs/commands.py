@@ -29,12 +29,20 @@ def _group(cli: click.Group, name: str, help_text: str) -> click.Group:
 
 
 def register(cli: click.Group) -> None:
-    jobs_group = _group(cli, "jobs", "Look at and cancel sampling and training jobs.\n\n\b\n"
-                        "Examples:\n  ranklab jobs list --status running\n  ranklab jobs cancel 12")
+    jobs_group = _group(
+        cli,
+        "jobs",
+        "Look at and cancel sampling and training jobs.\n\n\b\n"
+        "Examples:\n  ranklab jobs list --status running\n  ranklab jobs cancel 12",
+    )
     jobs_group.add_command(jobs_list)
     jobs_group.add_command(jobs_cancel)
-    policies = _group(cli, "policies", "Policy versions: list them, promote one to active.\n\n\b\n"
-                      "Examples:\n  ranklab policies list\n  ranklab policies promote 7")
+    policies = _group(
+        cli,
+        "policies",
+        "Policy versions: list them, promote one to active.\n\n\b\n"
+        "Examples:\n  ranklab policies list\n  ranklab policies promote 7",
+    )
     policies.add_command(policies_list)
     policies.add_command(policies_promote)
 
@@ -66,11 +74,21 @@ def jobs_list(kind: str | None, status: str | None, limit: int, as_json: bool) -
         if as_json:
             for r in rows:
                 j = r.job
-                click.echo(json.dumps({
-                    "id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
-                    "message": j.message, "after_id": j.after_id, "created_by": r.who,
-                    "created_at": j.created_at.isoformat(), "error": j.error,
-                }))
+                click.echo(
+                    json.dumps(
+                        {
+                            "id": j.id,
+                            "kind": j.kind,
+                            "status": j.status,
+                            "progress": j.progress,
+                            "message": j.message,
+                            "after_id": j.after_id,
+                            "created_by": r.who,
+                            "created_at": j.created_at.isoformat(),
+                            "error": j.error,
+                        }
+                    )
+                )
             return
         if not rows:
             click.echo("no jobs" + (" match" if kind or status else ""))
@@ -79,8 +97,10 @@ def jobs_list(kind: str | None, status: str | None, limit: int, as_json: bool) -
         for r in rows:
             j = r.job
             left = f" ({dashboard.human(r.time_left)} left)" if r.time_left else ""
-            click.echo(f"{j.id:>5}  {j.kind:<14} {j.status:<10} {j.progress:>5.0%}  "
-                       f"{dashboard.human(r.duration):>12}  {j.message}{left}")
+            click.echo(
+                f"{j.id:>5}  {j.kind:<14} {j.status:<10} {j.progress:>5.0%}  "
+                f"{dashboard.human(r.duration):>12}  {j.message}{left}"
+            )
             if j.error:
                 click.echo(f"{'':>7}error: {j.error.splitlines()[0] if j.error else ''}")
 
@@ -120,11 +140,21 @@ def policies_list(as_json: bool) -> None:
         models = registry.list_models(session=s, kind=ModelKind.policy)
         if as_json:
             for m in models:
-                click.echo(json.dumps({
-                    "id": m.id, "name": m.name, "parent_id": m.parent_id, "job_id": m.job_id,
-                    "source": m.source, "active": m.is_active, "demo": m.is_demo,
-                    "metrics": m.metrics, "created_at": m.created_at.isoformat(),
-                }))
+                click.echo(
+                    json.dumps(
+                        {
+                            "id": m.id,
+                            "name": m.name,
+                            "parent_id": m.parent_id,
+                            "job_id": m.job_id,
+                            "source": m.source,
+                            "active": m.is_active,
+                            "demo": m.is_demo,
+                            "metrics": m.metrics,
+                            "created_at": m.created_at.isoformat(),
+                        }
+                    )
+                )
             return
         if not models:
             click.echo("no policy versions yet (the base policy is registered on first sampling)")
@@ -133,8 +163,10 @@ def policies_list(as_json: bool) -> None:
         for m in models:
             flag = "active" if m.is_active else ""
             name = m.name + (" [demo]" if m.is_demo else "")
-            click.echo(f"{m.id:>4}  {flag:<6} {name:<28} {m.parent_id or '-':>6} {m.job_id or '-':>5}  "
-                       f"{_short_metrics(m.metrics or {})}")
+            click.echo(
+                f"{m.id:>4}  {flag:<6} {name:<28} {m.parent_id or '-':>6} {m.job_id or '-':>5}  "
+                f"{_short_metrics(m.metrics or {})}"
+            )
 
 
 @click.command("promote")
@@ -149,8 +181,7 @@ def policies_promote(model_id: int) -> None:
     """
     with _sessions().begin() as s:
         try:
-            model = registry.promote_policy(session=s,
-                                            model=registry.get_model(session=s, model_id=model_id))
+            model = registry.promote_policy(session=s, model=registry.get_model(session=s, model_id=model_id))
         except registry.ModelError as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"policy {model.id} ({model.name}) is now active")

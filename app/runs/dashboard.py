@@ -26,31 +26,58 @@ LOG_TAIL_LINES = 80
 # train/loss and val/loss share an axis; val/accuracy gets its own. Names not listed here are
 # grouped by their prefix ("val/x" with "val/y"), and names without one get a chart each.
 METRIC_GROUPS: dict[str, str] = {
-    "loss": "Loss", "train_loss": "Loss", "val_loss": "Loss", "eval_loss": "Loss",
-    "accuracy": "Accuracy", "acc": "Accuracy", "val_accuracy": "Accuracy",
-    "train_accuracy": "Accuracy", "pairwise_accuracy": "Accuracy",
-    "lr": "Learning rate", "learning_rate": "Learning rate",
-    "reward": "Mean reward", "mean_reward": "Mean reward", "reward_mean": "Mean reward",
-    "score": "Mean reward", "rm_score": "Mean reward",
-    "kl": "KL to the reference", "mean_kl": "KL to the reference", "kl_ref": "KL to the reference",
-    "beta": "KL coefficient β", "kl_coef": "KL coefficient β",
+    "loss": "Loss",
+    "train_loss": "Loss",
+    "val_loss": "Loss",
+    "eval_loss": "Loss",
+    "accuracy": "Accuracy",
+    "acc": "Accuracy",
+    "val_accuracy": "Accuracy",
+    "train_accuracy": "Accuracy",
+    "pairwise_accuracy": "Accuracy",
+    "lr": "Learning rate",
+    "learning_rate": "Learning rate",
+    "reward": "Mean reward",
+    "mean_reward": "Mean reward",
+    "reward_mean": "Mean reward",
+    "score": "Mean reward",
+    "rm_score": "Mean reward",
+    "kl": "KL to the reference",
+    "mean_kl": "KL to the reference",
+    "kl_ref": "KL to the reference",
+    "beta": "KL coefficient β",
+    "kl_coef": "KL coefficient β",
     "entropy": "Entropy",
-    "clip_frac": "Clip fraction", "clipfrac": "Clip fraction", "clip_fraction": "Clip fraction",
-    "policy_clipfrac": "Clip fraction", "value_clipfrac": "Clip fraction",
-    "value_clip_frac": "Clip fraction", "policy_clip_frac": "Clip fraction",
-    "approx_kl": "Approximate KL (old → new)", "approxkl": "Approximate KL (old → new)",
-    "value_loss": "Value loss", "vf_loss": "Value loss",
-    "policy_loss": "Policy loss", "pg_loss": "Policy loss",
-    "explained_variance": "Explained variance", "explained_var": "Explained variance",
-    "ptx_loss": "Pretraining (ptx) loss", "lm_loss": "Pretraining (ptx) loss",
-    "response_length": "Response length", "mean_response_length": "Response length",
+    "clip_frac": "Clip fraction",
+    "clipfrac": "Clip fraction",
+    "clip_fraction": "Clip fraction",
+    "policy_clipfrac": "Clip fraction",
+    "value_clipfrac": "Clip fraction",
+    "value_clip_frac": "Clip fraction",
+    "policy_clip_frac": "Clip fraction",
+    "approx_kl": "Approximate KL (old → new)",
+    "approxkl": "Approximate KL (old → new)",
+    "value_loss": "Value loss",
+    "vf_loss": "Value loss",
+    "policy_loss": "Policy loss",
+    "pg_loss": "Policy loss",
+    "explained_variance": "Explained variance",
+    "explained_var": "Explained variance",
+    "ptx_loss": "Pretraining (ptx) loss",
+    "lm_loss": "Pretraining (ptx) loss",
+    "response_length": "Response length",
+    "mean_response_length": "Response length",
     "length": "Response length",
-    "no_eos": "Share without EOS", "no_eos_share": "Share without EOS",
-    "no_eos_frac": "Share without EOS", "frac_no_eos": "Share without EOS",
+    "no_eos": "Share without EOS",
+    "no_eos_share": "Share without EOS",
+    "no_eos_frac": "Share without EOS",
+    "frac_no_eos": "Share without EOS",
     "grad_norm": "Gradient norm",
-    "time_generate": "Seconds per iteration", "time_score": "Seconds per iteration",
+    "time_generate": "Seconds per iteration",
+    "time_score": "Seconds per iteration",
     "time_update": "Seconds per iteration",
-    "tokens_per_second": "Throughput", "pairs_per_second": "Throughput",
+    "tokens_per_second": "Throughput",
+    "pairs_per_second": "Throughput",
     "completions_per_second": "Throughput",
 }
 
@@ -114,8 +141,11 @@ def list_runs(
 
 
 def row(*, session: Session, job: Job) -> JobRow:
-    who = session.scalar(select(User.username).where(User.id == job.created_by_id)) \
-        if job.created_by_id else None
+    who = (
+        session.scalar(select(User.username).where(User.id == job.created_by_id))
+        if job.created_by_id
+        else None
+    )
     now = utcnow()
     return JobRow(job=job, who=who, duration=duration(job, now), time_left=time_left(job, now))
 
@@ -176,12 +206,14 @@ def samples(job: Job) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             continue
         score = item.get("score")
-        out.append({
-            "step": item.get("step", item.get("iteration")),
-            "prompt": str(item.get("prompt", "")),
-            "response": str(item.get("response", item.get("completion", ""))),
-            "score": score if isinstance(score, int | float) else None,
-        })
+        out.append(
+            {
+                "step": item.get("step", item.get("iteration")),
+                "prompt": str(item.get("prompt", "")),
+                "response": str(item.get("response", item.get("completion", ""))),
+                "score": score if isinstance(score, int | float) else None,
+            }
+        )
     return out
 
 

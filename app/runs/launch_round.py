@@ -112,8 +112,9 @@ def _read_ptx(upload: Any, limit_mb: float, errors: list[str]) -> bytes | None:
             errors.append(f"pretraining file {name}, line {n}: not JSON ({exc.msg})")
             return None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            errors.append(f"pretraining file {name}, line {n}: each line must be an object "
-                          "with a string field 'text'")
+            errors.append(
+                f"pretraining file {name}, line {n}: each line must be an object with a string field 'text'"
+            )
             return None
         texts += 1
     if not texts:

@@ -16,8 +16,7 @@ from app.runs.models import ModelKind, ModelVersion
 
 # Names a trainer may use for the figure the models page shows first, most telling first.
 HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
-    ModelKind.reward: ("val_accuracy", "val/accuracy", "accuracy", "pairwise_accuracy",
-                       "eval/accuracy"),
+    ModelKind.reward: ("val_accuracy", "val/accuracy", "accuracy", "pairwise_accuracy", "eval/accuracy"),
     ModelKind.policy: ("mean_reward", "reward", "reward/mean", "ppo/mean_reward", "final_reward"),
 }
 
@@ -53,13 +52,14 @@ def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
     """Make this the one active model of its kind. Idempotent."""
     # Lock every row of the kind so two concurrent switches queue up rather than collide.
     session.execute(
-        select(ModelVersion.id).where(ModelVersion.kind == model.kind)
-        .order_by(ModelVersion.id).with_for_update()  # one lock order: no deadlock between two
+        select(ModelVersion.id)
+        .where(ModelVersion.kind == model.kind)
+        .order_by(ModelVersion.id)
+        .with_for_update()  # one lock order: no deadlock between two
     ).all()
     session.execute(
         update(ModelVersion)
-        .where(ModelVersion.kind == model.kind, ModelVersion.is_active.is_(True),
-               ModelVersion.id != model.id)
+        .where(ModelVersion.kind == model.kind, ModelVersion.is_active.is_(True), ModelVersion.id != model.id)
         .values(is_active=False)
         .execution_options(synchronize_session="fetch")
     )
@@ -78,8 +78,9 @@ def activate_reward(*, session: Session, model: ModelVersion) -> ModelVersion:
 def promote_policy(*, session: Session, model: ModelVersion) -> ModelVersion:
     """The policy that samples from now on (new prompt sets, the next PPO run's start)."""
     if model.kind != ModelKind.policy:
-        raise ModelError(f"model {model.id} is a {model.kind} model, not a policy; "
-                         "use activate for reward models")
+        raise ModelError(
+            f"model {model.id} is a {model.kind} model, not a policy; use activate for reward models"
+        )
     return activate(session=session, model=model)
 
 
@@ -96,5 +97,6 @@ def names(*, session: Session, ids: set[int]) -> dict[int, str]:
     """id -> name for showing parents."""
     if not ids:
         return {}
-    return dict(session.execute(select(ModelVersion.id, ModelVersion.name)
-                                .where(ModelVersion.id.in_(ids))).all())
+    return dict(
+        session.execute(select(ModelVersion.id, ModelVersion.name).where(ModelVersion.id.in_(ids))).all()
+    )

@@ -13,8 +13,18 @@ from collections.abc import Mapping, Sequence
 from markupsafe import Markup, escape
 
 # Tableau 10: distinguishable, and readable for the common kinds of colour blindness.
-PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
-           "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
+PALETTE = (
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
 # Above this many points a series is thinned (evenly, keeping the last point) so a long run's
 # page stays small; the shape of a curve survives far fewer points than a screen has pixels.
 MAX_POINTS = 1500
@@ -74,8 +84,9 @@ def line_chart(
 ) -> Markup:
     """One chart. Non-finite values (NaN, inf) are left out: they would break the scale."""
     clean = {
-        name: thin([(float(x), float(y)) for x, y in pts
-                    if math.isfinite(float(x)) and math.isfinite(float(y))])
+        name: thin(
+            [(float(x), float(y)) for x, y in pts if math.isfinite(float(x)) and math.isfinite(float(y))]
+        )
         for name, pts in series.items()
     }
     clean = {name: pts for name, pts in clean.items() if pts}
@@ -88,11 +99,15 @@ def line_chart(
         f'width="{width}" height="{height}" role="img" aria-label="{escape(title or "chart")}">'
     ]
     if title:
-        out.append(f'<text class="chart-title" x="{left}" y="17" font-size="13" '
-                   f'font-weight="600">{escape(title)}</text>')
+        out.append(
+            f'<text class="chart-title" x="{left}" y="17" font-size="13" '
+            f'font-weight="600">{escape(title)}</text>'
+        )
     if not clean:
-        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12" '
-                   'fill="#5b6474">no data yet</text></svg>')
+        out.append(
+            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12" '
+            'fill="#5b6474">no data yet</text></svg>'
+        )
         return Markup("".join(out))  # noqa: S704  (every label above went through escape())
 
     xs = [x for pts in clean.values() for x, _ in pts]
@@ -110,19 +125,22 @@ def line_chart(
     out.append('<g class="axes" font-size="11" fill="#5b6474">')
     for t in y_ticks:
         y = sy(t)
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
-                   'stroke="#e6e8ee"/>')
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e6e8ee"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(t)}</text>')
     for t in x_ticks:
         x = sx(t)
-        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" '
-                   'stroke="#5b6474"/>')
+        out.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" stroke="#5b6474"/>'
+        )
         out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{fmt(t)}</text>')
     out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#5b6474"/>')
-    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" '
-               'stroke="#5b6474"/>')
-    out.append(f'<text class="x-label" x="{left + plot_w / 2}" y="{top + plot_h + 30}" '
-               f'text-anchor="middle">{escape(x_label)}</text>')
+    out.append(
+        f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#5b6474"/>'
+    )
+    out.append(
+        f'<text class="x-label" x="{left + plot_w / 2}" y="{top + plot_h + 30}" '
+        f'text-anchor="middle">{escape(x_label)}</text>'
+    )
     out.append("</g>")
 
     # One polyline per series; single points get a dot too, so they are visible.
@@ -133,7 +151,7 @@ def line_chart(
         out.append(
             f'<polyline data-series="{escape(name)}" fill="none" stroke="{color}" stroke-width="1.8" '
             f'stroke-linejoin="round" points="{coords}"><title>{escape(name)}: last '
-            f'{fmt(last_y)} at {fmt(last_x)}</title></polyline>'
+            f"{fmt(last_y)} at {fmt(last_x)}</title></polyline>"
         )
         if len(pts) == 1:
             out.append(f'<circle cx="{sx(last_x):.1f}" cy="{sy(last_y):.1f}" r="3" fill="{color}"/>')
@@ -146,7 +164,9 @@ def line_chart(
         lx = left + (i % 2) * col_w
         ly = top + plot_h + 46 + 16 * (i // 2)
         out.append(f'<rect x="{lx:.1f}" y="{ly - 8}" width="12" height="4" fill="{color}"/>')
-        out.append(f'<text x="{lx + 17:.1f}" y="{ly - 2}" fill="#1d2330">{escape(name)} '
-                   f'<tspan fill="#5b6474">({fmt(pts[-1][1])})</tspan></text>')
+        out.append(
+            f'<text x="{lx + 17:.1f}" y="{ly - 2}" fill="#1d2330">{escape(name)} '
+            f'<tspan fill="#5b6474">({fmt(pts[-1][1])})</tspan></text>'
+        )
     out.append("</g></svg>")
     return Markup("".join(out))  # noqa: S704  (every label above went through escape())

@@ -36,9 +36,11 @@ def active_policy(*, session: Session) -> ModelVersion | None:
 
 
 def list_policies(*, session: Session) -> list[ModelVersion]:
-    return list(session.scalars(
-        select(ModelVersion).where(ModelVersion.kind == ModelKind.policy).order_by(ModelVersion.id)
-    ))
+    return list(
+        session.scalars(
+            select(ModelVersion).where(ModelVersion.kind == ModelKind.policy).order_by(ModelVersion.id)
+        )
+    )
 
 
 def get_policy(*, session: Session, version_id: int) -> ModelVersion | None:
@@ -50,14 +52,23 @@ def ensure_demo_policy(*, session: Session, settings: Settings) -> ModelVersion:
     """The demo policy's row (its files are built by the worker or `ranklab demo` on first use)."""
     mv = session.scalar(
         select(ModelVersion)
-        .where(ModelVersion.kind == ModelKind.policy, ModelVersion.source == DEMO_SOURCE,
-               ModelVersion.parent_id.is_(None), ModelVersion.job_id.is_(None))
+        .where(
+            ModelVersion.kind == ModelKind.policy,
+            ModelVersion.source == DEMO_SOURCE,
+            ModelVersion.parent_id.is_(None),
+            ModelVersion.job_id.is_(None),
+        )
         .order_by(ModelVersion.id)
     )
     if mv is None:
-        mv = ModelVersion(kind=ModelKind.policy, name=DEMO_NAME, source=DEMO_SOURCE,
-                          path=str(demo_path(settings)), is_demo=True,
-                          config={"origin": "built locally by trainer/demo_policy.py"})
+        mv = ModelVersion(
+            kind=ModelKind.policy,
+            name=DEMO_NAME,
+            source=DEMO_SOURCE,
+            path=str(demo_path(settings)),
+            is_demo=True,
+            config={"origin": "built locally by trainer/demo_policy.py"},
+        )
         session.add(mv)
         session.flush()
     return mv
@@ -73,14 +84,23 @@ def ensure_base_policy(*, session: Session, settings: Settings) -> ModelVersion:
         source = settings.policy_model
         base = session.scalar(
             select(ModelVersion)
-            .where(ModelVersion.kind == ModelKind.policy, ModelVersion.source == source,
-                   ModelVersion.parent_id.is_(None), ModelVersion.job_id.is_(None))
+            .where(
+                ModelVersion.kind == ModelKind.policy,
+                ModelVersion.source == source,
+                ModelVersion.parent_id.is_(None),
+                ModelVersion.job_id.is_(None),
+            )
             .order_by(ModelVersion.id)
         )
         if base is None:
-            base = ModelVersion(kind=ModelKind.policy, name=_short_name(source), source=source,
-                                path=source, is_demo=False,
-                                config={"origin": "RANKLAB_POLICY_MODEL"})
+            base = ModelVersion(
+                kind=ModelKind.policy,
+                name=_short_name(source),
+                source=source,
+                path=source,
+                is_demo=False,
+                config={"origin": "RANKLAB_POLICY_MODEL"},
+            )
             session.add(base)
             session.flush()
     else:

@@ -38,8 +38,11 @@ def enqueue(
     if max_attempts is None:
         max_attempts = get_settings().job_max_attempts
     job = Job(
-        kind=kind, params=params or {}, created_by_id=created_by_id,
-        after_id=after.id if after else None, max_attempts=max_attempts,
+        kind=kind,
+        params=params or {},
+        created_by_id=created_by_id,
+        after_id=after.id if after else None,
+        max_attempts=max_attempts,
     )
     session.add(job)
     session.flush()
@@ -61,8 +64,12 @@ def requeue_stale(*, session: Session, stale_seconds: float) -> int:
         if job.cancel_requested:
             _finish(job, JobStatus.cancelled, error=None, message="cancelled")
         elif job.attempts >= job.max_attempts:
-            _finish(job, JobStatus.failed, error=f"{note}; gave up after {job.attempts} attempts",
-                    message="failed")
+            _finish(
+                job,
+                JobStatus.failed,
+                error=f"{note}; gave up after {job.attempts} attempts",
+                message="failed",
+            )
         else:
             job.status = JobStatus.queued
             job.worker_id = None
@@ -83,15 +90,18 @@ def fail_broken_chains(*, session: Session) -> int:
         rows = session.execute(
             select(Job, before)
             .join(before, Job.after_id == before.id)
-            .where(Job.status == JobStatus.queued,
-                   before.status.in_([JobStatus.failed, JobStatus.cancelled]))
+            .where(Job.status == JobStatus.queued, before.status.in_([JobStatus.failed, JobStatus.cancelled]))
         ).all()
         if not rows:
             return total
         for job, prev in rows:
-            _finish(job, JobStatus.failed, message="not started",
-                    error=f"the step before it, job {prev.id} ({prev.kind}), {prev.status}"
-                    + (f": {prev.error}" if prev.error else ""))
+            _finish(
+                job,
+                JobStatus.failed,
+                message="not started",
+                error=f"the step before it, job {prev.id} ({prev.kind}), {prev.status}"
+                + (f": {prev.error}" if prev.error else ""),
+            )
         total += len(rows)
         session.flush()
 
@@ -109,8 +119,10 @@ def claim(*, session: Session, worker_id: str, kinds: list[str] | None = None) -
     candidate = (
         select(cand.id)
         .outerjoin(before, cand.after_id == before.id)
-        .where(cand.status == JobStatus.queued,
-               or_(cand.after_id.is_(None), before.status == JobStatus.succeeded))
+        .where(
+            cand.status == JobStatus.queued,
+            or_(cand.after_id.is_(None), before.status == JobStatus.succeeded),
+        )
         .order_by(cand.created_at, cand.id)
         .limit(1)
         .with_for_update(of=cand, skip_locked=True)
@@ -122,9 +134,14 @@ def claim(*, session: Session, worker_id: str, kinds: list[str] | None = None) -
         update(Job)
         # The status guard keeps the claim atomic even where FOR UPDATE is a no-op.
         .where(Job.id == candidate.scalar_subquery(), Job.status == JobStatus.queued)
-        .values(status=JobStatus.running, worker_id=worker_id, heartbeat_at=now,
-                attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now),
-                message="started")
+        .values(
+            status=JobStatus.running,
+            worker_id=worker_id,
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            message="started",
+        )
         .returning(Job.id)
         .execution_options(synchronize_session=False)
     )
@@ -151,7 +168,8 @@ def heartbeat(*, session: Session, job_id: int, worker_id: str) -> bool:
 
 def set_progress(*, session: Session, job_id: int, fraction: float, message: str = "") -> None:
     session.execute(
-        update(Job).where(Job.id == job_id)
+        update(Job)
+        .where(Job.id == job_id)
         .values(progress=max(0.0, min(1.0, fraction)), message=message[:500], heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
@@ -206,8 +224,7 @@ def release(*, session: Session, job: Job, reason: str) -> None:
 
 def add_metrics(*, session: Session, job_id: int, step: int, values: dict[str, float]) -> None:
     session.add_all(
-        JobMetric(job_id=job_id, step=step, name=name, value=float(value))
-        for name, value in values.items()
+        JobMetric(job_id=job_id, step=step, name=name, value=float(value)) for name, value in values.items()
     )
     session.flush()
 
@@ -217,7 +234,8 @@ def metrics(*, session: Session, job_id: int) -> dict[str, list[tuple[int, float
     out: dict[str, list[tuple[int, float]]] = {}
     for name, step, value in session.execute(
         select(JobMetric.name, JobMetric.step, JobMetric.value)
-        .where(JobMetric.job_id == job_id).order_by(JobMetric.name, JobMetric.step)
+        .where(JobMetric.job_id == job_id)
+        .order_by(JobMetric.name, JobMetric.step)
     ):
         out.setdefault(name, []).append((step, value))
     return out

@@ -50,19 +50,33 @@ def _status_or_none(status: str | None) -> str | None:
 
 @router.get("/runs", response_class=HTMLResponse)
 def runs_page(
-    request: Request, session: SessionDep, user: CurrentResearcher,
-    kind: str | None = None, status: str | None = None,
+    request: Request,
+    session: SessionDep,
+    user: CurrentResearcher,
+    kind: str | None = None,
+    status: str | None = None,
 ) -> Response:
-    rows = dashboard.list_runs(session=session, kind=kind or None, status=_status_or_none(status),
-                               limit=LIST_LIMIT)
-    return render(request, "runs/list.html", {
-        "limit": LIST_LIMIT,
-        "rows": rows, "kind": kind or "", "status": status or "",
-        "kinds": dashboard.kinds(session=session), "statuses": list(JobStatus),
-        "counts": jobs.queue_counts(session=session),
-        "polling": dashboard.is_any_active(rows), "poll_seconds": POLL_SECONDS,
-        "human": dashboard.human, "panels": start_panels(),
-    }, block="fragment")
+    rows = dashboard.list_runs(
+        session=session, kind=kind or None, status=_status_or_none(status), limit=LIST_LIMIT
+    )
+    return render(
+        request,
+        "runs/list.html",
+        {
+            "limit": LIST_LIMIT,
+            "rows": rows,
+            "kind": kind or "",
+            "status": status or "",
+            "kinds": dashboard.kinds(session=session),
+            "statuses": list(JobStatus),
+            "counts": jobs.queue_counts(session=session),
+            "polling": dashboard.is_any_active(rows),
+            "poll_seconds": POLL_SECONDS,
+            "human": dashboard.human,
+            "panels": start_panels(),
+        },
+        block="fragment",
+    )
 
 
 @router.get("/runs/{job_id}", response_class=HTMLResponse)
@@ -71,17 +85,28 @@ def run_page(request: Request, session: SessionDep, user: CurrentResearcher, job
     if job is None:
         return _not_found(request, f"Job {job_id}")
     series = jobs.metrics(session=session, job_id=job.id)
-    charts = [plots.line_chart(group, title=title)
-              for title, group in dashboard.group_metrics(series)]
+    charts = [plots.line_chart(group, title=title) for title, group in dashboard.group_metrics(series)]
     row = dashboard.row(session=session, job=job)
-    return render(request, "runs/detail.html", {
-        "row": row, "job": job, "charts": charts, "chain": dashboard.chain(session=session, job=job),
-        "params": dashboard.pretty(job.params), "result": dashboard.result_without_samples(job),
-        "pretty": dashboard.pretty, "samples": dashboard.samples(job),
-        "samples_from_demo": dashboard.samples_from_demo(job),
-        "log_tail": dashboard.log_tail(job), "polling": row.is_active,
-        "poll_seconds": POLL_SECONDS, "human": dashboard.human,
-    }, block="fragment")
+    return render(
+        request,
+        "runs/detail.html",
+        {
+            "row": row,
+            "job": job,
+            "charts": charts,
+            "chain": dashboard.chain(session=session, job=job),
+            "params": dashboard.pretty(job.params),
+            "result": dashboard.result_without_samples(job),
+            "pretty": dashboard.pretty,
+            "samples": dashboard.samples(job),
+            "samples_from_demo": dashboard.samples_from_demo(job),
+            "log_tail": dashboard.log_tail(job),
+            "polling": row.is_active,
+            "poll_seconds": POLL_SECONDS,
+            "human": dashboard.human,
+        },
+        block="fragment",
+    )
 
 
 @router.post("/runs/{job_id}/cancel")
@@ -98,35 +123,41 @@ def models_page(request: Request, session: SessionDep, user: CurrentResearcher) 
     return _models_page(request, session)
 
 
-def _models_page(request: Request, session: SessionDep, *, error: str | None = None,
-                 status_code: int = 200) -> Response:
+def _models_page(
+    request: Request, session: SessionDep, *, error: str | None = None, status_code: int = 200
+) -> Response:
     models = registry.list_models(session=session)
     parents = registry.names(session=session, ids={m.parent_id for m in models if m.parent_id})
-    return render(request, "runs/models.html", {
-        "rewards": [m for m in models if m.kind == ModelKind.reward],
-        "policies": [m for m in models if m.kind == ModelKind.policy],
-        "parents": parents, "headline": registry.headline, "error": error,
-        "pretty": dashboard.pretty,
-    }, status_code=status_code)
+    return render(
+        request,
+        "runs/models.html",
+        {
+            "rewards": [m for m in models if m.kind == ModelKind.reward],
+            "policies": [m for m in models if m.kind == ModelKind.policy],
+            "parents": parents,
+            "headline": registry.headline,
+            "error": error,
+            "pretty": dashboard.pretty,
+        },
+        status_code=status_code,
+    )
 
 
 @router.post("/models/{model_id}/activate")
-def activate_page(request: Request, session: SessionDep, user: CurrentResearcher,
-                  model_id: int) -> Response:
+def activate_page(request: Request, session: SessionDep, user: CurrentResearcher, model_id: int) -> Response:
     try:
-        registry.activate_reward(session=session,
-                                 model=registry.get_model(session=session, model_id=model_id))
+        registry.activate_reward(
+            session=session, model=registry.get_model(session=session, model_id=model_id)
+        )
     except registry.ModelError as exc:
         return _models_page(request, session, error=str(exc), status_code=422)
     return RedirectResponse("/models", status_code=303)
 
 
 @router.post("/models/{model_id}/promote")
-def promote_page(request: Request, session: SessionDep, user: CurrentResearcher,
-                 model_id: int) -> Response:
+def promote_page(request: Request, session: SessionDep, user: CurrentResearcher, model_id: int) -> Response:
     try:
-        registry.promote_policy(session=session,
-                                model=registry.get_model(session=session, model_id=model_id))
+        registry.promote_policy(session=session, model=registry.get_model(session=session, model_id=model_id))
     except registry.ModelError as exc:
         return _models_page(request, session, error=str(exc), status_code=422)
     return RedirectResponse("/models", status_code=303)
@@ -137,12 +168,14 @@ def promote_page(request: Request, session: SessionDep, user: CurrentResearcher,
 
 def _job_out(row: dashboard.JobRow, model: type[JobOut] = JobOut, **extra: object) -> JobOut:
     job = row.job
-    return model.model_validate({
-        **{f: getattr(job, f) for f in JobOut.model_fields if hasattr(job, f)},
-        "created_by": row.who,
-        "seconds_left": row.time_left.total_seconds() if row.time_left is not None else None,
-        **extra,
-    })
+    return model.model_validate(
+        {
+            **{f: getattr(job, f) for f in JobOut.model_fields if hasattr(job, f)},
+            "created_by": row.who,
+            "seconds_left": row.time_left.total_seconds() if row.time_left is not None else None,
+            **extra,
+        }
+    )
 
 
 def _job_or_404(session: SessionDep, job_id: int) -> Job:
@@ -154,7 +187,10 @@ def _job_or_404(session: SessionDep, job_id: int) -> Job:
 
 @api.get("/jobs", response_model=JobListOut)
 def jobs_api(
-    session: SessionDep, user: CurrentResearcher, kind: str | None = None, status: str | None = None,
+    session: SessionDep,
+    user: CurrentResearcher,
+    kind: str | None = None,
+    status: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobListOut:
     """Newest first. Filter with ?kind=train_reward&status=running."""
@@ -166,10 +202,15 @@ def jobs_api(
 def job_api(session: SessionDep, user: CurrentResearcher, job_id: int) -> JobOut:
     """One job with its params, result, error, log tail and every metric series."""
     job = _job_or_404(session, job_id)
-    return _job_out(dashboard.row(session=session, job=job), JobDetailOut,
-                    result=job.result, error=job.error, log_tail=dashboard.log_tail(job),
-                    metrics=jobs.metrics(session=session, job_id=job.id),
-                    chain=[j.id for j in dashboard.chain(session=session, job=job)])
+    return _job_out(
+        dashboard.row(session=session, job=job),
+        JobDetailOut,
+        result=job.result,
+        error=job.error,
+        log_tail=dashboard.log_tail(job),
+        metrics=jobs.metrics(session=session, job_id=job.id),
+        chain=[j.id for j in dashboard.chain(session=session, job=job)],
+    )
 
 
 @api.post("/jobs/{job_id}/cancel", response_model=JobOut)
@@ -182,8 +223,7 @@ def cancel_api(session: SessionDep, user: CurrentResearcher, job_id: int) -> Job
 
 
 @api.get("/models", response_model=list[ModelOut])
-def models_api(session: SessionDep, user: CurrentResearcher,
-               kind: str | None = None) -> list[ModelOut]:
+def models_api(session: SessionDep, user: CurrentResearcher, kind: str | None = None) -> list[ModelOut]:
     """Every model version, or only ?kind=policy / ?kind=reward; newest first."""
     try:
         models = registry.list_models(session=session, kind=kind or None)
@@ -196,8 +236,9 @@ def models_api(session: SessionDep, user: CurrentResearcher,
 def activate_api(session: SessionDep, user: CurrentResearcher, model_id: int) -> ModelOut:
     """Make this model the active one of its kind (promote a policy, switch the reward model)."""
     try:
-        model = registry.activate(session=session,
-                                  model=registry.get_model(session=session, model_id=model_id))
+        model = registry.activate(
+            session=session, model=registry.get_model(session=session, model_id=model_id)
+        )
     except registry.ModelError as exc:
         raise HTTPException(404, str(exc)) from exc
     return ModelOut.model_validate(model)

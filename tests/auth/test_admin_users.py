@@ -35,9 +35,16 @@ class TestUsersPage:
 
     def test_create_a_user_who_can_then_log_in(self, client: TestClient, session: Session) -> None:
         csrf = login(client, make_user(session, role=Role.admin))
-        r = client.post("/admin/users", follow_redirects=False, data={
-            "username": "newbie", "password": "new-password-1", "role": "researcher",
-            "csrf_token": csrf})
+        r = client.post(
+            "/admin/users",
+            follow_redirects=False,
+            data={
+                "username": "newbie",
+                "password": "new-password-1",
+                "role": "researcher",
+                "csrf_token": csrf,
+            },
+        )
         assert r.status_code == 303
         user = auth.get_user(session=session, username="newbie")
         assert user is not None and user.role == "researcher"
@@ -46,7 +53,8 @@ class TestUsersPage:
             assert c.get("/api/v1/me").json()["role"] == "researcher"
 
     def test_bad_input_is_refused_with_the_field_and_nothing_is_stored(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         admin = make_user(session, role=Role.admin)
         csrf = login(client, admin)
         before = n_users(session)
@@ -67,26 +75,33 @@ class TestChangeUser:
         raw = auth.create_token(session=session, user=bob).token
         assert client.get("/admin/users", headers=bearer(raw)).status_code == 403
         csrf = login(client, admin)
-        r = client.post(f"/admin/users/{bob.id}", data={"role": "admin", "csrf_token": csrf},
-                        follow_redirects=False)
+        r = client.post(
+            f"/admin/users/{bob.id}", data={"role": "admin", "csrf_token": csrf}, follow_redirects=False
+        )
         assert r.status_code == 303
         session.refresh(bob)
         assert bob.role == "admin"
         assert client.get("/admin/users", headers=bearer(raw)).status_code == 200
 
     def test_deactivate_ends_sessions_and_tokens_then_reactivate(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         admin, bob = make_user(session, role=Role.admin), make_user(session)
         raw = auth.create_token(session=session, user=bob).token
         with other_client(client) as bob_client:
             login(bob_client, bob)
             assert bob_client.get("/api/v1/me").status_code == 200
             csrf = login(client, admin)
-            r = client.post(f"/admin/users/{bob.id}", data={"active": "false", "csrf_token": csrf},
-                            follow_redirects=False)
+            r = client.post(
+                f"/admin/users/{bob.id}", data={"active": "false", "csrf_token": csrf}, follow_redirects=False
+            )
             assert r.status_code == 303
-            assert session.scalar(select(func.count()).select_from(UserSession)
-                                  .where(UserSession.user_id == bob.id)) == 0
+            assert (
+                session.scalar(
+                    select(func.count()).select_from(UserSession).where(UserSession.user_id == bob.id)
+                )
+                == 0
+            )
             assert bob_client.get("/api/v1/me").status_code == 401
             assert client.get("/api/v1/me", headers=bearer(raw)).status_code == 401
             assert "deactivated" in client.get("/admin/users").text
@@ -114,7 +129,8 @@ class TestChangeUser:
         assert r.status_code == 404
 
     def test_an_active_value_other_than_true_or_false_is_refused(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         admin, bob = make_user(session, role=Role.admin), make_user(session)
         csrf = login(client, admin)
         r = client.post(f"/admin/users/{bob.id}", data={"active": "yes", "csrf_token": csrf})

@@ -41,7 +41,8 @@ def forms(admin: User, other: User, token: ApiToken) -> list[tuple[str, dict[str
 class TestCsrf:
     @pytest.mark.parametrize("bad", BAD_TOKENS)
     def test_every_auth_form_refuses_a_missing_or_wrong_token(
-            self, client: TestClient, session: Session, bad: str | None) -> None:
+        self, client: TestClient, session: Session, bad: str | None
+    ) -> None:
         admin, other = make_user(session, role="admin"), make_user(session)
         token = auth.create_token(session=session, user=admin).row
         login(client, admin)
@@ -56,27 +57,33 @@ class TestCsrf:
         assert client.get("/api/v1/me").json()["username"] == admin.username  # still logged in
 
     def test_a_wrong_htmx_header_is_refused_even_with_a_right_form_field(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         admin, other = make_user(session, role="admin"), make_user(session)
         csrf = login(client, admin)
         before = snapshot(session)
-        r = client.post(f"/admin/users/{other.id}", data={"active": "false", "csrf_token": csrf},
-                        headers={"HX-Request": "true", "X-CSRF-Token": "forged"})
+        r = client.post(
+            f"/admin/users/{other.id}",
+            data={"active": "false", "csrf_token": csrf},
+            headers={"HX-Request": "true", "X-CSRF-Token": "forged"},
+        )
         assert r.status_code == 403 and "CSRF" in r.text
         assert snapshot(session) == before
 
     def test_the_htmx_header_alone_is_enough(self, client: TestClient, session: Session) -> None:
         admin, other = make_user(session, role="admin"), make_user(session)
         csrf = login(client, admin)
-        r = client.post(f"/admin/users/{other.id}", data={"active": "false"},
-                        headers={"HX-Request": "true", "X-CSRF-Token": csrf},
-                        follow_redirects=False)
+        r = client.post(
+            f"/admin/users/{other.id}",
+            data={"active": "false"},
+            headers={"HX-Request": "true", "X-CSRF-Token": csrf},
+            follow_redirects=False,
+        )
         assert r.status_code == 303
         session.refresh(other)
         assert not other.is_active
 
-    def test_json_api_with_a_cookie_needs_the_header(self, client: TestClient,
-                                                     session: Session) -> None:
+    def test_json_api_with_a_cookie_needs_the_header(self, client: TestClient, session: Session) -> None:
         user = make_user(session)
         csrf = login(client, user)
         r = client.post("/api/v1/tokens")
@@ -99,8 +106,7 @@ class TestCsrf:
             assert r.status_code == 403 and "CSRF token" in r.text
         assert snapshot(session)[1] == 0
 
-    def test_pages_carry_the_token_for_forms_and_htmx(self, client: TestClient,
-                                                      session: Session) -> None:
+    def test_pages_carry_the_token_for_forms_and_htmx(self, client: TestClient, session: Session) -> None:
         csrf = login(client, make_user(session))
         page = client.get("/account/tokens").text
         assert f'name="csrf_token" value="{csrf}"' in page

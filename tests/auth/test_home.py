@@ -33,8 +33,7 @@ def test_anonymous_home_goes_to_login(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("role", list(Role))
-def test_every_link_on_home_and_in_the_nav_opens(role: Role, client: TestClient,
-                                                 session: Session) -> None:
+def test_every_link_on_home_and_in_the_nav_opens(role: Role, client: TestClient, session: Session) -> None:
     import re
 
     login(client, make_user(session, role=role))

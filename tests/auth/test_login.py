@@ -16,9 +16,16 @@ from tests.factories import PASSWORD, login, make_user
 
 def post_login(client: TestClient, username: str, password: str, **extra: str):  # type: ignore[no-untyped-def]
     client.get("/login")
-    return client.post("/login", follow_redirects=False, data={
-        "username": username, "password": password,
-        "csrf_token": client.cookies.get("ranklab_csrf", ""), **extra})
+    return client.post(
+        "/login",
+        follow_redirects=False,
+        data={
+            "username": username,
+            "password": password,
+            "csrf_token": client.cookies.get("ranklab_csrf", ""),
+            **extra,
+        },
+    )
 
 
 def n_sessions(session: Session) -> int:
@@ -26,8 +33,7 @@ def n_sessions(session: Session) -> int:
 
 
 class TestLogin:
-    def test_login_then_home_then_logout_ends_the_session(self, client: TestClient,
-                                                          session: Session) -> None:
+    def test_login_then_home_then_logout_ends_the_session(self, client: TestClient, session: Session) -> None:
         user = make_user(session, role="admin")
         csrf = login(client, user)
         assert "Welcome, " + user.username in client.get("/").text
@@ -41,8 +47,7 @@ class TestLogin:
         assert r.status_code == 303 and r.headers["location"].startswith("/login")
         assert client.get("/api/v1/me").status_code == 401
 
-    def test_login_records_the_time_and_goes_to_next(self, client: TestClient,
-                                                     session: Session) -> None:
+    def test_login_records_the_time_and_goes_to_next(self, client: TestClient, session: Session) -> None:
         user = make_user(session)
         r = post_login(client, user.username, PASSWORD, next="/account/tokens")
         assert r.status_code == 303 and r.headers["location"] == "/account/tokens"
@@ -55,7 +60,8 @@ class TestLogin:
         assert r.headers["location"] == "/"
 
     def test_next_with_a_backslash_or_control_character_never_leaves_the_site(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)
         for target in ("/\\evil.example/x", "/\t/evil.example/x", "/\n/evil.example"):
             r = post_login(client, user.username, PASSWORD, next=target)
@@ -66,7 +72,8 @@ class TestLogin:
         assert r.headers["location"] == "/"
 
     def test_a_nul_character_in_the_username_is_a_wrong_login_not_a_crash(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)  # PostgreSQL refuses NUL in any text it is sent
         r = post_login(client, user.username + "\x00", PASSWORD)
         assert r.status_code == 401 and "Wrong username or password." in r.text
@@ -107,8 +114,9 @@ class TestExpiredSession:
         session.execute(update(UserSession).values(expires_at=utcnow() - timedelta(minutes=1)))
         session.expire_all()
 
-    def test_pages_redirect_to_login_and_the_api_answers_401(self, client: TestClient,
-                                                             session: Session) -> None:
+    def test_pages_redirect_to_login_and_the_api_answers_401(
+        self, client: TestClient, session: Session
+    ) -> None:
         login(client, make_user(session))
         self._expire(session)
         r = client.get("/account/tokens", follow_redirects=False)
@@ -118,8 +126,9 @@ class TestExpiredSession:
         r = client.get("/account/tokens", headers={"HX-Request": "true"})
         assert r.status_code == 401 and r.headers["HX-Redirect"].startswith("/login")
 
-    def test_the_login_page_still_shows_with_a_stale_cookie(self, client: TestClient,
-                                                            session: Session) -> None:
+    def test_the_login_page_still_shows_with_a_stale_cookie(
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)
         login(client, user)
         self._expire(session)
@@ -138,7 +147,8 @@ class TestExpiredSession:
 
 class TestThrottling:
     def test_five_failures_then_429_even_with_the_right_password_until_the_wait(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)
         for _ in range(5):
             assert post_login(client, user.username, "wrong-guess").status_code == 401
@@ -165,8 +175,7 @@ class TestThrottling:
         else:
             raise AssertionError("not throttled")
 
-    def test_guessing_one_account_does_not_lock_another(self, client: TestClient,
-                                                        session: Session) -> None:
+    def test_guessing_one_account_does_not_lock_another(self, client: TestClient, session: Session) -> None:
         victim, other = make_user(session), make_user(session)
         for _ in range(6):
             post_login(client, victim.username, "wrong-guess")

@@ -30,6 +30,7 @@ def all_db_text(session: Session) -> str:
 def add_probe_routes(app: FastAPI) -> None:
     """One API route per role, to check what a token can reach regardless of which features
     exist yet."""
+
     @app.get("/api/v1/_probe/labeler")
     def _lab(user: CurrentLabeler) -> dict[str, str]:
         return {"ok": user.username}
@@ -45,7 +46,8 @@ def add_probe_routes(app: FastAPI) -> None:
 
 class TestCreate:
     def test_the_page_shows_a_new_token_once_and_stores_only_its_hash(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)
         csrf = login(client, user)
         r = client.post("/account/tokens", data={"name": "laptop", "csrf_token": csrf})
@@ -59,7 +61,11 @@ class TestCreate:
         assert row is not None and row.name == "laptop" and row.user_id == user.id
         assert raw.startswith(row.prefix)
         assert client.get("/api/v1/me", headers=bearer(raw)).json() == {
-            "id": user.id, "username": user.username, "role": "labeler", "auth": "token"}
+            "id": user.id,
+            "username": user.username,
+            "role": "labeler",
+            "auth": "token",
+        }
 
     def test_post_api_tokens_for_yourself(self, client: TestClient, session: Session) -> None:
         user = make_user(session, role=Role.researcher)
@@ -73,8 +79,11 @@ class TestCreate:
 
     def test_a_nul_character_in_the_name_is_dropped(self, client: TestClient, session: Session) -> None:
         user = make_user(session)  # PostgreSQL refuses NUL in any text it stores
-        r = client.post("/api/v1/tokens", params={"name": "c\x00i"},
-                        headers=bearer(auth.create_token(session=session, user=user).token))
+        r = client.post(
+            "/api/v1/tokens",
+            params={"name": "c\x00i"},
+            headers=bearer(auth.create_token(session=session, user=user).token),
+        )
         assert r.status_code == 201 and r.json()["name"] == "ci"
 
     def test_an_admin_makes_one_for_someone_else(self, client: TestClient, session: Session) -> None:
@@ -89,8 +98,7 @@ class TestCreate:
 
 
 class TestBearer:
-    def test_revoked_unknown_and_malformed_tokens_get_401(self, client: TestClient,
-                                                          session: Session) -> None:
+    def test_revoked_unknown_and_malformed_tokens_get_401(self, client: TestClient, session: Session) -> None:
         user = make_user(session)
         new = auth.create_token(session=session, user=user)
         assert client.get("/api/v1/me", headers=bearer(new.token)).status_code == 200
@@ -108,14 +116,14 @@ class TestBearer:
         user = make_user(session)
         new = auth.create_token(session=session, user=user)
         csrf = login(client, user)
-        r = client.post(f"/account/tokens/{new.row.id}/revoke", data={"csrf_token": csrf},
-                        follow_redirects=False)
+        r = client.post(
+            f"/account/tokens/{new.row.id}/revoke", data={"csrf_token": csrf}, follow_redirects=False
+        )
         assert r.status_code == 303
         assert "revoked" in client.get("/account/tokens").text
         assert client.get("/api/v1/me", headers=bearer(new.token)).status_code == 401
 
-    def test_someone_elses_token_cannot_be_revoked(self, client: TestClient,
-                                                   session: Session) -> None:
+    def test_someone_elses_token_cannot_be_revoked(self, client: TestClient, session: Session) -> None:
         alice, bob = make_user(session), make_user(session)
         theirs = auth.create_token(session=session, user=bob)
         mine = auth.create_token(session=session, user=alice).token
@@ -124,8 +132,9 @@ class TestBearer:
         assert client.delete("/api/v1/tokens/987654", headers=bearer(mine)).status_code == 404
         assert client.get("/api/v1/me", headers=bearer(theirs.token)).status_code == 200
 
-    def test_a_token_acts_with_its_users_role(self, app: FastAPI, client: TestClient,
-                                              session: Session) -> None:
+    def test_a_token_acts_with_its_users_role(
+        self, app: FastAPI, client: TestClient, session: Session
+    ) -> None:
         add_probe_routes(app)
         expected = {
             Role.labeler: {"labeler": 200, "researcher": 403, "admin": 403},
@@ -142,8 +151,7 @@ class TestBearer:
         labeler = auth.create_token(session=session, user=make_user(session)).token
         assert client.get("/admin/users", headers=bearer(labeler)).status_code == 403
 
-    def test_a_deactivated_users_token_stops_working(self, client: TestClient,
-                                                     session: Session) -> None:
+    def test_a_deactivated_users_token_stops_working(self, client: TestClient, session: Session) -> None:
         user = make_user(session)
         raw = auth.create_token(session=session, user=user).token
         auth.update_user(session=session, user=user, is_active=False)
@@ -155,7 +163,11 @@ class TestMeAndHealth:
         user = make_user(session, role=Role.researcher)
         login(client, user)
         assert client.get("/api/v1/me").json() == {
-            "id": user.id, "username": user.username, "role": "researcher", "auth": "cookie"}
+            "id": user.id,
+            "username": user.username,
+            "role": "researcher",
+            "auth": "cookie",
+        }
 
     def test_me_needs_someone(self, client: TestClient) -> None:
         r = client.get("/api/v1/me")

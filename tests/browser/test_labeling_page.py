@@ -18,16 +18,24 @@ from tests.factories import PASSWORD, make_model_version, make_prompt_set, make_
 pytestmark = pytest.mark.browser
 
 
-def fresh(live: LiveServer, *, k: int = 3, prompts: list[str] | None = None,
-          completions: list[str] | None = None, demo: bool = False) -> dict[str, Any]:
+def fresh(
+    live: LiveServer,
+    *,
+    k: int = 3,
+    prompts: list[str] | None = None,
+    completions: list[str] | None = None,
+    demo: bool = False,
+) -> dict[str, Any]:
     """A new labeler and a prompt set of their own (older sets are paused, so tests don't mix)."""
     with live.sessions() as s:
         s.execute(update(PromptSet).values(status="paused"))
         user = make_user(s)
         ps = make_prompt_set(s, k=k, overlap=1)
         policy = make_model_version(s, is_demo=True) if demo else None
-        tasks = [make_task(s, prompt_set=ps, prompt=p, completions=completions, policy=policy)
-                 for p in (prompts or ["First prompt: name a colour.", "Second prompt: name a fruit."])]
+        tasks = [
+            make_task(s, prompt_set=ps, prompt=p, completions=completions, policy=policy)
+            for p in (prompts or ["First prompt: name a colour.", "Second prompt: name a fruit."])
+        ]
         s.commit()
         return {"username": user.username, "task_ids": [t.id for t in tasks]}
 
@@ -43,8 +51,12 @@ def log_in(page: Any, username: str) -> None:
 
 
 def letters(page: Any) -> dict[str, int]:
-    return {k: int(v) for k, v in page.eval_on_selector_all(
-        ".output", "els => els.map(e => [e.dataset.label, e.dataset.cid])")}
+    return {
+        k: int(v)
+        for k, v in page.eval_on_selector_all(
+            ".output", "els => els.map(e => [e.dataset.label, e.dataset.cid])"
+        )
+    }
 
 
 def stored(live: LiveServer, task_id: int) -> Annotation:
@@ -71,7 +83,8 @@ def rank_of(page: Any, cid: int) -> str:
 
 class TestLabelingPage:
     def test_keyboard_ratings_drag_and_drop_ranks_a_tie_the_warning_then_the_next_task(
-            self, page: Any, live_server: LiveServer) -> None:
+        self, page: Any, live_server: LiveServer
+    ) -> None:
         from playwright.sync_api import expect
 
         data = fresh(live_server)
@@ -110,7 +123,8 @@ class TestLabelingPage:
         assert ann.inconsistency_confirmed is False and ann.time_spent_ms is not None
 
     def test_the_same_with_the_keyboard_alone_confirming_the_warning(
-            self, page: Any, live_server: LiveServer) -> None:
+        self, page: Any, live_server: LiveServer
+    ) -> None:
         from playwright.sync_api import expect
 
         data = fresh(live_server, prompts=["Only prompt: say hello."])
@@ -151,11 +165,14 @@ class TestLabelingPage:
         assert ann.skip_reason == "broken" and ann.items == []
 
     def test_markup_in_prompts_and_outputs_is_shown_as_text_and_runs_nothing(
-            self, page: Any, live_server: LiveServer) -> None:
+        self, page: Any, live_server: LiveServer
+    ) -> None:
         from playwright.sync_api import expect
 
-        prompt = ("Explain this snippet:\n<script>window.__pwned = 1; alert('prompt')</script>\n"
-                  "  <img src=x onerror=\"window.__pwned = 2; alert('img')\">")
+        prompt = (
+            "Explain this snippet:\n<script>window.__pwned = 1; alert('prompt')</script>\n"
+            "  <img src=x onerror=\"window.__pwned = 2; alert('img')\">"
+        )
         output = "<img src=x onerror=alert('output')> and <script>alert('output2')</script>"
         data = fresh(live_server, k=2, prompts=[prompt], completions=[output, "A plain answer."])
         dialogs: list[str] = []
@@ -167,8 +184,7 @@ class TestLabelingPage:
         page.wait_for_timeout(300)
         assert dialogs == [] and page.evaluate("window.__pwned") is None
 
-    def test_a_long_instruction_is_folded_and_e_unfolds_it(self, page: Any,
-                                                          live_server: LiveServer) -> None:
+    def test_a_long_instruction_is_folded_and_e_unfolds_it(self, page: Any, live_server: LiveServer) -> None:
         from playwright.sync_api import expect
 
         prompt = "\n".join(f"Step {i}: do the next thing." for i in range(40))
@@ -180,25 +196,36 @@ class TestLabelingPage:
         expect(page.locator("#expand-prompt")).to_have_attribute("aria-expanded", "true")
         assert page.inner_text("#prompt-text") == prompt
 
-    def test_screenshot_at_1280x800_and_a_narrow_screen(self, page: Any, live_server: LiveServer,
-                                                        test_output: Path) -> None:
+    def test_screenshot_at_1280x800_and_a_narrow_screen(
+        self, page: Any, live_server: LiveServer, test_output: Path
+    ) -> None:
         from playwright.sync_api import expect
 
         with live_server.sessions() as s:
-            s.add(Guideline(version=1, body=(
-                "# How to judge\n\nRate each output on its own first, then rank them all.\n\n"
-                "- **Helpful**: does what the instruction asks.\n- **Truthful**: invents nothing.\n"
-                "- **Harmless**: no advice that could hurt anyone.\n\nEqually good outputs may tie.")))
+            s.add(
+                Guideline(
+                    version=1,
+                    body=(
+                        "# How to judge\n\nRate each output on its own first, then rank them all.\n\n"
+                        "- **Helpful**: does what the instruction asks.\n- **Truthful**: invents nothing.\n"
+                        "- **Harmless**: no advice that could hurt anyone.\n\nEqually good outputs may tie."
+                    ),
+                )
+            )
             s.commit()
-        data = fresh(live_server, k=4, demo=True, prompts=[
-            "Write a short, friendly note reminding my team that the office is closed on Friday."],
+        data = fresh(
+            live_server,
+            k=4,
+            demo=True,
+            prompts=["Write a short, friendly note reminding my team that the office is closed on Friday."],
             completions=[
                 "Hi all! Quick reminder: the office is closed this Friday. Enjoy the long weekend!",
                 "Office closed Friday.",
                 "Dear team,\n\nPlease note the office will be closed on Friday. Plan your week "
                 "accordingly, and reach out if anything is urgent.\n\nThanks!",
                 "The office is closed on Friday and Saturday because of the holiday in March.",
-            ])
+            ],
+        )
         log_in(page, data["username"])
         for key in ("6", "j", "3", "j", "7", "j", "2"):
             page.keyboard.press(key)

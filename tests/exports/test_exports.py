@@ -240,12 +240,14 @@ class TestManifest:
             bad = CliRunner().invoke(cli, ["export", "trl", "--out", str(out), "--set", "nope"])
             assert bad.exit_code != 0 and "nope" in bad.output
             other = tmp_path / "other.jsonl"
-            for option, value, said in (("--split-fractions", "1,0", "split fractions"),
-                                        ("--split-fractions", "a,b,c", "--split-fractions"),
-                                        ("--min-labels", "-1", "--min-labels"),
-                                        ("--since", "yesterday", "--since"),
-                                        ("--set", str(10**20), "no prompt set"),  # PostgreSQL: no DataError
-                                        ("--min-labels", str(2**31), "--min-labels")):
+            for option, value, said in (
+                ("--split-fractions", "1,0", "split fractions"),
+                ("--split-fractions", "a,b,c", "--split-fractions"),
+                ("--min-labels", "-1", "--min-labels"),
+                ("--since", "yesterday", "--since"),
+                ("--set", str(10**20), "no prompt set"),  # PostgreSQL: no DataError
+                ("--min-labels", str(2**31), "--min-labels"),
+            ):
                 args = ["export", "trl", "--out", str(other), option, value]
                 bad = CliRunner().invoke(cli, args)
                 assert bad.exit_code in (1, 2), bad.output

@@ -156,8 +156,9 @@ def test_quality_api(client: TestClient, session: Session) -> None:
         assert bad.status_code == 422 and bad.json()["detail"].startswith("set:")
 
 
-def test_import_upload_over_the_size_limit_is_refused(client: TestClient, session: Session,
-                                                      monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_import_upload_over_the_size_limit_is_refused(
+    client: TestClient, session: Session, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import func, select
 
     from app.prompts.models import PromptSet
@@ -165,7 +166,10 @@ def test_import_upload_over_the_size_limit_is_refused(client: TestClient, sessio
     monkeypatch.setattr(client.app.state.settings, "max_upload_mb", 0.0001)  # type: ignore[attr-defined]
     csrf = login(client, make_user(session, role="researcher"))
     row = b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
-    r = client.post("/exports/import", data={"name": "big", "csrf_token": csrf},
-                    files={"file": ("big.jsonl", row * 10, "application/json")})
+    r = client.post(
+        "/exports/import",
+        data={"name": "big", "csrf_token": csrf},
+        files={"file": ("big.jsonl", row * 10, "application/json")},
+    )
     assert r.status_code == 413 and "larger than" in r.text
     assert session.scalar(select(func.count()).select_from(PromptSet).where(PromptSet.name == "big")) == 0

@@ -32,8 +32,9 @@ def _take(client: TestClient, h: dict[str, str]) -> dict[str, Any]:
 
 
 class TestNextTask:
-    def test_returns_the_task_exactly_then_the_same_one_then_204(self, client: TestClient,
-                                                                  setup: dict[str, Any]) -> None:
+    def test_returns_the_task_exactly_then_the_same_one_then_204(
+        self, client: TestClient, setup: dict[str, Any]
+    ) -> None:
         body = _take(client, setup["h"])
         assert set(body) >= {"assignment_id", "prompt", "completions", "flags"}
         assert body["prompt"] == "Write  a haiku.\n\tNow."
@@ -41,10 +42,16 @@ class TestNextTask:
         assert body["flags"] == [FLAG, "expresses an opinion"]
         assert _take(client, setup["h"])["assignment_id"] == body["assignment_id"]
         ids = [c["id"] for c in body["completions"]]
-        r = client.post(f"/api/v1/assignments/{body['assignment_id']}/annotation", headers=setup["h"],
-                        json={"ranks": {str(ids[0]): 1, str(ids[1]): 1, str(ids[2]): 3},
-                              "ratings": {str(i): 5 for i in ids}, "flags": {str(ids[2]): [FLAG]},
-                              "notes": "ok"})
+        r = client.post(
+            f"/api/v1/assignments/{body['assignment_id']}/annotation",
+            headers=setup["h"],
+            json={
+                "ranks": {str(ids[0]): 1, str(ids[1]): 1, str(ids[2]): 3},
+                "ratings": {str(i): 5 for i in ids},
+                "flags": {str(ids[2]): [FLAG]},
+                "notes": "ok",
+            },
+        )
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["ranks"] == {str(ids[0]): 1, str(ids[1]): 1, str(ids[2]): 2}
@@ -64,15 +71,20 @@ class TestNextTask:
         post = spec["paths"]["/api/v1/assignments/{assignment_id}/annotation"]["post"]
         assert "AnnotationIn" in str(post["requestBody"]) and "422" in post["responses"]
         assert spec["components"]["schemas"]["AnnotationIn"]["examples"][1] == {
-            "skip": "unclear", "notes": "The instruction is cut off."}
+            "skip": "unclear",
+            "notes": "The instruction is cut off.",
+        }
 
 
 class TestSubmitViaApi:
-    def test_submitting_twice_returns_the_same_annotation(self, client: TestClient,
-                                                          setup: dict[str, Any]) -> None:
+    def test_submitting_twice_returns_the_same_annotation(
+        self, client: TestClient, setup: dict[str, Any]
+    ) -> None:
         aid, ids = _take(client, setup["h"])["assignment_id"], setup["ids"]
-        body = {"ranks": {str(i): n + 1 for n, i in enumerate(ids)},
-                "ratings": {str(i): 7 - n for n, i in enumerate(ids)}}
+        body = {
+            "ranks": {str(i): n + 1 for n, i in enumerate(ids)},
+            "ratings": {str(i): 7 - n for n, i in enumerate(ids)},
+        }
         url = f"/api/v1/assignments/{aid}/annotation"
         first = client.post(url, headers=setup["h"], json=body).json()
         second = client.post(url, headers=setup["h"], json={"skip": "unclear"}).json()
@@ -80,13 +92,17 @@ class TestSubmitViaApi:
 
     def test_skip(self, client: TestClient, session: Session, setup: dict[str, Any]) -> None:
         aid = _take(client, setup["h"])["assignment_id"]
-        r = client.post(f"/api/v1/assignments/{aid}/annotation", headers=setup["h"],
-                        json={"skip": "harmful", "notes": "asks for a weapon"})
+        r = client.post(
+            f"/api/v1/assignments/{aid}/annotation",
+            headers=setup["h"],
+            json={"skip": "harmful", "notes": "asks for a weapon"},
+        )
         assert r.status_code == 200 and r.json()["skipped"] == "harmful"
         assert session.get(Task, setup["task"].id).label_count == 0  # type: ignore[union-attr]
 
-    def test_someone_elses_assignment_is_404(self, client: TestClient, session: Session,
-                                             setup: dict[str, Any]) -> None:
+    def test_someone_elses_assignment_is_404(
+        self, client: TestClient, session: Session, setup: dict[str, Any]
+    ) -> None:
         aid = _take(client, setup["h"])["assignment_id"]
         other = bearer(auth.create_token(session=session, user=make_user(session)).token)
         r = client.post(f"/api/v1/assignments/{aid}/annotation", headers=other, json={"skip": "other"})
@@ -97,8 +113,10 @@ class TestSubmitViaApi:
 
 
 def _valid(ids: list[int]) -> dict[str, Any]:
-    return {"ranks": {str(ids[0]): 1, str(ids[1]): 2, str(ids[2]): 3},
-            "ratings": {str(ids[0]): 6, str(ids[1]): 4, str(ids[2]): 2}}
+    return {
+        "ranks": {str(ids[0]): 1, str(ids[1]): 2, str(ids[2]): 3},
+        "ratings": {str(ids[0]): 6, str(ids[1]): 4, str(ids[2]): 2},
+    }
 
 
 def _drop(d: dict[str, Any], key: str, cid: int) -> dict[str, Any]:
@@ -129,18 +147,24 @@ BAD_SHAPES: list[tuple[str, Any, str]] = [
     ("an unknown field", lambda ids, d: {**d, "score": 3}, "score"),
     ("a NUL in the notes", lambda ids, d: {**d, "notes": "a\x00b"}, "notes"),
     ("a NUL in a skip's notes", lambda ids, d: {"skip": "other", "notes": "a\x00b"}, "notes"),
-    ("ratings contradict ranks", lambda ids, d: {**d, "ratings": {str(ids[0]): 2, str(ids[1]): 4,
-                                                                 str(ids[2]): 6}}, "confirm_inconsistent"),
+    (
+        "ratings contradict ranks",
+        lambda ids, d: {**d, "ratings": {str(ids[0]): 2, str(ids[1]): 4, str(ids[2]): 6}},
+        "confirm_inconsistent",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("change", "field"), [(c, f) for _, c, f in BAD_SHAPES],
-                         ids=[n for n, _, _ in BAD_SHAPES])
+@pytest.mark.parametrize(
+    ("change", "field"), [(c, f) for _, c, f in BAD_SHAPES], ids=[n for n, _, _ in BAD_SHAPES]
+)
 def test_every_invalid_submission_is_refused_naming_the_field_and_nothing_is_stored(
-        client: TestClient, session: Session, setup: dict[str, Any], change: Any, field: str) -> None:
+    client: TestClient, session: Session, setup: dict[str, Any], change: Any, field: str
+) -> None:
     aid, ids = _take(client, setup["h"])["assignment_id"], setup["ids"]
-    r = client.post(f"/api/v1/assignments/{aid}/annotation", headers=setup["h"],
-                    json=change(ids, _valid(ids)))
+    r = client.post(
+        f"/api/v1/assignments/{aid}/annotation", headers=setup["h"], json=change(ids, _valid(ids))
+    )
     assert r.status_code == 422, r.text
     named = [e["field"] for e in r.json()["detail"]]
     assert field.format(*ids) in named, named

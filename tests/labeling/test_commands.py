@@ -21,8 +21,9 @@ def db_url(sqlite_url: str) -> str:
 
 
 @pytest.fixture
-def db(committed: sessionmaker[Session], db_url: str,
-       monkeypatch: pytest.MonkeyPatch) -> Iterator[sessionmaker[Session]]:
+def db(
+    committed: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[sessionmaker[Session]]:
     monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
     get_settings.cache_clear()
     yield committed
@@ -61,8 +62,7 @@ def test_labeling_status(db: sessionmaker[Session]) -> None:
     assert line.split()[1:] == ["active", "1", "1", "0", "1", "0"]
 
 
-@pytest.mark.parametrize("command", [["guidelines", "set"], ["guidelines", "show"],
-                                     ["labeling", "status"]])
+@pytest.mark.parametrize("command", [["guidelines", "set"], ["guidelines", "show"], ["labeling", "status"]])
 def test_every_command_help_has_an_example(command: list[str]) -> None:
     r = run(*command, "--help")
     assert r.exit_code == 0 and "Example" in r.output

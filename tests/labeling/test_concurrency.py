@@ -42,8 +42,10 @@ def test_fifty_labelers_at_once_never_over_assign(committed_pg: sessionmaker[Ses
             make_task(s, prompt_set=ps)
         # One password hash for all: hashing 50 times would only slow the test down.
         proto = make_user(s)
-        users = [User(username=f"crowd{i}", password_hash=proto.password_hash, role="labeler")
-                 for i in range(LABELERS)]
+        users = [
+            User(username=f"crowd{i}", password_hash=proto.password_hash, role="labeler")
+            for i in range(LABELERS)
+        ]
         s.add_all(users)
         s.flush()
         user_ids = [u.id for u in users]
@@ -74,8 +76,12 @@ def test_fifty_labelers_at_once_never_over_assign(committed_pg: sessionmaker[Ses
                     s.commit()
                     return
                 ids = [c.id for c in a.task.completions]
-                labeling.submit(session=s, assignment=a, ranks={str(ids[0]): 1, str(ids[1]): 2},
-                                ratings={str(ids[0]): 6, str(ids[1]): 3})
+                labeling.submit(
+                    session=s,
+                    assignment=a,
+                    ranks={str(ids[0]): 1, str(ids[1]): 2},
+                    ratings={str(ids[0]): 6, str(ids[1]): 3},
+                )
                 s.commit()
 
     assert _run_all(work, LABELERS) == []
@@ -86,12 +92,10 @@ def test_fifty_labelers_at_once_never_over_assign(committed_pg: sessionmaker[Ses
         assert per_task == {tid: OVERLAP for tid, _, _ in counts}
         pairs = s.execute(select(Assignment.task_id, Assignment.user_id)).all()
         assert len(pairs) == len(set(pairs)) == TASKS * OVERLAP
-        assert s.scalar(select(func.count()).select_from(Assignment)
-                        .where(Assignment.state == "active")) == 0
+        assert s.scalar(select(func.count()).select_from(Assignment).where(Assignment.state == "active")) == 0
 
 
-def test_the_same_submission_sent_at_once_stores_one_annotation(
-        committed_pg: sessionmaker[Session]) -> None:
+def test_the_same_submission_sent_at_once_stores_one_annotation(committed_pg: sessionmaker[Session]) -> None:
     """A double click or a retried request: several submits of one assignment, all at once."""
     with committed_pg() as s:
         ps = make_prompt_set(s, k=2, overlap=3)
@@ -105,11 +109,13 @@ def test_the_same_submission_sent_at_once_stores_one_annotation(
 
     def send(i: int) -> None:
         with committed_pg() as s:
-            mine = labeling.get_assignment(session=s, assignment_id=aid,
-                                           user=s.get_one(User, uid), lock=True)
-            ann = labeling.submit(session=s, assignment=mine,  # type: ignore[arg-type]
-                                  ranks={str(ids[0]): 1, str(ids[1]): 2},
-                                  ratings={str(ids[0]): 6, str(ids[1]): 3})
+            mine = labeling.get_assignment(session=s, assignment_id=aid, user=s.get_one(User, uid), lock=True)
+            ann = labeling.submit(
+                session=s,
+                assignment=mine,  # type: ignore[arg-type]
+                ranks={str(ids[0]): 1, str(ids[1]): 2},
+                ratings={str(ids[0]): 6, str(ids[1]): 3},
+            )
             got.append(ann.id)
             s.commit()
 
@@ -120,8 +126,7 @@ def test_the_same_submission_sent_at_once_stores_one_annotation(
         assert s.get_one(Task, task.id).label_count == 1
 
 
-def test_two_late_submitters_cannot_both_take_the_last_place(
-        committed_pg: sessionmaker[Session]) -> None:
+def test_two_late_submitters_cannot_both_take_the_last_place(committed_pg: sessionmaker[Session]) -> None:
     """Both leases ran out, the task needs one more label, both submit at once: one is stored,
     the other is refused with a message that says why."""
     from datetime import timedelta
@@ -144,12 +149,16 @@ def test_two_late_submitters_cannot_both_take_the_last_place(
 
     def send(i: int) -> None:
         with committed_pg() as s:
-            mine = labeling.get_assignment(session=s, assignment_id=aids[i],
-                                           user=s.get_one(User, uids[i]), lock=True)
+            mine = labeling.get_assignment(
+                session=s, assignment_id=aids[i], user=s.get_one(User, uids[i]), lock=True
+            )
             try:
-                labeling.submit(session=s, assignment=mine,  # type: ignore[arg-type]
-                                ranks={str(ids[0]): 1, str(ids[1]): 2},
-                                ratings={str(ids[0]): 6, str(ids[1]): 3})
+                labeling.submit(
+                    session=s,
+                    assignment=mine,  # type: ignore[arg-type]
+                    ranks={str(ids[0]): 1, str(ids[1]): 2},
+                    ratings={str(ids[0]): 6, str(ids[1]): 3},
+                )
                 s.commit()
                 outcome.append("stored")
             except labeling.SubmissionRefused as e:

@@ -29,14 +29,19 @@ def _fields(task, ranks: list[str], ratings: list[str]) -> dict[str, str]:  # ty
 
 
 class TestLabelPage:
-    def test_shows_the_task_escaped_with_letters_flags_and_keys(self, client: TestClient,
-                                                                  session: Session) -> None:
+    def test_shows_the_task_escaped_with_letters_flags_and_keys(
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)
         ps = make_prompt_set(session, k=3, flags=["gives harmful advice"])
         demo = make_model_version(session, is_demo=True)
-        make_task(session, prompt_set=ps, policy=demo,
-                  prompt="<b>bold?</b>\n    kept  spaces",
-                  completions=["<img src=x onerror=alert(1)>", "two", "three"])
+        make_task(
+            session,
+            prompt_set=ps,
+            policy=demo,
+            prompt="<b>bold?</b>\n    kept  spaces",
+            completions=["<img src=x onerror=alert(1)>", "two", "three"],
+        )
         login(client, user)
         html = client.get("/label").text
         assert "&lt;b&gt;bold?&lt;/b&gt;\n    kept  spaces</div>" in html
@@ -49,16 +54,22 @@ class TestLabelPage:
         assert "<kbd>j</kbd>" in html and "<kbd>?</kbd>" in html  # the keyboard map is on the page
 
     def test_form_submit_stores_the_annotation_and_the_next_task_loads(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)
         ps = make_prompt_set(session, k=3)
         first = make_task(session, prompt_set=ps)
         make_task(session, prompt_set=ps, prompt="The second prompt")
         csrf = login(client, user)
         aid = _assignment_id(client.get("/label").text)
-        data = {"csrf_token": csrf, **_fields(first, ["1", "1", "3"], ["6", "6", "2"]),
-                f"flags-{first.completions[2].id}": ps.flags[0], "notes": "B rambles",
-                f"note-{first.completions[2].id}": "too long", "time_spent_ms": "9" * 5000}
+        data = {
+            "csrf_token": csrf,
+            **_fields(first, ["1", "1", "3"], ["6", "6", "2"]),
+            f"flags-{first.completions[2].id}": ps.flags[0],
+            "notes": "B rambles",
+            f"note-{first.completions[2].id}": "too long",
+            "time_spent_ms": "9" * 5000,
+        }
         r = client.post(f"/label/{aid}", data=data)  # an absurd client time: the server's is kept
         assert r.status_code == 200 and "The second prompt" in r.text and "Task 2 of 2" in r.text
         ann = session.scalars(select(Annotation)).one()
@@ -68,7 +79,8 @@ class TestLabelPage:
         assert [i.flags for i in ann.items if i.completion_id == first.completions[2].id] == [[ps.flags[0]]]
 
     def test_a_reload_shows_the_same_task_and_a_late_submit_to_a_full_task_is_refused(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         user, other = make_user(session), make_user(session)
         task = make_task(session, prompt_set=make_prompt_set(session, k=2, overlap=1))
         csrf = login(client, user)
@@ -80,36 +92,41 @@ class TestLabelPage:
         session.flush()
         b = labeling.next_assignment(session=session, user=other, lease_minutes=30)
         assert b is not None and b.task_id == task.id
-        labeling.submit(session=session, assignment=b, ranks={str(c.id): n + 1 for n, c in
-                                                               enumerate(task.completions)},
-                        ratings={str(c.id): 5 for c in task.completions})
+        labeling.submit(
+            session=session,
+            assignment=b,
+            ranks={str(c.id): n + 1 for n, c in enumerate(task.completions)},
+            ratings={str(c.id): 5 for c in task.completions},
+        )
         session.flush()
         r = client.post(f"/label/{aid}", data={"csrf_token": csrf, **_fields(task, ["1", "2"], ["6", "3"])})
         assert r.status_code == 409 and "already has all the labels it needs" in r.text
         assert session.scalar(select(func.count()).select_from(Annotation)) == 1
 
-    def test_a_bad_form_is_shown_again_with_the_error_and_the_values(self, client: TestClient,
-                                                                      session: Session) -> None:
+    def test_a_bad_form_is_shown_again_with_the_error_and_the_values(
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)
         task = make_task(session, prompt_set=make_prompt_set(session, k=3))
         csrf = login(client, user)
         aid = _assignment_id(client.get("/label").text)
-        r = client.post(f"/label/{aid}", data={"csrf_token": csrf, **_fields(task, ["1", "2", ""],
-                                                                               ["5", "9", "4"])})
+        r = client.post(
+            f"/label/{aid}", data={"csrf_token": csrf, **_fields(task, ["1", "2", ""], ["5", "9", "4"])}
+        )
         assert r.status_code == 422 and "ranks" in r.text
         assert f'name="rank-{task.completions[1].id}" min="1" max="3" inputmode="numeric" value="2"' in r.text
         assert session.scalar(select(func.count()).select_from(Annotation)) == 0
 
-    def test_inconsistent_form_needs_the_confirmation_flag(self, client: TestClient,
-                                                           session: Session) -> None:
+    def test_inconsistent_form_needs_the_confirmation_flag(
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)
         task = make_task(session, prompt_set=make_prompt_set(session, k=2))
         csrf = login(client, user)
         aid = _assignment_id(client.get("/label").text)
         data = {"csrf_token": csrf, **_fields(task, ["1", "2"], ["2", "6"])}
         assert client.post(f"/label/{aid}", data=data).status_code == 422
-        r = client.post(f"/label/{aid}", data={**data, "confirm_inconsistent": "1"},
-                        follow_redirects=False)
+        r = client.post(f"/label/{aid}", data={**data, "confirm_inconsistent": "1"}, follow_redirects=False)
         assert r.status_code == 303
         assert session.scalars(select(Annotation)).one().inconsistency_confirmed is True
 
@@ -120,8 +137,9 @@ class TestLabelPage:
         aid = _assignment_id(client.get("/label").text)
         bad = client.post(f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": ""})
         assert bad.status_code == 422
-        r = client.post(f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": "unclear",
-                                                    "time_spent_ms": "9" * 5000})  # no 500
+        r = client.post(
+            f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": "unclear", "time_spent_ms": "9" * 5000}
+        )  # no 500
         assert r.status_code == 200 and "Nothing to label right now" in r.text
         assert session.scalars(select(Annotation)).one().skip_reason == "unclear"
         assert session.get(Assignment, aid).state == "skipped"  # type: ignore[union-attr]
@@ -153,12 +171,17 @@ class TestLabelPage:
 
 class TestGuidelines:
     def test_admin_saves_versions_rendered_safely_and_annotations_record_the_version(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         admin = make_user(session, role="admin")
         csrf = login(client, admin)
         for body in ("# Rules v1", "# Rules\n\n**Rank** honestly. <script>alert(1)</script>"):
-            assert client.post("/guidelines", data={"csrf_token": csrf, "body": body},
-                               follow_redirects=False).status_code == 303
+            assert (
+                client.post(
+                    "/guidelines", data={"csrf_token": csrf, "body": body}, follow_redirects=False
+                ).status_code
+                == 303
+            )
         html = client.get("/guidelines").text
         assert "v2" in html and "<strong>Rank</strong>" in html
         assert "<script>alert" not in html and "&lt;script&gt;" in html
@@ -166,8 +189,10 @@ class TestGuidelines:
         task = make_task(session, prompt_set=make_prompt_set(session, k=2))
         page = client.get("/label").text  # admins may label too
         assert "<strong>Rank</strong>" in page  # the guidelines panel beside the task
-        client.post(f"/label/{_assignment_id(page)}",
-                    data={"csrf_token": csrf, **_fields(task, ["1", "2"], ["6", "3"])})
+        client.post(
+            f"/label/{_assignment_id(page)}",
+            data={"csrf_token": csrf, **_fields(task, ["1", "2"], ["6", "3"])},
+        )
         assert session.scalars(select(Annotation)).one().guideline_version == 2
 
     def test_labelers_read_but_cannot_edit(self, client: TestClient, session: Session) -> None:
@@ -176,8 +201,9 @@ class TestGuidelines:
         r = client.post("/guidelines", data={"csrf_token": csrf_of(client), "body": "x"})
         assert r.status_code == 403
 
-    def test_empty_guidelines_are_refused_and_no_version_is_saved(self, client: TestClient,
-                                                                   session: Session) -> None:
+    def test_empty_guidelines_are_refused_and_no_version_is_saved(
+        self, client: TestClient, session: Session
+    ) -> None:
         csrf = login(client, make_user(session, role="admin"))
         r = client.post("/guidelines", data={"csrf_token": csrf, "body": "  \n "})
         assert r.status_code == 422 and "cannot be empty" in r.text

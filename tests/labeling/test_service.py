@@ -23,8 +23,10 @@ def _next(session: Session, user, **kw):  # type: ignore[no-untyped-def]
 
 def _ranking(task, ranks: list[int], ratings: list[int] | None = None) -> dict:  # type: ignore[no-untyped-def]
     ids = [c.id for c in task.completions]
-    return {"ranks": {str(i): r for i, r in zip(ids, ranks, strict=True)},
-            "ratings": {str(i): r for i, r in zip(ids, ratings or [8 - r for r in ranks], strict=True)}}
+    return {
+        "ranks": {str(i): r for i, r in zip(ids, ranks, strict=True)},
+        "ratings": {str(i): r for i, r in zip(ids, ratings or [8 - r for r in ranks], strict=True)},
+    }
 
 
 class TestNextAssignment:
@@ -76,7 +78,8 @@ class TestNextAssignment:
         assert a1.state == "expired"  # type: ignore[union-attr]
 
     def test_a_labeler_back_after_expiry_gets_their_task_again_while_there_is_room(
-            self, session: Session) -> None:
+        self, session: Session
+    ) -> None:
         ps = make_prompt_set(session, k=2)
         make_task(session, prompt_set=ps)
         user = make_user(session)
@@ -105,15 +108,22 @@ class TestNextAssignment:
 
 class TestSubmitAnnotation:
     def test_competition_ranks_are_stored_dense_with_positions_and_the_guideline_version(
-            self, session: Session) -> None:
+        self, session: Session
+    ) -> None:
         session.add(Guideline(version=4, body="Be kind."))
         ps = make_prompt_set(session, k=4, overlap=1)
         task = make_task(session, prompt_set=ps)
         user = make_user(session)
         a = _next(session, user)
         ids = [c.id for c in task.completions]
-        ann = labeling.submit(session=session, assignment=a, **_ranking(task, [1, 1, 3, 4]),  # type: ignore[arg-type]
-                              flags={str(ids[2]): [ps.flags[2]]}, notes=" fine ", time_spent_ms=5)
+        ann = labeling.submit(
+            session=session,
+            assignment=a,
+            **_ranking(task, [1, 1, 3, 4]),  # type: ignore[arg-type]
+            flags={str(ids[2]): [ps.flags[2]]},
+            notes=" fine ",
+            time_spent_ms=5,
+        )
         by_cid = {i.completion_id: i for i in ann.items}
         assert [by_cid[i].rank for i in ids] == [1, 1, 2, 3]
         assert by_cid[ids[2]].flags == [ps.flags[2]]
@@ -140,8 +150,13 @@ class TestSubmitAnnotation:
         ps = make_prompt_set(session, k=2)
         task = make_task(session, prompt_set=ps)
         a = _next(session, make_user(session))
-        ann = labeling.submit(session=session, assignment=a, **_ranking(task, [1, 2]),  # type: ignore[arg-type]
-                              time_spent_ms=10**9, now=a.created_at + timedelta(seconds=42))  # type: ignore[union-attr]
+        ann = labeling.submit(
+            session=session,
+            assignment=a,
+            **_ranking(task, [1, 2]),  # type: ignore[arg-type]
+            time_spent_ms=10**9,
+            now=a.created_at + timedelta(seconds=42),
+        )  # type: ignore[union-attr]
         assert ann.time_spent_ms == 42_000
 
     def test_inconsistent_ratings_need_confirmation_which_is_stored(self, session: Session) -> None:
@@ -214,8 +229,8 @@ def test_dense_ranks_and_inconsistencies() -> None:
 
 def test_markdown_is_rendered_with_raw_html_escaped() -> None:
     html = guidelines.render_markdown(
-        "# Rules\n\n<script>alert(1)</script> [x](javascript:alert(1)) **bold**")
+        "# Rules\n\n<script>alert(1)</script> [x](javascript:alert(1)) **bold**"
+    )
     assert "<h1>Rules</h1>" in html and "<strong>bold</strong>" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert 'href="javascript' not in html
-

@@ -18,8 +18,9 @@ from tests.prompts.conftest import parquet_bytes
 
 
 @pytest.fixture
-def db(committed: sessionmaker[Session], db_url: str, tmp_path: Path,
-       monkeypatch: pytest.MonkeyPatch) -> Iterator[sessionmaker[Session]]:
+def db(
+    committed: sessionmaker[Session], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[sessionmaker[Session]]:
     monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
     monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
@@ -33,30 +34,49 @@ def run(*args: str) -> Result:
 
 
 class TestPromptsImport:
-    def test_imports_each_format_and_queues_sampling(self, db: sessionmaker[Session],
-                                                     tmp_path: Path) -> None:
-        files = {"a.jsonl": b'{"prompt": "One"}\n{"instruction": "Two", "input": "x"}\n',
-                 "b.csv": b"prompt,tag\nOne,a\nOne,b\n",
-                 "c.parquet": parquet_bytes({"prompt": ["One", "Two", "Three"]})}
+    def test_imports_each_format_and_queues_sampling(self, db: sessionmaker[Session], tmp_path: Path) -> None:
+        files = {
+            "a.jsonl": b'{"prompt": "One"}\n{"instruction": "Two", "input": "x"}\n',
+            "b.csv": b"prompt,tag\nOne,a\nOne,b\n",
+            "c.parquet": parquet_bytes({"prompt": ["One", "Two", "Three"]}),
+        }
         for name, data in files.items():
             (tmp_path / name).write_bytes(data)
-            result = run("prompts", "import", str(tmp_path / name), "--name", name, "--k", "5",
-                         "--overlap", "2", "--temperature", "0.9")
+            result = run(
+                "prompts",
+                "import",
+                str(tmp_path / name),
+                "--name",
+                name,
+                "--k",
+                "5",
+                "--overlap",
+                "2",
+                "--temperature",
+                "0.9",
+            )
             assert result.exit_code == 0, result.output
             assert f"into set '{name}'" in result.output and "sampling job" in result.output
-        assert "imported 1 prompts from 2 rows into set 'again'" in run(
-            "prompts", "import", str(tmp_path / "b.csv"), "--name", "again").output
+        assert (
+            "imported 1 prompts from 2 rows into set 'again'"
+            in run("prompts", "import", str(tmp_path / "b.csv"), "--name", "again").output
+        )
         with db() as s:
             sets = {ps.name: ps for ps in s.scalars(select(PromptSet))}
             assert {n: ps.report["imported"] for n, ps in sets.items()} == {
-                "a.jsonl": 2, "b.csv": 1, "c.parquet": 3, "again": 1}
+                "a.jsonl": 2,
+                "b.csv": 1,
+                "c.parquet": 3,
+                "again": 1,
+            }
             assert sets["a.jsonl"].k == 5 and sets["a.jsonl"].sampling["temperature"] == 0.9
             assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == "sample")) == 4
         listing = run("prompts", "list")
         assert listing.exit_code == 0 and "c.parquet" in listing.output and "0/3 sampled" in listing.output
 
-    def test_a_bad_file_prints_each_problem_and_imports_nothing(self, db: sessionmaker[Session],
-                                                                tmp_path: Path) -> None:
+    def test_a_bad_file_prints_each_problem_and_imports_nothing(
+        self, db: sessionmaker[Session], tmp_path: Path
+    ) -> None:
         path = tmp_path / "bad.jsonl"
         path.write_bytes(b'{"prompt": "fine"}\n{"prompt": "  "}\n{"nope": 1}\n')
         result = run("prompts", "import", str(path), "--name", "bad", "--k", "3")
@@ -77,6 +97,5 @@ class TestPromptsImport:
 def test_help_teaches_with_an_example_of_the_command(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.exit_code == 0, result.output
-    examples = [line.strip() for line in result.output.splitlines()
-                if line.strip().startswith("ranklab ")]
+    examples = [line.strip() for line in result.output.splitlines() if line.strip().startswith("ranklab ")]
     assert any(line.startswith("ranklab " + " ".join(command)) for line in examples), result.output

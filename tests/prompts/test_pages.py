@@ -16,21 +16,39 @@ from tests.factories import bearer, login, make_model_version, make_prompt_set, 
 JL = "\n".join(json.dumps({"prompt": f"Question {i}?"}) for i in range(3)).encode()
 
 
-def upload(client: TestClient, csrf: str, *, name: str = "web set", data: bytes = JL,
-           filename: str = "p.jsonl", **form: str):  # type: ignore[no-untyped-def]
-    return client.post("/sets", data={"csrf_token": csrf, "name": name, **form},
-                       files={"file": (filename, data, "application/octet-stream")},
-                       follow_redirects=False)
+def upload(
+    client: TestClient,
+    csrf: str,
+    *,
+    name: str = "web set",
+    data: bytes = JL,
+    filename: str = "p.jsonl",
+    **form: str,
+):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/sets",
+        data={"csrf_token": csrf, "name": name, **form},
+        files={"file": (filename, data, "application/octet-stream")},
+        follow_redirects=False,
+    )
 
 
 class TestUploadPage:
-    def test_upload_creates_the_set_and_its_job_then_shows_it(self, client: TestClient,
-                                                              session: Session) -> None:
+    def test_upload_creates_the_set_and_its_job_then_shows_it(
+        self, client: TestClient, session: Session
+    ) -> None:
         csrf = login(client, make_user(session, role="admin"))
         page = client.get("/sets/new")
         assert page.status_code == 200 and 'enctype="multipart/form-data"' in page.text
-        r = upload(client, csrf, k="5", overlap="2", temperature="0.7", max_new_tokens="32",
-                   flags="off topic\nrude\n")
+        r = upload(
+            client,
+            csrf,
+            k="5",
+            overlap="2",
+            temperature="0.7",
+            max_new_tokens="32",
+            flags="off topic\nrude\n",
+        )
         assert r.status_code == 303, r.text
         ps = session.scalar(select(PromptSet).where(PromptSet.name == "web set"))
         assert ps is not None and (ps.k, ps.overlap) == (5, 2)
@@ -45,8 +63,9 @@ class TestUploadPage:
         listing = client.get("/sets").text
         assert "web set" in listing and "0 / 3 prompts sampled" in listing
 
-    def test_bad_file_shows_every_problem_and_stores_nothing(self, client: TestClient,
-                                                             session: Session) -> None:
+    def test_bad_file_shows_every_problem_and_stores_nothing(
+        self, client: TestClient, session: Session
+    ) -> None:
         csrf = login(client, make_user(session, role="admin"))
         bad = b'{"prompt": ""}\n{"text": "x"}\n'
         r = upload(client, csrf, data=bad, k="12")
@@ -60,8 +79,7 @@ class TestUploadPage:
         assert session.scalar(select(func.count()).select_from(Prompt)) == 0
         assert session.scalar(select(func.count()).select_from(Job)) == 0
 
-    def test_a_number_field_that_is_not_a_number_is_named(self, client: TestClient,
-                                                          session: Session) -> None:
+    def test_a_number_field_that_is_not_a_number_is_named(self, client: TestClient, session: Session) -> None:
         csrf = login(client, make_user(session, role="admin"))
         r = upload(client, csrf, overlap="lots")
         assert r.status_code == 422
@@ -82,7 +100,8 @@ class TestUploadPage:
 
 class TestProgressAndCancel:
     def test_progress_fragment_counts_open_tasks_and_badges_the_demo(
-            self, client: TestClient, session: Session) -> None:
+        self, client: TestClient, session: Session
+    ) -> None:
         login(client, make_user(session, role="admin"))
         demo = make_model_version(session, is_demo=True, name="demo policy")
         ps = make_prompt_set(session, name="demo-ish")
@@ -118,21 +137,34 @@ class TestApi:
     def test_upload_list_and_refusal_over_the_api(self, client: TestClient, session: Session) -> None:
         admin = make_user(session, role="admin")
         h = bearer(auth.create_token(session=session, user=admin, name="t").token)
-        r = client.post("/api/v1/sets", headers=h, data={"name": "api set", "k": "4"},
-                        files={"file": ("p.csv", b"prompt\nOne\nOne\nTwo\n", "text/csv")})
+        r = client.post(
+            "/api/v1/sets",
+            headers=h,
+            data={"name": "api set", "k": "4"},
+            files={"file": ("p.csv", b"prompt\nOne\nOne\nTwo\n", "text/csv")},
+        )
         assert r.status_code == 201, r.text
         body = r.json()
         assert body["report"]["imported"] == 2 and body["report"]["duplicates"] == 1
         assert body["progress"]["total"] == 2 and body["progress"]["job"]["status"] == "queued"
         assert [s["name"] for s in client.get("/api/v1/sets", headers=h).json()] == ["api set"]
-        bad = client.post("/api/v1/sets", headers=h, data={"name": "api set"},
-                          files={"file": ("p.csv", b"prompt\n \n", "text/csv")})
+        bad = client.post(
+            "/api/v1/sets",
+            headers=h,
+            data={"name": "api set"},
+            files={"file": ("p.csv", b"prompt\n \n", "text/csv")},
+        )
         assert bad.status_code == 422
         assert [p["text"] for p in bad.json()["detail"]] == [
             "p.csv, field 'name': a prompt set named 'api set' already exists; choose another name",
-            "p.csv, line 2, field 'prompt': empty or only whitespace"]
+            "p.csv, line 2, field 'prompt': empty or only whitespace",
+        ]
         assert {k: v for k, v in bad.json()["detail"][1].items() if k != "text"} == {
-            "file": "p.csv", "line": 2, "field": "prompt", "message": "empty or only whitespace"}
+            "file": "p.csv",
+            "line": 2,
+            "field": "prompt",
+            "message": "empty or only whitespace",
+        }
 
 
 class TestLiveFigures:
@@ -181,6 +213,8 @@ def test_the_web_app_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, app.main, app.prompts.views, app.prompts.service, app.prompts.commands, "
-            "app.runs.policies; sys.exit(1 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys, app.main, app.prompts.views, app.prompts.service, app.prompts.commands, "
+        "app.runs.policies; sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -40,8 +40,9 @@ def _reload(session: Session, job: Job) -> Job:
 
 class TestAccess:
     @pytest.mark.parametrize("role", ["researcher", "admin"])
-    def test_researcher_and_admin_see_every_page(self, client: TestClient, session: Session,
-                                                 role: str) -> None:
+    def test_researcher_and_admin_see_every_page(
+        self, client: TestClient, session: Session, role: str
+    ) -> None:
         job = make_job(session, kind="train_reward")
         login(client, make_user(session, role=role))
         for path in ("/runs", f"/runs/{job.id}", "/models"):
@@ -76,8 +77,9 @@ class TestAccess:
 
 
 class TestRunsList:
-    def test_lists_jobs_with_who_counts_and_filters(self, client: TestClient, session: Session,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_lists_jobs_with_who_counts_and_filters(
+        self, client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         alice = make_user(session, role="researcher")
         sample = make_job(session, kind="sample", created_by_id=alice.id)
         reward = make_job(session, kind="train_reward")
@@ -101,8 +103,9 @@ class TestRunsList:
         assert f'data-job="{reward.id}"' in only_cancelled
         assert f'data-job="{sample.id}"' not in only_cancelled
 
-    def test_polls_while_something_runs_and_htmx_gets_the_fragment(self, client: TestClient,
-                                                                    session: Session) -> None:
+    def test_polls_while_something_runs_and_htmx_gets_the_fragment(
+        self, client: TestClient, session: Session
+    ) -> None:
         job = _running(session, make_job(session, kind="train_ppo"), progress=0.25)
         login(client, make_user(session, role="researcher"))
         page = client.get("/runs").text
@@ -119,32 +122,48 @@ class TestRunsList:
         done = client.get("/runs", headers={"HX-Request": "true"}).text
         assert "hx-trigger" not in done  # nothing runs: polling stops
 
-
     def test_failed_jobs_show_their_error_and_panels_from_other_domains_appear(
-            self, client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+        self, client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         job = _running(session, make_job(session, kind="sample"))
         jobs.fail(session=session, job=job, error="OSError: no model <x>\ntraceback line")
         panel = "runs/panels/zz_test.html"
         monkeypatch.setattr(views, "start_panels", lambda: [panel])
-        monkeypatch.setattr(templates.env, "loader", ChoiceLoader([
-            DictLoader({panel: '<form class="card" id="test-panel">{{ csrf_input(request) }}</form>'}),
-            templates.env.loader]))
+        monkeypatch.setattr(
+            templates.env,
+            "loader",
+            ChoiceLoader(
+                [
+                    DictLoader(
+                        {panel: '<form class="card" id="test-panel">{{ csrf_input(request) }}</form>'}
+                    ),
+                    templates.env.loader,
+                ]
+            ),
+        )
         csrf = login(client, make_user(session, role="researcher"))
         page = client.get("/runs").text
         assert "OSError: no model &lt;x&gt;" in page and "traceback line" not in page
-        assert f'<form class="card" id="test-panel"><input type="hidden" name="csrf_token" value="{csrf}">' \
+        assert (
+            f'<form class="card" id="test-panel"><input type="hidden" name="csrf_token" value="{csrf}">'
             in page
+        )
 
 
 class TestRunPage:
-    def test_running_job_shows_progress_time_left_curves_and_log(self, client: TestClient,
-                                                                 session: Session) -> None:
-        job = _running(session, make_job(session, kind="train_reward", params={"lr": 1e-5}),
-                       progress=0.5, minutes_ago=10)
+    def test_running_job_shows_progress_time_left_curves_and_log(
+        self, client: TestClient, session: Session
+    ) -> None:
+        job = _running(
+            session, make_job(session, kind="train_reward", params={"lr": 1e-5}), progress=0.5, minutes_ago=10
+        )
         for step in range(1, 4):
-            jobs.add_metrics(session=session, job_id=job.id, step=step,
-                             values={"train/loss": 1.0 / step, "val/loss": 1.1 / step,
-                                     "val/accuracy": 0.5 + step / 10})
+            jobs.add_metrics(
+                session=session,
+                job_id=job.id,
+                step=step,
+                values={"train/loss": 1.0 / step, "val/loss": 1.1 / step, "val/accuracy": 0.5 + step / 10},
+            )
         jobs.log(session=session, job_id=job.id, line="epoch 1 <started>")
         login(client, make_user(session, role="researcher"))
 
@@ -162,8 +181,9 @@ class TestRunPage:
         fragment = client.get(f"/runs/{job.id}", headers={"HX-Request": "true"}).text
         assert "<html" not in fragment and 'id="run-detail"' in fragment
 
-    def test_failed_job_shows_its_error_escaped_and_stops_polling(self, client: TestClient,
-                                                                  session: Session) -> None:
+    def test_failed_job_shows_its_error_escaped_and_stops_polling(
+        self, client: TestClient, session: Session
+    ) -> None:
         job = _running(session, make_job(session))
         jobs.fail(session=session, job=job, error="ValueError: bad <b>config</b>")
         login(client, make_user(session, role="researcher"))
@@ -174,10 +194,17 @@ class TestRunPage:
 
     def test_samples_table_is_escaped(self, client: TestClient, session: Session) -> None:
         job = _running(session, make_job(session, kind="train_ppo"))
-        jobs.complete(session=session, job=job, result={"samples": [
-            {"step": 10, "prompt": "<script>alert(1)</script>", "response": "a & b", "score": 0.75},
-            {"prompt": "p2", "response": "<img src=x>", "score": None},
-        ], "policy_id": 3})
+        jobs.complete(
+            session=session,
+            job=job,
+            result={
+                "samples": [
+                    {"step": 10, "prompt": "<script>alert(1)</script>", "response": "a & b", "score": 0.75},
+                    {"prompt": "p2", "response": "<img src=x>", "score": None},
+                ],
+                "policy_id": 3,
+            },
+        )
         login(client, make_user(session, role="researcher"))
         page = client.get(f"/runs/{job.id}").text
         assert "<h2>Samples</h2>" in page
@@ -186,21 +213,24 @@ class TestRunPage:
         # The samples are not repeated in the raw result JSON.
         assert "policy_id" in page and page.count("alert(1)") == 1
 
-    def test_samples_of_a_demo_derived_policy_are_badged(self, client: TestClient,
-                                                         session: Session) -> None:
+    def test_samples_of_a_demo_derived_policy_are_badged(self, client: TestClient, session: Session) -> None:
         login(client, make_user(session, role="researcher"))
         pages = {}
         for from_demo in (True, False):
             job = _running(session, make_job(session, kind="train_ppo"))
-            jobs.complete(session=session, job=job, result={
-                "samples": [{"step": 1, "prompt": "p", "response": "r", "score": 0.1}],
-                "from_demo": from_demo})
+            jobs.complete(
+                session=session,
+                job=job,
+                result={
+                    "samples": [{"step": 1, "prompt": "p", "response": "r", "score": 0.1}],
+                    "from_demo": from_demo,
+                },
+            )
             pages[from_demo] = client.get(f"/runs/{job.id}").text
         badge = '<h2>Samples <span class="demo-badge"'
         assert badge in pages[True] and badge not in pages[False]
 
-    def test_chain_shows_each_step_with_its_status(self, client: TestClient,
-                                                   session: Session) -> None:
+    def test_chain_shows_each_step_with_its_status(self, client: TestClient, session: Session) -> None:
         first = make_job(session, kind="train_reward")
         second = make_job(session, kind="train_ppo", after=first)
         third = make_job(session, kind="promote", after=second)
@@ -226,7 +256,8 @@ def _curves_and_samples(ctx: JobContext) -> dict[str, Any]:
 
 class TestWithARealWorker:
     def test_what_a_handler_reports_is_what_the_page_draws(
-            self, client: TestClient, session: Session, sessions: sessionmaker[Session]) -> None:
+        self, client: TestClient, session: Session, sessions: sessionmaker[Session]
+    ) -> None:
         register("h7_curves", _curves_and_samples)
         job = make_job(session, kind="h7_curves")
         session.commit()
@@ -235,19 +266,23 @@ class TestWithARealWorker:
 
         page = client.get(f"/runs/{job.id}").text
         assert "status-succeeded" in page and "hx-trigger" not in page
-        svgs = {title: svg for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S)
-                for title in re.findall(r'class="chart-title"[^>]*>([^<]+)<', svg)}
+        svgs = {
+            title: svg
+            for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S)
+            for title in re.findall(r'class="chart-title"[^>]*>([^<]+)<', svg)
+        }
         assert set(svgs) == {"Loss", "Accuracy", "Learning rate"}
-        points = {name: len(pts.split()) for name, pts in
-                  re.findall(r'data-series="([^"]+)"[^>]*points="([^"]+)"', svgs["Loss"])}
+        points = {
+            name: len(pts.split())
+            for name, pts in re.findall(r'data-series="([^"]+)"[^>]*points="([^"]+)"', svgs["Loss"])
+        }
         assert points == {"train_loss": 5, "val_loss": 2}
         assert "Say &lt;hi&gt;" in page and "hi &amp; bye" in page and "1.500" in page
         assert "saved &lt;model&gt;" in page
 
 
 class TestCancel:
-    def test_cancel_with_csrf_cancels_a_queued_job(self, client: TestClient,
-                                                   session: Session) -> None:
+    def test_cancel_with_csrf_cancels_a_queued_job(self, client: TestClient, session: Session) -> None:
         job = make_job(session)
         csrf = login(client, make_user(session, role="researcher"))
         assert "Cancel</button>" in client.get(f"/runs/{job.id}").text
@@ -255,8 +290,7 @@ class TestCancel:
         assert r.status_code == 303 and r.headers["location"] == f"/runs/{job.id}"
         assert _reload(session, job).status == JobStatus.cancelled
 
-    def test_cancel_of_a_running_job_asks_it_to_stop(self, client: TestClient,
-                                                     session: Session) -> None:
+    def test_cancel_of_a_running_job_asks_it_to_stop(self, client: TestClient, session: Session) -> None:
         job = _running(session, make_job(session))
         csrf = login(client, make_user(session, role="researcher"))
         client.post(f"/runs/{job.id}/cancel", data={"csrf_token": csrf})
@@ -264,8 +298,9 @@ class TestCancel:
         assert fresh.status == JobStatus.running and fresh.cancel_requested
         assert "cancel requested" in client.get(f"/runs/{job.id}").text
 
-    def test_cancel_without_csrf_is_refused_and_changes_nothing(self, client: TestClient,
-                                                                session: Session) -> None:
+    def test_cancel_without_csrf_is_refused_and_changes_nothing(
+        self, client: TestClient, session: Session
+    ) -> None:
         job = make_job(session)
         login(client, make_user(session, role="researcher"))
         assert client.post(f"/runs/{job.id}/cancel").status_code == 403
@@ -290,8 +325,7 @@ class TestJobsApi:
         assert listing["jobs"][1]["seconds_left"] > 0
         only = client.get("/api/v1/jobs", params={"kind": "sample"}, headers=bearer(token)).json()
         assert [j["id"] for j in only["jobs"]] == [other.id]
-        assert client.get("/api/v1/jobs", params={"status": "nope"},
-                          headers=bearer(token)).status_code == 422
+        assert client.get("/api/v1/jobs", params={"status": "nope"}, headers=bearer(token)).status_code == 422
 
         detail = client.get(f"/api/v1/jobs/{job.id}", headers=bearer(token)).json()
         assert detail["metrics"] == {"train/loss": [[1, 0.7], [2, 0.5]]}

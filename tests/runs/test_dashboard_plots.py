@@ -24,10 +24,13 @@ def _polylines(root: ET.Element) -> dict[str, list[tuple[float, float]]]:
 
 class TestLineChart:
     def test_one_polyline_per_series_with_every_point(self) -> None:
-        svg = plots.line_chart({
-            "train/loss": [(s, 1.0 / s) for s in range(1, 21)],
-            "val/loss": [(5, 0.4), (10, 0.3), (15, 0.25), (20, 0.2)],
-        }, title="Loss")
+        svg = plots.line_chart(
+            {
+                "train/loss": [(s, 1.0 / s) for s in range(1, 21)],
+                "val/loss": [(5, 0.4), (10, 0.3), (15, 0.25), (20, 0.2)],
+            },
+            title="Loss",
+        )
         root = _parse(svg)
         lines = _polylines(root)
         assert set(lines) == {"train/loss", "val/loss"}
@@ -54,8 +57,9 @@ class TestLineChart:
         assert evil in "".join(root.itertext())
 
     def test_non_finite_values_are_left_out_and_empty_charts_say_so(self) -> None:
-        lines = _polylines(_parse(plots.line_chart(
-            {"loss": [(1, 1.0), (2, math.nan), (3, math.inf), (4, 0.5)]})))
+        lines = _polylines(
+            _parse(plots.line_chart({"loss": [(1, 1.0), (2, math.nan), (3, math.inf), (4, 0.5)]}))
+        )
         assert len(lines["loss"]) == 2
         empty = plots.line_chart({"loss": [(1, math.nan)]}, title="Loss")
         assert "<polyline" not in empty and "no data yet" in empty
@@ -88,19 +92,37 @@ class TestTicks:
 
 class TestGroupMetrics:
     def test_reward_model_curves_group_into_loss_and_accuracy(self) -> None:
-        groups = dict(dashboard.group_metrics({
-            "train/loss": [(1, 0.7)], "val/loss": [(1, 0.69)], "val/accuracy": [(1, 0.6)],
-        }))
+        groups = dict(
+            dashboard.group_metrics(
+                {
+                    "train/loss": [(1, 0.7)],
+                    "val/loss": [(1, 0.69)],
+                    "val/accuracy": [(1, 0.6)],
+                }
+            )
+        )
         assert set(groups) == {"Loss", "Accuracy"}
         assert set(groups["Loss"]) == {"train/loss", "val/loss"}
 
     def test_ppo_metrics_each_get_their_chart_and_unknown_names_still_show(self) -> None:
-        names = ["ppo/mean_reward", "ppo/kl", "ppo/entropy", "ppo/clip_frac", "ppo/approx_kl",
-                 "ppo/value_loss", "ppo/explained_variance", "ppo/ptx_loss",
-                 "ppo/response_length", "ppo/no_eos_share"]
-        groups = dict(dashboard.group_metrics({n: [(1, 0.0)] for n in names}
-                                              | {"custom/a": [(1, 1.0)], "custom/b": [(1, 2.0)],
-                                                 "weird": [(1, 3.0)]}))
+        names = [
+            "ppo/mean_reward",
+            "ppo/kl",
+            "ppo/entropy",
+            "ppo/clip_frac",
+            "ppo/approx_kl",
+            "ppo/value_loss",
+            "ppo/explained_variance",
+            "ppo/ptx_loss",
+            "ppo/response_length",
+            "ppo/no_eos_share",
+        ]
+        groups = dict(
+            dashboard.group_metrics(
+                {n: [(1, 0.0)] for n in names}
+                | {"custom/a": [(1, 1.0)], "custom/b": [(1, 2.0)], "weird": [(1, 3.0)]}
+            )
+        )
         assert len(groups) == len(names) + 2
         assert set(groups["custom"]) == {"custom/a", "custom/b"} and "weird" in groups
         assert "KL to the reference" in groups and "Approximate KL (old → new)" in groups

@@ -21,11 +21,16 @@ from app.runs.models import Job, JobStatus, ModelKind, ModelVersion
 from tests.factories import bearer, login, make_job, make_user
 
 
-def make_model(session: Session, *, kind: str = ModelKind.policy, name: str | None = None,
-               active: bool = False, **kw: object) -> ModelVersion:
+def make_model(
+    session: Session,
+    *,
+    kind: str = ModelKind.policy,
+    name: str | None = None,
+    active: bool = False,
+    **kw: object,
+) -> ModelVersion:
     name = name or f"{kind}-{session.scalar(select(func.count()).select_from(ModelVersion))}"
-    model = ModelVersion(kind=kind, name=name, source=kw.pop("source", "test"), is_active=active,
-                         **kw)  # type: ignore[arg-type]
+    model = ModelVersion(kind=kind, name=name, source=kw.pop("source", "test"), is_active=active, **kw)  # type: ignore[arg-type]
     session.add(model)
     session.flush()
     return model
@@ -33,8 +38,11 @@ def make_model(session: Session, *, kind: str = ModelKind.policy, name: str | No
 
 def active_ids(session: Session, kind: str) -> list[int]:
     session.expire_all()
-    return list(session.scalars(select(ModelVersion.id).where(ModelVersion.kind == kind,
-                                                              ModelVersion.is_active.is_(True))))
+    return list(
+        session.scalars(
+            select(ModelVersion.id).where(ModelVersion.kind == kind, ModelVersion.is_active.is_(True))
+        )
+    )
 
 
 class TestOneActivePerKind:
@@ -86,7 +94,8 @@ class TestOneActivePerKind:
 
 class TestConcurrentPromotion:
     def test_two_promotions_at_once_leave_exactly_one_active(
-            self, committed_pg: sessionmaker[Session]) -> None:
+        self, committed_pg: sessionmaker[Session]
+    ) -> None:
         with committed_pg.begin() as s:
             ids = [make_model(s, active=(i == 0)).id for i in range(5)]
         barrier = threading.Barrier(4)
@@ -96,8 +105,7 @@ class TestConcurrentPromotion:
             try:
                 with committed_pg.begin() as s:
                     barrier.wait(timeout=10)
-                    registry.promote_policy(session=s, model=registry.get_model(session=s,
-                                                                                model_id=model_id))
+                    registry.promote_policy(session=s, model=registry.get_model(session=s, model_id=model_id))
             except BaseException as exc:  # noqa: BLE001  (reported below)
                 errors.append(exc)
 
@@ -113,15 +121,21 @@ class TestConcurrentPromotion:
 
 
 class TestModelsPage:
-    def test_shows_both_kinds_with_accuracy_parent_and_demo_badge(self, client: TestClient,
-                                                                  session: Session) -> None:
+    def test_shows_both_kinds_with_accuracy_parent_and_demo_badge(
+        self, client: TestClient, session: Session
+    ) -> None:
         job = make_job(session, kind="train_reward")
         base = make_model(session, name="demo policy", source="demo", is_demo=True, active=True)
-        child = make_model(session, name="ppo <v2>", parent_id=base.id,
-                           metrics={"mean_reward": 1.234, "first_mean_reward": -0.5, "kl": 0.0421},
-                           config={"parent_is_demo": True})
-        make_model(session, kind=ModelKind.reward, name="rm-1", job_id=job.id,
-                   metrics={"val_accuracy": 0.724})
+        child = make_model(
+            session,
+            name="ppo <v2>",
+            parent_id=base.id,
+            metrics={"mean_reward": 1.234, "first_mean_reward": -0.5, "kl": 0.0421},
+            config={"parent_is_demo": True},
+        )
+        make_model(
+            session, kind=ModelKind.reward, name="rm-1", job_id=job.id, metrics={"val_accuracy": 0.724}
+        )
         login(client, make_user(session, role="researcher"))
         page = client.get("/models").text
         assert "72.4%" in page and f'href="/runs/{job.id}"' in page
@@ -132,8 +146,7 @@ class TestModelsPage:
         assert f'action="/models/{child.id}/promote"' in page
         assert f'action="/models/{base.id}/promote"' not in page  # already active
 
-    def test_promote_and_activate_buttons_need_csrf(self, client: TestClient,
-                                                    session: Session) -> None:
+    def test_promote_and_activate_buttons_need_csrf(self, client: TestClient, session: Session) -> None:
         old = make_model(session, active=True)
         new = make_model(session)
         rm = make_model(session, kind=ModelKind.reward)
@@ -162,8 +175,7 @@ class TestModelsPage:
 
 class TestModelsApi:
     def test_list_by_kind_and_activate(self, client: TestClient, session: Session) -> None:
-        token = auth.create_token(session=session, user=make_user(session, role="researcher"),
-                                  name="t").token
+        token = auth.create_token(session=session, user=make_user(session, role="researcher"), name="t").token
         p = make_model(session, active=True)
         p2 = make_model(session, parent_id=p.id)
         make_model(session, kind=ModelKind.reward, metrics={"val_accuracy": 0.7})
@@ -183,8 +195,9 @@ class TestModelsApi:
 
 
 @pytest.fixture
-def cli_db(committed: sessionmaker[Session], db_url: str,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[sessionmaker[Session]]:
+def cli_db(
+    committed: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[sessionmaker[Session]]:
     monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
     get_settings.cache_clear()
     yield committed
@@ -208,10 +221,14 @@ class TestCli:
         assert str(base_id) in child_line.split("ppo-1")[1] and "mean_reward=0.5" in child_line
         assert "active" in next(line for line in lines if "base [demo]" in line)
 
-        as_json = [json.loads(line) for line in
-                   runner.invoke(cli, ["policies", "list", "--json"]).output.splitlines()]
+        as_json = [
+            json.loads(line)
+            for line in runner.invoke(cli, ["policies", "list", "--json"]).output.splitlines()
+        ]
         assert {(m["id"], m["parent_id"], m["active"]) for m in as_json} == {
-            (child_id, base_id, False), (base_id, None, True)}
+            (child_id, base_id, False),
+            (base_id, None, True),
+        }
 
         out = runner.invoke(cli, ["policies", "promote", str(child_id)])
         assert out.exit_code == 0 and f"policy {child_id} (ppo-1) is now active" in out.output
@@ -235,8 +252,11 @@ class TestCli:
         out = runner.invoke(cli, ["jobs", "list"])
         assert out.exit_code == 0, out.output
         for job_id in ids:
-            assert any(line.split()[0] == str(job_id) for line in out.output.splitlines()[1:]
-                       if line.strip() and not line.strip().startswith("error"))
+            assert any(
+                line.split()[0] == str(job_id)
+                for line in out.output.splitlines()[1:]
+                if line.strip() and not line.strip().startswith("error")
+            )
         assert "error: boom: out of memory" in out.output
 
         only = runner.invoke(cli, ["jobs", "list", "--status", "queued", "--json"]).output
@@ -254,7 +274,6 @@ class TestCli:
 
     def test_help_teaches_with_examples(self) -> None:
         runner = CliRunner()
-        for args in (["jobs", "list"], ["jobs", "cancel"], ["policies", "list"],
-                     ["policies", "promote"]):
+        for args in (["jobs", "list"], ["jobs", "cancel"], ["policies", "list"], ["policies", "promote"]):
             out = runner.invoke(cli, [*args, "--help"])
             assert out.exit_code == 0 and "Example" in out.output and "ranklab " + args[0] in out.output

@@ -14,8 +14,9 @@ from tests.factories import make_job
 
 
 def _age_heartbeat(session: Session, job: Job, seconds: float) -> None:
-    session.execute(update(Job).where(Job.id == job.id)
-                    .values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+    session.execute(
+        update(Job).where(Job.id == job.id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
+    )
     session.expire(job)
 
 
@@ -58,7 +59,9 @@ class TestProgressAndMetrics:
         jobs.add_metrics(session=session, job_id=job.id, step=2, values={"loss": 0.5, "acc": 0.7})
         jobs.add_metrics(session=session, job_id=job.id, step=1, values={"loss": 0.9})
         assert jobs.metrics(session=session, job_id=job.id) == {
-            "acc": [(2, 0.7)], "loss": [(1, 0.9), (2, 0.5)]}
+            "acc": [(2, 0.7)],
+            "loss": [(1, 0.9), (2, 0.5)],
+        }
 
     def test_complete_and_fail_record_result_and_reason(self, session: Session) -> None:
         ok, bad = make_job(session), make_job(session)
@@ -167,8 +170,7 @@ class TestStaleJobs:
 
 
 class TestRelease:
-    def test_a_stopping_worker_gives_the_job_back_without_using_an_attempt(
-            self, session: Session) -> None:
+    def test_a_stopping_worker_gives_the_job_back_without_using_an_attempt(self, session: Session) -> None:
         job = make_job(session)
         jobs.claim(session=session, worker_id="w")
         session.refresh(job)

@@ -36,33 +36,33 @@ def _job(sessions: sessionmaker[Session], job_id: int) -> Job:
 
 class TestRunOne:
     def test_a_handler_runs_with_progress_metrics_and_result(
-            self, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+        self, sessions: sessionmaker[Session], tmp_path: Path
+    ) -> None:
         with sessions.begin() as s:
             job_id = make_job(s, kind="t_steps", params={"n": 4, "record": str(tmp_path / "r")}).id
         assert _worker(sessions).run(burst=True) == 1
         job = _job(sessions, job_id)
-        assert (job.status, job.progress, job.result, job.message) == (
-            "succeeded", 1.0, {"steps": 4}, "done")
+        assert (job.status, job.progress, job.result, job.message) == ("succeeded", 1.0, {"steps": 4}, "done")
         with sessions() as s:
             curves = jobs.metrics(session=s, job_id=job_id)
         assert [step for step, _ in curves["loss"]] == [0, 1, 2, 3]
         assert curves["reward"][-1] == (3, 3.0)
 
     def test_cancel_while_running_stops_at_the_next_step(
-            self, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+        self, sessions: sessionmaker[Session], tmp_path: Path
+    ) -> None:
         record = tmp_path / "r"
         with sessions.begin() as s:
-            job_id = make_job(s, kind="t_steps", params={"n": 10, "cancel_at": 2,
-                                                          "record": str(record)}).id
+            job_id = make_job(s, kind="t_steps", params={"n": 10, "cancel_at": 2, "record": str(record)}).id
         _worker(sessions).run(burst=True)
         job = _job(sessions, job_id)
         assert job.status == JobStatus.cancelled and job.finished_at is not None
         # Steps 0 and 1 ran; the progress call of step 2 raised JobCancelled.
-        assert [line.split(" ", 3)[3] for line in record.read_text().splitlines()] == [
-            "step 0", "step 1"]
+        assert [line.split(" ", 3)[3] for line in record.read_text().splitlines()] == ["step 0", "step 1"]
 
     def test_a_handler_that_raises_fails_the_job_with_the_reason(
-            self, sessions: sessionmaker[Session]) -> None:
+        self, sessions: sessionmaker[Session]
+    ) -> None:
         with sessions.begin() as s:
             job_id = make_job(s, kind="t_boom").id
         _worker(sessions).run(burst=True)
@@ -70,8 +70,7 @@ class TestRunOne:
         assert job.status == JobStatus.failed
         assert job.error == "RuntimeError: the handler broke on purpose"
 
-    def test_an_unknown_kind_fails_and_names_the_known_ones(
-            self, sessions: sessionmaker[Session]) -> None:
+    def test_an_unknown_kind_fails_and_names_the_known_ones(self, sessions: sessionmaker[Session]) -> None:
         with sessions.begin() as s:
             job_id = make_job(s, kind="nonsense").id
         _worker(sessions).run(burst=True)
@@ -81,7 +80,8 @@ class TestRunOne:
         assert "sample" in (job.error or "")
 
     def test_a_chain_runs_in_order_and_stops_at_a_failure(
-            self, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+        self, sessions: sessionmaker[Session], tmp_path: Path
+    ) -> None:
         record = tmp_path / "r"
         with sessions.begin() as s:
             a = make_job(s, kind="t_record", params={"record": str(record)})
@@ -95,7 +95,8 @@ class TestRunOne:
         assert len(record.read_text().splitlines()) == 1
 
     def test_a_worker_that_lost_its_claim_does_not_finish_the_job(
-            self, sessions: sessionmaker[Session]) -> None:
+        self, sessions: sessionmaker[Session]
+    ) -> None:
         with sessions.begin() as s:
             job_id = make_job(s, kind="t_steps", params={"n": 3}).id
 
@@ -137,8 +138,8 @@ class TestExtraHandlers:
 
 class TestBurstCommand:
     def test_worker_burst_runs_what_is_queued_then_exits(
-            self, committed: sessionmaker[Session], db_url: str, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> None:
+        self, committed: sessionmaker[Session], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         from app.cli import cli
 
         with committed.begin() as s:

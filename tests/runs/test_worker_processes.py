@@ -31,10 +31,17 @@ def _worker_process(url: str, log: Path, *args: str, **env: str) -> subprocess.P
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker", *args],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-            env={**os.environ, "RANKLAB_DATABASE_URL": url, "RANKLAB_ENV": "test",
-                 "RANKLAB_EXTRA_HANDLERS": "t_record=tests.runs.handlers:record,"
-                                           "t_slow=tests.runs.handlers:slow", **env},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={
+                **os.environ,
+                "RANKLAB_DATABASE_URL": url,
+                "RANKLAB_ENV": "test",
+                "RANKLAB_EXTRA_HANDLERS": "t_record=tests.runs.handlers:record,"
+                "t_slow=tests.runs.handlers:slow",
+                **env,
+            },
         )
     deadline = time.monotonic() + 60
     while " started" not in log.read_text():
@@ -58,18 +65,27 @@ def _wait(sessions: sessionmaker[Session], job_id: int, pred, timeout: float = 6
 
 class TestManyWorkers:
     def test_threads_and_processes_never_take_the_same_job(
-            self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path) -> None:
+        self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path
+    ) -> None:
         record = tmp_path / "claims.txt"
         n_jobs = 200
         with committed_pg.begin() as s:
-            ids = {make_job(s, kind="t_record",
-                            params={"record": str(record), "sleep": 0.003}).id
-                   for _ in range(n_jobs)}
+            ids = {
+                make_job(s, kind="t_record", params={"record": str(record), "sleep": 0.003}).id
+                for _ in range(n_jobs)
+            }
         logs = [tmp_path / f"worker{i}.log" for i in range(2)]
         procs = [_worker_process(pg_only_url, log, "--burst", "--poll", "0.05") for log in logs]
         # Each thread its own sessionmaker over its own pool connections.
-        workers = [Worker(make_sessionmaker(pg_only_url), worker_id=f"thread-{i}",
-                          poll_seconds=0.05, heartbeat_seconds=30) for i in range(3)]
+        workers = [
+            Worker(
+                make_sessionmaker(pg_only_url),
+                worker_id=f"thread-{i}",
+                poll_seconds=0.05,
+                heartbeat_seconds=30,
+            )
+            for i in range(3)
+        ]
         threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
         for t in threads:
             t.start()
@@ -89,9 +105,7 @@ class TestManyWorkers:
         assert {(status, attempts) for status, attempts, _, _ in rows} == {("succeeded", 1)}
         assert all(result == {"worker": worker} for _, _, worker, result in rows)
 
-
-    def test_threads_on_sqlite_never_take_the_same_job(self, sqlite_url: str,
-                                                       tmp_path: Path) -> None:
+    def test_threads_on_sqlite_never_take_the_same_job(self, sqlite_url: str, tmp_path: Path) -> None:
         """The default install: one SQLite file, the web process and workers writing to it."""
         from tests.conftest import _empty_all_tables
 
@@ -100,10 +114,16 @@ class TestManyWorkers:
         record = tmp_path / "claims.txt"
         try:
             with sessions.begin() as s:
-                ids = {make_job(s, kind="t_record", params={"record": str(record)}).id
-                       for _ in range(60)}
-            workers = [Worker(make_sessionmaker(sqlite_url), worker_id=f"lite-{i}",
-                              poll_seconds=0.05, heartbeat_seconds=0.05) for i in range(3)]
+                ids = {make_job(s, kind="t_record", params={"record": str(record)}).id for _ in range(60)}
+            workers = [
+                Worker(
+                    make_sessionmaker(sqlite_url),
+                    worker_id=f"lite-{i}",
+                    poll_seconds=0.05,
+                    heartbeat_seconds=0.05,
+                )
+                for i in range(3)
+            ]
             threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
             for t in threads:
                 t.start()
@@ -119,22 +139,23 @@ class TestManyWorkers:
 
 class TestKilledWorker:
     def test_a_killed_workers_job_is_claimed_again_and_finishes_once(
-            self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path) -> None:
+        self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path
+    ) -> None:
         record = tmp_path / "runs.txt"
         with committed_pg.begin() as s:
-            job_id = make_job(s, kind="t_slow",
-                              params={"record": str(record), "hang_first": True}).id
-        proc = _worker_process(pg_only_url, tmp_path / "worker.log", "--poll", "0.05",
-                               RANKLAB_JOB_STALE_SECONDS="2")
+            job_id = make_job(s, kind="t_slow", params={"record": str(record), "hang_first": True}).id
+        proc = _worker_process(
+            pg_only_url, tmp_path / "worker.log", "--poll", "0.05", RANKLAB_JOB_STALE_SECONDS="2"
+        )
         try:
-            running = _wait(committed_pg, job_id,
-                            lambda j: j.status == JobStatus.running and j.progress > 0)
+            running = _wait(committed_pg, job_id, lambda j: j.status == JobStatus.running and j.progress > 0)
             dead_worker = running.worker_id
         finally:
             proc.kill()
             proc.wait()
-        rescuer = Worker(committed_pg, worker_id="rescuer", poll_seconds=0.05,
-                         heartbeat_seconds=30, stale_seconds=1.0)
+        rescuer = Worker(
+            committed_pg, worker_id="rescuer", poll_seconds=0.05, heartbeat_seconds=30, stale_seconds=1.0
+        )
         # Nothing to take until the dead worker's last heartbeat is older than the stale limit.
         deadline = time.monotonic() + 30
         while rescuer.run(burst=True) == 0:
@@ -142,7 +163,11 @@ class TestKilledWorker:
             time.sleep(0.2)
         job = _wait(committed_pg, job_id, lambda j: j.status != JobStatus.running, timeout=5)
         assert (job.status, job.attempts, job.worker_id, job.result) == (
-            "succeeded", 2, "rescuer", {"attempt": 2})
+            "succeeded",
+            2,
+            "rescuer",
+            {"attempt": 2},
+        )
         assert f"requeued: worker {dead_worker} stopped answering" in job.log
         lines = record.read_text().splitlines()
         assert [line.split()[3] for line in lines] == ["started", "started", "finished"]
@@ -151,7 +176,8 @@ class TestKilledWorker:
 
 class TestStoppedWorker:
     def test_sigterm_gives_the_job_back_at_once_without_using_an_attempt(
-            self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path) -> None:
+        self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path
+    ) -> None:
         with committed_pg.begin() as s:
             job_id = make_job(s, kind="t_slow", params={"hang_first": True}).id
         log = tmp_path / "worker.log"

@@ -30,8 +30,7 @@ def tiny_policy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    s = Settings(database_url=db_url, env="test", artifacts_dir=tmp_path / "artifacts",
-                 openai_retries=2)
+    s = Settings(database_url=db_url, env="test", artifacts_dir=tmp_path / "artifacts", openai_retries=2)
     monkeypatch.setattr("trainer.sampling.get_settings", lambda: s)
     return s
 
@@ -44,28 +43,51 @@ def committed_sqlite(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
     _empty_all_tables(sqlite_url)
 
 
-def add_version(sessions: sessionmaker[Session], path: Path, *, name: str = "tiny",
-                active: bool = True, is_demo: bool = False) -> int:
+def add_version(
+    sessions: sessionmaker[Session],
+    path: Path,
+    *,
+    name: str = "tiny",
+    active: bool = True,
+    is_demo: bool = False,
+) -> int:
     with sessions.begin() as s:
-        mv = ModelVersion(kind="policy", name=name, source=str(path), path=str(path),
-                          is_active=active, is_demo=is_demo)
+        mv = ModelVersion(
+            kind="policy", name=name, source=str(path), path=str(path), is_active=active, is_demo=is_demo
+        )
         s.add(mv)
         s.flush()
         return mv.id
 
 
-def make_set(sessions: sessionmaker[Session], settings: Settings, version_id: int, *,
-             n: int = 6, k: int = 4, name: str = "set", compare_id: int | None = None,
-             batch_prompts: int = 2, max_new_tokens: int = 8) -> tuple[int, int]:
+def make_set(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    version_id: int,
+    *,
+    n: int = 6,
+    k: int = 4,
+    name: str = "set",
+    compare_id: int | None = None,
+    batch_prompts: int = 2,
+    max_new_tokens: int = 8,
+) -> tuple[int, int]:
     """A set of n distinct prompts and its queued sample job: (set id, job id)."""
-    data = "\n".join(json.dumps({"prompt": f"How do I make tea number {i}?", "topic": "tea"})
-                     for i in range(n)).encode()
+    data = "\n".join(
+        json.dumps({"prompt": f"How do I make tea number {i}?", "topic": "tea"}) for i in range(n)
+    ).encode()
     with sessions.begin() as s:
-        ps = prompts.import_prompt_set(session=s, settings=settings, name=name,
-                                       filename="p.jsonl", data=data, k=k,
-                                       sampling={"max_new_tokens": max_new_tokens},
-                                       policy_version_id=version_id,
-                                       compare_version_id=compare_id)
+        ps = prompts.import_prompt_set(
+            session=s,
+            settings=settings,
+            name=name,
+            filename="p.jsonl",
+            data=data,
+            k=k,
+            sampling={"max_new_tokens": max_new_tokens},
+            policy_version_id=version_id,
+            compare_version_id=compare_id,
+        )
         job = s.get(Job, ps.report["job_id"])
         assert job is not None
         job.params = {**job.params, "batch_prompts": batch_prompts}

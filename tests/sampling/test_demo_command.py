@@ -19,10 +19,13 @@ from app.runs import policies
 from app.runs.models import ModelVersion
 
 
-def test_demo_is_ready_to_label_and_idempotent(committed_sqlite: sessionmaker[Session],
-                                               sqlite_url: str, tmp_path: Path,
-                                               tiny_policy_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_is_ready_to_label_and_idempotent(
+    committed_sqlite: sessionmaker[Session],
+    sqlite_url: str,
+    tmp_path: Path,
+    tiny_policy_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("RANKLAB_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
@@ -46,6 +49,10 @@ def test_demo_is_ready_to_label_and_idempotent(committed_sqlite: sessionmaker[Se
         assert len(tasks) == 12 and all(t.status == "open" and len(t.completions) == 4 for t in tasks)
         demo = s.scalar(select(ModelVersion).where(ModelVersion.is_demo))
         assert demo is not None and demo.is_active and ps.policy_version_id == demo.id
-        assert s.scalar(select(func.count()).select_from(Completion)
-                        .where(Completion.model_version_id == demo.id)) == 48
+        assert (
+            s.scalar(
+                select(func.count()).select_from(Completion).where(Completion.model_version_id == demo.id)
+            )
+            == 48
+        )
         assert s.scalar(select(func.count()).select_from(PromptSet)) == 1

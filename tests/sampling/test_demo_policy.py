@@ -22,7 +22,8 @@ class TestDemoPolicy:
         config = AutoConfig.from_pretrained(tiny_policy_path)
         assert (config.n_embd, config.n_layer) == (32, 2) and config.vocab_size < 1000
         out = LocalBackend(str(tiny_policy_path)).generate(
-            ["How do I make a cup of tea?"], n=4, params=SamplingParams(max_new_tokens=12), seed=0)
+            ["How do I make a cup of tea?"], n=4, params=SamplingParams(max_new_tokens=12), seed=0
+        )
         assert len(out[0]) == 4
         # Trained on the shipped corpus: its tokens are pieces of English, not random bytes.
         words = " ".join(s.text for s in out[0])
@@ -36,7 +37,8 @@ class TestDemoPolicy:
         assert (target / "model.safetensors").stat().st_mtime_ns == before
 
     def test_registry_uses_the_demo_when_nothing_is_configured(
-            self, session: Session, tiny_policy_path: Path, tmp_path: Path) -> None:
+        self, session: Session, tiny_policy_path: Path, tmp_path: Path
+    ) -> None:
         settings = Settings(env="test", artifacts_dir=tmp_path / "artifacts")
         shutil.copytree(tiny_policy_path, policies.demo_path(settings))
         version = policies.default_policy(session=session, settings=settings)
@@ -45,32 +47,34 @@ class TestDemoPolicy:
         backend = make_backend(version, settings)
         assert isinstance(backend, LocalBackend)
 
-    def test_a_configured_model_replaces_the_demo_as_active(self, session: Session,
-                                                          tmp_path: Path) -> None:
-        demo = policies.ensure_base_policy(session=session,
-                                           settings=Settings(env="test", artifacts_dir=tmp_path))
+    def test_a_configured_model_replaces_the_demo_as_active(self, session: Session, tmp_path: Path) -> None:
+        demo = policies.ensure_base_policy(
+            session=session, settings=Settings(env="test", artifacts_dir=tmp_path)
+        )
         assert demo.is_active
         real = policies.ensure_base_policy(
-            session=session, settings=Settings(env="test", policy_model="org/real-model"))
+            session=session, settings=Settings(env="test", policy_model="org/real-model")
+        )
         assert real.is_active and not real.is_demo and real.name == "real-model"
         session.refresh(demo)
         assert not demo.is_active
         # Registered once: asking again finds the same row.
         again = policies.ensure_base_policy(
-            session=session, settings=Settings(env="test", policy_model="org/real-model"))
+            session=session, settings=Settings(env="test", policy_model="org/real-model")
+        )
         assert again.id == real.id
 
 
-def test_a_policy_trained_from_the_demo_is_loaded_not_rebuilt(tiny_policy_path: Path,
-                                                               tmp_path: Path) -> None:
+def test_a_policy_trained_from_the_demo_is_loaded_not_rebuilt(tiny_policy_path: Path, tmp_path: Path) -> None:
     from app.runs.models import ModelVersion
 
     checkpoint = tmp_path / "ppo-out"
     shutil.copytree(tiny_policy_path, checkpoint)
     (checkpoint / demo_policy.MARKER).unlink()  # a trainer's checkpoint has no demo marker
     before = (checkpoint / "model.safetensors").stat().st_mtime_ns
-    child = ModelVersion(kind="policy", name="ppo 1", source="ppo", path=str(checkpoint),
-                         parent_id=1, is_demo=True)
+    child = ModelVersion(
+        kind="policy", name="ppo 1", source="ppo", path=str(checkpoint), parent_id=1, is_demo=True
+    )
     assert isinstance(make_backend(child, Settings(env="test", artifacts_dir=tmp_path)), LocalBackend)
     assert (checkpoint / "model.safetensors").stat().st_mtime_ns == before
     assert not demo_policy.is_built(checkpoint)

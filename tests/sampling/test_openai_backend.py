@@ -37,11 +37,19 @@ def state(server: RunningServer) -> Iterator[ServerState]:
 
 
 @pytest.fixture
-def openai_settings(sqlite_url: str, tmp_path: Path, server: RunningServer,
-                    monkeypatch: pytest.MonkeyPatch) -> Settings:
-    s = Settings(database_url=sqlite_url, env="test", artifacts_dir=tmp_path / "artifacts",
-                 sampling_backend="openai", openai_base_url=server.base_url,
-                 openai_model="tiny", openai_retries=2, openai_concurrency=2)
+def openai_settings(
+    sqlite_url: str, tmp_path: Path, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    s = Settings(
+        database_url=sqlite_url,
+        env="test",
+        artifacts_dir=tmp_path / "artifacts",
+        sampling_backend="openai",
+        openai_base_url=server.base_url,
+        openai_model="tiny",
+        openai_retries=2,
+        openai_concurrency=2,
+    )
     monkeypatch.setattr("trainer.sampling.get_settings", lambda: s)
     return s
 
@@ -52,31 +60,35 @@ def fast_backend(server: RunningServer, **kw: object) -> OpenAIBackend:
 
 class TestOpenAIBackend:
     def test_n_completions_per_prompt_over_http(self, server: RunningServer, state: ServerState) -> None:
-        out = fast_backend(server).generate(["How do I boil an egg?", "Tell me a joke."], n=4,
-                                            params=SamplingParams(max_new_tokens=6), seed=1)
+        out = fast_backend(server).generate(
+            ["How do I boil an egg?", "Tell me a joke."], n=4, params=SamplingParams(max_new_tokens=6), seed=1
+        )
         assert [len(row) for row in out] == [4, 4]
-        assert all(s.finish_reason in ("stop", "length") and s.token_count is not None
-                   for row in out for s in row)
+        assert all(
+            s.finish_reason in ("stop", "length") and s.token_count is not None for row in out for s in row
+        )
         assert len(state.requests) == 2 and {r["n"] for r in state.requests} == {4}
         assert state.requests[0]["max_tokens"] == 6
 
     def test_retries_on_429_then_succeeds(self, server: RunningServer, state: ServerState) -> None:
         state.fail_next, state.fail_status = 2, 429
-        out = fast_backend(server).generate(["Hi"], n=2, params=SamplingParams(max_new_tokens=4),
-                                            seed=0)
+        out = fast_backend(server).generate(["Hi"], n=2, params=SamplingParams(max_new_tokens=4), seed=0)
         assert len(out[0]) == 2 and len(state.requests) == 3
 
-    def test_a_failing_server_gives_a_clear_error(self, server: RunningServer,
-                                                  state: ServerState) -> None:
+    def test_a_failing_server_gives_a_clear_error(self, server: RunningServer, state: ServerState) -> None:
         state.fail_always = True
         with pytest.raises(BackendError) as err:
             fast_backend(server).generate(["Hi"], n=2, params=SamplingParams(), seed=0)
         assert f"{server.base_url}/completions failed 3 times; last: HTTP 500" in str(err.value)
         assert len(state.requests) == 3
 
-    def test_sample_job_through_the_server(self, committed_sqlite: sessionmaker[Session],
-                                           openai_settings: Settings, state: ServerState,
-                                           tiny_policy_path: Path) -> None:
+    def test_sample_job_through_the_server(
+        self,
+        committed_sqlite: sessionmaker[Session],
+        openai_settings: Settings,
+        state: ServerState,
+        tiny_policy_path: Path,
+    ) -> None:
         vid = add_version(committed_sqlite, tiny_policy_path)
         set_id, job_id = make_set(committed_sqlite, openai_settings, vid, n=3, k=4)
         assert Worker(committed_sqlite, worker_id="w").run_one()
@@ -89,8 +101,13 @@ class TestOpenAIBackend:
         assert {r["model"] for r in state.requests} == {"tiny"}
 
     def test_a_failing_server_fails_the_job_with_the_reason(
-            self, committed_sqlite: sessionmaker[Session], openai_settings: Settings,
-            state: ServerState, tiny_policy_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self,
+        committed_sqlite: sessionmaker[Session],
+        openai_settings: Settings,
+        state: ServerState,
+        tiny_policy_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
         monkeypatch.setattr("trainer.backends.OpenAIBackend._delay", lambda self, a, r: 0.01)
         state.fail_always, state.fail_status = True, 503
         vid = add_version(committed_sqlite, tiny_policy_path)
@@ -133,8 +150,14 @@ class TestOpenAILimits:
             with lock:
                 in_flight -= 1
             n = json.loads(request.content)["n"]
-            return httpx.Response(200, json={"choices": [
-                {"index": i, "text": f"answer {i}", "finish_reason": "stop"} for i in range(n)]})
+            return httpx.Response(
+                200,
+                json={
+                    "choices": [
+                        {"index": i, "text": f"answer {i}", "finish_reason": "stop"} for i in range(n)
+                    ]
+                },
+            )
 
         backend = OpenAIBackend("http://server.test/v1", "tiny", concurrency=2)
         backend.client = httpx.Client(transport=httpx.MockTransport(answer))
@@ -149,8 +172,9 @@ def test_the_demo_policy_is_never_sampled_through_a_server() -> None:
     from trainer.backends import make_backend
 
     demo = ModelVersion(kind="policy", name="demo", source="demo", is_demo=True)
-    settings = Settings(env="test", sampling_backend="openai", openai_base_url="http://gpu:8001/v1",
-                        openai_model="served")
+    settings = Settings(
+        env="test", sampling_backend="openai", openai_base_url="http://gpu:8001/v1", openai_model="served"
+    )
     with pytest.raises(BackendError, match="set RANKLAB_POLICY_MODEL to the model the server serves"):
         make_backend(demo, settings)
     real = ModelVersion(kind="policy", name="served", source="served", is_demo=False)

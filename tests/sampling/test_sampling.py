@@ -49,7 +49,8 @@ def wrap_backends(monkeypatch: pytest.MonkeyPatch, before_generate: Any) -> None
 
 class TestSampleJob:
     def test_every_prompt_gets_exactly_k_completions_with_their_record(
-            self, committed: sessionmaker[Session], settings: Settings, tiny_policy_path: Path) -> None:
+        self, committed: sessionmaker[Session], settings: Settings, tiny_policy_path: Path
+    ) -> None:
         vid = add_version(committed, tiny_policy_path)
         set_id, job_id = make_set(committed, settings, vid, n=5, k=4, batch_prompts=2)
         assert Worker(committed, worker_id="w1").run_one()
@@ -69,8 +70,12 @@ class TestSampleJob:
         assert set_of(committed, set_id).status == "active"
 
     def test_a_worker_killed_mid_job_and_another_finishing_gives_one_set_per_prompt(
-            self, committed: sessionmaker[Session], settings: Settings, tiny_policy_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> None:
+        self,
+        committed: sessionmaker[Session],
+        settings: Settings,
+        tiny_policy_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
         vid = add_version(committed, tiny_policy_path)
         set_id, job_id = make_set(committed, settings, vid, n=7, k=4, batch_prompts=2)
         calls = {"n": 0}
@@ -84,8 +89,14 @@ class TestSampleJob:
         with committed.begin() as s:
             job = jobs.claim(session=s, worker_id="dying")
             assert job is not None and job.id == job_id
-            ctx = JobContext(job_id=job.id, kind=job.kind, params=dict(job.params),
-                             attempt=job.attempts, worker_id="dying", sessions=committed)
+            ctx = JobContext(
+                job_id=job.id,
+                kind=job.kind,
+                params=dict(job.params),
+                attempt=job.attempts,
+                worker_id="dying",
+                sessions=committed,
+            )
         with pytest.raises(Crash):
             sampling.run_job(ctx)
         assert len(tasks_of(committed, set_id)) == 4  # two batches of two committed
@@ -108,21 +119,32 @@ class TestSampleJob:
             assert first is not None
             pid, text = first.prompt_id, "x"
         smp = (vid, Sample("late", "stop", 1), 1)
-        assert sampling._write_batch(ctx, set_id, [(pid, text)], [([(smp, False)] * 4, 0)],
-                                     SamplingParams(), "local") == 0
+        assert (
+            sampling._write_batch(
+                ctx, set_id, [(pid, text)], [([(smp, False)] * 4, 0)], SamplingParams(), "local"
+            )
+            == 0
+        )
         assert len(tasks_of(committed, set_id)) == 7
 
     def test_tasks_are_open_while_the_job_still_runs(
-            self, committed: sessionmaker[Session], settings: Settings, tiny_policy_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> None:
+        self,
+        committed: sessionmaker[Session],
+        settings: Settings,
+        tiny_policy_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
         vid = add_version(committed, tiny_policy_path)
         set_id, job_id = make_set(committed, settings, vid, n=6, k=4, batch_prompts=2)
         seen: list[tuple[int, str, float]] = []
 
         def look(prompts: list[str], kw: dict[str, Any]) -> None:
             with committed() as s:
-                open_tasks = s.scalar(select(func.count()).select_from(Task)
-                                      .where(Task.prompt_set_id == set_id, Task.status == "open"))
+                open_tasks = s.scalar(
+                    select(func.count())
+                    .select_from(Task)
+                    .where(Task.prompt_set_id == set_id, Task.status == "open")
+                )
                 job = s.get(Job, job_id)
                 assert job is not None
                 seen.append((open_tasks or 0, job.status, job.progress))
@@ -134,8 +156,12 @@ class TestSampleJob:
         assert seen[2][2] == pytest.approx(4 / 6)
 
     def test_cancel_stops_after_the_current_batch(
-            self, committed: sessionmaker[Session], settings: Settings, tiny_policy_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> None:
+        self,
+        committed: sessionmaker[Session],
+        settings: Settings,
+        tiny_policy_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
         vid = add_version(committed, tiny_policy_path)
         set_id, job_id = make_set(committed, settings, vid, n=6, k=4, batch_prompts=2)
 
@@ -152,7 +178,8 @@ class TestSampleJob:
         assert set_of(committed, set_id).status == "active"
 
     def test_two_versions_give_half_of_k_each(
-            self, committed: sessionmaker[Session], settings: Settings, tiny_policy_path: Path) -> None:
+        self, committed: sessionmaker[Session], settings: Settings, tiny_policy_path: Path
+    ) -> None:
         v1 = add_version(committed, tiny_policy_path, name="v1")
         v2 = add_version(committed, tiny_policy_path, name="v2", active=False)
         set_id, job_id = make_set(committed, settings, v1, n=3, k=5, compare_id=v2)
@@ -163,7 +190,8 @@ class TestSampleJob:
             assert versions == [v1, v1, v1, v2, v2]
 
     def test_a_model_that_fails_to_load_fails_the_job_with_the_reason(
-            self, committed: sessionmaker[Session], settings: Settings, tmp_path: Path) -> None:
+        self, committed: sessionmaker[Session], settings: Settings, tmp_path: Path
+    ) -> None:
         vid = add_version(committed, tmp_path / "no-such-model")
         set_id, job_id = make_set(committed, settings, vid, n=2)
         assert Worker(committed, worker_id="w1").run_one()
@@ -183,8 +211,9 @@ class FakeBackend:
         self.answers = answers
         self.calls = 0
 
-    def generate(self, prompts: list[str], *, n: int, params: SamplingParams,
-                 seed: int) -> list[list[Sample]]:
+    def generate(
+        self, prompts: list[str], *, n: int, params: SamplingParams, seed: int
+    ) -> list[list[Sample]]:
         texts = self.answers[min(self.calls, len(self.answers) - 1)]
         self.calls += 1
         return [[Sample(texts[i % len(texts)], "stop", 2) for i in range(n)] for _ in prompts]

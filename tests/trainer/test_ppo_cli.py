@@ -160,8 +160,9 @@ class TestForms:
         assert job.kind == "train_ppo" and job.params["sets"] == ["set-<b>"] and job.params["beta"] == 0.1
         assert "kl_target" not in job.params
 
-    def test_ppo_form_takes_an_uploaded_pretraining_corpus(self, web: TestClient, session: Session,
-                                                           app) -> None:  # type: ignore[no-untyped-def]
+    def test_ppo_form_takes_an_uploaded_pretraining_corpus(
+        self, web: TestClient, session: Session, app
+    ) -> None:  # type: ignore[no-untyped-def]
         make_model_version(session, kind="reward", is_active=True)
         csrf = login(web, make_user(session, role="researcher"))
         assert 'name="ptx_file"' in web.get("/runs/new/ppo").text
@@ -169,9 +170,12 @@ class TestForms:
         from app.runs.launch_round import KNOBS
 
         form = {name: str(default) for name, *_, default in KNOBS}
-        r = web.post("/runs/new/ppo", data={**form, "csrf_token": csrf, "ptx_coef": "27.8"},
-                     files={"ptx_file": ("pretrain.jsonl", corpus, "application/json")},
-                     follow_redirects=False)
+        r = web.post(
+            "/runs/new/ppo",
+            data={**form, "csrf_token": csrf, "ptx_coef": "27.8"},
+            files={"ptx_file": ("pretrain.jsonl", corpus, "application/json")},
+            follow_redirects=False,
+        )
         assert r.status_code == 303, r.text
         job = session.scalar(select(Job).order_by(Job.id.desc()))
         assert job.params["ptx_coef"] == 27.8
@@ -179,8 +183,11 @@ class TestForms:
         stored = Path(app.state.settings.artifacts_dir) / "ptx"
         before = sorted(stored.iterdir())
         bad = b'{"text": "fine"}\n{"txt": "typo"}\n'
-        r = web.post("/runs/new/ppo", data={**form, "csrf_token": csrf, "ptx_coef": "1"},
-                     files={"ptx_file": ("bad.jsonl", bad, "application/json")})
+        r = web.post(
+            "/runs/new/ppo",
+            data={**form, "csrf_token": csrf, "ptx_coef": "1"},
+            files={"ptx_file": ("bad.jsonl", bad, "application/json")},
+        )
         assert r.status_code == 422 and "bad.jsonl, line 2" in r.text
         assert session.scalar(select(func.count(Job.id))) == 1 and sorted(stored.iterdir()) == before
 

@@ -20,8 +20,9 @@ from tests.trainer.test_reward_train import synthetic_groups
 
 
 @pytest.fixture
-def env(committed: sessionmaker[Session], db_url: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> sessionmaker[Session]:
+def env(
+    committed: sessionmaker[Session], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> sessionmaker[Session]:
     monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
     monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     get_settings.cache_clear()
@@ -33,8 +34,7 @@ def trl_file(path: Path, n: int) -> Path:
     rows = []
     for g in synthetic_groups(n, k=2, seed=7):
         best, worst = sorted(range(2), key=lambda i: g.rankings[0][i])
-        rows.append({"prompt": g.prompt, "chosen": g.completions[best],
-                     "rejected": g.completions[worst]})
+        rows.append({"prompt": g.prompt, "chosen": g.completions[best], "rejected": g.completions[worst]})
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -43,24 +43,62 @@ class TestTrainRewardCommand:
     def test_queues_a_job_with_the_filters_and_hyperparameters(self, env) -> None:  # type: ignore[no-untyped-def]
         with env.begin() as s:
             make_prompt_set(s, name="round-1")
-        out = CliRunner().invoke(cli, ["train", "reward", "--set", "round-1", "--lr", "2e-5",
-                                       "--batch-size", "16", "--max-length", "256"])
+        out = CliRunner().invoke(
+            cli,
+            [
+                "train",
+                "reward",
+                "--set",
+                "round-1",
+                "--lr",
+                "2e-5",
+                "--batch-size",
+                "16",
+                "--max-length",
+                "256",
+            ],
+        )
         assert out.exit_code == 0, out.output
         with env() as s:
             job = s.scalar(select(Job))
             assert job.kind == "train_reward" and job.status == "queued"
-            assert job.params == {"sets": ["round-1"], "min_labels": 1, "labelers": [],
-                                  "lr": 2e-5, "batch_size": 16, "max_length": 256}
+            assert job.params == {
+                "sets": ["round-1"],
+                "min_labels": 1,
+                "labelers": [],
+                "lr": 2e-5,
+                "batch_size": 16,
+                "max_length": 256,
+            }
         assert f"queued job {job.id}" in out.output
 
     @pytest.mark.slow
-    def test_inline_trains_then_eval_prints_accuracy_last(self, env, base_model: Path,  # noqa: F811
-                                                          tmp_path: Path) -> None:
+    def test_inline_trains_then_eval_prints_accuracy_last(
+        self,
+        env,
+        base_model: Path,  # noqa: F811
+        tmp_path: Path,
+    ) -> None:
         with env.begin() as s:
             seed_rankings(s)
-        out = CliRunner().invoke(cli, ["train", "reward", "--inline", "--base-model", str(base_model),
-                                       "--lr", "3e-3", "--epochs", "3", "--batch-size", "4",
-                                       "--max-length", "32"])
+        out = CliRunner().invoke(
+            cli,
+            [
+                "train",
+                "reward",
+                "--inline",
+                "--base-model",
+                str(base_model),
+                "--lr",
+                "3e-3",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "4",
+                "--max-length",
+                "32",
+            ],
+        )
         assert out.exit_code == 0, out.output
         with env() as s:
             mv = s.scalar(select(ModelVersion))
@@ -68,8 +106,9 @@ class TestTrainRewardCommand:
             assert s.get(Job, mv.job_id).status == "succeeded"
         assert "validation accuracy" in out.output
 
-        out = CliRunner().invoke(cli, ["reward", "eval", "--model", "active",
-                                       str(trl_file(tmp_path / "held.jsonl", 40))])
+        out = CliRunner().invoke(
+            cli, ["reward", "eval", "--model", "active", str(trl_file(tmp_path / "held.jsonl", 40))]
+        )
         assert out.exit_code == 0, out.output
         last = out.output.strip().splitlines()[-1]
         assert last.startswith("pairwise accuracy: ") and float(last.split()[-1]) >= 0.9
@@ -94,23 +133,47 @@ class TestTrainRewardForm:
         csrf = login(web, make_user(session, role="researcher"))
         page = web.get("/runs/new/reward")
         assert page.status_code == 200 and "round-&lt;1&gt;" in page.text
-        r = web.post("/runs/new/reward", data={
-            "csrf_token": csrf, "sets": ["round-<1>"], "base_model": "./policy", "lr": "3e-5",
-            "epochs": "1", "batch_size": "4", "max_length": "128", "min_labels": "2"},
-            follow_redirects=False)
+        r = web.post(
+            "/runs/new/reward",
+            data={
+                "csrf_token": csrf,
+                "sets": ["round-<1>"],
+                "base_model": "./policy",
+                "lr": "3e-5",
+                "epochs": "1",
+                "batch_size": "4",
+                "max_length": "128",
+                "min_labels": "2",
+            },
+            follow_redirects=False,
+        )
         assert r.status_code == 303
         job = session.scalar(select(Job).order_by(Job.id.desc()))
         assert r.headers["location"] == f"/runs/{job.id}"
         assert job.kind == "train_reward" and job.params == {
-            "sets": ["round-<1>"], "lr": 3e-5, "epochs": 1, "batch_size": 4, "max_length": 128,
-            "min_labels": 2, "base_model": "./policy"}
+            "sets": ["round-<1>"],
+            "lr": 3e-5,
+            "epochs": 1,
+            "batch_size": 4,
+            "max_length": 128,
+            "min_labels": 2,
+            "base_model": "./policy",
+        }
 
-    def test_bad_input_names_the_field_and_starts_nothing(self, web: TestClient,
-                                                          session: Session) -> None:
+    def test_bad_input_names_the_field_and_starts_nothing(self, web: TestClient, session: Session) -> None:
         csrf = login(web, make_user(session, role="researcher"))
-        r = web.post("/runs/new/reward", data={"csrf_token": csrf, "lr": "fast", "sets": ["nope"],
-                                               "epochs": "1", "batch_size": "4",
-                                               "max_length": "128", "min_labels": "1"})
+        r = web.post(
+            "/runs/new/reward",
+            data={
+                "csrf_token": csrf,
+                "lr": "fast",
+                "sets": ["nope"],
+                "epochs": "1",
+                "batch_size": "4",
+                "max_length": "128",
+                "min_labels": "1",
+            },
+        )
         assert r.status_code == 422
         assert "lr: a number" in r.text and "no prompt set named" in r.text
         assert "no policy is active" in r.text

@@ -21,14 +21,21 @@ from trainer.data import DataFilters, load_groups
 from trainer.reward_job import paths_for
 from trainer.worker import Worker
 
-PARAMS = {"lr": 3e-3, "batch_size": 4, "max_length": 32, "val_fraction": 0.25, "eval_every": 3,
-          "checkpoint_every": 3}
+PARAMS = {
+    "lr": 3e-3,
+    "batch_size": 4,
+    "max_length": 32,
+    "val_fraction": 0.25,
+    "eval_every": 3,
+    "checkpoint_every": 3,
+}
 
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_policy(tmp_path_factory.mktemp("policy") / "tiny",
-                            [" ".join(WORDS + [MARKER])], hidden=32, layers=2)
+    return save_tiny_policy(
+        tmp_path_factory.mktemp("policy") / "tiny", [" ".join(WORDS + [MARKER])], hidden=32, layers=2
+    )
 
 
 def seed_rankings(session: Session, n: int = 32, set_name: str = "rm-data") -> None:
@@ -42,8 +49,7 @@ def seed_rankings(session: Session, n: int = 32, set_name: str = "rm-data") -> N
         if i % 3 == 0:
             make_annotation(session, task=task, user=bob, ranks=list(g.rankings[0]))
         elif i == 1:
-            make_annotation(session, task=task, user=bob, ranks=[1, 1, 1, 1],
-                            skip_reason="unclear")
+            make_annotation(session, task=task, user=bob, ranks=[1, 1, 1, 1], skip_reason="unclear")
     session.commit()
 
 
@@ -66,12 +72,14 @@ class TestLoadGroups:
 
 
 class TestRewardJob:
-    def test_annotations_to_active_reward_model(self, sessions: sessionmaker[Session],
-                                                base_model: Path, artifacts: Path) -> None:
+    def test_annotations_to_active_reward_model(
+        self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path
+    ) -> None:
         with sessions() as s:
             seed_rankings(s)
-            job = make_job(s, kind="train_reward",
-                           params={"sets": ["rm-data"], "base_model": str(base_model), **PARAMS})
+            job = make_job(
+                s, kind="train_reward", params={"sets": ["rm-data"], "base_model": str(base_model), **PARAMS}
+            )
             s.commit()
             job_id = job.id
         assert worker(sessions).run(burst=True) == 1
@@ -90,12 +98,15 @@ class TestRewardJob:
         assert not paths_for(job_id)[1].exists()  # checkpoints go once the model is whole
 
     def test_resumes_from_the_checkpoint_after_the_worker_died(
-            self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path,
-            monkeypatch: pytest.MonkeyPatch) -> None:
+        self,
+        sessions: sessionmaker[Session],
+        base_model: Path,
+        artifacts: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
         with sessions() as s:
             seed_rankings(s)
-            job_id = make_job(s, kind="train_reward",
-                              params={"base_model": str(base_model), **PARAMS}).id
+            job_id = make_job(s, kind="train_reward", params={"base_model": str(base_model), **PARAMS}).id
             s.commit()
         real = reward_train.save_checkpoint
 
@@ -108,9 +119,13 @@ class TestRewardJob:
         with sessions() as s:
             assert s.get(Job, job_id).status == "failed"
             # As if the process had died instead: still `running`, heartbeat long stale.
-            s.execute(update(Job).where(Job.id == job_id).values(
-                status="running", heartbeat_at=utcnow() - timedelta(hours=1), error=None,
-                finished_at=None))
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status="running", heartbeat_at=utcnow() - timedelta(hours=1), error=None, finished_at=None
+                )
+            )
             s.commit()
         monkeypatch.setattr(reward_train, "save_checkpoint", real)
         assert worker(sessions).run(burst=True) == 1  # requeued as stale, claimed again
@@ -118,17 +133,26 @@ class TestRewardJob:
             job = s.get(Job, job_id)
             assert job.status == "succeeded", job.error
             assert job.attempts == 2 and job.result["metrics"]["resumed_from_step"] == 3
-            steps = list(s.scalars(select(JobMetric.step).where(
-                JobMetric.job_id == job_id, JobMetric.name == "train_loss").order_by(JobMetric.id)))
+            steps = list(
+                s.scalars(
+                    select(JobMetric.step)
+                    .where(JobMetric.job_id == job_id, JobMetric.name == "train_loss")
+                    .order_by(JobMetric.id)
+                )
+            )
             assert steps == list(range(1, job.result["metrics"]["steps"] + 1))  # none twice
             assert "resumed from checkpoint at step 3" in job.log
 
-    def test_cancel_leaves_no_model(self, sessions: sessionmaker[Session], base_model: Path,
-                                    artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_cancel_leaves_no_model(
+        self,
+        sessions: sessionmaker[Session],
+        base_model: Path,
+        artifacts: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
         with sessions() as s:
             seed_rankings(s)
-            job_id = make_job(s, kind="train_reward",
-                              params={"base_model": str(base_model), **PARAMS}).id
+            job_id = make_job(s, kind="train_reward", params={"base_model": str(base_model), **PARAMS}).id
             s.commit()
         real = reward_train.save_checkpoint
 
@@ -149,7 +173,8 @@ class TestRewardJob:
 
 
 def test_the_score_is_normalised_on_the_active_policys_completions(
-        sessions: sessionmaker[Session], artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sessions: sessionmaker[Session], artifacts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The reference for the normalisation (mean 0, std 1) is the policy PPO will start from."""
     import trainer.reward_job as reward_job
     from tests.factories import make_model_version
@@ -158,8 +183,9 @@ def test_the_score_is_normalised_on_the_active_policys_completions(
 
     def fake_train(cfg, groups, *, out_dir, reference, **kw):  # type: ignore[no-untyped-def]
         seen["reference"] = reference
-        return reward_train.TrainResult(path=out_dir, metrics={"val_accuracy": None}, resumed_from_step=0,
-                                        steps=0)
+        return reward_train.TrainResult(
+            path=out_dir, metrics={"val_accuracy": None}, resumed_from_step=0, steps=0
+        )
 
     monkeypatch.setattr(reward_job, "train", fake_train)
     with sessions() as s:
@@ -168,8 +194,7 @@ def test_the_score_is_normalised_on_the_active_policys_completions(
         older = make_model_version(s, kind="policy")
         user = make_user(s)
         for i, policy in enumerate((current, older, current)):
-            task = make_task(s, prompt_set=ps, prompt=f"p{i}", completions=[f"a{i}", f"b{i}"],
-                             policy=policy)
+            task = make_task(s, prompt_set=ps, prompt=f"p{i}", completions=[f"a{i}", f"b{i}"], policy=policy)
             make_annotation(s, task=task, user=user, ranks=[1, 2])
         job_id = make_job(s, kind="train_reward", params={"base_model": "unused"}).id
         s.commit()

@@ -88,8 +88,9 @@ class TestGroupedLoss:
 
 @pytest.fixture(scope="module")
 def tok():  # type: ignore[no-untyped-def]
-    return tiny_tokenizer(["the cat sat on a mat and the dog ran far away very good bad"],
-                          padding_side="right")
+    return tiny_tokenizer(
+        ["the cat sat on a mat and the dog ran far away very good bad"], padding_side="right"
+    )
 
 
 class TestScoreReading:
@@ -104,19 +105,26 @@ class TestScoreReading:
         assert torch.allclose(left, alone, atol=1e-10)
         # Reading a padding position instead would change the score.
         batch = collate(enc, tok.pad_token_id)
-        hidden = model.transformer(input_ids=batch["input_ids"],
-                                   attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = model.transformer(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         at_end = model.score(hidden[:, -1])[:, 0]
         assert not torch.allclose(at_end[0], alone[0])
 
     def test_exactly_k_forward_passes_per_task(self, tok) -> None:  # type: ignore[no-untyped-def]
         model = tiny_reward_model(tok)
         rows: list[int] = []
-        model.transformer.register_forward_hook(lambda m, a, kw, out: rows.append(
-            out.last_hidden_state.shape[0]), with_kwargs=True)  # sequences through the backbone
-        groups = [Group("the cat", tuple(f"w{i} good" for i in range(k)),
-                        tuple(tuple(range(1, k + 1)) for _ in range(labelers)))
-                  for k, labelers in ((4, 1), (6, 3), (9, 2))]
+        model.transformer.register_forward_hook(
+            lambda m, a, kw, out: rows.append(out.last_hidden_state.shape[0]), with_kwargs=True
+        )  # sequences through the backbone
+        groups = [
+            Group(
+                "the cat",
+                tuple(f"w{i} good" for i in range(k)),
+                tuple(tuple(range(1, k + 1)) for _ in range(labelers)),
+            )
+            for k, labelers in ((4, 1), (6, 3), (9, 2))
+        ]
         plan = plan_pairs(groups)
         enc = [encode_pair(tok, g.prompt, c, 32) for g in groups for c in g.completions]
         loss = grouped_loss(score(model, collate(enc, tok.pad_token_id)), plan)
@@ -135,13 +143,18 @@ class TestScoreReading:
 
         raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
         raw.pre_tokenizer = pre_tokenizers.Whitespace()
-        raw.train_from_iterator(["the cat sat on a mat the dog ran"],
-                                trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<bos>"]))
+        raw.train_from_iterator(
+            ["the cat sat on a mat the dog ran"],
+            trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<bos>"]),
+        )
         raw.post_processor = processors.TemplateProcessing(
-            single="<bos> $A", pair="<bos> $A <bos>:1 $B:1",
-            special_tokens=[("<bos>", raw.token_to_id("<bos>"))])
-        tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>",
-                                      bos_token="<bos>")
+            single="<bos> $A",
+            pair="<bos> $A <bos>:1 $B:1",
+            special_tokens=[("<bos>", raw.token_to_id("<bos>"))],
+        )
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>"
+        )
         # What a PPO rollout is: the tokenised prompt, then the sampled completion tokens.
         rollout = tok("the cat sat")["input_ids"] + tok("on a mat", add_special_tokens=False)["input_ids"]
         assert encode_pair(tok, "the cat sat", "on a mat", 64).input_ids == rollout
@@ -156,8 +169,7 @@ class TestScoreReading:
 
 
 class TestLoading:
-    def test_from_a_policy_dropout_is_off_and_the_new_head_gets_the_papers_init(
-            self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_from_a_policy_dropout_is_off_and_the_new_head_gets_the_papers_init(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
         import math
 
         from transformers import GPT2LMHeadModel
@@ -172,8 +184,11 @@ class TestLoading:
         tok.save_pretrained(tmp_path / "policy")
         model, rm_tok = load_reward_model(str(tmp_path / "policy"))
         assert not [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
-        assert all(v == 0 for k, v in vars(model.config).items()
-                   if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop")))
+        assert all(
+            v == 0
+            for k, v in vars(model.config).items()
+            if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop"))
+        )
         head = score_head(model)
         # N(0, 1/√(d+1)), not the backbone's initializer_range (0.02); bias (if any) 0.
         assert head.weight.std().item() == pytest.approx(1 / math.sqrt(65), rel=0.3)

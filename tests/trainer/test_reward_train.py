@@ -13,8 +13,28 @@ from tests.tiny import save_tiny_policy
 from trainer.reward import Group, load_reward_model, score_texts
 from trainer.reward_train import RewardConfig, split_by_prompt, step_plan, train
 
-WORDS = ["apple", "river", "stone", "cloud", "green", "quick", "lazy", "tall", "small", "bright",
-         "dark", "old", "new", "warm", "cold", "house", "tree", "road", "bird", "fish"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "green",
+    "quick",
+    "lazy",
+    "tall",
+    "small",
+    "bright",
+    "dark",
+    "old",
+    "new",
+    "warm",
+    "cold",
+    "house",
+    "tree",
+    "road",
+    "bird",
+    "fish",
+]
 MARKER = "excellent"
 
 
@@ -34,15 +54,22 @@ def synthetic_groups(n: int, k: int = 4, seed: int = 0) -> list[Group]:
             ranks.append(1 if good else 2)
         order = list(range(k))
         rng.shuffle(order)
-        groups.append(Group(prompt=prompt, completions=tuple(comps[o] for o in order),
-                            rankings=(tuple(ranks[o] for o in order),), key=f"p{i}"))
+        groups.append(
+            Group(
+                prompt=prompt,
+                completions=tuple(comps[o] for o in order),
+                rankings=(tuple(ranks[o] for o in order),),
+                key=f"p{i}",
+            )
+        )
     return groups
 
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_policy(tmp_path_factory.mktemp("policy") / "tiny",
-                            [" ".join(WORDS + [MARKER])], hidden=32, layers=2)
+    return save_tiny_policy(
+        tmp_path_factory.mktemp("policy") / "tiny", [" ".join(WORDS + [MARKER])], hidden=32, layers=2
+    )
 
 
 def test_split_is_by_prompt_and_stable() -> None:
@@ -73,19 +100,33 @@ def test_step_plan_covers_every_group_once_per_epoch() -> None:
 
 @pytest.mark.slow
 def test_learns_a_marker_word_on_held_out_prompts(base_model: Path, tmp_path: Path) -> None:
-    cfg = RewardConfig(base_model=str(base_model), lr=3e-3, epochs=1, batch_size=8,
-                       max_length=32, val_fraction=0.2, eval_every=10, checkpoint_every=0)
+    cfg = RewardConfig(
+        base_model=str(base_model),
+        lr=3e-3,
+        epochs=1,
+        batch_size=8,
+        max_length=32,
+        val_fraction=0.2,
+        eval_every=10,
+        checkpoint_every=0,
+    )
     seen: list[tuple[int, dict]] = []
-    result = train(cfg, synthetic_groups(240), out_dir=tmp_path / "rm", work_dir=tmp_path / "work",
-                   hooks=_hooks(seen))
+    result = train(
+        cfg, synthetic_groups(240), out_dir=tmp_path / "rm", work_dir=tmp_path / "work", hooks=_hooks(seen)
+    )
     print(result.metrics)
     assert result.metrics["val_accuracy"] >= 0.95, result.metrics
     assert any("val_accuracy" in v for _, v in seen) and any("train_loss" in v for _, v in seen)
 
     # Saved whole, with its config, manifest, metrics, and the normalisation in its config.
     files = {p.name for p in result.path.iterdir()}
-    assert {"model.safetensors", "config.json", "reward_config.json", "data_manifest.json",
-            "metrics.json"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "reward_config.json",
+        "data_manifest.json",
+        "metrics.json",
+    } <= files
     assert not (tmp_path / ".rm.tmp").exists()
     model, tok = load_reward_model(str(result.path))
     held_out = synthetic_groups(30, seed=99)
@@ -96,8 +137,15 @@ def test_learns_a_marker_word_on_held_out_prompts(base_model: Path, tmp_path: Pa
     assert s[good].mean() > s[~good].mean() + 1.0
     # The training completions (the reference here) have mean 0 and std 1 after normalisation.
     train_groups, _ = split_by_prompt(synthetic_groups(240), 0.2)
-    ref = torch.tensor(score_texts(model, tok, [g.prompt for g in train_groups for _ in g.completions],
-                                   [c for g in train_groups for c in g.completions], max_length=32))
+    ref = torch.tensor(
+        score_texts(
+            model,
+            tok,
+            [g.prompt for g in train_groups for _ in g.completions],
+            [c for g in train_groups for c in g.completions],
+            max_length=32,
+        )
+    )
     assert abs(ref.mean().item()) < 1e-3 and abs(ref.std().item() - 1) < 1e-3
     assert json.loads((result.path / "metrics.json").read_text())["val_accuracy"] >= 0.95
 
@@ -113,18 +161,28 @@ def test_module_entry_point_trains_on_a_groups_export(base_model: Path, tmp_path
     """`python -m trainer.reward_train` (what `accelerate launch -m` runs) on a `groups` export."""
     from trainer.reward_train import main
 
-    rows = [{"task_id": i, "prompt_id": i, "prompt": g.prompt,
-             "completions": [{"completion_id": j, "text": c} for j, c in enumerate(g.completions)],
-             "rankings": [{"labeler": "a", "ranks": list(g.rankings[0])},
-                          {"labeler": "b", "ranks": [None] * g.k}]}  # incomplete: not used
-            for i, g in enumerate(synthetic_groups(40))]
+    rows = [
+        {
+            "task_id": i,
+            "prompt_id": i,
+            "prompt": g.prompt,
+            "completions": [{"completion_id": j, "text": c} for j, c in enumerate(g.completions)],
+            "rankings": [
+                {"labeler": "a", "ranks": list(g.rankings[0])},
+                {"labeler": "b", "ranks": [None] * g.k},
+            ],
+        }  # incomplete: not used
+        for i, g in enumerate(synthetic_groups(40))
+    ]
     groups = tmp_path / "groups.jsonl"
     groups.write_text("\n".join(json.dumps(r) for r in rows))
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"base_model": str(base_model), "lr": 3e-3, "batch_size": 4,
-                                  "max_length": 32}))
-    main(["--groups", str(groups), "--config", str(config), "--out", str(tmp_path / "rm"),
-          "--set", "epochs=2"])
+    config.write_text(
+        json.dumps({"base_model": str(base_model), "lr": 3e-3, "batch_size": 4, "max_length": 32})
+    )
+    main(
+        ["--groups", str(groups), "--config", str(config), "--out", str(tmp_path / "rm"), "--set", "epochs=2"]
+    )
     metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
     assert metrics["train_pairs"] == 4 * metrics["train_prompts"]  # one ranking per task
     assert json.loads((tmp_path / "rm" / "reward_config.json").read_text())["epochs"] == 2

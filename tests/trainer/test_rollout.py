@@ -39,8 +39,16 @@ def _rollout(tok, model, temperature: float = 0.7, max_new: int = 6):  # type: i
     prompts = [tok("the cat sat on a mat")["input_ids"], tok("dog")["input_ids"], tok("a mat")["input_ids"]]
     query, qmask = ro.left_pad(prompts, tok.pad_token_id)
     gen = torch.Generator().manual_seed(0)
-    return prompts, ro.generate(model, query, qmask, max_new_tokens=max_new, eos_id=tok.eos_token_id,
-                                pad_id=tok.pad_token_id, temperature=temperature, generator=gen)
+    return prompts, ro.generate(
+        model,
+        query,
+        qmask,
+        max_new_tokens=max_new,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        temperature=temperature,
+        generator=gen,
+    )
 
 
 def test_left_padded_generation_and_scoring_see_the_positions_of_an_unpadded_prompt(tok) -> None:  # type: ignore[no-untyped-def]
@@ -56,8 +64,12 @@ def test_left_padded_generation_and_scoring_see_the_positions_of_an_unpadded_pro
     # And each row alone, unpadded, gives the same log-probabilities (temperature included).
     for i, p in enumerate(prompts):
         n = int(batch.response_mask[i].sum())
-        alone = ro.Rollout(torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long),
-                           batch.response[i:i + 1, :n], batch.response_mask[i:i + 1, :n])
+        alone = ro.Rollout(
+            torch.tensor([p]),
+            torch.ones(1, len(p), dtype=torch.long),
+            batch.response[i : i + 1, :n],
+            batch.response_mask[i : i + 1, :n],
+        )
         want, _ = ro.policy_forward(policy, alone, 0.7)
         assert torch.allclose(want[0], logp[i, :n], atol=1e-6)
         full = torch.log_softmax(logits[i, :n].float() / 0.7, dim=-1)
@@ -83,8 +95,11 @@ def test_reward_model_read_at_the_last_text_token_and_normalised(tok) -> None:  
     got = ro.RewardModelScorer(rm, tok.eos_token_id, shift=0.5, scale=2.0)(batch)
     for i in range(batch.query.shape[0]):
         q = batch.query[i][batch.query_mask[i] > 0].tolist()
-        r = [t for t, m in zip(batch.response[i].tolist(), batch.response_mask[i].tolist(), strict=True)
-             if m and t != tok.eos_token_id]  # the RM learned on text, which has no EOS
+        r = [
+            t
+            for t, m in zip(batch.response[i].tolist(), batch.response_mask[i].tolist(), strict=True)
+            if m and t != tok.eos_token_id
+        ]  # the RM learned on text, which has no EOS
         alone = score(rm, collate([_Enc(q + r)], tok.pad_token_id))[0]
         assert got[i].item() == pytest.approx((alone.item() - 0.5) / 2.0, abs=1e-6)
 
@@ -96,7 +111,8 @@ class _Enc:
 
 @pytest.mark.slow
 def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from trainer.ppo_train import train
@@ -119,11 +135,25 @@ def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
 
     monkeypatch.setattr(ro, "policy_forward", policy_forward)
     monkeypatch.setattr(ro, "value_forward", value_forward)
-    cfg = small_config(iterations=1, batch_size=4, mini_batch_size=4, ppo_epochs=1, max_new_tokens=3,
-                       temperature=0.8, sample_every=0)
+    cfg = small_config(
+        iterations=1,
+        batch_size=4,
+        mini_batch_size=4,
+        ppo_epochs=1,
+        max_new_tokens=3,
+        temperature=0.8,
+        sample_every=0,
+    )
     with one_thread():
-        train(cfg, policy_path=policy_path, reward_path=reward_path, prompts=PROMPTS,
-              work_dir=tmp_path / "work", output_dir=tmp_path / "out", scorer=MarkerScorer(policy_path))
+        train(
+            cfg,
+            policy_path=policy_path,
+            reward_path=reward_path,
+            prompts=PROMPTS,
+            work_dir=tmp_path / "work",
+            output_dir=tmp_path / "out",
+            scorer=MarkerScorer(policy_path),
+        )
     (old, t_old), (ref, t_ref), (new, _) = calls[:3]
     assert t_old == t_ref == 0.8  # log-probabilities of logits / the sampling temperature
     assert ref is not old and new is old  # the reference is its own model, the policy trains
@@ -134,8 +164,9 @@ def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
 
 
 @pytest.mark.slow
-def test_a_long_prompt_is_cut_from_the_left_and_keeps_its_bos(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_prompt_is_cut_from_the_left_and_keeps_its_bos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -143,12 +174,14 @@ def test_a_long_prompt_is_cut_from_the_left_and_keeps_its_bos(tmp_path: Path,
 
     raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator([" ".join(PROMPTS)], trainers.WordLevelTrainer(
-        special_tokens=["<pad>", "<eos>", "<unk>", "<bos>"]))
+    raw.train_from_iterator(
+        [" ".join(PROMPTS)], trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>", "<bos>"])
+    )
     bos = raw.token_to_id("<bos>")
     raw.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>",
-                                  unk_token="<unk>", bos_token="<bos>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", bos_token="<bos>"
+    )
     for path, model in ((tmp_path / "policy", tiny_policy(tok)), (tmp_path / "rm", tiny_reward_model(tok))):
         model.save_pretrained(path)
         tok.save_pretrained(path)
@@ -160,10 +193,23 @@ def test_a_long_prompt_is_cut_from_the_left_and_keeps_its_bos(tmp_path: Path,
         return real(sequences, pad_id, device)
 
     monkeypatch.setattr(ro, "left_pad", left_pad)
-    cfg = small_config(iterations=1, batch_size=6, mini_batch_size=6, ppo_epochs=1, max_new_tokens=2,
-                       max_prompt_tokens=3, sample_every=0)
+    cfg = small_config(
+        iterations=1,
+        batch_size=6,
+        mini_batch_size=6,
+        ppo_epochs=1,
+        max_new_tokens=2,
+        max_prompt_tokens=3,
+        sample_every=0,
+    )
     with one_thread():
-        train(cfg, policy_path=tmp_path / "policy", reward_path=tmp_path / "rm", prompts=["the quick dog"],
-              work_dir=tmp_path / "work", output_dir=tmp_path / "out",
-              scorer=lambda batch: torch.zeros(batch.query.shape[0]))
+        train(
+            cfg,
+            policy_path=tmp_path / "policy",
+            reward_path=tmp_path / "rm",
+            prompts=["the quick dog"],
+            work_dir=tmp_path / "work",
+            output_dir=tmp_path / "out",
+            scorer=lambda batch: torch.zeros(batch.query.shape[0]),
+        )
     assert seen and all(s == [bos] + tok("quick dog", add_special_tokens=False)["input_ids"] for s in seen)
