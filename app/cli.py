@@ -19,8 +19,9 @@ COMMAND_MODULES = (
     "app.prompts.commands",
     "app.labeling.commands",
     "app.exports.commands",
+    "app.imports.commands",
     "app.runs.commands",
-    "trainer.commands",
+    "app.runs.train_commands",
 )
 
 
@@ -138,14 +139,14 @@ def worker(burst: bool, kinds: tuple[str, ...], poll: float) -> None:
       ranklab worker --burst         # run what is queued, then exit
       ranklab worker --kind sample   # only sampling jobs
     """
-    from trainer.worker import Worker
+    from app.runs import inline
 
     settings = get_settings()
-    w = Worker(
+    w = inline.make_worker(
         sessions(),
         poll_seconds=poll,
         stale_seconds=settings.job_stale_seconds,
-        heartbeat_seconds=min(10.0, settings.job_stale_seconds / 4),
+        heartbeat_seconds=inline.heartbeat_seconds(),
         kinds=list(kinds) or None,
     )
     click.echo(f"worker {w.worker_id} started" + (" (burst)" if burst else ""), err=True)

@@ -16,7 +16,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from app.exports.pairs import Item, ranking_to_pairs
+from app.ranking import Item, ranking_to_pairs
 
 SCHEMA_VERSION = 1
 FORMATS = ("comparisons", "trl", "rankings", "groups")
