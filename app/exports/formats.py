@@ -21,7 +21,6 @@ from app.ranking import Item, ranking_to_pairs
 SCHEMA_VERSION = 1
 FORMATS = ("comparisons", "trl", "rankings", "groups")
 FILE_TYPES = ("jsonl", "jsonl.gz", "parquet")
-FileType = Literal["jsonl", "jsonl.gz", "parquet"]
 MEDIA_TYPES = {
     "jsonl": "application/x-ndjson",
     "jsonl.gz": "application/gzip",

@@ -150,14 +150,6 @@ def value_forward(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     return model(rollout.input_ids, rollout.attention_mask)[:, P - 1 : -1]
 
 
-@torch.no_grad()
-def reward_scores(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
-    """The reward model's raw score at the last real token of prompt + response.  -> (B,)"""
-    values = token_values(model, rollout.input_ids, rollout.attention_mask)  # (B, P + R)
-    last = ppo.last_index(rollout.attention_mask)
-    return values[torch.arange(values.shape[0], device=values.device), last]
-
-
 # Where the reward trainer may store the normalisation besides the model config.
 NORMALIZATION_FILE = "reward_normalization.json"  # {"shift": float, "scale": float}
 
