@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -108,6 +109,13 @@ def serve(host: str, port: int, no_worker: bool) -> None:
 
     get_settings()  # bad production settings stop here, before a worker or server starts
     worker = None
+    if not no_worker and importlib.util.find_spec("torch") is None:
+        click.echo(
+            'no worker started here: torch is not installed (pip install "ranklab[train]"), '
+            "so run `ranklab worker` on a machine that has it",
+            err=True,
+        )
+        no_worker = True
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])  # noqa: S603
     click.echo(
