@@ -91,8 +91,6 @@ def has_own_template(tokenizer: Any) -> bool:
 def _render(tokenizer: Any, conv: Conversation, *, generation_prompt: bool, tokenize: bool = True) -> Any:
     import jinja2
 
-    if not conv:
-        raise ChatError("messages", "is empty: give at least one user message")
     try:
         return tokenizer.apply_chat_template(
             normalise(conv),
