@@ -231,7 +231,7 @@ class TestHH:
         assert split_hh(HH.lstrip("\n")) == split_hh(HH)
 
     def test_matches_the_importers_hh_messages(self) -> None:
-        from app.exports.importer import hh_messages
+        from app.imports.service import hh_messages
 
         for text in (HH, HH + "\n\nHuman: More?\n\nAssistant:", "x\n\nHuman: a\n\nAssistant: b"):
             assert split_hh(text) == hh_messages(text)

@@ -44,7 +44,7 @@ def gpt2_tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The demo GPT-2's tokenizer (no chat template), saved and read back like a model folder."""
     from transformers import AutoTokenizer
 
-    from trainer.demo_policy import build_tokenizer, corpus_documents
+    from trainer.models.demo import build_tokenizer, corpus_documents
 
     folder = tmp_path_factory.mktemp("gpt2")
     build_tokenizer(corpus_documents(), 400).save_pretrained(folder)
