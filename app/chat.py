@@ -150,6 +150,20 @@ def as_text(conv: Conversation) -> str:
     return "\n\n".join(f"{LABELS[m['role']]}: {m['content']}" for m in conv)
 
 
+# The chat template of a model whose tokenizer has none (a base model, the tiny test GPT-2):
+# "System: ...", "User: ...", "Assistant: ...{eos}" turns, blank-line apart, and "Assistant:"
+# as the generation prompt. trainer/render.py renders with it; see there why no space follows.
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ 'System: ' + message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}"
+    "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\\n\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
 # --- HH-RLHF dialogue text --------------------------------------------------------------------
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")

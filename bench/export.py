@@ -107,6 +107,7 @@ def build(url: str, sizes: list[int]) -> dict[int, int]:
                         [
                             {
                                 "prompt_set_id": ps,
+                                "messages": [{"role": "user", "content": p}],
                                 "text": p,
                                 "text_hash": f"{ps}-{start + i}",
                                 "meta": {},

@@ -94,6 +94,9 @@ def seed(url: str, *, labelers: int, tasks: int, k: int, overlap: int) -> list[s
                 [
                     {
                         "prompt_set_id": set_id,
+                        "messages": [
+                            {"role": "user", "content": f"Bench prompt {i}: explain photosynthesis briefly."}
+                        ],
                         "text": f"Bench prompt {i}: explain photosynthesis briefly.",
                         "text_hash": security.sha256(f"bench {i}"),
                         "meta": {},

@@ -171,3 +171,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (it sits beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama chat model (ChatML template, random weights), built once per session."""
+    from trainer.models.tiny import build_tiny_chat_model
+
+    return build_tiny_chat_model(tmp_path_factory.mktemp("chat") / "tiny-chat")

@@ -126,7 +126,12 @@ def make_task(
 
     n = next(_seq)
     text = prompt if prompt is not None else f"Prompt number {n}: say something kind."
-    p = Prompt(prompt_set_id=prompt_set.id, text=text, text_hash=sha256(text))
+    p = Prompt(
+        prompt_set_id=prompt_set.id,
+        messages=[{"role": "user", "content": text}],
+        text=text,
+        text_hash=sha256(text),
+    )
     session.add(p)
     session.flush()
     task = Task(prompt_id=p.id, prompt_set_id=prompt_set.id, status=status)
@@ -206,3 +211,14 @@ def make_annotation(
     session.flush()
     session.refresh(ann)
     return ann
+
+
+def make_prompt_row(prompt_set_id: int, text: str) -> Any:
+    """An unsaved one-user-message prompt (for tests that add it themselves)."""
+    from app.chat import conversation_hash, from_text
+    from app.prompts.models import Prompt
+
+    messages = from_text(text)
+    return Prompt(
+        prompt_set_id=prompt_set_id, messages=messages, text=text, text_hash=conversation_hash(messages)
+    )

@@ -82,3 +82,47 @@ class TestSQLite:
                     "VALUES (987654, 'x', 'h', 'p', '2026-01-01')"
                 )
             )
+
+
+class TestPromptMessages:
+    """0002 turns every stored prompt into its one-user-message conversation, and back."""
+
+    def test_rows_survive_up_and_down(self, fresh_url: str) -> None:
+        from app.chat import conversation_hash
+
+        migrate.upgrade(fresh_url, "0001")
+        engine = get_engine(fresh_url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO prompt_set (name, k, overlap, sampling, flags, status, report, "
+                    "created_at) VALUES ('s', 4, 1, '{}', '[]', 'active', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            set_id = conn.execute(text("SELECT id FROM prompt_set")).scalar_one()
+            for i, body in enumerate(["Explain tides.", "Name a colour\r\nplease."]):
+                conn.execute(
+                    text(
+                        "INSERT INTO prompt (prompt_set_id, text, text_hash, meta, source_line, created_at) "
+                        "VALUES (:s, :t, :h, '{}', :l, CURRENT_TIMESTAMP)"
+                    ),
+                    {"s": set_id, "t": body, "h": f"old{i}", "l": i + 1},
+                )
+        migrate.upgrade(fresh_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT text, messages, text_hash FROM prompt ORDER BY id")).all()
+        import json
+
+        got = [(t, json.loads(m) if isinstance(m, str) else m, h) for t, m, h in rows]
+        assert got[0] == (
+            "Explain tides.",
+            [{"role": "user", "content": "Explain tides."}],
+            conversation_hash([{"role": "user", "content": "Explain tides."}]),
+        )
+        assert got[1][0] == "Name a colour\r\nplease."  # the text itself is kept as it was
+        assert got[1][1] == [{"role": "user", "content": "Name a colour\nplease."}]
+        migrate.downgrade(fresh_url, "0001")
+        with engine.connect() as conn:
+            texts = [r[0] for r in conn.execute(text("SELECT text FROM prompt ORDER BY id"))]
+            columns = {c["name"] for c in inspect(engine).get_columns("prompt")}
+        assert texts == ["Explain tides.", "Name a colour\r\nplease."] and "messages" not in columns

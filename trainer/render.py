@@ -40,20 +40,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.chat import ChatError, Conversation, normalise, with_reply
+from app.chat import FALLBACK_TEMPLATE, ChatError, Conversation, normalise, with_reply
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-FALLBACK_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ 'System: ' + message['content'] + '\\n\\n' }}"
-    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}"
-    "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\\n\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
 _PROBE = "ranklab-reply-probe"  # an assistant reply no template writes by itself
 
 

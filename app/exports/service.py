@@ -166,7 +166,7 @@ def _annotations_query(ids: list[int], *, with_meta: bool) -> Select[Any]:
         Prompt.text,
     ]
     if with_meta:
-        cols.append(Prompt.meta)
+        cols.append(Prompt.messages)
     return (
         select(*cols)
         .join(Task, Task.id == Annotation.task_id)
@@ -277,7 +277,7 @@ def iter_records(
                 prompt_set=set_names.get(row[9], ""),
                 prompt_id=prompt_id,
                 prompt=prompt,
-                prompt_messages=(row[12] or {}).get("messages") if with_meta else None,
+                prompt_messages=row[12] if with_meta else None,
                 labeler=name,
                 guideline_version=row[3],
                 created_at=row[4],

@@ -521,9 +521,10 @@ def import_preferences(
             new_prompts.append(
                 {
                     "prompt_set_id": ps.id,
+                    "messages": u.messages or [{"role": "user", "content": u.prompt}],
                     "text": u.prompt,
                     "text_hash": sha256(u.prompt),
-                    "meta": {"messages": u.messages} if u.messages else {},
+                    "meta": {},
                     "source_line": u.line,
                     "created_at": now,
                 }

@@ -60,7 +60,12 @@ class Prompt(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     prompt_set_id: Mapped[int] = mapped_column(ForeignKey("prompt_set.id", ondelete="CASCADE"))
+    # The conversation the policy answers: [{role, content}, ...], ending with a user turn
+    # (app/chat.py). `text` is its readable form (app.chat.as_text: a lone user message is
+    # exactly its content), for lists and search; models only ever see `messages`.
+    messages: Mapped[list[Any]] = mapped_column()
     text: Mapped[str] = mapped_column(Text)
+    # app.chat.conversation_hash(messages): duplicates are found on the normalised conversation.
     text_hash: Mapped[str] = mapped_column(String(64))
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Line (JSON Lines, CSV) or row (Parquet) of the uploaded file it came from.

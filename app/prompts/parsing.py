@@ -1,9 +1,14 @@
 """Reading uploaded prompt files: JSON Lines, CSV and Parquet, with every problem located.
 
-Nothing here touches the database. `parse_prompt_file` returns the unique prompts and a list
-of problems, each naming the file, the line (the row, for Parquet) and the field; the caller
-imports nothing when there is any problem. Up to MAX_PROBLEMS are collected, so a user fixes
-a file in one pass rather than one error per upload.
+A prompt is a conversation (app/chat.py). A row gives it as `messages` (the OpenAI / TRL shape;
+in CSV and Parquet a column of JSON text or a list column), as `prompt` (one user message,
+optionally with `system`), as `instruction` (+ `input`), or as HH-RLHF dialogue text in
+`prompt` ("Human: ... Assistant: ..." turns, split into messages).
+
+Nothing here touches the database. `parse_prompt_file` returns the unique prompts (duplicates
+found on the normalised conversation) and a list of problems, each naming the file, the line
+(the row, for Parquet) and the field; the caller imports nothing when there is any problem. Up
+to MAX_PROBLEMS are collected, so a user fixes a file in one pass rather than one per upload.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from hashlib import sha256
 from typing import Any
+
+from app import chat
+from app.chat import Conversation
 
 MAX_PROBLEMS = 50
 FORMATS = ("jsonl", "csv", "parquet")
@@ -28,19 +36,17 @@ EXTENSIONS = {
     ".pq": "parquet",
 }
 # Keys that make the prompt itself; every other key or column is kept as metadata.
-TEXT_KEYS = ("prompt", "instruction", "input")
+TEXT_KEYS = ("messages", "system", "prompt", "instruction", "input")
 
-TokenCounter = Callable[[str], int]
-
-
-def approx_tokens(text: str) -> int:
-    """Used when the policy's tokenizer is not at hand: never below the word count, and about
-    four characters per token for text without spaces, which is what BPE tokenizers average."""
-    return max(len(text.split()), math.ceil(len(text) / 4))
+# How many positions a conversation takes in front of the model (after its chat template).
+TokenCounter = Callable[[Conversation], int]
 
 
-def text_hash(text: str) -> str:
-    return sha256(text.encode("utf-8")).hexdigest()
+def approx_tokens(conv: Conversation) -> int:
+    """Used when the policy's tokenizer is not at hand: per turn, never below the word count and
+    about four characters per token for text without spaces (what BPE tokenizers average),
+    plus four for the turn's template markers."""
+    return sum(max(len(m["content"].split()), math.ceil(len(m["content"]) / 4)) + 4 for m in conv)
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,13 @@ class Problem:
 @dataclass
 class ParsedPrompt:
     line: int
-    text: str
+    messages: Conversation
     meta: dict[str, Any]
-    hash: str
+    hash: str  # app.chat.conversation_hash
+
+    @property
+    def text(self) -> str:
+        return chat.as_text(self.messages)
 
 
 @dataclass
@@ -226,11 +236,11 @@ def _csv_rows(text: str, out: _Collector) -> list[tuple[int, dict[str, Any]]]:
         out.problem(1, None, f"not valid CSV: {exc}" if isinstance(exc, csv.Error) else "no header")
         return []
     header = [h.strip() for h in header]
-    if "prompt" not in header:
+    if "prompt" not in header and "messages" not in header:
         out.problem(
             1,
             "prompt",
-            "the header has no 'prompt' column (columns: " + ", ".join(repr(h) for h in header) + ")",
+            "no 'prompt' or 'messages' column (columns: " + ", ".join(repr(h) for h in header) + ")",
         )
         return []
     start = reader.line_num + 1
@@ -266,11 +276,14 @@ def _parquet_rows(data: bytes, out: _Collector) -> list[tuple[int, dict[str, Any
         out.problem(None, None, f"could not read this Parquet file: {exc}")
         return []
     names = table.column_names
-    text_column = "prompt" if "prompt" in names else "instruction" if "instruction" in names else None
-    if text_column is None:
-        out.problem(None, "prompt", "no 'prompt' column (columns: " + ", ".join(repr(n) for n in names) + ")")
+    if not {"prompt", "instruction", "messages"} & set(names):
+        out.problem(
+            None,
+            "prompt",
+            "no 'prompt' or 'messages' column (columns: " + ", ".join(repr(n) for n in names) + ")",
+        )
         return []
-    for name in ("prompt", "instruction", "input"):
+    for name in ("prompt", "instruction", "input", "system"):
         if name in names and not (
             pa.types.is_string(table.schema.field(name).type)
             or pa.types.is_large_string(table.schema.field(name).type)
@@ -291,54 +304,84 @@ def _take(
     count_tokens: TokenCounter,
     limit_name: str = "RANKLAB_MAX_PROMPT_TOKENS",
 ) -> None:
-    if "prompt" in record:
-        fld = "prompt"
-        text = record["prompt"]
-        extra = None
-    elif "instruction" in record:
-        fld = "instruction"
-        text = record["instruction"]
-        extra = record.get("input")
-    else:
-        out.problem(line, "prompt", "missing: each row needs 'prompt' (or 'instruction')")
+    try:
+        conv, fld = _conversation(record)
+    except chat.ChatError as exc:
+        out.problem(line, exc.field, exc.message)
         return
-    if text is None:
-        out.problem(line, fld, "missing (null)")
-        return
-    if not isinstance(text, str):
-        out.problem(line, fld, f"must be text, got {_type_name(text)}")
-        return
-    if extra is not None and not isinstance(extra, str):
-        out.problem(line, "input", f"must be text, got {_type_name(extra)}")
-        return
-    if not text.strip():
-        out.problem(line, fld, "empty or only whitespace")
-        return
-    full = text.strip()
-    if extra and extra.strip():
-        full = f"{full}\n\n{extra.strip()}"
-    # PostgreSQL cannot store a NUL character in text or JSON: refuse it here, with its place.
-    nul = "contains a NUL character (\\u0000); remove it"
-    if "\x00" in full:
-        out.problem(line, fld if "\x00" in text else "input", nul)
-        return
+    for i, m in enumerate(conv):
+        if "\x00" in m["content"]:
+            out.problem(line, f"messages[{i}].content", NUL)
+            return
     meta = {k: _jsonable(v) for k, v in record.items() if k not in TEXT_KEYS}
     for key, value in meta.items():
         if "\x00" in key or "\\u0000" in json.dumps(value):
-            out.problem(line, key.replace("\x00", "\\u0000"), nul)
+            out.problem(line, key.replace("\x00", "\\u0000"), NUL)
             return
-    n_tokens = count_tokens(full)
+    n_tokens = count_tokens(conv)
     if n_tokens > max_tokens:
-        out.problem(line, fld, f"{n_tokens} tokens, over the limit of {max_tokens} ({limit_name})")
+        out.problem(
+            line,
+            fld,
+            f"{n_tokens} tokens after the chat template, over the limit of {max_tokens} ({limit_name})",
+        )
         return
-    digest = text_hash(full)
+    digest = chat.conversation_hash(conv)
     if digest in out.seen:
         out.result.duplicates += 1
         if len(out.result.duplicate_lines) < 20:
             out.result.duplicate_lines.append(line)
         return
     out.seen[digest] = line
-    out.result.prompts.append(ParsedPrompt(line=line, text=full, meta=meta, hash=digest))
+    out.result.prompts.append(ParsedPrompt(line=line, messages=conv, meta=meta, hash=digest))
+
+
+def _conversation(record: dict[str, Any]) -> tuple[Conversation, str]:
+    """The row's conversation and the field its errors name; raises ChatError."""
+    if "messages" in record and record["messages"] is not None:
+        value = record["messages"]
+        if isinstance(value, str):  # a CSV cell, or a Parquet text column: JSON text
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise chat.ChatError("messages", f"not valid JSON: {exc}") from None
+        return chat.parse_conversation(value, field="messages"), "messages"
+    if "prompt" in record:
+        fld, text, extra = "prompt", record["prompt"], None
+    elif "instruction" in record:
+        fld, text, extra = "instruction", record["instruction"], record.get("input")
+    else:
+        raise chat.ChatError("prompt", "missing: each row needs 'prompt' or 'messages'")
+    if text is None:
+        raise chat.ChatError(fld, "missing (null)")
+    if not isinstance(text, str):
+        raise chat.ChatError(fld, f"must be text, got {_type_name(text)}")
+    if extra is not None and not isinstance(extra, str):
+        raise chat.ChatError("input", f"must be text, got {_type_name(extra)}")
+    system = record.get("system")
+    if system is not None and not isinstance(system, str):
+        raise chat.ChatError("system", f"must be text, got {_type_name(system)}")
+    for name, value in ((fld, text), ("input", extra), ("system", system)):
+        if value and "\x00" in value:
+            raise chat.ChatError(name, NUL)
+    if _HH.match(text) and "\n\nAssistant:" in text:
+        turns = chat.split_hh(text)
+        if system and system.strip():
+            turns = [{"role": "system", "content": system}, *turns]
+        return chat.parse_conversation(turns, field=fld), fld
+    if not text.strip():
+        raise chat.ChatError(fld, "empty or only whitespace")
+    full = text.strip()
+    if extra and extra.strip():
+        full = f"{full}\n\n{extra.strip()}"
+    return chat.from_text(full, system=system if system and system.strip() else None), fld
+
+
+# PostgreSQL cannot store a NUL character in text or JSON: refused here, with its place.
+NUL = "contains a NUL character (\\u0000); remove it"
+# HH-RLHF dialogue text: the first turn is the Human's (a prompt that merely mentions "Human:"
+# later on is plain text).
+_HH = re.compile(r"\s*(\n\n)?Human:")
 
 
 def _type_name(value: object) -> str:

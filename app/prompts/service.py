@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import utcnow
 from app.labeling.models import Task, TaskStatus
+from app.prompts import tokens
 from app.prompts.models import DEFAULT_FLAGS, Prompt, PromptSet, SetStatus
 from app.prompts.parsing import Problem, TokenCounter, approx_tokens, parse_prompt_file
 from app.runs import policies
@@ -38,25 +38,16 @@ class ImportRejected(Exception):
 # --- tokens ----------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=8)
-def _tokenizer_file_counter(path: str, _mtime: float) -> TokenCounter:
-    # The `tokenizers` library only: transformers would pull torch into the web process.
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(path)
-    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
-
-
 def token_counter(version: ModelVersion | None) -> tuple[TokenCounter, str]:
-    """The policy's own tokenizer when its folder has a tokenizer.json, else an approximation."""
+    """The policy's own tokenizer and chat template when its folder has them, else an estimate."""
     if version is not None and version.path:
-        file = Path(version.path) / "tokenizer.json"
-        if file.is_file():
-            try:
-                return _tokenizer_file_counter(str(file), file.stat().st_mtime), "policy tokenizer"
-            except Exception:  # noqa: BLE001, S110  (an unreadable tokenizer falls back, and says so)
-                pass
-    return approx_tokens, "approximate (words, or characters / 4)"
+        try:
+            counter = tokens.conversation_counter(Path(version.path))
+        except Exception:  # noqa: BLE001  (an unreadable tokenizer falls back, and says so)
+            counter = None
+        if counter is not None:
+            return counter, "policy tokenizer and chat template"
+    return approx_tokens, "approximate (words, or characters / 4, and 4 a turn)"
 
 
 def context_positions(version: ModelVersion | None) -> int | None:
@@ -223,7 +214,14 @@ def import_prompt_set(
     session.add(prompt_set)
     session.flush()
     session.add_all(
-        Prompt(prompt_set_id=prompt_set.id, text=p.text, text_hash=p.hash, meta=p.meta, source_line=p.line)
+        Prompt(
+            prompt_set_id=prompt_set.id,
+            messages=p.messages,
+            text=p.text,
+            text_hash=p.hash,
+            meta=p.meta,
+            source_line=p.line,
+        )
         for p in parsed.prompts
     )
     session.flush()

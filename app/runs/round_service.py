@@ -82,6 +82,7 @@ def _copy_set(session: Session, source: PromptSet, created_by_id: int | None) ->
         session.add(
             Prompt(
                 prompt_set_id=copy.id,
+                messages=list(p.messages),
                 text=p.text,
                 text_hash=p.text_hash,
                 meta=dict(p.meta or {}),

@@ -60,11 +60,11 @@ class TestHH:
         prompt = session.scalar(select(Prompt).where(Prompt.prompt_set_id == ps.id, Prompt.source_line == 1))
         assert prompt is not None and prompt.text.endswith("\n\nAssistant:")
         assert first["chosen"].startswith(prompt.text) and first["rejected"].startswith(prompt.text)
-        assert prompt.meta["messages"][0] == {
+        assert prompt.messages[0] == {
             "role": "user",
             "content": "How much alcohol can I drink per day?",
         }
-        assert prompt.meta["messages"][-1]["role"] == "user"
+        assert prompt.messages[-1]["role"] == "user"
         rows = read_rows(
             run_export(session, "trl", filters=service.Filters(prompt_set_ids=[ps.id]))[0], "jsonl"
         )
@@ -83,7 +83,7 @@ class TestHH:
             )[0],
             "jsonl",
         )[0]
-        assert conv["prompt"] == prompt.meta["messages"] and len(conv["prompt"]) == 5
+        assert conv["prompt"] == prompt.messages and len(conv["prompt"]) == 5
         assert [m["role"] for m in conv["prompt"]] == ["user", "assistant", "user", "assistant", "user"]
         assert conv["chosen"] == [{"role": "assistant", "content": rows[0]["chosen"]}]
 

@@ -84,7 +84,7 @@ class TestPromptsImport:
         assert result.output.splitlines() == [
             "bad.jsonl, field 'k': K must be between 4 and 9, got 3",
             "bad.jsonl, line 2, field 'prompt': empty or only whitespace",
-            "bad.jsonl, line 3, field 'prompt': missing: each row needs 'prompt' (or 'instruction')",
+            "bad.jsonl, line 3, field 'prompt': missing: each row needs 'prompt' or 'messages'",
             "3 problem(s): nothing was imported.",
         ]
         with db() as s:

@@ -30,6 +30,10 @@ def counts(session: Session) -> tuple[int, int, int]:
     )
 
 
+# A chat template that writes the message text alone, so a count is the text's own length.
+BARE_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
 def jl(*rows: object) -> bytes:
     return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows).encode()
 
@@ -124,6 +128,7 @@ class TestFormats:
         folder = tmp_path / "pol"
         folder.mkdir()
         tok.save(str(folder / "tokenizer.json"))
+        (folder / "chat_template.jinja").write_text(BARE_TEMPLATE)
         from tests.factories import make_model_version
 
         mv = make_model_version(session, name="chars")
@@ -139,7 +144,8 @@ class TestFormats:
                 policy_version_id=mv.id,
             )
         assert [str(p) for p in err.value.problems] == [
-            "p.jsonl, line 1, field 'prompt': 20 tokens, over the limit of 10 (RANKLAB_MAX_PROMPT_TOKENS)"
+            "p.jsonl, line 1, field 'prompt': 20 tokens after the chat template, over the limit of 10 "
+            "(RANKLAB_MAX_PROMPT_TOKENS)"
         ]
 
 
@@ -216,7 +222,7 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, object], list[str]]] = [
         "n.csv",
         b"text,id\nhello,1\n",
         {},
-        ["n.csv, line 1, field 'prompt': the header has no 'prompt' column (columns: 'text', 'id')"],
+        ["n.csv, line 1, field 'prompt': no 'prompt' or 'messages' column (columns: 'text', 'id')"],
     ),
     (
         "csv wrong field count",
@@ -244,7 +250,7 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, object], list[str]]] = [
         "m.jsonl",
         jl({"prompt": "a"}, {"text": "b"}),
         {},
-        ["m.jsonl, line 2, field 'prompt': missing: each row needs 'prompt' (or 'instruction')"],
+        ["m.jsonl, line 2, field 'prompt': missing: each row needs 'prompt' or 'messages'"],
     ),
     (
         "empty prompt",
@@ -301,14 +307,17 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, object], list[str]]] = [
         "t.jsonl",
         jl({"prompt": "word " * 60}),
         {},
-        ["t.jsonl, line 1, field 'prompt': 75 tokens, over the limit of 50 (RANKLAB_MAX_PROMPT_TOKENS)"],
+        [
+            "t.jsonl, line 1, field 'prompt': 79 tokens after the chat template, over the limit of 50 "
+            "(RANKLAB_MAX_PROMPT_TOKENS)"
+        ],
     ),
     (
         "parquet without prompt column",
         "x.parquet",
         parquet_bytes({"text": ["a"]}),
         {},
-        ["x.parquet, field 'prompt': no 'prompt' column (columns: 'text')"],
+        ["x.parquet, field 'prompt': no 'prompt' or 'messages' column (columns: 'text')"],
     ),
     (
         "parquet numeric prompts",
@@ -419,7 +428,7 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, object], list[str]]] = [
             "s.jsonl, field 'k': K must be between 4 and 9, got 2",
             "s.jsonl, line 3: not valid JSON: Expecting property name enclosed in double quotes",
             "s.jsonl, line 1, field 'prompt': empty or only whitespace",
-            "s.jsonl, line 2, field 'prompt': missing: each row needs 'prompt' (or 'instruction')",
+            "s.jsonl, line 2, field 'prompt': missing: each row needs 'prompt' or 'messages'",
         ],
     ),
 ]
@@ -522,6 +531,7 @@ class TestPolicyContext:
         folder = tmp_path / "small"
         folder.mkdir()
         tok.save(str(folder / "tokenizer.json"))
+        (folder / "chat_template.jinja").write_text(BARE_TEMPLATE)
         (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 16}))
         mv = make_model_version(session, name="small context")
         mv.path = str(folder)
@@ -542,7 +552,7 @@ class TestPolicyContext:
                 policy_version_id=small_context_policy,
             )
         assert [str(p) for p in err.value.problems] == [
-            "p.jsonl, line 2, field 'prompt': 13 tokens, over the limit of 12 "
+            "p.jsonl, line 2, field 'prompt': 13 tokens after the chat template, over the limit of 12 "
             "(the policy's 16 positions less max_new_tokens 4)"
         ]
         assert counts(session) == (0, 0, 0)

@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import Job
-from tests.factories import bearer, login, make_model_version, make_prompt_set, make_task, make_user
+from tests.factories import (
+    bearer,
+    login,
+    make_model_version,
+    make_prompt_row,
+    make_prompt_set,
+    make_task,
+    make_user,
+)
 
 JL = "\n".join(json.dumps({"prompt": f"Question {i}?"}) for i in range(3)).encode()
 
@@ -107,7 +115,7 @@ class TestProgressAndCancel:
         ps = make_prompt_set(session, name="demo-ish")
         ps.policy_version_id = demo.id
         make_task(session, prompt_set=ps, policy=demo)
-        session.add(Prompt(prompt_set_id=ps.id, text="not sampled yet", text_hash="h"))
+        session.add(make_prompt_row(ps.id, "not sampled yet"))
         session.flush()
         frag = client.get(f"/sets/{ps.id}/progress", headers={"HX-Request": "true"})
         assert frag.status_code == 200
@@ -182,7 +190,7 @@ class TestLiveFigures:
             task = make_task(session, prompt_set=ps)
             task.sampling_job_id = job.id
         for i in range(4):
-            session.add(Prompt(prompt_set_id=ps.id, text=f"waiting {i}", text_hash=f"w{i}"))
+            session.add(make_prompt_row(ps.id, f"waiting {i}"))
         session.flush()
         prog = service.progress(session=session, prompt_set=ps)
         assert (prog.done, prog.total) == (2, 6)

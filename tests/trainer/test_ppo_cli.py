@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.cli import cli
 from app.config import get_settings
 from app.runs.models import Job, ModelVersion
-from tests.factories import login, make_model_version, make_prompt_set, make_user
+from tests.factories import login, make_model_version, make_prompt_row, make_prompt_set, make_user
 from tests.trainer.ppo_fixtures import make_models, one_thread
 from tests.trainer.test_ppo_job import seed
 
@@ -216,11 +216,9 @@ class TestForms:
         assert session.scalar(select(Job)) is None
 
     def test_round_button_queues_the_chain(self, web: TestClient, session: Session) -> None:
-        from app.auth.security import sha256
-        from app.prompts.models import Prompt
 
         ps = make_prompt_set(session, name="live")
-        session.add(Prompt(prompt_set_id=ps.id, text="hello", text_hash=sha256("hello")))
+        session.add(make_prompt_row(ps.id, "hello"))
         session.flush()
         csrf = login(web, make_user(session, role="admin"))
         assert "Start next round" in web.get("/runs/new/round").text

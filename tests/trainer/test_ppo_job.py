@@ -10,12 +10,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth.security import sha256
 from app.db import utcnow
-from app.prompts.models import Prompt
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
-from tests.factories import make_job, make_model_version, make_prompt_set
+from tests.factories import make_job, make_model_version, make_prompt_row, make_prompt_set
 from tests.trainer.ppo_fixtures import PROMPTS, make_models
 from trainer.ppo import job as ppo_job
 from trainer.ppo.job import paths_for
@@ -46,7 +44,7 @@ def seed(session: Session, models: tuple[Path, Path], set_name: str = "ppo-promp
     """A prompt set, an active policy and an active reward model; returns (policy id, reward id)."""
     ps = make_prompt_set(session, name=set_name)
     for text in PROMPTS:
-        session.add(Prompt(prompt_set_id=ps.id, text=text, text_hash=sha256(text)))
+        session.add(make_prompt_row(ps.id, text))
     policy = make_model_version(session, kind="policy", is_active=True)
     policy.path = str(models[0])
     reward = make_model_version(session, kind="reward", is_active=True)

@@ -1,0 +1,64 @@
+"""How many positions a conversation takes in front of the policy, for the upload's token limit.
+
+The web process never imports torch, and transformers' tokenizers pull it in, so this reads the
+policy folder's `tokenizer.json` with the `tokenizers` library and renders its chat template
+(`chat_template.jinja` or tokenizer_config.json's `chat_template`, else app.chat.FALLBACK_TEMPLATE)
+with Jinja set up as transformers sets it up. The count is that of trainer/render.py's
+`prompt_ids`, which the worker feeds the model: tests/prompts/test_tokens.py holds the two equal.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from app.chat import FALLBACK_TEMPLATE, Conversation, normalise
+from app.prompts.parsing import TokenCounter
+
+
+def _token_text(value: Any) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+@lru_cache(maxsize=8)
+def _counter(folder: str, _mtime: float) -> TokenCounter:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from tokenizers import Tokenizer
+
+    path = Path(folder)
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    config_file = path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    jinja_file = path / "chat_template.jinja"
+    source = (
+        jinja_file.read_text() if jinja_file.exists() else config.get("chat_template") or FALLBACK_TEMPLATE
+    )
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda f: datetime.now().strftime(f))
+    template = env.from_string(source)
+    specials = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+
+    def count(conv: Conversation) -> int:
+        text = template.render(messages=normalise(conv), add_generation_prompt=True, **specials)
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    return count
+
+
+def conversation_counter(folder: Path) -> TokenCounter | None:
+    """A counter for the policy in `folder`, or None when it has no tokenizer.json."""
+    file = folder / "tokenizer.json"
+    if not file.is_file():
+        return None
+    return _counter(str(folder), file.stat().st_mtime)
