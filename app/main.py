@@ -41,7 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.sessionmaker = make_sessionmaker(settings.database_url)
+    app.state.sessionmaker = make_sessionmaker(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     for domain in DOMAINS:
         app.include_router(domain.router)
