@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 RETRY_AFTER_SECONDS = 1
@@ -20,14 +20,6 @@ _PAGE = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <p class="error" role="alert">{MESSAGE}</p><p><a href="">Try again</a></p></section></main></body></html>"""
 
 
-def is_unavailable(exc: Exception) -> bool:
-    """The database, not the request, is at fault: an exhausted pool, a lost connection, or a
-    server that refuses connections now (OperationalError: shutdown, too many clients)."""
-    if isinstance(exc, PoolTimeout | OperationalError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
 def unavailable_response(request: Request) -> Response:
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
@@ -36,10 +28,12 @@ def unavailable_response(request: Request) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    async def _handler(request: Request, exc: Exception) -> Response:
-        if is_unavailable(exc):
-            return unavailable_response(request)
-        raise exc  # not ours: the app's own error handling (a 500 with its log line)
+    """The database, not the request, is at fault: an exhausted pool (PoolTimeout), a connection
+    lost or refused (OperationalError: terminated, shutdown, too many clients; SQLite's "database
+    is locked"; a serialization failure) or closed under us (InterfaceError)."""
 
-    app.add_exception_handler(PoolTimeout, _handler)
-    app.add_exception_handler(DBAPIError, _handler)
+    async def _handler(request: Request, _exc: Exception) -> Response:
+        return unavailable_response(request)
+
+    for kind in (PoolTimeout, OperationalError, InterfaceError):
+        app.add_exception_handler(kind, _handler)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, insert, literal, literal_column, select, update
+from sqlalchemy import and_, case, exists, func, insert, literal, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -229,12 +229,12 @@ def _insert_claim(
         .join(PromptSet, PromptSet.id == Task.prompt_set_id)
         .where(Task.id == task_id, _open_for(user_id, now))
     )
+    # The index's condition as a literal: a bound value defeats PostgreSQL's inference of the
+    # partial index once psycopg prepares the statement (after five runs).
     stmt = (
         insert_(Assignment)
         .from_select(["task_id", "user_id", "state", "display_order", "lease_expires_at", "created_at"], src)
-        .on_conflict_do_nothing(
-            index_elements=["user_id"], index_where=Assignment.state == AssignmentState.active
-        )
+        .on_conflict_do_nothing(index_elements=["user_id"], index_where=text("state = 'active'"))
         .returning(Assignment)
     )
     return session.scalars(stmt, execution_options={"populate_existing": True}).first()
@@ -647,7 +647,7 @@ def joined_notes(notes: str, item_notes: dict[int, str] | None, display_order: l
     labels = {cid: letter(i) for i, cid in enumerate(display_order)}
     lines = [notes.strip()] if notes.strip() else []
     lines += [
-        f"{labels.get(cid, cid)}: {text.strip()}" for cid, text in (item_notes or {}).items() if text.strip()
+        f"{labels.get(cid, cid)}: {note.strip()}" for cid, note in (item_notes or {}).items() if note.strip()
     ]
     return "\n".join(lines)
 
