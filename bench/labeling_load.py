@@ -294,7 +294,12 @@ async def run(args: argparse.Namespace, base_url: str, tokens: list[str]) -> tup
     lat: dict[str, list[float]] = defaultdict(list)
     errors: list[str] = []
     acked: list[int] = []
-    limits = httpx.Limits(max_connections=args.labelers, max_keepalive_connections=args.labelers)
+    # Idle connections are dropped by the client (2 s) before uvicorn drops them (5 s): otherwise
+    # a request sent on a connection the server is closing that instant is a ReadError of the
+    # bench's own making, not the server's.
+    limits = httpx.Limits(
+        max_connections=args.labelers, max_keepalive_connections=args.labelers, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
         await client.get("/healthz")
         start = time.monotonic()
