@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -19,8 +20,9 @@ COMMAND_MODULES = (
     "app.prompts.commands",
     "app.labeling.commands",
     "app.exports.commands",
+    "app.imports.commands",
     "app.runs.commands",
-    "trainer.commands",
+    "app.runs.train_commands",
 )
 
 
@@ -115,6 +117,13 @@ def serve(host: str, port: int, no_worker: bool, workers: int) -> None:
 
     get_settings()  # bad production settings stop here, before a worker or server starts
     worker = None
+    if not no_worker and importlib.util.find_spec("torch") is None:
+        click.echo(
+            'no worker started here: torch is not installed (pip install "ranklab[train]"), '
+            "so run `ranklab worker` on a machine that has it",
+            err=True,
+        )
+        no_worker = True
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])  # noqa: S603
     click.echo(
@@ -149,14 +158,14 @@ def worker(burst: bool, kinds: tuple[str, ...], poll: float) -> None:
       ranklab worker --burst         # run what is queued, then exit
       ranklab worker --kind sample   # only sampling jobs
     """
-    from trainer.worker import Worker
+    from app.runs import inline
 
     settings = get_settings()
-    w = Worker(
+    w = inline.make_worker(
         sessions(),
         poll_seconds=poll,
         stale_seconds=settings.job_stale_seconds,
-        heartbeat_seconds=min(10.0, settings.job_stale_seconds / 4),
+        heartbeat_seconds=inline.heartbeat_seconds(),
         kinds=list(kinds) or None,
     )
     click.echo(f"worker {w.worker_id} started" + (" (burst)" if burst else ""), err=True)

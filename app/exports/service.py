@@ -21,9 +21,9 @@ from app.auth.models import User
 from app.db import utcnow
 from app.exports import encode, formats
 from app.exports.formats import AnnotationRecord, ItemRecord, RowOptions
-from app.exports.pairs import ordered_pairs
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet
+from app.ranking import ordered_pairs
 from app.runs.models import ModelVersion
 
 SPLITS = ("train", "validation", "test")

@@ -1,12 +1,12 @@
-"""Exports (download form, streaming downloads, manifests), preference import, quality page,
-and the token API `GET /api/v1/exports/{format}`. Researchers and admins only."""
+"""Exports (download form, streaming downloads, manifests) and the token API
+`GET /api/v1/exports/{format}`. Researchers and admins only."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 from starlette.datastructures import QueryParams
@@ -14,9 +14,8 @@ from starlette.datastructures import QueryParams
 from app.auth.deps import CurrentResearcher, Forbidden
 from app.auth.models import Role, User
 from app.db import SessionDep
-from app.exports import formats, importer, quality
+from app.exports import formats
 from app.exports import service as exports
-from app.exports.charts import Bar, bar_chart
 from app.exports.formats import RowOptions
 from app.prompts.models import PromptSet
 from app.runs.models import ModelVersion
@@ -39,7 +38,7 @@ def _time(value: str | None, name: str) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _ints(q: QueryParams, name: str) -> list[int]:
+def parse_ids(q: QueryParams, name: str) -> list[int]:
     out = []
     for v in q.getlist(name):
         for part in v.split(","):
@@ -79,8 +78,8 @@ def parse_request(
         raise exports.ExportError("fractions: three non-negative numbers: train,validation,test")
     labelers = [n for v in q.getlist("labeler") for n in v.split(",") if n.strip()]
     filters = exports.Filters(
-        prompt_set_ids=_ints(q, "set"),
-        policy_version_ids=_ints(q, "policy"),
+        prompt_set_ids=parse_ids(q, "set"),
+        policy_version_ids=parse_ids(q, "policy"),
         since=_time(q.get("since"), "since"),
         until=_time(q.get("until"), "until"),
         labeler_ids=exports.resolve_labelers(session=session, names=labelers, secret=secret),
@@ -146,7 +145,7 @@ def _manifest(request: Request, fmt: str, user: User, session: Any) -> Response:
 # --- pages ----------------------------------------------------------------------------------
 
 
-def _choices(session: Any) -> dict[str, Any]:
+def filter_choices(session: Any) -> dict[str, Any]:
     return {
         "sets": list(session.execute(select(PromptSet.id, PromptSet.name).order_by(PromptSet.id))),
         "policies": list(
@@ -164,7 +163,7 @@ def _choices(session: Any) -> dict[str, Any]:
 
 @router.get("/exports")
 def exports_page(request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
-    return render(request, "exports/index.html", _choices(session))
+    return render(request, "exports/index.html", filter_choices(session))
 
 
 @router.get("/exports/download")
@@ -176,110 +175,6 @@ def exports_download(request: Request, user: CurrentResearcher, session: Session
 @router.get("/exports/manifest")
 def exports_manifest(request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
     return _manifest(request, request.query_params.get("format") or "comparisons", user, session)
-
-
-@router.get("/exports/import")
-def import_page(request: Request, user: CurrentResearcher) -> Response:
-    return render(request, "exports/import.html", {"kinds": importer.KINDS})
-
-
-@router.post("/exports/import")
-async def import_upload(
-    request: Request,
-    user: CurrentResearcher,
-    session: SessionDep,
-    file: Annotated[UploadFile, File()],
-    name: Annotated[str, Form()],
-    kind: Annotated[str, Form()] = "auto",
-    skip_invalid: Annotated[bool, Form()] = False,
-) -> Response:
-    limit = int(request.app.state.settings.max_upload_mb * 1024 * 1024)
-    data = await file.read(limit + 1)
-    ctx: dict[str, Any] = {"kinds": importer.KINDS, "name": name, "kind": kind}
-    if len(data) > limit:
-        ctx["refused"] = f"{file.filename}: larger than {request.app.state.settings.max_upload_mb:g} MB"
-        return render(request, "exports/import.html", ctx, status_code=413)
-    try:
-        result = importer.import_preferences(
-            session=session,
-            data=data,
-            filename=file.filename or "upload",
-            name=name,
-            kind=kind,
-            skip_invalid=skip_invalid,
-            created_by_id=user.id,
-        )
-    except importer.ImportRefused as exc:
-        session.rollback()
-        ctx.update(refused=str(exc), errors=[str(e) for e in exc.errors], filename=file.filename)
-        return render(request, "exports/import.html", ctx, status_code=422)
-    ctx.update(result=result, skipped=[str(e) for e in result.skipped], filename=file.filename)
-    return render(request, "exports/import.html", ctx)
-
-
-@router.get("/quality")
-def quality_page(request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
-    try:
-        set_ids = _ints(request.query_params, "set")
-    except exports.ExportError as exc:
-        return render(request, "error.html", {"message": str(exc)}, status_code=422)
-    show_names = request.query_params.get("real_names", "").lower() in TRUE and user.role == Role.admin
-    ctx = _choices(session) | quality_context(
-        session=session, set_ids=set_ids, show_names=show_names, secret=request.app.state.settings.secret_key
-    )
-    ctx.update(selected=set_ids, show_names=show_names)
-    return render(request, "exports/quality.html", ctx, block="results")
-
-
-def quality_context(*, session: Any, set_ids: list[int], show_names: bool, secret: str) -> dict[str, Any]:
-    anns = quality.load(session=session, prompt_set_ids=set_ids)
-    overall, _ = quality.agreement(anns)
-    stats = quality.labeler_stats(anns)
-    names = dict(session.execute(select(User.id, User.username)).all()) if show_names else {}
-    versions = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
-    set_names = dict(session.execute(select(PromptSet.id, PromptSet.name)).all())
-
-    def who(uid: int) -> str:
-        return names.get(uid) or exports.pseudonym(uid, secret)
-
-    wins = quality.win_rates(anns, newer_than=quality.version_order(session=session))
-    labeled = [s for s in stats if s.annotations]
-    return {
-        "n_annotations": sum(1 for a in anns if not a.skipped),
-        "overall": overall,
-        "stats": stats,
-        "who": who,
-        "wins": wins,
-        "versions": versions,
-        "set_names": set_names,
-        "chart_agreement": bar_chart(
-            [
-                Bar(who(s.user_id), s.agreement.rate, *s.agreement.interval)
-                for s in labeled
-                if s.agreement.compared
-            ],
-            title="Agreement with other labelers (share of pairs ordered alike)",
-            ref=overall.rate,
-            ref_label="all labelers",
-        ),
-        "chart_position": bar_chart(
-            [Bar(who(s.user_id), s.first_wins, ref=s.first_expected) for s in labeled],
-            title="Position bias: output shown first ranked best (red mark: 1/K)",
-        ),
-        "chart_wins": bar_chart(
-            [
-                Bar(
-                    f"{versions.get(w.newer, w.newer)} vs {versions.get(w.older, w.older)}",
-                    w.rate,
-                    *w.interval,
-                )
-                for w in wins
-            ],
-            title="Newer policy's win rate, 95% interval",
-            ref=0.5,
-            ref_label="no preference",
-        ),
-    }
 
 
 # --- JSON API -------------------------------------------------------------------------------
@@ -301,63 +196,3 @@ def api_export(fmt: str, request: Request, user: CurrentResearcher, session: Ses
 @api.get("/exports/{fmt}/manifest", summary="Manifest of the export with the same query")
 def api_manifest(fmt: str, request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
     return _manifest(request, fmt, user, session)
-
-
-@api.get("/quality", summary="Agreement, labeler statistics and policy win rates")
-def api_quality(request: Request, user: CurrentResearcher, session: SessionDep) -> dict[str, Any]:
-    """The figures of the /quality page as JSON. Query: set=ID (repeatable; default all),
-    real_names=1 (admins). Rates are shares in [0, 1]; intervals are 95% Wilson intervals."""
-    real = request.query_params.get("real_names", "").lower() in TRUE
-    if real and user.role != Role.admin:
-        raise Forbidden("Real labeler names are for admins; labelers are named by pseudonym.")
-    try:
-        set_ids = _ints(request.query_params, "set")
-    except exports.ExportError as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=422)  # type: ignore[return-value]
-    ctx = quality_context(
-        session=session,
-        set_ids=set_ids,
-        show_names=real,
-        secret=request.app.state.settings.secret_key,
-    )
-    overall, who, versions = ctx["overall"], ctx["who"], ctx["versions"]
-
-    def agreement(a: quality.Agreement) -> dict[str, Any]:
-        return {
-            "rate": a.rate,
-            "interval": list(a.interval) if a.compared else None,
-            "pairs": a.compared,
-            "kendall_tau_b": a.tau,
-        }
-
-    return {
-        "annotations": ctx["n_annotations"],
-        "agreement": agreement(overall) | {"labeler_pairs": overall.task_pairs},
-        "labelers": [
-            {
-                "labeler": who(s.user_id),
-                "annotations": s.annotations,
-                "skipped": s.skipped,
-                "skip_rate": s.skip_rate,
-                "median_time_s": s.median_time_s,
-                "agreement": agreement(s.agreement),
-                "first_shown_best": s.first_wins,
-                "first_shown_best_expected": s.first_expected,
-                "rating_rank_contradictions": s.contradictions,
-            }
-            for s in ctx["stats"]
-        ],
-        "win_rates": [
-            {
-                "prompt_set": ctx["set_names"].get(w.prompt_set_id),
-                "newer": versions.get(w.newer),
-                "older": versions.get(w.older),
-                "rate": w.rate,
-                "interval": list(w.interval),
-                "wins": w.wins,
-                "losses": w.losses,
-                "ties": w.ties,
-            }
-            for w in ctx["wins"]
-        ],
-    }

@@ -111,17 +111,6 @@ def _lock_task(session: Session, task_id: int) -> None:
 # --- taking a task ------------------------------------------------------------------------------
 
 
-def current_assignment(*, session: Session, user: User, now: datetime | None = None) -> Assignment | None:
-    """The labeler's active assignment whose lease still runs (a reload gets it back)."""
-    now = now or utcnow()
-    return session.scalars(
-        select(Assignment)
-        .where(Assignment.user_id == user.id, _live(now))
-        .order_by(Assignment.id.desc())
-        .limit(1)
-    ).first()
-
-
 def next_assignment(
     *, session: Session, user: User, lease_minutes: float, now: datetime | None = None
 ) -> Assignment | None:

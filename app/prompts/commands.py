@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from pathlib import Path
 
 import click
@@ -167,16 +165,14 @@ def demo() -> None:
     """
     from app.prompts import service
     from app.prompts.models import SetStatus
-    from app.runs import policies
-    from app.runs.models import FINISHED, Job, JobStatus
+    from app.runs import inline, policies
+    from app.runs.models import FINISHED, JobStatus
 
     settings = get_settings()
     sessions = _sessions()
     if not settings.policy_model and not policies.demo_is_built(settings):
-        from trainer.demo_policy import ensure_demo_policy  # torch: only when there is work
-
         click.echo("building the demo policy (a small model trained on text shipped with ranklab; once only)")
-        ensure_demo_policy(policies.demo_path(settings), say=lambda m: click.echo(f"  {m}"))
+        inline.build_demo_policy(policies.demo_path(settings), say=lambda m: click.echo(f"  {m}"))
     with sessions.begin() as s:
         version = policies.default_policy(session=s, settings=settings)
         click.echo(
@@ -208,42 +204,9 @@ def demo() -> None:
             return
         if job is None or job.status in FINISHED:
             job = service.start_sampling(session=s, prompt_set=ps)
-        job_id, set_id, done, total = job.id, ps.id, prog.done, prog.total
-    _run_inline(sessions, job_id, set_id, done, total)
-    with sessions() as s:
-        final = s.get(Job, job_id)
-        assert final is not None
-        if final.status != JobStatus.succeeded:
-            raise click.ClickException(f"sampling the demo set {final.status}: {final.error}")
+        job_id = job.id
+    try:
+        inline.run_job_here(sessions, job_id, label="sampling the demo set")
+    except inline.InlineRunError as exc:
+        raise click.ClickException(f"sampling the demo set: {exc}") from exc
     click.echo(f"'{DEMO_SET}' is sampled and ready to label")
-
-
-def _run_inline(sessions: sessionmaker[Session], job_id: int, set_id: int, done: int, total: int) -> None:
-    """Run queued sampling jobs in this process (ours among them) with a progress bar."""
-    from app.prompts import service
-    from app.prompts.models import PromptSet
-    from app.runs.models import FINISHED, Job
-    from trainer.worker import Worker
-
-    worker = Worker(sessions, worker_id=f"ranklab-demo:{id(sessions)}", kinds=["sample"], poll_seconds=0.2)
-    thread = threading.Thread(target=worker.run, kwargs={"burst": True}, daemon=True)
-    thread.start()
-    with click.progressbar(
-        length=total, label="sampling the demo set", show_pos=True, file=sys.stderr
-    ) as bar:
-        bar.update(done)
-        shown = done
-        while True:
-            with sessions() as s:
-                job = s.get(Job, job_id)
-                ps = s.get(PromptSet, set_id)
-                assert job is not None and ps is not None
-                now = service.progress(session=s, prompt_set=ps).done
-                finished = job.status in FINISHED
-            bar.update(now - shown)
-            shown = now
-            if finished:
-                break
-            time.sleep(0.3)
-    worker.stop.set()
-    thread.join(timeout=60)

@@ -6,14 +6,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
-class ProblemOut(BaseModel):
-    file: str
-    line: int | None = Field(description="Line (JSON Lines, CSV) or row (Parquet); null: the whole file.")
-    field: str | None
-    message: str
-    text: str = Field(description="The whole problem as one readable sentence.")
-
-
 class ProgressOut(BaseModel):
     total: int = Field(description="Prompts in the set.")
     done: int = Field(description="Prompts whose K completions exist (their tasks are open).")

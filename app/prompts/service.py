@@ -368,11 +368,3 @@ def versions_by_id(*, session: Session, ids: set[int]) -> dict[int, ModelVersion
     if not ids:
         return {}
     return {mv.id: mv for mv in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(ids)))}
-
-
-def is_demo_completion(*, session: Session, model_version_id: int | None) -> bool:
-    """For pages that show model text: say so when it came from the demo model."""
-    if model_version_id is None:
-        return False
-    mv = session.get(ModelVersion, model_version_id)
-    return bool(mv and mv.is_demo)

@@ -2,7 +2,7 @@
 
 The base policy is the one `RANKLAB_POLICY_MODEL` names (a hub id or a folder), registered the
 first time anything asks for a policy. With no policy configured, the base is the demo model
-that trainer/demo_policy.py builds in the artifacts folder; its row says `is_demo` so every
+that trainer/models/demo.py builds in the artifacts folder; its row says `is_demo` so every
 page that shows its text can say so. At most one policy is active (a partial unique index).
 """
 
@@ -67,7 +67,7 @@ def ensure_demo_policy(*, session: Session, settings: Settings) -> ModelVersion:
             source=DEMO_SOURCE,
             path=str(demo_path(settings)),
             is_demo=True,
-            config={"origin": "built locally by trainer/demo_policy.py"},
+            config={"origin": "built locally by trainer/models/demo.py"},
         )
         session.add(mv)
         session.flush()

@@ -9,7 +9,7 @@ the sample job), until the promote step points them at the new policy (and, with
 old one too, so each task holds both).
 
 Pure database code (no torch): the dashboard's button and `ranklab round` call `enqueue_round`;
-the worker's `promote` handler (trainer/round.py) calls `promote`.
+the worker's `promote` handler (trainer/runner.py) calls `promote`.
 """
 
 from __future__ import annotations

@@ -106,8 +106,11 @@ def fail_broken_chains(*, session: Session) -> int:
         session.flush()
 
 
-def claim(*, session: Session, worker_id: str, kinds: list[str] | None = None) -> Job | None:
-    """Take the oldest runnable job, or None. The caller commits at once.
+def claim(
+    *, session: Session, worker_id: str, kinds: list[str] | None = None, job_id: int | None = None
+) -> Job | None:
+    """Take the oldest runnable job (or job `job_id`, for a run in this terminal), or None.
+    The caller commits at once.
 
     One UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING: on PostgreSQL
     concurrent workers skip each other's row; on SQLite the single statement takes the write
@@ -129,8 +132,10 @@ def claim(*, session: Session, worker_id: str, kinds: list[str] | None = None) -
     )
     if kinds is not None:
         candidate = candidate.where(cand.kind.in_(kinds))
+    if job_id is not None:
+        candidate = candidate.where(cand.id == job_id)
     now = utcnow()
-    job_id = session.scalar(
+    claimed = session.scalar(
         update(Job)
         # The status guard keeps the claim atomic even where FOR UPDATE is a no-op.
         .where(Job.id == candidate.scalar_subquery(), Job.status == JobStatus.queued)
@@ -145,9 +150,9 @@ def claim(*, session: Session, worker_id: str, kinds: list[str] | None = None) -
         .returning(Job.id)
         .execution_options(synchronize_session=False)
     )
-    if job_id is None:
+    if claimed is None:
         return None
-    job = session.get(Job, job_id, populate_existing=True)
+    job = session.get(Job, claimed, populate_existing=True)
     assert job is not None
     _append_log(job, f"attempt {job.attempts} on {worker_id}")
     session.flush()

@@ -1,6 +1,6 @@
 """Job handlers for the queue tests.
 
-In-process workers get them through `trainer.worker.register`; worker subprocesses
+In-process workers get them through `trainer.runner.register`; worker subprocesses
 (`python -m app.cli worker`) through RANKLAB_EXTRA_HANDLERS="kind=tests.runs.handlers:func".
 Each run appends a line to the file named by params["record"], so a test can count how many
 times each job really ran, across threads and processes.
@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from trainer.worker import JobContext
+from trainer.runner import JobContext
 
 
 def _record(ctx: JobContext, what: str) -> None:

@@ -18,7 +18,8 @@ from app.runs import views
 from app.runs.models import Job, JobStatus
 from app.web import templates
 from tests.factories import bearer, login, make_job, make_user
-from trainer.worker import JobContext, Worker, register
+from trainer.runner import JobContext, register
+from trainer.worker import Worker
 
 
 def _running(session: Session, job: Job, *, progress: float = 0.5, minutes_ago: float = 10) -> Job:

@@ -14,8 +14,9 @@ from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, JobStatus
 from tests.factories import make_job
 from tests.runs import handlers
-from trainer import worker as worker_mod
-from trainer.worker import Worker, extra_handlers, register, resolve
+from trainer import runner as worker_mod
+from trainer.runner import extra_handlers, register, resolve
+from trainer.worker import Worker
 
 register("t_steps", handlers.steps)
 register("t_boom", handlers.boom)

@@ -18,7 +18,8 @@ from app.db import make_sessionmaker
 from app.runs.models import Job, JobStatus
 from tests.factories import make_job
 from tests.runs import handlers
-from trainer.worker import Worker, register
+from trainer.runner import register
+from trainer.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 register("t_record", handlers.record)

@@ -23,7 +23,7 @@ from tests.conftest import _empty_all_tables
 def tiny_policy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # No hub, no network: the builder must work offline.
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from trainer.demo_policy import TINY, build_demo_policy
+    from trainer.models.demo import TINY, build_demo_policy
 
     return build_demo_policy(tmp_path_factory.mktemp("policy") / "tiny-policy", TINY)
 
@@ -31,7 +31,7 @@ def tiny_policy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     s = Settings(database_url=db_url, env="test", artifacts_dir=tmp_path / "artifacts", openai_retries=2)
-    monkeypatch.setattr("trainer.sampling.get_settings", lambda: s)
+    monkeypatch.setattr("trainer.sampling.job.get_settings", lambda: s)
     return s
 
 

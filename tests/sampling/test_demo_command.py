@@ -30,7 +30,7 @@ def test_demo_is_ready_to_label_and_idempotent(
     monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
     get_settings.cache_clear()
-    monkeypatch.setattr("trainer.sampling.get_settings", get_settings)
+    monkeypatch.setattr("trainer.sampling.job.get_settings", get_settings)
     # The tiny policy stands in for the demo build, which the demo-policy tests cover.
     shutil.copytree(tiny_policy_path, policies.demo_path(get_settings()))
     try:

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.runs import policies
-from trainer import demo_policy
-from trainer.backends import LocalBackend, SamplingParams, make_backend
+from trainer.models import demo as demo_policy
+from trainer.sampling.backends import LocalBackend, SamplingParams, make_backend
 
 
 class TestDemoPolicy:

@@ -19,7 +19,7 @@ from app.labeling.models import Task
 from app.runs.models import Job
 from tests.openai_server import RunningServer, ServerState
 from tests.sampling.conftest import add_version, make_set
-from trainer.backends import BackendError, OpenAIBackend, SamplingParams
+from trainer.sampling.backends import BackendError, OpenAIBackend, SamplingParams
 from trainer.worker import Worker
 
 
@@ -50,7 +50,7 @@ def openai_settings(
         openai_retries=2,
         openai_concurrency=2,
     )
-    monkeypatch.setattr("trainer.sampling.get_settings", lambda: s)
+    monkeypatch.setattr("trainer.sampling.job.get_settings", lambda: s)
     return s
 
 
@@ -108,7 +108,7 @@ class TestOpenAIBackend:
         tiny_policy_path: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        monkeypatch.setattr("trainer.backends.OpenAIBackend._delay", lambda self, a, r: 0.01)
+        monkeypatch.setattr("trainer.sampling.backends.OpenAIBackend._delay", lambda self, a, r: 0.01)
         state.fail_always, state.fail_status = True, 503
         vid = add_version(committed_sqlite, tiny_policy_path)
         set_id, job_id = make_set(committed_sqlite, openai_settings, vid, n=2, k=4)
@@ -169,7 +169,7 @@ class TestOpenAILimits:
 def test_the_demo_policy_is_never_sampled_through_a_server() -> None:
     """The server would answer with its own model, recorded and badged as the demo's: refused."""
     from app.runs.models import ModelVersion
-    from trainer.backends import make_backend
+    from trainer.sampling.backends import make_backend
 
     demo = ModelVersion(kind="policy", name="demo", source="demo", is_demo=True)
     settings = Settings(

@@ -12,9 +12,10 @@ from app.labeling.models import Completion, Task
 from app.runs import service as jobs
 from app.runs.models import Job
 from tests.sampling.conftest import add_version, make_set, set_of
-from trainer import sampling
-from trainer.backends import Sample, SamplingParams
-from trainer.worker import JobContext, Worker
+from trainer.runner import JobContext
+from trainer.sampling import job as sampling
+from trainer.sampling.backends import Sample, SamplingParams
+from trainer.worker import Worker
 
 
 def tasks_of(sessions: sessionmaker[Session], set_id: int) -> list[Task]:
@@ -104,7 +105,7 @@ class TestSampleJob:
         with committed.begin() as s:
             assert jobs.requeue_stale(session=s, stale_seconds=-1) == 1
         monkeypatch.undo()
-        monkeypatch.setattr("trainer.sampling.get_settings", lambda: settings)
+        monkeypatch.setattr("trainer.sampling.job.get_settings", lambda: settings)
         assert Worker(committed, worker_id="second").run_one()
         job = job_of(committed, job_id)
         assert job.status == "succeeded" and job.attempts == 2

@@ -9,6 +9,14 @@ from app.config import get_settings
 from tests.trainer.ppo_fixtures import one_thread
 
 
+@pytest.fixture(scope="session")
+def tiny_chat_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama chat model (ChatML template, random weights), built once per session."""
+    from trainer.models.tiny import build_tiny_chat_model
+
+    return build_tiny_chat_model(tmp_path_factory.mktemp("chat") / "tiny-chat")
+
+
 @pytest.fixture
 def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private artifacts folder for a job test, with the sampling settings pinned to their

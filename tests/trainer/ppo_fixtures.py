@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from tests.tiny import tiny_policy, tiny_reward_model, tiny_tokenizer
-from trainer.ppo_train import PPOConfig
-from trainer.rollout import Rollout
+from trainer.ppo.rollout import Rollout
+from trainer.ppo.train import PPOConfig
 
 WORDS = [
     "the",

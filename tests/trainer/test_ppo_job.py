@@ -17,8 +17,8 @@ from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_job, make_model_version, make_prompt_set
 from tests.trainer.ppo_fixtures import PROMPTS, make_models
-from trainer import ppo_job
-from trainer.ppo_job import paths_for
+from trainer.ppo import job as ppo_job
+from trainer.ppo.job import paths_for
 from trainer.worker import Worker
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer import ppo
+from trainer.ppo import losses as ppo
 
 
 class TestGAE:

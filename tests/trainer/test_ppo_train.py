@@ -16,7 +16,7 @@ from tests.trainer.ppo_fixtures import (
     one_thread,
     small_config,
 )
-from trainer.ppo_train import CONFIG_FILE, PPOConfig, Summary, lm_loss_on, read_normalization, train
+from trainer.ppo.train import CONFIG_FILE, PPOConfig, Summary, lm_loss_on, read_normalization, train
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,7 @@ def test_ptx_needs_texts(models, tmp_path: Path) -> None:
 
 
 def test_runs_from_files_for_accelerate_launch(models, tmp_path: Path, capsys) -> None:
-    from trainer.ppo_launch import main
+    from trainer.ppo.launch import main
 
     policy, reward = models
     prompts = tmp_path / "prompts.jsonl"

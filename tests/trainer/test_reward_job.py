@@ -10,15 +10,15 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-import trainer.reward_train as reward_train
+import trainer.reward.train as reward_train
 from app.db import utcnow
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_annotation, make_job, make_prompt_set, make_task, make_user
 from tests.tiny import save_tiny_policy
 from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
-from trainer.data import DataFilters, load_groups
-from trainer.reward_job import paths_for
+from trainer.reward.data import DataFilters, load_groups
+from trainer.reward.job import paths_for
 from trainer.worker import Worker
 
 PARAMS = {
@@ -176,7 +176,7 @@ def test_the_score_is_normalised_on_the_active_policys_completions(
     sessions: sessionmaker[Session], artifacts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The reference for the normalisation (mean 0, std 1) is the policy PPO will start from."""
-    import trainer.reward_job as reward_job
+    import trainer.reward.job as reward_job
     from tests.factories import make_model_version
 
     seen: dict[str, object] = {}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.tiny import tiny_reward_model, tiny_tokenizer
-from trainer.reward import (
+from trainer.reward.model import (
     Group,
     collate,
     encode_pair,
@@ -175,7 +175,7 @@ class TestLoading:
         from transformers import GPT2LMHeadModel
 
         from tests.tiny import tiny_config
-        from trainer.reward import load_reward_model, score_head
+        from trainer.reward.model import load_reward_model, score_head
 
         tok = tiny_tokenizer(["the cat sat on a mat"])
         cfg = tiny_config(tok, hidden=64)

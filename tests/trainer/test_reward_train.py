@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.tiny import save_tiny_policy
-from trainer.reward import Group, load_reward_model, score_texts
-from trainer.reward_train import RewardConfig, split_by_prompt, step_plan, train
+from trainer.reward.model import Group, load_reward_model, score_texts
+from trainer.reward.train import RewardConfig, split_by_prompt, step_plan, train
 
 WORDS = [
     "apple",
@@ -82,7 +82,7 @@ def test_split_is_by_prompt_and_stable() -> None:
 
 
 def test_cosine_decay_ends_at_a_tenth_of_the_rate_after_one_epoch() -> None:
-    from trainer.reward_train import cosine_to
+    from trainer.reward.train import cosine_to
 
     cfg = RewardConfig()
     assert (cfg.epochs, cfg.min_lr_ratio) == (1, 0.1)
@@ -151,15 +151,15 @@ def test_learns_a_marker_word_on_held_out_prompts(base_model: Path, tmp_path: Pa
 
 
 def _hooks(seen: list):  # type: ignore[no-untyped-def]
-    from trainer.reward_train import Hooks
+    from trainer.reward.train import Hooks
 
     return Hooks(metric=lambda step, **v: seen.append((step, v)))
 
 
 @pytest.mark.slow
 def test_module_entry_point_trains_on_a_groups_export(base_model: Path, tmp_path: Path) -> None:
-    """`python -m trainer.reward_train` (what `accelerate launch -m` runs) on a `groups` export."""
-    from trainer.reward_train import main
+    """`python -m trainer.reward.launch` (what `accelerate launch -m` runs) on a `groups` export."""
+    from trainer.reward.launch import main
 
     rows = [
         {

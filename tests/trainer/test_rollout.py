@@ -11,8 +11,8 @@ import torch
 
 from tests.tiny import tiny_policy, tiny_reward_model, tiny_tokenizer
 from tests.trainer.ppo_fixtures import PROMPTS, MarkerScorer, make_models, one_thread, small_config
-from trainer import rollout as ro
-from trainer.reward import collate, score, score_head
+from trainer.ppo import rollout as ro
+from trainer.reward.model import collate, score, score_head
 
 TEXT = "the cat sat on a mat and dog ran"
 
@@ -115,7 +115,7 @@ def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
 ) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from trainer.ppo_train import train
+    from trainer.ppo.train import train
 
     policy_path, reward_path = make_models(tmp_path / "models")
     rm_head = score_head(AutoModelForSequenceClassification.from_pretrained(reward_path)).weight.detach()
@@ -170,7 +170,7 @@ def test_a_long_prompt_is_cut_from_the_left_and_keeps_its_bos(
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from trainer.ppo_train import train
+    from trainer.ppo.train import train
 
     raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -14,9 +14,9 @@ from app.config import get_settings
 from app.labeling.models import Completion, Task
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import Job, ModelVersion
+from app.runs.round_service import RoundError, enqueue_round, promote
 from tests.factories import make_annotation, make_model_version, make_prompt_set, make_task, make_user
 from tests.trainer.ppo_fixtures import MARKER, PROMPTS, make_models, one_thread
-from trainer.round import RoundError, enqueue_round, promote
 from trainer.worker import Worker
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def worker(sessions: sessionmaker[Session]) -> Worker:
 @pytest.fixture(scope="module")
 def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo policy at its test size (a few seconds of training on the shipped corpus)."""
-    from trainer.demo_policy import TINY, build_demo_policy
+    from trainer.models.demo import TINY, build_demo_policy
 
     with one_thread():
         return build_demo_policy(tmp_path_factory.mktemp("demo") / "demo-policy", TINY)

@@ -1,7 +1,7 @@
 """The demo policy: a small GPT-2-style model built offline from the text the project ships.
 
 Used when RANKLAB_POLICY_MODEL is unset, so that `make run` shows real sampled text with no
-download. A byte-level BPE tokenizer is trained on trainer/demo_corpus.txt (short friendly
+download. A byte-level BPE tokenizer is trained on trainer/models/demo_corpus.txt (short friendly
 instructions and answers written for this project), a model is made from a config and trained
 on the same text for well under a minute on a CPU, so that its outputs are words rather than
 noise. The folder is written with save_pretrained and read back with from_pretrained, the same

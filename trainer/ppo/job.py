@@ -29,7 +29,7 @@ from app.labeling.models import AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet, SetStatus
 from app.runs import models_service, policies
 from app.runs.models import Job, JobMetric, ModelKind, ModelVersion
-from trainer.ppo_train import PPOConfig, Summary, checkpoint_iteration, train
+from trainer.ppo.train import PPOConfig, Summary, checkpoint_iteration, train
 
 OWN_KEYS = {"sets", "reward_version_id", "reward_from_job", "ptx_file"}
 MAX_PTX_TEXTS = 20_000
@@ -134,7 +134,7 @@ def resolve_reward(session: Any, params: dict[str, Any]) -> ModelVersion:
 def policy_files(version: ModelVersion) -> str:
     """A folder or hub id from_pretrained reads; builds the demo model's files on first use."""
     if version.is_demo:
-        from trainer.demo_policy import ensure_demo_policy
+        from trainer.models.demo import ensure_demo_policy
 
         return str(ensure_demo_policy(Path(version.path or policies.demo_path(get_settings()))))
     return str(version.path or version.source)

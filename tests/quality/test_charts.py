@@ -1,4 +1,4 @@
-from app.exports.charts import Bar, bar_chart
+from app.quality.charts import Bar, bar_chart
 
 
 def test_bar_chart_escapes_labels_and_draws_bars_and_intervals() -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.exports import importer
-from trainer.reward import Group
+from app.imports import service as importer
+from trainer.reward.model import Group
 
 
 def read_preference_groups(path: Path, *, kind: str = "auto") -> tuple[list[Group], int]:

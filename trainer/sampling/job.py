@@ -23,8 +23,8 @@ from app.labeling.models import Completion, Task, TaskStatus
 from app.prompts.models import Prompt, PromptSet, SetStatus
 from app.runs import policies
 from app.runs.models import ModelVersion
-from trainer.backends import Backend, BackendError, Sample, SamplingParams, make_backend
-from trainer.worker import JobContext
+from trainer.runner import JobContext
+from trainer.sampling.backends import Backend, BackendError, Sample, SamplingParams, make_backend
 
 
 @dataclass

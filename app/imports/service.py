@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 from app.auth.models import Role, User
 from app.auth.security import sha256
 from app.db import utcnow
-from app.exports.pairs import dense_ranks
 from app.labeling.models import Annotation, AnnotationItem, Assignment, Completion, Task
 from app.prompts.models import Prompt, PromptSet
+from app.ranking import dense_ranks
 from app.runs.models import ModelKind, ModelVersion
 
 ASSISTANT = "\n\nAssistant:"

@@ -1,4 +1,4 @@
-"""PPO from files, without the database: `python -m trainer.ppo_launch` (or `-m trainer.ppo_train`).
+"""PPO from files, without the database: `python -m trainer.ppo.launch`.
 
 This is the entry for `accelerate launch` on several GPUs; see docs/ppo.md.
 """
@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.ppo_train import PPOConfig, QuietReporter, train
+from trainer.ppo.train import PPOConfig, QuietReporter, train
 
 
 class PrintReporter(QuietReporter):
-    """`python -m trainer.ppo_train`: one line per iteration on the main process."""
+    """`python -m trainer.ppo.launch`: one line per iteration on the main process."""
 
     def progress(self, fraction: float, message: str) -> None:
         print(f"[{fraction:6.1%}] {message}", flush=True)
@@ -37,13 +37,13 @@ def _read_lines(path: str, keys: tuple[str, ...]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """PPO from files, e.g. on several GPUs (each process takes its share of every batch):
 
-    accelerate launch -m trainer.ppo_train --policy ./sft --reward ./rm --prompts prompts.jsonl \\
+    accelerate launch -m trainer.ppo.launch --policy ./sft --reward ./rm --prompts prompts.jsonl \\
         --out ./policy-v2 --set batch_size=512 --set ptx_coef=27.8 --ptx-file pretrain.jsonl
     """
     import argparse
 
     ap = argparse.ArgumentParser(
-        prog="python -m trainer.ppo_train",
+        prog="python -m trainer.ppo.launch",
         description=main.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -7,7 +7,7 @@ Reads top to bottom: config, models, then per iteration the three phases
 Runs single-process on CPU or one GPU, and unchanged under `accelerate launch` (each process
 takes its share of the batch; only the main process writes files).
 
-Free of the database: trainer/ppo_job.py adapts it to a job. `python -m trainer.ppo_train`
+Free of the database: trainer/ppo/job.py adapts it to a job. `python -m trainer.ppo.launch`
 runs it from files (for `accelerate launch` on several GPUs).
 """
 
@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 import torch
 
-from trainer import ppo
-from trainer import rollout as ro
-from trainer.rollout import RewardModelScorer, Rollout, read_normalization  # noqa: F401  (re-exported)
+from trainer.ppo import losses as ppo
+from trainer.ppo import rollout as ro
+from trainer.ppo.rollout import RewardModelScorer, Rollout, read_normalization  # noqa: F401  (re-exported)
 
 CONFIG_FILE = "ppo_config.json"
 
@@ -190,7 +190,7 @@ def train(
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.reward import is_decoder, load_reward_model
+    from trainer.reward.model import is_decoder, load_reward_model
 
     cfg.validate()
     reporter = reporter or QuietReporter()
@@ -518,9 +518,3 @@ def _save_checkpoint(
         os.replace(ckpt, old)
     os.replace(tmp, ckpt)
     shutil.rmtree(old, ignore_errors=True)
-
-
-if __name__ == "__main__":  # `python -m trainer.ppo_train ...` (see trainer/ppo_launch.py)
-    from trainer.ppo_launch import main
-
-    main()

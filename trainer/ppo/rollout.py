@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from trainer import ppo
+from trainer.ppo import losses as ppo
 
 
 @dataclass
@@ -150,14 +150,6 @@ def value_forward(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     return model(rollout.input_ids, rollout.attention_mask)[:, P - 1 : -1]
 
 
-@torch.no_grad()
-def reward_scores(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
-    """The reward model's raw score at the last real token of prompt + response.  -> (B,)"""
-    values = token_values(model, rollout.input_ids, rollout.attention_mask)  # (B, P + R)
-    last = ppo.last_index(rollout.attention_mask)
-    return values[torch.arange(values.shape[0], device=values.device), last]
-
-
 # Where the reward trainer may store the normalisation besides the model config.
 NORMALIZATION_FILE = "reward_normalization.json"  # {"shift": float, "scale": float}
 
@@ -169,7 +161,7 @@ class RewardModelScorer:
         self.model, self.eos_id, self.shift, self.scale = model, eos_id, shift, scale
 
     def __call__(self, batch: Rollout) -> torch.Tensor:
-        from trainer.reward import score
+        from trainer.reward.model import score
 
         # The reward model learned on prompt + completion text, which has no EOS token: read it
         # at the last text token, as in its training.
@@ -185,7 +177,7 @@ def read_normalization(reward_path: str | Path, config: Any = None) -> tuple[flo
     The reward trainer keeps them in the model's config (reward_mean, reward_std); a
     reward_normalization.json beside it ({"shift", "scale"}) wins when present.
     """
-    from trainer.reward import NORM_MEAN, NORM_STD
+    from trainer.reward.model import NORM_MEAN, NORM_STD
 
     path = Path(reward_path) / NORMALIZATION_FILE
     if path.is_file():

@@ -5,8 +5,8 @@ import math
 import pytest
 from sqlalchemy.orm import Session
 
-from app.exports import quality
-from app.exports.quality import Ann, It
+from app.quality import service as quality
+from app.quality.service import Ann, It
 from tests.factories import make_annotation, make_model_version, make_prompt_set, make_task, make_user
 
 

@@ -19,7 +19,7 @@ from app.auth.models import User
 from app.db import utcnow
 from app.labeling.models import Annotation, Task
 from app.prompts.models import Prompt, PromptSet
-from trainer.reward import Group
+from trainer.reward.model import Group
 
 SCHEMA = "ranklab.reward_groups/1"
 

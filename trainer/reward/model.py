@@ -5,7 +5,7 @@ one forward pass per completion (K passes, not K(K-1)); the loss is
     -1/C(K,2) · Σ log σ(r(x, y_w) − r(x, y_l))
 per ranking, then averaged over rankings. Tied pairs are dropped. The score is read at the last
 real token of prompt + completion; the scalar head starts at N(0, 1/√(d+1)) with bias 0, and
-dropout is off. No training loop here (see trainer/reward_train.py).
+dropout is off. No training loop here (see trainer/reward/train.py).
 """
 
 from __future__ import annotations

@@ -4,17 +4,15 @@ Phases: split by prompt → load and encode → (resume) → train with validati
 → normalise on the reference policy's completions → save whole or not at all.
 
 `accelerate` places it: a plain `python` run uses the CPU or the one GPU; under
-`accelerate launch -m trainer.reward_train --groups FILE --config FILE --out DIR` each process
+`accelerate launch -m trainer.reward.launch --groups FILE --config FILE --out DIR` each process
 trains on its share of every batch (DDP) with no change to this code.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +23,7 @@ from typing import Any
 
 import torch
 
-from trainer.reward import (
+from trainer.reward.model import (
     NORM_MEAN,
     NORM_STD,
     Encoded,
@@ -424,74 +422,3 @@ def train(
 
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2, default=str) + "\n")
-
-
-# --- groups files and `accelerate launch -m trainer.reward_train` ---------------------------
-
-
-def read_groups(path: Path) -> list[Group]:
-    """JSON Lines of {"prompt", "completions": [...], "rankings": [[rank, ...], ...]}
-    (ranklab's `groups` export; `ranks` of one labeler also accepted)."""
-    import gzip
-
-    from trainer.data import group_from_row
-
-    out = []
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(group_from_row(json.loads(line)))
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}, line {line_no}: {exc}") from exc
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.reward_train",
-        description="Train a reward model on a groups file; run under `accelerate launch` for several GPUs.",
-    )
-    parser.add_argument("--groups", type=Path, required=True, help="groups JSON Lines file")
-    parser.add_argument("--config", type=Path, help="RewardConfig fields as JSON")
-    parser.add_argument("--out", type=Path, required=True, help="model folder to create")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override one config field (JSON value)",
-    )
-    args = parser.parse_args(argv)
-    values = json.loads(args.config.read_text()) if args.config else {}
-    for item in args.overrides:
-        name, _, raw = item.partition("=")
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
-    cfg = RewardConfig.from_dict(values)
-    groups = read_groups(args.groups)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    hooks = Hooks(
-        log=lambda line: print(line, flush=True) if rank0 else None,
-        metric=lambda step, **v: (
-            print(json.dumps({"step": step, **v}), flush=True) if rank0 and "val_accuracy" in v else None
-        ),
-    )
-    result = train(
-        cfg,
-        groups,
-        out_dir=args.out,
-        work_dir=args.out.with_name(f".{args.out.name}.work"),
-        manifest={"groups_file": str(args.groups), "groups": len(groups)},
-        hooks=hooks,
-    )
-    if rank0:
-        print(json.dumps(result.metrics))
-
-
-if __name__ == "__main__":
-    main()

@@ -14,8 +14,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
-from app.exports import importer, service
+from app.exports import service
 from app.exports.formats import RowOptions
+from app.imports import service as importer
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import ModelVersion

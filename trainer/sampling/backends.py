@@ -254,7 +254,7 @@ def make_backend(version: ModelVersion, settings: Settings) -> Backend:
     if version.source == policies.DEMO_SOURCE and version.parent_id is None and version.job_id is None:
         # The base demo model is built on first use. Its descendants (trained from it, also
         # marked is_demo) are checkpoints like any other and are only ever loaded.
-        from trainer.demo_policy import ensure_demo_policy
+        from trainer.models.demo import ensure_demo_policy
 
         path = Path(version.path or policies.demo_path(settings))
         ensure_demo_policy(path)

@@ -20,8 +20,8 @@ from app.config import get_settings
 from app.runs import models_service
 from app.runs import service as jobs
 from app.runs.models import ModelKind, ModelVersion
-from trainer.data import DataFilters, load_groups
-from trainer.reward_train import Hooks, RewardConfig, train
+from trainer.reward.data import DataFilters, load_groups
+from trainer.reward.train import Hooks, RewardConfig, train
 
 FILTER_KEYS = {"sets", "min_labels", "labelers", "since", "until"}
 

@@ -1,6 +1,6 @@
 import pytest
 
-from app.exports.pairs import Item, dense_ranks, ordered_pairs, ranking_to_pairs
+from app.ranking import Item, dense_ranks, ordered_pairs, ranking_to_pairs
 
 
 def _items(ranks: list[int], ratings: list[int] | None = None) -> list[Item]:

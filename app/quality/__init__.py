@@ -1,0 +1,1 @@
+"""Data quality: inter-labeler agreement, per-labeler statistics, policy win rates."""

@@ -1,0 +1,354 @@
+"""`ranklab train reward|ppo`, `ranklab round` and `ranklab reward eval`.
+
+The train commands queue a job for `ranklab worker`; with --inline they run it in this terminal
+through app.runs.inline (the worker's own runner). Imported at CLI start-up: no torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from app.config import get_settings
+from app.runs import inline
+from app.runs import service as jobs
+
+
+@click.group()
+def train() -> None:
+    """Train the reward model or the policy: enqueue a job for the worker, or run it here.
+
+    \b
+    Examples:
+      ranklab train reward --set round-1 --inline
+      ranklab train ppo --iterations 20 --inline
+    """
+
+
+@click.group()
+def reward() -> None:
+    """Use a trained reward model: evaluate it on a preference file.
+
+    \b
+    Example:
+      ranklab reward eval --model active held-out.jsonl.gz
+    """
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(train)
+    cli.add_command(reward)
+    cli.add_command(start_round)
+
+
+def _run_here(maker: Any, job_id: int) -> dict[str, Any]:
+    try:
+        return inline.run_job_here(maker, job_id)
+    except inline.InlineRunError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+# --- ranklab train reward -------------------------------------------------------------------
+
+
+@train.command("reward")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME",
+    help="Train on this prompt set's rankings (repeatable; default: every set).",
+)
+@click.option(
+    "--min-labels",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Only tasks ranked by at least this many labelers.",
+)
+@click.option(
+    "--labeler",
+    "labelers",
+    multiple=True,
+    metavar="USERNAME",
+    help="Only this labeler's rankings (repeatable).",
+)
+@click.option(
+    "--base-model", metavar="ID_OR_PATH", help="Backbone (hub id or folder). Default: the active policy's."
+)
+@click.option("--lr", type=float, help="Peak learning rate (AdamW, cosine decay to 10%).")
+@click.option("--epochs", type=int, help="Passes over the data (default 1; more overfits).")
+@click.option("--batch-size", type=int, help="Prompts per batch (each with all K completions).")
+@click.option("--grad-accum", type=int, help="Batches per optimizer step.")
+@click.option("--max-length", type=int, help="Tokens of prompt + completion (prompt cut first).")
+@click.option("--inline", is_flag=True, help="Run here with a progress bar instead of queueing.")
+def train_reward(
+    sets: tuple[str, ...],
+    min_labels: int,
+    labelers: tuple[str, ...],
+    base_model: str | None,
+    lr: float | None,
+    epochs: int | None,
+    batch_size: int | None,
+    grad_accum: int | None,
+    max_length: int | None,
+    inline: bool,
+) -> None:
+    """Train a reward model on the rankings in the database (InstructGPT's K-way loss).
+
+    It becomes a reward model version; the first one is made active.
+
+    \b
+    Examples:
+      ranklab train reward --set round-1 --lr 1e-5       # a job for `ranklab worker`
+      ranklab train reward --base-model ./my-policy --epochs 1 --inline
+    """
+    from app.cli import sessions
+
+    params: dict[str, Any] = {"sets": list(sets), "min_labels": min_labels, "labelers": list(labelers)}
+    for name, value in (
+        ("base_model", base_model),
+        ("lr", lr),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("grad_accum", grad_accum),
+        ("max_length", max_length),
+    ):
+        if value is not None:
+            params[name] = value
+    maker = sessions()
+    with maker.begin() as s:
+        job = jobs.enqueue(
+            session=s, kind="train_reward", params=params, max_attempts=get_settings().job_max_attempts
+        )
+        job_id = job.id
+    if not inline:
+        click.echo(
+            f"queued job {job_id} (train_reward); follow it at /runs/{job_id} or run `ranklab worker --burst`"
+        )
+        return
+    result = _run_here(maker, job_id)
+    click.echo(
+        f"reward model {result['model_version_id']} at {result['path']}"
+        + (" (active)" if result.get("active") else "")
+    )
+    click.echo(f"validation accuracy: {result['metrics'].get('val_accuracy')}")
+
+
+@train.command("ppo")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME",
+    help="Draw prompts from this prompt set (repeatable; default: every set not archived).",
+)
+@click.option("--iterations", type=int, help="Rollout+update iterations (paper: 500 × 512 episodes).")
+@click.option("--beta", type=float, help="KL coefficient β per token (paper: 0.02).")
+@click.option("--kl-target", type=float, help="Adapt β so the KL approaches this (default: fixed β).")
+@click.option("--ptx-coef", type=float, help="PPO-ptx γ; 0 turns it off (paper: 27.8).")
+@click.option(
+    "--ptx-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help='JSON Lines of {"text": ...} for PPO-ptx (default: the chosen completions).',
+)
+@click.option("--lr", "learning_rate", type=float, help="Policy learning rate (paper: 9.65e-6).")
+@click.option("--value-lr", "value_learning_rate", type=float, help="Value network learning rate.")
+@click.option("--batch-size", type=int, help="Episodes per iteration (paper: 512).")
+@click.option("--mini-batch-size", type=int, help="Episodes per optimizer step (paper: 64).")
+@click.option("--ppo-epochs", type=int, help="Passes over each batch (paper: 1).")
+@click.option("--max-new-tokens", type=int, help="Response length cap.")
+@click.option(
+    "--reward-model",
+    "reward_version_id",
+    type=int,
+    metavar="ID",
+    help="Reward model version to use (default: the active one).",
+)
+@click.option("--seed", type=int, help="Prompt order, sampling and minibatch order.")
+@click.option("--inline", is_flag=True, help="Run here with a progress bar; print one JSON summary line.")
+def train_ppo(sets: tuple[str, ...], inline: bool, ptx_file: str | None, **knobs: Any) -> None:
+    """Optimise the active policy against the active reward model with PPO (InstructGPT step 3).
+
+    The result is a new policy version, not active until promoted
+    (`ranklab policies promote ID`, or the Promote button on /models).
+
+    \b
+    Examples:
+      ranklab train ppo --set round-1 --iterations 200 --beta 0.02      # a job for the worker
+      ranklab train ppo --set round-1 --ptx-coef 27.8 --ptx-file pretrain.jsonl
+      ranklab train ppo --iterations 20 --batch-size 32 --inline        # here, then one JSON line
+    """
+    from app.cli import sessions
+
+    params: dict[str, Any] = {"sets": list(sets)}
+    params |= {k: v for k, v in knobs.items() if v is not None}
+    if ptx_file:
+        params["ptx_file"] = str(Path(ptx_file).resolve())
+    maker = sessions()
+    with maker.begin() as s:
+        job_id = jobs.enqueue(
+            session=s, kind="train_ppo", params=params, max_attempts=get_settings().job_max_attempts
+        ).id
+    if not inline:
+        click.echo(
+            f"queued job {job_id} (train_ppo); follow it at /runs/{job_id} or run `ranklab worker --burst`"
+        )
+        return
+    result = _run_here(maker, job_id)
+    metrics = result.get("metrics", {})
+    click.echo(
+        json.dumps(
+            _finite(
+                {
+                    "job_id": job_id,
+                    "policy_version_id": result.get("model_version_id"),
+                    "path": result.get("path"),
+                    "iterations": metrics.get("iterations"),
+                    "first_mean_reward": metrics.get("first_mean_reward"),
+                    "last_mean_reward": metrics.get("mean_reward"),
+                    "last_kl": metrics.get("kl"),
+                    "beta": metrics.get("beta"),
+                    "reward_version_id": result.get("reward_version_id"),
+                    "parent_id": result.get("parent_id"),
+                    "active": False,
+                }
+            )
+        )
+    )
+
+
+@click.command("round")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME",
+    help="Resample this prompt set with the new policy (repeatable; default: every active set).",
+)
+@click.option("--mix", is_flag=True, help="Mix old- and new-policy completions in every new task.")
+@click.option("--iterations", type=int, help="PPO iterations.")
+@click.option("--beta", type=float, help="PPO's KL coefficient β.")
+@click.option("--ptx-coef", type=float, help="PPO-ptx γ (0: off).")
+def start_round(
+    sets: tuple[str, ...], mix: bool, iterations: int | None, beta: float | None, ptx_coef: float | None
+) -> None:
+    """Queue the next round: reward model on all data → PPO → promote → resample the sets.
+
+    One chain of jobs; a failed step stops the rest. Each resampled set is a fresh copy
+    ("NAME · round N") so its tasks hold only the new completions.
+
+    \b
+    Examples:
+      ranklab round --set round-1 --mix     # new tasks compare the new policy with the old
+      ranklab round && ranklab worker --burst
+    """
+    from app.cli import sessions
+    from app.runs.round_service import RoundError, enqueue_round
+
+    ppo = {
+        k: v for k, v in (("iterations", iterations), ("beta", beta), ("ptx_coef", ptx_coef)) if v is not None
+    }
+    with sessions().begin() as s:
+        try:
+            rnd = enqueue_round(
+                session=s,
+                sets=list(sets) or None,
+                mix=mix,
+                ppo_params=ppo,
+                max_attempts=get_settings().job_max_attempts,
+            )
+        except RoundError as exc:
+            raise click.ClickException(str(exc)) from exc
+        lines = [
+            f"  job {j.id:>5}  {j.kind}" + (f"  (after {j.after_id})" if j.after_id else "") for j in rnd.jobs
+        ]
+        names = [ps.name for ps in rnd.new_sets]
+        first = rnd.reward_job.id
+    click.echo("queued the round:")
+    click.echo("\n".join(lines))
+    click.echo(f"new tasks will go to: {', '.join(names)}")
+    click.echo(f"follow it at /runs/{first}")
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+# --- ranklab reward eval --------------------------------------------------------------------
+
+
+@reward.command("eval")
+@click.option(
+    "--model",
+    "model_ref",
+    default="active",
+    show_default=True,
+    metavar="ID|active|PATH",
+    help="A reward model version id, `active`, or a model folder.",
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Tokens of prompt + completion (prompt cut from the left).",
+)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per forward pass.")
+@click.option("--limit", type=int, help="Only the first N rows of the file.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def reward_eval(model_ref: str, max_length: int, batch_size: int, limit: int | None, file: str) -> None:
+    """Score a preference FILE (HH-RLHF, TRL or a ranklab rankings export) and print the
+    pairwise accuracy: the share of comparisons the model orders as the labelers did.
+
+    Invalid rows are skipped and counted. The last line is the accuracy.
+
+    \b
+    Examples:
+      ranklab reward eval held-out.jsonl.gz
+      ranklab reward eval --model 3 --limit 500 ../shared/data/hh-harmless-dev.jsonl.gz
+    """
+    path = _model_path(model_ref)
+    try:
+        correct, pairs, skipped = inline.evaluate_reward_file(
+            path, Path(file), max_length=max_length, batch_size=batch_size, limit=limit
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if skipped:
+        click.echo(f"skipped {skipped} invalid row(s)", err=True)
+    click.echo(f"model: {path}")
+    click.echo(f"comparisons: {pairs}")
+    click.echo(f"pairwise accuracy: {correct / pairs:.4f}")
+
+
+def _model_path(ref: str) -> str:
+    from sqlalchemy import select
+
+    from app.cli import sessions
+    from app.runs.models import ModelKind, ModelVersion
+
+    if not ref.isdigit() and ref != "active":
+        if Path(ref).is_dir():
+            return ref
+        raise click.BadParameter(
+            f"{ref!r} is no model version id, 'active', or a folder", param_hint="--model"
+        )
+    with sessions()() as s:
+        query = select(ModelVersion).where(ModelVersion.kind == ModelKind.reward)
+        query = (
+            query.where(ModelVersion.is_active.is_(True))
+            if ref == "active"
+            else query.where(ModelVersion.id == int(ref))
+        )
+        mv = s.scalar(query)
+        if mv is None:
+            what = "no reward model is active" if ref == "active" else f"no reward model {ref}"
+            raise click.ClickException(f"{what}; list them at /models")
+        if not mv.path:
+            raise click.ClickException(f"reward model {mv.id} has no saved files")
+        return mv.path

@@ -1,0 +1,45 @@
+"""`ranklab reward eval`: a reward model's pairwise accuracy on a preference file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trainer.reward.files import read_preference_groups
+from trainer.reward.model import load_reward_model, pair_correct, plan_pairs, score_texts
+
+
+def evaluate_file(
+    model_path: str, file: Path, *, max_length: int, batch_size: int, limit: int | None = None
+) -> tuple[float, int, int]:
+    """(comparisons ordered right, comparisons, invalid rows skipped) over the file's untied pairs.
+    Raises ValueError when the file holds no valid comparison."""
+    groups, skipped = read_preference_groups(file)
+    if limit is not None:
+        groups = groups[:limit]
+    if not groups:
+        raise ValueError(f"{file} has no valid comparisons")
+    model, tokenizer = load_reward_model(model_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    correct, pairs = 0.0, 0
+    chunk = max(1, batch_size // 2)
+    for start in range(0, len(groups), chunk):
+        part = groups[start : start + chunk]
+        scores = torch.tensor(
+            score_texts(
+                model,
+                tokenizer,
+                [g.prompt for g in part for _ in g.completions],
+                [c for g in part for c in g.completions],
+                max_length=max_length,
+                batch_size=batch_size,
+                normalized=False,
+                device=device,
+            )
+        )
+        right, n = pair_correct(scores, plan_pairs(part))
+        correct += right
+        pairs += n
+    return correct, pairs, skipped

@@ -1,0 +1,1 @@
+"""Sampling: backends (local transformers, OpenAI-compatible servers) and the `sample` job."""
