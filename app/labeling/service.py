@@ -260,7 +260,12 @@ def _next_carefully(*, session: Session, user_id: int, lease: timedelta, now: da
         return None
     claimed = _insert_claim(session, user_id, task_id, now, lease)
     if claimed is None:  # another tab of this labeler claimed in between: that one is theirs
-        return current_assignment(session=session, user=session.get_one(User, user_id), now=now)
+        return session.scalars(
+            select(Assignment)
+            .where(Assignment.user_id == user_id, _live(now))
+            .order_by(Assignment.id.desc())
+            .limit(1)
+        ).first()
     return claimed
 
 
