@@ -97,13 +97,21 @@ def db_downgrade(revision: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, help="Port to listen on.")
 @click.option("--no-worker", is_flag=True, help="Do not start a worker beside the server.")
-def serve(host: str, port: int, no_worker: bool) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Web server processes (uvicorn workers); each keeps its own pool of RANKLAB_DB_POOL_SIZE.",
+)
+def serve(host: str, port: int, no_worker: bool, workers: int) -> None:
     """Serve the web app, with one worker process beside it for sampling and training.
 
     \b
     Examples:
       ranklab serve                      # http://127.0.0.1:8000 and a worker
       ranklab serve --host 0.0.0.0 --no-worker   # workers run elsewhere: `ranklab worker`
+      ranklab serve --workers 2          # two web processes (PostgreSQL; SQLite has one writer)
     """
     import uvicorn
 
@@ -123,7 +131,10 @@ def serve(host: str, port: int, no_worker: bool) -> None:
         + ("" if no_worker else f" (worker pid {worker.pid if worker else '-'})")
     )
     try:
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="info")
+        # The import string (not an app object) is what lets uvicorn start several processes.
+        uvicorn.run(
+            "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
+        )
     finally:
         if worker is not None:
             worker.terminate()

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.db import POOL_SIZE, POOL_TIMEOUT_SECONDS
+
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"
 MIN_SECRET_KEY = 32
 
@@ -37,6 +39,20 @@ class Settings(BaseSettings):
     )
     artifacts_dir: Path = Field(Path("var/artifacts"), description="Models, checkpoints and exports.")
     session_hours: float = Field(12.0, gt=0, description="How long a login lasts without activity.")
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a worker process remembers a session or API token it has checked "
+        "(0: look it up on every request); logout and revocation reach other workers within it.",
+    )
+    db_pool_size: int = Field(
+        POOL_SIZE, ge=1, description="PostgreSQL connections each worker process keeps open (no overflow)."
+    )
+    db_pool_timeout_seconds: float = Field(
+        POOL_TIMEOUT_SECONDS,
+        gt=0,
+        description="Longest wait for a free connection; past it the request answers 503 with Retry-After.",
+    )
     max_upload_mb: float = Field(50.0, gt=0, description="Largest prompt or preference file accepted.")
     max_prompt_tokens: int = Field(1024, ge=1, description="Longest prompt accepted, in policy tokens.")
     lease_minutes: float = Field(30.0, gt=0, description="How long a labeler holds a task.")

@@ -72,8 +72,16 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+POOL_SIZE = 8
+POOL_TIMEOUT_SECONDS = 5.0
+
+
 @lru_cache(maxsize=16)
-def get_engine(url: str) -> Engine:
+def get_engine(url: str, pool_size: int = POOL_SIZE, pool_timeout: float = POOL_TIMEOUT_SECONDS) -> Engine:
+    """One engine per URL and pool shape. PostgreSQL's pool is bounded on purpose, without
+    overflow: a request that waits `pool_timeout` for a connection gets a 503 with Retry-After
+    (app/overload.py) rather than a queue that grows without bound. Pre-ping finds the connections
+    a database restart or failover killed before a request uses them."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -81,11 +89,15 @@ def get_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _sqlite_pragmas(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout
+    )
 
 
-def make_sessionmaker(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+def make_sessionmaker(
+    url: str, *, pool_size: int = POOL_SIZE, pool_timeout: float = POOL_TIMEOUT_SECONDS
+) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(url, pool_size, pool_timeout), expire_on_commit=False)
 
 
 def get_session(request: Request) -> Iterator[Session]:

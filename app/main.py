@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from app import overload
 from app.auth import views as auth_views
 from app.auth.deps import Forbidden, LoginRequired
 from app.config import Settings, get_settings
@@ -51,13 +52,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.sessionmaker = make_sessionmaker(settings.database_url)
+    app.state.sessionmaker = make_sessionmaker(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     for domain in DOMAINS:
         app.include_router(domain.router)
         app.include_router(domain.api, prefix="/api/v1")
     app.include_router(runs_launch.router)
     app.include_router(runs_launch_round.router)
+    overload.install(app)  # 503 + Retry-After when the database is exhausted or reconnecting
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:

@@ -271,7 +271,35 @@
     document.getElementById("time-spent").value = spent();
     submitting = true;
     document.getElementById("submit-btn").disabled = true;
-    form.submit();
+    save(0);
+  }
+
+  // Posted with fetch so that a busy server (503 + Retry-After: its database is exhausted or
+  // reconnecting) or a dropped connection is retried quietly, with backoff, while the page keeps
+  // everything the labeler entered. Submitting is idempotent, so a retry never stores twice.
+  // Any other answer (a 422 naming a field, a 409) is shown as the server's own page, by posting
+  // the form natively: nothing was stored, so the same post gets the same answer.
+  const saving = document.getElementById("saving");
+  function save(attempt) {
+    const body = new URLSearchParams(new FormData(form));
+    fetch(form.action, { method: "POST", body, redirect: "manual", credentials: "same-origin" })
+      .then((resp) => {
+        if (resp.type === "opaqueredirect" || (resp.status >= 300 && resp.status < 400)) {
+          window.location.assign("/label");  // stored: the next task
+        } else if (resp.status === 503) {
+          retry(attempt, Number(resp.headers.get("Retry-After")) || 1);
+        } else {
+          form.submit();
+        }
+      })
+      .catch(() => retry(attempt, 1));
+  }
+  function retry(attempt, retryAfter) {
+    const wait = Math.min(8000, Math.max(retryAfter * 1000, 500 * 2 ** attempt));
+    saving.textContent = "Saving… the server is busy; trying again (your answers are kept).";
+    show(saving);
+    document.getElementById("submit-btn").textContent = "Saving…";
+    setTimeout(() => save(attempt + 1), wait);
   }
   form.addEventListener("submit", (e) => { e.preventDefault(); trySubmit(false); });
   document.getElementById("confirm-btn").addEventListener("click", () => trySubmit(true));

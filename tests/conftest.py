@@ -117,6 +117,8 @@ def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def make_settings(url: str, **overrides: object) -> Settings:
+    # Tests change sessions and tokens behind the app's back; the login cache has its own tests.
+    overrides.setdefault("auth_cache_seconds", 0)
     return Settings(
         database_url=url,
         env="test",

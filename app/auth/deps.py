@@ -62,13 +62,20 @@ def resolve_principal(request: Request, session: SessionDep) -> Principal | None
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise LoginRequired("The Authorization header must be 'Bearer <token>'.")
-        user = auth.user_for_api_token(session=session, token=token.strip())
+        user = auth.user_for_api_token(
+            session=session, token=token.strip(), cache_seconds=request.app.state.settings.auth_cache_seconds
+        )
         if user is None:
             raise LoginRequired("This API token is unknown or revoked. Create a new one.")
         return Principal(user=user, via="token")
     if cookie := request.cookies.get(SESSION_COOKIE):
-        hours = request.app.state.settings.session_hours
-        row = auth.session_for_token(session=session, token=cookie, hours=hours)
+        settings = request.app.state.settings
+        row = auth.session_for_token(
+            session=session,
+            token=cookie,
+            hours=settings.session_hours,
+            cache_seconds=settings.auth_cache_seconds,
+        )
         if row is None:
             raise LoginRequired("Your session has ended. Please log in again.")
         return Principal(user=row.user, via="cookie", user_session=row)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, func, inspect, select
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.auth import security
 from app.auth.models import ApiToken, LoginFailure, Role, User, UserSession
@@ -70,6 +74,7 @@ def update_user(
         if not is_active:  # a deactivated user is logged out everywhere and their tokens stop
             session.execute(delete(UserSession).where(UserSession.user_id == user.id))
     session.flush()
+    forget_cached_logins()
     return user
 
 
@@ -79,6 +84,7 @@ def set_password(*, session: Session, user: User, password: str) -> None:
     user.password_hash = security.hash_password(password)
     session.execute(delete(UserSession).where(UserSession.user_id == user.id))
     session.flush()
+    forget_cached_logins()
 
 
 def has_admin(*, session: Session) -> bool:
@@ -141,9 +147,65 @@ def start_session(*, session: Session, user: User, hours: float) -> tuple[str, U
     return token, row
 
 
-def session_for_token(*, session: Session, token: str, hours: float) -> UserSession | None:
-    row = session.scalar(select(UserSession).where(UserSession.token_hash == security.sha256(token)))
+# --- the short login cache -----------------------------------------------------------------
+# Every request of a labeler names its session or token; looking it up is a statement that a few
+# seconds of memory answer as well (the labeling path is counted in statements). Entries hold
+# column values, never live objects, and each hit builds fresh instances in the caller's session,
+# so no two requests share one. Logout, revocation and user changes clear this process's cache
+# at once; another worker process notices within `cache_seconds` (RANKLAB_AUTH_CACHE_SECONDS).
+
+_cache: dict[str, tuple[float, dict[str, Any], dict[str, Any] | None]] = {}
+_cache_lock = threading.Lock()
+_CACHE_MAX = 50_000
+_M = TypeVar("_M", User, UserSession)
+
+
+def forget_cached_logins() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def _columns(obj: object) -> dict[str, Any]:
+    return {a.key: getattr(obj, a.key) for a in inspect(type(obj)).column_attrs}
+
+
+def _remember(key: str, seconds: float, user: User, row: UserSession | None) -> None:
+    if seconds <= 0:
+        return
+    entry = (time.monotonic() + seconds, _columns(user), _columns(row) if row is not None else None)
+    with _cache_lock:
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[key] = entry
+
+
+def _recall(key: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    with _cache_lock:
+        entry = _cache.get(key)
+    if entry is None or entry[0] < time.monotonic():
+        return None
+    return entry[1], entry[2]
+
+
+def _revive(session: Session, cls: type[_M], columns: dict[str, Any]) -> _M:
+    obj = cls(**columns)
+    make_transient_to_detached(obj)  # as if just loaded: clean, so merge() emits no SQL
+    return session.merge(obj, load=False)
+
+
+def session_for_token(
+    *, session: Session, token: str, hours: float, cache_seconds: float = 0.0
+) -> UserSession | None:
+    key = security.sha256(token)
     now = utcnow()
+    if (hit := _recall("s" + key)) is not None:
+        user_cols, row_cols = hit
+        if row_cols is not None and row_cols["expires_at"] > now and user_cols["is_active"]:
+            revived = _revive(session, UserSession, row_cols)
+            # The user at hand, not a lazy load (a statement) when the request reads row.user.
+            set_committed_value(revived, "user", _revive(session, User, user_cols))
+            return revived
+    row = session.scalar(select(UserSession).where(UserSession.token_hash == key))
     if row is None:
         return None
     if row.expires_at <= now or not row.user.is_active:
@@ -153,12 +215,14 @@ def session_for_token(*, session: Session, token: str, hours: float) -> UserSess
     new_expiry = now + timedelta(hours=hours)
     if (new_expiry - row.expires_at).total_seconds() > 60:
         row.expires_at = new_expiry
+    _remember("s" + key, cache_seconds, row.user, row)
     return row
 
 
 def end_session(*, session: Session, user_session: UserSession) -> None:
     session.delete(user_session)
     session.flush()
+    forget_cached_logins()
 
 
 # --- API tokens ---------------------------------------------------------------------------
@@ -183,13 +247,17 @@ def create_token(*, session: Session, user: User, name: str = "api") -> NewToken
     return NewToken(token=raw, row=row)
 
 
-def user_for_api_token(*, session: Session, token: str) -> User | None:
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == security.sha256(token)))
+def user_for_api_token(*, session: Session, token: str, cache_seconds: float = 0.0) -> User | None:
+    key = security.sha256(token)
+    if (hit := _recall("t" + key)) is not None and hit[0]["is_active"]:
+        return _revive(session, User, hit[0])
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == key))
     if row is None or row.revoked_at is not None or not row.user.is_active:
         return None
     now = utcnow()
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
         row.last_used_at = now
+    _remember("t" + key, cache_seconds, row.user, None)
     return row.user
 
 
@@ -204,3 +272,4 @@ def revoke_token(*, session: Session, token: ApiToken) -> None:
     if token.revoked_at is None:
         token.revoked_at = utcnow()
     session.flush()
+    forget_cached_logins()

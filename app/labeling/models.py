@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, utcnow
@@ -79,7 +79,17 @@ class Assignment(Base):
     """A task given to one labeler, with a lease and the order its outputs were shown in."""
 
     __tablename__ = "assignment"
-    __table_args__ = (UniqueConstraint("task_id", "user_id"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "user_id"),
+        # One active assignment per labeler: what keeps two tabs from taking two tasks at once.
+        Index(
+            "uq_assignment_user_id_active",
+            "user_id",
+            unique=True,
+            postgresql_where=text("state = 'active'"),
+            sqlite_where=text("state = 'active'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"))

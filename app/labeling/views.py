@@ -43,9 +43,9 @@ def _page(
     values: dict[str, Any] | None = None,
     status_code: int = 200,
 ) -> Response:
-    view = labeling.task_view(session=session, assignment=assignment)
-    x, y = labeling.queue_position(session=session, user=user)
-    guideline = guidelines.latest_guideline(session=session)
+    view = labeling.task_view(session=session, assignment=assignment, with_position=True)
+    x, y = view.position or (1, 1)
+    body = view.guideline_body
     elapsed_ms = max(0, int((utcnow() - assignment.created_at).total_seconds() * 1000))
     return render(
         request,
@@ -54,8 +54,8 @@ def _page(
             "view": view,
             "x": x,
             "y": y,
-            "guideline": guideline,
-            "guideline_html": guidelines.render_markdown(guideline.body) if guideline else None,
+            "guideline_version": view.guideline_version,
+            "guideline_html": guidelines.render_markdown(body) if body is not None else None,
             "skip_reasons": labeling.SKIP_REASONS,
             "error": error,
             "elapsed_ms": elapsed_ms,
@@ -84,12 +84,15 @@ def _form_values(form: FormData, completion_ids: list[int]) -> dict[str, Any]:
     }
 
 
-def _joined_notes(values: dict[str, Any], labels: dict[int, str]) -> str:
-    """The task's notes, then one line per output note ("B: invents a date"): annotation.notes
-    is one text, and the letters are the ones this labeler saw."""
-    lines = [values["notes"].strip()] if values["notes"].strip() else []
-    lines += [f"{labels[cid]}: {text}" for cid, text in values["item_notes"].items() if text]
-    return "\n".join(lines)
+def _form_ids(form: FormData) -> list[int]:
+    """The completion ids the form names (rank-31, rating-31, flags-31, note-31); the service
+    refuses any that are not the task's."""
+    ids = set()
+    for key in form:
+        prefix, _, tail = key.partition("-")
+        if prefix in ("rank", "rating", "flags", "note") and tail.isdigit() and len(tail) <= 10:
+            ids.add(int(tail))
+    return sorted(ids)
 
 
 def _int_or_keep(value: str) -> Any:
@@ -112,27 +115,27 @@ def _ms(raw: Any) -> int | None:
 def label_submit(
     request: Request, session: SessionDep, user: CurrentLabeler, form: FormDep, assignment_id: int
 ) -> Response:
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user, lock=True)
-    if assignment is None:
-        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
-    ids = [c.id for c in assignment.task.completions]
-    values = _form_values(form, ids)
-    labels = {cid: labeling.letter(i) for i, cid in enumerate(assignment.display_order)}
+    values = _form_values(form, _form_ids(form))
     ranks = {str(cid): _int_or_keep(v) for cid, v in values["rank"].items() if v.strip()}
     ratings = {str(cid): _int_or_keep(v) for cid, v in values["rating"].items() if v.strip()}
     try:
-        labeling.submit(
+        done = labeling.submit_by_id(
             session=session,
-            assignment=assignment,
+            assignment_id=assignment_id,
+            user_id=user.id,
             ranks=ranks,
             ratings=ratings,
             flags={str(cid): f for cid, f in values["flags"].items()},
-            notes=_joined_notes(values, labels),
+            notes=values["notes"],
+            item_notes=values["item_notes"],
             time_spent_ms=_ms(form.get("time_spent_ms")),
             confirm_inconsistent=form.get("confirm_inconsistent") == "1",
         )
     except labeling.SubmissionInvalid as e:
         session.rollback()
+        assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
+        if assignment is None:
+            return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
         return _page(
             request,
             session,
@@ -145,6 +148,8 @@ def label_submit(
     except labeling.SubmissionRefused as e:
         session.rollback()
         return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
+    if done is None:
+        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
     return RedirectResponse("/label", status_code=303)
 
 
@@ -158,20 +163,26 @@ def label_skip(
     notes: Annotated[str, Form()] = "",
     time_spent_ms: Annotated[str, Form()] = "",
 ) -> Response:
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user, lock=True)
-    if assignment is None:
-        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
     try:
-        labeling.skip(
+        done = labeling.skip_by_id(
             session=session,
-            assignment=assignment,
+            assignment_id=assignment_id,
+            user_id=user.id,
             reason=reason,
             notes=notes,
             time_spent_ms=_ms(time_spent_ms),
         )
     except labeling.SubmissionInvalid as e:
         session.rollback()
+        assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
+        if assignment is None:
+            return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
         return _page(request, session, user, assignment, error=f"{e.field}: {e.message}", status_code=422)
+    except labeling.SubmissionRefused as e:
+        session.rollback()
+        return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
+    if done is None:
+        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
     return RedirectResponse("/label", status_code=303)
 
 
@@ -276,24 +287,23 @@ def _annotation_out(a: Annotation) -> AnnotationOut:
 )
 def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: int, body: AnnotationIn) -> Any:
     """Submit a ranking or a skip. Submitting again returns the first annotation unchanged."""
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user, lock=True)
-    if assignment is None:
-        return JSONResponse({"detail": "No such assignment of yours."}, status_code=404)
     try:
         if body.skip is not None:
             if body.ranks or body.ratings or body.flags:
                 raise labeling.SubmissionInvalid("skip", "a skip carries no ranks, ratings or flags")
-            a = labeling.skip(
+            a = labeling.skip_by_id(
                 session=session,
-                assignment=assignment,
+                assignment_id=assignment_id,
+                user_id=user.id,
                 reason=body.skip,
                 notes=body.notes,
                 time_spent_ms=body.time_spent_ms,
             )
         else:
-            a = labeling.submit(
+            a = labeling.submit_by_id(
                 session=session,
-                assignment=assignment,
+                assignment_id=assignment_id,
+                user_id=user.id,
                 ranks=body.ranks,
                 ratings=body.ratings,
                 flags=body.flags,
@@ -307,4 +317,6 @@ def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: int, bo
     except labeling.SubmissionRefused as e:
         session.rollback()
         return JSONResponse({"detail": e.message}, status_code=409)
+    if a is None:
+        return JSONResponse({"detail": "No such assignment of yours."}, status_code=404)
     return _annotation_out(a)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.models import User
@@ -170,3 +170,33 @@ def test_two_late_submitters_cannot_both_take_the_last_place(committed_pg: sessi
     with committed_pg() as s:
         assert s.scalar(select(func.count()).select_from(Annotation)) == 1
         assert s.get_one(Task, task.id).label_count == 1
+
+
+def test_two_tabs_asking_at_once_get_the_same_assignment(committed_pg: sessionmaker[Session]) -> None:
+    """No lock on the labeler: the partial unique index turns the second claim into nothing,
+    and that tab gets the first one's assignment back."""
+    with committed_pg() as s:
+        ps = make_prompt_set(s, k=2, overlap=1)
+        for _ in range(8):  # one per round, and to spare
+            make_task(s, prompt_set=ps)
+        uid = make_user(s).id
+        s.commit()
+    got: list[int] = []
+
+    def tab(_i: int) -> None:
+        with committed_pg() as s:
+            a = labeling.next_assignment(session=s, user=s.get_one(User, uid), lease_minutes=30)
+            assert a is not None
+            got.append(a.id)
+            s.commit()
+
+    for _ in range(5):  # several rounds: the race is not won the same way every time
+        assert _run_all(tab, 4) == []
+        with committed_pg() as s:
+            active = s.scalars(
+                select(Assignment).where(Assignment.user_id == uid, Assignment.state == "active")
+            ).all()
+            assert len(active) == 1 and set(got) == {active[0].id}
+            s.execute(update(Assignment).where(Assignment.id == active[0].id).values(state="skipped"))
+            s.commit()
+        got.clear()

@@ -1,0 +1,44 @@
+"""one active assignment per labeler
+
+The labeling hot path claims a task without locking the labeler's row: this partial unique
+index is what keeps two tabs asking at once from getting two tasks (the second INSERT ... ON
+CONFLICT DO NOTHING finds the first and gets that one back).
+
+Revision ID: 0002_one_active
+Revises: 0001
+Create Date: 2026-11-22 10:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002_one_active"
+down_revision: str | Sequence[str] | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+ACTIVE = sa.text("state = 'active'")
+
+
+def upgrade() -> None:
+    # Older versions could leave a labeler several active assignments (a stale lease beside a
+    # live one); all but the newest become expired, which next() would have done on the next ask.
+    op.execute(
+        "UPDATE assignment SET state = 'expired', finished_at = CURRENT_TIMESTAMP "
+        "WHERE state = 'active' AND id NOT IN "
+        "(SELECT max(id) FROM assignment WHERE state = 'active' GROUP BY user_id)"
+    )
+    op.create_index(
+        "uq_assignment_user_id_active",
+        "assignment",
+        ["user_id"],
+        unique=True,
+        postgresql_where=ACTIVE,
+        sqlite_where=ACTIVE,
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("uq_assignment_user_id_active", table_name="assignment")

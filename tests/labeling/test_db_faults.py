@@ -1,0 +1,160 @@
+"""The database's connections die under load (a failover, a restart): the server answers 503
+with Retry-After, never a 500 or a dropped connection, recovers at once, and loses nothing it
+acknowledged. Real uvicorn, real HTTP, real PostgreSQL, pg_terminate_backend in the middle."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth import service as auth
+from app.labeling.models import Annotation
+from app.main import create_app
+from tests.conftest import make_settings
+from tests.factories import make_prompt_set, make_task, make_user
+
+LABELERS = 6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(pg_url: str, committed_pg: sessionmaker[Session], tmp_path: Path) -> Iterator[str]:
+    app = create_app(make_settings(pg_url, artifacts_dir=tmp_path / "a", db_pool_size=4))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def _kill_backends(pg_url: str) -> int:
+    """Terminate every connection to the test database but this one: the server's pool."""
+    engine = create_engine(pg_url, isolation_level="AUTOCOMMIT", poolclass=None)
+    try:
+        with engine.connect() as conn:
+            return len(
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).all()
+            )
+    finally:
+        engine.dispose()
+
+
+def _labeler(base: str, token: str, stop: threading.Event, out: dict[str, list[Any]]) -> None:
+    h = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while not stop.is_set():
+            try:
+                r = client.get("/api/v1/tasks/next", headers=h)
+            except httpx.HTTPError as e:  # a dropped connection
+                out["dropped"].append(repr(e))
+                continue
+            out["status"].append((r.status_code, r.headers.get("retry-after")))
+            if r.status_code != 200:
+                continue
+            task = r.json()
+            ids = [c["id"] for c in task["completions"]]
+            body = {"ranks": {str(c): i + 1 for i, c in enumerate(ids)}, "ratings": {str(c): 4 for c in ids}}
+            url = f"/api/v1/assignments/{task['assignment_id']}/annotation"
+            for _ in range(20):  # a 503 is safe to retry: submission is idempotent
+                try:
+                    s = client.post(url, headers=h, json=body)
+                except httpx.HTTPError as e:
+                    out["dropped"].append(repr(e))
+                    break
+                out["status"].append((s.status_code, s.headers.get("retry-after")))
+                if s.status_code == 200:
+                    out["acked"].append(s.json()["id"])
+                    break
+                if s.status_code != 503:
+                    break
+                time.sleep(0.05)
+
+
+def test_killed_connections_answer_503_then_recover_and_lose_nothing(
+    server: str, pg_url: str, committed_pg: sessionmaker[Session]
+) -> None:
+    with committed_pg.begin() as s:
+        ps = make_prompt_set(s, k=3, overlap=2)
+        for _ in range(400):
+            make_task(s, prompt_set=ps)
+        tokens = [auth.create_token(session=s, user=make_user(s)).token for _ in range(LABELERS)]
+    out: dict[str, list[Any]] = {"status": [], "dropped": [], "acked": []}
+    stop = threading.Event()
+    threads = [threading.Thread(target=_labeler, args=(server, t, stop, out)) for t in tokens]
+    for t in threads:
+        t.start()
+    killed = 0
+    for _ in range(4):
+        time.sleep(0.4)
+        killed += _kill_backends(pg_url)
+    time.sleep(0.4)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+
+    codes = [c for c, _ in out["status"]]
+    assert killed > 0, "no connection was killed: the test proved nothing"
+    assert out["dropped"] == [], out["dropped"][:3]
+    assert 500 not in codes
+    assert {c for c in codes} <= {200, 503}, sorted(set(codes))
+    assert all(ra == "1" for c, ra in out["status"] if c == 503)
+    # Recovery: right after the last kill, requests succeed again.
+    r = httpx.get(server + "/api/v1/tasks/next", headers={"Authorization": f"Bearer {tokens[1]}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    # Nothing acknowledged is lost.
+    with committed_pg() as s:
+        stored = set(s.scalars(select(Annotation.id)))
+    assert out["acked"] and set(out["acked"]) <= stored
+    print(f"killed {killed} connections; {codes.count(503)} answers 503, {codes.count(200)} 200")
+
+
+def test_an_exhausted_pool_answers_503_json_for_the_api_and_a_page_for_browsers(
+    pg_url: str, committed_pg: sessionmaker[Session], tmp_path: Path
+) -> None:
+    with committed_pg.begin() as s:
+        token = auth.create_token(session=s, user=make_user(s)).token
+    settings = make_settings(
+        pg_url, artifacts_dir=tmp_path / "a", db_pool_size=1, db_pool_timeout_seconds=0.2
+    )
+    app = create_app(settings)
+    engine = app.state.sessionmaker.kw["bind"]
+    with TestClient(app) as client:
+        h = {"Authorization": f"Bearer {token}"}
+        held = engine.connect()  # the pool's only connection, taken: the next request must wait
+        try:
+            api = client.get("/api/v1/tasks/next", headers=h)
+            page = client.get("/label", headers={**h, "Accept": "text/html"})
+        finally:
+            held.close()
+        assert api.status_code == 503 and api.headers["retry-after"] == "1"
+        assert "busy" in api.json()["detail"]
+        assert page.status_code == 503 and page.headers["retry-after"] == "1"
+        assert page.headers["content-type"].startswith("text/html") and "Try again" in page.text
+        assert client.get("/api/v1/tasks/next", headers=h).status_code == 204  # free again: served

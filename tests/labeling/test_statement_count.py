@@ -1,0 +1,119 @@
+"""The labeling hot path stays a few statements: at most 4 per `next` and 4 per `submit`, the
+auth lookup included, counted on the real engine (SQLite and PostgreSQL) with a cursor listener.
+
+SQLite's explicit BEGIN (app/db.py emits it; psycopg sends PostgreSQL's itself, unseen by the
+listener) is transaction control, not a statement of the request, so it is not counted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth import service as auth
+from app.main import create_app
+from tests.conftest import make_settings
+from tests.factories import bearer, csrf_of, login, make_prompt_set, make_task, make_user
+
+LIMIT = 4
+
+
+@contextmanager
+def counting(client: TestClient) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.strip().upper() != "BEGIN":
+            seen.append(statement)
+
+    engine = client.app.state.sessionmaker.kw["bind"]  # type: ignore[attr-defined]  # the app's own
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def _body(task: dict[str, Any]) -> dict[str, Any]:
+    ids = [c["id"] for c in task["completions"]]
+    return {
+        "ranks": {str(c): i + 1 for i, c in enumerate(ids)},
+        "ratings": {str(c): 7 - i for i, c in enumerate(ids)},
+    }
+
+
+@pytest.fixture
+def live(db_url: str, committed: sessionmaker[Session], tmp_path: Path) -> Iterator[TestClient]:
+    """The real app on the real engine, with real commits (no test transaction's savepoints)."""
+    application = create_app(
+        make_settings(db_url, artifacts_dir=tmp_path / "artifacts", auth_cache_seconds=60)
+    )
+    with TestClient(application, base_url="http://testserver") as c:
+        yield c
+
+
+def test_api_next_and_submit_take_at_most_four_statements_each(
+    live: TestClient, committed: sessionmaker[Session], db_url: str
+) -> None:
+    with committed.begin() as s:
+        user = make_user(s)
+        ps = make_prompt_set(s, k=4, overlap=2)
+        for _ in range(3):
+            make_task(s, prompt_set=ps)
+        h = bearer(auth.create_token(session=s, user=user).token)
+    assert live.get("/api/v1/tasks/next", headers=h).status_code == 200  # warm: the held task again
+    counts: dict[str, int] = {}
+    for round_ in range(2):
+        with counting(live) as seen:
+            r = live.get("/api/v1/tasks/next", headers=h)
+        assert r.status_code == 200, r.text
+        counts[f"next (held) {round_}" if round_ == 0 else "next (new claim)"] = len(seen)
+        held = seen
+        with counting(live) as seen:
+            s2 = live.post(
+                f"/api/v1/assignments/{r.json()['assignment_id']}/annotation", headers=h, json=_body(r.json())
+            )
+        assert s2.status_code == 200, s2.text
+        counts[f"submit {round_}"] = len(seen)
+        assert len(held) <= LIMIT and len(seen) <= LIMIT, (counts, held, seen)
+    with counting(live) as seen:
+        again = live.post(
+            f"/api/v1/assignments/{r.json()['assignment_id']}/annotation", headers=h, json=_body(r.json())
+        )
+    assert again.status_code == 200 and again.json()["id"] == s2.json()["id"]
+    print(counts)
+
+
+def test_the_page_next_and_submit_take_at_most_four_statements_each(
+    live: TestClient, committed: sessionmaker[Session], db_url: str
+) -> None:
+    with committed.begin() as s:
+        user = make_user(s)
+        ps = make_prompt_set(s, k=3, overlap=1)
+        tasks = [make_task(s, prompt_set=ps) for _ in range(3)]
+    login(live, user)
+    csrf = csrf_of(live)
+    for _ in range(2):
+        with counting(live) as seen:
+            page = live.get("/label")
+        assert page.status_code == 200 and "Task " in page.text
+        assert len(seen) <= LIMIT, "\n".join(s[:90] for s in seen)
+        aid = int(re.search(r'action="/label/(\d+)"', page.text).group(1))  # type: ignore[union-attr]
+        ids = [int(i) for i in re.findall(r'name="rank-(\d+)"', page.text)]
+        data = {"csrf_token": csrf}
+        for i, cid in enumerate(ids):
+            data[f"rank-{cid}"] = str(i + 1)
+            data[f"rating-{cid}"] = str(7 - i)
+        with counting(live) as seen:
+            r = live.post(f"/label/{aid}", data=data, follow_redirects=False)
+        assert r.status_code == 303, r.text
+        assert len(seen) <= LIMIT, "\n".join(s[:90] for s in seen)
+    assert len(tasks) == 3
