@@ -4,9 +4,9 @@ The labeling hot path claims a task without locking the labeler's row: this part
 index is what keeps two tabs asking at once from getting two tasks (the second INSERT ... ON
 CONFLICT DO NOTHING finds the first and gets that one back).
 
-Revision ID: 0002_one_active
-Revises: 0001
-Create Date: 2026-11-22 10:00:00
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_one_active"
-down_revision: str | Sequence[str] | None = "0001"
+revision: str = "0003"
+down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
