@@ -1,0 +1,1 @@
+"""Models the trainer builds or fetches: the default chat model and tiny test models."""
