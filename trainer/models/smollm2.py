@@ -158,6 +158,7 @@ def ensure_default_model(artifacts_dir: Path, *, progress: Progress | None = Non
 def _convert(source: Path, out: Path, report: Progress) -> str:
     """De-quantize the GGUF into `out`: tokenizer (with chat template), config, weights, generation
     config. Returns where the chat template came from."""
+    report(0.01, "loading transformers")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
