@@ -89,10 +89,8 @@ def _start_api(request: Request, session: Session, user: Any, spec: JobSpec, bod
             max_attempts=request.app.state.settings.job_max_attempts,
         )
     except ParamsError as exc:
-        detail = [
-            {"loc": ["body", e.split(":", 1)[0]], "msg": e.split(": ", 1)[-1], "type": "value_error"}
-            for e in exc.errors
-        ]
+        # The app's one 422 shape (app/main.py), as for a body that fails the schema itself.
+        detail = [{"field": e.partition(": ")[0], "message": e.partition(": ")[2] or e} for e in exc.errors]
         raise HTTPException(422, detail) from exc
     return job_out(dashboard.row(session=session, job=job))
 

@@ -189,8 +189,6 @@ def from_form(spec: JobSpec, form: Any) -> tuple[dict[str, Any], list[str]]:
             continue
         if p.type is list:
             values[p.name] = [str(v) for v in form.getlist(p.name) if str(v).strip()]
-        elif p.type is bool:
-            values[p.name] = bool(form.get(p.name))
         else:
             raw = str(form.get(p.name) or "").strip()
             if raw:
