@@ -93,6 +93,8 @@ ROUTES: dict[str, str] = {
     "GET /api/v1/jobs": "researcher",
     "GET /api/v1/jobs/{job_id}": "researcher",
     "POST /api/v1/jobs/{job_id}/cancel": "researcher",
+    "POST /api/v1/jobs/train_reward": "researcher",
+    "POST /api/v1/jobs/train_ppo": "researcher",
     "GET /api/v1/models": "researcher",
     "POST /api/v1/models/{model_id}/activate": "researcher",
     # starting training runs and the round (app/runs/launch*.py)

@@ -1,104 +1,120 @@
-"""The "Train reward model" form: export filters, base model and the main hyperparameters → a
-`train_reward` job, then its run page. Researchers and admins. No torch here: the worker trains."""
+"""Starting training runs: the "Train reward model" form (GET/POST /runs/new/reward) and the JSON
+API (POST /api/v1/jobs/train_reward, POST /api/v1/jobs/train_ppo). Researchers and admins.
+
+The form's fields, the API's schema and both validations come from the job's parameter definition
+(app/runs/params); the database checks and the enqueue from app/runs/launch_service.py. No torch
+here: the worker trains.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from app.auth.deps import CurrentResearcher
 from app.db import SessionDep
 from app.prompts.models import PromptSet
-from app.runs import models_service
-from app.runs import service as jobs
+from app.runs import dashboard, launch_service, models_service
 from app.runs.models import ModelKind
+from app.runs.params import TRAIN_PPO, TRAIN_REWARD, JobSpec, ParamsError, form_values, from_form
+from app.runs.schemas import JobOut
+from app.runs.views import job_out
 from app.web import render
 
 router = APIRouter(tags=["runs"])
 
-# Form defaults: InstructGPT's recipe at a size a single machine trains in minutes.
-DEFAULTS: dict[str, Any] = {
-    "lr": 1e-5,
-    "epochs": 1,
-    "batch_size": 8,
-    "max_length": 512,
-    "min_labels": 1,
-    "base_model": "",
-    "sets": [],
-}
+
+async def _form(request: Request) -> FormData:
+    return await request.form()
+
+
+# The submitted form, read by an async dependency so that the handler itself can be a plain `def`
+# (FastAPI runs it in a thread: its database work and file reads do not block the event loop).
+FormDep = Annotated[FormData, Depends(_form)]
 
 
 def _context(session: Session, values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
-    policy = models_service.active(session=session, kind=ModelKind.policy)
     return {
+        "spec": TRAIN_REWARD,
         "sets": list(session.scalars(select(PromptSet.name).order_by(PromptSet.name))),
-        "policy": policy,
-        "values": values,
+        "policy": models_service.active(session=session, kind=ModelKind.policy),
+        "values": form_values(TRAIN_REWARD, values),
         "errors": errors,
     }
 
 
 @router.get("/runs/new/reward", response_class=HTMLResponse)
 def new_reward_page(request: Request, session: SessionDep, user: CurrentResearcher) -> Response:
-    return render(request, "runs/new_reward.html", _context(session, dict(DEFAULTS), []))
+    return render(request, "runs/new_reward.html", _context(session, {}, []))
 
 
 @router.post("/runs/new/reward")
-def new_reward(
+def new_reward(request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep) -> Response:
+    params, errors = from_form(TRAIN_REWARD, form)
+    try:
+        job = launch_service.start(
+            session=session,
+            kind="train_reward",
+            params=params,
+            created_by_id=user.id,
+            max_attempts=request.app.state.settings.job_max_attempts,
+            errors=errors,
+        )
+    except ParamsError as exc:
+        return render(request, "runs/new_reward.html", _context(session, params, exc.errors), status_code=422)
+    return RedirectResponse(f"/runs/{job.id}", status_code=303)
+
+
+# --- JSON API -------------------------------------------------------------------------------
+
+# The request bodies: made from the definitions, so the OpenAPI page lists every field with its
+# range, default and help.
+TrainRewardIn = TRAIN_REWARD.model
+TrainPPOIn = TRAIN_PPO.model
+
+
+def _start_api(request: Request, session: Session, user: Any, spec: JobSpec, body: BaseModel) -> JobOut:
+    try:
+        job = launch_service.start(
+            session=session,
+            kind=spec.kind,
+            params=spec.validate(body.model_dump(mode="json", exclude_unset=True)),
+            created_by_id=user.id,
+            max_attempts=request.app.state.settings.job_max_attempts,
+        )
+    except ParamsError as exc:
+        # The app's one 422 shape (app/main.py), as for a body that fails the schema itself.
+        detail = [{"field": e.partition(": ")[0], "message": e.partition(": ")[2] or e} for e in exc.errors]
+        raise HTTPException(422, detail) from exc
+    return job_out(dashboard.row(session=session, job=job))
+
+
+@router.post("/api/v1/jobs/train_reward", response_model=JobOut, status_code=201)
+def train_reward_api(
     request: Request,
     session: SessionDep,
     user: CurrentResearcher,
-    sets: Annotated[list[str] | None, Form()] = None,
-    min_labels: Annotated[str, Form()] = "1",
-    base_model: Annotated[str, Form()] = "",
-    lr: Annotated[str, Form()] = "1e-5",
-    epochs: Annotated[str, Form()] = "1",
-    batch_size: Annotated[str, Form()] = "8",
-    max_length: Annotated[str, Form()] = "512",
-) -> Response:
-    values: dict[str, Any] = {
-        "sets": sets or [],
-        "base_model": base_model.strip(),
-        "lr": lr,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "min_labels": min_labels,
-    }
-    errors: list[str] = []
-    params: dict[str, Any] = {"sets": values["sets"]}
-    for name, kind, low, high in (
-        ("lr", float, 1e-9, 1.0),
-        ("epochs", int, 1, 100),
-        ("batch_size", int, 1, 4096),
-        ("max_length", int, 8, 65536),
-        ("min_labels", int, 1, 1000),
-    ):
-        try:
-            number = kind(str(values[name]).strip())
-            if not low <= number <= high:
-                raise ValueError
-            params[name] = number
-        except ValueError:
-            errors.append(f"{name.replace('_', ' ')}: a number from {low} to {high}, not {values[name]!r}")
-    known = set(session.scalars(select(PromptSet.name)))
-    errors += [f"sets: no prompt set named {s!r}" for s in values["sets"] if s not in known]
-    ctx = _context(session, values, errors)
-    if not values["base_model"] and ctx["policy"] is None:
-        errors.append("base model: no policy is active, so name a backbone (hub id or folder)")
-    if errors:
-        return render(request, "runs/new_reward.html", ctx, status_code=422)
-    if values["base_model"]:
-        params["base_model"] = values["base_model"]
-    job = jobs.enqueue(
-        session=session,
-        kind="train_reward",
-        params=params,
-        created_by_id=user.id,
-        max_attempts=request.app.state.settings.job_max_attempts,
-    )
-    return RedirectResponse(f"/runs/{job.id}", status_code=303)
+    body: TrainRewardIn,  # type: ignore[valid-type]
+) -> JobOut:
+    """Queue a reward-model run. Every field is optional (its default applies); the job's params
+    keep only the fields sent. The run's page is /runs/{id}; follow it at /api/v1/jobs/{id}."""
+    return _start_api(request, session, user, TRAIN_REWARD, body)
+
+
+@router.post("/api/v1/jobs/train_ppo", response_model=JobOut, status_code=201)
+def train_ppo_api(
+    request: Request,
+    session: SessionDep,
+    user: CurrentResearcher,
+    body: TrainPPOIn,  # type: ignore[valid-type]
+) -> JobOut:
+    """Queue a PPO run from the active policy against the active reward model (or
+    `reward_version_id`). A pretraining file for PPO-ptx can be given only on the form or the
+    CLI; here ptx_coef > 0 trains on the chosen completions of the labeled data."""
+    return _start_api(request, session, user, TRAIN_PPO, body)

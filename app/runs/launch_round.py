@@ -3,7 +3,7 @@
 GET/POST /runs/new/ppo → a `train_ppo` job, then its run page.
 GET /runs/new/round shows what a round does; POST /runs/round queues the chain
 train_reward → train_ppo → promote → sample (app/runs/round_service.py) and opens its first step.
-No torch here: the worker trains.
+Both forms are made from the parameter definitions (app/runs/params). No torch here: the worker trains.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,54 +21,20 @@ from sqlalchemy.orm import Session
 from app.auth.deps import CurrentResearcher
 from app.db import SessionDep
 from app.prompts.models import PromptSet, SetStatus
+from app.runs import launch_service
 from app.runs import models_service as registry
-from app.runs import service as jobs
+from app.runs.launch import FormDep
 from app.runs.models import ModelKind
+from app.runs.params import ROUND, TRAIN_PPO, JobSpec, ParamsError, form_values, from_form
 from app.runs.round_service import RoundError, enqueue_round
 from app.web import render
 
 router = APIRouter(tags=["runs"])
 
-# (field, type, low, high, form default). Defaults: the paper's β, clip and GAE, at a size one
-# machine runs in minutes (the paper: batch 512, minibatch 64, 256k episodes).
-KNOBS: list[tuple[str, type, float, float, Any]] = [
-    ("iterations", int, 1, 1_000_000, 100),
-    ("batch_size", int, 1, 65_536, 64),
-    ("mini_batch_size", int, 1, 65_536, 16),
-    ("ppo_epochs", int, 1, 100, 1),
-    ("learning_rate", float, 1e-10, 1.0, 1e-5),
-    ("beta", float, 0.0, 100.0, 0.02),
-    ("ptx_coef", float, 0.0, 1000.0, 0.0),
-    ("max_new_tokens", int, 1, 8192, 64),
-    ("seed", int, 0, 2**31 - 1, 0),
-]
-OPTIONAL_KNOBS: list[tuple[str, type, float, float]] = [("kl_target", float, 1e-6, 1000.0)]
 
-
-def _parse(values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for name, kind, low, high, *_ in KNOBS + [(*k, None) for k in OPTIONAL_KNOBS]:
-        raw = str(values.get(name, "")).strip()
-        if raw == "" and any(name == k[0] for k in OPTIONAL_KNOBS):
-            continue
-        try:
-            number = kind(raw)
-            if not low <= number <= high:
-                raise ValueError
-            params[name] = number
-        except ValueError:
-            errors.append(f"{name.replace('_', ' ')}: a number from {low:g} to {high:g}, not {raw!r}")
-    if (
-        "mini_batch_size" in params
-        and "batch_size" in params
-        and params["mini_batch_size"] > params["batch_size"]
-    ):
-        errors.append("mini batch size: at most the batch size")
-    return params
-
-
-def _context(session: Session, values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+def _context(session: Session, spec: JobSpec, values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
     return {
+        "spec": spec,
         "sets": list(
             session.scalars(
                 select(PromptSet.name).where(PromptSet.status != SetStatus.archived).order_by(PromptSet.name)
@@ -76,16 +42,14 @@ def _context(session: Session, values: dict[str, Any], errors: list[str]) -> dic
         ),
         "policy": registry.active(session=session, kind=ModelKind.policy),
         "reward": registry.active(session=session, kind=ModelKind.reward),
-        "values": values,
+        "values": form_values(spec, values),
         "errors": errors,
-        "knobs": [k[0] for k in KNOBS],
     }
 
 
 @router.get("/runs/new/ppo", response_class=HTMLResponse)
 def new_ppo_page(request: Request, session: SessionDep, user: CurrentResearcher) -> Response:
-    values = {name: default for name, _, _, _, default in KNOBS} | {"sets": [], "kl_target": ""}
-    return render(request, "runs/new_ppo.html", _context(session, values, []))
+    return render(request, "runs/new_ppo.html", _context(session, TRAIN_PPO, {}, []))
 
 
 def _read_ptx(upload: Any, limit_mb: float, errors: list[str]) -> bytes | None:
@@ -124,79 +88,56 @@ def _read_ptx(upload: Any, limit_mb: float, errors: list[str]) -> bytes | None:
 
 
 @router.post("/runs/new/ppo")
-async def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher) -> Response:
-    form = await request.form()
-    values: dict[str, Any] = {name: form.get(name, "") for name, *_ in KNOBS}
-    values["kl_target"] = form.get("kl_target", "")
-    values["sets"] = [str(s) for s in form.getlist("sets")]
-    errors: list[str] = []
-    params = _parse(values, errors)
-    known = set(session.scalars(select(PromptSet.name)))
-    errors += [f"sets: no prompt set named {s!r}" for s in values["sets"] if s not in known]
+def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep) -> Response:
+    params, errors = from_form(TRAIN_PPO, form)
     settings = request.app.state.settings
     ptx = _read_ptx(form.get("ptx_file"), settings.max_upload_mb, errors)
-    ctx = _context(session, values, errors)
-    if ctx["reward"] is None:
-        errors.append("reward model: none is active; train one first (Train reward model)")
-    if errors:
-        return render(request, "runs/new_ppo.html", ctx, status_code=422)
-    params["sets"] = values["sets"]
     if ptx is not None:  # stored by content (the worker reads it from the shared artifacts folder)
         path = Path(settings.artifacts_dir).resolve() / "ptx" / f"{hashlib.sha256(ptx).hexdigest()}.jsonl"
+        params["ptx_file"] = str(path)
+    try:
+        job = launch_service.start(
+            session=session,
+            kind="train_ppo",
+            params=params,
+            created_by_id=user.id,
+            max_attempts=settings.job_max_attempts,
+            errors=errors,
+        )
+    except ParamsError as exc:
+        params.pop("ptx_file", None)
+        return render(
+            request, "runs/new_ppo.html", _context(session, TRAIN_PPO, params, exc.errors), status_code=422
+        )
+    if ptx is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(ptx)
-        params["ptx_file"] = str(path)
-    job = jobs.enqueue(
-        session=session,
-        kind="train_ppo",
-        params=params,
-        created_by_id=user.id,
-        max_attempts=request.app.state.settings.job_max_attempts,
-    )
     return RedirectResponse(f"/runs/{job.id}", status_code=303)
 
 
 @router.get("/runs/new/round", response_class=HTMLResponse)
 def round_page(request: Request, session: SessionDep, user: CurrentResearcher) -> Response:
-    values = {name: default for name, _, _, _, default in KNOBS} | {"sets": [], "mix": True, "kl_target": ""}
-    return render(request, "runs/new_round.html", _context(session, values, []))
+    return render(request, "runs/new_round.html", _context(session, ROUND, {}, []))
 
 
 @router.post("/runs/round")
-def start_round(
-    request: Request,
-    session: SessionDep,
-    user: CurrentResearcher,
-    sets: Annotated[list[str] | None, Form()] = None,
-    mix: Annotated[str, Form()] = "",
-    iterations: Annotated[str, Form()] = str(KNOBS[0][4]),
-    beta: Annotated[str, Form()] = "0.02",
-    ptx_coef: Annotated[str, Form()] = "0.0",
-) -> Response:
+def start_round(request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep) -> Response:
     """Start next round: one chain of jobs; the page of its first step links the rest."""
-    values: dict[str, Any] = {name: default for name, _, _, _, default in KNOBS}
-    values |= {
-        "sets": sets or [],
-        "mix": bool(mix),
-        "iterations": iterations,
-        "beta": beta,
-        "ptx_coef": ptx_coef,
-        "kl_target": "",
-    }
-    errors: list[str] = []
-    ppo_params = {k: v for k, v in _parse(values, errors).items() if k in ("iterations", "beta", "ptx_coef")}
+    params, errors = from_form(ROUND, form)
     if not errors:
         try:
             rnd = enqueue_round(
                 session=session,
-                sets=values["sets"] or None,
-                mix=values["mix"],
+                sets=params.get("sets") or None,
+                mix=bool(params.get("mix")),
                 created_by_id=user.id,
-                ppo_params=ppo_params,
+                ppo_params={k: v for k, v in params.items() if k in TRAIN_PPO and k != "sets"},
                 max_attempts=request.app.state.settings.job_max_attempts,
             )
         except RoundError as exc:
             errors.append(str(exc))
     if errors:  # enqueue_round checks everything before it writes: nothing to undo
-        return render(request, "runs/new_round.html", _context(session, values, errors), status_code=422)
+        return render(
+            request, "runs/new_round.html", _context(session, ROUND, params, errors), status_code=422
+        )
     return RedirectResponse(f"/runs/{rnd.reward_job.id}", status_code=303)

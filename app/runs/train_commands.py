@@ -16,6 +16,7 @@ import click
 from app.config import get_settings
 from app.runs import inline
 from app.runs import service as jobs
+from app.runs.params import ROUND, TRAIN_PPO, TRAIN_REWARD, click_options, from_cli
 
 
 @click.group()
@@ -56,51 +57,13 @@ def _run_here(maker: Any, job_id: int) -> dict[str, Any]:
 
 
 @train.command("reward")
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="NAME",
-    help="Train on this prompt set's rankings (repeatable; default: every set).",
-)
-@click.option(
-    "--min-labels",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Only tasks ranked by at least this many labelers.",
-)
-@click.option(
-    "--labeler",
-    "labelers",
-    multiple=True,
-    metavar="USERNAME",
-    help="Only this labeler's rankings (repeatable).",
-)
-@click.option(
-    "--base-model", metavar="ID_OR_PATH", help="Backbone (hub id or folder). Default: the active policy's."
-)
-@click.option("--lr", type=float, help="Peak learning rate (AdamW, cosine decay to 10%).")
-@click.option("--epochs", type=int, help="Passes over the data (default 1; more overfits).")
-@click.option("--batch-size", type=int, help="Prompts per batch (each with all K completions).")
-@click.option("--grad-accum", type=int, help="Batches per optimizer step.")
-@click.option("--max-length", type=int, help="Tokens of prompt + completion (prompt cut first).")
+@click_options(TRAIN_REWARD)
 @click.option("--inline", is_flag=True, help="Run here with a progress bar instead of queueing.")
-def train_reward(
-    sets: tuple[str, ...],
-    min_labels: int,
-    labelers: tuple[str, ...],
-    base_model: str | None,
-    lr: float | None,
-    epochs: int | None,
-    batch_size: int | None,
-    grad_accum: int | None,
-    max_length: int | None,
-    inline: bool,
-) -> None:
+def train_reward(inline: bool, **options: Any) -> None:
     """Train a reward model on the rankings in the database (InstructGPT's K-way loss).
 
-    It becomes a reward model version; the first one is made active.
+    It becomes a reward model version; the first one is made active. Every option's default is
+    the one in app/runs/params (the form and the API share it).
 
     \b
     Examples:
@@ -109,17 +72,7 @@ def train_reward(
     """
     from app.cli import sessions
 
-    params: dict[str, Any] = {"sets": list(sets), "min_labels": min_labels, "labelers": list(labelers)}
-    for name, value in (
-        ("base_model", base_model),
-        ("lr", lr),
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("grad_accum", grad_accum),
-        ("max_length", max_length),
-    ):
-        if value is not None:
-            params[name] = value
+    params = from_cli(TRAIN_REWARD, options)
     maker = sessions()
     with maker.begin() as s:
         job = jobs.enqueue(
@@ -140,38 +93,14 @@ def train_reward(
 
 
 @train.command("ppo")
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="NAME",
-    help="Draw prompts from this prompt set (repeatable; default: every set not archived).",
-)
-@click.option("--iterations", type=int, help="Rollout+update iterations (paper: 500 × 512 episodes).")
-@click.option("--beta", type=float, help="KL coefficient β per token (paper: 0.02).")
-@click.option("--kl-target", type=float, help="Adapt β so the KL approaches this (default: fixed β).")
-@click.option("--ptx-coef", type=float, help="PPO-ptx γ; 0 turns it off (paper: 27.8).")
+@click_options(TRAIN_PPO, skip=("ptx_file",))
 @click.option(
     "--ptx-file",
     type=click.Path(exists=True, dir_okay=False),
-    help='JSON Lines of {"text": ...} for PPO-ptx (default: the chosen completions).',
+    help=TRAIN_PPO["ptx_file"].help,
 )
-@click.option("--lr", "learning_rate", type=float, help="Policy learning rate (paper: 9.65e-6).")
-@click.option("--value-lr", "value_learning_rate", type=float, help="Value network learning rate.")
-@click.option("--batch-size", type=int, help="Episodes per iteration (paper: 512).")
-@click.option("--mini-batch-size", type=int, help="Episodes per optimizer step (paper: 64).")
-@click.option("--ppo-epochs", type=int, help="Passes over each batch (paper: 1).")
-@click.option("--max-new-tokens", type=int, help="Response length cap.")
-@click.option(
-    "--reward-model",
-    "reward_version_id",
-    type=int,
-    metavar="ID",
-    help="Reward model version to use (default: the active one).",
-)
-@click.option("--seed", type=int, help="Prompt order, sampling and minibatch order.")
 @click.option("--inline", is_flag=True, help="Run here with a progress bar; print one JSON summary line.")
-def train_ppo(sets: tuple[str, ...], inline: bool, ptx_file: str | None, **knobs: Any) -> None:
+def train_ppo(inline: bool, ptx_file: str | None, **options: Any) -> None:
     """Optimise the active policy against the active reward model with PPO (InstructGPT step 3).
 
     The result is a new policy version, not active until promoted
@@ -185,8 +114,7 @@ def train_ppo(sets: tuple[str, ...], inline: bool, ptx_file: str | None, **knobs
     """
     from app.cli import sessions
 
-    params: dict[str, Any] = {"sets": list(sets)}
-    params |= {k: v for k, v in knobs.items() if v is not None}
+    params = from_cli(TRAIN_PPO, options)
     if ptx_file:
         params["ptx_file"] = str(Path(ptx_file).resolve())
     maker = sessions()
@@ -223,20 +151,8 @@ def train_ppo(sets: tuple[str, ...], inline: bool, ptx_file: str | None, **knobs
 
 
 @click.command("round")
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="NAME",
-    help="Resample this prompt set with the new policy (repeatable; default: every active set).",
-)
-@click.option("--mix", is_flag=True, help="Mix old- and new-policy completions in every new task.")
-@click.option("--iterations", type=int, help="PPO iterations.")
-@click.option("--beta", type=float, help="PPO's KL coefficient β.")
-@click.option("--ptx-coef", type=float, help="PPO-ptx γ (0: off).")
-def start_round(
-    sets: tuple[str, ...], mix: bool, iterations: int | None, beta: float | None, ptx_coef: float | None
-) -> None:
+@click_options(ROUND)
+def start_round(**options: Any) -> None:
     """Queue the next round: reward model on all data → PPO → promote → resample the sets.
 
     One chain of jobs; a failed step stops the rest. Each resampled set is a fresh copy
@@ -250,14 +166,14 @@ def start_round(
     from app.cli import sessions
     from app.runs.round_service import RoundError, enqueue_round
 
-    ppo = {
-        k: v for k, v in (("iterations", iterations), ("beta", beta), ("ptx_coef", ptx_coef)) if v is not None
-    }
+    params = from_cli(ROUND, options)
+    sets, mix = params.pop("sets", []), bool(params.pop("mix", False))
+    ppo = params  # the rest are PPO's knobs
     with sessions().begin() as s:
         try:
             rnd = enqueue_round(
                 session=s,
-                sets=list(sets) or None,
+                sets=sets or None,
                 mix=mix,
                 ppo_params=ppo,
                 max_attempts=get_settings().job_max_attempts,

@@ -14,6 +14,7 @@ from app.runs import dashboard, plots
 from app.runs import models_service as registry
 from app.runs import service as jobs
 from app.runs.models import Job, JobStatus, ModelKind
+from app.runs.params import label_rows
 from app.runs.schemas import JobDetailOut, JobListOut, JobOut, ModelOut
 from app.web import ROOT, render
 
@@ -95,9 +96,8 @@ def run_page(request: Request, session: SessionDep, user: CurrentResearcher, job
             "job": job,
             "charts": charts,
             "chain": dashboard.chain(session=session, job=job),
-            "params": dashboard.pretty(job.params),
-            "result": dashboard.result_without_samples(job),
-            "pretty": dashboard.pretty,
+            "param_rows": label_rows(job.kind, job.params),
+            "result_rows": label_rows(job.kind, dashboard.result_without_samples(job)),
             "samples": dashboard.samples(job),
             "samples_from_demo": dashboard.samples_from_demo(job),
             "log_tail": dashboard.log_tail(job),
@@ -166,7 +166,7 @@ def promote_page(request: Request, session: SessionDep, user: CurrentResearcher,
 # --- JSON API -------------------------------------------------------------------------------
 
 
-def _job_out(row: dashboard.JobRow, model: type[JobOut] = JobOut, **extra: object) -> JobOut:
+def job_out(row: dashboard.JobRow, model: type[JobOut] = JobOut, **extra: object) -> JobOut:
     job = row.job
     return model.model_validate(
         {
@@ -195,14 +195,14 @@ def jobs_api(
 ) -> JobListOut:
     """Newest first. Filter with ?kind=train_reward&status=running."""
     rows = dashboard.list_runs(session=session, kind=kind, status=_status_or_none(status), limit=limit)
-    return JobListOut(jobs=[_job_out(r) for r in rows], counts=jobs.queue_counts(session=session))
+    return JobListOut(jobs=[job_out(r) for r in rows], counts=jobs.queue_counts(session=session))
 
 
 @api.get("/jobs/{job_id}", response_model=JobDetailOut)
 def job_api(session: SessionDep, user: CurrentResearcher, job_id: int) -> JobOut:
     """One job with its params, result, error, log tail and every metric series."""
     job = _job_or_404(session, job_id)
-    return _job_out(
+    return job_out(
         dashboard.row(session=session, job=job),
         JobDetailOut,
         result=job.result,
@@ -219,7 +219,7 @@ def cancel_api(session: SessionDep, user: CurrentResearcher, job_id: int) -> Job
     `running` with cancel_requested true until then). A finished job is left as it is."""
     job = _job_or_404(session, job_id)
     dashboard.cancel(session=session, job=job)
-    return _job_out(dashboard.row(session=session, job=job))
+    return job_out(dashboard.row(session=session, job=job))
 
 
 @api.get("/models", response_model=list[ModelOut])

@@ -171,7 +171,9 @@ class TestRunPage:
         page = client.get(f"/runs/{job.id}").text
         assert 'hx-trigger="every 2s"' in page
         assert "left" in page and re.search(r"about (9|10) min \d\d s left", page)
-        assert "&#34;lr&#34;: 1e-05" in page or "&quot;lr&quot;: 1e-05" in page
+        # Parameters as a table: the definition's label, the value, its help as the tooltip.
+        row = r'<tr title="lr: Peak AdamW[^"]*"><th scope="row">Learning rate</th><td>1e-05</td>'
+        assert re.search(row, page)
         # One chart for the two losses, one for accuracy.
         svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
         assert len(svgs) == 2

@@ -167,9 +167,9 @@ class TestForms:
         csrf = login(web, make_user(session, role="researcher"))
         assert 'name="ptx_file"' in web.get("/runs/new/ppo").text
         corpus = b'{"text": "the cat sat"}\n\n{"text": "a dog ran"}\n'
-        from app.runs.launch_round import KNOBS
+        from app.runs.params import TRAIN_PPO
 
-        form = {name: str(default) for name, *_, default in KNOBS}
+        form = {p.name: str(p.default) for p in TRAIN_PPO.role("hyper") if p.default is not None}
         r = web.post(
             "/runs/new/ppo",
             data={**form, "csrf_token": csrf, "ptx_coef": "27.8"},
@@ -206,11 +206,10 @@ class TestForms:
         )
         assert r.status_code == 422
         for part in (
-            "iterations: a number",
-            "beta: a number",
-            "no prompt set named",
-            "mini batch size",
-            "reward model: none is active",
+            "iterations: a whole number from 1 to 1e+06, not &#39;many&#39;",
+            "beta: a number from 0 to 100, not &#39;-1&#39;",
+            "sets: no prompt set named",
+            "reward_version_id: no reward model is active",
         ):
             assert part in r.text
         assert session.scalar(select(Job)) is None

@@ -125,7 +125,7 @@ class TestConfig:
     def test_paper_defaults(self) -> None:
         cfg = PPOConfig()
         assert (cfg.beta, cfg.gamma, cfg.lam, cfg.clip_ratio, cfg.temperature) == (0.02, 1.0, 0.95, 0.2, 1.0)
-        assert (cfg.batch_size, cfg.mini_batch_size, cfg.ppo_epochs) == (512, 64, 1)
+        assert cfg.ppo_epochs == 1 and cfg.learning_rate == 9.65e-6  # the paper's 1.3B rate
 
     def test_normalisation_from_config_or_file(self, tmp_path: Path) -> None:
         class Cfg:

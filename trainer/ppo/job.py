@@ -29,9 +29,12 @@ from app.labeling.models import AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet, SetStatus
 from app.runs import models_service, policies
 from app.runs.models import Job, JobMetric, ModelKind, ModelVersion
-from trainer.ppo.train import PPOConfig, Summary, checkpoint_iteration, train
+from app.runs.params import TRAIN_PPO
+from trainer.ppo.config import PPOConfig
+from trainer.ppo.train import Summary, checkpoint_iteration, train
 
-OWN_KEYS = {"sets", "reward_version_id", "reward_from_job", "ptx_file"}
+# The job's own inputs (what to train on and from); the round adds reward_from_job.
+OWN_KEYS = {p.name for p in TRAIN_PPO.role("data")} | {"reward_from_job"}
 MAX_PTX_TEXTS = 20_000
 SAMPLES_KEPT = 40  # rows of the samples table kept in the job's result
 

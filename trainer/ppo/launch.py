@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.ppo.train import PPOConfig, QuietReporter, train
+from trainer.ppo.config import PPOConfig
+from trainer.ppo.train import QuietReporter, train
 
 
 class PrintReporter(QuietReporter):

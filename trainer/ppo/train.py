@@ -1,6 +1,6 @@
 """The PPO loop (InstructGPT step 3): rollout, score, update, repeat; with checkpoints and resume.
 
-Reads top to bottom: config, models, then per iteration the three phases
+Reads top to bottom: `train` sets up the models (`_setup`), then per iteration the three phases
   1. generate  — sample responses from the policy (temperature 1, no top-k/top-p)
   2. score     — old/ref log-probs, values, reward-model scores, shaped rewards, GAE
   3. update    — clipped PPO on policy and value, plus γ·∇ LM loss on pretraining text (PPO-ptx)
@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,70 +27,8 @@ import torch
 
 from trainer.ppo import losses as ppo
 from trainer.ppo import rollout as ro
+from trainer.ppo.config import CONFIG_FILE, PPOConfig  # noqa: F401  (re-exported)
 from trainer.ppo.rollout import RewardModelScorer, Rollout, read_normalization  # noqa: F401  (re-exported)
-
-CONFIG_FILE = "ppo_config.json"
-
-
-@dataclass
-class PPOConfig:
-    """PPO hyperparameters. Defaults follow InstructGPT App. C.4 where the paper gives them."""
-
-    iterations: int = 500  # rollout+update rounds; the paper ran 256k episodes = 500 × 512
-    batch_size: int = 512  # episodes (prompt, response) per rollout, over all processes (paper: 512)
-    mini_batch_size: int = 64  # episodes per optimizer step (paper: 64)
-    ppo_epochs: int = 1  # passes over each rollout (paper: a single inner epoch)
-    learning_rate: float = 9.65e-6  # policy Adam rate, constant after warm-up (paper, 1.3B policy)
-    value_learning_rate: float = 9.65e-6  # value network's Adam rate
-    warmup_iterations: int = 10  # linear warm-up from a tenth of the rate (paper: 10 iterations)
-    max_new_tokens: int = 64  # response length cap; a response cut here "never ended"
-    max_prompt_tokens: int = 512  # longer prompts keep their last tokens
-    temperature: float = 1.0  # sampling temperature; log-probs use logits / temperature too
-    beta: float = 0.02  # KL coefficient β of −β·(log π − log π_ref) per token (paper: 0.02)
-    kl_target: float | None = None  # set to adapt β towards this KL (Ziegler et al.); None: fixed β
-    kl_horizon: float = 10_000  # episodes over which the adaptive controller closes the gap
-    gamma: float = 1.0  # GAE discount (paper: none, γ = 1)
-    lam: float = 0.95  # GAE λ
-    clip_ratio: float = 0.2  # policy ratio clip (paper: 0.2)
-    clip_value: float = 0.2  # value clip around the rollout's values
-    missing_eos_penalty: float = 1.0  # subtracted from the score of a response without EOS
-    ptx_coef: float = 0.0  # PPO-ptx γ; 0 turns it off (paper's PPO-ptx: 27.8)
-    ptx_batch_size: int = 8  # pretraining texts per optimizer step (paper: 8× the RL episodes)
-    ptx_max_tokens: int = 256  # pretraining texts are cut to this many tokens
-    max_grad_norm: float = 1.0  # gradient clipping, policy and value alike
-    seed: int = 0  # one seed: prompt order, sampling, minibatch order
-    sample_every: int = 10  # publish a table of sample responses every N iterations (0: never)
-    samples_shown: int = 4  # rows of that table
-    save_every: int = 10  # checkpoint every N iterations (0: never; resume then starts over)
-    mixed_precision: str = "auto"  # "bf16" on GPU, "no" on CPU; or set explicitly
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PPOConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown PPO setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        checks = [
-            (self.iterations >= 1, "iterations must be at least 1"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-            (1 <= self.mini_batch_size <= self.batch_size, "mini_batch_size must be in 1..batch_size"),
-            (self.ppo_epochs >= 1, "ppo_epochs must be at least 1"),
-            (self.temperature > 0, "temperature must be positive"),
-            (self.beta >= 0, "beta must be >= 0"),
-            (self.ptx_coef >= 0, "ptx_coef must be >= 0"),
-            (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-            (self.kl_target is None or self.kl_target > 0, "kl_target must be positive"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 class Reporter(Protocol):
@@ -187,11 +125,6 @@ def train(
     value network starts from `reward_path`; scores come from it too unless `scorer` is given
     (tests pass a rule-based stand-in for a trained reward model).
     """
-    from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trainer.reward.model import is_decoder, load_reward_model
-
     cfg.validate()
     reporter = reporter or QuietReporter()
     if not prompts:
@@ -200,30 +133,169 @@ def train(
         raise ValueError(
             "ptx_coef > 0 needs pretraining texts (a JSON Lines file, or the chosen completions)"
         )
+    ckpt = work_dir / "checkpoint"
+    run = _setup(cfg, Path(policy_path), Path(reward_path), ckpt, scorer, reporter)
+    prompt_ids = _tokenize_prompts(cfg, run, prompts)
+    ptx = _tokenize_texts(run.tokenizer, ptx_texts, cfg.ptx_max_tokens, "cpu") if cfg.ptx_coef > 0 else None
+
+    for it in range(run.start_it, cfg.iterations):
+        lr_scale = 0.1 + 0.9 * min(1.0, it / cfg.warmup_iterations) if cfg.warmup_iterations else 1.0
+        for opt, base in ((run.opt_p, cfg.learning_rate), (run.opt_v, cfg.value_learning_rate)):
+            for group in opt.param_groups:
+                group["lr"] = base * lr_scale
+        times = [time.perf_counter()]
+        batch = _rollout(cfg, run, prompt_ids, it)  # 1. generate
+        times.append(time.perf_counter())
+        scored = _score(cfg, run, batch)  # 2. score
+        times.append(time.perf_counter())
+        stats = _update(cfg, run, batch, scored, it, ptx)  # 3. update
+        times.append(time.perf_counter())
+        _report(cfg, run, batch, scored, stats, it, times, ckpt, reporter)  # metrics, β, checkpoint
+
+    _save_final(cfg, run, work_dir, output_dir)
+    rewards_seen = run.history.get("mean_reward", [float("nan")])
+    return Summary(
+        iterations=cfg.iterations,
+        first_mean_reward=rewards_seen[0],
+        last_mean_reward=rewards_seen[-1],
+        last_kl=run.history.get("kl", [float("nan")])[-1],
+        last_beta=run.kl_ctl.beta,
+        resumed_from=run.start_it,
+        history=run.history,
+    )
+
+
+@dataclass
+class _Run:
+    """What every phase of one run shares: the models, optimizers, KL controller and history."""
+
+    acc: Any
+    tokenizer: Any
+    policy: Any
+    reference: Any
+    value: Any
+    scorer: Scorer
+    opt_p: Any
+    opt_v: Any
+    kl_ctl: Any
+    eos_id: int
+    pad_id: int
+    per_process: int  # episodes this process rolls out per iteration
+    mini: int  # episodes per optimizer step on this process
+    start_it: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.acc.device
+
+
+@dataclass
+class _Scored:
+    """A rollout's phase-2 tensors: (B, R) per token unless said."""
+
+    mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    raw_scores: torch.Tensor  # (B,)
+    scores: torch.Tensor  # (B,) after the missing-EOS penalty
+    finished: torch.Tensor  # (B,)
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def _setup(
+    cfg: PPOConfig,
+    policy_path: Path,
+    reward_path: Path,
+    ckpt: Path,
+    scorer: Scorer | None,
+    reporter: Reporter,
+) -> _Run:
+    """Tokenizer, policy, frozen reference, value network (from the reward model), the scorer,
+    optimizers and the KL controller; resumed from `ckpt` when a checkpoint is there."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     acc = Accelerator(mixed_precision=precision)
-    device = acc.device
-    frozen_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-
-    # --- models -----------------------------------------------------------------------------
-    ckpt = work_dir / "checkpoint"
     resuming = (ckpt / "state.pt").is_file()
-    start_policy = ckpt / "policy" if resuming else Path(policy_path)
-    start_value = ckpt / "value" if resuming else Path(reward_path)
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_id, pad_id = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
 
-    policy = AutoModelForCausalLM.from_pretrained(start_policy)
+    policy = AutoModelForCausalLM.from_pretrained(ckpt / "policy" if resuming else policy_path)
     # Same weights dtype as the policy (autocast does the bf16 part), so at the start π = π_ref
     # exactly and the KL measures training, not rounding.
     reference = AutoModelForCausalLM.from_pretrained(policy_path)
+    value = _value_network(
+        ckpt / "value" if resuming else reward_path, policy_path, reward_path, policy, pad_id
+    )
+    for net in (policy, reference, value):
+        disable_dropout(net)
+        net.eval()  # dropout off everywhere; eval() does not stop gradients
+    reference.requires_grad_(False)
+    reference.to(acc.device)
+    if scorer is None:
+        frozen_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        scorer = _reward_scorer(reward_path, acc.device, frozen_dtype, eos_id, reporter)
+
+    opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
+    opt_v = torch.optim.AdamW(value.parameters(), lr=cfg.value_learning_rate, eps=1e-5, weight_decay=0.0)
+    policy, value, opt_p, opt_v = acc.prepare(policy, value, opt_p, opt_v)
+    run = _Run(
+        acc=acc,
+        tokenizer=tokenizer,
+        policy=policy,
+        reference=reference,
+        value=value,
+        scorer=scorer,
+        opt_p=opt_p,
+        opt_v=opt_v,
+        kl_ctl=ppo.kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon),
+        eos_id=eos_id,
+        pad_id=pad_id,
+        per_process=max(1, cfg.batch_size // acc.num_processes),
+        mini=max(1, cfg.mini_batch_size // acc.num_processes),
+    )
+    if resuming:
+        _resume(run, ckpt, reporter)
+    return run
+
+
+def _reward_scorer(
+    reward_path: Path, device: torch.device, dtype: torch.dtype, eos_id: int, reporter: Reporter
+) -> Scorer:
+    """The frozen reward model, its scores shifted and scaled as its training normalised them."""
+    from trainer.reward.model import load_reward_model
+
+    reward_model, _ = load_reward_model(str(reward_path))
+    reward_model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    shift, scale = read_normalization(reward_path, reward_model.config)
+    reporter.log(f"reward normalisation: shift {shift:.4f}, scale {scale:.4f}")
+    return RewardModelScorer(reward_model, eos_id, shift, scale)
+
+
+def _resume(run: _Run, ckpt: Path, reporter: Reporter) -> None:
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    run.opt_p.load_state_dict(state["opt_policy"])
+    run.opt_v.load_state_dict(state["opt_value"])
+    run.kl_ctl.load_state_dict(state["kl"])
+    run.start_it, run.history = int(state["iteration"]), state["history"]
+    reporter.log(f"resumed from the checkpoint of iteration {run.start_it}")
+
+
+def _value_network(start: Path, policy_path: Path, reward_path: Path, policy: Any, pad_id: int) -> Any:
+    """The value network: the reward model's backbone with a value read at every token."""
+    from trainer.reward.model import is_decoder, load_reward_model
+
     value: Any
-    value, _ = load_reward_model(str(start_value), tokenizer_source=str(policy_path))
+    value, _ = load_reward_model(str(start), tokenizer_source=str(policy_path))
     if value.config.vocab_size != policy.config.vocab_size:
         raise ValueError(
             f"the reward model ({reward_path}) has a vocabulary of {value.config.vocab_size}, "
@@ -236,38 +308,14 @@ def train(
             "value network starts from it and needs a value at every token"
         )
     value.config.pad_token_id = pad_id
-    value = ro.TokenValueModel(value)
-    for net in (policy, reference, value):
-        disable_dropout(net)
-        net.eval()  # dropout off everywhere; eval() does not stop gradients
-    reference.requires_grad_(False)
-    reference.to(device)
-    if scorer is None:
-        reward_model, _ = load_reward_model(str(reward_path))
-        reward_model.to(device=device, dtype=frozen_dtype).eval().requires_grad_(False)
-        shift, scale = read_normalization(reward_path, reward_model.config)
-        scorer = RewardModelScorer(reward_model, eos_id, shift, scale)
-        reporter.log(f"reward normalisation: shift {shift:.4f}, scale {scale:.4f}")
+    return ro.TokenValueModel(value)
 
-    opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
-    opt_v = torch.optim.AdamW(value.parameters(), lr=cfg.value_learning_rate, eps=1e-5, weight_decay=0.0)
-    policy, value, opt_p, opt_v = acc.prepare(policy, value, opt_p, opt_v)
-    kl_ctl = ppo.kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon)
 
-    start_it, history = 0, {}
-    if resuming:
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-        opt_p.load_state_dict(state["opt_policy"])
-        opt_v.load_state_dict(state["opt_value"])
-        kl_ctl.load_state_dict(state["kl"])
-        start_it, history = int(state["iteration"]), state["history"]
-        reporter.log(f"resumed from the checkpoint of iteration {start_it}")
-
-    # Tokenised as the sampler does (with the tokenizer's own special tokens, e.g. a BOS), cut from
-    # the left so that prompt + response fit the model's positions.
-    positions = getattr(acc.unwrap_model(policy).config, "max_position_embeddings", None) or getattr(
-        acc.unwrap_model(policy).config, "n_positions", None
-    )
+def _tokenize_prompts(cfg: PPOConfig, run: _Run, prompts: Sequence[str]) -> list[list[int]]:
+    """Tokenised as the sampler does (with the tokenizer's own special tokens, e.g. a BOS), cut from
+    the left so that prompt + response fit the model's positions."""
+    config = run.acc.unwrap_model(run.policy).config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     room = (
         cfg.max_prompt_tokens if not positions else min(cfg.max_prompt_tokens, positions - cfg.max_new_tokens)
     )
@@ -275,180 +323,191 @@ def train(
         raise ValueError(
             f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in {positions} positions"
         )
+    tokenizer = run.tokenizer
     side, tokenizer.truncation_side = tokenizer.truncation_side, "left"  # keeps a BOS, cuts the text
-    prompt_ids = [tokenizer(p, truncation=True, max_length=room)["input_ids"] or [eos_id] for p in prompts]
+    ids = [tokenizer(p, truncation=True, max_length=room)["input_ids"] or [run.eos_id] for p in prompts]
     tokenizer.truncation_side = side
-    per_process = max(1, cfg.batch_size // acc.num_processes)
-    mini = max(1, cfg.mini_batch_size // acc.num_processes)
-    ptx = _tokenize_texts(tokenizer, ptx_texts, cfg.ptx_max_tokens, "cpu") if cfg.ptx_coef > 0 else None
-    unwrapped = acc.unwrap_model(policy)
+    return ids
 
-    for it in range(start_it, cfg.iterations):
-        lr_scale = 0.1 + 0.9 * min(1.0, it / cfg.warmup_iterations) if cfg.warmup_iterations else 1.0
-        for opt, base in ((opt_p, cfg.learning_rate), (opt_v, cfg.value_learning_rate)):
-            for group in opt.param_groups:
-                group["lr"] = base * lr_scale
 
-        # --- 1. generate ------------------------------------------------------------------------
-        t0 = time.perf_counter()
-        pick = torch.randint(
-            0, len(prompt_ids), (per_process,), generator=_seeded(cfg.seed, it, acc.process_index)
-        ).tolist()
-        query, query_mask = ro.left_pad([prompt_ids[i] for i in pick], pad_id, device)
-        gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + it * 31 + acc.process_index)
-        with acc.autocast():
-            batch = ro.generate(
-                unwrapped,
-                query,
-                query_mask,
-                max_new_tokens=cfg.max_new_tokens,
-                eos_id=eos_id,
-                pad_id=pad_id,
-                temperature=cfg.temperature,
-                generator=gen,
+def _rollout(cfg: PPOConfig, run: _Run, prompt_ids: list[list[int]], it: int) -> Rollout:
+    """Phase 1: this process's share of prompts, and the policy's responses to them."""
+    acc, device = run.acc, run.device
+    pick = torch.randint(
+        0, len(prompt_ids), (run.per_process,), generator=_seeded(cfg.seed, it, acc.process_index)
+    ).tolist()
+    query, query_mask = ro.left_pad([prompt_ids[i] for i in pick], run.pad_id, device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + it * 31 + acc.process_index)
+    with acc.autocast():
+        batch = ro.generate(
+            acc.unwrap_model(run.policy),
+            query,
+            query_mask,
+            max_new_tokens=cfg.max_new_tokens,
+            eos_id=run.eos_id,
+            pad_id=run.pad_id,
+            temperature=cfg.temperature,
+            generator=gen,
+        )
+    _sync(device)
+    return batch
+
+
+def _score(cfg: PPOConfig, run: _Run, batch: Rollout) -> _Scored:
+    """Phase 2: old and reference log-probs, values, reward-model scores, shaped rewards, GAE."""
+    mask = batch.response_mask  # (B, R)
+    with torch.no_grad(), run.acc.autocast():
+        old_logprobs, _ = ro.policy_forward(run.policy, batch, cfg.temperature)
+        ref_logprobs, _ = ro.policy_forward(run.reference, batch, cfg.temperature)
+        old_values = ro.value_forward(run.value, batch) * mask
+        raw_scores = run.scorer(batch).float()  # (B,)
+    finished = ppo.has_eos(batch.response, mask, run.eos_id)
+    scores = ppo.apply_missing_eos_penalty(raw_scores, finished, cfg.missing_eos_penalty)
+    old_logprobs, ref_logprobs = old_logprobs * mask, ref_logprobs * mask
+    rewards, kl = ppo.shape_rewards(old_logprobs, ref_logprobs, scores, mask, run.kl_ctl.beta)
+    advantages, returns = ppo.gae(rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
+    advantages = ppo.masked_whiten(advantages, mask)
+    _sync(run.device)
+    return _Scored(mask, old_logprobs, old_values, raw_scores, scores, finished, kl, advantages, returns)
+
+
+UPDATE_STATS = (
+    "policy_loss",
+    "value_loss",
+    "clip_frac",
+    "value_clip_frac",
+    "approx_kl",
+    "entropy",
+    "ptx_loss",
+)
+
+
+def _update(
+    cfg: PPOConfig,
+    run: _Run,
+    batch: Rollout,
+    s: _Scored,
+    it: int,
+    ptx: tuple[torch.Tensor, torch.Tensor] | None,
+) -> dict[str, list[float]]:
+    """Phase 3: clipped PPO on policy and value over minibatches, plus γ·∇ LM loss (PPO-ptx)."""
+    acc, device = run.acc, run.device
+    stats: dict[str, list[float]] = {k: [] for k in UPDATE_STATS}
+    order_gen = _seeded(cfg.seed, it, 99, acc.process_index)
+    for _epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(run.per_process, generator=order_gen).tolist()
+        for start in range(0, run.per_process, run.mini):
+            idx = torch.tensor(order[start : start + run.mini], device=device)
+            m = s.mask[idx]
+            mb = Rollout(
+                query=batch.query[idx],
+                query_mask=batch.query_mask[idx],
+                response=batch.response[idx],
+                response_mask=m,
             )
-        _sync(device)
-        t1 = time.perf_counter()
-
-        # --- 2. score ---------------------------------------------------------------------------
-        mask = batch.response_mask  # (B, R)
-        with torch.no_grad(), acc.autocast():
-            old_logprobs, _ = ro.policy_forward(policy, batch, cfg.temperature)
-            ref_logprobs, _ = ro.policy_forward(reference, batch, cfg.temperature)
-            old_values = ro.value_forward(value, batch) * mask
-            raw_scores = scorer(batch).float()  # (B,)
-        finished = ppo.has_eos(batch.response, mask, eos_id)
-        scores = ppo.apply_missing_eos_penalty(raw_scores, finished, cfg.missing_eos_penalty)
-        old_logprobs, ref_logprobs = old_logprobs * mask, ref_logprobs * mask
-        rewards, kl = ppo.shape_rewards(old_logprobs, ref_logprobs, scores, mask, kl_ctl.beta)
-        advantages, returns = ppo.gae(rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
-        advantages = ppo.masked_whiten(advantages, mask)
-        _sync(device)
-        t2 = time.perf_counter()
-
-        # --- 3. update --------------------------------------------------------------------------
-        stats: dict[str, list[float]] = {
-            k: []
-            for k in (
-                "policy_loss",
-                "value_loss",
-                "clip_frac",
-                "value_clip_frac",
-                "approx_kl",
-                "entropy",
-                "ptx_loss",
-            )
-        }
-        order_gen = _seeded(cfg.seed, it, 99, acc.process_index)
-        for _epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(per_process, generator=order_gen).tolist()
-            for start in range(0, per_process, mini):
-                idx = torch.tensor(order[start : start + mini], device=device)
-                mb = Rollout(
-                    query=batch.query[idx],
-                    query_mask=batch.query_mask[idx],
-                    response=batch.response[idx],
-                    response_mask=mask[idx],
-                )
-                m = mask[idx]
+            with acc.autocast():
+                new_logprobs, logits = ro.policy_forward(run.policy, mb, cfg.temperature)
+                pl = ppo.policy_loss(new_logprobs, s.old_logprobs[idx], s.advantages[idx], m, cfg.clip_ratio)
+                new_values = ro.value_forward(run.value, mb)
+                vl, vclip = ppo.value_loss(new_values, s.old_values[idx], s.returns[idx], m, cfg.clip_value)
+            run.opt_p.zero_grad(set_to_none=True)
+            run.opt_v.zero_grad(set_to_none=True)
+            acc.backward(pl.loss + vl)  # separate networks: each gets only its own loss's gradient
+            if ptx is not None:
+                # PPO-ptx: γ·∇(LM loss) lands in the same gradient buffers before the step.
+                rows = torch.randint(0, ptx[0].shape[0], (cfg.ptx_batch_size,), generator=order_gen)
+                ids, pmask = ptx[0][rows].to(device), ptx[1][rows].to(device)
+                keep = pmask.sum(0) > 0  # drop columns that are padding in every row
                 with acc.autocast():
-                    new_logprobs, logits = ro.policy_forward(policy, mb, cfg.temperature)
-                    pl = ppo.policy_loss(new_logprobs, old_logprobs[idx], advantages[idx], m, cfg.clip_ratio)
-                    new_values = ro.value_forward(value, mb)
-                    vl, vclip = ppo.value_loss(new_values, old_values[idx], returns[idx], m, cfg.clip_value)
-                opt_p.zero_grad(set_to_none=True)
-                opt_v.zero_grad(set_to_none=True)
-                acc.backward(pl.loss + vl)  # separate networks: each gets only its own loss's gradient
-                if ptx is not None:
-                    # PPO-ptx: γ·∇(LM loss) lands in the same gradient buffers before the step.
-                    rows = torch.randint(0, ptx[0].shape[0], (cfg.ptx_batch_size,), generator=order_gen)
-                    ids, pmask = ptx[0][rows].to(device), ptx[1][rows].to(device)
-                    keep = pmask.sum(0) > 0  # drop columns that are padding in every row
-                    with acc.autocast():
-                        lm = _lm_loss(policy, ids[:, keep], pmask[:, keep])
-                    acc.backward(cfg.ptx_coef * lm)
-                    stats["ptx_loss"].append(float(lm.detach()))
-                acc.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                acc.clip_grad_norm_(value.parameters(), cfg.max_grad_norm)
-                opt_p.step()
-                opt_v.step()
-                with torch.no_grad():
-                    ent = ppo.masked_mean(ppo.entropy_from_logits(logits, cfg.temperature), m)
-                for name, v in (
-                    ("policy_loss", pl.loss),
-                    ("value_loss", vl),
-                    ("clip_frac", pl.clip_frac),
-                    ("value_clip_frac", vclip),
-                    ("approx_kl", pl.approx_kl),
-                    ("entropy", ent),
-                ):
-                    stats[name].append(float(v.detach()))
-        _sync(device)
-        t3 = time.perf_counter()
+                    lm = _lm_loss(run.policy, ids[:, keep], pmask[:, keep])
+                acc.backward(cfg.ptx_coef * lm)
+                stats["ptx_loss"].append(float(lm.detach()))
+            acc.clip_grad_norm_(run.policy.parameters(), cfg.max_grad_norm)
+            acc.clip_grad_norm_(run.value.parameters(), cfg.max_grad_norm)
+            run.opt_p.step()
+            run.opt_v.step()
+            with torch.no_grad():
+                ent = ppo.masked_mean(ppo.entropy_from_logits(logits, cfg.temperature), m)
+            losses = (
+                pl.loss,
+                vl,
+                pl.clip_frac,
+                vclip,
+                pl.approx_kl,
+                ent,
+            )  # UPDATE_STATS' order, less ptx_loss
+            for name, v in zip(UPDATE_STATS[:-1], losses, strict=True):
+                stats[name].append(float(v.detach()))
+    _sync(device)
+    return stats
 
-        # --- metrics, β, samples, checkpoint ----------------------------------------------------
-        seq_kl = kl.sum(dim=1)  # (B,) KL of each response to the reference
-        gathered = acc.gather_for_metrics(
-            torch.stack([raw_scores, seq_kl, mask.sum(dim=1), (~finished).float()], dim=1)
-        )  # (B_all, 4)
-        mean_reward, mean_kl, length, no_eos = gathered.mean(dim=0).tolist()
-        kl_ctl.update(mean_kl, cfg.batch_size)
-        tokens = float(mask.sum()) * acc.num_processes
-        metrics = {
-            "mean_reward": mean_reward,
-            "kl": mean_kl,
-            "beta": kl_ctl.beta,
-            "explained_variance": ppo.explained_variance(old_values, returns, mask),
-            "response_length": length,
-            "no_eos_share": no_eos,
-            "time_generate": t1 - t0,
-            "time_score": t2 - t1,
-            "time_update": t3 - t2,
-            "tokens_per_second": tokens / max(t3 - t0, 1e-9),
-            **{k: sum(v) / len(v) for k, v in stats.items() if v},
-        }
-        metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
-        for k, v in metrics.items():
-            history.setdefault(k, []).append(v)
-        done = it + 1
-        if acc.is_main_process:
-            reporter.metric(done, **metrics)
-            if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.iterations):
-                reporter.samples(done, _sample_rows(tokenizer, batch, scores, cfg.samples_shown, done))
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
-                _save_checkpoint(
-                    ckpt, acc, policy, value, tokenizer, opt_p, opt_v, kl_ctl, done, history, cfg
-                )
-            # The cancel point of a job: after the checkpoint, so a resumed run loses no iteration.
-            reporter.progress(
-                done / cfg.iterations,
-                f"iteration {done}/{cfg.iterations}: reward {mean_reward:.3f}, KL {mean_kl:.3f}",
-            )
 
-    # --- the new policy, written whole, then moved into place -----------------------------------
-    acc.wait_for_everyone()
+def _report(
+    cfg: PPOConfig,
+    run: _Run,
+    batch: Rollout,
+    s: _Scored,
+    stats: dict[str, list[float]],
+    it: int,
+    times: list[float],
+    ckpt: Path,
+    reporter: Reporter,
+) -> None:
+    """Metrics over every process, the KL controller's step, samples, checkpoint, progress."""
+    acc = run.acc
+    seq_kl = s.kl.sum(dim=1)  # (B,) KL of each response to the reference
+    gathered = acc.gather_for_metrics(
+        torch.stack([s.raw_scores, seq_kl, s.mask.sum(dim=1), (~s.finished).float()], dim=1)
+    )  # (B_all, 4)
+    mean_reward, mean_kl, length, no_eos = gathered.mean(dim=0).tolist()
+    run.kl_ctl.update(mean_kl, cfg.batch_size)
+    t0, t1, t2, t3 = times
+    metrics = {
+        "mean_reward": mean_reward,
+        "kl": mean_kl,
+        "beta": run.kl_ctl.beta,
+        "explained_variance": ppo.explained_variance(s.old_values, s.returns, s.mask),
+        "response_length": length,
+        "no_eos_share": no_eos,
+        "time_generate": t1 - t0,
+        "time_score": t2 - t1,
+        "time_update": t3 - t2,
+        "tokens_per_second": float(s.mask.sum()) * acc.num_processes / max(t3 - t0, 1e-9),
+        **{k: sum(v) / len(v) for k, v in stats.items() if v},
+    }
+    metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
+    for k, v in metrics.items():
+        run.history.setdefault(k, []).append(v)
+    done = it + 1
     if acc.is_main_process:
-        final = work_dir / "final"
-        if final.exists():
-            shutil.rmtree(final)
-        acc.unwrap_model(policy).save_pretrained(final)
-        tokenizer.save_pretrained(final)
-        (final / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(final, output_dir)
-        shutil.rmtree(work_dir, ignore_errors=True)
-    rewards_seen = history.get("mean_reward", [float("nan")])
-    return Summary(
-        iterations=cfg.iterations,
-        first_mean_reward=rewards_seen[0],
-        last_mean_reward=rewards_seen[-1],
-        last_kl=history.get("kl", [float("nan")])[-1],
-        last_beta=kl_ctl.beta,
-        resumed_from=start_it,
-        history=history,
-    )
+        reporter.metric(done, **metrics)
+        if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.iterations):
+            reporter.samples(done, _sample_rows(run.tokenizer, batch, s.scores, cfg.samples_shown, done))
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
+            _save_checkpoint(ckpt, run, done, cfg)
+        # The cancel point of a job: after the checkpoint, so a resumed run loses no iteration.
+        reporter.progress(
+            done / cfg.iterations,
+            f"iteration {done}/{cfg.iterations}: reward {mean_reward:.3f}, KL {mean_kl:.3f}",
+        )
+
+
+def _save_final(cfg: PPOConfig, run: _Run, work_dir: Path, output_dir: Path) -> None:
+    """The new policy, written whole beside the target, then moved into place."""
+    run.acc.wait_for_everyone()
+    if not run.acc.is_main_process:
+        return
+    final = work_dir / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    run.acc.unwrap_model(run.policy).save_pretrained(final)
+    run.tokenizer.save_pretrained(final)
+    (final / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(final, output_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def checkpoint_iteration(work_dir: Path) -> int:
@@ -482,33 +541,21 @@ def _sample_rows(
     return rows
 
 
-def _save_checkpoint(
-    ckpt: Path,
-    acc: Any,
-    policy: Any,
-    value: Any,
-    tokenizer: Any,
-    opt_p: Any,
-    opt_v: Any,
-    kl_ctl: Any,
-    iteration: int,
-    history: dict[str, list[float]],
-    cfg: PPOConfig,
-) -> None:
+def _save_checkpoint(ckpt: Path, run: _Run, iteration: int, cfg: PPOConfig) -> None:
     """Written beside the old one and swapped in, so a crash mid-write keeps the previous one."""
     tmp = ckpt.with_name("checkpoint.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    acc.unwrap_model(policy).save_pretrained(tmp / "policy")
-    tokenizer.save_pretrained(tmp / "policy")
-    acc.unwrap_model(value).model.save_pretrained(tmp / "value")
+    run.acc.unwrap_model(run.policy).save_pretrained(tmp / "policy")
+    run.tokenizer.save_pretrained(tmp / "policy")
+    run.acc.unwrap_model(run.value).model.save_pretrained(tmp / "value")
     torch.save(
         {
-            "opt_policy": opt_p.state_dict(),
-            "opt_value": opt_v.state_dict(),
-            "kl": kl_ctl.state_dict(),
+            "opt_policy": run.opt_p.state_dict(),
+            "opt_value": run.opt_v.state_dict(),
+            "kl": run.kl_ctl.state_dict(),
             "iteration": iteration,
-            "history": history,
+            "history": run.history,
         },
         tmp / "state.pt",
     )

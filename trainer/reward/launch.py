@@ -11,8 +11,9 @@ import json
 import os
 from pathlib import Path
 
+from trainer.reward.config import RewardConfig
 from trainer.reward.model import Group
-from trainer.reward.train import Hooks, RewardConfig, train
+from trainer.reward.train import Hooks, train
 
 
 def read_groups(path: Path) -> list[Group]:

@@ -17,12 +17,13 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainer.reward.config import RewardConfig  # noqa: F401  (re-exported: job.py, launch.py import it here)
 from trainer.reward.model import (
     NORM_MEAN,
     NORM_STD,
@@ -38,63 +39,6 @@ from trainer.reward.model import (
 )
 
 CHECKPOINT = "checkpoint"
-
-
-@dataclass
-class RewardConfig:
-    base_model: str = ""
-    """from_pretrained hub id or folder of the backbone: a policy (decoder) or an encoder."""
-    lr: float = 1e-5
-    """Peak learning rate of AdamW; cosine decay takes it to min_lr_ratio of this by the end."""
-    min_lr_ratio: float = 0.1
-    """Where the cosine decay ends, as a fraction of lr (InstructGPT: 10%)."""
-    epochs: int = 1
-    """Passes over the training groups (InstructGPT: one; more overfits)."""
-    batch_size: int = 8
-    """Prompts (groups, with all their completions and rankings) per micro-batch per process."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; prompts per step = batch_size × grad_accum × processes."""
-    max_length: int = 512
-    """Tokens of prompt + completion; the prompt is cut from the left, the completion kept."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradients are clipped to this global norm before each step."""
-    val_fraction: float = 0.1
-    """Share of prompts (never pairs) held out for validation."""
-    eval_every: int = 50
-    """Optimizer steps between validations (there is always one at the end)."""
-    checkpoint_every: int = 100
-    """Optimizer steps between checkpoints a resumed run restarts from (0: none)."""
-    eval_batch_size: int = 32
-    """Prompts per validation and normalisation batch."""
-    normalize_samples: int = 2048
-    """Reference-policy completions scored to find the normalisation (mean 0, std 1)."""
-    bf16: bool = True
-    """bf16 autocast on a GPU; ignored on the CPU, which trains in float32."""
-    seed: int = 0
-    """Data order and the split's tie-breaks."""
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RewardConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown reward config field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be between 0 and 1 (got {self.lr})")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
 
 
 @dataclass
