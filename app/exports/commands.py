@@ -119,11 +119,9 @@ def export(
 
     try:
         try:
-            fractions = tuple(float(x) for x in split_fractions.split(","))
-        except ValueError:
-            raise click.BadParameter(
-                f"not numbers: {split_fractions!r}", param_hint="--split-fractions"
-            ) from None
+            fractions = service.parse_fractions(split_fractions, "split fractions")
+        except service.ExportError as exc:
+            raise click.BadParameter(str(exc), param_hint="--split-fractions") from None
         with maker() as s:
             filters = service.Filters(
                 prompt_set_ids=service.resolve_ids(session=s, model=PromptSet, values=sets),
@@ -138,7 +136,7 @@ def export(
                 min_labels=min_labels,
                 split=split,
                 split_seed=split_seed,
-                split_fractions=fractions,  # type: ignore[arg-type]
+                split_fractions=fractions,
             )
         ex = service.export(
             session_factory=maker,

@@ -139,14 +139,7 @@ def filters_from_params(*, session: Session, params: Mapping[str, Any], secret: 
     seed = params.get("split_seed") or 0
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ExportError(f"split_seed: a whole number, not {seed!r}")
-    raw = params.get("split_fractions") or SPLIT_FRACTIONS
-    try:
-        fractions = tuple(float(x) for x in (raw.split(",") if isinstance(raw, str) else raw))
-    except (TypeError, ValueError):
-        raise ExportError(f"split fractions: three numbers train,validation,test, not {raw!r}") from None
-    problem = split_fractions_error(fractions)
-    if problem:
-        raise ExportError(f"split fractions: {problem}")
+    fractions = parse_fractions(params.get("split_fractions") or SPLIT_FRACTIONS, "split fractions")
     return Filters(
         prompt_set_ids=resolve_ids(session=session, model=PromptSet, values=names("sets")),
         policy_version_ids=resolve_ids(session=session, model=ModelVersion, values=names("policies")),
@@ -156,8 +149,20 @@ def filters_from_params(*, session: Session, params: Mapping[str, Any], secret: 
         exclude_flagged=bool(params.get("exclude_flagged")),
         min_labels=min_labels,
         split_seed=seed,
-        split_fractions=fractions,  # type: ignore[arg-type]
+        split_fractions=fractions,
     )
+
+
+def parse_fractions(raw: str | Sequence[float], name: str) -> tuple[float, float, float]:
+    """ "0.9,0.05,0.05" or three numbers -> the split's train, validation and test shares."""
+    try:
+        values = tuple(float(x) for x in (raw.split(",") if isinstance(raw, str) else raw))
+    except (TypeError, ValueError):
+        raise ExportError(f"{name}: three numbers train,validation,test, not {raw!r}") from None
+    problem = split_fractions_error(values)
+    if problem:
+        raise ExportError(f"{name}: {problem}")
+    return values[0], values[1], values[2]
 
 
 def _conditions(filters: Filters) -> list[Any]:

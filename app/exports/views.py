@@ -17,7 +17,6 @@ from app.exports import formats
 from app.exports import service as exports
 from app.exports.formats import RowOptions
 from app.prompts.models import PromptSet
-from app.ranking import split_fractions_error
 from app.runs.models import ModelVersion
 from app.web import render
 
@@ -60,13 +59,7 @@ def parse_request(
     if not 0 <= min_labels <= MAX_ID:
         raise exports.ExportError(f"min_labels: a whole number from 0 to {MAX_ID}, not {min_labels}")
     seed = _int(q, "seed")
-    try:
-        fractions = tuple(float(x) for x in (q.get("fractions") or "0.9,0.05,0.05").split(","))
-    except ValueError as exc:
-        raise exports.ExportError(f"fractions: {exc}") from exc
-    problem = split_fractions_error(fractions)
-    if problem:
-        raise exports.ExportError(f"fractions: {problem}")
+    fractions = exports.parse_fractions(q.get("fractions") or "0.9,0.05,0.05", "fractions")
     labelers = [n for v in q.getlist("labeler") for n in v.split(",") if n.strip()]
     filters = exports.Filters(
         prompt_set_ids=parse_ids(q, "set"),

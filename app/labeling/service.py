@@ -320,11 +320,6 @@ def queue_position(*, session: Session, user: User, now: datetime | None = None)
 # --- submitting ---------------------------------------------------------------------------------
 
 
-def dense_ranks(ranks: dict[int, int]) -> dict[int, int]:
-    """Any order-preserving ranks (dense, competition, gaps) to dense: 1 = best, ties share."""
-    return dict(zip(ranks, ranking.dense_ranks(list(ranks.values())), strict=True))
-
-
 def inconsistencies(ranks: dict[int, int], ratings: dict[int, int]) -> list[tuple[int, int]]:
     """Pairs (better, worse) where the lower-ranked output has a strictly higher rating."""
     items = [ranking.Item(cid, r, ratings.get(cid)) for cid, r in ranks.items()]
@@ -492,7 +487,8 @@ def submit(
         created_at=now,
     )
     position = {cid: i for i, cid in enumerate(assignment.display_order)}
-    dense = dense_ranks(clean_ranks)
+    # Stored dense (competition ranks too): 1 = best, ties share a rank.
+    dense = dict(zip(clean_ranks, ranking.dense_ranks(list(clean_ranks.values())), strict=True))
     annotation.items = [
         AnnotationItem(
             completion_id=cid,
