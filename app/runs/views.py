@@ -97,6 +97,7 @@ def run_page(request: Request, session: SessionDep, user: CurrentResearcher, job
             "chain": dashboard.chain(session=session, job=job),
             "params": dashboard.pretty(job.params),
             "result": dashboard.result_without_samples(job),
+            "trained_on": dashboard.training_data(session=session, job=job),
             "pretty": dashboard.pretty,
             "samples": dashboard.samples(job),
             "samples_from_demo": dashboard.samples_from_demo(job),
