@@ -252,9 +252,7 @@ def training_data(*, session: Session, job: Job) -> TrainingData | None:
     f = data["filters"]
     names = {
         "prompt_set_ids": dict(session.execute(select(PromptSet.id, PromptSet.name)).all()),
-        "policy_version_ids": dict(
-            session.execute(select(ModelVersion.id, ModelVersion.name)).all()
-        ),
+        "policy_version_ids": dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all()),
     }
     shown: list[tuple[str, str]] = []
     for key, value in f.items():
