@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import sys
@@ -30,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.ranking import pair_indices  # noqa: E402
 from trainer.reward.model import (  # noqa: E402
     Group,
     collate,
@@ -37,7 +39,6 @@ from trainer.reward.model import (  # noqa: E402
     grouped_loss,
     pair_correct,
     plan_pairs,
-    ranking_pairs,
     score,
 )
 
@@ -79,7 +80,7 @@ def ranked_groups(n: int, k: int, seed: int) -> list[Group]:
     """K completions per prompt, each with one quality word; the ranking follows the words."""
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         levels = rng.sample(range(len(QUALITY)), k)
         comps = []
         for lv in levels:
@@ -87,17 +88,17 @@ def ranked_groups(n: int, k: int, seed: int) -> list[Group]:
             words.insert(rng.randint(0, len(words)), QUALITY[lv])
             comps.append(" ".join(words))
         ranks = tuple(sorted(levels).index(lv) + 1 for lv in levels)
-        out.append(Group(" ".join(rng.choices(FILLER, k=4)), tuple(comps), (ranks,), key=f"p{i}"))
+        out.append(Group(" ".join(rng.choices(FILLER, k=4)), tuple(comps), (ranks,)))
     return out
 
 
 def flatten(groups: list[Group]) -> list[Group]:
     """Each comparison its own two-completion element: TRL's (chosen, rejected) rows."""
     return [
-        Group(g.prompt, (g.completions[w], g.completions[lo]), ((1, 2),), key=g.key)
+        Group(g.prompt, (g.completions[w], g.completions[lo]), ((1, 2),), split=g.split)
         for g in groups
         for ranks in g.rankings
-        for w, lo in ranking_pairs(ranks)
+        for w, lo, _ in pair_indices(ranks)
     ]
 
 
@@ -223,14 +224,14 @@ def part_hh(train_pairs: int, max_length: int, lr: float, batch_size: int) -> No
         lr=lr,
         batch_size=batch_size,
         max_length=max_length,
-        val_fraction=0.0,
         eval_every=10**9,
         checkpoint_every=0,
         normalize_samples=64,
         eval_batch_size=32,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(cfg, groups[:train_pairs], out_dir=Path(tmp) / "rm", work_dir=Path(tmp) / "work")
+        trained = [dataclasses.replace(g, split="train") for g in groups[:train_pairs]]  # no validation
+        result = train(cfg, trained, out_dir=Path(tmp) / "rm", work_dir=Path(tmp) / "work")
         model, tok = load_reward_model(str(result.path))
         began = time.perf_counter()
         val = evaluate(

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth
 from app.auth.deps import ANON_CSRF_COOKIE
 from app.auth.models import Role, User
+from app.ranking import dense_ranks
 from app.runs import service as jobs
 from app.runs.models import Job
 
@@ -195,13 +196,13 @@ def make_annotation(
     session.add(ann)
     session.flush()
     if not skip_reason:
-        dense = {r: i + 1 for i, r in enumerate(sorted(set(ranks)))}
+        dense = dense_ranks(ranks)
         for pos, c in enumerate(comps):
             session.add(
                 AnnotationItem(
                     annotation_id=ann.id,
                     completion_id=c.id,
-                    rank=dense[ranks[pos]],
+                    rank=dense[pos],
                     rating=ratings[pos] if ratings else None,
                     flags=list(flags[pos]) if flags else [],
                     position=pos,

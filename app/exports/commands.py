@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -22,13 +22,12 @@ def _sessions():
 
 
 def _when(value: str | None, option: str) -> datetime | None:
-    if not value:
-        return None
+    from app.exports.service import ExportError, parse_time
+
     try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
+        return parse_time(value, option)
+    except ExportError:
         raise click.BadParameter(f"not an ISO date or time: {value!r}", param_hint=option) from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _file_type(out: Path, given: str | None) -> str:
@@ -110,8 +109,6 @@ def export(
       ranklab export trl --split train --out train.parquet --conversational
       ranklab export comparisons --set round-2 --min-labels 2 --out pairs.jsonl.gz
     """
-    from sqlalchemy import or_, select
-
     from app.exports import service
     from app.exports.formats import RowOptions
     from app.prompts.models import PromptSet
@@ -120,27 +117,15 @@ def export(
     settings = get_settings()
     maker = _sessions()
 
-    def ids(session, model, values):
-        out_ids = []
-        for v in values:
-            as_id = int(v) if v.isdigit() and int(v) < 2**31 else -1  # ids are 32-bit
-            found = session.scalar(select(model.id).where(or_(model.name == v, model.id == as_id)))
-            if found is None:
-                raise click.BadParameter(f"no {model.__tablename__.replace('_', ' ')} called {v!r}")
-            out_ids.append(found)
-        return out_ids
-
     try:
         try:
-            fractions = tuple(float(x) for x in split_fractions.split(","))
-        except ValueError:
-            raise click.BadParameter(
-                f"not numbers: {split_fractions!r}", param_hint="--split-fractions"
-            ) from None
+            fractions = service.parse_fractions(split_fractions, "split fractions")
+        except service.ExportError as exc:
+            raise click.BadParameter(str(exc), param_hint="--split-fractions") from None
         with maker() as s:
             filters = service.Filters(
-                prompt_set_ids=ids(s, PromptSet, sets),
-                policy_version_ids=ids(s, ModelVersion, policies),
+                prompt_set_ids=service.resolve_ids(session=s, model=PromptSet, values=sets),
+                policy_version_ids=service.resolve_ids(session=s, model=ModelVersion, values=policies),
                 since=_when(since, "--since"),
                 until=_when(until, "--until"),
                 labeler_ids=service.resolve_labelers(
@@ -151,7 +136,7 @@ def export(
                 min_labels=min_labels,
                 split=split,
                 split_seed=split_seed,
-                split_fractions=fractions,  # type: ignore[arg-type]
+                split_fractions=fractions,
             )
         ex = service.export(
             session_factory=maker,

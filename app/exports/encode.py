@@ -17,18 +17,18 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (`take` needs it; load it now, not at the first export)
 
-from app import ranking as pairs
+from app import ranking
 from app.exports.formats import AnnotationRecord, RowOptions, schema_for
 
 _d = orjson.dumps
 
 
-def pair_indices(rec: AnnotationRecord, *, keep_ties: bool) -> list[tuple[int, int, bool, int, int | None]]:
+def record_pairs(rec: AnnotationRecord, *, keep_ties: bool) -> list[tuple[int, int, bool, int, int | None]]:
     """(chosen index, rejected index into rec.items, tie, rank gap, rating diff) per pair."""
     ranked = [i for i, it in enumerate(rec.items) if it.rank is not None]
     items = rec.items
     out = []
-    for w, x, gap in pairs.pair_indices([items[i].rank for i in ranked], keep_ties=keep_ties):  # type: ignore[misc]
+    for w, x, gap in ranking.pair_indices([items[i].rank for i in ranked], keep_ties=keep_ties):  # type: ignore[misc]
         c, r = ranked[w], ranked[x]
         a, b = items[c].rating, items[r].rating
         out.append((c, r, gap == 0, gap, None if a is None or b is None else a - b))
@@ -66,7 +66,7 @@ def _side(prefix: bytes, it: Any) -> bytes:
 
 def comparison_lines(rec: AnnotationRecord) -> tuple[bytes, int]:
     """JSON Lines of every pair, ties kept and marked; and the number of lines."""
-    pairs = pair_indices(rec, keep_ties=True)
+    pairs = record_pairs(rec, keep_ties=True)
     if not pairs:
         return b"", 0
     head = (
@@ -115,7 +115,7 @@ def _margin(opts: RowOptions, gap: int, diff: int | None) -> float:
 
 
 def trl_lines(rec: AnnotationRecord, opts: RowOptions) -> tuple[bytes, int]:
-    pairs = pair_indices(rec, keep_ties=False)
+    pairs = record_pairs(rec, keep_ties=False)
     if not pairs:
         return b"", 0
     if opts.conversational:
@@ -153,7 +153,7 @@ class ArrowPairs:
         self._items = 0
 
     def add(self, rec: AnnotationRecord) -> int:
-        pairs = pair_indices(rec, keep_ties=self.fmt == "comparisons")
+        pairs = record_pairs(rec, keep_ties=self.fmt == "comparisons")
         a, base = len(self.recs), self._items
         self.recs.append(rec)
         self._items += len(rec.items)

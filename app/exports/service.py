@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, Select, and_, or_, select
@@ -23,10 +23,9 @@ from app.exports import encode, formats
 from app.exports.formats import AnnotationRecord, ItemRecord, RowOptions
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet
-from app.ranking import ordered_pairs
+from app.ranking import SPLIT_FRACTIONS, SPLITS, ordered_pairs, split_fractions_error, split_of
 from app.runs.models import ModelVersion
 
-SPLITS = ("train", "validation", "test")
 BATCH_ANNOTATIONS = 500  # annotations per written batch (Parquet row group: up to 18,000 pairs at K=9)
 PAGE_ANNOTATIONS = 1_000  # annotations per database round trip
 
@@ -47,7 +46,7 @@ class Filters:
     min_labels: int = 0  # tasks with at least this many submitted (not skipped) annotations
     split: str | None = None  # keep only this split
     split_seed: int = 0
-    split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
@@ -61,20 +60,6 @@ def pseudonym(user_id: int, secret: str) -> str:
     """A stable labeler name that reveals nothing without the secret key."""
     digest = hmac.new(secret.encode(), f"labeler:{user_id}".encode(), hashlib.sha256).hexdigest()
     return f"L-{digest[:6]}"
-
-
-def split_of(prompt: str, *, seed: int = 0, fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)) -> str:
-    """train/validation/test from a hash of the prompt text: the same prompt is always in the
-    same split, in every export and on every machine, so no prompt is in two splits."""
-    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    total = sum(fractions)
-    edge = 0.0
-    for name, frac in zip(SPLITS, fractions, strict=True):
-        edge += frac / total
-        if u < edge:
-            return name
-    return SPLITS[-1]
 
 
 def resolve_labelers(*, session: Session, names: list[str], secret: str) -> list[int]:
@@ -91,6 +76,93 @@ def resolve_labelers(*, session: Session, names: list[str], secret: str) -> list
             raise ExportError(f"labelers: no labeler called {n!r}")
         out.append(by_name[n])
     return out
+
+
+MAX_ID = 2**31 - 1  # ids and counts are 32-bit integers: PostgreSQL refuses larger numbers
+
+
+def resolve_ids(
+    *, session: Session, model: type[PromptSet] | type[ModelVersion], values: Sequence[str]
+) -> list[int]:
+    """Prompt set or model version names or ids -> ids; an unknown one is an error naming it."""
+    out = []
+    for v in values:
+        v = str(v).strip()
+        as_id = int(v) if v.isdigit() and int(v) <= MAX_ID else -1  # no DataError on PostgreSQL
+        found = session.scalar(select(model.id).where(or_(model.name == v, model.id == as_id)))
+        if found is None:
+            raise ExportError(f"no {model.__tablename__.replace('_', ' ')} called {v!r}")
+        out.append(found)
+    return out
+
+
+def parse_time(value: str | datetime | None, name: str) -> datetime | None:
+    """An ISO date or time; one without a zone is UTC."""
+    if not value:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ExportError(f"{name}: not an ISO date or time: {value!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# The filters a job's params may carry, named as `ranklab export`'s options (see filters_from_params).
+FILTER_PARAMS = (
+    "sets",
+    "policies",
+    "labelers",
+    "since",
+    "until",
+    "min_labels",
+    "exclude_flagged",
+    "split_seed",
+    "split_fractions",
+)
+
+
+def filters_from_params(*, session: Session, params: Mapping[str, Any], secret: str) -> Filters:
+    """Export filters from JSON params, with `ranklab export`'s meaning: sets and policies by
+    name or id, labelers by username, pseudonym or id, since/until ISO times (UTC when no zone
+    is given), min_labels, exclude_flagged, split_seed and split_fractions (a list or
+    "0.9,0.05,0.05"). Every split is kept: each record carries its own. Absent params take
+    the export's defaults."""
+
+    def names(key: str) -> list[str]:
+        v = params.get(key) or []
+        return [str(v)] if isinstance(v, str | int) else [str(x) for x in v]
+
+    min_labels = params.get("min_labels") or 0
+    if isinstance(min_labels, bool) or not isinstance(min_labels, int) or not 0 <= min_labels <= MAX_ID:
+        raise ExportError(f"min_labels: a whole number from 0 to {MAX_ID}, not {min_labels!r}")
+    seed = params.get("split_seed") or 0
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ExportError(f"split_seed: a whole number, not {seed!r}")
+    fractions = parse_fractions(params.get("split_fractions") or SPLIT_FRACTIONS, "split fractions")
+    return Filters(
+        prompt_set_ids=resolve_ids(session=session, model=PromptSet, values=names("sets")),
+        policy_version_ids=resolve_ids(session=session, model=ModelVersion, values=names("policies")),
+        since=parse_time(params.get("since"), "since"),
+        until=parse_time(params.get("until"), "until"),
+        labeler_ids=resolve_labelers(session=session, names=names("labelers"), secret=secret),
+        exclude_flagged=bool(params.get("exclude_flagged")),
+        min_labels=min_labels,
+        split_seed=seed,
+        split_fractions=fractions,
+    )
+
+
+def parse_fractions(raw: str | Sequence[float], name: str) -> tuple[float, float, float]:
+    """ "0.9,0.05,0.05" or three numbers -> the split's train, validation and test shares."""
+    try:
+        values = tuple(float(x) for x in (raw.split(",") if isinstance(raw, str) else raw))
+    except (TypeError, ValueError):
+        raise ExportError(f"{name}: three numbers train,validation,test, not {raw!r}") from None
+    problem = split_fractions_error(values)
+    if problem:
+        raise ExportError(f"{name}: {problem}")
+    return values[0], values[1], values[2]
 
 
 def _conditions(filters: Filters) -> list[Any]:
@@ -452,12 +524,10 @@ def export(
         raise ExportError(f"file type: one of {', '.join(formats.FILE_TYPES)}, not {file_type!r}")
     if filters.split is not None and filters.split not in SPLITS:
         raise ExportError(f"split: one of {', '.join(SPLITS)}, not {filters.split!r}")
-    fr = filters.split_fractions
-    if len(fr) != 3 or any(f < 0 for f in fr) or sum(fr) <= 0:
+    problem = split_fractions_error(filters.split_fractions)
+    if problem:
         # Checked here, not mid-stream: a bad one would fail after the first bytes had left.
-        raise ExportError(
-            f"split fractions: three non-negative numbers train,validation,test, not {list(fr)}"
-        )
+        raise ExportError(f"split fractions: {problem}")
     counts = Counts()
     schema = formats.schema_for(fmt, opts)
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -26,16 +25,6 @@ api = APIRouter(tags=["exports"])
 
 TRUE = {"1", "true", "on", "yes"}
 MAX_ID = 2**31 - 1  # ids and counts are 32-bit integers: PostgreSQL refuses larger numbers (a 500)
-
-
-def _time(value: str | None, name: str) -> datetime | None:
-    if not value:
-        return None
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise exports.ExportError(f"{name}: not an ISO date or time: {value!r}") from exc
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def parse_ids(q: QueryParams, name: str) -> list[int]:
@@ -70,18 +59,13 @@ def parse_request(
     if not 0 <= min_labels <= MAX_ID:
         raise exports.ExportError(f"min_labels: a whole number from 0 to {MAX_ID}, not {min_labels}")
     seed = _int(q, "seed")
-    try:
-        fractions = tuple(float(x) for x in (q.get("fractions") or "0.9,0.05,0.05").split(","))
-    except ValueError as exc:
-        raise exports.ExportError(f"fractions: {exc}") from exc
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise exports.ExportError("fractions: three non-negative numbers: train,validation,test")
+    fractions = exports.parse_fractions(q.get("fractions") or "0.9,0.05,0.05", "fractions")
     labelers = [n for v in q.getlist("labeler") for n in v.split(",") if n.strip()]
     filters = exports.Filters(
         prompt_set_ids=parse_ids(q, "set"),
         policy_version_ids=parse_ids(q, "policy"),
-        since=_time(q.get("since"), "since"),
-        until=_time(q.get("until"), "until"),
+        since=exports.parse_time(q.get("since"), "since"),
+        until=exports.parse_time(q.get("until"), "until"),
         labeler_ids=exports.resolve_labelers(session=session, names=labelers, secret=secret),
         include_skipped=q.get("include_skipped", "").lower() in TRUE,
         exclude_flagged=q.get("exclude_flagged", "").lower() in TRUE,

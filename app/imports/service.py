@@ -25,7 +25,7 @@ from app.auth.security import sha256
 from app.db import utcnow
 from app.labeling.models import Annotation, AnnotationItem, Assignment, Completion, Task
 from app.prompts.models import Prompt, PromptSet
-from app.ranking import dense_ranks
+from app.ranking import dense_ranks, rank_error
 from app.runs.models import ModelKind, ModelVersion
 
 ASSISTANT = "\n\nAssistant:"
@@ -288,8 +288,9 @@ def parse_ranking(line: int, obj: dict[str, Any], errors: list[RowError]) -> Uni
         if not isinstance(c.get("text"), str):
             errors.append(RowError(line, f"{where}.text", "missing or not a string"))
         rank, rating, fl = c.get("rank"), c.get("rating"), c.get("flags") or []
-        if not skip and not (_int(rank) and rank >= 1):  # type: ignore[operator]
-            errors.append(RowError(line, f"{where}.rank", "must be an integer >= 1 (1 = best)"))
+        problem = None if skip else rank_error(rank)
+        if problem:
+            errors.append(RowError(line, f"{where}.rank", problem))
         if rating is not None and not (_int(rating) and 1 <= rating <= 7):
             errors.append(RowError(line, f"{where}.rating", "must be an integer 1-7 or null"))
         if not (isinstance(fl, list) and all(isinstance(f, str) for f in fl)):

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, aliased, lazyload
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
+from app import ranking
 from app.auth.models import User
 from app.db import utcnow
 from app.labeling.models import (
@@ -420,20 +421,10 @@ def queue_position(*, session: Session, user: User, now: datetime | None = None)
 # --- submitting ---------------------------------------------------------------------------------
 
 
-def dense_ranks(ranks: dict[int, int]) -> dict[int, int]:
-    """Any order-preserving ranks (dense, competition, gaps) to dense: 1 = best, ties share."""
-    levels = {r: i + 1 for i, r in enumerate(sorted(set(ranks.values())))}
-    return {cid: levels[r] for cid, r in ranks.items()}
-
-
 def inconsistencies(ranks: dict[int, int], ratings: dict[int, int]) -> list[tuple[int, int]]:
     """Pairs (better, worse) where the lower-ranked output has a strictly higher rating."""
-    out = []
-    for a, ra in ranks.items():
-        for b, rb in ranks.items():
-            if ra < rb and a in ratings and b in ratings and ratings[b] > ratings[a]:
-                out.append((a, b))
-    return out
+    items = [ranking.Item(cid, r, ratings.get(cid)) for cid, r in ranks.items()]
+    return [(p.chosen.completion_id, p.rejected.completion_id) for p in ranking.contradictions(items)]
 
 
 def _as_int_key(key: Any, fld: str, valid: set[int]) -> int:
@@ -458,14 +449,16 @@ def _validate(
         cid = _as_int_key(key, "ranks", valid)
         if cid in clean_ranks:
             raise SubmissionInvalid("ranks", f"completion {cid} is ranked twice")
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= k:
-            raise SubmissionInvalid(f"ranks.{cid}", f"rank must be a whole number from 1 to {k}")
+        problem = ranking.rank_error(value, k=k)
+        if problem:
+            raise SubmissionInvalid(f"ranks.{cid}", problem)
         clean_ranks[cid] = value
     missing = valid - set(clean_ranks)
     if missing:
         raise SubmissionInvalid("ranks", f"every output needs a rank; missing: {sorted(missing)}")
-    if min(clean_ranks.values()) != 1:
-        raise SubmissionInvalid("ranks", "the best output(s) must have rank 1")
+    problem = ranking.ranking_error(list(clean_ranks.values()))
+    if problem:
+        raise SubmissionInvalid("ranks", problem)
     clean_ratings: dict[int, int] = {}
     if ratings is None:
         ratings = {}
@@ -770,7 +763,8 @@ def _store(
         created_at=now,
     )
     position = {cid: i for i, cid in enumerate(claim.display_order)}
-    dense = dense_ranks(clean_ranks)
+    # Stored dense (competition ranks too): 1 = best, ties share a rank.
+    dense = dict(zip(clean_ranks, ranking.dense_ranks(list(clean_ranks.values())), strict=True))
     items = [
         {
             "completion_id": cid,

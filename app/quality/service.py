@@ -32,16 +32,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
+from app.ranking import Item, contradictions, pair_signs, ranking_to_pairs
 from app.runs.models import ModelVersion
-
-
-@dataclass(frozen=True, slots=True)
-class It:
-    completion_id: int
-    rank: int
-    rating: int | None = None
-    position: int | None = None
-    model_version_id: int | None = None
 
 
 @dataclass
@@ -49,7 +41,7 @@ class Ann:
     id: int
     task_id: int
     user_id: int
-    items: list[It] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
     skipped: bool = False
     time_spent_ms: int | None = None
     prompt_set_id: int | None = None
@@ -66,29 +58,23 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _sign(x: int) -> int:
-    return (x > 0) - (x < 0)
-
-
 def pair_agreement(a: dict[int, int], b: dict[int, int]) -> tuple[int, int]:
     """(agreeing, compared) over output pairs both rankings order strictly."""
     common = sorted(a.keys() & b.keys())
     agree = compared = 0
-    for i, j in combinations(common, 2):
-        sa, sb = _sign(a[i] - a[j]), _sign(b[i] - b[j])
+    for sa, sb in zip(pair_signs([a[c] for c in common]), pair_signs([b[c] for c in common]), strict=True):
         if sa and sb:
             compared += 1
             agree += sa == sb
     return agree, compared
 
 
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
+def kendall_tau_b(x: Sequence[int], y: Sequence[int]) -> float | None:
     """Kendall's tau-b: (C - D) / sqrt((n0 - n1)(n0 - n2)); None when undefined."""
     if len(x) != len(y):
         raise ValueError("rankings of different lengths")
     conc = disc = tx = ty = 0
-    for i, j in combinations(range(len(x)), 2):
-        dx, dy = _sign(int(x[i] - x[j])), _sign(int(y[i] - y[j]))
+    for dx, dy in zip(pair_signs(x), pair_signs(y), strict=True):
         if dx == 0 and dy == 0:
             continue
         if dx == 0:
@@ -170,16 +156,12 @@ class LabelerStats:
         return self.contradictions / self.annotations if self.annotations else 0.0
 
 
-def contradicts(items: Sequence[It]) -> bool:
+def contradicts(items: Sequence[Item]) -> bool:
     """An output ranked strictly lower yet rated strictly higher than another."""
-    rated = [it for it in items if it.rating is not None]
-    return any(
-        (a.rank < b.rank and a.rating < b.rating) or (b.rank < a.rank and b.rating < a.rating)  # type: ignore[operator]
-        for a, b in combinations(rated, 2)
-    )
+    return bool(contradictions(items))
 
 
-def first_shown_win(items: Sequence[It]) -> float | None:
+def first_shown_win(items: Sequence[Item]) -> float | None:
     """1 if the first shown output is alone at rank 1, 1/m if m outputs share rank 1 with it."""
     first = [it for it in items if it.position == 0]
     if not first:
@@ -249,13 +231,13 @@ def win_rates(anns: Iterable[Ann], *, newer_than: dict[int, Any] | None = None) 
             continue
         old, new = sorted(versions, key=lambda v: (order.get(v, v), v))
         wr = acc.setdefault((a.prompt_set_id, new, old), WinRate(a.prompt_set_id, new, old, 0, 0, 0))
-        for x, y in combinations(a.items, 2):
-            if x.model_version_id == y.model_version_id or None in (x.model_version_id, y.model_version_id):
+        for p in ranking_to_pairs(a.items, keep_ties=True):
+            x, y = p.chosen.model_version_id, p.rejected.model_version_id
+            if x == y or x is None or y is None:
                 continue
-            n, o = (x, y) if x.model_version_id == new else (y, x)
-            if n.rank == o.rank:
+            if p.tie:
                 wr.ties += 1
-            elif n.rank < o.rank:
+            elif x == new:
                 wr.wins += 1
             else:
                 wr.losses += 1
@@ -301,7 +283,7 @@ def load(*, session: Session, prompt_set_ids: Sequence[int] = (), since: datetim
                 )
             )
         if row[6] is not None:
-            out[-1].items.append(It(row[6], row[7], row[8], row[9], row[10]))
+            out[-1].items.append(Item(row[6], row[7], row[8], row[9], row[10]))
     return out
 
 

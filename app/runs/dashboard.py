@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.db import utcnow
+from app.prompts.models import PromptSet
 from app.runs import service as jobs
-from app.runs.models import FINISHED, Job, JobStatus
+from app.runs.models import FINISHED, Job, JobStatus, ModelVersion
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
 LOG_TAIL_LINES = 80
@@ -230,6 +231,52 @@ def result_without_samples(job: Job) -> dict[str, Any] | None:
     if not isinstance(job.result, dict):
         return job.result
     return {k: v for k, v in job.result.items() if k != "samples"}
+
+
+@dataclass
+class TrainingData:
+    """What a training job says it trained on: the export manifest it cites (result["data"])."""
+
+    filters: list[tuple[str, str]]  # the filters that select something (defaults left out)
+    counts: dict[str, Any]
+    sha256: str
+    fmt: str
+
+
+def training_data(*, session: Session, job: Job) -> TrainingData | None:
+    """The export manifest in a job's result["data"] (train_reward writes it), for the run
+    page's "trained on"; prompt sets and policies by name."""
+    data = job.result.get("data") if isinstance(job.result, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("filters"), dict):
+        return None
+    f = data["filters"]
+    names = {
+        "prompt_set_ids": dict(session.execute(select(PromptSet.id, PromptSet.name)).all()),
+        "policy_version_ids": dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all()),
+    }
+    shown: list[tuple[str, str]] = []
+    for key, value in f.items():
+        if key in names and value:
+            shown.append(
+                (key.removesuffix("_ids"), ", ".join(f"{names[key].get(i, '?')} (#{i})" for i in value))
+            )
+        elif key == "labeler_ids" and value:
+            shown.append(("labelers", ", ".join(f"#{i}" for i in value)))
+        elif key in ("split_seed", "split_fractions"):
+            continue  # shown with the split
+        elif value not in (None, False, 0, [], ""):
+            shown.append((key, str(value)))
+    fractions = f.get("split_fractions") or []
+    shown.append(
+        ("split", f"seed {f.get('split_seed', 0)}, train/validation/test {'/'.join(map(str, fractions))}")
+    )
+    counts = data.get("counts") if isinstance(data.get("counts"), dict) else {}
+    return TrainingData(
+        filters=shown,
+        counts=counts or {},
+        sha256=str(data.get("sha256") or ""),
+        fmt=str(data.get("format") or ""),
+    )
 
 
 def get_job(*, session: Session, job_id: int) -> Job | None:

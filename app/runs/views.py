@@ -98,6 +98,7 @@ def run_page(request: Request, session: SessionDep, user: CurrentResearcher, job
             "chain": dashboard.chain(session=session, job=job),
             "param_rows": label_rows(job.kind, job.params),
             "result_rows": label_rows(job.kind, dashboard.result_without_samples(job)),
+            "trained_on": dashboard.training_data(session=session, job=job),
             "samples": dashboard.samples(job),
             "samples_from_demo": dashboard.samples_from_demo(job),
             "log_tail": dashboard.log_tail(job),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
+from app import ranking
 from app.exports import formats, service
 from app.exports.formats import RowOptions
 from tests.exports.data import SECRET, build, read_rows, run_export
@@ -193,10 +194,10 @@ class TestSplit:
         )
         assert {r["prompt"] for r in only} == by_split["validation"]
         # the split is a function of the prompt text and seed alone
-        assert service.split_of("prompt 7", fractions=(0.5, 0.25, 0.25)) == next(
+        assert ranking.split_of("prompt 7", fractions=(0.5, 0.25, 0.25)) == next(
             r["split"] for r in rows if r["prompt"] == "prompt 7"
         )
-        assert {service.split_of(f"p{i}", seed=1) for i in range(200)} == {"train", "validation", "test"}
+        assert {ranking.split_of(f"p{i}", seed=1) for i in range(200)} == {"train", "validation", "test"}
 
 
 class TestManifest:

@@ -221,9 +221,7 @@ class TestSubmitAnnotation:
         assert len(h.annotations) == 4 and set(h.orders.values()) <= {"A > B", "B > A"}
 
 
-def test_dense_ranks_and_inconsistencies() -> None:
-    assert labeling.dense_ranks({1: 1, 2: 1, 3: 3, 4: 4}) == {1: 1, 2: 1, 3: 2, 4: 3}
-    assert labeling.dense_ranks({1: 2, 2: 1}) == {1: 2, 2: 1}
+def test_inconsistencies() -> None:
     assert labeling.inconsistencies({1: 1, 2: 2, 3: 2}, {1: 5, 2: 6, 3: 5}) == [(1, 2)]
 
 

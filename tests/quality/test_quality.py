@@ -6,7 +6,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from app.quality import service as quality
-from app.quality.service import Ann, It
+from app.quality.service import Ann
+from app.ranking import Item
 from tests.factories import make_annotation, make_model_version, make_prompt_set, make_task, make_user
 
 
@@ -21,7 +22,7 @@ def ann(
     skipped: bool = False,
 ) -> Ann:
     items = [
-        It(100 + i, r, ratings[i] if ratings else None, i, versions[i] if versions else None)
+        Item(100 + i, r, ratings[i] if ratings else None, i, versions[i] if versions else None)
         for i, r in enumerate(ranks)
     ]
     return Ann(
@@ -88,9 +89,9 @@ class TestLabelerStats:
         assert b.contradictions == 1 and b.contradiction_rate == 1.0 and b.first_expected == 0.5
 
     def test_contradiction_rule(self) -> None:
-        assert quality.contradicts([It(1, 1, 3), It(2, 2, 5)])
-        assert not quality.contradicts([It(1, 1, 5), It(2, 1, 3)])  # tied ranks never contradict
-        assert not quality.contradicts([It(1, 1, 5), It(2, 2, 5)])  # equal ratings are fine
+        assert quality.contradicts([Item(1, 1, 3), Item(2, 2, 5)])
+        assert not quality.contradicts([Item(1, 1, 5), Item(2, 1, 3)])  # tied ranks never contradict
+        assert not quality.contradicts([Item(1, 1, 5), Item(2, 2, 5)])  # equal ratings are fine
 
 
 class TestWinRates:

@@ -195,6 +195,37 @@ class TestRunPage:
         assert "bad &lt;b&gt;config&lt;/b&gt;" in page and "<b>config" not in page
         assert "hx-trigger" not in page
 
+    def test_reward_job_shows_what_it_trained_on(self, client: TestClient, session: Session) -> None:
+        """The export manifest a train_reward job cites: filters (sets by name), counts, sha256."""
+        from app.exports import service as exports
+        from tests.factories import make_prompt_set
+
+        ps = make_prompt_set(session, name="round-<1>")
+        filters = exports.Filters(prompt_set_ids=[ps.id], min_labels=2, split_fractions=(0.8, 0.2, 0.0))
+        data = {
+            "format": "groups",
+            "filters": filters.describe(),
+            "counts": {
+                "rows": 12,
+                "annotations": 30,
+                "pairs": 170,
+                "ties": 10,
+                "prompts": 12,
+                "rows_by_split": {"train": 10, "validation": 2, "test": 0},
+            },
+            "sha256": "ab" * 32,
+        }
+        job = _running(session, make_job(session, kind="train_reward"))
+        jobs.complete(session=session, job=job, result={"data": data, "metrics": {}})
+        login(client, make_user(session, role="researcher"))
+        page = client.get(f"/runs/{job.id}").text
+        section = page[page.index("Trained on") :]
+        assert "ab" * 32 in section and f"round-&lt;1&gt; (#{ps.id})" in section
+        assert "12 tasks · 30 rankings · 170 pairs (10 ties)" in section and "validation 2" in section
+        assert "min labels</dt><dd>2<" in section and "0.8/0.2/0.0" in section
+        other = _running(session, make_job(session, kind="train_ppo"))
+        assert "Trained on" not in client.get(f"/runs/{other.id}").text
+
     def test_samples_table_is_escaped(self, client: TestClient, session: Session) -> None:
         job = _running(session, make_job(session, kind="train_ppo"))
         jobs.complete(

@@ -3,6 +3,7 @@ reward model with metrics; resume after a worker died; cancel leaves no model.""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,13 +12,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import trainer.reward.train as reward_train
+from app.auth.models import User
 from app.db import utcnow
+from app.prompts.models import PromptSet
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_annotation, make_job, make_prompt_set, make_task, make_user
 from tests.tiny import save_tiny_policy
 from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
-from trainer.reward.data import DataFilters, load_groups
+from trainer.reward.data import load_groups
 from trainer.reward.job import paths_for
 from trainer.worker import Worker
 
@@ -25,7 +28,7 @@ PARAMS = {
     "lr": 3e-3,
     "batch_size": 4,
     "max_length": 32,
-    "val_fraction": 0.25,
+    "split_fractions": [0.75, 0.25, 0],  # the export's split, with room for validation prompts
     "eval_every": 3,
     "checkpoint_every": 3,
 }
@@ -59,16 +62,28 @@ def worker(sessions: sessionmaker[Session]) -> Worker:
 
 
 class TestLoadGroups:
-    def test_groups_rankings_and_filters(self, session: Session) -> None:
-        seed_rankings(session, n=6)
-        groups, manifest = load_groups(session=session, filters=DataFilters(sets=["rm-data"]))
-        assert len(groups) == 6 and manifest["rankings"] == 6 + 2  # tasks 0 and 3 twice; skip not
+    def test_groups_rankings_and_filters(self, sessions: sessionmaker[Session]) -> None:
+        with sessions() as s:
+            seed_rankings(s, n=6)
+
+        def load(**params: object) -> tuple[list, dict]:
+            return load_groups(sessions=sessions, params=params, secret="k")
+
+        groups, manifest = load(sets=["rm-data"])
+        assert len(groups) == 6 and manifest["counts"]["annotations"] == 6 + 2  # tasks 0, 3 twice; skip not
         assert [len(g.rankings) for g in groups] == [2, 1, 1, 2, 1, 1]
-        assert all(g.k == 4 for g in groups) and manifest["comparisons"] == 8 * 4
-        two, _ = load_groups(session=session, filters=DataFilters(min_labels=2))
-        assert len(two) == 2
-        with pytest.raises(ValueError, match="no prompt set named 'nope'"):
-            load_groups(session=session, filters=DataFilters(sets=["nope"]))
+        assert all(g.k == 4 for g in groups) and manifest["counts"]["pairs"] == 8 * 4
+        assert {g.split for g in groups} <= {"train", "validation", "test"}
+        assert manifest["format"] == "groups" and len(manifest["sha256"]) == 64
+        # the export's meaning: min_labels counts a task's labels, sets go by name or id
+        assert len(load(min_labels=2)[0]) == 2
+        with sessions() as s:
+            set_id = s.scalar(select(PromptSet.id).where(PromptSet.name == "rm-data"))
+        assert load(sets=[str(set_id)])[1]["sha256"] == manifest["sha256"]
+        with pytest.raises(ValueError, match="no prompt set called 'nope'"):
+            load(sets=["nope"])
+        with pytest.raises(ValueError, match="split fractions"):
+            load(split_fractions=[1, 0])
 
 
 class TestRewardJob:
@@ -90,8 +105,9 @@ class TestRewardJob:
             assert mv is not None and mv.kind == "reward" and mv.is_active
             assert mv.source == str(base_model) and Path(mv.path) == paths_for(job_id)[0]
             assert mv.metrics["val_accuracy"] is not None and "reward_std" in mv.metrics
-            assert mv.config["lr"] == 3e-3 and mv.config["data"]["sets"] == ["rm-data"]
+            assert mv.config["lr"] == 3e-3 and len(mv.config["data"]["prompt_set_ids"]) == 1
             assert job.result["model_version_id"] == mv.id
+            assert job.result["data"] == mv.config["manifest"] and job.result["data"]["format"] == "groups"
             names = set(s.scalars(select(JobMetric.name).where(JobMetric.job_id == job_id)))
             assert {"train_loss", "val_loss", "val_accuracy", "lr"} <= names
         assert (Path(mv.path) / "model.safetensors").exists()
@@ -202,3 +218,79 @@ def test_the_score_is_normalised_on_the_active_policys_completions(
     with sessions() as s:
         assert s.get(Job, job_id).status == "succeeded", s.get(Job, job_id).error
     assert seen["reference"] == [("p0", "a0"), ("p0", "b0"), ("p2", "a2"), ("p2", "b2")]
+
+
+def test_trains_on_exactly_what_export_groups_writes(
+    committed: sessionmaker[Session],
+    base_model: Path,
+    artifacts: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same filters, same data: the job's data manifest is `ranklab export groups`'s (same
+    sha256, counts and filters) and its validation prompts are `--split validation`'s."""
+    import json
+
+    from click.testing import CliRunner
+
+    from app.cli import cli
+    from app.config import get_settings
+
+    with committed() as s:
+        seed_rankings(s, n=24)
+        bob = s.scalar(select(User.username).order_by(User.id.desc()))
+    url = committed.kw["bind"].url.render_as_string(hide_password=False)
+    monkeypatch.setenv("RANKLAB_DATABASE_URL", url)
+    get_settings.cache_clear()
+    filters = [
+        "--set",
+        "rm-data",
+        "--labeler",
+        bob,
+        "--since",
+        "2000-01-01",
+        "--split-fractions",
+        "0.5,0.5,0",
+    ]
+    params = {
+        "sets": ["rm-data"],
+        "labelers": [bob],
+        "since": "2000-01-01",
+        "split_fractions": "0.5,0.5,0",
+        "base_model": str(base_model),
+        **{k: v for k, v in PARAMS.items() if k != "split_fractions"},
+    }
+
+    out, val = tmp_path / "groups.jsonl", tmp_path / "val.jsonl"
+    for args in ([*filters, "--out", str(out)], [*filters, "--split", "validation", "--out", str(val)]):
+        res = CliRunner().invoke(cli, ["export", "groups", *args])
+        assert res.exit_code == 0, res.output
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    val_prompts = {json.loads(line)["prompt"] for line in val.read_text().splitlines()}
+    assert val_prompts and manifest["counts"]["annotations"] < 24  # bob's rankings only
+
+    seen: dict[str, list] = {}
+    real = reward_train.split_groups
+
+    def spy(groups):  # type: ignore[no-untyped-def]
+        seen.update(real(groups))
+        return seen
+
+    monkeypatch.setattr(reward_train, "split_groups", spy)
+    with committed.begin() as s:
+        job_id = make_job(s, kind="train_reward", params=params).id
+    assert Worker(committed, worker_id="w", heartbeat_seconds=3600, stale_seconds=60).run(burst=True) == 1
+    with committed() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded", job.error
+        data = job.result["data"]
+    assert data["sha256"] == manifest["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert (data["counts"], data["filters"], data["schema_version"]) == (
+        manifest["counts"],
+        manifest["filters"],
+        manifest["schema_version"],
+    )
+    assert set(data) == set(manifest)  # the export's form, key for key
+    assert {g.prompt for g in seen["validation"]} == val_prompts
+    assert job.result["metrics"]["val_prompts"] == len(val_prompts)
+    get_settings.cache_clear()

@@ -9,6 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from app.db import utcnow
+from app.exports import encode, formats
+from app.exports.formats import AnnotationRecord, ItemRecord
+from app.ranking import pair_indices
 from tests.tiny import tiny_reward_model, tiny_tokenizer
 from trainer.reward.model import (
     Group,
@@ -18,7 +22,6 @@ from trainer.reward.model import (
     init_head,
     pair_correct,
     plan_pairs,
-    ranking_pairs,
     score,
 )
 
@@ -64,11 +67,50 @@ class TestGroupedLoss:
         assert g_got[-2:].abs().sum() == 0  # the all-tied ranking contributes nothing
 
     def test_ties_are_dropped(self) -> None:
-        assert ranking_pairs([1, 1, 2, 3]) == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
-        assert ranking_pairs([2, 1]) == [(1, 0)]
-        assert ranking_pairs([1, 1]) == []
         plan = plan_pairs([Group("p", tuple("abcd"), ((1, 1, 2, 2),))])
         assert plan.win.tolist() == [0, 0, 1, 1] and plan.lose.tolist() == [2, 3, 2, 3]
+        assert plan_pairs([Group("p", tuple("ab"), ((2, 1),))]).win.tolist() == [1]
+        assert plan_pairs([Group("p", tuple("ab"), ((1, 1),))]).n_rankings == 0
+
+    def test_the_pairs_are_app_rankings_and_the_exports(self) -> None:
+        """One expansion: the loss's pairs of a group are app.ranking's pairs of the same ranks
+        and the rows a `comparisons`/`trl` export writes for them (ties left out), in order."""
+        rankings = ((2, 1, 1, 3, 4, 2), (1, 1, 3, 4, 4, 6), (6, 5, 4, 3, 2, 1), (1, 1, 1, 1, 1, 2))
+        group = Group("p", tuple("abcdef"), rankings)
+        plan = plan_pairs([group])
+        got = list(zip(plan.ranking.tolist(), plan.win.tolist(), plan.lose.tolist(), strict=True))
+        want = [(n, w, x) for n, r in enumerate(rankings) for w, x, _ in pair_indices(r)]
+        assert got == want and group.n_pairs() == len(want)
+        exported = []
+        for n, r in enumerate(rankings):
+            rec = AnnotationRecord(
+                annotation_id=n,
+                task_id=1,
+                prompt_set="s",
+                prompt_id=1,
+                prompt="p",
+                prompt_messages=None,
+                labeler="L",
+                guideline_version=None,
+                created_at=utcnow(),
+                time_spent_ms=None,
+                notes="",
+                skip_reason=None,
+                inconsistency_confirmed=False,
+                split="train",
+                items=[
+                    ItemRecord(10 + i, c, rank, None, [], i, None, None)
+                    for i, (c, rank) in enumerate(zip("abcdef", r, strict=True))
+                ],
+            )
+            exported += [
+                (n, c, x) for c, x, tie, _, _ in encode.record_pairs(rec, keep_ties=False) if not tie
+            ]
+            rows = formats.trl_rows(rec, formats.RowOptions())
+            assert [(row["chosen"], row["rejected"]) for row in rows] == [
+                ("abcdef"[w], "abcdef"[x]) for w, x, _ in pair_indices(r)
+            ]
+        assert exported == want
 
     def test_each_labelers_ranking_is_its_own_term_over_the_same_passes(self) -> None:
         g = Group("p", ("a", "b", "c"), ((1, 2, 3), (3, 2, 1)))

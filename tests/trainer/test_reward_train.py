@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.ranking import split_of
 from tests.tiny import save_tiny_policy
 from trainer.reward.model import Group, load_reward_model, score_texts
-from trainer.reward.train import RewardConfig, split_by_prompt, step_plan, train
+from trainer.reward.train import RewardConfig, split_groups, step_plan, train
 
 WORDS = [
     "apple",
@@ -42,7 +43,7 @@ def synthetic_groups(n: int, k: int = 4, seed: int = 0) -> list[Group]:
     """Completions with the marker word rank above those without (ties within each side)."""
     rng = random.Random(seed)
     groups = []
-    for i in range(n):
+    for _ in range(n):
         prompt = " ".join(rng.choices(WORDS, k=4))
         comps, ranks = [], []
         for j in range(k):
@@ -59,7 +60,6 @@ def synthetic_groups(n: int, k: int = 4, seed: int = 0) -> list[Group]:
                 prompt=prompt,
                 completions=tuple(comps[o] for o in order),
                 rankings=(tuple(ranks[o] for o in order),),
-                key=f"p{i}",
             )
         )
     return groups
@@ -72,13 +72,22 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_split_is_by_prompt_and_stable() -> None:
-    groups = synthetic_groups(50)
-    groups += [Group(g.prompt, g.completions, g.rankings, key=g.key) for g in groups[:10]]
-    train, val = split_by_prompt(groups, 0.2)
-    assert {g.key for g in train}.isdisjoint({g.key for g in val})
-    assert 8 <= len({g.key for g in val}) <= 12
-    assert split_by_prompt(groups, 0.2) == (train, val)
+def test_split_is_the_exports_by_prompt() -> None:
+    """A group keeps the split its export row gave it; one without (synthetic data, files of
+    other origins) gets app.ranking.split_of of its prompt, as the export would give it."""
+    groups = synthetic_groups(400)
+    groups += [Group(g.prompt, g.completions, g.rankings) for g in groups[:40]]  # same prompts again
+    sides = split_groups(groups)
+    assert sum(map(len, sides.values())) == len(groups)
+    prompts = {name: {g.prompt for g in gs} for name, gs in sides.items()}
+    assert prompts["train"].isdisjoint(prompts["validation"]) and prompts["train"].isdisjoint(prompts["test"])
+    assert all(split_of(g.prompt) == name for name, gs in sides.items() for g in gs)
+    assert 0 < len(sides["validation"]) < len(groups) * 0.15
+    assert split_groups(groups) == sides
+    pinned = [Group(g.prompt, g.completions, g.rankings, split="validation") for g in groups[:5]]
+    assert split_groups(pinned)["validation"] == pinned
+    with pytest.raises(ValueError, match="split: one of"):
+        split_groups([Group("p", ("a", "b"), ((1, 2),), split="dev")])
 
 
 def test_cosine_decay_ends_at_a_tenth_of_the_rate_after_one_epoch() -> None:
@@ -106,7 +115,6 @@ def test_learns_a_marker_word_on_held_out_prompts(base_model: Path, tmp_path: Pa
         epochs=1,
         batch_size=8,
         max_length=32,
-        val_fraction=0.2,
         eval_every=10,
         checkpoint_every=0,
     )
@@ -136,7 +144,7 @@ def test_learns_a_marker_word_on_held_out_prompts(base_model: Path, tmp_path: Pa
     good = torch.tensor([MARKER in c for c in comps])
     assert s[good].mean() > s[~good].mean() + 1.0
     # The training completions (the reference here) have mean 0 and std 1 after normalisation.
-    train_groups, _ = split_by_prompt(synthetic_groups(240), 0.2)
+    train_groups = split_groups(synthetic_groups(240))["train"]
     ref = torch.tensor(
         score_texts(
             model,

@@ -25,7 +25,7 @@ REWARD = {
     "lr": 3e-3,
     "batch_size": 4,
     "max_length": 32,
-    "val_fraction": 0.25,
+    "split_fractions": [0.75, 0.25, 0],
     "eval_every": 50,
     "checkpoint_every": 0,
 }

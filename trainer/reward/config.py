@@ -31,7 +31,6 @@ class RewardConfig:
     max_length: int = _D["max_length"]
     weight_decay: float = _D["weight_decay"]
     max_grad_norm: float = _D["max_grad_norm"]
-    val_fraction: float = _D["val_fraction"]
     eval_every: int = _D["eval_every"]
     checkpoint_every: int = _D["checkpoint_every"]
     eval_batch_size: int = _D["eval_batch_size"]

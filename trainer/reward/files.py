@@ -22,7 +22,6 @@ def read_preference_groups(path: Path, *, kind: str = "auto") -> tuple[list[Grou
             prompt=u.prompt,
             completions=tuple(text for _, text, _ in u.completions),
             rankings=(tuple(u.ranks),),
-            key=u.prompt,
         )
         for u in units
         if u.skip_reason is None and len(u.completions) >= 2

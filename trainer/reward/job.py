@@ -1,9 +1,13 @@
 """The `train_reward` job: rankings from the database → a trained, registered reward model.
 
-params: the export filters (sets, min_labels, labelers, since, until), base_model (default:
-the active policy's backbone), and any RewardConfig field (lr, epochs, batch_size, max_length,
-...). The model lands in <artifacts>/reward/job-<id>; checkpoints in
-<artifacts>/checkpoints/reward-job-<id>, which a reclaimed job resumes from.
+params: the export filters with `ranklab export`'s meaning (sets, policies, labelers, since,
+until, min_labels, exclude_flagged, split_seed, split_fractions: see
+app.exports.service.filters_from_params), base_model (default: the active policy's backbone),
+and any RewardConfig field (lr, epochs, batch_size, max_length, ...). The data is the `groups`
+export of those filters: the model trains on its `train` split, validates on its `validation`
+split, and the job's result cites the export's manifest (result["data"]). The model lands in
+<artifacts>/reward/job-<id>; checkpoints in <artifacts>/checkpoints/reward-job-<id>, which a
+reclaimed job resumes from.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from typing import Any
 from sqlalchemy import select
 
 from app.config import get_settings
+from app.exports.service import FILTER_PARAMS
 from app.runs import models_service
 from app.runs import service as jobs
 from app.runs.models import ModelKind, ModelVersion
-from trainer.reward.data import DataFilters, load_groups
+from trainer.reward.data import load_groups
 from trainer.reward.train import Hooks, RewardConfig, train
 
-FILTER_KEYS = {"sets", "min_labels", "labelers", "since", "until"}
+FILTER_KEYS = set(FILTER_PARAMS)
 
 
 def paths_for(job_id: int, artifacts: Path | None = None) -> tuple[Path, Path]:
@@ -66,15 +71,14 @@ def run_job(ctx: Any) -> dict[str, Any]:
         active_policy = models_service.active(session=s, kind=ModelKind.policy)
         base_model, policy = resolve_base_model(params.get("base_model"), active_policy)
         cfg = config_from_params(params, base_model)
-        filters = DataFilters.from_params(params)
-        groups, manifest = load_groups(session=s, filters=filters)
-        ref_id = active_policy.id if active_policy else None
+        ref = (active_policy.id, active_policy.name) if active_policy else None
+    groups, manifest = load_groups(sessions=ctx.sessions, params=params, secret=get_settings().secret_key)
     if not groups:
         raise ValueError(f"no rankings match the filters {manifest['filters']}")
-    manifest["job_id"] = ctx.job_id
+    c = manifest["counts"]
     ctx.log(
-        f"{manifest['tasks']} tasks, {manifest['rankings']} rankings, "
-        f"{manifest['comparisons']} comparisons; base model {base_model}"
+        f"{c['rows']} tasks ({c['rows_by_split']}), {c['annotations']} rankings, {c['pairs']} comparisons "
+        f"(sha256 {manifest['sha256'][:12]}…, as `ranklab export groups`); base model {base_model}"
     )
 
     # The reference policy's own samples set the score's zero and unit; without any, all of them.
@@ -82,9 +86,9 @@ def run_job(ctx: Any) -> dict[str, Any]:
         (g.prompt, c)
         for g in groups
         for c, p in zip(g.completions, g.policies, strict=False)
-        if ref_id and p == ref_id
+        if ref and p == ref[1]
     ]
-    manifest["normalized_on"] = f"policy {ref_id}" if reference else "every completion in the data"
+    normalized_on = f"policy {ref[0]}" if ref and reference else "every completion in the data"
 
     out_dir, work_dir = paths_for(ctx.job_id)
     try:
@@ -126,7 +130,12 @@ def run_job(ctx: Any) -> dict[str, Any]:
                 parent_id=policy.id if policy else None,
             )
             s.add(mv)
-        mv.config = {**asdict(cfg), "data": manifest["filters"], "manifest": manifest}
+        mv.config = {
+            **asdict(cfg),
+            "data": manifest["filters"],
+            "manifest": manifest,
+            "normalized_on": normalized_on,
+        }
         mv.metrics = metrics
         s.flush()
         if models_service.active(session=s, kind=ModelKind.reward) is None:
@@ -137,4 +146,11 @@ def run_job(ctx: Any) -> dict[str, Any]:
         f"reward model {mv_id} saved at {out_dir} (validation accuracy "
         f"{metrics.get('val_accuracy')}){'; now active' if active else ''}"
     )
-    return {"model_version_id": mv_id, "path": str(out_dir), "active": active, "metrics": metrics}
+    return {
+        "model_version_id": mv_id,
+        "path": str(out_dir),
+        "active": active,
+        "metrics": metrics,
+        "data": manifest,  # the export's manifest of the training data: the run page shows it
+        "normalized_on": normalized_on,
+    }

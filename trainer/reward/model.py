@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from app.ranking import ordered_pairs, pair_indices
 
 # Config attributes that carry the score normalisation (saved in the model's config.json):
 # normalised = (raw - reward_mean) / reward_std.
@@ -37,8 +38,8 @@ class Group:
     prompt: str
     completions: tuple[str, ...]
     rankings: tuple[tuple[int, ...], ...]
-    key: str = ""  # the prompt's identity for the train/validation split (same prompt, same side)
-    policies: tuple[int | None, ...] = ()  # model version that sampled each completion
+    split: str = ""  # train/validation/test as the export gives it; "" = app.ranking.split_of(prompt)
+    policies: tuple[str | None, ...] = ()  # name of the model version that sampled each completion
     task_id: int | None = None
 
     @property
@@ -46,18 +47,7 @@ class Group:
         return len(self.completions)
 
     def n_pairs(self) -> int:
-        return sum(len(ranking_pairs(r)) for r in self.rankings)
-
-
-def ranking_pairs(ranks: Sequence[int]) -> list[tuple[int, int]]:
-    """(winner, loser) indices of every untied pair of one ranking; lower rank wins."""
-    out = []
-    for i, j in combinations(range(len(ranks)), 2):
-        if ranks[i] < ranks[j]:
-            out.append((i, j))
-        elif ranks[j] < ranks[i]:
-            out.append((j, i))
-    return out
+        return sum(ordered_pairs(r)[0] for r in self.rankings)
 
 
 @dataclass
@@ -99,10 +89,11 @@ def plan_pairs(groups: Sequence[Group]) -> PairPlan:
         for ranks in g.rankings:
             if len(ranks) != g.k:
                 raise ValueError(f"a ranking of {len(ranks)} ranks for {g.k} completions (task {g.task_id})")
-            pairs = ranking_pairs(ranks)
+            # app.ranking's expansion, the one every export runs: the loss sees exactly their pairs.
+            pairs = pair_indices(ranks)
             if not pairs:
                 continue
-            for w, lo in pairs:
+            for w, lo, _ in pairs:
                 win.append(base + w)
                 lose.append(base + lo)
                 which.append(n_rankings)

@@ -10,7 +10,6 @@ trains on its share of every batch (DDP) with no change to this code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from app.ranking import SPLITS, split_of
 from trainer.reward.config import RewardConfig  # noqa: F401  (re-exported: job.py, launch.py import it here)
 from trainer.reward.model import (
     NORM_MEAN,
@@ -61,23 +61,17 @@ class TrainResult:
 # --- data ---------------------------------------------------------------------------------
 
 
-def split_by_prompt(
-    groups: Sequence[Group], val_fraction: float, seed: int = 0
-) -> tuple[list[Group], list[Group]]:
-    """A stable split by prompt: a prompt's every task and ranking fall on one side."""
-    if val_fraction <= 0:
-        return list(groups), []
-
-    def u(g: Group) -> float:
-        digest = hashlib.sha256(f"{seed}:{g.key or g.prompt}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
-    keys = {g.key or g.prompt: u(g) for g in groups}
-    cut = sorted(keys.values())[max(0, min(len(keys) - 1, round(val_fraction * len(keys)) - 1))]
-    val_keys = {k for k, v in keys.items() if v <= cut} if len(keys) > 1 else set()
-    train = [g for g in groups if (g.key or g.prompt) not in val_keys]
-    val = [g for g in groups if (g.key or g.prompt) in val_keys]
-    return train, val
+def split_groups(groups: Sequence[Group]) -> dict[str, list[Group]]:
+    """Groups by the export's split (train/validation/test): each group's own, as the export
+    wrote it, else app.ranking.split_of of its prompt text with the export's default seed and
+    fractions. Same prompt, same side; the test split is held out of training and validation."""
+    out: dict[str, list[Group]] = {name: [] for name in SPLITS}
+    for g in groups:
+        side = g.split or split_of(g.prompt)
+        if side not in out:
+            raise ValueError(f"split: one of {', '.join(SPLITS)}, not {side!r} (prompt {g.prompt[:40]!r})")
+        out[side].append(g)
+    return out
 
 
 def encode_groups(tokenizer: Any, groups: Sequence[Group], max_length: int) -> list[list[Encoded]]:
@@ -225,12 +219,14 @@ def train(
     torch.manual_seed(cfg.seed)
 
     # -- split and encode
-    train_groups, val_groups = split_by_prompt(groups, cfg.val_fraction, cfg.seed)
-    train_groups = [g for g in train_groups if g.n_pairs() > 0]
+    sides = split_groups(groups)
+    train_groups = [g for g in sides["train"] if g.n_pairs() > 0]
+    val_groups = sides["validation"]
     if not train_groups:
         raise ValueError("no training data: no ranking with two differently ranked completions")
     hooks.log(
-        f"{len(train_groups)} training prompts, {len(val_groups)} validation prompts, "
+        f"{len(train_groups)} training prompts, {len(val_groups)} validation prompts "
+        f"({len(sides['test'])} test prompts held out), "
         f"{sum(g.n_pairs() for g in train_groups)} training comparisons"
     )
     model, tokenizer = load_reward_model(cfg.base_model)
