@@ -75,6 +75,29 @@ def activate_reward(*, session: Session, model: ModelVersion) -> ModelVersion:
     return activate(session=session, model=model)
 
 
+# The first reward model becomes active by itself only when it is measurably better than chance:
+# above 50% on at least this many validation pairs. Otherwise a person decides on /models.
+MIN_VAL_PAIRS_TO_ACTIVATE = 30
+
+
+def why_not_active_by_itself(metrics: dict[str, Any]) -> str | None:
+    """None when a first reward model with these validation metrics may be made active by
+    itself; else the reason /models shows beside it."""
+    accuracy, pairs = metrics.get("val_accuracy"), metrics.get("val_pairs") or 0
+    if not isinstance(accuracy, int | float) or pairs < MIN_VAL_PAIRS_TO_ACTIVATE:
+        return (
+            f"not made active by itself: {pairs} validation pairs, fewer than the "
+            f"{MIN_VAL_PAIRS_TO_ACTIVATE} needed to tell it from chance; label more, "
+            "or make it active by hand"
+        )
+    if accuracy <= 0.5:
+        return (
+            f"not made active by itself: validation accuracy {accuracy:.1%} is no better than chance "
+            "(50%); check the labels or train longer, or make it active by hand"
+        )
+    return None
+
+
 def promote_policy(*, session: Session, model: ModelVersion) -> ModelVersion:
     """The policy that samples from now on (new prompt sets, the next PPO run's start)."""
     if model.kind != ModelKind.policy:
