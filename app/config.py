@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     )
     sampling_backend: Literal["local", "openai"] = Field("local", description="Who samples completions.")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. vLLM.")
+    openai_api: Literal["chat", "completions"] = Field(
+        "chat",
+        description="chat: /v1/chat/completions with the messages; completions: /v1/completions "
+        "with the prompt templated as text (base models).",
+    )
     openai_api_key: str | None = Field(None, description="Bearer key for that server, if it wants one.")
     openai_model: str | None = Field(None, description="Model name the server serves.")
     openai_concurrency: int = Field(8, ge=1, description="Requests in flight to that server at once.")
