@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.db import utcnow
+from app.errors import Invalid
 from app.exports import encode, formats
 from app.exports.formats import AnnotationRecord, ItemRecord, RowOptions
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
@@ -31,8 +32,8 @@ BATCH_ANNOTATIONS = 500  # annotations per written batch (Parquet row group: up 
 PAGE_ANNOTATIONS = 1_000  # annotations per database round trip
 
 
-class ExportError(ValueError):
-    """A refusal naming the field, shown to the user as it is."""
+class ExportError(Invalid):
+    """A refusal naming the field (the query parameter or CLI option), shown as it is."""
 
 
 @dataclass
@@ -88,7 +89,7 @@ def resolve_labelers(*, session: Session, names: list[str], secret: str) -> list
     for n in names:
         n = n.strip()
         if n not in by_name:
-            raise ExportError(f"labelers: no labeler called {n!r}")
+            raise ExportError("labeler", f"no labeler called {n!r}")
         out.append(by_name[n])
     return out
 
@@ -305,7 +306,7 @@ def iter_rows(
     """Batches of format `fmt`, counted into `counts` as they go: JSON Lines bytes or Arrow
     tables for the pair formats (see app.exports.encode), lists of row dicts for the others."""
     if fmt not in formats.FORMATS:
-        raise ExportError(f"format: one of {', '.join(formats.FORMATS)}, not {fmt!r}")
+        raise ExportError("format", f"one of {', '.join(formats.FORMATS)}, not {fmt!r}")
     counts = counts if counts is not None else Counts()
     records = iter_records(
         session=session,
@@ -447,16 +448,16 @@ def export(
     """An export ready to stream. Its session opens when the first bytes are asked for and
     closes when the stream ends, so a web response can outlive the request's session."""
     if fmt not in formats.FORMATS:
-        raise ExportError(f"format: one of {', '.join(formats.FORMATS)}, not {fmt!r}")
+        raise ExportError("format", f"one of {', '.join(formats.FORMATS)}, not {fmt!r}")
     if file_type not in formats.FILE_TYPES:
-        raise ExportError(f"file type: one of {', '.join(formats.FILE_TYPES)}, not {file_type!r}")
+        raise ExportError("file", f"one of {', '.join(formats.FILE_TYPES)}, not {file_type!r}")
     if filters.split is not None and filters.split not in SPLITS:
-        raise ExportError(f"split: one of {', '.join(SPLITS)}, not {filters.split!r}")
+        raise ExportError("split", f"one of {', '.join(SPLITS)}, not {filters.split!r}")
     fr = filters.split_fractions
     if len(fr) != 3 or any(f < 0 for f in fr) or sum(fr) <= 0:
         # Checked here, not mid-stream: a bad one would fail after the first bytes had left.
         raise ExportError(
-            f"split fractions: three non-negative numbers train,validation,test, not {list(fr)}"
+            "fractions", f"split fractions: three non-negative numbers train,validation,test, not {list(fr)}"
         )
     counts = Counts()
     schema = formats.schema_for(fmt, opts)

@@ -4,29 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from app.auth.deps import CurrentAdmin, CurrentLabeler, CurrentUser
 from app.auth.models import User
-from app.db import SessionDep, utcnow
+from app.db import SessionDep, undone_on_error, utcnow
+from app.errors import ErrorOut, Id, Invalid, NotFound, ProblemsOut
 from app.labeling import guidelines, history
 from app.labeling import service as labeling
 from app.labeling.models import Annotation, Assignment
-from app.labeling.schemas import AnnotationIn, AnnotationOut, CompletionOut, ErrorOut, TaskOut
-from app.web import render
+from app.labeling.schemas import AnnotationIn, AnnotationOut, CompletionOut, TaskOut
+from app.web import FormDep, render
 
 router = APIRouter(tags=["labeling"])
 api = APIRouter(tags=["labeling"])
-
-
-async def _form(request: Request) -> FormData:
-    # Field names carry completion ids (rank-31, rating-31, flags-31), so the form is read whole.
-    return await request.form()
-
-
-FormDep = Annotated[FormData, Depends(_form)]
 
 
 def _lease_minutes(request: Request) -> float:
@@ -108,31 +101,38 @@ def _ms(raw: Any) -> int | None:
     return int(raw) if raw.isdigit() and len(raw) <= 15 else None
 
 
-@router.post("/label/{assignment_id}", response_class=HTMLResponse)
-def label_submit(
-    request: Request, session: SessionDep, user: CurrentLabeler, form: FormDep, assignment_id: int
-) -> Response:
+def _own_assignment(session: SessionDep, user: User, assignment_id: int) -> Assignment:
+    """The labeler's assignment, locked as submit() would lock it; others' are a 404 too."""
     assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user, lock=True)
     if assignment is None:
-        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
+        raise NotFound("No such assignment of yours.")
+    return assignment
+
+
+@router.post("/label/{assignment_id}", response_class=HTMLResponse)
+def label_submit(
+    request: Request, session: SessionDep, user: CurrentLabeler, form: FormDep, assignment_id: Id
+) -> Response:
+    # Field names carry completion ids (rank-31, rating-31, flags-31), so the form is read whole.
+    assignment = _own_assignment(session, user, assignment_id)
     ids = [c.id for c in assignment.task.completions]
     values = _form_values(form, ids)
     labels = {cid: labeling.letter(i) for i, cid in enumerate(assignment.display_order)}
     ranks = {str(cid): _int_or_keep(v) for cid, v in values["rank"].items() if v.strip()}
     ratings = {str(cid): _int_or_keep(v) for cid, v in values["rating"].items() if v.strip()}
     try:
-        labeling.submit(
-            session=session,
-            assignment=assignment,
-            ranks=ranks,
-            ratings=ratings,
-            flags={str(cid): f for cid, f in values["flags"].items()},
-            notes=_joined_notes(values, labels),
-            time_spent_ms=_ms(form.get("time_spent_ms")),
-            confirm_inconsistent=form.get("confirm_inconsistent") == "1",
-        )
+        with undone_on_error(session):  # the page is shown again: nothing of this stays
+            labeling.submit(
+                session=session,
+                assignment=assignment,
+                ranks=ranks,
+                ratings=ratings,
+                flags={str(cid): f for cid, f in values["flags"].items()},
+                notes=_joined_notes(values, labels),
+                time_spent_ms=_ms(form.get("time_spent_ms")),
+                confirm_inconsistent=form.get("confirm_inconsistent") == "1",
+            )
     except labeling.SubmissionInvalid as e:
-        session.rollback()
         return _page(
             request,
             session,
@@ -143,7 +143,6 @@ def label_submit(
             status_code=422,
         )
     except labeling.SubmissionRefused as e:
-        session.rollback()
         return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
     return RedirectResponse("/label", status_code=303)
 
@@ -153,24 +152,22 @@ def label_skip(
     request: Request,
     session: SessionDep,
     user: CurrentLabeler,
-    assignment_id: int,
+    assignment_id: Id,
     reason: Annotated[str, Form()] = "",
     notes: Annotated[str, Form()] = "",
     time_spent_ms: Annotated[str, Form()] = "",
 ) -> Response:
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user, lock=True)
-    if assignment is None:
-        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
+    assignment = _own_assignment(session, user, assignment_id)
     try:
-        labeling.skip(
-            session=session,
-            assignment=assignment,
-            reason=reason,
-            notes=notes,
-            time_spent_ms=_ms(time_spent_ms),
-        )
+        with undone_on_error(session):
+            labeling.skip(
+                session=session,
+                assignment=assignment,
+                reason=reason,
+                notes=notes,
+                time_spent_ms=_ms(time_spent_ms),
+            )
     except labeling.SubmissionInvalid as e:
-        session.rollback()
         return _page(request, session, user, assignment, error=f"{e.field}: {e.message}", status_code=422)
     return RedirectResponse("/label", status_code=303)
 
@@ -209,7 +206,7 @@ def guidelines_save(
 ) -> Response:
     try:
         guidelines.save_guideline(session=session, body=body, user=user)
-    except labeling.SubmissionInvalid as e:
+    except Invalid as e:  # nothing was written: the check comes first
         return render(
             request,
             "labeling/guidelines.html",
@@ -271,40 +268,31 @@ def _annotation_out(a: Annotation) -> AnnotationOut:
     responses={
         404: {"model": ErrorOut},
         409: {"model": ErrorOut},
-        422: {"model": ErrorOut, "description": "Names the field at fault."},
+        422: {"model": ProblemsOut, "description": "Names the field at fault."},
     },
 )
-def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: int, body: AnnotationIn) -> Any:
+def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: Id, body: AnnotationIn) -> Any:
     """Submit a ranking or a skip. Submitting again returns the first annotation unchanged."""
-    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user, lock=True)
-    if assignment is None:
-        return JSONResponse({"detail": "No such assignment of yours."}, status_code=404)
-    try:
-        if body.skip is not None:
-            if body.ranks or body.ratings or body.flags:
-                raise labeling.SubmissionInvalid("skip", "a skip carries no ranks, ratings or flags")
-            a = labeling.skip(
-                session=session,
-                assignment=assignment,
-                reason=body.skip,
-                notes=body.notes,
-                time_spent_ms=body.time_spent_ms,
-            )
-        else:
-            a = labeling.submit(
-                session=session,
-                assignment=assignment,
-                ranks=body.ranks,
-                ratings=body.ratings,
-                flags=body.flags,
-                notes=body.notes,
-                time_spent_ms=body.time_spent_ms,
-                confirm_inconsistent=body.confirm_inconsistent,
-            )
-    except labeling.SubmissionInvalid as e:
-        session.rollback()
-        return JSONResponse({"detail": [{"field": e.field, "message": e.message}]}, status_code=422)
-    except labeling.SubmissionRefused as e:
-        session.rollback()
-        return JSONResponse({"detail": e.message}, status_code=409)
+    assignment = _own_assignment(session, user, assignment_id)
+    if body.skip is not None:
+        if body.ranks or body.ratings or body.flags:
+            raise labeling.SubmissionInvalid("skip", "a skip carries no ranks, ratings or flags")
+        a = labeling.skip(
+            session=session,
+            assignment=assignment,
+            reason=body.skip,
+            notes=body.notes,
+            time_spent_ms=body.time_spent_ms,
+        )
+    else:
+        a = labeling.submit(
+            session=session,
+            assignment=assignment,
+            ranks=body.ranks,
+            ratings=body.ratings,
+            flags=body.flags,
+            notes=body.notes,
+            time_spent_ms=body.time_spent_ms,
+            confirm_inconsistent=body.confirm_inconsistent,
+        )
     return _annotation_out(a)

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any
 
+from app.errors import Problem
+
+__all__ = ["Problem"]  # the one located problem (app/errors.py), re-exported for the upload code
+
 MAX_PROBLEMS = 50
 FORMATS = ("jsonl", "csv", "parquet")
 EXTENSIONS = {
@@ -41,32 +45,6 @@ def approx_tokens(text: str) -> int:
 
 def text_hash(text: str) -> str:
     return sha256(text.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int | None
-    field: str | None
-    message: str
-    unit: str = "line"  # "row" for Parquet, which has no lines
-
-    def __str__(self) -> str:
-        where = self.file
-        if self.line is not None:
-            where += f", {self.unit} {self.line}"
-        if self.field is not None:
-            where += f", field '{self.field}'"
-        return f"{where}: {self.message}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "line": self.line,
-            "field": self.field,
-            "message": self.message,
-            "text": str(self),
-        }
 
 
 @dataclass

@@ -19,13 +19,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.deps import CurrentResearcher
+from app.config import Settings
 from app.db import SessionDep
+from app.errors import TooLarge
 from app.prompts.models import PromptSet, SetStatus
 from app.runs import models_service as registry
 from app.runs import service as jobs
 from app.runs.models import ModelKind
 from app.runs.round_service import RoundError, enqueue_round
-from app.web import render
+from app.web import FormDep, read_upload, render
 
 router = APIRouter(tags=["runs"])
 
@@ -88,14 +90,15 @@ def new_ppo_page(request: Request, session: SessionDep, user: CurrentResearcher)
     return render(request, "runs/new_ppo.html", _context(session, values, []))
 
 
-def _read_ptx(upload: Any, limit_mb: float, errors: list[str]) -> bytes | None:
+def _read_ptx(upload: Any, settings: Settings, errors: list[str]) -> bytes | None:
     """An uploaded PPO-ptx corpus, JSON Lines of {"text": ...}, checked whole (None: no file)."""
     if upload is None or isinstance(upload, str) or not upload.filename:
         return None
-    name, limit = upload.filename, int(limit_mb * 1_000_000)
-    data = upload.file.read(limit + 1)
-    if len(data) > limit:
-        errors.append(f"pretraining file {name}: larger than {limit_mb:g} MB")
+    name = upload.filename
+    try:
+        data = read_upload(upload, settings=settings)
+    except TooLarge as exc:
+        errors.append(f"pretraining file {exc.message}")
         return None
     try:
         lines = data.decode("utf-8").splitlines()
@@ -124,8 +127,8 @@ def _read_ptx(upload: Any, limit_mb: float, errors: list[str]) -> bytes | None:
 
 
 @router.post("/runs/new/ppo")
-async def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher) -> Response:
-    form = await request.form()
+def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep) -> Response:
+    """A plain `def` (the thread pool): it queries, reads the upload and writes it to disk."""
     values: dict[str, Any] = {name: form.get(name, "") for name, *_ in KNOBS}
     values["kl_target"] = form.get("kl_target", "")
     values["sets"] = [str(s) for s in form.getlist("sets")]
@@ -134,7 +137,7 @@ async def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher
     known = set(session.scalars(select(PromptSet.name)))
     errors += [f"sets: no prompt set named {s!r}" for s in values["sets"] if s not in known]
     settings = request.app.state.settings
-    ptx = _read_ptx(form.get("ptx_file"), settings.max_upload_mb, errors)
+    ptx = _read_ptx(form.get("ptx_file"), settings, errors)
     ctx = _context(session, values, errors)
     if ctx["reward"] is None:
         errors.append("reward model: none is active; train one first (Train reward model)")
