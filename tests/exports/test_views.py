@@ -173,3 +173,11 @@ def test_import_upload_over_the_size_limit_is_refused(
     )
     assert r.status_code == 413 and "larger than" in r.text
     assert session.scalar(select(func.count()).select_from(PromptSet).where(PromptSet.name == "big")) == 0
+
+
+def test_the_export_query_parameters_are_in_the_openapi_page(client: TestClient) -> None:
+    spec = client.get("/api/v1/openapi.json").json()
+    for path in ("/api/v1/exports/{fmt}", "/api/v1/exports/{fmt}/manifest"):
+        params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
+        assert {"file", "set", "labeler", "min_labels", "split", "fractions", "margin"} <= set(params)
+        assert params["set"]["schema"]["type"] == "array" and params["min_labels"]["description"]
