@@ -8,7 +8,6 @@ the browser. The request's session is rolled back when one escapes a handler (ap
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -108,15 +107,6 @@ class Invalid(DomainError):
         super().__init__(str(self.problems[0]))
         self.message = message
 
-    @classmethod
-    def of(cls, problems: Sequence[Problem], *, truncated: bool = False) -> Invalid:
-        """Several problems at once (an upload's every bad line); `truncated`: more were cut."""
-        first = problems[0] if problems else Problem(None, None, None, "refused")
-        exc = cls(first.field, first.message, file=first.file, line=first.line)
-        exc.problems, exc.truncated = list(problems), truncated
-        exc.args = ("; ".join(str(p) for p in problems[:3]),)
-        return exc
-
 
 def has_nul(value: str | None) -> bool:
     """PostgreSQL can neither store nor even compare a text with NUL in it."""
@@ -125,8 +115,10 @@ def has_nul(value: str | None) -> bool:
 
 def check_text(value: str, *, field: str, max_length: int | None = None) -> str:
     """The one text rule, for services called from the CLI as well as from routes."""
-    if NUL in value:
-        raise Invalid(field, "contains a NUL character (\\u0000); remove it")
+    try:
+        _no_nul(value)
+    except ValueError as exc:
+        raise Invalid(field, str(exc)) from None
     if max_length is not None and len(value) > max_length:
         raise Invalid(field, f"at most {max_length} characters, got {len(value)}")
     return value
