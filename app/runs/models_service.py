@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.errors import Invalid, NotFound
 from app.runs.models import ModelKind, ModelVersion
 
 # Names a trainer may use for the figure the models page shows first, most telling first.
@@ -21,14 +22,17 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(Invalid):
     """A registry request that cannot be done; the message says why."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(field, message)
 
 
 def list_models(*, session: Session, kind: str | None = None) -> list[ModelVersion]:
     """Newest first within each kind; the active one is marked, not moved."""
     if kind is not None and kind not in ModelKind.__members__:
-        raise ModelError(f"unknown model kind '{kind}' (known: {', '.join(ModelKind)})")
+        raise ModelError(f"unknown model kind '{kind}' (known: {', '.join(ModelKind)})", field="kind")
     query = select(ModelVersion).order_by(ModelVersion.kind, ModelVersion.id.desc())
     if kind is not None:
         query = query.where(ModelVersion.kind == kind)
@@ -38,7 +42,7 @@ def list_models(*, session: Session, kind: str | None = None) -> list[ModelVersi
 def get_model(*, session: Session, model_id: int) -> ModelVersion:
     model = session.get(ModelVersion, model_id)
     if model is None:
-        raise ModelError(f"no model version with id {model_id}")
+        raise NotFound(f"no model version with id {model_id}")
     return model
 
 
