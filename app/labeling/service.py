@@ -687,7 +687,8 @@ def submit_by_id(
 ) -> Annotation | None:
     """submit() by the assignment's id, in four statements: mark it submitted and read what
     validating needs, the annotation, its items, the task's count. None: not this labeler's.
-    A rule broken raises after the first statement; the caller rolls back."""
+    A rule broken raises after the first statement has been put back (_undo): a refused
+    submission changes nothing, and the caller may go on in the same transaction."""
     now = now or utcnow()
     if not 0 < assignment_id <= MAX_ROW_ID:
         return None  # no such row, and PostgreSQL would refuse the number itself (a 500)
@@ -836,7 +837,11 @@ def skip_by_id(
     claim = _finish(session, assignment_id, user_id, AssignmentState.skipped, now)
     if claim is None:
         return _already_finished(session, assignment_id, user_id)
-    _late(session, claim, now)
+    try:
+        _late(session, claim, now)
+    except SubmissionRefused:
+        _undo(session, claim)
+        raise
     annotation = Annotation(
         assignment_id=claim.assignment_id,
         task_id=claim.task_id,

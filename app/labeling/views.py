@@ -125,8 +125,6 @@ def label_submit(
             confirm_inconsistent=form.get("confirm_inconsistent") == "1",
         )
     except labeling.SubmissionInvalid as e:
-        # The page is shown again with the error: what the refused submission wrote goes first.
-        session.rollback()
         assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
         if assignment is None:
             raise NotFound("No such assignment of yours.") from e
@@ -140,7 +138,6 @@ def label_submit(
             status_code=422,
         )
     except labeling.SubmissionRefused as e:
-        session.rollback()  # a page, not an error: nothing of the refused submission stays
         return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
     if done is None:
         raise NotFound("No such assignment of yours.")
@@ -167,13 +164,11 @@ def label_skip(
             time_spent_ms=_ms(time_spent_ms),
         )
     except labeling.SubmissionInvalid as e:
-        session.rollback()  # shown again with the error, as label_submit
         assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
         if assignment is None:
             raise NotFound("No such assignment of yours.") from e
         return _page(request, session, user, assignment, error=f"{e.field}: {e.message}", status_code=422)
     except labeling.SubmissionRefused as e:
-        session.rollback()  # as label_submit
         return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
     if done is None:
         raise NotFound("No such assignment of yours.")
