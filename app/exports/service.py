@@ -221,7 +221,7 @@ def _id_pages(
         size = page
 
 
-def _annotations_query(ids: list[int], *, with_meta: bool) -> Select[Any]:
+def _annotations_query(ids: list[int]) -> Select[Any]:
     cols: list[Any] = [
         Annotation.id,
         Annotation.task_id,
@@ -235,9 +235,8 @@ def _annotations_query(ids: list[int], *, with_meta: bool) -> Select[Any]:
         Task.prompt_set_id,
         Prompt.id,
         Prompt.text,
+        Prompt.messages,
     ]
-    if with_meta:
-        cols.append(Prompt.messages)
     return (
         select(*cols)
         .join(Task, Task.id == Annotation.task_id)
@@ -295,7 +294,6 @@ def iter_records(
     filters: Filters,
     secret: str,
     real_names: bool = False,
-    with_meta: bool = False,
     by_task: bool = False,
     with_flags: bool = True,
 ) -> Iterator[AnnotationRecord]:
@@ -309,7 +307,7 @@ def iter_records(
     # Two short queries per page (annotations with their prompt; items with their output text)
     # rather than one join: the annotation's columns are not repeated K times per page.
     for ids in _id_pages(session, filters, by_task=by_task):
-        anns = {row[0]: row for row in session.execute(_annotations_query(ids, with_meta=with_meta))}
+        anns = {row[0]: row for row in session.execute(_annotations_query(ids))}
         items: dict[int, list[ItemRecord]] = {}
         for r in session.execute(_items_query(ids, with_flags=with_flags)):
             items.setdefault(r[0], []).append(
@@ -348,7 +346,7 @@ def iter_records(
                 prompt_set=set_names.get(row[9], ""),
                 prompt_id=prompt_id,
                 prompt=prompt,
-                prompt_messages=row[12] if with_meta else None,
+                prompt_messages=row[12],
                 labeler=name,
                 guideline_version=row[3],
                 created_at=row[4],
@@ -383,7 +381,6 @@ def iter_rows(
         filters=filters,
         secret=secret,
         real_names=real_names,
-        with_meta=fmt == "trl" and opts.conversational,
         by_task=fmt == "groups",
         with_flags=fmt in ("rankings", "groups"),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -14,6 +15,11 @@ class CompletionOut(BaseModel):
     text: str
 
 
+class MessageOut(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class TaskOut(BaseModel):
     """A task given to you: rank and rate its completions, then POST the annotation."""
 
@@ -22,7 +28,11 @@ class TaskOut(BaseModel):
             "examples": [
                 {
                     "assignment_id": 7,
-                    "prompt": "Write a haiku about rain.",
+                    "prompt": "System: Answer in verse.\n\nUser: Write a haiku about rain.",
+                    "messages": [
+                        {"role": "system", "content": "Answer in verse."},
+                        {"role": "user", "content": "Write a haiku about rain."},
+                    ],
                     "completions": [
                         {"id": 31, "text": "Soft rain on the roof..."},
                         {"id": 32, "text": "Rain falls."},
@@ -38,7 +48,14 @@ class TaskOut(BaseModel):
     )
 
     assignment_id: int
-    prompt: str = Field(description="The instruction, exactly as written.")
+    prompt: str = Field(
+        description="The conversation as readable text: a lone user message exactly as written, "
+        "otherwise `Role: content` turns, blank-line apart."
+    )
+    messages: list[MessageOut] = Field(
+        description="The conversation the completions reply to, ending with the user's turn "
+        "(a plain instruction is one user message)."
+    )
     completions: list[CompletionOut] = Field(description="In the order to show them (A first).")
     flags: list[str] = Field(description="The yes/no flags this prompt set asks about.")
     k: int

@@ -24,6 +24,7 @@ from sqlalchemy.orm.util import identity_key
 
 from app import ranking
 from app.auth.models import User
+from app.chat import LABELS, Message
 from app.db import utcnow
 from app.errors import MAX_ROW_ID, Conflict, Invalid
 from app.labeling.models import (
@@ -312,12 +313,30 @@ def get_assignment(
     return a if a is not None and a.user_id == user.id else None
 
 
+# A turn longer than this (characters or lines) is folded on the page; `e` unfolds it.
+LONG_TURN_CHARS, LONG_TURN_LINES = 700, 12
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of the prompt conversation as the page shows it."""
+
+    role: str
+    label: str  # System, User, Assistant
+    content: str
+
+    @property
+    def long(self) -> bool:
+        return len(self.content) > LONG_TURN_CHARS or self.content.count("\n") > LONG_TURN_LINES
+
+
 @dataclass
 class TaskView:
     """What the page and the API show of one assignment."""
 
     assignment: Assignment
-    prompt: str
+    prompt: str  # the conversation's readable text (app.chat.as_text)
+    messages: list[Message]  # the conversation; the last turn is the user's, which the outputs answer
     completions: list[Completion]  # in display order, A first
     flags: list[str]
     k: int
@@ -326,6 +345,10 @@ class TaskView:
     guideline_version: int | None = None
     position: tuple[int, int] | None = None  # ("Task x of y"), when asked for
     guideline_body: str | None = None  # the latest guideline's text, when the position is asked for
+
+    @property
+    def turns(self) -> list[Turn]:
+        return [Turn(role=m["role"], label=LABELS[m["role"]], content=m["content"]) for m in self.messages]
 
 
 def task_view(
@@ -339,6 +362,7 @@ def task_view(
         PromptSet.flags,
         ModelVersion.is_demo,
         _guideline_version(),
+        Prompt.messages,
     ]
     if with_position:
         columns += [*_position_columns(assignment.user_id, now or utcnow()), _latest_guideline_body()]
@@ -360,14 +384,15 @@ def task_view(
     return TaskView(
         assignment=assignment,
         prompt=first[1],
+        messages=list(first[5]),
         completions=shown,
         flags=list(first[2] or []),
         k=len(shown),
         is_demo=any(bool(r[3]) for r in rows),
         labels=[letter(i) for i in range(len(shown))],
         guideline_version=first[4],
-        position=(int(first[5]) + 1, int(first[5]) + 1 + int(first[6])) if with_position else None,
-        guideline_body=first[7] if with_position else None,
+        position=(int(first[6]) + 1, int(first[6]) + 1 + int(first[7])) if with_position else None,
+        guideline_body=first[8] if with_position else None,
     )
 
 

@@ -15,7 +15,7 @@ from app.errors import ErrorOut, Id, Invalid, NotFound, ProblemsOut
 from app.labeling import guidelines, history
 from app.labeling import service as labeling
 from app.labeling.models import Annotation, Assignment
-from app.labeling.schemas import AnnotationIn, AnnotationOut, CompletionOut, TaskOut
+from app.labeling.schemas import AnnotationIn, AnnotationOut, CompletionOut, MessageOut, TaskOut
 from app.web import FormDep, render
 
 router = APIRouter(tags=["labeling"])
@@ -53,7 +53,6 @@ def _page(
             "error": error,
             "elapsed_ms": elapsed_ms,
             "values": values or {"rank": {}, "rating": {}, "flags": {}, "notes": ""},
-            "long_prompt": len(view.prompt) > 700 or view.prompt.count("\n") > 12,
         },
         status_code=status_code,
     )
@@ -239,6 +238,7 @@ def api_next_task(request: Request, session: SessionDep, user: CurrentLabeler) -
     return TaskOut(
         assignment_id=assignment.id,
         prompt=view.prompt,
+        messages=[MessageOut(role=m["role"], content=m["content"]) for m in view.messages],
         completions=[CompletionOut(id=c.id, text=c.text) for c in view.completions],
         flags=view.flags,
         k=view.k,
