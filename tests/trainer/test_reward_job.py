@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import trainer.reward.train as reward_train
 from app.auth.models import User
 from app.db import utcnow
+from app.exports.service import ExportError
 from app.prompts.models import PromptSet
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
@@ -80,9 +81,9 @@ class TestLoadGroups:
         with sessions() as s:
             set_id = s.scalar(select(PromptSet.id).where(PromptSet.name == "rm-data"))
         assert load(sets=[str(set_id)])[1]["sha256"] == manifest["sha256"]
-        with pytest.raises(ValueError, match="no prompt set called 'nope'"):
+        with pytest.raises(ExportError, match="set: no prompt set called 'nope'"):
             load(sets=["nope"])
-        with pytest.raises(ValueError, match="split fractions"):
+        with pytest.raises(ExportError, match="split_fractions: three non-negative numbers"):
             load(split_fractions=[1, 0])
 
 

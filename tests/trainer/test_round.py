@@ -14,6 +14,7 @@ from app.config import get_settings
 from app.labeling.models import Completion, Task
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import Job, ModelVersion
+from app.runs.models_service import ModelError
 from app.runs.round_service import RoundError, enqueue_round, promote
 from tests.factories import make_annotation, make_model_version, make_prompt_set, make_task, make_user
 from tests.trainer.ppo_fixtures import MARKER, PROMPTS, make_models, one_thread
@@ -202,5 +203,5 @@ class TestPromote:
 
     def test_promote_refuses_a_reward_model(self, session) -> None:
         rm = make_model_version(session, kind="reward")
-        with pytest.raises(ValueError, match="not a policy"):
+        with pytest.raises(ModelError, match="not a policy"):
             promote(session=session, params={"model_version_id": rm.id})
