@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from app.auth.models import Role, User
 from app.auth.security import sha256
 from app.db import utcnow
+from app.errors import has_nul
 from app.labeling.models import Annotation, AnnotationItem, Assignment, Completion, Task
 from app.prompts.models import Prompt, PromptSet
 from app.ranking import dense_ranks, rank_error
@@ -439,7 +440,7 @@ def import_preferences(
 ) -> ImportResult:
     """Validate everything, then write it all (or nothing: the caller's transaction)."""
     name, filename = name.strip(), filename.replace("\x00", "")  # the file's name is stored too
-    if not name or "\x00" in name:
+    if not name or has_nul(name):
         raise ImportRefused([RowError(0, "name", "a set name is needed, without NUL characters")], 1)
     if session.scalar(select(PromptSet.id).where(PromptSet.name == name)) is not None:
         raise ImportRefused([RowError(0, "name", f"a prompt set called {name!r} exists")], 1)

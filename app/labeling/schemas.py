@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from app.errors import LongText
+
 
 class CompletionOut(BaseModel):
     id: int
@@ -73,7 +75,7 @@ class AnnotationIn(BaseModel):
     ranks: dict[str, StrictInt] | None = None
     ratings: dict[str, StrictInt] | None = None
     flags: dict[str, list[str]] | None = None
-    notes: str = Field("", max_length=10_000)
+    notes: LongText = ""
     skip: str | None = Field(None, description="unclear, harmful, broken or other")
     time_spent_ms: int | None = Field(None, ge=0, description="As measured by the client; clamped.")
     confirm_inconsistent: bool = Field(
@@ -115,7 +117,3 @@ class AnnotationOut(BaseModel):
     guideline_version: int | None
     inconsistency_confirmed: bool
     created_at: datetime
-
-
-class ErrorOut(BaseModel):
-    detail: list[dict[str, str]] | str

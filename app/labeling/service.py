@@ -25,6 +25,7 @@ from sqlalchemy.orm.util import identity_key
 from app import ranking
 from app.auth.models import User
 from app.db import utcnow
+from app.errors import MAX_ROW_ID, Conflict, Invalid
 from app.labeling.models import (
     Annotation,
     AnnotationItem,
@@ -47,24 +48,14 @@ SKIP_REASONS: dict[str, str] = {
 RATING_MIN, RATING_MAX = 1, 7
 MAX_NOTES = 10_000
 MAX_TIME_MS = 24 * 3600 * 1000
-MAX_ID = 2**31 - 1  # ids are 32-bit integers
 
 
-class SubmissionInvalid(Exception):
+class SubmissionInvalid(Invalid):
     """A submission that breaks a rule; `field` names the part at fault (for the 422)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
-
-class SubmissionRefused(Exception):
+class SubmissionRefused(Conflict):
     """Well-formed but not acceptable now (lease expired and the task is full): a 409."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def _is_pg(session: Session) -> bool:
@@ -312,7 +303,7 @@ def get_assignment(
 ) -> Assignment | None:
     """The assignment if it is this labeler's (others' are invisible, a 404). `lock`: read it
     FOR UPDATE."""
-    if not 0 < assignment_id <= MAX_ID:
+    if not 0 < assignment_id <= MAX_ROW_ID:
         return None  # no such row, and PostgreSQL would refuse the number itself (a 500)
     if lock:
         a = session.get(Assignment, assignment_id, with_for_update={"of": Assignment})
@@ -698,7 +689,7 @@ def submit_by_id(
     validating needs, the annotation, its items, the task's count. None: not this labeler's.
     A rule broken raises after the first statement; the caller rolls back."""
     now = now or utcnow()
-    if not 0 < assignment_id <= MAX_ID:
+    if not 0 < assignment_id <= MAX_ROW_ID:
         return None  # no such row, and PostgreSQL would refuse the number itself (a 500)
     claim = _finish(session, assignment_id, user_id, AssignmentState.submitted, now)
     if claim is None:
@@ -840,7 +831,7 @@ def skip_by_id(
         raise SubmissionInvalid("notes", f"notes must be text of at most {MAX_NOTES} characters")
     if "\x00" in notes:
         raise SubmissionInvalid("notes", "notes cannot contain a NUL character (\\u0000)")
-    if not 0 < assignment_id <= MAX_ID:
+    if not 0 < assignment_id <= MAX_ROW_ID:
         return None  # as in submit_by_id
     claim = _finish(session, assignment_id, user_id, AssignmentState.skipped, now)
     if claim is None:
