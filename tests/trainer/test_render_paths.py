@@ -7,11 +7,8 @@ query and the episode's ids) and PPO's reward-model scoring of it, and the uploa
 (app/prompts/tokens.py) all give what trainer.render gives: reply_ids for scoring and learning,
 prompt_ids for what the model continues.
 
-Sampling (trainer/sampling, LocalBackend and the OpenAI backend's completions mode) belongs in
-this list too: SAMPLING PATH, add here once trainer/sampling/backends.py renders through
-trainer.render (another change): its LocalBackend's prompt ids for CONV must equal
-render.prompt_ids(tok, CONV), and a stored completion must be render.strip_special of the ids
-before the first render.stop_token_ids token.
+Sampling's LocalBackend (trainer/sampling/backends.py) is held here too: the batch it generates
+from is render.prompt_ids, and it stops at the same stop set PPO does.
 """
 
 from __future__ import annotations
@@ -177,6 +174,28 @@ def test_a_ppo_rollout_is_the_rendered_prompt_and_its_reward_read_as_rendered(
     spy = Spy(model)
     ro.RewardModelScorer(spy, rm_tok, tok, max_length=MAX)(batch)
     assert spy.seen == [want, render.reply_ids(rm_tok, short, REPLY).input_ids]
+
+
+def test_sampling_generates_from_the_rendered_prompt_and_stops_as_ppo_does(
+    tiny_chat_model_path: Path, tok: Any
+) -> None:
+    from trainer.sampling.backends import LocalBackend, SamplingParams
+
+    backend = LocalBackend(str(tiny_chat_model_path), device="cpu")
+    seen: list[list[int]] = []
+    real = backend.generate_batch
+
+    def generate_batch(batch, **kw):  # type: ignore[no-untyped-def]
+        seen.extend(
+            row[m > 0].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+        )
+        return real(batch, **kw)
+
+    backend.generate_batch = generate_batch  # type: ignore[method-assign]
+    with one_thread():
+        out = backend.generate([CONV], n=2, params=SamplingParams(max_new_tokens=4), seed=0)
+    assert seen == [render.prompt_ids(tok, CONV)] and len(out[0]) == 2
+    assert backend.stops == render.stop_token_ids(tok)
 
 
 def test_the_upload_counts_the_rendered_prompt(tiny_chat_model_path: Path, tok: Any) -> None:
