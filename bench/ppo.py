@@ -28,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.chat import Conversation, from_text  # noqa: E402
+
 PRESETS: dict[str, dict[str, int]] = {
     "cpu": dict(
         layers=4,
@@ -56,7 +58,7 @@ PRESETS: dict[str, dict[str, int]] = {
 
 def build(
     root: Path, *, layers: int, hidden: int, heads: int, vocab: int, prompt_len: int
-) -> tuple[Path, Path, list[str]]:
+) -> tuple[Path, Path, list[Conversation]]:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import (
         GPT2Config,
@@ -95,8 +97,11 @@ def build(
     GPT2ForSequenceClassification(config).save_pretrained(reward)
     tokenizer.save_pretrained(reward)
     g = torch.Generator().manual_seed(1)
+    # One user message each, rendered by the fallback template and cut to prompt_len from the left.
     prompts = [
-        " ".join(words[i] for i in torch.randint(0, len(words), (prompt_len,), generator=g).tolist())
+        from_text(
+            " ".join(words[i] for i in torch.randint(0, len(words), (prompt_len,), generator=g).tolist())
+        )
         for _ in range(256)
     ]
     return policy, reward, prompts

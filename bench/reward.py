@@ -31,11 +31,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.chat import from_text  # noqa: E402
 from app.ranking import pair_indices  # noqa: E402
 from trainer.reward.model import (  # noqa: E402
     Group,
     collate,
-    encode_pair,
+    encode_reply,
     grouped_loss,
     pair_correct,
     plan_pairs,
@@ -88,14 +89,14 @@ def ranked_groups(n: int, k: int, seed: int) -> list[Group]:
             words.insert(rng.randint(0, len(words)), QUALITY[lv])
             comps.append(" ".join(words))
         ranks = tuple(sorted(levels).index(lv) + 1 for lv in levels)
-        out.append(Group(" ".join(rng.choices(FILLER, k=4)), tuple(comps), (ranks,)))
+        out.append(Group(from_text(" ".join(rng.choices(FILLER, k=4))), tuple(comps), (ranks,)))
     return out
 
 
 def flatten(groups: list[Group]) -> list[Group]:
     """Each comparison its own two-completion element: TRL's (chosen, rejected) rows."""
     return [
-        Group(g.prompt, (g.completions[w], g.completions[lo]), ((1, 2),), split=g.split)
+        Group(g.messages, (g.completions[w], g.completions[lo]), ((1, 2),), split=g.split)
         for g in groups
         for ranks in g.rankings
         for w, lo, _ in pair_indices(ranks)
@@ -125,7 +126,7 @@ def run_one(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item())
     )
-    encoded = [[encode_pair(tok, g.prompt, c, 64) for c in g.completions] for g in elements]
+    encoded = [[encode_reply(tok, g.messages, c, 64) for c in g.completions] for g in elements]
     order = list(range(len(elements)))
     random.Random(seed).shuffle(order)
     sequences = 0
@@ -149,7 +150,7 @@ def run_one(
     with torch.no_grad():
         for start in range(0, len(val), 32):
             part = val[start : start + 32]
-            enc = [encode_pair(tok, g.prompt, c, 64) for g in part for c in g.completions]
+            enc = [encode_reply(tok, g.messages, c, 64) for g in part for c in g.completions]
             r, n = pair_correct(score(model, collate(enc, tok.pad_token_id)), plan_pairs(part))
             right, pairs = right + r, pairs + n
     return {"seconds": seconds, "cpu": cpu, "sequences": sequences, "accuracy": right / pairs}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from app.chat import from_text
 from tests.tiny import tiny_policy, tiny_reward_model, tiny_tokenizer
 from trainer.ppo.rollout import Rollout
 from trainer.ppo.train import PPOConfig
@@ -32,7 +33,8 @@ WORDS = [
     "slow",
     "and",
 ]
-PROMPTS = ["the cat sat", "a dog ran", "the red box", "big blue mat", "a small cat", "the quick dog"]
+PROMPT_TEXTS = ["the cat sat", "a dog ran", "the red box", "big blue mat", "a small cat", "the quick dog"]
+PROMPTS = [from_text(p) for p in PROMPT_TEXTS]  # conversations: one user message each
 PTX_TEXTS = [
     "the cat sat on the mat",
     "a dog ran under the box",

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from app.ranking import split_of
 from tests.tiny import save_tiny_policy
-from tests.trainer.ppo_fixtures import PROMPTS, make_models
+from tests.trainer.ppo_fixtures import PROMPT_TEXTS, make_models
 from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,7 @@ def test_reward_model_on_two_processes_matches_one(tmp_path: Path) -> None:
 def test_ppo_on_two_processes_runs_and_only_the_main_process_writes(tmp_path: Path) -> None:
     policy, reward = make_models(tmp_path / "models")
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS))
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPT_TEXTS))
     args = [
         "--policy",
         str(policy),

@@ -14,7 +14,7 @@ from app.db import utcnow
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_job, make_model_version, make_prompt_row, make_prompt_set
-from tests.trainer.ppo_fixtures import PROMPTS, make_models
+from tests.trainer.ppo_fixtures import PROMPT_TEXTS, make_models
 from trainer.ppo import job as ppo_job
 from trainer.ppo.job import paths_for
 from trainer.worker import Worker
@@ -43,7 +43,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def seed(session: Session, models: tuple[Path, Path], set_name: str = "ppo-prompts") -> tuple[int, int]:
     """A prompt set, an active policy and an active reward model; returns (policy id, reward id)."""
     ps = make_prompt_set(session, name=set_name)
-    for text in PROMPTS:
+    for text in PROMPT_TEXTS:
         session.add(make_prompt_row(ps.id, text))
     policy = make_model_version(session, kind="policy", is_active=True)
     policy.path = str(models[0])

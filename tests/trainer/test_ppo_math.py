@@ -60,12 +60,13 @@ class TestRewardShaping:
 
 
 class TestMasking:
-    def test_everything_after_the_first_eos_is_masked(self) -> None:
-        eos = 1
-        tokens = torch.tensor([[5, 6, 1, 7, 1], [5, 5, 5, 5, 5], [1, 4, 4, 4, 4]])
-        mask = ppo.mask_after_eos(tokens, eos)
+    def test_everything_after_the_first_stop_token_is_masked(self) -> None:
+        stops = [1, 9]  # EOS and an end-of-turn token: either ends the response
+        tokens = torch.tensor([[5, 6, 1, 7, 1], [5, 5, 5, 5, 5], [9, 4, 1, 4, 4]])
+        mask = ppo.mask_after_stop(tokens, stops)
         assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
-        assert ppo.has_eos(tokens, mask, eos).tolist() == [True, False, True]
+        assert ppo.has_stop(tokens, mask, stops).tolist() == [True, False, True]
+        assert ppo.has_stop(tokens, mask, [1]).tolist() == [True, False, False]
         assert ppo.last_index(mask).tolist() == [2, 4, 0]
 
     def test_last_index_with_left_padding(self) -> None:

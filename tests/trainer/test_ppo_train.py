@@ -9,6 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.trainer.ppo_fixtures import (
+    PROMPT_TEXTS,
     PROMPTS,
     PTX_TEXTS,
     MarkerScorer,
@@ -148,7 +149,7 @@ def test_runs_from_files_for_accelerate_launch(models, tmp_path: Path, capsys) -
 
     policy, reward = models
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS))
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPT_TEXTS))
     with one_thread():
         main(
             [

@@ -225,7 +225,13 @@ def test_the_score_is_normalised_on_the_active_policys_completions(
     assert worker(sessions).run(burst=True) == 1
     with sessions() as s:
         assert s.get(Job, job_id).status == "succeeded", s.get(Job, job_id).error
-    assert seen["reference"] == [("p0", "a0"), ("p0", "b0"), ("p2", "a2"), ("p2", "b2")]
+    user_turn = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    assert seen["reference"] == [
+        (user_turn("p0"), "a0"),
+        (user_turn("p0"), "b0"),
+        (user_turn("p2"), "a2"),
+        (user_turn("p2"), "b2"),
+    ]
 
 
 def test_trains_on_exactly_what_export_groups_writes(

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from app.chat import from_text
 from app.db import utcnow
 from app.exports import encode, formats
 from app.exports.formats import AnnotationRecord, ItemRecord
@@ -17,7 +18,7 @@ from tests.tiny import tiny_reward_model, tiny_tokenizer
 from trainer.reward.model import (
     Group,
     collate,
-    encode_pair,
+    encode_reply,
     grouped_loss,
     init_head,
     pair_correct,
@@ -46,10 +47,10 @@ class TestGroupedLoss:
     def test_equals_explicit_pairs_with_the_same_gradients(self) -> None:
         torch.manual_seed(0)
         groups = [
-            Group("p1", tuple("abcd"), ((1, 2, 3, 4),)),
-            Group("p2", tuple("abcdef"), ((2, 1, 1, 3, 4, 2), (1, 2, 3, 4, 5, 6))),
-            Group("p3", tuple("abcdefghi"), ((9, 8, 7, 6, 5, 4, 3, 2, 1),)),
-            Group("p4", tuple("ab"), ((1, 1),)),  # all tied: no term at all
+            Group(from_text("p1"), tuple("abcd"), ((1, 2, 3, 4),)),
+            Group(from_text("p2"), tuple("abcdef"), ((2, 1, 1, 3, 4, 2), (1, 2, 3, 4, 5, 6))),
+            Group(from_text("p3"), tuple("abcdefghi"), ((9, 8, 7, 6, 5, 4, 3, 2, 1),)),
+            Group(from_text("p4"), tuple("ab"), ((1, 1),)),  # all tied: no term at all
         ]
         n = sum(g.k for g in groups)
         flat = torch.randn(n, dtype=torch.float64, requires_grad=True)
@@ -67,16 +68,16 @@ class TestGroupedLoss:
         assert g_got[-2:].abs().sum() == 0  # the all-tied ranking contributes nothing
 
     def test_ties_are_dropped(self) -> None:
-        plan = plan_pairs([Group("p", tuple("abcd"), ((1, 1, 2, 2),))])
+        plan = plan_pairs([Group(from_text("p"), tuple("abcd"), ((1, 1, 2, 2),))])
         assert plan.win.tolist() == [0, 0, 1, 1] and plan.lose.tolist() == [2, 3, 2, 3]
-        assert plan_pairs([Group("p", tuple("ab"), ((2, 1),))]).win.tolist() == [1]
-        assert plan_pairs([Group("p", tuple("ab"), ((1, 1),))]).n_rankings == 0
+        assert plan_pairs([Group(from_text("p"), tuple("ab"), ((2, 1),))]).win.tolist() == [1]
+        assert plan_pairs([Group(from_text("p"), tuple("ab"), ((1, 1),))]).n_rankings == 0
 
     def test_the_pairs_are_app_rankings_and_the_exports(self) -> None:
         """One expansion: the loss's pairs of a group are app.ranking's pairs of the same ranks
         and the rows a `comparisons`/`trl` export writes for them (ties left out), in order."""
         rankings = ((2, 1, 1, 3, 4, 2), (1, 1, 3, 4, 4, 6), (6, 5, 4, 3, 2, 1), (1, 1, 1, 1, 1, 2))
-        group = Group("p", tuple("abcdef"), rankings)
+        group = Group(from_text("p"), tuple("abcdef"), rankings)
         plan = plan_pairs([group])
         got = list(zip(plan.ranking.tolist(), plan.win.tolist(), plan.lose.tolist(), strict=True))
         want = [(n, w, x) for n, r in enumerate(rankings) for w, x, _ in pair_indices(r)]
@@ -113,17 +114,17 @@ class TestGroupedLoss:
         assert exported == want
 
     def test_each_labelers_ranking_is_its_own_term_over_the_same_passes(self) -> None:
-        g = Group("p", ("a", "b", "c"), ((1, 2, 3), (3, 2, 1)))
+        g = Group(from_text("p"), ("a", "b", "c"), ((1, 2, 3), (3, 2, 1)))
         plan = plan_pairs([g])
         assert plan.n_sequences == 3  # K passes for the task, however many labelers
         assert plan.n_rankings == 2 and plan.ranking.tolist() == [0, 0, 0, 1, 1, 1]
         s = torch.tensor([2.0, 0.0, -2.0], dtype=torch.float64)
-        one = grouped_loss(s, plan_pairs([Group("p", g.completions, (g.rankings[0],))]))
-        other = grouped_loss(s, plan_pairs([Group("p", g.completions, (g.rankings[1],))]))
+        one = grouped_loss(s, plan_pairs([Group(from_text("p"), g.completions, (g.rankings[0],))]))
+        other = grouped_loss(s, plan_pairs([Group(from_text("p"), g.completions, (g.rankings[1],))]))
         assert grouped_loss(s, plan).item() == pytest.approx((one.item() + other.item()) / 2)
 
     def test_pairwise_accuracy_counts_exact_ties_half(self) -> None:
-        plan = plan_pairs([Group("p", tuple("abc"), ((1, 2, 3),))])
+        plan = plan_pairs([Group(from_text("p"), tuple("abc"), ((1, 2, 3),))])
         assert pair_correct(torch.tensor([3.0, 2.0, 1.0]), plan) == (3.0, 3)
         assert pair_correct(torch.tensor([1.0, 1.0, 2.0]), plan) == (0.5, 3)
 
@@ -139,7 +140,7 @@ class TestScoreReading:
     def test_last_real_token_under_left_and_right_padding(self, tok) -> None:  # type: ignore[no-untyped-def]
         model = tiny_reward_model(tok).double()
         texts = [("the cat sat", "on a mat"), ("the dog", "ran far away very far"), ("a", "cat")]
-        enc = [encode_pair(tok, p, c, 64) for p, c in texts]
+        enc = [encode_reply(tok, from_text(p), c, 64) for p, c in texts]
         right = score(model, collate(enc, tok.pad_token_id))
         left = score(model, collate(enc, tok.pad_token_id, left=True))
         alone = torch.cat([score(model, collate([e], tok.pad_token_id)) for e in enc])
@@ -161,47 +162,36 @@ class TestScoreReading:
         )  # sequences through the backbone
         groups = [
             Group(
-                "the cat",
+                from_text("the cat"),
                 tuple(f"w{i} good" for i in range(k)),
                 tuple(tuple(range(1, k + 1)) for _ in range(labelers)),
             )
             for k, labelers in ((4, 1), (6, 3), (9, 2))
         ]
         plan = plan_pairs(groups)
-        enc = [encode_pair(tok, g.prompt, c, 32) for g in groups for c in g.completions]
+        enc = [encode_reply(tok, g.messages, c, 32) for g in groups for c in g.completions]
         loss = grouped_loss(score(model, collate(enc, tok.pad_token_id)), plan)
         loss.backward()
         assert rows == [4 + 6 + 9]  # one pass per completion, not per pair (K(K-1))
         assert plan.win.numel() == 6 + 3 * 15 + 2 * 36
 
-    def test_prompt_is_cut_from_the_left_and_the_completion_kept(self, tok) -> None:  # type: ignore[no-untyped-def]
-        e = encode_pair(tok, "the cat sat on a mat", "the dog ran", 5)
-        assert tok.convert_ids_to_tokens(e.input_ids) == ["a", "mat", "the", "dog", "ran"]
+    def test_the_reply_is_rendered_and_the_prompt_cut_from_the_left(self, tok) -> None:  # type: ignore[no-untyped-def]
+        """The renderer's ids (fallback template here), the reply through its EOS kept whole, the
+        score read at that EOS; a tight budget drops the prompt's first tokens only."""
+        from trainer import render
 
-    def test_a_decoder_with_a_bos_sees_the_text_as_ppo_scores_it(self) -> None:
-        """Prompt (with its BOS) then completion: no second BOS from a Llama-3-style pair template."""
-        from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-        from transformers import PreTrainedTokenizerFast
-
-        raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
-        raw.pre_tokenizer = pre_tokenizers.Whitespace()
-        raw.train_from_iterator(
-            ["the cat sat on a mat the dog ran"],
-            trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<bos>"]),
-        )
-        raw.post_processor = processors.TemplateProcessing(
-            single="<bos> $A",
-            pair="<bos> $A <bos>:1 $B:1",
-            special_tokens=[("<bos>", raw.token_to_id("<bos>"))],
-        )
-        tok = PreTrainedTokenizerFast(
-            tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>"
-        )
-        # What a PPO rollout is: the tokenised prompt, then the sampled completion tokens.
-        rollout = tok("the cat sat")["input_ids"] + tok("on a mat", add_special_tokens=False)["input_ids"]
-        assert encode_pair(tok, "the cat sat", "on a mat", 64).input_ids == rollout
-        cut = encode_pair(tok, "the cat sat on a mat", "the dog ran", 5)
-        assert tok.convert_ids_to_tokens(cut.input_ids) == ["<bos>", "mat", "the", "dog", "ran"]
+        conv = from_text("the cat sat on a mat")
+        whole = encode_reply(tok, conv, "the dog ran", 64).input_ids
+        assert whole == render.reply_ids(tok, conv, "the dog ran").input_ids
+        assert tok.convert_ids_to_tokens(whole[-4:]) == ["the", "dog", "ran", "<eos>"]
+        cut = encode_reply(tok, conv, "the dog ran", 6).input_ids
+        assert len(whole) > 6 and cut == whole[-6:]  # two prompt tokens left, the reply whole
+        # A reply longer than the budget keeps its end (where the score is read).
+        assert tok.convert_ids_to_tokens(encode_reply(tok, conv, "the dog ran far away", 3).input_ids) == [
+            "far",
+            "away",
+            "<eos>",
+        ]
 
     def test_head_init(self) -> None:
         lin = torch.nn.Linear(399, 1)

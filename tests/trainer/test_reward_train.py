@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.chat import from_text
 from app.ranking import split_of
 from tests.tiny import save_tiny_policy
-from trainer.reward.model import Group, load_reward_model, score_texts
+from trainer.reward.model import Group, load_reward_model, score_replies
 from trainer.reward.train import RewardConfig, split_groups, step_plan, train
 
 WORDS = [
@@ -57,7 +58,7 @@ def synthetic_groups(n: int, k: int = 4, seed: int = 0) -> list[Group]:
         rng.shuffle(order)
         groups.append(
             Group(
-                prompt=prompt,
+                messages=from_text(prompt),
                 completions=tuple(comps[o] for o in order),
                 rankings=(tuple(ranks[o] for o in order),),
             )
@@ -76,7 +77,7 @@ def test_split_is_the_exports_by_prompt() -> None:
     """A group keeps the split its export row gave it; one without (synthetic data, files of
     other origins) gets app.ranking.split_of of its prompt, as the export would give it."""
     groups = synthetic_groups(400)
-    groups += [Group(g.prompt, g.completions, g.rankings) for g in groups[:40]]  # same prompts again
+    groups += [Group(g.messages, g.completions, g.rankings) for g in groups[:40]]  # same prompts again
     sides = split_groups(groups)
     assert sum(map(len, sides.values())) == len(groups)
     prompts = {name: {g.prompt for g in gs} for name, gs in sides.items()}
@@ -84,10 +85,10 @@ def test_split_is_the_exports_by_prompt() -> None:
     assert all(split_of(g.prompt) == name for name, gs in sides.items() for g in gs)
     assert 0 < len(sides["validation"]) < len(groups) * 0.15
     assert split_groups(groups) == sides
-    pinned = [Group(g.prompt, g.completions, g.rankings, split="validation") for g in groups[:5]]
+    pinned = [Group(g.messages, g.completions, g.rankings, split="validation") for g in groups[:5]]
     assert split_groups(pinned)["validation"] == pinned
     with pytest.raises(ValueError, match="split: one of"):
-        split_groups([Group("p", ("a", "b"), ((1, 2),), split="dev")])
+        split_groups([Group(from_text("p"), ("a", "b"), ((1, 2),), split="dev")])
 
 
 def test_cosine_decay_ends_at_a_tenth_of_the_rate_after_one_epoch() -> None:
@@ -138,18 +139,18 @@ def test_learns_a_marker_word_on_held_out_prompts(base_model: Path, tmp_path: Pa
     assert not (tmp_path / ".rm.tmp").exists()
     model, tok = load_reward_model(str(result.path))
     held_out = synthetic_groups(30, seed=99)
-    prompts = [g.prompt for g in held_out for _ in g.completions]
+    convs = [g.messages for g in held_out for _ in g.completions]
     comps = [c for g in held_out for c in g.completions]
-    s = torch.tensor(score_texts(model, tok, prompts, comps, max_length=32))
+    s = torch.tensor(score_replies(model, tok, convs, comps, max_length=32))
     good = torch.tensor([MARKER in c for c in comps])
     assert s[good].mean() > s[~good].mean() + 1.0
     # The training completions (the reference here) have mean 0 and std 1 after normalisation.
     train_groups = split_groups(synthetic_groups(240))["train"]
     ref = torch.tensor(
-        score_texts(
+        score_replies(
             model,
             tok,
-            [g.prompt for g in train_groups for _ in g.completions],
+            [g.messages for g in train_groups for _ in g.completions],
             [c for g in train_groups for c in g.completions],
             max_length=32,
         )

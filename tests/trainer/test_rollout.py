@@ -1,6 +1,7 @@
 """Rollouts on a tiny policy: left padding with position ids from the mask, the sampler's own
-distribution reused for the log-probabilities, EOS masking, the reward model read at the last
-text token with its normalisation, and how the PPO loop sets up its four networks."""
+distribution reused for the log-probabilities, masking after the first stop token, the reward
+model reading (conversation, reply) as render.reply_ids gives it, with its normalisation, and
+how the PPO loop sets up its four networks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.chat import from_text
 from tests.tiny import tiny_policy, tiny_reward_model, tiny_tokenizer
-from tests.trainer.ppo_fixtures import PROMPTS, MarkerScorer, make_models, one_thread, small_config
+from tests.trainer.ppo_fixtures import (
+    PROMPTS,
+    MarkerScorer,
+    make_models,
+    one_thread,
+    small_config,
+)
+from trainer import render
 from trainer.ppo import rollout as ro
-from trainer.reward.model import collate, score, score_head
+from trainer.reward.model import Encoded, collate, score, score_head
 
 TEXT = "the cat sat on a mat and dog ran"
 
@@ -44,7 +53,7 @@ def _rollout(tok, model, temperature: float = 0.7, max_new: int = 6):  # type: i
         query,
         qmask,
         max_new_tokens=max_new,
-        eos_id=tok.eos_token_id,
+        stop_ids=[tok.eos_token_id],
         pad_id=tok.pad_token_id,
         temperature=temperature,
         generator=gen,
@@ -89,24 +98,56 @@ def test_everything_after_eos_is_padding_and_masked(tok) -> None:  # type: ignor
     assert bool((batch.response == eos).any()) and batch.response.shape[1] <= 12
 
 
-def test_reward_model_read_at_the_last_text_token_and_normalised(tok) -> None:  # type: ignore[no-untyped-def]
+def test_stops_at_any_stop_token_and_masks_after_it(tok) -> None:  # type: ignore[no-untyped-def]
+    """A second stop token (an end-of-turn token) ends a response as EOS does: the same draws,
+    cut at its first occurrence, padded and masked after it."""
+    policy = tiny_policy(tok)
+    query, qmask = ro.left_pad([tok("the cat sat")["input_ids"], tok("dog")["input_ids"]], tok.pad_token_id)
+
+    def sample(stops: list[int]) -> ro.Rollout:
+        return ro.generate(
+            policy,
+            query,
+            qmask,
+            max_new_tokens=12,
+            stop_ids=stops,
+            pad_id=tok.pad_token_id,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    eos = tok.eos_token_id
+    free = sample([eos])
+    first = free.response[0, : int(free.response_mask[0].sum())].tolist()
+    other = next(t for t in first[1:] if t != eos)  # a token row 0 draws, not first
+    cut = sample([eos, other])
+    row, n = cut.response[0].tolist(), int(cut.response_mask[0].sum())
+    assert n == first.index(other) + 1 < len(first)
+    assert row[:n] == first[:n] and all(t == tok.pad_token_id for t in row[n:])
+    assert cut.response_mask[0].tolist() == [1.0] * n + [0.0] * (len(row) - n)
+
+
+def test_reward_model_reads_the_rendered_conversation_and_reply_normalised(tok) -> None:  # type: ignore[no-untyped-def]
     rm = tiny_reward_model(tok, seed=3).double()
-    _, batch = _rollout(tok, tiny_policy(tok), temperature=1.0)
-    got = ro.RewardModelScorer(rm, tok.eos_token_id, shift=0.5, scale=2.0)(batch)
-    for i in range(batch.query.shape[0]):
-        q = batch.query[i][batch.query_mask[i] > 0].tolist()
-        r = [
-            t
-            for t, m in zip(batch.response[i].tolist(), batch.response_mask[i].tolist(), strict=True)
-            if m and t != tok.eos_token_id
-        ]  # the RM learned on text, which has no EOS
-        alone = score(rm, collate([_Enc(q + r)], tok.pad_token_id))[0]
+    convs = [from_text("the cat sat on a mat"), from_text("dog"), from_text("a mat")]
+    query, qmask = ro.query_batch(tok, convs, 64)
+    batch = ro.generate(
+        tiny_policy(tok),
+        query,
+        qmask,
+        max_new_tokens=6,
+        stop_ids=render.stop_token_ids(tok),
+        pad_id=tok.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+        convs=convs,
+    )
+    got = ro.RewardModelScorer(rm, tok, tok, shift=0.5, scale=2.0, max_length=64)(batch)
+    replies = ro.reply_texts(tok, batch, render.stop_token_ids(tok))
+    assert any(replies)
+    for i, conv in enumerate(convs):
+        ids = render.reply_ids(tok, conv, replies[i]).input_ids  # ends with the reply's EOS
+        assert ids[-1] == tok.eos_token_id
+        alone = score(rm, collate([Encoded(ids)], tok.pad_token_id))[0]
         assert got[i].item() == pytest.approx((alone.item() - 0.5) / 2.0, abs=1e-6)
-
-
-class _Enc:
-    def __init__(self, ids: list[int]) -> None:
-        self.input_ids, self.token_type_ids = ids, None
 
 
 @pytest.mark.slow
@@ -164,35 +205,21 @@ def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
 
 
 @pytest.mark.slow
-def test_a_long_prompt_is_cut_from_the_left_and_keeps_its_bos(
+def test_a_long_prompt_is_rendered_and_cut_from_the_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from trainer.ppo.train import train
 
-    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(
-        [" ".join(PROMPTS)], trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>", "<bos>"])
-    )
-    bos = raw.token_to_id("<bos>")
-    raw.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", bos_token="<bos>"
-    )
-    for path, model in ((tmp_path / "policy", tiny_policy(tok)), (tmp_path / "rm", tiny_reward_model(tok))):
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
+    policy_path, reward_path = make_models(tmp_path / "models")
     seen: list[list[int]] = []
-    real = ro.left_pad
+    real = ro.query_batch
 
-    def left_pad(sequences, pad_id, device="cpu"):  # type: ignore[no-untyped-def]
-        seen.extend(sequences)
-        return real(sequences, pad_id, device)
+    def query_batch(tokenizer, convs, max_prompt_tokens, device="cpu"):  # type: ignore[no-untyped-def]
+        ids, mask = real(tokenizer, convs, max_prompt_tokens, device)
+        seen.extend(row[m > 0].tolist() for row, m in zip(ids, mask, strict=True))
+        return ids, mask
 
-    monkeypatch.setattr(ro, "left_pad", left_pad)
+    monkeypatch.setattr(ro, "query_batch", query_batch)
     cfg = small_config(
         iterations=1,
         batch_size=6,
@@ -202,14 +229,19 @@ def test_a_long_prompt_is_cut_from_the_left_and_keeps_its_bos(
         max_prompt_tokens=3,
         sample_every=0,
     )
+    conv = from_text("the quick dog")
     with one_thread():
         train(
             cfg,
-            policy_path=tmp_path / "policy",
-            reward_path=tmp_path / "rm",
-            prompts=["the quick dog"],
+            policy_path=policy_path,
+            reward_path=reward_path,
+            prompts=[conv],
             work_dir=tmp_path / "work",
             output_dir=tmp_path / "out",
             scorer=lambda batch: torch.zeros(batch.query.shape[0]),
         )
-    assert seen and all(s == [bos] + tok("quick dog", add_special_tokens=False)["input_ids"] for s in seen)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    full = render.prompt_ids(tok, conv)
+    assert len(full) > 3 and seen and all(s == full[-3:] for s in seen)  # "dog", "Assistant", ":"

@@ -17,7 +17,7 @@ from app.runs.models import Job, ModelVersion
 from app.runs.models_service import ModelError
 from app.runs.round_service import RoundError, enqueue_round, promote
 from tests.factories import make_annotation, make_model_version, make_prompt_set, make_task, make_user
-from tests.trainer.ppo_fixtures import MARKER, PROMPTS, make_models, one_thread
+from tests.trainer.ppo_fixtures import MARKER, PROMPT_TEXTS, make_models, one_thread
 from trainer.worker import Worker
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def seed_labeled(session: Session, policy_path: Path, *, annotate: bool = True) 
     ps = make_prompt_set(session, name="round-src", k=4)
     ps.sampling = {"max_new_tokens": 6}
     labeler = make_user(session)
-    for i, prompt in enumerate(PROMPTS * 2):
+    for i, prompt in enumerate(PROMPT_TEXTS * 2):
         comps = [f"the cat {MARKER} sat", f"a dog ran {i}", f"{MARKER} big box", f"the red mat {i}"]
         task = make_task(session, prompt_set=ps, prompt=f"{prompt} {i}", completions=comps, policy=policy)
         if annotate:
@@ -145,7 +145,7 @@ class TestRound:
                 select(func.count()).select_from(Prompt).where(Prompt.prompt_set_id == copy_id)
             )
             tasks = list(s.scalars(select(Task).where(Task.prompt_set_id == copy_id)))
-            assert len(tasks) == n_prompts == len(PROMPTS) * 2
+            assert len(tasks) == n_prompts == len(PROMPT_TEXTS) * 2
             for task in tasks:  # every task mixes the new policy's completions with the old one's
                 versions = [c.model_version_id for c in task.completions]
                 assert len(versions) == 4 and versions.count(new.id) == 2 and versions.count(old.id) == 2
@@ -158,7 +158,7 @@ class TestRound:
                     .join(Task)
                     .where(Task.prompt_set_id == src.id)
                 )
-                == len(PROMPTS) * 2 * 4
+                == len(PROMPT_TEXTS) * 2 * 4
             )
 
     def test_a_failed_step_stops_the_chain(self, sessions, models, artifacts) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from app.chat import Conversation, parse_conversation
 from app.config import get_settings
 from app.labeling.models import AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet, SetStatus
@@ -56,8 +57,9 @@ def config_from_params(params: dict[str, Any]) -> PPOConfig:
     return PPOConfig.from_dict({k: v for k, v in params.items() if k in known and v is not None})
 
 
-def load_prompts(session: Any, set_names: list[str]) -> tuple[list[str], list[int]]:
-    """Prompt texts of the named sets (all sets not archived when none are named) and the set ids."""
+def load_prompts(session: Any, set_names: list[str]) -> tuple[list[Conversation], list[int]]:
+    """The prompts (conversations: Prompt.messages) of the named sets (all sets not archived when
+    none are named) and the set ids."""
     if set_names:
         found = {
             ps.name: ps for ps in session.scalars(select(PromptSet).where(PromptSet.name.in_(set_names)))
@@ -72,10 +74,10 @@ def load_prompts(session: Any, set_names: list[str]) -> tuple[list[str], list[in
         ids = [found[n].id for n in set_names]
     else:
         ids = list(session.scalars(select(PromptSet.id).where(PromptSet.status != SetStatus.archived)))
-    texts = list(
-        session.scalars(select(Prompt.text).where(Prompt.prompt_set_id.in_(ids)).order_by(Prompt.id))
-    )
-    return texts, ids
+    rows = session.execute(
+        select(Prompt.id, Prompt.messages).where(Prompt.prompt_set_id.in_(ids)).order_by(Prompt.id)
+    ).all()
+    return [parse_conversation(messages, field=f"prompt {pid} messages") for pid, messages in rows], ids
 
 
 def load_ptx_texts(session: Any, ptx_file: str | None) -> tuple[list[str], str]:
@@ -101,6 +103,7 @@ def load_ptx_texts(session: Any, ptx_file: str | None) -> tuple[list[str], str]:
             raise ValueError(f"{ptx_file}: no texts")
         return texts[:MAX_PTX_TEXTS], f"file {ptx_file}"
     # The completions labelers ranked best, with their prompts: on-distribution text people liked.
+    # Plain text (the prompt's readable form), not the chat template: PPO-ptx is LM loss on documents.
     rows = session.execute(
         select(Prompt.text, Completion.text)
         .join(AnnotationItem, AnnotationItem.completion_id == Completion.id)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from app.chat import ChatError, Conversation, from_text, parse_conversation
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.train import QuietReporter, train
 
@@ -36,6 +37,33 @@ def _read_lines(path: str, keys: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _read_prompts(path: str) -> list[Conversation]:
+    """JSON Lines of {"messages": [{role, content}, ...]} (a conversation ending with a user
+    turn), or {"prompt": "..."} / {"text": "..."} (one user message; "system" beside "prompt"
+    adds a system message)."""
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"{path} line {n}: not JSON ({exc.msg})") from exc
+        text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
+        try:
+            if isinstance(row, dict) and "messages" in row:
+                out.append(parse_conversation(row["messages"]))
+            elif isinstance(text, str):
+                out.append(from_text(text, system=row.get("system")))
+            else:
+                raise SystemExit(
+                    f'{path} line {n}: needs "messages" (a list of messages) or a "prompt" string'
+                )
+        except ChatError as exc:
+            raise SystemExit(f"{path} line {n}: {exc}") from exc
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """PPO from files, e.g. on several GPUs (each process takes its share of every batch):
 
@@ -51,7 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--policy", required=True, help="starting policy: folder or hub id")
     ap.add_argument("--reward", required=True, help="reward model folder (also the value network's start)")
-    ap.add_argument("--prompts", required=True, help='JSON Lines with a "prompt" (or "text") field')
+    ap.add_argument(
+        "--prompts",
+        required=True,
+        help='JSON Lines of {"messages": [...]} conversations, or "prompt" (or "text") strings',
+    )
     ap.add_argument("--ptx-file", help='JSON Lines of {"text": ...} for PPO-ptx')
     ap.add_argument("--out", required=True, help="where the new policy goes (written whole, at the end)")
     ap.add_argument("--work-dir", help="checkpoints (default: OUT.work); an existing one is resumed")
@@ -71,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg,
         policy_path=args.policy,
         reward_path=args.reward,
-        prompts=_read_lines(args.prompts, ("prompt", "text")),
+        prompts=_read_prompts(args.prompts),
         ptx_texts=_read_lines(args.ptx_file, ("text",)) if args.ptx_file else (),
         work_dir=Path(args.work_dir or f"{out}.work"),
         output_dir=out,

@@ -5,11 +5,14 @@ per-token KL penalty plus the reward-model score at the last real token, GAE, ad
 whitened over real tokens only, clipped policy ratio, clipped value loss.
 
 Shapes: B = responses in the batch, T = response tokens. `mask` is 1.0 on real response tokens
-(everything up to and including the first EOS) and 0.0 after it.
+(everything up to and including the first stop token) and 0.0 after it. The stop tokens are
+trainer.render.stop_token_ids: EOS and the chat template's end-of-turn token(s), the set
+sampling stops at.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,17 +21,21 @@ import torch.nn.functional as F
 # --- masks and masked statistics ---------------------------------------------------------------
 
 
-def mask_after_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1.0 up to and including the first EOS of each row, 0.0 after it.  (B, T) -> (B, T)"""
-    is_eos = (tokens == eos_id).long()
-    # Count of EOS strictly before each position: > 0 means we are past the end.
-    before = torch.cumsum(is_eos, dim=1) - is_eos
+def _is_stop(tokens: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
+    return torch.isin(tokens, torch.tensor(list(stop_ids), dtype=tokens.dtype, device=tokens.device))
+
+
+def mask_after_stop(tokens: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
+    """1.0 up to and including the first stop token of each row, 0.0 after it.  (B, T) -> (B, T)"""
+    is_stop = _is_stop(tokens, stop_ids).long()
+    # Count of stops strictly before each position: > 0 means we are past the end.
+    before = torch.cumsum(is_stop, dim=1) - is_stop
     return (before == 0).float()
 
 
-def has_eos(tokens: torch.Tensor, mask: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """True for rows whose real part ends with EOS (the response finished).  (B,)"""
-    return ((tokens == eos_id) & (mask > 0)).any(dim=1)
+def has_stop(tokens: torch.Tensor, mask: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
+    """True for rows whose real part ends with a stop token (the response finished).  (B,)"""
+    return (_is_stop(tokens, stop_ids) & (mask > 0)).any(dim=1)
 
 
 def last_index(mask: torch.Tensor) -> torch.Tensor:
@@ -83,7 +90,8 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
 
 
 def apply_missing_eos_penalty(scores: torch.Tensor, finished: torch.Tensor, penalty: float) -> torch.Tensor:
-    """A response that never emitted EOS loses `penalty` from its score (the model must learn to stop)."""
+    """A response that never emitted a stop token loses `penalty` from its score (the model must
+    learn to stop)."""
     return torch.where(finished, scores, scores - penalty)
 
 

@@ -1,20 +1,26 @@
 """Rollouts for PPO: batched sampling from the policy, and the forward passes that score them.
 
-Generation is left-padded (every prompt ends at the same column, so new tokens line up) and
-samples from softmax(logits / temperature), with no top-k or top-p: the log-probabilities PPO
-uses must be those of the distribution that actually drew the tokens. Every forward pass builds
-position ids from the attention mask, so left padding does not shift positions.
+Prompts are conversations, rendered by trainer.render (the policy's chat template, generation
+prompt added) and left-padded by render.generation_batch (every prompt ends at the same column,
+so new tokens line up). Sampling draws from softmax(logits / temperature), with no top-k or
+top-p: the log-probabilities PPO uses must be those of the distribution that actually drew the
+tokens. It stops at render.stop_token_ids (EOS and the template's end-of-turn token, the set
+sampling stops at). Every forward pass builds position ids from the attention mask, so left
+padding does not shift positions.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.chat import Conversation
+from trainer import render
 from trainer.ppo import losses as ppo
 
 
@@ -24,8 +30,9 @@ class Rollout:
 
     query: torch.Tensor  # (B, P) left-padded prompt ids
     query_mask: torch.Tensor  # (B, P) 1 on prompt tokens
-    response: torch.Tensor  # (B, R) sampled ids, pad after EOS
-    response_mask: torch.Tensor  # (B, R) 1.0 up to and including the first EOS
+    response: torch.Tensor  # (B, R) sampled ids, pad after the first stop token
+    response_mask: torch.Tensor  # (B, R) 1.0 up to and including the first stop token
+    convs: list[Conversation] = field(default_factory=list)  # the B prompts (the reward model reads them)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -50,6 +57,16 @@ def left_pad(
     return ids.to(device), mask.to(device)
 
 
+def query_batch(
+    tokenizer: Any, convs: Sequence[Conversation], max_prompt_tokens: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts as the policy continues them: render.generation_batch (chat template with
+    the generation prompt, each cut from the left to max_prompt_tokens, left-padded).
+    -> (ids, mask), both (B, P)"""
+    batch = render.generation_batch(tokenizer, convs, max_length=max_prompt_tokens)
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, ... over the real tokens; padding gets 0 (it is masked anyway).  (B, T) -> (B, T)"""
     return (torch.cumsum(mask.long(), dim=1) - 1).clamp(min=0)
@@ -62,13 +79,16 @@ def generate(
     query_mask: torch.Tensor,
     *,
     max_new_tokens: int,
-    eos_id: int,
+    stop_ids: Sequence[int],
     pad_id: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    convs: Sequence[Conversation] = (),
 ) -> Rollout:
-    """Sample until every row has emitted EOS or `max_new_tokens` are drawn (KV cache, one token a step)."""
+    """Sample until every row has emitted a stop token or `max_new_tokens` are drawn (KV cache,
+    one token a step). `convs`, the prompts the query renders, ride along for the scorer."""
     B = query.shape[0]
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=query.device)
     mask = query_mask.long()
     out = model(input_ids=query, attention_mask=mask, position_ids=position_ids(mask), use_cache=True)
     next_pos = mask.sum(dim=1, keepdim=True)  # (B, 1) position of the first new token
@@ -80,7 +100,7 @@ def generate(
         tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
-        done = done | (tok == eos_id)
+        done = done | torch.isin(tok, stops)
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
@@ -93,9 +113,11 @@ def generate(
         )
         next_pos = next_pos + 1
     response = torch.stack(tokens, dim=1)  # (B, R)
-    response_mask = ppo.mask_after_eos(response, eos_id)
+    response_mask = ppo.mask_after_stop(response, stop_ids)
     response = torch.where(response_mask > 0, response, torch.full_like(response, pad_id))
-    return Rollout(query=query, query_mask=query_mask, response=response, response_mask=response_mask)
+    return Rollout(
+        query=query, query_mask=query_mask, response=response, response_mask=response_mask, convs=list(convs)
+    )
 
 
 def policy_forward(
@@ -154,21 +176,55 @@ def value_forward(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
 NORMALIZATION_FILE = "reward_normalization.json"  # {"shift": float, "scale": float}
 
 
-class RewardModelScorer:
-    """A trained reward model read at the last real token, normalised as its trainer stored."""
+def reply_texts(tokenizer: Any, batch: Rollout, stop_ids: Sequence[int]) -> list[str]:
+    """Each response as stored text (render.strip_special), its stop token and after dropped:
+    what sampling would have stored as the completion."""
+    out = []
+    for row, m in zip(batch.response.tolist(), batch.response_mask.tolist(), strict=True):
+        ids = row[: int(sum(m))]
+        end = render.first_stop(ids, stop_ids)
+        out.append(render.strip_special(tokenizer, ids if end is None else ids[:end]))
+    return out
 
-    def __init__(self, model: torch.nn.Module, eos_id: int, shift: float = 0.0, scale: float = 1.0) -> None:
-        self.model, self.eos_id, self.shift, self.scale = model, eos_id, shift, scale
+
+class RewardModelScorer:
+    """A trained reward model reading each (conversation, response) as it learned them.
+
+    The response is decoded with the policy's tokenizer and rendered with the reward model's own
+    (render.reply_ids through trainer.reward.model.score_replies: the tokenizers may differ), so
+    the score is read at the reply's end-of-turn token exactly as in training and
+    `ranklab reward eval`; then normalised as its trainer stored.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        policy_tokenizer: Any,
+        *,
+        shift: float = 0.0,
+        scale: float = 1.0,
+        max_length: int = 512,
+    ) -> None:
+        self.model, self.tokenizer, self.policy_tokenizer = model, tokenizer, policy_tokenizer
+        self.shift, self.scale, self.max_length = shift, scale, max_length
+        self.stop_ids = render.stop_token_ids(policy_tokenizer)
 
     def __call__(self, batch: Rollout) -> torch.Tensor:
-        from trainer.reward.model import score
+        from trainer.reward.model import score_replies
 
-        # The reward model learned on prompt + completion text, which has no EOS token: read it
-        # at the last text token, as in its training.
-        text = batch.response_mask * (batch.response != self.eos_id).to(batch.response_mask.dtype)
-        mask = torch.cat([batch.query_mask.to(text.dtype), text], dim=1).long()
-        raw = score(self.model, {"input_ids": batch.input_ids, "attention_mask": mask}).float()
-        return (raw - self.shift) / self.scale
+        if len(batch.convs) != batch.response.shape[0]:
+            raise ValueError("the rollout carries no conversations: the reward model reads them")
+        raw = score_replies(
+            self.model,
+            self.tokenizer,
+            batch.convs,
+            reply_texts(self.policy_tokenizer, batch, self.stop_ids),
+            max_length=self.max_length,
+            batch_size=len(batch.convs),
+            normalized=False,
+        )
+        return (torch.tensor(raw, device=batch.response.device) - self.shift) / self.scale
 
 
 def read_normalization(reward_path: str | Path, config: Any = None) -> tuple[float, float]:

@@ -7,6 +7,11 @@ Reads top to bottom: `train` sets up the models (`_setup`), then per iteration t
 Runs single-process on CPU or one GPU, and unchanged under `accelerate launch` (each process
 takes its share of the batch; only the main process writes files).
 
+Prompts are conversations, seen only through trainer.render: rollouts start from the policy's
+chat template (render.generation_batch) and stop at render.stop_token_ids; the reward model
+reads (conversation, decoded response) through its own tokenizer's template (RewardModelScorer).
+PPO-ptx text stays plain text: it is language-model loss on documents, not chat.
+
 Free of the database: trainer/ppo/job.py adapts it to a job. `python -m trainer.ppo.launch`
 runs it from files (for `accelerate launch` on several GPUs).
 """
@@ -25,6 +30,8 @@ from typing import Any, Protocol
 
 import torch
 
+from app.chat import Conversation, as_text
+from trainer import render
 from trainer.ppo import losses as ppo
 from trainer.ppo import rollout as ro
 from trainer.ppo.config import CONFIG_FILE, PPOConfig  # noqa: F401  (re-exported)
@@ -112,7 +119,7 @@ def train(
     *,
     policy_path: str | Path,
     reward_path: str | Path,
-    prompts: Sequence[str],
+    prompts: Sequence[Conversation],
     work_dir: Path,
     output_dir: Path,
     ptx_texts: Sequence[str] = (),
@@ -135,7 +142,7 @@ def train(
         )
     ckpt = work_dir / "checkpoint"
     run = _setup(cfg, Path(policy_path), Path(reward_path), ckpt, scorer, reporter)
-    prompt_ids = _tokenize_prompts(cfg, run, prompts)
+    room = _prompt_room(cfg, run)
     ptx = _tokenize_texts(run.tokenizer, ptx_texts, cfg.ptx_max_tokens, "cpu") if cfg.ptx_coef > 0 else None
 
     for it in range(run.start_it, cfg.iterations):
@@ -144,7 +151,7 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = base * lr_scale
         times = [time.perf_counter()]
-        batch = _rollout(cfg, run, prompt_ids, it)  # 1. generate
+        batch = _rollout(cfg, run, prompts, room, it)  # 1. generate
         times.append(time.perf_counter())
         scored = _score(cfg, run, batch)  # 2. score
         times.append(time.perf_counter())
@@ -178,7 +185,7 @@ class _Run:
     opt_p: Any
     opt_v: Any
     kl_ctl: Any
-    eos_id: int
+    stop_ids: list[int]  # render.stop_token_ids: EOS and the template's end-of-turn token(s)
     pad_id: int
     per_process: int  # episodes this process rolls out per iteration
     mini: int  # episodes per optimizer step on this process
@@ -198,7 +205,7 @@ class _Scored:
     old_logprobs: torch.Tensor
     old_values: torch.Tensor
     raw_scores: torch.Tensor  # (B,)
-    scores: torch.Tensor  # (B,) after the missing-EOS penalty
+    scores: torch.Tensor  # (B,) after the penalty for a response that never stops
     finished: torch.Tensor  # (B,)
     kl: torch.Tensor
     advantages: torch.Tensor
@@ -227,7 +234,7 @@ def _setup(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    eos_id, pad_id = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
+    stop_ids, pad_id = render.stop_token_ids(tokenizer), render.pad_id(tokenizer)
 
     policy = AutoModelForCausalLM.from_pretrained(ckpt / "policy" if resuming else policy_path)
     # Same weights dtype as the policy (autocast does the bf16 part), so at the start π = π_ref
@@ -243,7 +250,7 @@ def _setup(
     reference.to(acc.device)
     if scorer is None:
         frozen_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        scorer = _reward_scorer(reward_path, acc.device, frozen_dtype, eos_id, reporter)
+        scorer = _reward_scorer(reward_path, acc.device, frozen_dtype, tokenizer, reporter)
 
     opt_p = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
     opt_v = torch.optim.AdamW(value.parameters(), lr=cfg.value_learning_rate, eps=1e-5, weight_decay=0.0)
@@ -258,7 +265,7 @@ def _setup(
         opt_p=opt_p,
         opt_v=opt_v,
         kl_ctl=ppo.kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon),
-        eos_id=eos_id,
+        stop_ids=stop_ids,
         pad_id=pad_id,
         per_process=max(1, cfg.batch_size // acc.num_processes),
         mini=max(1, cfg.mini_batch_size // acc.num_processes),
@@ -269,16 +276,27 @@ def _setup(
 
 
 def _reward_scorer(
-    reward_path: Path, device: torch.device, dtype: torch.dtype, eos_id: int, reporter: Reporter
+    reward_path: Path, device: torch.device, dtype: torch.dtype, policy_tokenizer: Any, reporter: Reporter
 ) -> Scorer:
-    """The frozen reward model, its scores shifted and scaled as its training normalised them."""
+    """The frozen reward model with its own tokenizer, its scores shifted and scaled as its
+    training normalised them, reading at most the max_length it was trained with."""
     from trainer.reward.model import load_reward_model
 
-    reward_model, _ = load_reward_model(str(reward_path))
+    reward_model, reward_tokenizer = load_reward_model(str(reward_path))
     reward_model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     shift, scale = read_normalization(reward_path, reward_model.config)
-    reporter.log(f"reward normalisation: shift {shift:.4f}, scale {scale:.4f}")
-    return RewardModelScorer(reward_model, eos_id, shift, scale)
+    trained = reward_path / "reward_config.json"
+    config = reward_model.config
+    max_length = int(
+        (json.loads(trained.read_text()).get("max_length") if trained.is_file() else None)
+        or getattr(config, "max_position_embeddings", None)
+        or getattr(config, "n_positions", None)
+        or 512
+    )
+    reporter.log(f"reward normalisation: shift {shift:.4f}, scale {scale:.4f}; max_length {max_length}")
+    return RewardModelScorer(
+        reward_model, reward_tokenizer, policy_tokenizer, shift=shift, scale=scale, max_length=max_length
+    )
 
 
 def _resume(run: _Run, ckpt: Path, reporter: Reporter) -> None:
@@ -311,9 +329,9 @@ def _value_network(start: Path, policy_path: Path, reward_path: Path, policy: An
     return ro.TokenValueModel(value)
 
 
-def _tokenize_prompts(cfg: PPOConfig, run: _Run, prompts: Sequence[str]) -> list[list[int]]:
-    """Tokenised as the sampler does (with the tokenizer's own special tokens, e.g. a BOS), cut from
-    the left so that prompt + response fit the model's positions."""
+def _prompt_room(cfg: PPOConfig, run: _Run) -> int:
+    """How many prompt tokens a rollout keeps (cut from the left, render.fit_prompt) so that
+    prompt + response fit the model's positions."""
     config = run.acc.unwrap_model(run.policy).config
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     room = (
@@ -323,20 +341,17 @@ def _tokenize_prompts(cfg: PPOConfig, run: _Run, prompts: Sequence[str]) -> list
         raise ValueError(
             f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in {positions} positions"
         )
-    tokenizer = run.tokenizer
-    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"  # keeps a BOS, cuts the text
-    ids = [tokenizer(p, truncation=True, max_length=room)["input_ids"] or [run.eos_id] for p in prompts]
-    tokenizer.truncation_side = side
-    return ids
+    return room
 
 
-def _rollout(cfg: PPOConfig, run: _Run, prompt_ids: list[list[int]], it: int) -> Rollout:
-    """Phase 1: this process's share of prompts, and the policy's responses to them."""
+def _rollout(cfg: PPOConfig, run: _Run, prompts: Sequence[Conversation], room: int, it: int) -> Rollout:
+    """Phase 1: this process's share of prompts, rendered, and the policy's responses to them."""
     acc, device = run.acc, run.device
     pick = torch.randint(
-        0, len(prompt_ids), (run.per_process,), generator=_seeded(cfg.seed, it, acc.process_index)
+        0, len(prompts), (run.per_process,), generator=_seeded(cfg.seed, it, acc.process_index)
     ).tolist()
-    query, query_mask = ro.left_pad([prompt_ids[i] for i in pick], run.pad_id, device)
+    convs = [prompts[i] for i in pick]
+    query, query_mask = ro.query_batch(run.tokenizer, convs, room, device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + it * 31 + acc.process_index)
     with acc.autocast():
         batch = ro.generate(
@@ -344,10 +359,11 @@ def _rollout(cfg: PPOConfig, run: _Run, prompt_ids: list[list[int]], it: int) ->
             query,
             query_mask,
             max_new_tokens=cfg.max_new_tokens,
-            eos_id=run.eos_id,
+            stop_ids=run.stop_ids,
             pad_id=run.pad_id,
             temperature=cfg.temperature,
             generator=gen,
+            convs=convs,
         )
     _sync(device)
     return batch
@@ -361,7 +377,7 @@ def _score(cfg: PPOConfig, run: _Run, batch: Rollout) -> _Scored:
         ref_logprobs, _ = ro.policy_forward(run.reference, batch, cfg.temperature)
         old_values = ro.value_forward(run.value, batch) * mask
         raw_scores = run.scorer(batch).float()  # (B,)
-    finished = ppo.has_eos(batch.response, mask, run.eos_id)
+    finished = ppo.has_stop(batch.response, mask, run.stop_ids)
     scores = ppo.apply_missing_eos_penalty(raw_scores, finished, cfg.missing_eos_penalty)
     old_logprobs, ref_logprobs = old_logprobs * mask, ref_logprobs * mask
     rewards, kl = ppo.shape_rewards(old_logprobs, ref_logprobs, scores, mask, run.kl_ctl.beta)
@@ -482,7 +498,7 @@ def _report(
     if acc.is_main_process:
         reporter.metric(done, **metrics)
         if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.iterations):
-            reporter.samples(done, _sample_rows(run.tokenizer, batch, s.scores, cfg.samples_shown, done))
+            reporter.samples(done, _sample_rows(run, batch, s.scores, cfg.samples_shown, done))
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
             _save_checkpoint(ckpt, run, done, cfg)
         # The cancel point of a job: after the checkpoint, so a resumed run loses no iteration.
@@ -523,22 +539,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _sample_rows(
-    tokenizer: Any, batch: Rollout, scores: torch.Tensor, n: int, step: int
-) -> list[dict[str, Any]]:
-    rows = []
-    for b in range(min(n, batch.query.shape[0])):
-        q = batch.query[b][batch.query_mask[b] > 0]
-        r = batch.response[b][batch.response_mask[b] > 0]
-        rows.append(
-            {
-                "step": step,
-                "prompt": tokenizer.decode(q, skip_special_tokens=True),
-                "response": tokenizer.decode(r, skip_special_tokens=True),
-                "score": round(float(scores[b]), 4),
-            }
-        )
-    return rows
+def _sample_rows(run: _Run, batch: Rollout, scores: torch.Tensor, n: int, step: int) -> list[dict[str, Any]]:
+    """The first n episodes as people read them: the conversation as text, the reply as stored."""
+    replies = ro.reply_texts(run.tokenizer, batch, run.stop_ids)
+    return [
+        {"step": step, "prompt": as_text(conv), "response": reply, "score": round(float(scores[b]), 4)}
+        for b, (conv, reply) in enumerate(zip(batch.convs[:n], replies, strict=False))
+    ]
 
 
 def _save_checkpoint(ckpt: Path, run: _Run, iteration: int, cfg: PPOConfig) -> None:

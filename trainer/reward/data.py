@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy.orm import Session
 
+from app.chat import Conversation, from_text, parse_conversation
 from app.exports import service as exports
 from app.exports.formats import RowOptions
 from trainer.reward.model import Group
@@ -54,9 +55,11 @@ def _rows(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
 
 
 def group_from_row(row: dict[str, Any]) -> Group:
-    """A `groups` export row (ranklab's own; also from a file): {"prompt", "split",
+    """A `groups` export row (ranklab's own; also from a file): {"messages" | "prompt", "split",
     "completions": [text | {"text", "policy"}], "rankings": [[rank, ...] | {"ranks": [...]}]},
-    or one labeler's "ranks". The one adapter from export rows to trainer Groups."""
+    or one labeler's "ranks". The prompt is the row's `messages` (a conversation) when it has
+    them, else its `prompt` text as one user message. The one adapter from export rows to
+    trainer Groups; a broken conversation raises app.chat.ChatError naming the field."""
     comps = row["completions"]
     texts = tuple(c["text"] if isinstance(c, dict) else str(c) for c in comps)
     if "rankings" in row:
@@ -72,10 +75,19 @@ def group_from_row(row: dict[str, Any]) -> Group:
         if len(r) != len(texts):
             raise ValueError(f"a ranking has {len(r)} ranks for {len(texts)} completions")
     return Group(
-        prompt=str(row["prompt"]),
+        messages=conversation_of(row),
         completions=texts,
         rankings=ranks,
         split=str(row.get("split") or ""),
         policies=tuple(c.get("policy") if isinstance(c, dict) else None for c in comps),
         task_id=row.get("task_id"),
     )
+
+
+def conversation_of(row: dict[str, Any]) -> Conversation:
+    """A row's prompt as a conversation: `messages` when present, else `prompt` as one user turn."""
+    if row.get("messages") is not None:
+        return parse_conversation(row["messages"], field="messages")
+    if "prompt" not in row:
+        raise KeyError("'messages' (a list of {role, content}) or 'prompt' (text) is missing")
+    return from_text(row["prompt"])

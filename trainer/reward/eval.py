@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from trainer.reward.files import read_preference_groups
-from trainer.reward.model import load_reward_model, pair_correct, plan_pairs, score_texts
+from trainer.reward.model import Group, load_reward_model, pair_correct, plan_pairs, score_replies
 
 
 def evaluate_file(
@@ -21,25 +23,32 @@ def evaluate_file(
     if not groups:
         raise ValueError(f"{file} has no valid comparisons")
     model, tokenizer = load_reward_model(model_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    correct, pairs = evaluate_groups(model, tokenizer, groups, max_length=max_length, batch_size=batch_size)
+    return correct, pairs, skipped
+
+
+def evaluate_groups(
+    model: torch.nn.Module, tokenizer: Any, groups: Sequence[Group], *, max_length: int, batch_size: int
+) -> tuple[float, int]:
+    """(comparisons ordered right, comparisons): each (conversation, completion) scored raw
+    through score_replies, i.e. rendered as in training."""
     correct, pairs = 0.0, 0
     chunk = max(1, batch_size // 2)
     for start in range(0, len(groups), chunk):
         part = groups[start : start + chunk]
         scores = torch.tensor(
-            score_texts(
+            score_replies(
                 model,
                 tokenizer,
-                [g.prompt for g in part for _ in g.completions],
+                [g.messages for g in part for _ in g.completions],
                 [c for g in part for c in g.completions],
                 max_length=max_length,
                 batch_size=batch_size,
                 normalized=False,
-                device=device,
             )
         )
         right, n = pair_correct(scores, plan_pairs(part))
         correct += right
         pairs += n
-    return correct, pairs, skipped
+    return correct, pairs

@@ -1,29 +1,45 @@
 """Preference files as training/evaluation groups, through the importer's own readers.
 
 Any file `ranklab preferences import` reads (HH-RLHF chosen/rejected dialogues, TRL
-prompt/chosen/rejected, a ranklab rankings export; JSON Lines, gzip or Parquet) becomes a list
-of Groups: one per row, its completions and that row's ranking. Invalid rows are counted, not
-fatal: evaluation data from the wild has a few odd rows.
+prompt/chosen/rejected as strings or conversational message lists, a ranklab rankings export;
+JSON Lines, gzip or Parquet) becomes a list of Groups: one per row, its prompt as a conversation
+(an HH dialogue's turns before the last Assistant turn, a TRL conversational prompt list, else
+the prompt text as one user message), its completions and that row's ranking. Invalid rows are
+counted, not fatal: evaluation data from the wild has a few odd rows.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from app.chat import ChatError, Conversation, from_text, parse_conversation
 from app.imports import service as importer
 from trainer.reward.model import Group
 
 
 def read_preference_groups(path: Path, *, kind: str = "auto") -> tuple[list[Group], int]:
-    """(groups, invalid rows skipped)."""
+    """(groups, invalid rows skipped). A row whose conversation breaks app.chat's rules (an HH
+    dialogue with an empty turn, say) is one of the invalid rows."""
     _, units, errors, _ = importer.parse(Path(path).read_bytes(), Path(path).name, kind=kind)
-    groups = [
-        Group(
-            prompt=u.prompt,
-            completions=tuple(text for _, text, _ in u.completions),
-            rankings=(tuple(u.ranks),),
+    bad = {e.line for e in errors}
+    groups = []
+    for u in units:
+        if u.skip_reason is not None or len(u.completions) < 2:
+            continue
+        try:
+            conv = _conversation(u.messages, u.prompt)
+        except ChatError:
+            bad.add(u.line)
+            continue
+        groups.append(
+            Group(
+                messages=conv,
+                completions=tuple(text for _, text, _ in u.completions),
+                rankings=(tuple(u.ranks),),
+            )
         )
-        for u in units
-        if u.skip_reason is None and len(u.completions) >= 2
-    ]
-    return groups, len({e.line for e in errors})
+    return groups, len(bad)
+
+
+def _conversation(messages: list[dict[str, str]] | None, prompt: str) -> Conversation:
+    return parse_conversation(messages) if messages is not None else from_text(prompt)

@@ -83,7 +83,7 @@ def run_job(ctx: Any) -> dict[str, Any]:
 
     # The reference policy's own samples set the score's zero and unit; without any, all of them.
     reference = [
-        (g.prompt, c)
+        (g.messages, c)
         for g in groups
         for c, p in zip(g.completions, g.policies, strict=False)
         if ref and p == ref[1]

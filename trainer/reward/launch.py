@@ -17,8 +17,9 @@ from trainer.reward.train import Hooks, train
 
 
 def read_groups(path: Path) -> list[Group]:
-    """JSON Lines of {"prompt", "completions": [...], "rankings": [[rank, ...], ...]}
-    (ranklab's `groups` export; `ranks` of one labeler also accepted)."""
+    """JSON Lines of {"messages" | "prompt", "completions": [...], "rankings": [[rank, ...], ...]}
+    (ranklab's `groups` export: the prompt conversation as `messages`, or a `prompt` text that
+    is one user message; `ranks` of one labeler also accepted)."""
     import gzip
 
     from trainer.reward.data import group_from_row

@@ -4,8 +4,9 @@ InstructGPT (§3.5, App. C.2): all C(K,2) comparisons of one ranking go in one b
 one forward pass per completion (K passes, not K(K-1)); the loss is
     -1/C(K,2) · Σ log σ(r(x, y_w) − r(x, y_l))
 per ranking, then averaged over rankings. Tied pairs are dropped. The score is read at the last
-real token of prompt + completion; the scalar head starts at N(0, 1/√(d+1)) with bias 0, and
-dropout is off. No training loop here (see trainer/reward/train.py).
+real token of the rendered conversation + reply (trainer.render: the model's chat template, so
+that token is the reply's end-of-turn token); the scalar head starts at N(0, 1/√(d+1)) with bias
+0, and dropout is off. No training loop here (see trainer/reward/train.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.chat import Conversation, as_text
 from app.ranking import ordered_pairs, pair_indices
+from trainer import render
 
 # Config attributes that carry the score normalisation (saved in the model's config.json):
 # normalised = (raw - reward_mean) / reward_std.
@@ -29,18 +32,25 @@ NORM_STD = "reward_std"
 
 @dataclass(frozen=True)
 class Group:
-    """One prompt with its K completions and every labeler's ranking of them.
+    """One prompt conversation with its K completions (the assistant's replies to it) and every
+    labeler's ranking of them.
 
     rankings[j][i] is labeler j's dense rank of completions[i] (1 = best, ties share a rank).
     Each ranking is its own term of the loss, over the same K forward passes.
     """
 
-    prompt: str
+    messages: Conversation
     completions: tuple[str, ...]
     rankings: tuple[tuple[int, ...], ...]
     split: str = ""  # train/validation/test as the export gives it; "" = app.ranking.split_of(prompt)
     policies: tuple[str | None, ...] = ()  # name of the model version that sampled each completion
     task_id: int | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The conversation as readable text (app.chat.as_text, as Prompt.text stores it): the
+        split's key and what logs show. Never model input."""
+        return as_text(self.messages)
 
     @property
     def k(self) -> int:
@@ -128,35 +138,23 @@ def pair_correct(scores: Tensor, plan: PairPlan) -> tuple[float, int]:
 @dataclass
 class Encoded:
     input_ids: list[int]
-    token_type_ids: list[int] | None
+    token_type_ids: list[int] | None = None
 
 
-def encode_pair(tokenizer: Any, prompt: str, completion: str, max_length: int) -> Encoded:
-    """Prompt + completion in at most max_length tokens, cutting the prompt from the left.
+def encode_reply(tokenizer: Any, conv: Conversation, reply: str, max_length: int) -> Encoded:
+    """The conversation and the reply as the reward model reads them, in at most max_length tokens:
+    trainer.render's reply_ids (the chat template; the reply through its end-of-turn token, where
+    a decoder's score is read), the prompt cut from the left by render.fit. Training, scoring,
+    `ranklab reward eval`, the normalisation and PPO's scoring of rollouts all encode here.
 
-    The completion is what is judged, so it is kept whole; only a completion longer than the
-    whole budget loses its beginning (the end is where a decoder reads the score).
+    An encoder (a tokenizer with a separator token, e.g. MiniLM) pools at its own [CLS], so the
+    rendered ids are wrapped in its special tokens, inside the same max_length.
     """
-    specials = tokenizer.num_special_tokens_to_add(pair=True)
-    tail = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    n_completion = len(tail)
-    strategy = "only_first" if n_completion + specials < max_length else "longest_first"
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        if tokenizer.sep_token is None:
-            # A decoder (no separator token): the prompt with its own specials, then the completion
-            # right after it, as PPO's rollouts are tokenised and scored. A pair template may put
-            # a second BOS between the two (Llama 3) that the scored rollouts never have.
-            room = max_length - n_completion
-            if room < 1 + tokenizer.num_special_tokens_to_add(pair=False):
-                return Encoded(tail[-max_length:], None)
-            head = tokenizer(prompt, truncation=True, max_length=room)["input_ids"]
-            return Encoded(list(head) + list(tail), None)
-        enc = tokenizer(prompt, completion, truncation=strategy, max_length=max_length)
-    finally:
-        tokenizer.truncation_side = side
-    return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]) if "token_type_ids" in enc else None)
+    extra = tokenizer.num_special_tokens_to_add(pair=False) if tokenizer.sep_token is not None else 0
+    fitted = render.fit(render.reply_ids(tokenizer, conv, reply), max(1, max_length - extra))
+    if not extra:
+        return Encoded(fitted.input_ids)
+    return Encoded(list(tokenizer.build_inputs_with_special_tokens(fitted.input_ids)))
 
 
 def collate(encoded: Sequence[Encoded], pad_id: int, *, left: bool = False) -> dict[str, Tensor]:
@@ -275,28 +273,31 @@ def load_reward_model(source: str, *, tokenizer_source: str | None = None) -> tu
 
 
 @torch.no_grad()
-def score_texts(
+def score_replies(
     model: nn.Module,
     tokenizer: Any,
-    prompts: Sequence[str],
-    completions: Sequence[str],
+    convs: Sequence[Conversation],
+    replies: Sequence[str],
     *,
     max_length: int = 512,
     batch_size: int = 32,
     normalized: bool = True,
     device: torch.device | str | None = None,
 ) -> list[float]:
-    """Scores of prompt + completion pairs, in order (normalised with the stored statistics)."""
+    """Scores of (conversation, reply) pairs, in order (normalised with the stored statistics),
+    each encoded by encode_reply with the reward model's own tokenizer."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: list[float] = []
-    pad = tokenizer.pad_token_id
-    for start in range(0, len(prompts), batch_size):
+    pad = render.pad_id(tokenizer)
+    if len(convs) != len(replies):
+        raise ValueError(f"{len(convs)} conversations for {len(replies)} replies")
+    for start in range(0, len(convs), batch_size):
         enc = [
-            encode_pair(tokenizer, p, c, max_length)
-            for p, c in zip(
-                prompts[start : start + batch_size], completions[start : start + batch_size], strict=True
+            encode_reply(tokenizer, conv, reply, max_length)
+            for conv, reply in zip(
+                convs[start : start + batch_size], replies[start : start + batch_size], strict=True
             )
         ]
         batch = {k: v.to(device) for k, v in collate(enc, pad).items()}

@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
+from app.chat import Conversation
 from app.ranking import SPLITS, split_of
+from trainer import render
 from trainer.reward.config import RewardConfig  # noqa: F401  (re-exported: job.py, launch.py import it here)
 from trainer.reward.model import (
     NORM_MEAN,
@@ -30,7 +32,7 @@ from trainer.reward.model import (
     Encoded,
     Group,
     collate,
-    encode_pair,
+    encode_reply,
     grouped_loss,
     load_reward_model,
     pair_correct,
@@ -75,7 +77,8 @@ def split_groups(groups: Sequence[Group]) -> dict[str, list[Group]]:
 
 
 def encode_groups(tokenizer: Any, groups: Sequence[Group], max_length: int) -> list[list[Encoded]]:
-    return [[encode_pair(tokenizer, g.prompt, c, max_length) for c in g.completions] for g in groups]
+    """Every (conversation, completion) of every group, rendered by encode_reply."""
+    return [[encode_reply(tokenizer, g.messages, c, max_length) for c in g.completions] for g in groups]
 
 
 def step_plan(n_groups: int, cfg: RewardConfig, world: int) -> list[list[list[int]]]:
@@ -194,15 +197,16 @@ def train(
     *,
     out_dir: Path,
     work_dir: Path,
-    reference: Sequence[tuple[str, str]] | None = None,
+    reference: Sequence[tuple[Conversation, str]] | None = None,
     manifest: dict[str, Any] | None = None,
     hooks: Hooks | None = None,
     accelerator: Any = None,
 ) -> TrainResult:
     """Train, validate, normalise and save to out_dir (which must not exist yet).
 
-    reference: (prompt, completion) samples of the reference policy for the normalisation;
-    None uses every completion of the training data. work_dir holds the checkpoints.
+    reference: (conversation, completion) samples of the reference policy for the normalisation,
+    rendered as the training data is; None uses every completion of the training data.
+    work_dir holds the checkpoints.
     """
     from accelerate import Accelerator
 
@@ -230,7 +234,7 @@ def train(
         f"{sum(g.n_pairs() for g in train_groups)} training comparisons"
     )
     model, tokenizer = load_reward_model(cfg.base_model)
-    pad_id = tokenizer.pad_token_id
+    pad_id = render.pad_id(tokenizer)
     train_enc = encode_groups(tokenizer, train_groups, cfg.max_length)
     val_enc = encode_groups(tokenizer, val_groups, cfg.max_length)
 
@@ -305,9 +309,9 @@ def train(
     # -- normalise: the reference policy's completions get mean 0, std 1
     bare = accelerator.unwrap_model(model)
     if reference is None:
-        reference = [(g.prompt, c) for g in train_groups for c in g.completions]
+        reference = [(g.messages, c) for g in train_groups for c in g.completions]
     reference = list(reference)[: cfg.normalize_samples]
-    ref_enc = [encode_pair(tokenizer, p, c, cfg.max_length) for p, c in reference]
+    ref_enc = [encode_reply(tokenizer, conv, c, cfg.max_length) for conv, c in reference]
     bare.eval()
     with torch.no_grad():
         raw = torch.cat(
