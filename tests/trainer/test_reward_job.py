@@ -83,7 +83,7 @@ class TestLoadGroups:
         assert load(sets=[str(set_id)])[1]["sha256"] == manifest["sha256"]
         with pytest.raises(ExportError, match="set: no prompt set called 'nope'"):
             load(sets=["nope"])
-        with pytest.raises(ExportError, match="split_fractions: three non-negative numbers"):
+        with pytest.raises(ExportError, match="split fractions: three non-negative numbers"):
             load(split_fractions=[1, 0])
 
 
