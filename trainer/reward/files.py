@@ -12,34 +12,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.chat import ChatError, Conversation, from_text, parse_conversation
 from app.imports import service as importer
 from trainer.reward.model import Group
 
 
 def read_preference_groups(path: Path, *, kind: str = "auto") -> tuple[list[Group], int]:
     """(groups, invalid rows skipped). A row whose conversation breaks app.chat's rules (an HH
-    dialogue with an empty turn, say) is one of the invalid rows."""
+    dialogue with an empty turn, say) is one of the invalid rows: the importer refuses it."""
     _, units, errors, _ = importer.parse(Path(path).read_bytes(), Path(path).name, kind=kind)
     bad = {e.line for e in errors}
     groups = []
     for u in units:
         if u.skip_reason is not None or len(u.completions) < 2:
             continue
-        try:
-            conv = _conversation(u.messages, u.prompt)
-        except ChatError:
-            bad.add(u.line)
-            continue
         groups.append(
             Group(
-                messages=conv,
+                messages=u.messages,  # parsed and checked by the importer (app.chat's rules)
                 completions=tuple(text for _, text, _ in u.completions),
                 rankings=(tuple(u.ranks),),
             )
         )
     return groups, len(bad)
-
-
-def _conversation(messages: list[dict[str, str]] | None, prompt: str) -> Conversation:
-    return parse_conversation(messages) if messages is not None else from_text(prompt)
