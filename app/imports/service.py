@@ -431,12 +431,13 @@ def import_preferences(
     skip_invalid: bool = False,
     created_by_id: int | None = None,
 ) -> ImportResult:
-    """Validate everything, then write it all (or nothing: the caller's transaction)."""
+    """Validate everything, then write it all (or nothing: the caller's transaction).
+
+    Phases: the name → parse every row → group rows into tasks → the set, its policy versions
+    and labelers → prompts and tasks → completions → assignments, annotations and their items.
+    """
     name, filename = name.strip(), filename.replace("\x00", "")  # the file's name is stored too
-    if not name or has_nul(name):
-        raise ImportRefused([RowError(0, "name", "a set name is needed, without NUL characters")], 1)
-    if session.scalar(select(PromptSet.id).where(PromptSet.name == name)) is not None:
-        raise ImportRefused([RowError(0, "name", f"a prompt set called {name!r} exists")], 1)
+    _check_name(session, name)
     kind, units, errors, total = parse(data, filename, kind=kind)
     if errors and not skip_invalid:
         raise ImportRefused(
@@ -448,12 +449,55 @@ def import_preferences(
         raise ImportRefused(
             errors[:MAX_LISTED] or [RowError(0, "file", "no valid rows")], max(len(errors), 1)
         )
+    tasks, comps_of = _group_tasks(units)
+    ps = _new_set(
+        session,
+        name=name,
+        filename=filename,
+        created_by_id=created_by_id,
+        tasks=tasks,
+        comps_of=comps_of,
+        report={
+            "kind": kind,
+            "rows": total,
+            "imported": len(units),
+            "skipped": len(errors),
+            "skipped_rows": [str(e) for e in errors[:MAX_LISTED]],
+        },
+    )
+    versions = _versions(session, name, comps_of)
+    users = {
+        lab: _system_user(session, f"imported-{name}" + (f"-{lab}" if lab else ""))
+        for lab in sorted({u.labeler for u in units})
+    }
+    now = utcnow()
+    keys = list(tasks)
+    task_ids = _write_tasks(session, ps, tasks, keys, now)
+    comp_id = _write_completions(session, keys, task_ids, comps_of, versions, now)
+    _write_annotations(session, tasks, keys, task_ids, comp_id, users, now)
+    session.flush()
+    return ImportResult(
+        prompt_set=ps, kind=kind, rows=total, imported=len(units), tasks=len(keys), skipped=errors
+    )
 
-    # Tasks: rows of one source task (rankings exports) share it, other rows get their own.
+
+Comps = list[tuple[Any, tuple[Any, str, str | None]]]  # (completion key, (source id, text, policy))
+
+
+def _check_name(session: Session, name: str) -> None:
+    if not name or has_nul(name):
+        raise ImportRefused([RowError(0, "name", "a set name is needed, without NUL characters")], 1)
+    if session.scalar(select(PromptSet.id).where(PromptSet.name == name)) is not None:
+        raise ImportRefused([RowError(0, "name", f"a prompt set called {name!r} exists")], 1)
+
+
+def _group_tasks(units: list[Unit]) -> tuple[dict[Any, list[Unit]], dict[Any, Comps]]:
+    """Rows of one source task (rankings exports) share it, other rows get their own; each
+    task's completions are the union of its rows' (a source id is one completion across rows)."""
     tasks: dict[Any, list[Unit]] = {}
     for u in units:
         tasks.setdefault(("g", u.group) if u.group is not None else ("l", u.line), []).append(u)
-    comps_of: dict[Any, list[tuple[Any, tuple[Any, str, str | None]]]] = {}
+    comps_of: dict[Any, Comps] = {}
     for key, group in tasks.items():
         merged: dict[Any, tuple[Any, str, str | None]] = {}
         for u in group:
@@ -462,36 +506,42 @@ def import_preferences(
         comps_of[key] = list(merged.items())
         if len(comps_of[key]) < 2:
             raise ImportRefused([RowError(group[0].line, "completions", "the task has fewer than 2")], 1)
-    k = max(len(c) for c in comps_of.values())
+    return tasks, comps_of
+
+
+def _new_set(
+    session: Session,
+    *,
+    name: str,
+    filename: str,
+    created_by_id: int | None,
+    tasks: dict[Any, list[Unit]],
+    comps_of: dict[Any, Comps],
+    report: dict[str, Any],
+) -> PromptSet:
+    """The archived set that holds the import: K and overlap are the largest the rows have."""
     overlap = max(sum(1 for u in g if not u.skip_reason) for g in tasks.values())
-    skipped = errors[:MAX_LISTED]
     ps = PromptSet(
         name=name,
-        k=k,
+        k=max(len(c) for c in comps_of.values()),
         overlap=max(overlap, 1),
         status="archived",
         source_filename=filename,
         created_by_id=created_by_id,
         flags=[],
-        report={
-            "imported": {
-                "kind": kind,
-                "rows": total,
-                "imported": len(units),
-                "skipped": len(errors),
-                "skipped_rows": [str(e) for e in skipped],
-            }
-        },
+        report={"imported": report},
     )
     session.add(ps)
     session.flush()
+    return ps
 
-    # Versions and labelers: one of each, or one per source policy / labeler for rankings.
+
+def _versions(session: Session, name: str, comps_of: dict[Any, Comps]) -> dict[str | None, int]:
+    """One policy version for the file, or one per source policy (rankings exports)."""
     source = f"imported:{name}"
     versions: dict[str | None, int] = {}
-    for pol in sorted(
-        {c[2] for cs in comps_of.values() for _, c in cs}, key=lambda p: (p is not None, p or "")
-    ):
+    policies = {c[2] for cs in comps_of.values() for _, c in cs}
+    for pol in sorted(policies, key=lambda p: (p is not None, p or "")):
         mv = ModelVersion(
             kind=ModelKind.policy,
             name=f"{source}" + (f"/{pol}" if pol else ""),
@@ -502,12 +552,14 @@ def import_preferences(
         session.add(mv)
         session.flush()
         versions[pol] = mv.id
-    users: dict[str, int] = {}
-    for lab in sorted({u.labeler for u in units}):
-        users[lab] = _system_user(session, f"imported-{name}" + (f"-{lab}" if lab else ""))
+    return versions
 
-    now = utcnow()
-    # One prompt per conversation (the set's unique key is its hash), as an upload stores it.
+
+def _write_tasks(
+    session: Session, ps: PromptSet, tasks: dict[Any, list[Unit]], keys: list[Any], now: datetime
+) -> list[int]:
+    """One prompt per conversation (the set's unique key is its hash, as an upload stores it),
+    then one closed task per source task."""
     prompt_ids: dict[str, int] = {}
     new_prompts = []
     for group in tasks.values():
@@ -528,8 +580,7 @@ def import_preferences(
             )
     for row, pid in zip(new_prompts, _bulk(session, Prompt, new_prompts), strict=True):
         prompt_ids[str(row["text_hash"])] = pid
-    keys = list(tasks)
-    task_ids = _bulk(
+    return _bulk(
         session,
         Task,
         [
@@ -543,10 +594,21 @@ def import_preferences(
             for key in keys
         ],
     )
-    comp_rows, comp_keys = [], []
+
+
+def _write_completions(
+    session: Session,
+    keys: list[Any],
+    task_ids: list[int],
+    comps_of: dict[Any, Comps],
+    versions: dict[str | None, int],
+    now: datetime,
+) -> dict[tuple[Any, Any], int]:
+    """Every task's completions; (task key, completion key) -> completion id."""
+    rows, row_keys = [], []
     for key, tid in zip(keys, task_ids, strict=True):
         for ck, c in comps_of[key]:
-            comp_rows.append(
+            rows.append(
                 {
                     "task_id": tid,
                     "model_version_id": versions[c[2]],
@@ -556,14 +618,24 @@ def import_preferences(
                     "created_at": now,
                 }
             )
-            comp_keys.append((key, ck))
-    comp_id = dict(zip(comp_keys, _bulk(session, Completion, comp_rows), strict=True))
+            row_keys.append((key, ck))
+    return dict(zip(row_keys, _bulk(session, Completion, rows), strict=True))
 
+
+def _write_annotations(
+    session: Session,
+    tasks: dict[Any, list[Unit]],
+    keys: list[Any],
+    task_ids: list[int],
+    comp_id: dict[tuple[Any, Any], int],
+    users: dict[str, int],
+    now: datetime,
+) -> None:
+    """Each row as a finished assignment with its annotation (a skip, or ranks per output)."""
     ann_units: list[tuple[Unit, int, list[int]]] = []
     for key, tid in zip(keys, task_ids, strict=True):
         for u in tasks[key]:
-            ids = [comp_id[(key, _ckey(u, i))] for i in range(len(u.completions))]
-            ann_units.append((u, tid, ids))
+            ann_units.append((u, tid, [comp_id[(key, _ckey(u, i))] for i in range(len(u.completions))]))
     assign_ids = _bulk(
         session,
         Assignment,
@@ -598,24 +670,18 @@ def import_preferences(
             for (u, tid, _), aid in zip(ann_units, assign_ids, strict=True)
         ],
     )
-    items = []
-    for (u, _, ids), ann_id in zip(ann_units, ann_ids, strict=True):
-        if u.skip_reason:
-            continue
-        for pos, cid in enumerate(ids):
-            items.append(
-                {
-                    "annotation_id": ann_id,
-                    "completion_id": cid,
-                    "rank": u.ranks[pos],
-                    "rating": u.ratings[pos] if u.ratings else None,
-                    "flags": u.flags[pos] if u.flags else [],
-                    "position": u.positions[pos] if u.positions else pos,
-                }
-            )
+    items = [
+        {
+            "annotation_id": ann_id,
+            "completion_id": cid,
+            "rank": u.ranks[pos],
+            "rating": u.ratings[pos] if u.ratings else None,
+            "flags": u.flags[pos] if u.flags else [],
+            "position": u.positions[pos] if u.positions else pos,
+        }
+        for (u, _, ids), ann_id in zip(ann_units, ann_ids, strict=True)
+        if not u.skip_reason
+        for pos, cid in enumerate(ids)
+    ]
     if items:
         session.execute(insert(AnnotationItem), items)
-    session.flush()
-    return ImportResult(
-        prompt_set=ps, kind=kind, rows=total, imported=len(units), tasks=len(keys), skipped=errors
-    )
