@@ -147,6 +147,19 @@ class TestModelsPage:
         assert f'action="/models/{child.id}/promote"' in page
         assert f'action="/models/{base.id}/promote"' not in page  # already active
 
+    def test_a_reward_model_left_inactive_says_why(self, client: TestClient, session: Session) -> None:
+        reason = registry.why_not_active_by_itself({"val_accuracy": 0.387, "val_pairs": 12})
+        assert reason is not None
+        make_model(
+            session,
+            kind=ModelKind.reward,
+            name="rm-thin",
+            metrics={"val_accuracy": 0.387, "val_pairs": 12, "not_active_because": reason},
+        )
+        login(client, make_user(session, role="researcher"))
+        page = client.get("/models").text
+        assert "12 validation pairs, fewer than the 30 needed" in page and "Make active" in page
+
     def test_promote_and_activate_buttons_need_csrf(self, client: TestClient, session: Session) -> None:
         old = make_model(session, active=True)
         new = make_model(session)
