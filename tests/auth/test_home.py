@@ -43,3 +43,25 @@ def test_every_link_on_home_and_in_the_nav_opens(role: Role, client: TestClient,
     for href in sorted(hrefs):
         r = client.get(href, follow_redirects=False)
         assert r.status_code == 200, f"{role.value}: {href} answered {r.status_code}"
+
+
+def test_no_link_sits_inside_another(client: TestClient, session: Session) -> None:
+    """A link inside a card's link is closed early by the browser and spills out of the card."""
+    from html.parser import HTMLParser
+
+    class Nesting(HTMLParser):
+        depth, worst = 0, 0
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:  # type: ignore[type-arg]
+            if tag == "a":
+                self.depth += 1
+                self.worst = max(self.worst, self.depth)
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "a":
+                self.depth -= 1
+
+    login(client, make_user(session, role=Role.admin))
+    parser = Nesting()
+    parser.feed(client.get("/").text)
+    assert parser.worst == 1
