@@ -3,10 +3,10 @@ says what a run trains on ("data": filters, models, files) or how it trains ("hy
 
 Everything else is made from these definitions: the dashboard forms (templates/runs/_params.html
 and `from_form`), the CLI options (`click_options`), the JSON API's schema and validation
-(`JobSpec.model`), and the trainer's configs (trainer/reward/config.py and trainer/ppo/config.py
-take their defaults and ranges from here). Defaults: InstructGPT's recipe at a size one machine
-runs in minutes (docs/reward.md, docs/ppo.md). A job's params hold what its user set; the trainer
-fills the rest from these defaults. No torch here: the web process imports it.
+(`JobSpec.model`), and the trainer's configs (trainer/reward/config.py, trainer/ppo/config.py and
+trainer/sft/config.py take their defaults and ranges from here). Defaults: InstructGPT's recipe at
+a size one machine runs in minutes (docs/reward.md, docs/ppo.md). A job's params hold what its
+user set; the trainer fills the rest from these defaults. No torch here: the web process imports it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from app.runs.params.ppo import ROUND, ROUND_PPO_KNOBS, TRAIN_PPO
 from app.runs.params.reward import TRAIN_REWARD
+from app.runs.params.sft import TRAIN_SFT
 from app.runs.params.spec import (
     Check,
     JobSpec,
@@ -34,6 +35,7 @@ __all__ = [
     "SPECS",
     "TRAIN_PPO",
     "TRAIN_REWARD",
+    "TRAIN_SFT",
     "Check",
     "JobSpec",
     "Param",
@@ -46,7 +48,7 @@ __all__ = [
     "label_rows",
 ]
 
-SPECS: dict[str, JobSpec] = {s.kind: s for s in (TRAIN_REWARD, TRAIN_PPO)}
+SPECS: dict[str, JobSpec] = {s.kind: s for s in (TRAIN_REWARD, TRAIN_PPO, TRAIN_SFT)}
 
 
 def label_rows(kind: str, values: Mapping[str, Any] | None, prefix: str = "") -> list[tuple[str, str, str]]:

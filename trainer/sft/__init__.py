@@ -1,0 +1,1 @@
+"""Supervised fine-tuning on demonstrations (InstructGPT step 1)."""

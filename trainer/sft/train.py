@@ -1,0 +1,364 @@
+"""Supervised fine-tuning's loop: demonstrations in, a saved policy out (InstructGPT step 1).
+
+Phases: split by prompt (or a given validation set) → load and encode → (resume) → validation
+loss before the first step → train with cosine decay, validations and checkpoints → validation
+loss after the last step → save whole or not at all.
+
+`accelerate` places it: a plain `python` run uses the CPU or the one GPU; under
+`accelerate launch -m trainer.sft.launch --data FILE --out DIR` each process trains on its share
+of every batch (DDP) with no change to this code. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import render
+from trainer.reward.train import Hooks
+from trainer.sft.config import CONFIG_FILE, SFTConfig
+from trainer.sft.data import Demo, split_demos
+from trainer.sft.loss import Example, collate, encode_example, forward_loss
+
+__all__ = ["Hooks", "SFTConfig", "SFTResult", "train"]
+
+CHECKPOINT = "checkpoint"
+# Residual dropout's name in the configs that have it (GPT-2, GPT-NeoX/Falcon, BERT-likes, OPT).
+# Llama-family configs (SmolLM2, Qwen2) have only attention dropout, which is not the paper's.
+RESIDUAL_DROPOUT = ("resid_pdrop", "hidden_dropout", "hidden_dropout_prob", "residual_dropout", "dropout")
+
+
+@dataclass
+class SFTResult:
+    path: Path
+    metrics: dict[str, Any]
+    resumed_from_step: int
+    steps: int
+
+    @property
+    def val_loss_first(self) -> float | None:
+        return self.metrics["val_loss_first"]
+
+    @property
+    def val_loss_last(self) -> float | None:
+        return self.metrics["val_loss_last"]
+
+
+# --- plan and schedule --------------------------------------------------------------------
+
+
+def step_plan(n_examples: int, cfg: SFTConfig, world: int) -> list[list[list[int]]]:
+    """For every optimizer step, its micro-batches as lists of example indices (all processes).
+
+    The same on every process (seeded), so a resumed run continues exactly where it stopped.
+    A tail too small to give every process an example is dropped.
+    """
+    per_micro = cfg.batch_size * world
+    steps: list[list[list[int]]] = []
+    for epoch in range(cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(n_examples, generator=gen).tolist()
+        micros = [order[i : i + per_micro] for i in range(0, n_examples, per_micro)]
+        micros = [m for m in micros if len(m) >= world]
+        steps.extend(micros[i : i + cfg.grad_accum] for i in range(0, len(micros), cfg.grad_accum))
+    return steps
+
+
+def lr_factor(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    """LambdaLR's factor: linear warm-up over `warmup` steps, then a cosine from 1 to min_ratio."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+def load_policy(cfg: SFTConfig) -> tuple[torch.nn.Module, Any, dict[str, float]]:
+    """(model in float32, tokenizer, the residual-dropout fields set and their old values).
+
+    Dropout is a config value read when the modules are built, so it is set before loading."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not cfg.base_model:
+        raise ValueError("base_model: give the policy to fine-tune (a hub id or folder)")
+    config = AutoConfig.from_pretrained(cfg.base_model)
+    old = {
+        name: float(getattr(config, name))
+        for name in RESIDUAL_DROPOUT
+        if isinstance(getattr(config, name, None), int | float)
+    }
+    for name in old:
+        setattr(config, name, cfg.dropout)
+    # float32 weights whatever the checkpoint's dtype: autocast does the bf16 part on a GPU.
+    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, config=config, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
+    return model, tokenizer, old
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    accelerator: Any = None,
+) -> float | None:
+    """Mean loss per reply token over `examples`, summed over every process; None when empty."""
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = sorted(range(rank, len(examples), world), key=lambda i: len(examples[i].input_ids))
+    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens
+    for start in range(0, len(mine), batch_size):
+        batch = collate([examples[i] for i in mine[start : start + batch_size]], pad_id)
+        with accelerator.autocast() if accelerator else nullcontext():
+            loss, n = forward_loss(model, {k: v.to(device) for k, v in batch.items()})
+        totals += torch.tensor([float(loss), n], dtype=torch.float64)
+    if accelerator is not None and world > 1:
+        totals = accelerator.reduce(totals.to(device), reduction="sum").cpu()
+    model.train(was_training)
+    loss_sum, tokens = totals.tolist()
+    return loss_sum / tokens if tokens else None
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    work_dir: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    cfg: SFTConfig,
+    val_loss_first: float | None,
+) -> None:
+    """Model, optimizer and schedule at `step`, written aside and swapped in whole."""
+    from safetensors.torch import save_model
+
+    tmp = work_dir / f"{CHECKPOINT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "trainer.pt")
+    state = {"step": step, "val_loss_first": val_loss_first, "config": asdict(cfg)}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    final, old = work_dir / CHECKPOINT, work_dir / f"{CHECKPOINT}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    work_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any
+) -> tuple[int, float | None]:
+    """(step, validation loss before the first step) of the last whole checkpoint, loaded into
+    the given objects; (0, None) when there is none."""
+    from safetensors.torch import load_model
+
+    ckpt = work_dir / CHECKPOINT
+    if not (ckpt / "state.json").exists():
+        return 0, None
+    load_model(model, str(ckpt / "model.safetensors"))
+    state = torch.load(ckpt / "trainer.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    saved = json.loads((ckpt / "state.json").read_text())
+    return int(saved["step"]), saved.get("val_loss_first")
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def train(
+    cfg: SFTConfig,
+    demos: Sequence[Demo],
+    *,
+    out_dir: Path,
+    work_dir: Path,
+    validation: Sequence[Demo] | None = None,
+    manifest: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    accelerator: Any = None,
+) -> SFTResult:
+    """Fine-tune cfg.base_model on `demos` and save the policy to out_dir (which must not exist).
+
+    validation: the held-out demonstrations; None splits `demos` by prompt (app.ranking.split_of,
+    or each row's own split) and holds the test side out of both. work_dir holds the
+    checkpoints; an existing checkpoint there is resumed.
+    """
+    from accelerate import Accelerator
+
+    cfg.validate()
+    hooks = hooks or Hooks()
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists already; a policy is never overwritten")
+    if accelerator is None:
+        mixed = "bf16" if cfg.bf16 and torch.cuda.is_available() else "no"
+        accelerator = Accelerator(mixed_precision=mixed)
+    device, world = accelerator.device, accelerator.num_processes
+    main = accelerator.is_main_process
+    torch.manual_seed(cfg.seed)
+
+    # -- split and encode
+    if validation is None:
+        sides = split_demos(demos)
+        train_demos, val_demos = sides["train"], sides["validation"]
+        held = f" ({len(sides['test'])} test prompts held out)"
+    else:
+        train_demos, val_demos, held = list(demos), list(validation), ""
+    if not train_demos:
+        raise ValueError("no training data: no demonstration on the training side of the split")
+    hooks.log(f"{len(train_demos)} training demonstrations, {len(val_demos)} validation{held}")
+    model, tokenizer, dropout_old = load_policy(cfg)
+    hooks.log(
+        f"residual dropout {cfg.dropout:g} on {', '.join(dropout_old)}"
+        if dropout_old
+        else f"{type(model).__name__} has no residual dropout setting: trained without dropout"
+    )
+    pad_id = render.pad_id(tokenizer)
+    train_ex = [encode_example(tokenizer, d.messages, d.reply, cfg.max_length) for d in train_demos]
+    val_ex = [encode_example(tokenizer, d.messages, d.reply, cfg.max_length) for d in val_demos]
+
+    plan = step_plan(len(train_ex), cfg, world)
+    total = len(plan)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total, cfg.warmup, cfg.min_lr_ratio))
+    model.train()
+
+    # -- resume (before `prepare`, so the weights load into the bare model)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start, val_first = load_checkpoint(work_dir, model=model, optimizer=optimizer, scheduler=scheduler)
+    if start:
+        hooks.log(f"resumed from checkpoint at step {start} of {total}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # -- validation before the first step
+    if not start:
+        val_first = evaluate(model, val_ex, pad_id, device, cfg.batch_size, accelerator)
+        if main and val_first is not None:
+            hooks.metric(0, val_loss=val_first)
+    hooks.progress(0.02, f"validation loss before training: {_show(val_first)}")
+
+    # -- train
+    train_loss: float | None = None
+    began = time.monotonic()
+    seen_tokens = 0
+    rank = accelerator.process_index
+    for step in range(start, total):
+        # Every reply token of the step weighs the same: the loss is summed and divided once by
+        # the step's learned tokens on all processes (× world, since DDP averages gradients).
+        step_tokens = max(1, sum(train_ex[i].n_learned for m in plan[step] for i in m))
+        step_loss = 0.0
+        for j, micro in enumerate(plan[step]):
+            mine = [train_ex[i] for i in micro[rank::world]]
+            batch = {k: v.to(device) for k, v in collate(mine, pad_id).items()}
+            syncing = j == len(plan[step]) - 1
+            with nullcontext() if syncing else accelerator.no_sync(model), accelerator.autocast():
+                loss_sum, _ = forward_loss(model, batch)
+                loss = loss_sum * (world / step_tokens)
+                accelerator.backward(loss)
+            step_loss += float(loss_sum.detach()) / step_tokens
+            seen_tokens += int(batch["attention_mask"].sum())
+        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if world > 1:  # each process holds its share of the step's token-weighted loss
+            step_loss = float(accelerator.reduce(torch.tensor([step_loss], device=device), reduction="sum"))
+        train_loss = step_loss
+        if main:
+            hooks.metric(done, train_loss=train_loss, lr=scheduler.get_last_lr()[0])
+        if done % cfg.eval_every == 0 and done < total:
+            val = evaluate(model, val_ex, pad_id, device, cfg.batch_size, accelerator)
+            if main and val is not None:
+                hooks.metric(done, val_loss=val)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(
+                    work_dir,
+                    model=accelerator.unwrap_model(model),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    step=done,
+                    cfg=cfg,
+                    val_loss_first=val_first,
+                )
+                hooks.log(f"checkpoint at step {done}")
+        hooks.progress(0.02 + 0.93 * done / total, f"step {done}/{total}, loss {step_loss:.4f}")
+    seconds = time.monotonic() - began
+
+    # -- validation after the last step
+    val_last = evaluate(model, val_ex, pad_id, device, cfg.batch_size, accelerator)
+    if main and val_last is not None:
+        hooks.metric(total, val_loss=val_last)
+    hooks.progress(0.97, f"validation loss after training: {_show(val_last)}")
+
+    metrics = {
+        "val_loss_first": val_first,
+        "val_loss_last": val_last,
+        "train_loss": train_loss,
+        "train_demonstrations": len(train_demos),
+        "val_demonstrations": len(val_demos),
+        "train_reply_tokens": sum(e.n_learned for e in train_ex),
+        "steps": total,
+        "resumed_from_step": start,
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(seen_tokens * world / seconds, 2) if seconds > 0 else None,
+    }
+
+    # -- save whole: a temporary folder renamed into place
+    bare = accelerator.unwrap_model(model)
+    for name, value in dropout_old.items():  # the saved config is the base's: dropout is training's
+        setattr(bare.config, name, value)
+    accelerator.wait_for_everyone()
+    if main:
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            bare.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            _write_json(tmp / CONFIG_FILE, asdict(cfg))
+            _write_json(tmp / "data_manifest.json", manifest or {})
+            _write_json(tmp / "metrics.json", metrics)
+            tmp.rename(out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(work_dir / CHECKPOINT, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    # No progress call from here on: it may raise JobCancelled, and the policy is already whole.
+    return SFTResult(path=out_dir, metrics=metrics, resumed_from_step=start, steps=total)
+
+
+def _show(loss: float | None) -> str:
+    return "no validation data" if loss is None else f"{loss:.4f}"
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str) + "\n")
