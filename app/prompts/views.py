@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
@@ -106,40 +107,50 @@ def _number(problems: list[Problem], filename: str, fld: str, raw: str, kind: ty
         return None
 
 
-def _upload(
-    request: Request,
-    session: Session,
-    admin_id: int,
-    *,
-    file: UploadFile,
-    name: str,
-    fmt: str,
-    k: str,
-    overlap: str,
-    max_new_tokens: str,
-    temperature: str,
-    top_p: str,
-    top_k: str,
-    policy_version_id: str,
-    compare_version_id: str,
-    flags: str = "",
-) -> PromptSet:
+Text = Annotated[str, Form()]
+
+
+@dataclass
+class SetUpload:
+    """The upload form's fields, one list for the page and the API; the numbers are checked in _upload."""
+
+    file: Annotated[UploadFile, File()]
+    name: Text
+    k: Text = "4"
+    overlap: Text = "1"
+    fmt: Annotated[str, Form(alias="format")] = ""
+    max_new_tokens: Text = "64"
+    temperature: Text = "1.0"
+    top_p: Text = "1.0"
+    top_k: Text = "0"
+    policy_version_id: Text = ""
+    compare_version_id: Text = ""
+    flags: Text = ""
+
+    def values(self) -> dict[str, str]:
+        """What the page shows again after a refusal, keyed by the form's field names."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "file"}
+        out["format"] = out.pop("fmt")
+        return out
+
+
+def _upload(request: Request, session: Session, admin_id: int, form: SetUpload) -> PromptSet:
     """Shared by the page and the API; raises service.ImportRejected or TooLarge."""
     settings = request.app.state.settings
-    filename = file.filename or "upload"
-    data = read_upload(file, settings=settings)
+    filename = form.file.filename or "upload"
+    data = read_upload(form.file, settings=settings)
     problems: list[Problem] = []
     numbers = {
         fld: _number(problems, filename, fld, raw, kind)
         for fld, raw, kind in (
-            ("k", k, int),
-            ("overlap", overlap, int),
-            ("max_new_tokens", max_new_tokens, int),
-            ("temperature", temperature, float),
-            ("top_p", top_p, float),
-            ("top_k", top_k, int),
-            ("policy_version", policy_version_id or "0", int),
-            ("compare_version", compare_version_id or "0", int),
+            ("k", form.k, int),
+            ("overlap", form.overlap, int),
+            ("max_new_tokens", form.max_new_tokens, int),
+            ("temperature", form.temperature, float),
+            ("top_p", form.top_p, float),
+            ("top_k", form.top_k, int),
+            ("policy_version", form.policy_version_id or "0", int),
+            ("compare_version", form.compare_version_id or "0", int),
         )
     }
     if problems:
@@ -147,78 +158,37 @@ def _upload(
     return service.import_prompt_set(
         session=session,
         settings=settings,
-        name=name,
+        name=form.name,
         filename=filename,
         data=data,
-        fmt=fmt or None,
+        fmt=form.fmt or None,
         k=numbers["k"],
         overlap=numbers["overlap"],
         sampling={f: numbers[f] for f in ("max_new_tokens", "temperature", "top_p", "top_k")},
         policy_version_id=numbers["policy_version"] or None,
         compare_version_id=numbers["compare_version"] or None,
-        flags=[line for line in flags.splitlines() if line.strip()] or None,
+        flags=[line for line in form.flags.splitlines() if line.strip()] or None,
         created_by_id=admin_id,
     )
 
 
-Text = Annotated[str, Form()]
-
-
 @router.post("/sets", response_class=HTMLResponse)
 def upload_set(
-    request: Request,
-    session: SessionDep,
-    admin: CurrentAdmin,
-    file: Annotated[UploadFile, File()],
-    name: Text,
-    k: Text = "4",
-    overlap: Text = "1",
-    fmt: Annotated[str, Form(alias="format")] = "",
-    max_new_tokens: Text = "64",
-    temperature: Text = "1.0",
-    top_p: Text = "1.0",
-    top_k: Text = "0",
-    policy_version_id: Text = "",
-    compare_version_id: Text = "",
-    flags: Text = "",
+    request: Request, session: SessionDep, admin: CurrentAdmin, form: Annotated[SetUpload, Depends()]
 ) -> Response:
-    form = {
-        "flags": flags,
-        "name": name,
-        "k": k,
-        "overlap": overlap,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "format": fmt,
-        "policy_version_id": policy_version_id,
-        "compare_version_id": compare_version_id,
-    }
     try:
         with undone_on_error(session):  # a default policy registered on the way goes too
-            ps = _upload(
-                request,
-                session,
-                admin.id,
-                file=file,
-                name=name,
-                fmt=fmt,
-                k=k,
-                overlap=overlap,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                policy_version_id=policy_version_id,
-                compare_version_id=compare_version_id,
-                flags=flags,
-            )
+            ps = _upload(request, session, admin.id, form)
     except (Invalid, TooLarge) as exc:
         problems = exc.problems if isinstance(exc, Invalid) else [Problem(None, None, None, exc.message)]
         truncated = isinstance(exc, Invalid) and exc.truncated
         return _new_form(
-            request, session, problems=problems, truncated=truncated, values=form, status_code=exc.status_code
+            request,
+            session,
+            problems=problems,
+            truncated=truncated,
+            values=form.values(),
+            status_code=exc.status_code,
         )
     return RedirectResponse(f"/sets/{ps.id}", status_code=303)
 
@@ -322,40 +292,10 @@ def get_set_api(set_id: Id, session: SessionDep, admin: CurrentAdmin) -> PromptS
     responses={422: {"description": "Refused: every problem with file, line and field."}},
 )
 def upload_set_api(
-    request: Request,
-    session: SessionDep,
-    admin: CurrentAdmin,
-    file: Annotated[UploadFile, File()],
-    name: Text,
-    k: Text = "4",
-    overlap: Text = "1",
-    fmt: Annotated[str, Form(alias="format")] = "",
-    max_new_tokens: Text = "64",
-    temperature: Text = "1.0",
-    top_p: Text = "1.0",
-    top_k: Text = "0",
-    policy_version_id: Text = "",
-    compare_version_id: Text = "",
-    flags: Text = "",
+    request: Request, session: SessionDep, admin: CurrentAdmin, form: Annotated[SetUpload, Depends()]
 ) -> PromptSetOut:
     """Upload a prompt file (multipart): all or nothing; queues the sampling job."""
-    ps = _upload(
-        request,
-        session,
-        admin.id,
-        file=file,
-        name=name,
-        fmt=fmt,
-        k=k,
-        overlap=overlap,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        policy_version_id=policy_version_id,
-        compare_version_id=compare_version_id,
-        flags=flags,
-    )
+    ps = _upload(request, session, admin.id, form)
     return _out(session, ps)
 
 
