@@ -10,6 +10,7 @@ a late one (lease expired) is checked under the task's lock like a new assignmen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -679,10 +680,10 @@ def submit(
     now: datetime | None = None,
 ) -> Annotation:
     """Store one ranking whole; a second submission of the same assignment returns the first."""
-    annotation = submit_by_id(
-        session=session,
-        assignment_id=assignment.id,
-        user_id=assignment.user_id,
+    return _on_loaded(
+        session,
+        assignment,
+        submit_by_id,
         ranks=ranks,
         ratings=ratings,
         flags=flags,
@@ -691,6 +692,13 @@ def submit(
         confirm_inconsistent=confirm_inconsistent,
         now=now,
     )
+
+
+def _on_loaded(
+    session: Session, assignment: Assignment, by_id: Callable[..., Annotation | None], **outcome: Any
+) -> Annotation:
+    """submit() and skip() on a loaded assignment: the by-id statement, then the loaded row reread."""
+    annotation = by_id(session=session, assignment_id=assignment.id, user_id=assignment.user_id, **outcome)
     session.expire(assignment, ["state", "finished_at"])
     assert annotation is not None  # the assignment is the labeler's own
     return annotation
@@ -738,6 +746,22 @@ def submit_by_id(
         raise
 
 
+def _annotation(
+    claim: _Claim, *, notes: str, time_spent_ms: int | None, now: datetime, **outcome: Any
+) -> Annotation:
+    """The annotation row of a submission or a skip (outcome: its own columns)."""
+    return Annotation(
+        assignment_id=claim.assignment_id,
+        task_id=claim.task_id,
+        user_id=claim.user_id,
+        guideline_version=claim.guideline_version,
+        notes=notes.strip(),
+        time_spent_ms=_time_spent(claim.created_at, now, time_spent_ms),
+        created_at=now,
+        **outcome,
+    )
+
+
 def _store(
     session: Session,
     claim: _Claim,
@@ -769,15 +793,8 @@ def _store(
         )
     _check_lease(session, claim, now)
     _late(session, claim, now)
-    annotation = Annotation(
-        assignment_id=claim.assignment_id,
-        task_id=claim.task_id,
-        user_id=claim.user_id,
-        guideline_version=claim.guideline_version,
-        notes=notes.strip(),
-        time_spent_ms=_time_spent(claim.created_at, now, time_spent_ms),
-        inconsistency_confirmed=bool(clashes),
-        created_at=now,
+    annotation = _annotation(
+        claim, notes=notes, time_spent_ms=time_spent_ms, now=now, inconsistency_confirmed=bool(clashes)
     )
     position = {cid: i for i, cid in enumerate(claim.display_order)}
     # Stored dense (competition ranks too): 1 = best, ties share a rank.
@@ -826,18 +843,9 @@ def skip(
     now: datetime | None = None,
 ) -> Annotation:
     """Store a skip with its reason; it frees the task for others and counts no label."""
-    annotation = skip_by_id(
-        session=session,
-        assignment_id=assignment.id,
-        user_id=assignment.user_id,
-        reason=reason,
-        notes=notes,
-        time_spent_ms=time_spent_ms,
-        now=now,
+    return _on_loaded(
+        session, assignment, skip_by_id, reason=reason, notes=notes, time_spent_ms=time_spent_ms, now=now
     )
-    session.expire(assignment, ["state", "finished_at"])
-    assert annotation is not None
-    return annotation
 
 
 def skip_by_id(
@@ -867,16 +875,7 @@ def skip_by_id(
     except SubmissionRefused:
         _undo(session, claim)
         raise
-    annotation = Annotation(
-        assignment_id=claim.assignment_id,
-        task_id=claim.task_id,
-        user_id=claim.user_id,
-        guideline_version=claim.guideline_version,
-        skip_reason=reason,
-        notes=notes.strip(),
-        time_spent_ms=_time_spent(claim.created_at, now, time_spent_ms),
-        created_at=now,
-    )
+    annotation = _annotation(claim, notes=notes, time_spent_ms=time_spent_ms, now=now, skip_reason=reason)
     session.add(annotation)
     session.flush()
     set_committed_value(annotation, "items", [])
