@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from app.auth.deps import CurrentAdmin, CurrentLabeler, CurrentUser
@@ -110,32 +112,42 @@ def label_submit(
     values = _form_values(form, _form_ids(form))
     ranks = {str(cid): _int_or_keep(v) for cid, v in values["rank"].items() if v.strip()}
     ratings = {str(cid): _int_or_keep(v) for cid, v in values["rating"].items() if v.strip()}
+    return _finish(
+        request,
+        session,
+        user,
+        assignment_id,
+        labeling.submit_by_id,
+        values=values,
+        ranks=ranks,
+        ratings=ratings,
+        flags={str(cid): f for cid, f in values["flags"].items()},
+        notes=values["notes"],
+        item_notes=values["item_notes"],
+        time_spent_ms=_ms(form.get("time_spent_ms")),
+        confirm_inconsistent=form.get("confirm_inconsistent") == "1",
+    )
+
+
+def _finish(
+    request: Request,
+    session: Session,
+    user: User,
+    assignment_id: int,
+    by_id: Callable[..., Annotation | None],
+    *,
+    values: dict[str, Any] | None = None,
+    **outcome: Any,
+) -> Response:
+    """The page's submit and skip: the service's call (by_id), and the page each answer shows."""
     try:
-        done = labeling.submit_by_id(
-            session=session,
-            assignment_id=assignment_id,
-            user_id=user.id,
-            ranks=ranks,
-            ratings=ratings,
-            flags={str(cid): f for cid, f in values["flags"].items()},
-            notes=values["notes"],
-            item_notes=values["item_notes"],
-            time_spent_ms=_ms(form.get("time_spent_ms")),
-            confirm_inconsistent=form.get("confirm_inconsistent") == "1",
-        )
+        done = by_id(session=session, assignment_id=assignment_id, user_id=user.id, **outcome)
     except labeling.SubmissionInvalid as e:
         assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
         if assignment is None:
             raise NotFound("No such assignment of yours.") from e
-        return _page(
-            request,
-            session,
-            user,
-            assignment,
-            error=f"{e.field}: {e.message}",
-            values=values,
-            status_code=422,
-        )
+        error = f"{e.field}: {e.message}"
+        return _page(request, session, user, assignment, error=error, values=values, status_code=422)
     except labeling.SubmissionRefused as e:
         return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
     if done is None:
@@ -153,25 +165,16 @@ def label_skip(
     notes: Annotated[str, Form()] = "",
     time_spent_ms: Annotated[str, Form()] = "",
 ) -> Response:
-    try:
-        done = labeling.skip_by_id(
-            session=session,
-            assignment_id=assignment_id,
-            user_id=user.id,
-            reason=reason,
-            notes=notes,
-            time_spent_ms=_ms(time_spent_ms),
-        )
-    except labeling.SubmissionInvalid as e:
-        assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
-        if assignment is None:
-            raise NotFound("No such assignment of yours.") from e
-        return _page(request, session, user, assignment, error=f"{e.field}: {e.message}", status_code=422)
-    except labeling.SubmissionRefused as e:
-        return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
-    if done is None:
-        raise NotFound("No such assignment of yours.")
-    return RedirectResponse("/label", status_code=303)
+    return _finish(
+        request,
+        session,
+        user,
+        assignment_id,
+        labeling.skip_by_id,
+        reason=reason,
+        notes=notes,
+        time_spent_ms=_ms(time_spent_ms),
+    )
 
 
 @router.get("/label/history", response_class=HTMLResponse)
@@ -279,26 +282,24 @@ def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: Id, bod
     if body.skip is not None:
         if body.ranks or body.ratings or body.flags:
             raise labeling.SubmissionInvalid("skip", "a skip carries no ranks, ratings or flags")
-        a = labeling.skip_by_id(
-            session=session,
-            assignment_id=assignment_id,
-            user_id=user.id,
-            reason=body.skip,
-            notes=body.notes,
-            time_spent_ms=body.time_spent_ms,
-        )
+        by_id: Callable[..., Annotation | None] = labeling.skip_by_id
+        outcome: dict[str, Any] = {"reason": body.skip}
     else:
-        a = labeling.submit_by_id(
-            session=session,
-            assignment_id=assignment_id,
-            user_id=user.id,
-            ranks=body.ranks,
-            ratings=body.ratings,
-            flags=body.flags,
-            notes=body.notes,
-            time_spent_ms=body.time_spent_ms,
-            confirm_inconsistent=body.confirm_inconsistent,
-        )
+        by_id = labeling.submit_by_id
+        outcome = {
+            "ranks": body.ranks,
+            "ratings": body.ratings,
+            "flags": body.flags,
+            "confirm_inconsistent": body.confirm_inconsistent,
+        }
+    a = by_id(
+        session=session,
+        assignment_id=assignment_id,
+        user_id=user.id,
+        notes=body.notes,
+        time_spent_ms=body.time_spent_ms,
+        **outcome,
+    )
     if a is None:
         raise NotFound("No such assignment of yours.")
     return _annotation_out(a)
