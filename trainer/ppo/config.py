@@ -7,10 +7,10 @@ rules included (a minibatch no larger than the batch).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from app.runs.params import TRAIN_PPO
+from trainer.config import SpecConfig
 
 CONFIG_FILE = "ppo_config.json"
 
@@ -21,8 +21,12 @@ INTERNAL: frozenset[str] = frozenset()
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(SpecConfig):
     """See TRAIN_PPO for what each field means; the defaults are its defaults."""
+
+    SPEC = TRAIN_PPO
+    INTERNAL = INTERNAL
+    UNKNOWN = "PPO setting"
 
     iterations: int = _D["iterations"]
     batch_size: int = _D["batch_size"]
@@ -51,19 +55,3 @@ class PPOConfig:
     samples_shown: int = _D["samples_shown"]
     save_every: int = _D["save_every"]
     mixed_precision: str = _D["mixed_precision"]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PPOConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown PPO setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Raises ValueError (app.runs.params.ParamsError) naming each field out of its range."""
-        TRAIN_PPO.validate({f.name: getattr(self, f.name) for f in fields(self) if f.name not in INTERNAL})

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from app.chat import ChatError, Conversation, from_text, parse_conversation
+from trainer.config import launch_values
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.train import QuietReporter, train
 
@@ -90,13 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", help="JSON file of PPOConfig fields")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="one PPOConfig field")
     args = ap.parse_args(argv)
-    values: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
-    for item in args.set:
-        name, _, raw = item.partition("=")
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
+    values = launch_values(args.config, args.set)
     cfg = PPOConfig.from_dict(values)
     out = Path(args.out)
     summary = train(

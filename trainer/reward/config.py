@@ -7,10 +7,10 @@ data filters (sets, min_labels, labelers, since, until) are the job's, not the l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from app.runs.params import TRAIN_REWARD
+from trainer.config import SpecConfig
 
 _D = TRAIN_REWARD.defaults
 
@@ -19,8 +19,12 @@ INTERNAL: frozenset[str] = frozenset()
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(SpecConfig):
     """See TRAIN_REWARD for what each field means; the defaults are its defaults."""
+
+    SPEC = TRAIN_REWARD
+    INTERNAL = INTERNAL
+    UNKNOWN = "reward config field"
 
     base_model: str = _D["base_model"]
     lr: float = _D["lr"]
@@ -37,19 +41,3 @@ class RewardConfig:
     normalize_samples: int = _D["normalize_samples"]
     bf16: bool = _D["bf16"]
     seed: int = _D["seed"]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RewardConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown reward config field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Raises ValueError (app.runs.params.ParamsError) naming each field out of its range."""
-        TRAIN_REWARD.validate({f.name: getattr(self, f.name) for f in fields(self) if f.name not in INTERNAL})

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from trainer.config import launch_values
 from trainer.reward.config import RewardConfig
 from trainer.reward.model import Group
 from trainer.reward.train import Hooks, train
@@ -53,13 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         help="override one config field (JSON value)",
     )
     args = parser.parse_args(argv)
-    values = json.loads(args.config.read_text()) if args.config else {}
-    for item in args.overrides:
-        name, _, raw = item.partition("=")
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
+    values = launch_values(args.config, args.overrides)
     cfg = RewardConfig.from_dict(values)
     groups = read_groups(args.groups)
     rank0 = int(os.environ.get("RANK", "0")) == 0
