@@ -32,6 +32,19 @@ class SpecConfig:
         cfg.validate()
         return cfg
 
+    @classmethod
+    def known_params(cls, params: dict[str, Any], *, job: str, own: Iterable[str]) -> dict[str, Any]:
+        """The job's parameters that are config fields, those set (not None); a parameter neither
+        a field nor one of the job's `own` (its data filters, ...) is refused, naming the job."""
+        known = {f.name for f in fields(cast(Any, cls))}
+        unknown = sorted(set(params) - known - set(own))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(unknown)} for {job} "
+                f"(known: {', '.join(sorted(known | set(own)))})"
+            )
+        return {k: v for k, v in params.items() if k in known and v is not None}
+
     def validate(self) -> None:
         """Raises ValueError (app.runs.params.ParamsError) naming each field out of its range."""
         self.SPEC.validate(

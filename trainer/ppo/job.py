@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,7 @@ def paths_for(job_id: int, artifacts: Path | None = None) -> tuple[Path, Path]:
 
 
 def config_from_params(params: dict[str, Any]) -> PPOConfig:
-    known = {f.name for f in fields(PPOConfig)}
-    unknown = sorted(set(params) - known - OWN_KEYS)
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)} for train_ppo "
-            f"(known: {', '.join(sorted(known | OWN_KEYS))})"
-        )
-    return PPOConfig.from_dict({k: v for k, v in params.items() if k in known and v is not None})
+    return PPOConfig.from_dict(PPOConfig.known_params(params, job="train_ppo", own=OWN_KEYS))
 
 
 def load_prompts(session: Any, set_names: list[str]) -> tuple[list[Conversation], list[int]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,8 @@ def paths_for(job_id: int, artifacts: Path | None = None) -> tuple[Path, Path]:
 
 
 def config_from_params(params: dict[str, Any], base_model: str) -> RewardConfig:
-    known = {f.name for f in fields(RewardConfig)}
-    unknown = sorted(set(params) - known - FILTER_KEYS)
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)} for train_reward "
-            f"(known: {', '.join(sorted(known | FILTER_KEYS))})"
-        )
-    values = {k: v for k, v in params.items() if k in known and v not in (None, "")}
+    values = RewardConfig.known_params(params, job="train_reward", own=FILTER_KEYS)
+    values = {k: v for k, v in values.items() if v != ""}  # a form's empty field: the default
     values["base_model"] = base_model
     return RewardConfig.from_dict(values)
 
