@@ -202,14 +202,14 @@ def _prompt(obj: dict[str, Any], line: int, errors: list[RowError]) -> Conversat
     except ChatError as e:
         errors.append(RowError(line, e.field, e.message))
         return None
-    errors.append(
-        RowError(
-            line,
-            key,
-            "missing" if value is None else "must be a string or a list of {role, content} messages",
-        )
-    )
+    _not_text_or_messages(value, line, key, errors)
     return None
+
+
+def _not_text_or_messages(value: Any, line: int, key: str, errors: list[RowError]) -> None:
+    """The error of a TRL field that is neither text nor messages."""
+    problem = "missing" if value is None else "must be a string or a list of {role, content} messages"
+    errors.append(RowError(line, key, problem))
 
 
 def _reply(value: Any, line: int, key: str, errors: list[RowError]) -> str | None:
@@ -228,13 +228,7 @@ def _reply(value: Any, line: int, key: str, errors: list[RowError]) -> str | Non
             return str(last["content"])
         errors.append(RowError(line, f"{key}[{len(value) - 1}].content", "must be text"))
         return None
-    errors.append(
-        RowError(
-            line,
-            key,
-            "missing" if value is None else "must be a string or a list of {role, content} messages",
-        )
-    )
+    _not_text_or_messages(value, line, key, errors)
     return None
 
 
