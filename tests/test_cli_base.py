@@ -45,6 +45,13 @@ def run(*args: str, input: str | None = None) -> Result:
     return CliRunner().invoke(cli, list(args), input=input, prog_name="ranklab")
 
 
+def create_user(username: str, role: str, password: str) -> Result:
+    """`ranklab users create`, the password on stdin."""
+    return run(
+        "users", "create", "--username", username, "--role", role, "--password-stdin", input=f"{password}\n"
+    )
+
+
 def count_users(db: sessionmaker[Session]) -> int:
     with db() as s:
         return int(s.scalar(select(func.count()).select_from(User)) or 0)
@@ -65,16 +72,7 @@ class TestDbUpgrade:
 
 class TestUsersCreate:
     def test_password_from_stdin(self, db: sessionmaker[Session]) -> None:
-        result = run(
-            "users",
-            "create",
-            "--username",
-            "bob",
-            "--role",
-            "labeler",
-            "--password-stdin",
-            input="a long password\n",
-        )
+        result = create_user("bob", "labeler", "a long password")
         assert result.exit_code == 0, result.output
         assert "created labeler 'bob'" in result.output
         with db() as s:
@@ -131,45 +129,15 @@ class TestUsersCreate:
         assert result.exit_code == 2 and "Password" not in result.output
 
     def test_a_taken_username_is_refused(self, db: sessionmaker[Session]) -> None:
-        assert (
-            run(
-                "users",
-                "create",
-                "--username",
-                "bob",
-                "--role",
-                "admin",
-                "--password-stdin",
-                input="a long password\n",
-            ).exit_code
-            == 0
-        )
-        result = run(
-            "users",
-            "create",
-            "--username",
-            "bob",
-            "--role",
-            "labeler",
-            "--password-stdin",
-            input="another password\n",
-        )
+        assert create_user("bob", "admin", "a long password").exit_code == 0
+        result = create_user("bob", "labeler", "another password")
         assert result.exit_code == 1 and "'bob' is taken" in result.output
         with db() as s:
             assert auth.get_user(session=s, username="bob").role == "admin"  # type: ignore[union-attr]
 
     def test_list_shows_every_account(self, db: sessionmaker[Session]) -> None:
         for name, role in (("ann", "labeler"), ("rex", "researcher")):
-            run(
-                "users",
-                "create",
-                "--username",
-                name,
-                "--role",
-                role,
-                "--password-stdin",
-                input="a long password\n",
-            )
+            create_user(name, role, "a long password")
         lines = run("users", "list").output.splitlines()
         assert lines[0].split() == ["id", "username", "role", "status"]
         assert [line.split()[1:] for line in lines[1:]] == [
@@ -204,16 +172,7 @@ class TestEnsureAdmin:
 
 class TestTokensCreate:
     def test_prints_a_working_token_stored_hashed(self, db: sessionmaker[Session]) -> None:
-        run(
-            "users",
-            "create",
-            "--username",
-            "bob",
-            "--role",
-            "labeler",
-            "--password-stdin",
-            input="a long password\n",
-        )
+        create_user("bob", "labeler", "a long password")
         result = run("tokens", "create", "--username", "bob", "--name", "script")
         assert result.exit_code == 0, result.output
         token = result.output.strip()
@@ -265,16 +224,7 @@ class TestSetPassword:
     def test_sets_the_password_and_ends_sessions(self, db: sessionmaker[Session]) -> None:
         from app.auth.models import UserSession
 
-        run(
-            "users",
-            "create",
-            "--username",
-            "bob",
-            "--role",
-            "labeler",
-            "--password-stdin",
-            input="old password\n",
-        )
+        create_user("bob", "labeler", "old password")
         with db.begin() as s:
             user = auth.get_user(session=s, username="bob")
             assert user is not None
@@ -293,16 +243,7 @@ class TestSetPassword:
             ).exit_code
             == 1
         )
-        run(
-            "users",
-            "create",
-            "--username",
-            "bob",
-            "--role",
-            "labeler",
-            "--password-stdin",
-            input="old password\n",
-        )
+        create_user("bob", "labeler", "old password")
         result = run("users", "set-password", "--username", "bob", "--password-stdin", input="x\n")
         assert result.exit_code == 1 and "password: at least 8" in result.output
         with db() as s:
