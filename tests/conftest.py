@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import app.all_models  # noqa: F401  (fills Base.metadata)
 from app import migrate
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.db import Base, get_engine, make_sessionmaker
 from app.main import create_app
 
@@ -166,6 +166,20 @@ def committed_pg(pg_url: str) -> Iterator[sessionmaker[Session]]:
     _empty_all_tables(pg_url)
     yield make_sessionmaker(pg_url)
     _empty_all_tables(pg_url)
+
+
+@pytest.fixture
+def cli_db(
+    committed: sessionmaker[Session], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[sessionmaker[Session]]:
+    """The `ranklab` command pointed at the test database (real commits) and a private artifacts
+    folder; a developer's own RANKLAB_POLICY_MODEL left out."""
+    monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
+    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
+    get_settings.cache_clear()
+    yield committed
+    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,22 +10,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.cli import cli
-from app.config import get_settings
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import Job
 from tests.prompts.conftest import parquet_bytes
 
 
 @pytest.fixture
-def db(
-    committed: sessionmaker[Session], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[sessionmaker[Session]]:
-    monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
-    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
-    get_settings.cache_clear()
-    yield committed
-    get_settings.cache_clear()
+def db(cli_db: sessionmaker[Session]) -> sessionmaker[Session]:
+    return cli_db
 
 
 def run(*args: str) -> Result:

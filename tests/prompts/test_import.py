@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -36,6 +37,20 @@ BARE_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 def jl(*rows: object) -> bytes:
     return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows).encode()
+
+
+def import_jl(
+    session: Session,
+    settings: Settings,
+    *rows: object,
+    name: str = "c",
+    filename: str = "p.jsonl",
+    **options: Any,
+) -> PromptSet:
+    """import_prompt_set of a JSON Lines file of these rows."""
+    return service.import_prompt_set(
+        session=session, settings=settings, name=name, filename=filename, data=jl(*rows), **options
+    )
 
 
 class TestFormats:
@@ -449,13 +464,7 @@ class TestMalformed:
         settings: Settings,
     ) -> None:
         if opts.get("name") == "taken":
-            service.import_prompt_set(
-                session=session,
-                settings=settings,
-                name="taken",
-                filename="first.jsonl",
-                data=jl({"prompt": "first"}),
-            )
+            import_jl(session, settings, {"prompt": "first"}, name="taken", filename="first.jsonl")
         before = counts(session)
         kw: dict[str, object] = {k: v for k, v in opts.items() if k not in ("max_mb", "name")}
         cfg = settings.model_copy(update={"max_upload_mb": opts["max_mb"]}) if "max_mb" in opts else settings
@@ -487,15 +496,13 @@ class TestFlags:
     def test_default_flags_or_the_given_ones(self, session: Session, settings: Settings) -> None:
         from app.prompts.models import DEFAULT_FLAGS
 
-        a = service.import_prompt_set(
-            session=session, settings=settings, name="a", filename="a.jsonl", data=jl({"prompt": "x"})
-        )
-        b = service.import_prompt_set(
-            session=session,
-            settings=settings,
+        a = import_jl(session, settings, {"prompt": "x"}, name="a", filename="a.jsonl")
+        b = import_jl(
+            session,
+            settings,
+            {"prompt": "x"},
             name="b",
             filename="b.jsonl",
-            data=jl({"prompt": "x"}),
             flags=[" is rude ", "", "is off topic"],
         )
         assert a.flags == DEFAULT_FLAGS and len(a.flags) == 11
@@ -503,14 +510,7 @@ class TestFlags:
 
     def test_a_repeated_flag_is_refused(self, session: Session, settings: Settings) -> None:
         with pytest.raises(service.ImportRejected) as err:
-            service.import_prompt_set(
-                session=session,
-                settings=settings,
-                name="c",
-                filename="c.jsonl",
-                data=jl({"prompt": "x"}),
-                flags=["rude", "rude"],
-            )
+            import_jl(session, settings, {"prompt": "x"}, filename="c.jsonl", flags=["rude", "rude"])
         assert [str(p) for p in err.value.problems] == [
             "c.jsonl, field 'flags': the same flag is listed twice"
         ]
@@ -538,46 +538,33 @@ class TestPolicyContext:
         session.flush()
         return mv.id
 
+    @staticmethod
+    def under(policy_version_id: int, max_new_tokens: int) -> dict[str, Any]:
+        """The import options that sample with this policy."""
+        return {"sampling": {"max_new_tokens": max_new_tokens}, "policy_version_id": policy_version_id}
+
     def test_the_limit_is_the_context_less_max_new_tokens(
         self, session: Session, settings: Settings, small_context_policy: int
     ) -> None:
         with pytest.raises(service.ImportRejected) as err:
-            service.import_prompt_set(
-                session=session,
-                settings=settings,
-                name="c",
-                filename="p.jsonl",
-                data=jl({"prompt": "a" * 12}, {"prompt": "a" * 13}),
-                sampling={"max_new_tokens": 4},
-                policy_version_id=small_context_policy,
+            import_jl(
+                session,
+                settings,
+                {"prompt": "a" * 12},
+                {"prompt": "a" * 13},
+                **self.under(small_context_policy, 4),
             )
         assert [str(p) for p in err.value.problems] == [
             "p.jsonl, line 2, field 'prompt': 13 tokens after the chat template, over the limit of 12 "
             "(the policy's 16 positions less max_new_tokens 4)"
         ]
         assert counts(session) == (0, 0, 0)
-        ps = service.import_prompt_set(
-            session=session,
-            settings=settings,
-            name="c",
-            filename="p.jsonl",
-            data=jl({"prompt": "a" * 12}),
-            sampling={"max_new_tokens": 4},
-            policy_version_id=small_context_policy,
-        )
+        ps = import_jl(session, settings, {"prompt": "a" * 12}, **self.under(small_context_policy, 4))
         assert ps.report["imported"] == 1
 
     def test_max_new_tokens_must_fit_the_context(
         self, session: Session, settings: Settings, small_context_policy: int
     ) -> None:
         with pytest.raises(service.ImportRejected) as err:
-            service.import_prompt_set(
-                session=session,
-                settings=settings,
-                name="c",
-                filename="p.jsonl",
-                data=jl({"prompt": "a"}),
-                sampling={"max_new_tokens": 16},
-                policy_version_id=small_context_policy,
-            )
+            import_jl(session, settings, {"prompt": "a"}, **self.under(small_context_policy, 16))
         assert [p.field for p in err.value.problems] == ["max_new_tokens"]

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
 from tests.trainer.ppo_fixtures import one_thread
@@ -20,3 +21,8 @@ def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     with one_thread():
         yield tmp_path / "artifacts"
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def env(cli_db: sessionmaker[Session]) -> sessionmaker[Session]:
+    return cli_db

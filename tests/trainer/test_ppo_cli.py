@@ -9,10 +9,9 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from app.cli import cli
-from app.config import get_settings
 from app.runs.models import Job, ModelVersion
 from tests.factories import login, make_model_version, make_prompt_row, make_prompt_set, make_user
 from tests.trainer.ppo_fixtures import make_models, one_thread
@@ -22,17 +21,6 @@ from tests.trainer.test_ppo_job import seed
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_models(tmp_path_factory.mktemp("ppo-cli-models"))
-
-
-@pytest.fixture
-def env(
-    committed: sessionmaker[Session], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> sessionmaker[Session]:
-    monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
-    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    get_settings.cache_clear()
-    yield committed
-    get_settings.cache_clear()
 
 
 class TestTrainPPOCommand:
@@ -122,21 +110,13 @@ class TestRoundCommand:
 
 
 class TestForms:
-    @pytest.fixture
-    def web(self, app, client: TestClient) -> TestClient:  # type: ignore[no-untyped-def]
-        from app.runs import launch_round
-
-        if not any(getattr(r, "path", "") == "/runs/new/ppo" for r in app.routes):
-            app.include_router(launch_round.router)
-        return client
-
-    def test_ppo_form_enqueues_and_redirects(self, web: TestClient, session: Session) -> None:
+    def test_ppo_form_enqueues_and_redirects(self, client: TestClient, session: Session) -> None:
         make_prompt_set(session, name="set-<b>")
         make_model_version(session, kind="reward", is_active=True)
-        csrf = login(web, make_user(session, role="researcher"))
-        page = web.get("/runs/new/ppo")
+        csrf = login(client, make_user(session, role="researcher"))
+        page = client.get("/runs/new/ppo")
         assert page.status_code == 200 and "set-&lt;b&gt;" in page.text and "set-<b>" not in page.text
-        r = web.post(
+        r = client.post(
             "/runs/new/ppo",
             data={
                 "csrf_token": csrf,
@@ -161,16 +141,16 @@ class TestForms:
         assert "kl_target" not in job.params
 
     def test_ppo_form_takes_an_uploaded_pretraining_corpus(
-        self, web: TestClient, session: Session, app
+        self, client: TestClient, session: Session, app
     ) -> None:  # type: ignore[no-untyped-def]
         make_model_version(session, kind="reward", is_active=True)
-        csrf = login(web, make_user(session, role="researcher"))
-        assert 'name="ptx_file"' in web.get("/runs/new/ppo").text
+        csrf = login(client, make_user(session, role="researcher"))
+        assert 'name="ptx_file"' in client.get("/runs/new/ppo").text
         corpus = b'{"text": "the cat sat"}\n\n{"text": "a dog ran"}\n'
         from app.runs.params import TRAIN_PPO
 
         form = {p.name: str(p.default) for p in TRAIN_PPO.role("hyper") if p.default is not None}
-        r = web.post(
+        r = client.post(
             "/runs/new/ppo",
             data={**form, "csrf_token": csrf, "ptx_coef": "27.8"},
             files={"ptx_file": ("pretrain.jsonl", corpus, "application/json")},
@@ -183,7 +163,7 @@ class TestForms:
         stored = Path(app.state.settings.artifacts_dir) / "ptx"
         before = sorted(stored.iterdir())
         bad = b'{"text": "fine"}\n{"txt": "typo"}\n'
-        r = web.post(
+        r = client.post(
             "/runs/new/ppo",
             data={**form, "csrf_token": csrf, "ptx_coef": "1"},
             files={"ptx_file": ("bad.jsonl", bad, "application/json")},
@@ -191,9 +171,9 @@ class TestForms:
         assert r.status_code == 422 and "bad.jsonl, line 2" in r.text
         assert session.scalar(select(func.count(Job.id))) == 1 and sorted(stored.iterdir()) == before
 
-    def test_ppo_form_names_bad_fields_and_starts_nothing(self, web: TestClient, session: Session) -> None:
-        csrf = login(web, make_user(session, role="researcher"))
-        r = web.post(
+    def test_ppo_form_names_bad_fields_and_starts_nothing(self, client: TestClient, session: Session) -> None:
+        csrf = login(client, make_user(session, role="researcher"))
+        r = client.post(
             "/runs/new/ppo",
             data={
                 "csrf_token": csrf,
@@ -214,14 +194,14 @@ class TestForms:
             assert part in r.text
         assert session.scalar(select(Job)) is None
 
-    def test_round_button_queues_the_chain(self, web: TestClient, session: Session) -> None:
+    def test_round_button_queues_the_chain(self, client: TestClient, session: Session) -> None:
 
         ps = make_prompt_set(session, name="live")
         session.add(make_prompt_row(ps.id, "hello"))
         session.flush()
-        csrf = login(web, make_user(session, role="admin"))
-        assert "Start next round" in web.get("/runs/new/round").text
-        r = web.post(
+        csrf = login(client, make_user(session, role="admin"))
+        assert "Start next round" in client.get("/runs/new/round").text
+        r = client.post(
             "/runs/round",
             data={"csrf_token": csrf, "sets": ["live"], "mix": "1", "iterations": "5"},
             follow_redirects=False,
@@ -231,11 +211,11 @@ class TestForms:
         assert [j.kind for j in chain] == ["train_reward", "train_ppo", "promote", "sample"]
         assert r.headers["location"] == f"/runs/{chain[0].id}" and chain[1].params["iterations"] == 5
 
-    def test_round_needs_csrf_and_a_researcher(self, web: TestClient, session: Session) -> None:
-        login(web, make_user(session, role="researcher"))
-        assert web.post("/runs/round", data={"sets": ["x"]}).status_code == 403
-        web.cookies.clear()
-        csrf = login(web, make_user(session, role="labeler"))
-        assert web.post("/runs/round", data={"csrf_token": csrf}).status_code == 403
-        assert web.get("/runs/new/ppo").status_code == 403
+    def test_round_needs_csrf_and_a_researcher(self, client: TestClient, session: Session) -> None:
+        login(client, make_user(session, role="researcher"))
+        assert client.post("/runs/round", data={"sets": ["x"]}).status_code == 403
+        client.cookies.clear()
+        csrf = login(client, make_user(session, role="labeler"))
+        assert client.post("/runs/round", data={"csrf_token": csrf}).status_code == 403
+        assert client.get("/runs/new/ppo").status_code == 403
         assert session.scalar(select(Job)) is None

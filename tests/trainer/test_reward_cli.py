@@ -9,25 +9,13 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from app.cli import cli
-from app.config import get_settings
 from app.runs.models import Job, ModelVersion
 from tests.factories import login, make_prompt_set, make_user
 from tests.trainer.test_reward_job import base_model, seed_rankings  # noqa: F401  (fixture)
 from tests.trainer.test_reward_train import synthetic_groups
-
-
-@pytest.fixture
-def env(
-    committed: sessionmaker[Session], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> sessionmaker[Session]:
-    monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
-    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    get_settings.cache_clear()
-    yield committed
-    get_settings.cache_clear()
 
 
 def trl_file(path: Path, n: int) -> Path:
@@ -120,20 +108,12 @@ class TestTrainRewardCommand:
 
 
 class TestTrainRewardForm:
-    @pytest.fixture
-    def web(self, app, client: TestClient) -> TestClient:  # type: ignore[no-untyped-def]
-        from app.runs import launch
-
-        if not any(getattr(r, "path", "") == "/runs/new/reward" for r in app.routes):
-            app.include_router(launch.router)
-        return client
-
-    def test_form_enqueues_a_job_and_redirects_to_it(self, web: TestClient, session: Session) -> None:
+    def test_form_enqueues_a_job_and_redirects_to_it(self, client: TestClient, session: Session) -> None:
         make_prompt_set(session, name="round-<1>")
-        csrf = login(web, make_user(session, role="researcher"))
-        page = web.get("/runs/new/reward")
+        csrf = login(client, make_user(session, role="researcher"))
+        page = client.get("/runs/new/reward")
         assert page.status_code == 200 and "round-&lt;1&gt;" in page.text
-        r = web.post(
+        r = client.post(
             "/runs/new/reward",
             data={
                 "csrf_token": csrf,
@@ -160,9 +140,9 @@ class TestTrainRewardForm:
             "base_model": "./policy",
         }
 
-    def test_bad_input_names_the_field_and_starts_nothing(self, web: TestClient, session: Session) -> None:
-        csrf = login(web, make_user(session, role="researcher"))
-        r = web.post(
+    def test_bad_input_names_the_field_and_starts_nothing(self, client: TestClient, session: Session) -> None:
+        csrf = login(client, make_user(session, role="researcher"))
+        r = client.post(
             "/runs/new/reward",
             data={
                 "csrf_token": csrf,
@@ -180,7 +160,7 @@ class TestTrainRewardForm:
         assert "base_model: no policy is active" in r.text
         assert session.scalar(select(Job)) is None
 
-    def test_labelers_may_not_start_training(self, web: TestClient, session: Session) -> None:
-        csrf = login(web, make_user(session, role="labeler"))
-        r = web.post("/runs/new/reward", data={"csrf_token": csrf, "base_model": "x"})
+    def test_labelers_may_not_start_training(self, client: TestClient, session: Session) -> None:
+        csrf = login(client, make_user(session, role="labeler"))
+        r = client.post("/runs/new/reward", data={"csrf_token": csrf, "base_model": "x"})
         assert r.status_code == 403 and session.scalar(select(Job)) is None
