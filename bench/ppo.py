@@ -61,11 +61,12 @@ def build(
 ) -> tuple[Path, Path, list[Conversation]]:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import (
-        GPT2Config,
         GPT2ForSequenceClassification,
         GPT2LMHeadModel,
         PreTrainedTokenizerFast,
     )
+
+    from trainer.models.demo import gpt2_config
 
     words = [f"w{i}" for i in range(vocab - 3)]
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))  # noqa: S106  (a token, not a secret)
@@ -76,19 +77,7 @@ def build(
     )
     specials = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **specials)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=heads,
-        n_positions=1024,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = gpt2_config(tokenizer, hidden=hidden, layers=layers, heads=heads, positions=1024)
     torch.manual_seed(0)
     policy, reward = root / "policy", root / "reward"
     GPT2LMHeadModel(config).save_pretrained(policy)

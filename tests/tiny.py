@@ -19,6 +19,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from trainer.models.demo import gpt2_config
+
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
 
 
@@ -49,20 +51,7 @@ def tiny_config(
     positions: int = 128,
     **extra: object,
 ) -> GPT2Config:
-    return GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=heads,
-        n_positions=positions,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **extra,
-    )
+    return gpt2_config(tokenizer, hidden=hidden, layers=layers, heads=heads, positions=positions, **extra)
 
 
 def tiny_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **size: int) -> GPT2LMHeadModel:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -82,6 +83,33 @@ def build_tokenizer(docs: list[str], vocab: int) -> PreTrainedTokenizerFast:
     )
 
 
+def gpt2_config(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden: int,
+    layers: int,
+    heads: int,
+    positions: int,
+    **extra: Any,
+) -> GPT2Config:
+    """A small GPT-2 for this tokenizer: no dropout (deterministic runs), its eos also the bos.
+    The demo policy's, and the tests' and benchmarks' tiny models'."""
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=positions,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
 def build_demo_policy(
     path: Path, size: DemoSize = DemoSize(), *, seed: int = 0, say: Callable[[str], None] | None = None
 ) -> Path:
@@ -90,18 +118,8 @@ def build_demo_policy(
     torch.manual_seed(seed)
     docs = corpus_documents()
     tokenizer = build_tokenizer(docs, size.vocab)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=size.hidden,
-        n_layer=size.layers,
-        n_head=size.heads,
-        n_positions=size.positions,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    config = gpt2_config(
+        tokenizer, hidden=size.hidden, layers=size.layers, heads=size.heads, positions=size.positions
     )
     model = GPT2LMHeadModel(config)
     stream = _token_stream(docs, tokenizer)
