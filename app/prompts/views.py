@@ -219,6 +219,18 @@ def set_progress(set_id: Id, request: Request, session: SessionDep, admin: Curre
     ps = _set_or_404(session, set_id)
     if not is_htmx(request):
         return RedirectResponse(f"/sets/{set_id}", status_code=303)
+    return _progress(request, session, ps)
+
+
+def _after_action(request: Request, session: Session, ps: PromptSet) -> Response:
+    """After cancel or resume: the progress block for htmx, else back to the set's page."""
+    if is_htmx(request):
+        return _progress(request, session, ps)
+    return RedirectResponse(f"/sets/{ps.id}", status_code=303)
+
+
+def _progress(request: Request, session: Session, ps: PromptSet) -> Response:
+    """The set page's progress block alone (htmx)."""
     return render(
         request, "prompts/detail.html", {**_row(session, ps), "fmt_seconds": fmt_seconds}, block="progress"
     )
@@ -228,28 +240,14 @@ def set_progress(set_id: Id, request: Request, session: SessionDep, admin: Curre
 def cancel_set(set_id: Id, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
     ps = _set_or_404(session, set_id)
     service.cancel_sampling(session=session, prompt_set=ps)
-    if is_htmx(request):
-        return render(
-            request,
-            "prompts/detail.html",
-            {**_row(session, ps), "fmt_seconds": fmt_seconds},
-            block="progress",
-        )
-    return RedirectResponse(f"/sets/{set_id}", status_code=303)
+    return _after_action(request, session, ps)
 
 
 @router.post("/sets/{set_id}/resume", response_class=HTMLResponse)
 def resume_set(set_id: Id, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
     ps = _set_or_404(session, set_id)
     service.resume_sampling(session=session, prompt_set=ps, created_by_id=admin.id)
-    if is_htmx(request):
-        return render(
-            request,
-            "prompts/detail.html",
-            {**_row(session, ps), "fmt_seconds": fmt_seconds},
-            block="progress",
-        )
-    return RedirectResponse(f"/sets/{set_id}", status_code=303)
+    return _after_action(request, session, ps)
 
 
 # --- JSON API --------------------------------------------------------------------------------
