@@ -58,16 +58,20 @@ def users_create(username: str, role: str, password_stdin: bool) -> None:
     with _sessions()() as s:
         if auth.get_user(session=s, username=username) is not None:
             raise click.ClickException(f"username '{username}' is taken (see `ranklab users list`)")
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = _read_password(password_stdin, "Password")
     try:
         with _sessions().begin() as s:
             user = auth.create_user(session=s, username=username, password=password, role=role)
             click.echo(f"created {user.role} '{user.username}' (id {user.id})")
     except auth.AuthError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _read_password(from_stdin: bool, prompt: str) -> str:
+    """One line of standard input, or asked twice at a hidden prompt."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(click.prompt(prompt, hide_input=True, confirmation_prompt=True))
 
 
 @users.command("set-password")
@@ -84,10 +88,7 @@ def users_set_password(username: str, password_stdin: bool) -> None:
     with _sessions()() as s:
         if auth.get_user(session=s, username=username) is None:
             raise click.ClickException(f"no user '{username}' (see `ranklab users list`)")
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    password = _read_password(password_stdin, "New password")
     try:
         with _sessions().begin() as s:
             user = auth.get_user(session=s, username=username)
