@@ -64,6 +64,24 @@ def _wait(sessions: sessionmaker[Session], job_id: int, pred, timeout: float = 6
         time.sleep(0.05)
 
 
+def run_worker_threads(url: str, prefix: str, *, heartbeat_seconds: float, n: int = 3) -> None:
+    """n burst workers in threads, to the end; each its own sessionmaker over its own pool connections."""
+    workers = [
+        Worker(
+            make_sessionmaker(url),
+            worker_id=f"{prefix}-{i}",
+            poll_seconds=0.05,
+            heartbeat_seconds=heartbeat_seconds,
+        )
+        for i in range(n)
+    ]
+    threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+
 class TestManyWorkers:
     def test_threads_and_processes_never_take_the_same_job(
         self, committed_pg: sessionmaker[Session], pg_only_url: str, tmp_path: Path
@@ -77,21 +95,7 @@ class TestManyWorkers:
             }
         logs = [tmp_path / f"worker{i}.log" for i in range(2)]
         procs = [_worker_process(pg_only_url, log, "--burst", "--poll", "0.05") for log in logs]
-        # Each thread its own sessionmaker over its own pool connections.
-        workers = [
-            Worker(
-                make_sessionmaker(pg_only_url),
-                worker_id=f"thread-{i}",
-                poll_seconds=0.05,
-                heartbeat_seconds=30,
-            )
-            for i in range(3)
-        ]
-        threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        run_worker_threads(pg_only_url, "thread", heartbeat_seconds=30)
         for p, log in zip(procs, logs, strict=True):
             assert p.wait(timeout=120) == 0, log.read_text()
 
@@ -116,20 +120,7 @@ class TestManyWorkers:
         try:
             with sessions.begin() as s:
                 ids = {make_job(s, kind="t_record", params={"record": str(record)}).id for _ in range(60)}
-            workers = [
-                Worker(
-                    make_sessionmaker(sqlite_url),
-                    worker_id=f"lite-{i}",
-                    poll_seconds=0.05,
-                    heartbeat_seconds=0.05,
-                )
-                for i in range(3)
-            ]
-            threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=120)
+            run_worker_threads(sqlite_url, "lite", heartbeat_seconds=0.05)
             per_job = Counter(int(line.split()[0]) for line in record.read_text().splitlines())
             assert set(per_job) == ids and max(per_job.values()) == 1
             with sessions() as s:

@@ -87,6 +87,15 @@ class TestLoadGroups:
             load(split_fractions=[1, 0])
 
 
+def queued_job(sessions: sessionmaker[Session], base_model: Path) -> int:
+    """Rankings to train on and a queued train_reward job (committed): its id."""
+    with sessions() as s:
+        seed_rankings(s)
+        job_id = make_job(s, kind="train_reward", params={"base_model": str(base_model), **PARAMS}).id
+        s.commit()
+    return job_id
+
+
 class TestRewardJob:
     def test_annotations_to_active_reward_model(
         self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path
@@ -128,10 +137,7 @@ class TestRewardJob:
         artifacts: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        with sessions() as s:
-            seed_rankings(s)
-            job_id = make_job(s, kind="train_reward", params={"base_model": str(base_model), **PARAMS}).id
-            s.commit()
+        job_id = queued_job(sessions, base_model)
         real = reward_train.save_checkpoint
 
         def save_then_die(work_dir: Path, **kw: object) -> None:
@@ -174,10 +180,7 @@ class TestRewardJob:
         artifacts: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        with sessions() as s:
-            seed_rankings(s)
-            job_id = make_job(s, kind="train_reward", params={"base_model": str(base_model), **PARAMS}).id
-            s.commit()
+        job_id = queued_job(sessions, base_model)
         real = reward_train.save_checkpoint
 
         def save_then_cancel(work_dir: Path, **kw: object) -> None:
