@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,6 +37,13 @@ _SENTENCE = (
     "example that a labeler reads before ranking every output from best to worst"
 )
 WORDS = _SENTENCE.split()
+
+
+def _insert_ids(conn: Any, model: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """One executemany INSERT of the rows; their new ids, in the rows' order."""
+    from sqlalchemy import insert
+
+    return list(conn.execute(insert(model).returning(model.id, sort_by_parameter_order=True), rows).scalars())
 
 
 def build(url: str, sizes: list[int]) -> dict[int, int]:
@@ -101,86 +109,81 @@ def build(url: str, sizes: list[int]) -> dict[int, int]:
             for start in range(0, n_ann, 2000):
                 n = min(2000, n_ann - start)
                 prompts = [f"Prompt {ps}-{start + i}: {text(15)}" for i in range(n)]
-                pids = list(
-                    conn.execute(
-                        insert(Prompt).returning(Prompt.id, sort_by_parameter_order=True),
-                        [
-                            {
-                                "prompt_set_id": ps,
-                                "messages": [{"role": "user", "content": p}],
-                                "text": p,
-                                "text_hash": f"{ps}-{start + i}",
-                                "meta": {},
-                                "created_at": now,
-                            }
-                            for i, p in enumerate(prompts)
-                        ],
-                    ).scalars()
+                pids = _insert_ids(
+                    conn,
+                    Prompt,
+                    [
+                        {
+                            "prompt_set_id": ps,
+                            "messages": [{"role": "user", "content": p}],
+                            "text": p,
+                            "text_hash": f"{ps}-{start + i}",
+                            "meta": {},
+                            "created_at": now,
+                        }
+                        for i, p in enumerate(prompts)
+                    ],
                 )
-                tids = list(
-                    conn.execute(
-                        insert(Task).returning(Task.id, sort_by_parameter_order=True),
-                        [
-                            {
-                                "prompt_id": pid,
-                                "prompt_set_id": ps,
-                                "status": "closed",
-                                "label_count": 1,
-                                "created_at": now,
-                            }
-                            for pid in pids
-                        ],
-                    ).scalars()
+                tids = _insert_ids(
+                    conn,
+                    Task,
+                    [
+                        {
+                            "prompt_id": pid,
+                            "prompt_set_id": ps,
+                            "status": "closed",
+                            "label_count": 1,
+                            "created_at": now,
+                        }
+                        for pid in pids
+                    ],
                 )
-                cids = list(
-                    conn.execute(
-                        insert(Completion).returning(Completion.id, sort_by_parameter_order=True),
-                        [
-                            {
-                                "task_id": tid,
-                                "model_version_id": mv[j % 2],
-                                "text": rng.choice(comp_texts),
-                                "params": {},
-                                "is_duplicate": False,
-                                "created_at": now,
-                            }
-                            for tid in tids
-                            for j in range(K)
-                        ],
-                    ).scalars()
+                cids = _insert_ids(
+                    conn,
+                    Completion,
+                    [
+                        {
+                            "task_id": tid,
+                            "model_version_id": mv[j % 2],
+                            "text": rng.choice(comp_texts),
+                            "params": {},
+                            "is_duplicate": False,
+                            "created_at": now,
+                        }
+                        for tid in tids
+                        for j in range(K)
+                    ],
                 )
-                aids = list(
-                    conn.execute(
-                        insert(Assignment).returning(Assignment.id, sort_by_parameter_order=True),
-                        [
-                            {
-                                "task_id": tid,
-                                "user_id": users[i % len(users)],
-                                "state": "submitted",
-                                "display_order": [],
-                                "lease_expires_at": now,
-                                "created_at": now,
-                            }
-                            for i, tid in enumerate(tids)
-                        ],
-                    ).scalars()
+                aids = _insert_ids(
+                    conn,
+                    Assignment,
+                    [
+                        {
+                            "task_id": tid,
+                            "user_id": users[i % len(users)],
+                            "state": "submitted",
+                            "display_order": [],
+                            "lease_expires_at": now,
+                            "created_at": now,
+                        }
+                        for i, tid in enumerate(tids)
+                    ],
                 )
-                anns = list(
-                    conn.execute(
-                        insert(Annotation).returning(Annotation.id, sort_by_parameter_order=True),
-                        [
-                            {
-                                "assignment_id": aid,
-                                "task_id": tid,
-                                "user_id": users[i % len(users)],
-                                "notes": "",
-                                "time_spent_ms": rng.randint(5_000, 120_000),
-                                "inconsistency_confirmed": False,
-                                "created_at": now,
-                            }
-                            for i, (aid, tid) in enumerate(zip(aids, tids, strict=True))
-                        ],
-                    ).scalars()
+                anns = _insert_ids(
+                    conn,
+                    Annotation,
+                    [
+                        {
+                            "assignment_id": aid,
+                            "task_id": tid,
+                            "user_id": users[i % len(users)],
+                            "notes": "",
+                            "time_spent_ms": rng.randint(5_000, 120_000),
+                            "inconsistency_confirmed": False,
+                            "created_at": now,
+                        }
+                        for i, (aid, tid) in enumerate(zip(aids, tids, strict=True))
+                    ],
                 )
                 items = []
                 for i, ann in enumerate(anns):

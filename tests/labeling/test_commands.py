@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.cli import cli
-from app.config import get_settings
 from app.labeling.models import Guideline
 from tests.factories import make_annotation, make_prompt_set, make_task, make_user
 
@@ -21,13 +18,8 @@ def db_url(sqlite_url: str) -> str:
 
 
 @pytest.fixture
-def db(
-    committed: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[sessionmaker[Session]]:
-    monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
-    get_settings.cache_clear()
-    yield committed
-    get_settings.cache_clear()
+def db(cli_db: sessionmaker[Session]) -> sessionmaker[Session]:
+    return cli_db
 
 
 def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -14,7 +13,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import service as auth
 from app.cli import cli
-from app.config import get_settings
 from app.errors import NotFound
 from app.runs import models_service as registry
 from app.runs import service as jobs
@@ -205,17 +203,7 @@ class TestModelsApi:
         assert active_ids(session, ModelKind.policy) == [p2.id]
 
 
-# --- CLI: real commits on the test database, which the command opens through its settings ---
-
-
-@pytest.fixture
-def cli_db(
-    committed: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[sessionmaker[Session]]:
-    monkeypatch.setenv("RANKLAB_DATABASE_URL", db_url)
-    get_settings.cache_clear()
-    yield committed
-    get_settings.cache_clear()
+# --- CLI: real commits on the test database, which the command opens through its settings (cli_db) ---
 
 
 class TestCli:
