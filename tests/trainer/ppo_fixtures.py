@@ -13,6 +13,28 @@ from tests.tiny import tiny_policy, tiny_reward_model, tiny_tokenizer
 from trainer.ppo.rollout import Rollout
 from trainer.ppo.train import PPOConfig
 
+# A tiny PPO run's job parameters; each test adds its iterations and its save and sample schedule.
+TINY_PPO = {
+    "batch_size": 8,
+    "mini_batch_size": 4,
+    "max_new_tokens": 6,
+    "learning_rate": 1e-3,
+    "value_learning_rate": 1e-3,
+    "warmup_iterations": 0,
+}
+# What every PPO iteration reports: the run page draws each.
+PPO_METRICS = {
+    "mean_reward",
+    "kl",
+    "entropy",
+    "clip_frac",
+    "approx_kl",
+    "value_loss",
+    "explained_variance",
+    "response_length",
+    "no_eos_share",
+}
+
 WORDS = [
     "the",
     "a",

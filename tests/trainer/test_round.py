@@ -17,7 +17,7 @@ from app.runs.models import Job, ModelVersion
 from app.runs.models_service import ModelError
 from app.runs.round_service import RoundError, enqueue_round, promote
 from tests.factories import make_annotation, make_model_version, make_prompt_set, make_task, make_user
-from tests.trainer.ppo_fixtures import MARKER, PROMPT_TEXTS, make_models, one_thread
+from tests.trainer.ppo_fixtures import MARKER, PROMPT_TEXTS, TINY_PPO, make_models, one_thread
 from trainer.worker import Worker
 
 pytestmark = pytest.mark.slow
@@ -30,17 +30,7 @@ REWARD = {
     "eval_every": 50,
     "checkpoint_every": 0,
 }
-PPO = {
-    "iterations": 2,
-    "batch_size": 8,
-    "mini_batch_size": 4,
-    "max_new_tokens": 6,
-    "learning_rate": 1e-3,
-    "value_learning_rate": 1e-3,
-    "warmup_iterations": 0,
-    "save_every": 0,
-    "sample_every": 1,
-}
+PPO = {**TINY_PPO, "iterations": 2, "save_every": 0, "sample_every": 1}
 
 
 @pytest.fixture(scope="module")
