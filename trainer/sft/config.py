@@ -7,10 +7,10 @@ filters (sets) are the job's, not the loop's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from app.runs.params import TRAIN_SFT
+from trainer.config import SpecConfig
 
 CONFIG_FILE = "sft_config.json"
 
@@ -21,8 +21,12 @@ INTERNAL: frozenset[str] = frozenset()
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(SpecConfig):
     """See TRAIN_SFT for what each field means; the defaults are its defaults."""
+
+    SPEC = TRAIN_SFT
+    INTERNAL = INTERNAL
+    UNKNOWN = "SFT setting"
 
     base_model: str = _D["base_model"]
     lr: float = _D["lr"]
@@ -39,19 +43,3 @@ class SFTConfig:
     checkpoint_every: int = _D["checkpoint_every"]
     bf16: bool = _D["bf16"]
     seed: int = _D["seed"]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SFTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown SFT setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Raises ValueError (app.runs.params.ParamsError) naming each field out of its range."""
-        TRAIN_SFT.validate({f.name: getattr(self, f.name) for f in fields(self) if f.name not in INTERNAL})

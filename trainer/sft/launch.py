@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
 
+from trainer.config import launch_values
 from trainer.reward.train import Hooks
 from trainer.sft.config import SFTConfig
 from trainer.sft.data import read_demos
@@ -51,13 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         help="one SFTConfig field (JSON value, else text)",
     )
     args = ap.parse_args(argv)
-    values: dict[str, Any] = json.loads(args.config.read_text()) if args.config else {}
-    for item in args.overrides:
-        name, _, raw = item.partition("=")
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
+    values = launch_values(args.config, args.overrides)
     try:
         cfg = SFTConfig.from_dict(values)
         demos = read_demos(args.data)
