@@ -7,7 +7,10 @@ size one CPU machine trains in minutes; each help gives the paper's value where 
 
 from __future__ import annotations
 
+from app.runs.params.reward import TRAIN_REWARD as _REWARD
 from app.runs.params.spec import JobSpec, Param, sets_param
+
+# The optimizer knobs SFT shares with the reward model (_REWARD[...]) are defined once, there.
 
 TRAIN_SFT = JobSpec(
     kind="train_sft",
@@ -32,16 +35,7 @@ TRAIN_SFT = JobSpec(
             low=1e-9,
             high=1.0,
         ),
-        Param(
-            "min_lr_ratio",
-            float,
-            0.1,
-            "Where the cosine decay ends, as a share of lr (paper: 10%).",
-            "Final learning rate (share of the peak)",
-            low=0.0,
-            high=1.0,
-            advanced=True,
-        ),
+        _REWARD["min_lr_ratio"],
         Param(
             "warmup",
             int,
@@ -99,26 +93,8 @@ TRAIN_SFT = JobSpec(
             high=0.9,
             advanced=True,
         ),
-        Param(
-            "weight_decay",
-            float,
-            0.0,
-            "AdamW weight decay.",
-            "Weight decay",
-            low=0.0,
-            high=10.0,
-            advanced=True,
-        ),
-        Param(
-            "max_grad_norm",
-            float,
-            1.0,
-            "Gradients are clipped to this global norm before each step.",
-            "Gradient clip norm",
-            low=1e-6,
-            high=1e6,
-            advanced=True,
-        ),
+        _REWARD["weight_decay"],
+        _REWARD["max_grad_norm"],
         Param(
             "eval_every",
             int,
@@ -129,24 +105,8 @@ TRAIN_SFT = JobSpec(
             high=1_000_000,
             advanced=True,
         ),
-        Param(
-            "checkpoint_every",
-            int,
-            100,
-            "Optimizer steps between the checkpoints a resumed run restarts from (0: none).",
-            "Checkpoint every (steps)",
-            low=0,
-            high=1_000_000,
-            advanced=True,
-        ),
-        Param(
-            "bf16",
-            bool,
-            True,
-            "bf16 autocast on a GPU; the CPU always trains in float32.",
-            "bf16 on GPU",
-            advanced=True,
-        ),
+        _REWARD["checkpoint_every"],
+        _REWARD["bf16"],
         Param(
             "seed",
             int,
