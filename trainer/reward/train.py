@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -81,18 +81,28 @@ def encode_groups(tokenizer: Any, groups: Sequence[Group], max_length: int) -> l
     return [[encode_reply(tokenizer, g.messages, c, max_length) for c in g.completions] for g in groups]
 
 
-def step_plan(n_groups: int, cfg: RewardConfig, world: int) -> list[list[list[int]]]:
-    """For every optimizer step, its micro-batches as lists of group indices (all processes).
+class Schedule(Protocol):
+    """The config fields a step plan reads (RewardConfig's and SFTConfig's)."""
+
+    batch_size: int
+    grad_accum: int
+    epochs: int
+    seed: int
+
+
+def step_plan(n_items: int, cfg: Schedule, world: int) -> list[list[list[int]]]:
+    """For every optimizer step, its micro-batches as lists of item indices (groups for the
+    reward model, examples for SFT), all processes together.
 
     The same on every process (seeded), so a resumed run continues exactly where it stopped.
-    A tail too small to give every process a group is dropped.
+    A tail too small to give every process an item is dropped.
     """
     per_micro = cfg.batch_size * world
     steps: list[list[list[int]]] = []
     for epoch in range(cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(n_groups, generator=gen).tolist()
-        micros = [order[i : i + per_micro] for i in range(0, n_groups, per_micro)]
+        order = torch.randperm(n_items, generator=gen).tolist()
+        micros = [order[i : i + per_micro] for i in range(0, n_items, per_micro)]
         micros = [m for m in micros if len(m) >= world]
         steps.extend(micros[i : i + cfg.grad_accum] for i in range(0, len(micros), cfg.grad_accum))
     return steps

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from trainer import render
-from trainer.reward.train import Hooks
+from trainer.reward.train import Hooks, step_plan  # one plan for both loops
 from trainer.sft.config import CONFIG_FILE, SFTConfig
 from trainer.sft.data import Demo, split_demos
 from trainer.sft.loss import Example, collate, encode_example, forward_loss
@@ -53,24 +53,7 @@ class SFTResult:
         return self.metrics["val_loss_last"]
 
 
-# --- plan and schedule --------------------------------------------------------------------
-
-
-def step_plan(n_examples: int, cfg: SFTConfig, world: int) -> list[list[list[int]]]:
-    """For every optimizer step, its micro-batches as lists of example indices (all processes).
-
-    The same on every process (seeded), so a resumed run continues exactly where it stopped.
-    A tail too small to give every process an example is dropped.
-    """
-    per_micro = cfg.batch_size * world
-    steps: list[list[list[int]]] = []
-    for epoch in range(cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(n_examples, generator=gen).tolist()
-        micros = [order[i : i + per_micro] for i in range(0, n_examples, per_micro)]
-        micros = [m for m in micros if len(m) >= world]
-        steps.extend(micros[i : i + cfg.grad_accum] for i in range(0, len(micros), cfg.grad_accum))
-    return steps
+# --- schedule (the step plan is the reward loop's: trainer.reward.train.step_plan) -----------------
 
 
 def lr_factor(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
