@@ -53,7 +53,9 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait for a free connection; past it the request answers 503 with Retry-After.",
     )
-    max_upload_mb: float = Field(50.0, gt=0, description="Largest prompt or preference file accepted.")
+    max_upload_mb: float = Field(
+        50.0, gt=0, description="Largest uploaded file accepted (prompts, preferences, PPO-ptx text), in MB."
+    )
     max_prompt_tokens: int = Field(1024, ge=1, description="Longest prompt accepted, in policy tokens.")
     lease_minutes: float = Field(30.0, gt=0, description="How long a labeler holds a task.")
     job_stale_seconds: float = Field(
@@ -67,6 +69,11 @@ class Settings(BaseSettings):
     )
     sampling_backend: Literal["local", "openai"] = Field("local", description="Who samples completions.")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. vLLM.")
+    openai_api: Literal["chat", "completions"] = Field(
+        "chat",
+        description="chat: /v1/chat/completions with the messages; completions: /v1/completions "
+        "with the prompt templated as text (base models).",
+    )
     openai_api_key: str | None = Field(None, description="Bearer key for that server, if it wants one.")
     openai_model: str | None = Field(None, description="Model name the server serves.")
     openai_concurrency: int = Field(8, ge=1, description="Requests in flight to that server at once.")
@@ -93,6 +100,10 @@ class Settings(BaseSettings):
                 "export RANKLAB_SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
         return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)  # MB as the form and the docs say: 10**6 bytes
 
     @property
     def is_sqlite(self) -> bool:

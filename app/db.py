@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -101,7 +102,8 @@ def make_sessionmaker(
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """One session per request: committed when the handler returns, rolled back if it raises."""
+    """One session per request: committed when the handler returns, rolled back if it raises
+    (a domain error included: app/main.py answers it after this has undone everything)."""
     session: Session = request.app.state.sessionmaker()
     try:
         yield session
@@ -114,3 +116,12 @@ def get_session(request: Request) -> Iterator[Session]:
 
 # scope="function": the commit happens before the response leaves, so nothing acknowledged is lost.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+@contextmanager
+def undone_on_error(session: Session) -> Iterator[None]:
+    """For a page that shows a refused form again within the same request: the block's writes
+    are undone if it raises (a savepoint), so the page reads, and the request commits, the state
+    before it. Routes that let the error reach the handler need none of this."""
+    with session.begin_nested():
+        yield

@@ -1,4 +1,4 @@
-"""create_app(): routers, templates, static files, error pages."""
+"""create_app(): routers, templates, static files, and the one mapping of errors to HTTP."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from app.auth import views as auth_views
 from app.auth.deps import Forbidden, LoginRequired
 from app.config import Settings, get_settings
 from app.db import make_sessionmaker
+from app.errors import DomainError, Invalid, Problem, ProblemsOut
 from app.exports import views as exports_views
 from app.imports import views as imports_views
 from app.labeling import views as labeling_views
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/api/v1/docs",
         openapi_url="/api/v1/openapi.json",
         redoc_url=None,
+        # The one 422 shape (the handler below), documented instead of FastAPI's own.
+        responses={422: {"model": ProblemsOut, "description": "Refused input, each place named."}},
     )
     app.state.settings = settings
     app.state.sessionmaker = make_sessionmaker(
@@ -82,15 +85,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"detail": exc.message}, status_code=403)
         return render(request, "error.html", {"message": exc.message}, status_code=403)
 
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError) -> Response:
+        """The one mapping of domain errors to HTTP; the session was rolled back already."""
+        if isinstance(exc, Invalid):
+            return _problems(request, exc.problems, truncated=exc.truncated)
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        return render(request, "error.html", {"message": exc.message}, status_code=exc.status_code)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+        problems = [
+            Problem(None, None, ".".join(str(p) for p in e["loc"] if p != "body"), e["msg"])
             for e in exc.errors()
         ]
-        if _wants_json(request):
-            return JSONResponse({"detail": errors}, status_code=422)
-        lines = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return render(request, "error.html", {"message": lines}, status_code=422)
+        return _problems(request, problems)
 
     return app
+
+
+def _problems(request: Request, problems: list[Problem], *, truncated: bool = False) -> Response:
+    """A 422: the same JSON shape for every route under /api, an error page in the browser."""
+    if _wants_json(request):
+        body: dict[str, object] = {"detail": [p.as_dict() for p in problems]}
+        if truncated:
+            body["truncated"] = True
+        return JSONResponse(body, status_code=422)
+    lines = "; ".join(str(p) for p in problems)
+    return render(request, "error.html", {"message": lines}, status_code=422)

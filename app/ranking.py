@@ -10,6 +10,7 @@ pairs an export shows, and its validation prompts are exactly an export's `valid
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -162,6 +163,6 @@ def split_of(prompt: str, *, seed: int = 0, fractions: Sequence[float] = SPLIT_F
 
 def split_fractions_error(fractions: Sequence[float]) -> str | None:
     """Why `fractions` cannot split (None when they can): three non-negative shares, not all 0."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+    if len(fractions) != 3 or any(not 0 <= f < math.inf for f in fractions) or sum(fractions) <= 0:
         return f"three non-negative numbers train,validation,test, not {list(fractions)}"
     return None

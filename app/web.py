@@ -1,16 +1,20 @@
-"""Templates: one per page, fragments as named blocks rendered alone for htmx requests."""
+"""What browser routes share: templates (one per page, fragments as named blocks rendered alone
+for htmx requests), the whole-form dependency and the one upload reader."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from starlette.datastructures import FormData, UploadFile
 
 from app.auth.deps import ANON_CSRF_COOKIE, CSRF_FIELD
+from app.config import Settings
+from app.errors import TooLarge
 
 ROOT = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=str(ROOT / "templates"))
@@ -50,3 +54,25 @@ def render(
         html = "".join(template.blocks[block](template.new_context(ctx)))
         return HTMLResponse(html, status_code=status_code)
     return templates.TemplateResponse(request, name, ctx, status_code=status_code)
+
+
+async def _form(request: Request) -> FormData:
+    # Read here, on the event loop, so that the handler using it can be a plain `def` (run in
+    # the thread pool): forms whose field names carry ids (rank-31) or lists are read whole.
+    return await request.form()
+
+
+FormDep = Annotated[FormData, Depends(_form)]
+
+
+def read_upload(upload: UploadFile, *, settings: Settings) -> bytes:
+    """An uploaded file's bytes, never more than the limit (plus one byte to notice) in memory;
+    TooLarge (413) past RANKLAB_MAX_UPLOAD_MB. Blocking: call it from a plain `def` handler."""
+    limit = settings.max_upload_bytes
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(
+            f"{upload.filename or 'upload'}: the file is larger than the {settings.max_upload_mb:g} MB "
+            "limit (RANKLAB_MAX_UPLOAD_MB)"
+        )
+    return data

@@ -315,8 +315,10 @@
   const expand = document.getElementById("expand-prompt");
   if (expand) {
     expand.addEventListener("click", () => {
-      const p = document.getElementById("prompt-text");
-      const open = p.classList.toggle("collapsed") === false;
+      // Every long turn folds and unfolds together (the latest user turn is #prompt-text).
+      const folds = document.querySelectorAll("[data-fold]");
+      const open = expand.getAttribute("aria-expanded") !== "true";
+      for (const f of folds) f.classList.toggle("collapsed", !open);
       expand.textContent = open ? "Show less" : "Show all";
       expand.setAttribute("aria-expanded", String(open));
     });

@@ -116,23 +116,32 @@ def make_task(
     *,
     prompt_set: PromptSet,
     prompt: str | None = None,
+    messages: list[dict[str, str]] | None = None,
     completions: list[str] | None = None,
     policy: ModelVersion | None = None,
     status: str = "open",
 ) -> Task:
-    """A task with its prompt and K completions (texts default to distinct placeholders)."""
+    """A task with its prompt and K completions (texts default to distinct placeholders); a
+    conversation given as `messages` is checked and stored as an upload would store it."""
     from app.auth.security import sha256
+    from app.chat import as_text, conversation_hash, parse_conversation
     from app.labeling.models import Completion, Task
     from app.prompts.models import Prompt
 
     n = next(_seq)
-    text = prompt if prompt is not None else f"Prompt number {n}: say something kind."
-    p = Prompt(
-        prompt_set_id=prompt_set.id,
-        messages=[{"role": "user", "content": text}],
-        text=text,
-        text_hash=sha256(text),
-    )
+    if messages is not None:
+        conv = parse_conversation(messages)
+        p = Prompt(
+            prompt_set_id=prompt_set.id, messages=conv, text=as_text(conv), text_hash=conversation_hash(conv)
+        )
+    else:
+        text = prompt if prompt is not None else f"Prompt number {n}: say something kind."
+        p = Prompt(
+            prompt_set_id=prompt_set.id,
+            messages=[{"role": "user", "content": text}],
+            text=text,
+            text_hash=sha256(text),
+        )
     session.add(p)
     session.flush()
     task = Task(prompt_id=p.id, prompt_set_id=prompt_set.id, status=status)

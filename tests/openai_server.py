@@ -1,9 +1,22 @@
-"""A small OpenAI-compatible /v1/completions server over a local transformers model, for tests.
+"""A small OpenAI-compatible server over a local transformers model, for tests.
 
-It answers like vLLM does: `n` choices per prompt, each with text, finish_reason and (when
-`logprobs` is asked for) the sampled tokens. `fail_next` makes the next requests answer with
-an error status, and `fail_always` makes every request fail, so tests can see retries and a
-clear job error. Run it alone with:  python tests/openai_server.py MODEL_DIR --port 8011
+It answers like vLLM does, and checks each request body as a strict server would:
+
+- `/v1/chat/completions`: `messages` must be a conversation (app.chat's rules) and is rendered
+  with the model's chat template by LocalBackend.generate (trainer.render), as the local backend
+  does;
+  generation stops at the end of the turn; `n` choices, each with message.content,
+  finish_reason and (when `logprobs` is true) one logprobs.content entry per sampled token.
+- `/v1/completions`: `prompt` is text, tokenized as is (template tokens in it are read as
+  tokens); it stops at EOS and at each `stop` string that is one token; `n` choices with text,
+  finish_reason and (when `logprobs` is asked for) the sampled tokens.
+
+A malformed body (no model, another model than `model_name`, bad `messages`, bad `n`) gets 400
+or 404 with the reason. `max_n=1` refuses n>1 with 400 (as OpenAI's reasoning models do);
+`ignore_n` answers one choice whatever n (as the llama.cpp server does). `fail_next` makes the
+next requests answer with an error status, and `fail_always` makes every request fail, so tests
+can see retries and a clear job error. Run it alone with:
+  python tests/openai_server.py MODEL_DIR --port 8011
 """
 
 from __future__ import annotations
@@ -22,6 +35,9 @@ from fastapi.responses import JSONResponse
 @dataclass
 class ServerState:
     model_dir: str
+    model_name: str | None = None  # when set, any other `model` is refused with 404
+    max_n: int | None = None  # when set, a larger n is refused with 400
+    ignore_n: bool = False  # answer one choice whatever n asks
     fail_next: int = 0
     fail_status: int = 500
     fail_always: bool = False
@@ -29,54 +45,138 @@ class ServerState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "code": status}}, status_code=status)
+
+
 def make_app(state: ServerState) -> FastAPI:
-    from trainer.sampling.backends import LocalBackend, SamplingParams
+    import torch
+
+    from app.chat import ChatError, parse_conversation
+    from trainer.sampling.backends import BackendError, LocalBackend, Sample, SamplingParams
 
     backend = LocalBackend(state.model_dir, device="cpu")
+    tok = backend.tokenizer
+    gen_lock = threading.Lock()  # one generate at a time: the model is shared
     app = FastAPI()
 
-    @app.get("/v1/models")
-    def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": state.model_dir, "object": "model"}]}
+    def check(body: Any) -> JSONResponse | None:
+        """The reason to refuse a body (vLLM's codes), or None."""
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object")
+        if not isinstance(body.get("model"), str):
+            return _error(400, "model: required")
+        if state.model_name is not None and body["model"] != state.model_name:
+            return _error(404, f"The model `{body['model']}` does not exist.")
+        n = body.get("n", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return _error(400, f"n: must be a positive integer, not {n!r}")
+        if state.max_n is not None and n > state.max_n:
+            return _error(400, f"n: this model only supports n={state.max_n}")
+        return None
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> JSONResponse:
-        body = await request.json()
+    def admit(body: dict[str, Any]) -> JSONResponse | None:
         with state.lock:
             state.requests.append(body)
             failing = state.fail_always or state.fail_next > 0
             if state.fail_next > 0:
                 state.fail_next -= 1
         if failing:
-            return JSONResponse(
-                {"error": {"message": "the test server was told to fail"}}, status_code=state.fail_status
-            )
-        n = int(body.get("n", 1))
-        params = SamplingParams(
+            return _error(state.fail_status, "the test server was told to fail")
+        return check(body)
+
+    def params_of(body: dict[str, Any]) -> SamplingParams:
+        return SamplingParams(
             max_new_tokens=int(body.get("max_tokens", 16)),
             temperature=float(body.get("temperature", 1.0)),
             top_p=float(body.get("top_p", 1.0)),
             top_k=int(body.get("top_k", 0)),
         )
-        with state.lock:  # one generate at a time: the model is shared
-            samples = backend.generate([body["prompt"]], n=n, params=params, seed=int(body.get("seed", 0)))[0]
-        choices = []
-        for i, smp in enumerate(samples):
-            choice: dict[str, Any] = {"index": i, "text": smp.text, "finish_reason": smp.finish_reason}
-            if body.get("logprobs") is not None:
-                choice["logprobs"] = {"tokens": ["t"] * int(smp.token_count or 0)}
-            choices.append(choice)
+
+    def answer(body: dict[str, Any], samples: list[Sample], obj: str, choice_of: Any) -> JSONResponse:
         used = sum(int(s.token_count or 0) for s in samples)
         return JSONResponse(
             {
                 "id": "cmpl-test",
-                "object": "text_completion",
+                "object": obj,
                 "created": int(time.time()),
-                "model": body.get("model"),
-                "choices": choices,
+                "model": body["model"],
+                "choices": [choice_of(i, smp) for i, smp in enumerate(samples)],
                 "usage": {"completion_tokens": used},
             }
         )
+
+    def n_of(body: dict[str, Any]) -> int:
+        return 1 if state.ignore_n else int(body.get("n", 1))
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        name = state.model_name or state.model_dir
+        return {"object": "list", "data": [{"id": name, "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        if (refused := admit(body)) is not None:
+            return refused
+        if "prompt" in body:
+            return _error(400, "prompt: not a chat completions field (use messages)")
+        try:
+            conv = parse_conversation(body.get("messages"))
+        except ChatError as exc:
+            return _error(400, str(exc))
+        try:
+            with gen_lock:
+                samples = backend.generate(
+                    [conv], n=n_of(body), params=params_of(body), seed=int(body.get("seed", 0))
+                )[0]
+        except BackendError as exc:
+            return _error(400, str(exc))
+
+        def choice(i: int, smp: Sample) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "index": i,
+                "message": {"role": "assistant", "content": smp.text},
+                "finish_reason": smp.finish_reason,
+            }
+            if body.get("logprobs"):
+                entry = {"token": "t", "logprob": 0.0, "top_logprobs": []}
+                out["logprobs"] = {"content": [entry] * int(smp.token_count or 0)}
+            return out
+
+        return answer(body, samples, "chat.completion", choice)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> JSONResponse:
+        body = await request.json()
+        if (refused := admit(body)) is not None:
+            return refused
+        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+            return _error(400, "prompt: must be non-empty text")
+        if "messages" in body:
+            return _error(400, "messages: not a completions field (use prompt)")
+        ids = tok(body["prompt"], add_special_tokens=False)["input_ids"]
+        batch = {
+            "input_ids": torch.tensor([ids]),
+            "attention_mask": torch.ones((1, len(ids)), dtype=torch.long),
+        }
+        stops = [] if tok.eos_token_id is None else [tok.eos_token_id]
+        for text in body.get("stop") or []:
+            one = tok(text, add_special_tokens=False)["input_ids"]
+            if len(one) == 1:
+                stops.append(one[0])
+        with gen_lock:
+            samples = backend.generate_batch(
+                batch, n=n_of(body), params=params_of(body), seed=int(body.get("seed", 0)), stops=stops
+            )[0]
+
+        def choice(i: int, smp: Sample) -> dict[str, Any]:
+            out: dict[str, Any] = {"index": i, "text": smp.text, "finish_reason": smp.finish_reason}
+            if body.get("logprobs") is not None:
+                out["logprobs"] = {"tokens": ["t"] * int(smp.token_count or 0)}
+            return out
+
+        return answer(body, samples, "text_completion", choice)
 
     return app
 

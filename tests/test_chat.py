@@ -230,12 +230,6 @@ class TestHH:
     def test_a_dialogue_without_the_leading_newlines_reads_the_same(self) -> None:
         assert split_hh(HH.lstrip("\n")) == split_hh(HH)
 
-    def test_matches_the_importers_hh_messages(self) -> None:
-        from app.imports.service import hh_messages
-
-        for text in (HH, HH + "\n\nHuman: More?\n\nAssistant:", "x\n\nHuman: a\n\nAssistant: b"):
-            assert split_hh(text) == hh_messages(text)
-
     def test_no_turns(self) -> None:
         assert split_hh("just text") == []
 

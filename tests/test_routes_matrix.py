@@ -30,6 +30,7 @@ from starlette.routing import Mount
 
 from app.auth import service as auth
 from app.auth.models import User
+from tests.factories import bearer, make_prompt_set, make_task, make_user
 
 ROUTES: dict[str, str] = {
     # docs and health
@@ -136,10 +137,14 @@ def app_routes(app: FastAPI) -> set[str]:
 
 
 @pytest.fixture
-def db_url(sqlite_url: str) -> str:
-    """SQLite only: who gets in does not depend on the database (the auth tests run on both),
-    and this table grows with every feature."""
-    return sqlite_url
+def db_url(request: pytest.FixtureRequest) -> str:
+    """SQLite unless a test asks for both (`BOTH_DATABASES`): who gets in does not depend on the
+    database (the auth tests run on both), and this table grows with every feature."""
+    which = getattr(request, "param", "sqlite")
+    return str(request.getfixturevalue("sqlite_url" if which == "sqlite" else "pg_url"))
+
+
+BOTH_DATABASES = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 
 
 @dataclass
@@ -233,3 +238,64 @@ def test_state_changing_routes_need_the_csrf_token(
     r = call(bare_client, key, people[allowed[0]], csrf=False)
     assert r.status_code == 403, f"{key}: {r.status_code} {r.text[:200]}"
     assert "CSRF" in r.text
+
+
+# Out of range (2**63 does not fit 64 bits, 2**31 not the 32-bit columns of PostgreSQL), never
+# an id (0, -1), not a number at all.
+BAD_IDS = {str(2**63): 404, str(2**31): 404, "0": 404, "-1": 404, "abc": 422}
+ID_ROUTES = sorted(k for k in ROUTES if re.search(r"\{\w+_id\}", k))
+
+
+@BOTH_DATABASES
+@pytest.mark.parametrize("key", ID_ROUTES)
+def test_a_bad_path_id_is_404_or_422_never_500(
+    key: str, app: FastAPI, bare_client: TestClient, people: dict[str | None, Who]
+) -> None:
+    if key not in app_routes(app):
+        pytest.skip(f"{key} is not served (yet)")
+    admin = people["admin"]  # allowed everywhere: the id is what is under test
+    method, path = key.split(" ", 1)
+    for bad, expected in BAD_IDS.items():
+        r = call(bare_client, f"{method} {re.sub(r'{[^}]+}', bad, path)}", admin)
+        assert r.status_code == expected, f"{key} with {bad}: {r.status_code} {r.text[:200]}"
+        if path.startswith("/api/"):
+            assert r.json()["detail"], key
+        else:  # a browser route answers with a page, not JSON
+            assert r.headers["content-type"].startswith("text/html"), (key, bad)
+
+
+@BOTH_DATABASES
+def test_a_422_under_the_api_has_one_shape(client: TestClient, session: Session) -> None:
+    """Labeling, exports, prompts and FastAPI's own validation: {"detail": [{field, message,
+    file, line, text}]}, the field named."""
+    labeler, admin = make_user(session), make_user(session, role="admin")
+    task = make_task(session, prompt_set=make_prompt_set(session, k=3))
+    h_lab = bearer(auth.create_token(session=session, user=labeler).token)
+    h_admin = bearer(auth.create_token(session=session, user=admin).token)
+    aid = client.get("/api/v1/tasks/next", headers=h_lab).json()["assignment_id"]
+    ids = [c.id for c in task.completions]
+    answers = {
+        "labeling": client.post(
+            f"/api/v1/assignments/{aid}/annotation",
+            headers=h_lab,
+            json={"ranks": {str(ids[0]): 1}, "ratings": {}},
+        ),
+        "exports": client.get("/api/v1/exports/trl?margin=huge", headers=h_admin),
+        "prompts": client.post(
+            "/api/v1/sets",
+            headers=h_admin,
+            data={"name": "s", "k": "99"},
+            files={"file": ("p.csv", b"prompt\nOne\n", "text/csv")},
+        ),
+        "validation": client.get("/api/v1/jobs?limit=0", headers=h_admin),
+    }
+    fields = {}
+    for where, r in answers.items():
+        assert r.status_code == 422, (where, r.text)
+        body = r.json()
+        assert list(body) == ["detail"] and body["detail"], (where, body)
+        for item in body["detail"]:
+            assert set(item) == {"field", "message", "file", "line", "text"}, (where, item)
+            assert item["message"] and item["text"], (where, item)
+        fields[where] = body["detail"][0]["field"]
+    assert fields == {"labeling": "ranks", "exports": "margin", "prompts": "k", "validation": "query.limit"}

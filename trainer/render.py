@@ -116,6 +116,19 @@ def prompt_text(tokenizer: Any, conv: Conversation) -> str:
     return str(_render(tokenizer, conv, generation_prompt=True, tokenize=False))
 
 
+def fallback_prompt_text(conv: Conversation, *, eos_token: str = "") -> str:
+    """`prompt_text` with the fallback template and no tokenizer at hand (the `openai` backend's
+    `/v1/completions` for a model whose tokenizer is not on this machine): earlier assistant
+    turns end with `eos_token`, unknown here and so empty by default."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    _check_prompt(conv)
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
+        FALLBACK_TEMPLATE
+    )  # as transformers sets Jinja up
+    return template.render(messages=normalise(conv), add_generation_prompt=True, eos_token=eos_token)
+
+
 def count_prompt_tokens(tokenizer: Any, conv: Conversation) -> int:
     """The token-limit check: how many positions the prompt takes before the first new token."""
     return len(prompt_ids(tokenizer, conv))

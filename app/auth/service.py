@@ -16,6 +16,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app.auth import security
 from app.auth.models import ApiToken, LoginFailure, Role, User, UserSession
 from app.db import utcnow
+from app.errors import MAX_NAME, check_text, has_nul
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
 MIN_PASSWORD = 8
@@ -114,7 +115,7 @@ def _retry_after(session: Session, username: str, now: datetime) -> int:
 def authenticate(*, session: Session, username: str, password: str, ip: str | None) -> User:
     """The user, or AuthError (wrong password, unknown, deactivated) or Throttled. Failures are
     recorded; the caller must commit even when this raises, so that throttling holds."""
-    if "\x00" in username:  # no account has one, and PostgreSQL refuses NUL in any query
+    if has_nul(username):  # no account has one, and PostgreSQL refuses NUL in any query
         raise AuthError("Wrong username or password.")
     now = utcnow()
     wait = _retry_after(session, username, now)
@@ -238,7 +239,7 @@ def create_token(*, session: Session, user: User, name: str = "api") -> NewToken
     raw = security.new_token(security.TOKEN_PREFIX)
     row = ApiToken(
         user_id=user.id,
-        name=name.replace("\x00", "")[:100] or "api",  # PostgreSQL refuses NUL
+        name=check_text(name.strip(), field="name", max_length=MAX_NAME) or "api",
         token_hash=security.sha256(raw),
         prefix=raw[:10],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +23,7 @@ from app.auth.deps import (
 from app.auth.models import ApiToken, Role, User
 from app.auth.schemas import MeOut, TokenOut
 from app.db import SessionDep
+from app.errors import Id, Name, NotFound
 from app.web import render
 
 COOKIE_MAX_AGE = 30 * 24 * 3600
@@ -162,7 +163,7 @@ def tokens_page(request: Request, session: SessionDep, user: CurrentUser) -> Res
 
 @router.post("/account/tokens", response_class=HTMLResponse)
 def create_token_page(
-    request: Request, session: SessionDep, user: CurrentUser, name: Annotated[str, Form()] = "api"
+    request: Request, session: SessionDep, user: CurrentUser, name: Annotated[Name, Form()] = "api"
 ) -> Response:
     new = auth.create_token(session=session, user=user, name=name.strip())
     return render(
@@ -176,14 +177,14 @@ def create_token_page(
 def _own_token(session: SessionDep, user: User, token_id: int) -> ApiToken:
     token = session.get(ApiToken, token_id)
     if token is None:
-        raise HTTPException(404, f"No API token {token_id}.")
+        raise NotFound(f"No API token {token_id}.")
     if token.user_id != user.id and user.role != Role.admin:
         raise Forbidden("That token is not yours.")
     return token
 
 
 @router.post("/account/tokens/{token_id}/revoke")
-def revoke_token_page(token_id: int, session: SessionDep, user: CurrentUser) -> Response:
+def revoke_token_page(token_id: Id, session: SessionDep, user: CurrentUser) -> Response:
     token = _own_token(session, user, token_id)
     auth.revoke_token(session=session, token=token)
     return RedirectResponse("/account/tokens", status_code=303)
@@ -195,14 +196,14 @@ def me(request: Request, user: CurrentUser) -> MeOut:
 
 
 @api.post("/tokens", response_model=TokenOut, status_code=201)
-def create_token_api(session: SessionDep, user: CurrentUser, name: str = "api") -> TokenOut:
+def create_token_api(session: SessionDep, user: CurrentUser, name: Name = "api") -> TokenOut:
     """A new token for yourself. The token is in this answer only; it is stored hashed."""
     new = auth.create_token(session=session, user=user, name=name)
     return TokenOut(id=new.row.id, name=new.row.name, token=new.token)
 
 
 @api.delete("/tokens/{token_id}", status_code=204)
-def revoke_token_api(token_id: int, session: SessionDep, user: CurrentUser) -> Response:
+def revoke_token_api(token_id: Id, session: SessionDep, user: CurrentUser) -> Response:
     token = _own_token(session, user, token_id)
     auth.revoke_token(session=session, token=token)
     return Response(status_code=204)
@@ -256,7 +257,7 @@ def create_user_page(
 def _target_user(session: SessionDep, user_id: int) -> User:
     target = session.get(User, user_id)
     if target is None or target.is_system:
-        raise HTTPException(404, f"No user {user_id}.")
+        raise NotFound(f"No user {user_id}.")
     return target
 
 
@@ -265,7 +266,7 @@ def update_user_page(
     request: Request,
     session: SessionDep,
     admin: CurrentAdmin,
-    user_id: int,
+    user_id: Id,
     role: Annotated[str | None, Form()] = None,
     active: Annotated[str | None, Form()] = None,
 ) -> Response:
@@ -289,7 +290,7 @@ def update_user_page(
 
 @router.post("/admin/users/{user_id}/tokens", response_class=HTMLResponse)
 def create_token_for_user(
-    request: Request, session: SessionDep, admin: CurrentAdmin, user_id: int
+    request: Request, session: SessionDep, admin: CurrentAdmin, user_id: Id
 ) -> Response:
     target = _target_user(session, user_id)
     new = auth.create_token(session=session, user=target, name=f"by {admin.username}")

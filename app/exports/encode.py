@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (`take` needs it; load it now, not at the first export)
 
 from app import ranking
-from app.exports.formats import AnnotationRecord, RowOptions, schema_for
+from app.exports.formats import AnnotationRecord, RowOptions, messages_of, schema_for
 
 _d = orjson.dumps
 
@@ -82,6 +82,8 @@ def comparison_lines(rec: AnnotationRecord) -> tuple[bytes, int]:
         + _d(rec.prompt_id)
         + b',"prompt":'
         + _d(rec.prompt)
+        + b',"messages":'
+        + _d(messages_of(rec))
     )
     chosen = [_side(b"chosen", it) for it in rec.items]
     rejected = [_side(b"rejected", it) for it in rec.items]
@@ -119,7 +121,7 @@ def trl_lines(rec: AnnotationRecord, opts: RowOptions) -> tuple[bytes, int]:
     if not pairs:
         return b"", 0
     if opts.conversational:
-        prompt = _d(rec.prompt_messages or [{"role": "user", "content": rec.prompt}])
+        prompt = _d(messages_of(rec))
         texts = [_d([{"role": "assistant", "content": it.text}]) for it in rec.items]
     else:
         prompt = _d(rec.prompt)
@@ -182,9 +184,7 @@ class ArrowPairs:
         cols: dict[str, Any] = {}
         if self.fmt == "trl":
             if self.opts.conversational:
-                cols["prompt"] = per_ann(
-                    [r.prompt_messages or [{"role": "user", "content": r.prompt}] for r in recs], "prompt"
-                )
+                cols["prompt"] = per_ann([messages_of(r) for r in recs], "prompt")
                 cols["chosen"], cols["rejected"] = per_item(
                     [[{"role": "assistant", "content": it.text}] for it in items], "chosen"
                 )
@@ -203,6 +203,7 @@ class ArrowPairs:
             ("annotation_id", lambda r: r.annotation_id),
             ("prompt_id", lambda r: r.prompt_id),
             ("prompt", lambda r: r.prompt),
+            ("messages", messages_of),
             ("labeler", lambda r: r.labeler),
             ("guideline_version", lambda r: r.guideline_version),
             ("created_at", lambda r: r.created_at.isoformat()),

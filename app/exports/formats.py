@@ -48,8 +48,8 @@ class AnnotationRecord:
     task_id: int
     prompt_set: str
     prompt_id: int
-    prompt: str
-    prompt_messages: list[dict[str, str]] | None
+    prompt: str  # the conversation's readable text (app.chat.as_text)
+    prompt_messages: list[dict[str, str]] | None  # the conversation; None: `prompt` as one user message
     labeler: str
     guideline_version: int | None
     created_at: datetime
@@ -90,6 +90,7 @@ def comparison_rows(rec: AnnotationRecord) -> list[dict[str, Any]]:
                 "annotation_id": rec.annotation_id,
                 "prompt_id": rec.prompt_id,
                 "prompt": rec.prompt,
+                "messages": messages_of(rec),
                 "chosen": c.text,
                 "chosen_completion_id": c.completion_id,
                 "chosen_rank": c.rank,
@@ -114,7 +115,8 @@ def comparison_rows(rec: AnnotationRecord) -> list[dict[str, Any]]:
     return rows
 
 
-def _messages(rec: AnnotationRecord) -> list[dict[str, str]]:
+def messages_of(rec: AnnotationRecord) -> list[dict[str, str]]:
+    """The prompt conversation, untemplated (TRL's conversational `prompt`, the `messages` column)."""
     return rec.prompt_messages or [{"role": "user", "content": rec.prompt}]
 
 
@@ -128,7 +130,7 @@ def trl_rows(rec: AnnotationRecord, opts: RowOptions) -> list[dict[str, Any]]:
         row: dict[str, Any]
         if opts.conversational:
             row = {
-                "prompt": _messages(rec),
+                "prompt": messages_of(rec),
                 "chosen": [{"role": "assistant", "content": c}],
                 "rejected": [{"role": "assistant", "content": r}],
             }
@@ -149,6 +151,7 @@ def ranking_row(rec: AnnotationRecord) -> dict[str, Any]:
         "prompt_set": rec.prompt_set,
         "prompt_id": rec.prompt_id,
         "prompt": rec.prompt,
+        "messages": messages_of(rec),
         "split": rec.split,
         "labeler": rec.labeler,
         "guideline_version": rec.guideline_version,
@@ -200,6 +203,7 @@ def group_row(recs: list[AnnotationRecord]) -> dict[str, Any]:
         "prompt_set": first.prompt_set,
         "prompt_id": first.prompt_id,
         "prompt": first.prompt,
+        "messages": messages_of(first),
         "split": first.split,
         "completions": [
             {"completion_id": c, "text": comps[c].text, "policy": comps[c].policy} for c in order
@@ -232,6 +236,7 @@ def schema_for(fmt: str, opts: RowOptions) -> pa.Schema:
                 ("annotation_id", i64),
                 ("prompt_id", i64),
                 ("prompt", s),
+                ("messages", _MSG),
                 *[("chosen" + n, t) for n, t in side],
                 *[("rejected" + n, t) for n, t in side],
                 ("tie", pa.bool_()),
@@ -268,6 +273,7 @@ def schema_for(fmt: str, opts: RowOptions) -> pa.Schema:
                 ("prompt_set", s),
                 ("prompt_id", i64),
                 ("prompt", s),
+                ("messages", _MSG),
                 ("split", s),
                 ("labeler", s),
                 ("guideline_version", i32),
@@ -299,6 +305,7 @@ def schema_for(fmt: str, opts: RowOptions) -> pa.Schema:
                 ("prompt_set", s),
                 ("prompt_id", i64),
                 ("prompt", s),
+                ("messages", _MSG),
                 ("split", s),
                 ("completions", pa.list_(comp)),
                 ("rankings", pa.list_(ranking)),

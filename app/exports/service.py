@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.db import utcnow
+from app.errors import MAX_ROW_ID, Invalid
 from app.exports import encode, formats
 from app.exports.formats import AnnotationRecord, ItemRecord, RowOptions
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
@@ -30,8 +31,8 @@ BATCH_ANNOTATIONS = 500  # annotations per written batch (Parquet row group: up 
 PAGE_ANNOTATIONS = 1_000  # annotations per database round trip
 
 
-class ExportError(ValueError):
-    """A refusal naming the field, shown to the user as it is."""
+class ExportError(Invalid):
+    """A refusal naming the field (the query parameter or CLI option), shown as it is."""
 
 
 @dataclass
@@ -73,12 +74,9 @@ def resolve_labelers(*, session: Session, names: list[str], secret: str) -> list
     for n in names:
         n = n.strip()
         if n not in by_name:
-            raise ExportError(f"labelers: no labeler called {n!r}")
+            raise ExportError("labeler", f"no labeler called {n!r}")
         out.append(by_name[n])
     return out
-
-
-MAX_ID = 2**31 - 1  # ids and counts are 32-bit integers: PostgreSQL refuses larger numbers
 
 
 def resolve_ids(
@@ -88,10 +86,11 @@ def resolve_ids(
     out = []
     for v in values:
         v = str(v).strip()
-        as_id = int(v) if v.isdigit() and int(v) <= MAX_ID else -1  # no DataError on PostgreSQL
+        as_id = int(v) if v.isdigit() and int(v) <= MAX_ROW_ID else -1  # no DataError on PostgreSQL
         found = session.scalar(select(model.id).where(or_(model.name == v, model.id == as_id)))
         if found is None:
-            raise ExportError(f"no {model.__tablename__.replace('_', ' ')} called {v!r}")
+            field = "set" if model is PromptSet else "policy"
+            raise ExportError(field, f"no {model.__tablename__.replace('_', ' ')} called {v!r}")
         out.append(found)
     return out
 
@@ -104,7 +103,7 @@ def parse_time(value: str | datetime | None, name: str) -> datetime | None:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise ExportError(f"{name}: not an ISO date or time: {value!r}") from None
+            raise ExportError(name, f"not an ISO date or time: {value!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -134,11 +133,11 @@ def filters_from_params(*, session: Session, params: Mapping[str, Any], secret: 
         return [str(v)] if isinstance(v, str | int) else [str(x) for x in v]
 
     min_labels = params.get("min_labels") or 0
-    if isinstance(min_labels, bool) or not isinstance(min_labels, int) or not 0 <= min_labels <= MAX_ID:
-        raise ExportError(f"min_labels: a whole number from 0 to {MAX_ID}, not {min_labels!r}")
+    if isinstance(min_labels, bool) or not isinstance(min_labels, int) or not 0 <= min_labels <= MAX_ROW_ID:
+        raise ExportError("min_labels", f"a whole number from 0 to {MAX_ROW_ID}, not {min_labels!r}")
     seed = params.get("split_seed") or 0
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ExportError(f"split_seed: a whole number, not {seed!r}")
+        raise ExportError("split_seed", f"a whole number, not {seed!r}")
     fractions = parse_fractions(params.get("split_fractions") or SPLIT_FRACTIONS, "split fractions")
     return Filters(
         prompt_set_ids=resolve_ids(session=session, model=PromptSet, values=names("sets")),
@@ -158,10 +157,10 @@ def parse_fractions(raw: str | Sequence[float], name: str) -> tuple[float, float
     try:
         values = tuple(float(x) for x in (raw.split(",") if isinstance(raw, str) else raw))
     except (TypeError, ValueError):
-        raise ExportError(f"{name}: three numbers train,validation,test, not {raw!r}") from None
+        raise ExportError(name, f"three numbers train,validation,test, not {raw!r}") from None
     problem = split_fractions_error(values)
     if problem:
-        raise ExportError(f"{name}: {problem}")
+        raise ExportError(name, problem)
     return values[0], values[1], values[2]
 
 
@@ -222,7 +221,7 @@ def _id_pages(
         size = page
 
 
-def _annotations_query(ids: list[int], *, with_meta: bool) -> Select[Any]:
+def _annotations_query(ids: list[int]) -> Select[Any]:
     cols: list[Any] = [
         Annotation.id,
         Annotation.task_id,
@@ -236,9 +235,8 @@ def _annotations_query(ids: list[int], *, with_meta: bool) -> Select[Any]:
         Task.prompt_set_id,
         Prompt.id,
         Prompt.text,
+        Prompt.messages,
     ]
-    if with_meta:
-        cols.append(Prompt.messages)
     return (
         select(*cols)
         .join(Task, Task.id == Annotation.task_id)
@@ -296,7 +294,6 @@ def iter_records(
     filters: Filters,
     secret: str,
     real_names: bool = False,
-    with_meta: bool = False,
     by_task: bool = False,
     with_flags: bool = True,
 ) -> Iterator[AnnotationRecord]:
@@ -310,7 +307,7 @@ def iter_records(
     # Two short queries per page (annotations with their prompt; items with their output text)
     # rather than one join: the annotation's columns are not repeated K times per page.
     for ids in _id_pages(session, filters, by_task=by_task):
-        anns = {row[0]: row for row in session.execute(_annotations_query(ids, with_meta=with_meta))}
+        anns = {row[0]: row for row in session.execute(_annotations_query(ids))}
         items: dict[int, list[ItemRecord]] = {}
         for r in session.execute(_items_query(ids, with_flags=with_flags)):
             items.setdefault(r[0], []).append(
@@ -349,7 +346,7 @@ def iter_records(
                 prompt_set=set_names.get(row[9], ""),
                 prompt_id=prompt_id,
                 prompt=prompt,
-                prompt_messages=row[12] if with_meta else None,
+                prompt_messages=row[12],
                 labeler=name,
                 guideline_version=row[3],
                 created_at=row[4],
@@ -377,14 +374,13 @@ def iter_rows(
     """Batches of format `fmt`, counted into `counts` as they go: JSON Lines bytes or Arrow
     tables for the pair formats (see app.exports.encode), lists of row dicts for the others."""
     if fmt not in formats.FORMATS:
-        raise ExportError(f"format: one of {', '.join(formats.FORMATS)}, not {fmt!r}")
+        raise ExportError("format", f"one of {', '.join(formats.FORMATS)}, not {fmt!r}")
     counts = counts if counts is not None else Counts()
     records = iter_records(
         session=session,
         filters=filters,
         secret=secret,
         real_names=real_names,
-        with_meta=fmt == "trl" and opts.conversational,
         by_task=fmt == "groups",
         with_flags=fmt in ("rankings", "groups"),
     )
@@ -519,15 +515,15 @@ def export(
     """An export ready to stream. Its session opens when the first bytes are asked for and
     closes when the stream ends, so a web response can outlive the request's session."""
     if fmt not in formats.FORMATS:
-        raise ExportError(f"format: one of {', '.join(formats.FORMATS)}, not {fmt!r}")
+        raise ExportError("format", f"one of {', '.join(formats.FORMATS)}, not {fmt!r}")
     if file_type not in formats.FILE_TYPES:
-        raise ExportError(f"file type: one of {', '.join(formats.FILE_TYPES)}, not {file_type!r}")
+        raise ExportError("file", f"one of {', '.join(formats.FILE_TYPES)}, not {file_type!r}")
     if filters.split is not None and filters.split not in SPLITS:
-        raise ExportError(f"split: one of {', '.join(SPLITS)}, not {filters.split!r}")
+        raise ExportError("split", f"one of {', '.join(SPLITS)}, not {filters.split!r}")
     problem = split_fractions_error(filters.split_fractions)
     if problem:
         # Checked here, not mid-stream: a bad one would fail after the first bytes had left.
-        raise ExportError(f"split fractions: {problem}")
+        raise ExportError("fractions", f"split fractions: {problem}")
     counts = Counts()
     schema = formats.schema_for(fmt, opts)
 

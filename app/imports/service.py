@@ -2,9 +2,11 @@
 
 Reads Anthropic HH-RLHF (`chosen`/`rejected` dialogues), TRL (`prompt`/`chosen`/`rejected`,
 standard or conversational) and ranklab's own `rankings` export, as JSON Lines (optionally
-gzipped) or Parquet. Every row is checked before anything is written: one bad row refuses the
-whole file, each bad row named with its line and field; with `skip_invalid` the good rows go in
-and the bad ones are listed. Rows are written with bulk INSERT ... RETURNING, not one by one.
+gzipped) or Parquet. Prompts are stored as conversations (app/chat.py): an HH dialogue's prompt
+is every turn before the last Assistant turn, a TRL conversational prompt its message list,
+a rankings row its `messages`. Every row is checked before anything is written: one bad row
+refuses the whole file, each bad row named with its line and field; with `skip_invalid` the good
+rows go in and the bad ones are listed. Rows are written with bulk INSERT ... RETURNING, not one by one.
 """
 
 from __future__ import annotations
@@ -21,17 +23,24 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import Role, User
-from app.auth.security import sha256
+from app.chat import (
+    ChatError,
+    Conversation,
+    as_text,
+    conversation_hash,
+    from_text,
+    parse_conversation,
+    split_hh_pair,
+)
 from app.db import utcnow
+from app.errors import has_nul
 from app.labeling.models import Annotation, AnnotationItem, Assignment, Completion, Task
 from app.prompts.models import Prompt, PromptSet
 from app.ranking import dense_ranks, rank_error
 from app.runs.models import ModelKind, ModelVersion
 
-ASSISTANT = "\n\nAssistant:"
 KINDS = ("auto", "hh", "trl", "rankings")
 MAX_LISTED = 200  # errors kept in full; the count is always exact
-_TURN = re.compile(r"\n\n(Human|Assistant):")
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -65,8 +74,7 @@ class Unit:
 
     line: int
     group: Any  # rows with the same group share one task (rankings exports); None: own task
-    prompt: str
-    messages: list[dict[str, str]] | None
+    messages: Conversation  # the prompt, checked and normalised
     completions: list[tuple[Any, str, str | None]]  # (source id, text, source policy)
     ranks: list[int]
     ratings: list[int | None] = field(default_factory=list)
@@ -78,6 +86,10 @@ class Unit:
     created_at: datetime | None = None
     skip_reason: str | None = None
     positions: list[int | None] = field(default_factory=list)  # shown order, when the source has it
+
+    @property
+    def prompt(self) -> str:
+        return as_text(self.messages)
 
 
 def _ckey(u: Unit, i: int) -> Any:
@@ -159,92 +171,78 @@ def _text(obj: dict[str, Any], key: str, line: int, errors: list[RowError]) -> s
     return value
 
 
-def hh_messages(prompt: str) -> list[dict[str, str]]:
-    """'\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:' -> chat messages."""
-    parts = _TURN.split(prompt)
-    msgs = [
-        {"role": "user" if who == "Human" else "assistant", "content": text.strip()}
-        for who, text in zip(parts[1::2], parts[2::2], strict=True)
-    ]
-    return msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"] else msgs
-
-
 def parse_hh(line: int, obj: dict[str, Any], errors: list[RowError]) -> Unit | None:
     chosen, rejected = _text(obj, "chosen", line, errors), _text(obj, "rejected", line, errors)
     if chosen is None or rejected is None:
         return None
-    ic, ir = chosen.rfind(ASSISTANT), rejected.rfind(ASSISTANT)
-    if ic < 0:
-        errors.append(RowError(line, "chosen", "has no '\\n\\nAssistant:' turn"))
-        return None
-    if ir < 0:
-        errors.append(RowError(line, "rejected", "has no '\\n\\nAssistant:' turn"))
-        return None
-    prompt, rprompt = chosen[: ic + len(ASSISTANT)], rejected[: ir + len(ASSISTANT)]
-    if prompt != rprompt:
-        pairs = enumerate(zip(prompt, rprompt, strict=False))
-        at = next((i for i, (a, b) in pairs if a != b), min(len(prompt), len(rprompt)))
-        errors.append(
-            RowError(
-                line,
-                "chosen/rejected",
-                f"two different dialogues, not one prompt with two endings (they differ at character {at})",
-            )
-        )
-        return None
-    good, bad = chosen[ic + len(ASSISTANT) :], rejected[ir + len(ASSISTANT) :]
-    if good == bad:
-        errors.append(RowError(line, "rejected", "the same reply as chosen: no preference"))
+    try:
+        pair = split_hh_pair(chosen, rejected)
+    except ChatError as e:
+        errors.append(RowError(line, e.field, e.message))
         return None
     return Unit(
         line=line,
         group=None,
-        prompt=prompt,
-        messages=hh_messages(prompt),
-        completions=[(None, good, None), (None, bad, None)],
+        messages=pair.prompt,
+        completions=[(None, pair.chosen, None), (None, pair.rejected, None)],
         ranks=[1, 2],
     )
 
 
-def _content(
-    value: Any, line: int, key: str, errors: list[RowError]
-) -> tuple[str, list[dict[str, str]] | None] | None:
-    if isinstance(value, str):
-        return value, None
-    if (
-        isinstance(value, list)
-        and value
-        and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in value
-        )
-    ):
-        msgs = [{"role": m["role"], "content": m["content"]} for m in value]
-        if key == "prompt":
-            text = (
-                msgs[0]["content"]
-                if len(msgs) == 1
-                else "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs)
-            )
-            return text, msgs
-        return msgs[-1]["content"], None
+def _prompt(obj: dict[str, Any], line: int, errors: list[RowError]) -> Conversation | None:
+    """A row's prompt: `messages` (a list of {role, content}) when the row has them, else
+    `prompt` as text (one user message) or, TRL conversational, as a list of messages."""
+    key = "messages" if obj.get("messages") is not None else "prompt"
+    value = obj.get(key)
+    try:
+        if isinstance(value, list):
+            return parse_conversation(value, field=key)
+        if isinstance(value, str):
+            return from_text(value)
+    except ChatError as e:
+        errors.append(RowError(line, e.field, e.message))
+        return None
     errors.append(
         RowError(
             line,
             key,
-            "must be a string or a list of {role, content} messages" if value is not None else "missing",
+            "missing" if value is None else "must be a string or a list of {role, content} messages",
+        )
+    )
+    return None
+
+
+def _reply(value: Any, line: int, key: str, errors: list[RowError]) -> str | None:
+    """A TRL reply: text, or a list of messages whose last is the assistant's (the conversational
+    shape, `[{"role": "assistant", "content": ...}]`)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        last = value[-1]
+        if last.get("role") != "assistant":
+            errors.append(
+                RowError(line, f"{key}[{len(value) - 1}].role", "the reply must be the assistant's")
+            )
+            return None
+        if isinstance(last.get("content"), str):
+            return str(last["content"])
+        errors.append(RowError(line, f"{key}[{len(value) - 1}].content", "must be text"))
+        return None
+    errors.append(
+        RowError(
+            line,
+            key,
+            "missing" if value is None else "must be a string or a list of {role, content} messages",
         )
     )
     return None
 
 
 def parse_trl(line: int, obj: dict[str, Any], errors: list[RowError]) -> Unit | None:
-    got = [_content(obj.get(k), line, k, errors) for k in ("prompt", "chosen", "rejected")]
-    if any(g is None for g in got):
-        return None
-    (prompt, msgs), (good, _), (bad, _) = got  # type: ignore[misc]
-    if not prompt.strip():
-        errors.append(RowError(line, "prompt", "empty"))
+    n = len(errors)
+    messages = _prompt(obj, line, errors)
+    good, bad = (_reply(obj.get(k), line, k, errors) for k in ("chosen", "rejected"))
+    if messages is None or good is None or bad is None or len(errors) > n:
         return None
     if good == bad:
         errors.append(RowError(line, "rejected", "the same text as chosen: no preference"))
@@ -252,8 +250,7 @@ def parse_trl(line: int, obj: dict[str, Any], errors: list[RowError]) -> Unit | 
     return Unit(
         line=line,
         group=None,
-        prompt=prompt,
-        messages=msgs,
+        messages=messages,
         completions=[(None, good, None), (None, bad, None)],
         ranks=[1, 2],
     )
@@ -265,9 +262,7 @@ def _int(v: Any) -> bool:
 
 def parse_ranking(line: int, obj: dict[str, Any], errors: list[RowError]) -> Unit | None:
     n = len(errors)
-    prompt = _text(obj, "prompt", line, errors)
-    if prompt is not None and not prompt.strip():
-        errors.append(RowError(line, "prompt", "empty"))
+    messages = _prompt(obj, line, errors)
     skip = obj.get("skip_reason")
     if skip is not None and not isinstance(skip, str):
         errors.append(RowError(line, "skip_reason", "must be a string or null"))
@@ -315,13 +310,12 @@ def parse_ranking(line: int, obj: dict[str, Any], errors: list[RowError]) -> Uni
     for key in ("time_spent_ms", "guideline_version", "task_id"):
         if obj.get(key) is not None and not _int(obj.get(key)):
             errors.append(RowError(line, key, "must be an integer or null"))
-    if len(errors) > n or prompt is None:
+    if len(errors) > n or messages is None:
         return None
     return Unit(
         line=line,
         group=obj.get("task_id"),
-        prompt=prompt,
-        messages=None,
+        messages=messages,
         completions=out,
         ranks=[] if skip else dense_ranks(ranks),
         ratings=ratings,
@@ -389,7 +383,7 @@ def _check_groups(units: list[Unit], errors: list[RowError]) -> None:
         if u.group is None:
             continue
         first = seen.setdefault(u.group, u)
-        if first.prompt != u.prompt:
+        if first.messages != u.messages:
             errors.append(RowError(u.line, "prompt", f"differs from line {first.line} of the same task_id"))
         key = (u.group, u.labeler)
         if key in labelers:
@@ -439,7 +433,7 @@ def import_preferences(
 ) -> ImportResult:
     """Validate everything, then write it all (or nothing: the caller's transaction)."""
     name, filename = name.strip(), filename.replace("\x00", "")  # the file's name is stored too
-    if not name or "\x00" in name:
+    if not name or has_nul(name):
         raise ImportRefused([RowError(0, "name", "a set name is needed, without NUL characters")], 1)
     if session.scalar(select(PromptSet.id).where(PromptSet.name == name)) is not None:
         raise ImportRefused([RowError(0, "name", f"a prompt set called {name!r} exists")], 1)
@@ -513,32 +507,34 @@ def import_preferences(
         users[lab] = _system_user(session, f"imported-{name}" + (f"-{lab}" if lab else ""))
 
     now = utcnow()
+    # One prompt per conversation (the set's unique key is its hash), as an upload stores it.
     prompt_ids: dict[str, int] = {}
     new_prompts = []
     for group in tasks.values():
         u = group[0]
-        if u.prompt not in prompt_ids:
-            prompt_ids[u.prompt] = -1
+        key = conversation_hash(u.messages)
+        if key not in prompt_ids:
+            prompt_ids[key] = -1
             new_prompts.append(
                 {
                     "prompt_set_id": ps.id,
-                    "messages": u.messages or [{"role": "user", "content": u.prompt}],
+                    "messages": u.messages,
                     "text": u.prompt,
-                    "text_hash": sha256(u.prompt),
+                    "text_hash": key,
                     "meta": {},
                     "source_line": u.line,
                     "created_at": now,
                 }
             )
     for row, pid in zip(new_prompts, _bulk(session, Prompt, new_prompts), strict=True):
-        prompt_ids[str(row["text"])] = pid
+        prompt_ids[str(row["text_hash"])] = pid
     keys = list(tasks)
     task_ids = _bulk(
         session,
         Task,
         [
             {
-                "prompt_id": prompt_ids[tasks[key][0].prompt],
+                "prompt_id": prompt_ids[conversation_hash(tasks[key][0].messages)],
                 "prompt_set_id": ps.id,
                 "status": "closed",
                 "label_count": sum(1 for u in tasks[key] if not u.skip_reason),

@@ -8,9 +8,10 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from app.auth.deps import CurrentResearcher
-from app.db import SessionDep
+from app.db import SessionDep, undone_on_error
+from app.errors import TooLarge
 from app.imports import service as imports
-from app.web import render
+from app.web import read_upload, render
 
 router = APIRouter(tags=["imports"])
 api = APIRouter(tags=["imports"])
@@ -22,7 +23,7 @@ def import_page(request: Request, user: CurrentResearcher) -> Response:
 
 
 @router.post("/exports/import")
-async def import_upload(
+def import_upload(
     request: Request,
     user: CurrentResearcher,
     session: SessionDep,
@@ -31,24 +32,25 @@ async def import_upload(
     kind: Annotated[str, Form()] = "auto",
     skip_invalid: Annotated[bool, Form()] = False,
 ) -> Response:
-    limit = int(request.app.state.settings.max_upload_mb * 1024 * 1024)
-    data = await file.read(limit + 1)
+    """A plain `def`: reading and parsing the file blocks, so it runs in the thread pool."""
     ctx: dict[str, Any] = {"kinds": imports.KINDS, "name": name, "kind": kind}
-    if len(data) > limit:
-        ctx["refused"] = f"{file.filename}: larger than {request.app.state.settings.max_upload_mb:g} MB"
-        return render(request, "imports/import.html", ctx, status_code=413)
     try:
-        result = imports.import_preferences(
-            session=session,
-            data=data,
-            filename=file.filename or "upload",
-            name=name,
-            kind=kind,
-            skip_invalid=skip_invalid,
-            created_by_id=user.id,
-        )
+        data = read_upload(file, settings=request.app.state.settings)
+    except TooLarge as exc:
+        ctx["refused"] = exc.message
+        return render(request, "imports/import.html", ctx, status_code=exc.status_code)
+    try:
+        with undone_on_error(session):
+            result = imports.import_preferences(
+                session=session,
+                data=data,
+                filename=file.filename or "upload",
+                name=name,
+                kind=kind,
+                skip_invalid=skip_invalid,
+                created_by_id=user.id,
+            )
     except imports.ImportRefused as exc:
-        session.rollback()
         ctx.update(refused=str(exc), errors=[str(e) for e in exc.errors], filename=file.filename)
         return render(request, "imports/import.html", ctx, status_code=422)
     ctx.update(result=result, skipped=[str(e) for e in result.skipped], filename=file.filename)

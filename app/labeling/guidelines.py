@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
+from app.errors import check_text
 from app.labeling.models import Guideline
 from app.labeling.service import SubmissionInvalid
 
@@ -28,8 +29,7 @@ def save_guideline(*, session: Session, body: str, user: User | None) -> Guideli
     body = body.strip()
     if not body:
         raise SubmissionInvalid("body", "the guidelines cannot be empty")
-    if "\x00" in body:  # PostgreSQL cannot store it
-        raise SubmissionInvalid("body", "the guidelines cannot contain a NUL character (\\u0000)")
+    check_text(body, field="body")
     latest = latest_guideline(session=session)
     g = Guideline(
         version=(latest.version + 1) if latest else 1, body=body, created_by_id=user.id if user else None

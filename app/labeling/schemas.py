@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from app.errors import LongText
 
 
 class CompletionOut(BaseModel):
     id: int
     text: str
+
+
+class MessageOut(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
 
 
 class TaskOut(BaseModel):
@@ -20,7 +28,11 @@ class TaskOut(BaseModel):
             "examples": [
                 {
                     "assignment_id": 7,
-                    "prompt": "Write a haiku about rain.",
+                    "prompt": "System: Answer in verse.\n\nUser: Write a haiku about rain.",
+                    "messages": [
+                        {"role": "system", "content": "Answer in verse."},
+                        {"role": "user", "content": "Write a haiku about rain."},
+                    ],
                     "completions": [
                         {"id": 31, "text": "Soft rain on the roof..."},
                         {"id": 32, "text": "Rain falls."},
@@ -36,7 +48,14 @@ class TaskOut(BaseModel):
     )
 
     assignment_id: int
-    prompt: str = Field(description="The instruction, exactly as written.")
+    prompt: str = Field(
+        description="The conversation as readable text: a lone user message exactly as written, "
+        "otherwise `Role: content` turns, blank-line apart."
+    )
+    messages: list[MessageOut] = Field(
+        description="The conversation the completions reply to, ending with the user's turn "
+        "(a plain instruction is one user message)."
+    )
     completions: list[CompletionOut] = Field(description="In the order to show them (A first).")
     flags: list[str] = Field(description="The yes/no flags this prompt set asks about.")
     k: int
@@ -73,7 +92,7 @@ class AnnotationIn(BaseModel):
     ranks: dict[str, StrictInt] | None = None
     ratings: dict[str, StrictInt] | None = None
     flags: dict[str, list[str]] | None = None
-    notes: str = Field("", max_length=10_000)
+    notes: LongText = ""
     skip: str | None = Field(None, description="unclear, harmful, broken or other")
     time_spent_ms: int | None = Field(None, ge=0, description="As measured by the client; clamped.")
     confirm_inconsistent: bool = Field(
@@ -115,7 +134,3 @@ class AnnotationOut(BaseModel):
     guideline_version: int | None
     inconsistency_confirmed: bool
     created_at: datetime
-
-
-class ErrorOut(BaseModel):
-    detail: list[dict[str, str]] | str

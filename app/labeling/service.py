@@ -24,7 +24,9 @@ from sqlalchemy.orm.util import identity_key
 
 from app import ranking
 from app.auth.models import User
+from app.chat import LABELS, Message
 from app.db import utcnow
+from app.errors import MAX_ROW_ID, Conflict, Invalid
 from app.labeling.models import (
     Annotation,
     AnnotationItem,
@@ -47,24 +49,14 @@ SKIP_REASONS: dict[str, str] = {
 RATING_MIN, RATING_MAX = 1, 7
 MAX_NOTES = 10_000
 MAX_TIME_MS = 24 * 3600 * 1000
-MAX_ID = 2**31 - 1  # ids are 32-bit integers
 
 
-class SubmissionInvalid(Exception):
+class SubmissionInvalid(Invalid):
     """A submission that breaks a rule; `field` names the part at fault (for the 422)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
-
-class SubmissionRefused(Exception):
+class SubmissionRefused(Conflict):
     """Well-formed but not acceptable now (lease expired and the task is full): a 409."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def _is_pg(session: Session) -> bool:
@@ -312,7 +304,7 @@ def get_assignment(
 ) -> Assignment | None:
     """The assignment if it is this labeler's (others' are invisible, a 404). `lock`: read it
     FOR UPDATE."""
-    if not 0 < assignment_id <= MAX_ID:
+    if not 0 < assignment_id <= MAX_ROW_ID:
         return None  # no such row, and PostgreSQL would refuse the number itself (a 500)
     if lock:
         a = session.get(Assignment, assignment_id, with_for_update={"of": Assignment})
@@ -321,12 +313,30 @@ def get_assignment(
     return a if a is not None and a.user_id == user.id else None
 
 
+# A turn longer than this (characters or lines) is folded on the page; `e` unfolds it.
+LONG_TURN_CHARS, LONG_TURN_LINES = 700, 12
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of the prompt conversation as the page shows it."""
+
+    role: str
+    label: str  # System, User, Assistant
+    content: str
+
+    @property
+    def long(self) -> bool:
+        return len(self.content) > LONG_TURN_CHARS or self.content.count("\n") > LONG_TURN_LINES
+
+
 @dataclass
 class TaskView:
     """What the page and the API show of one assignment."""
 
     assignment: Assignment
-    prompt: str
+    prompt: str  # the conversation's readable text (app.chat.as_text)
+    messages: list[Message]  # the conversation; the last turn is the user's, which the outputs answer
     completions: list[Completion]  # in display order, A first
     flags: list[str]
     k: int
@@ -335,6 +345,10 @@ class TaskView:
     guideline_version: int | None = None
     position: tuple[int, int] | None = None  # ("Task x of y"), when asked for
     guideline_body: str | None = None  # the latest guideline's text, when the position is asked for
+
+    @property
+    def turns(self) -> list[Turn]:
+        return [Turn(role=m["role"], label=LABELS[m["role"]], content=m["content"]) for m in self.messages]
 
 
 def task_view(
@@ -348,6 +362,7 @@ def task_view(
         PromptSet.flags,
         ModelVersion.is_demo,
         _guideline_version(),
+        Prompt.messages,
     ]
     if with_position:
         columns += [*_position_columns(assignment.user_id, now or utcnow()), _latest_guideline_body()]
@@ -369,14 +384,15 @@ def task_view(
     return TaskView(
         assignment=assignment,
         prompt=first[1],
+        messages=list(first[5]),
         completions=shown,
         flags=list(first[2] or []),
         k=len(shown),
         is_demo=any(bool(r[3]) for r in rows),
         labels=[letter(i) for i in range(len(shown))],
         guideline_version=first[4],
-        position=(int(first[5]) + 1, int(first[5]) + 1 + int(first[6])) if with_position else None,
-        guideline_body=first[7] if with_position else None,
+        position=(int(first[6]) + 1, int(first[6]) + 1 + int(first[7])) if with_position else None,
+        guideline_body=first[8] if with_position else None,
     )
 
 
@@ -696,9 +712,10 @@ def submit_by_id(
 ) -> Annotation | None:
     """submit() by the assignment's id, in four statements: mark it submitted and read what
     validating needs, the annotation, its items, the task's count. None: not this labeler's.
-    A rule broken raises after the first statement; the caller rolls back."""
+    A rule broken raises after the first statement has been put back (_undo): a refused
+    submission changes nothing, and the caller may go on in the same transaction."""
     now = now or utcnow()
-    if not 0 < assignment_id <= MAX_ID:
+    if not 0 < assignment_id <= MAX_ROW_ID:
         return None  # no such row, and PostgreSQL would refuse the number itself (a 500)
     claim = _finish(session, assignment_id, user_id, AssignmentState.submitted, now)
     if claim is None:
@@ -840,12 +857,16 @@ def skip_by_id(
         raise SubmissionInvalid("notes", f"notes must be text of at most {MAX_NOTES} characters")
     if "\x00" in notes:
         raise SubmissionInvalid("notes", "notes cannot contain a NUL character (\\u0000)")
-    if not 0 < assignment_id <= MAX_ID:
+    if not 0 < assignment_id <= MAX_ROW_ID:
         return None  # as in submit_by_id
     claim = _finish(session, assignment_id, user_id, AssignmentState.skipped, now)
     if claim is None:
         return _already_finished(session, assignment_id, user_id)
-    _late(session, claim, now)
+    try:
+        _late(session, claim, now)
+    except SubmissionRefused:
+        _undo(session, claim)
+        raise
     annotation = Annotation(
         assignment_id=claim.assignment_id,
         task_id=claim.task_id,

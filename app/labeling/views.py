@@ -4,29 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from app.auth.deps import CurrentAdmin, CurrentLabeler, CurrentUser
 from app.auth.models import User
 from app.db import SessionDep, utcnow
+from app.errors import ErrorOut, Id, Invalid, NotFound, ProblemsOut
 from app.labeling import guidelines, history
 from app.labeling import service as labeling
 from app.labeling.models import Annotation, Assignment
-from app.labeling.schemas import AnnotationIn, AnnotationOut, CompletionOut, ErrorOut, TaskOut
-from app.web import render
+from app.labeling.schemas import AnnotationIn, AnnotationOut, CompletionOut, MessageOut, TaskOut
+from app.web import FormDep, render
 
 router = APIRouter(tags=["labeling"])
 api = APIRouter(tags=["labeling"])
-
-
-async def _form(request: Request) -> FormData:
-    # Field names carry completion ids (rank-31, rating-31, flags-31), so the form is read whole.
-    return await request.form()
-
-
-FormDep = Annotated[FormData, Depends(_form)]
 
 
 def _lease_minutes(request: Request) -> float:
@@ -60,7 +53,6 @@ def _page(
             "error": error,
             "elapsed_ms": elapsed_ms,
             "values": values or {"rank": {}, "rating": {}, "flags": {}, "notes": ""},
-            "long_prompt": len(view.prompt) > 700 or view.prompt.count("\n") > 12,
         },
         status_code=status_code,
     )
@@ -113,7 +105,7 @@ def _ms(raw: Any) -> int | None:
 
 @router.post("/label/{assignment_id}", response_class=HTMLResponse)
 def label_submit(
-    request: Request, session: SessionDep, user: CurrentLabeler, form: FormDep, assignment_id: int
+    request: Request, session: SessionDep, user: CurrentLabeler, form: FormDep, assignment_id: Id
 ) -> Response:
     values = _form_values(form, _form_ids(form))
     ranks = {str(cid): _int_or_keep(v) for cid, v in values["rank"].items() if v.strip()}
@@ -132,10 +124,9 @@ def label_submit(
             confirm_inconsistent=form.get("confirm_inconsistent") == "1",
         )
     except labeling.SubmissionInvalid as e:
-        session.rollback()
         assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
         if assignment is None:
-            return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
+            raise NotFound("No such assignment of yours.") from e
         return _page(
             request,
             session,
@@ -146,10 +137,9 @@ def label_submit(
             status_code=422,
         )
     except labeling.SubmissionRefused as e:
-        session.rollback()
         return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
     if done is None:
-        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
+        raise NotFound("No such assignment of yours.")
     return RedirectResponse("/label", status_code=303)
 
 
@@ -158,7 +148,7 @@ def label_skip(
     request: Request,
     session: SessionDep,
     user: CurrentLabeler,
-    assignment_id: int,
+    assignment_id: Id,
     reason: Annotated[str, Form()] = "",
     notes: Annotated[str, Form()] = "",
     time_spent_ms: Annotated[str, Form()] = "",
@@ -173,16 +163,14 @@ def label_skip(
             time_spent_ms=_ms(time_spent_ms),
         )
     except labeling.SubmissionInvalid as e:
-        session.rollback()
         assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
         if assignment is None:
-            return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
+            raise NotFound("No such assignment of yours.") from e
         return _page(request, session, user, assignment, error=f"{e.field}: {e.message}", status_code=422)
     except labeling.SubmissionRefused as e:
-        session.rollback()
         return render(request, "labeling/empty.html", {"refused": e.message}, status_code=409)
     if done is None:
-        return render(request, "error.html", {"message": "No such assignment of yours."}, status_code=404)
+        raise NotFound("No such assignment of yours.")
     return RedirectResponse("/label", status_code=303)
 
 
@@ -220,7 +208,7 @@ def guidelines_save(
 ) -> Response:
     try:
         guidelines.save_guideline(session=session, body=body, user=user)
-    except labeling.SubmissionInvalid as e:
+    except Invalid as e:  # nothing was written: the check comes first
         return render(
             request,
             "labeling/guidelines.html",
@@ -250,6 +238,7 @@ def api_next_task(request: Request, session: SessionDep, user: CurrentLabeler) -
     return TaskOut(
         assignment_id=assignment.id,
         prompt=view.prompt,
+        messages=[MessageOut(role=m["role"], content=m["content"]) for m in view.messages],
         completions=[CompletionOut(id=c.id, text=c.text) for c in view.completions],
         flags=view.flags,
         k=view.k,
@@ -282,41 +271,34 @@ def _annotation_out(a: Annotation) -> AnnotationOut:
     responses={
         404: {"model": ErrorOut},
         409: {"model": ErrorOut},
-        422: {"model": ErrorOut, "description": "Names the field at fault."},
+        422: {"model": ProblemsOut, "description": "Names the field at fault."},
     },
 )
-def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: int, body: AnnotationIn) -> Any:
+def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: Id, body: AnnotationIn) -> Any:
     """Submit a ranking or a skip. Submitting again returns the first annotation unchanged."""
-    try:
-        if body.skip is not None:
-            if body.ranks or body.ratings or body.flags:
-                raise labeling.SubmissionInvalid("skip", "a skip carries no ranks, ratings or flags")
-            a = labeling.skip_by_id(
-                session=session,
-                assignment_id=assignment_id,
-                user_id=user.id,
-                reason=body.skip,
-                notes=body.notes,
-                time_spent_ms=body.time_spent_ms,
-            )
-        else:
-            a = labeling.submit_by_id(
-                session=session,
-                assignment_id=assignment_id,
-                user_id=user.id,
-                ranks=body.ranks,
-                ratings=body.ratings,
-                flags=body.flags,
-                notes=body.notes,
-                time_spent_ms=body.time_spent_ms,
-                confirm_inconsistent=body.confirm_inconsistent,
-            )
-    except labeling.SubmissionInvalid as e:
-        session.rollback()
-        return JSONResponse({"detail": [{"field": e.field, "message": e.message}]}, status_code=422)
-    except labeling.SubmissionRefused as e:
-        session.rollback()
-        return JSONResponse({"detail": e.message}, status_code=409)
+    if body.skip is not None:
+        if body.ranks or body.ratings or body.flags:
+            raise labeling.SubmissionInvalid("skip", "a skip carries no ranks, ratings or flags")
+        a = labeling.skip_by_id(
+            session=session,
+            assignment_id=assignment_id,
+            user_id=user.id,
+            reason=body.skip,
+            notes=body.notes,
+            time_spent_ms=body.time_spent_ms,
+        )
+    else:
+        a = labeling.submit_by_id(
+            session=session,
+            assignment_id=assignment_id,
+            user_id=user.id,
+            ranks=body.ranks,
+            ratings=body.ratings,
+            flags=body.flags,
+            notes=body.notes,
+            time_spent_ms=body.time_spent_ms,
+            confirm_inconsistent=body.confirm_inconsistent,
+        )
     if a is None:
-        return JSONResponse({"detail": "No such assignment of yours."}, status_code=404)
+        raise NotFound("No such assignment of yours.")
     return _annotation_out(a)

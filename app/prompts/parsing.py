@@ -24,6 +24,9 @@ from typing import Any
 
 from app import chat
 from app.chat import Conversation
+from app.errors import Problem
+
+__all__ = ["Problem"]  # the one located problem (app/errors.py), re-exported for the upload code
 
 MAX_PROBLEMS = 50
 FORMATS = ("jsonl", "csv", "parquet")
@@ -47,32 +50,6 @@ def approx_tokens(conv: Conversation) -> int:
     about four characters per token for text without spaces (what BPE tokenizers average),
     plus four for the turn's template markers."""
     return sum(max(len(m["content"].split()), math.ceil(len(m["content"]) / 4)) + 4 for m in conv)
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int | None
-    field: str | None
-    message: str
-    unit: str = "line"  # "row" for Parquet, which has no lines
-
-    def __str__(self) -> str:
-        where = self.file
-        if self.line is not None:
-            where += f", {self.unit} {self.line}"
-        if self.field is not None:
-            where += f", field '{self.field}'"
-        return f"{where}: {self.message}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "line": self.line,
-            "field": self.field,
-            "message": self.message,
-            "text": str(self),
-        }
 
 
 @dataclass

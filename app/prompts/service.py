@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import utcnow
+from app.errors import Invalid, has_nul
 from app.labeling.models import Task, TaskStatus
 from app.prompts import tokens
 from app.prompts.models import DEFAULT_FLAGS, Prompt, PromptSet, SetStatus
@@ -26,13 +27,14 @@ MAX_FLAGS = 30
 SAMPLING_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
-class ImportRejected(Exception):
+class ImportRejected(Invalid):
     """The upload was refused; `problems` says where and why. Nothing was stored."""
 
     def __init__(self, problems: list[Problem], truncated: bool = False) -> None:
-        super().__init__("; ".join(str(p) for p in problems[:3]))
-        self.problems = problems
-        self.truncated = truncated
+        first = problems[0]
+        super().__init__(first.field, first.message, file=first.file, line=first.line)
+        self.problems, self.truncated = problems, truncated
+        self.args = ("; ".join(str(p) for p in problems[:3]),)
 
 
 # --- tokens ----------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ def check_options(
         bad("name", "a prompt set needs a name")
     elif len(name) > 200:
         bad("name", "at most 200 characters")
-    elif "\x00" in name:  # PostgreSQL cannot even look such a name up
+    elif has_nul(name):  # PostgreSQL cannot even look such a name up
         bad("name", "contains a NUL character (\\u0000)")
     elif session.scalar(select(PromptSet.id).where(PromptSet.name == name.strip())) is not None:
         bad("name", f"a prompt set named {name.strip()!r} already exists; choose another name")
@@ -147,7 +149,7 @@ def import_prompt_set(
     if len(flag_set) > MAX_FLAGS:
         problems.append(Problem(filename, None, "flags", f"at most {MAX_FLAGS} flags, got {len(flag_set)}"))
     for flag in flag_set:
-        if "\x00" in flag:
+        if has_nul(flag):
             problems.append(Problem(filename, None, "flags", "a flag contains a NUL character (\\u0000)"))
         if len(flag) > 200:
             problems.append(
@@ -183,7 +185,7 @@ def import_prompt_set(
         filename=filename,
         data=data,
         fmt=fmt,
-        max_bytes=int(settings.max_upload_mb * 1_000_000),
+        max_bytes=settings.max_upload_bytes,
         max_tokens=max_tokens,
         count_tokens=counter,
         limit_name=limit_name,

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app.auth.deps import CurrentAdmin
-from app.db import SessionDep
+from app.db import SessionDep, undone_on_error
+from app.errors import Id, Invalid, NotFound, TooLarge
 from app.prompts import service
 from app.prompts.models import DEFAULT_FLAGS, PromptSet
 from app.prompts.parsing import Problem
 from app.prompts.schemas import PromptSetOut
 from app.runs import policies
-from app.web import is_htmx, render
+from app.web import is_htmx, read_upload, render
 
 router = APIRouter(tags=["prompts"])
 api = APIRouter(tags=["prompts"])
@@ -24,7 +25,7 @@ api = APIRouter(tags=["prompts"])
 def _set_or_404(session: Session, set_id: int) -> PromptSet:
     ps = service.get_set(session=session, set_id=set_id)
     if ps is None:
-        raise HTTPException(404, f"no prompt set with id {set_id}")
+        raise NotFound(f"No prompt set with id {set_id}.")
     return ps
 
 
@@ -123,11 +124,10 @@ def _upload(
     compare_version_id: str,
     flags: str = "",
 ) -> PromptSet:
-    """Shared by the page and the API; raises service.ImportRejected."""
+    """Shared by the page and the API; raises service.ImportRejected or TooLarge."""
     settings = request.app.state.settings
     filename = file.filename or "upload"
-    limit = int(settings.max_upload_mb * 1_000_000)
-    data = file.file.read(limit + 1)  # never more than the limit (plus one byte to notice) in memory
+    data = read_upload(file, settings=settings)
     problems: list[Problem] = []
     numbers = {
         fld: _number(problems, filename, fld, raw, kind)
@@ -196,33 +196,35 @@ def upload_set(
         "compare_version_id": compare_version_id,
     }
     try:
-        ps = _upload(
-            request,
-            session,
-            admin.id,
-            file=file,
-            name=name,
-            fmt=fmt,
-            k=k,
-            overlap=overlap,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            policy_version_id=policy_version_id,
-            compare_version_id=compare_version_id,
-            flags=flags,
-        )
-    except service.ImportRejected as exc:
-        session.rollback()  # a default policy registered on the way is not worth keeping either
+        with undone_on_error(session):  # a default policy registered on the way goes too
+            ps = _upload(
+                request,
+                session,
+                admin.id,
+                file=file,
+                name=name,
+                fmt=fmt,
+                k=k,
+                overlap=overlap,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                policy_version_id=policy_version_id,
+                compare_version_id=compare_version_id,
+                flags=flags,
+            )
+    except (Invalid, TooLarge) as exc:
+        problems = exc.problems if isinstance(exc, Invalid) else [Problem(None, None, None, exc.message)]
+        truncated = isinstance(exc, Invalid) and exc.truncated
         return _new_form(
-            request, session, problems=exc.problems, truncated=exc.truncated, values=form, status_code=422
+            request, session, problems=problems, truncated=truncated, values=form, status_code=exc.status_code
         )
     return RedirectResponse(f"/sets/{ps.id}", status_code=303)
 
 
 @router.get("/sets/{set_id}", response_class=HTMLResponse)
-def set_page(set_id: int, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
+def set_page(set_id: Id, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
     ps = _set_or_404(session, set_id)
     tasks = service.sample_tasks(session=session, prompt_set=ps, limit=10)
     version_ids = {c.model_version_id for t in tasks for c in t.completions if c.model_version_id}
@@ -242,7 +244,7 @@ def set_page(set_id: int, request: Request, session: SessionDep, admin: CurrentA
 
 
 @router.get("/sets/{set_id}/progress", response_class=HTMLResponse)
-def set_progress(set_id: int, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
+def set_progress(set_id: Id, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
     """The live progress block (htmx polls it while sampling runs)."""
     ps = _set_or_404(session, set_id)
     if not is_htmx(request):
@@ -253,7 +255,7 @@ def set_progress(set_id: int, request: Request, session: SessionDep, admin: Curr
 
 
 @router.post("/sets/{set_id}/cancel", response_class=HTMLResponse)
-def cancel_set(set_id: int, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
+def cancel_set(set_id: Id, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
     ps = _set_or_404(session, set_id)
     service.cancel_sampling(session=session, prompt_set=ps)
     if is_htmx(request):
@@ -267,7 +269,7 @@ def cancel_set(set_id: int, request: Request, session: SessionDep, admin: Curren
 
 
 @router.post("/sets/{set_id}/resume", response_class=HTMLResponse)
-def resume_set(set_id: int, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
+def resume_set(set_id: Id, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
     ps = _set_or_404(session, set_id)
     service.resume_sampling(session=session, prompt_set=ps, created_by_id=admin.id)
     if is_htmx(request):
@@ -309,7 +311,7 @@ def list_sets_api(session: SessionDep, admin: CurrentAdmin) -> list[PromptSetOut
 
 
 @api.get("/sets/{set_id}", response_model=PromptSetOut)
-def get_set_api(set_id: int, session: SessionDep, admin: CurrentAdmin) -> PromptSetOut:
+def get_set_api(set_id: Id, session: SessionDep, admin: CurrentAdmin) -> PromptSetOut:
     return _out(session, _set_or_404(session, set_id))
 
 
@@ -335,36 +337,30 @@ def upload_set_api(
     policy_version_id: Text = "",
     compare_version_id: Text = "",
     flags: Text = "",
-) -> Response | PromptSetOut:
+) -> PromptSetOut:
     """Upload a prompt file (multipart): all or nothing; queues the sampling job."""
-    try:
-        ps = _upload(
-            request,
-            session,
-            admin.id,
-            file=file,
-            name=name,
-            fmt=fmt,
-            k=k,
-            overlap=overlap,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            policy_version_id=policy_version_id,
-            compare_version_id=compare_version_id,
-            flags=flags,
-        )
-    except service.ImportRejected as exc:
-        session.rollback()
-        return JSONResponse(
-            {"detail": [p.as_dict() for p in exc.problems], "truncated": exc.truncated}, status_code=422
-        )
+    ps = _upload(
+        request,
+        session,
+        admin.id,
+        file=file,
+        name=name,
+        fmt=fmt,
+        k=k,
+        overlap=overlap,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        policy_version_id=policy_version_id,
+        compare_version_id=compare_version_id,
+        flags=flags,
+    )
     return _out(session, ps)
 
 
 @api.post("/sets/{set_id}/cancel", response_model=PromptSetOut)
-def cancel_set_api(set_id: int, session: SessionDep, admin: CurrentAdmin) -> PromptSetOut:
+def cancel_set_api(set_id: Id, session: SessionDep, admin: CurrentAdmin) -> PromptSetOut:
     ps = _set_or_404(session, set_id)
     service.cancel_sampling(session=session, prompt_set=ps)
     return _out(session, ps)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 from sqlalchemy import select
 
 from app.auth.deps import CurrentResearcher, Forbidden
 from app.auth.models import Role, User
 from app.db import SessionDep
-from app.exports.service import ExportError, pseudonym
+from app.exports.service import pseudonym
 from app.exports.views import TRUE, filter_choices, parse_ids
 from app.prompts.models import PromptSet
 from app.quality import service as quality
@@ -23,13 +23,23 @@ router = APIRouter(tags=["quality"])
 api = APIRouter(tags=["quality"])
 
 
+Sets = Annotated[
+    list[str],
+    Query(alias="set", default_factory=list, description="Prompt set ids (repeatable); default all"),
+]
+RealNames = Annotated[str, Query(description="1: usernames instead of pseudonyms (admins)")]
+
+
 @router.get("/quality")
-def quality_page(request: Request, user: CurrentResearcher, session: SessionDep) -> Response:
-    try:
-        set_ids = parse_ids(request.query_params, "set")
-    except ExportError as exc:
-        return render(request, "error.html", {"message": str(exc)}, status_code=422)
-    show_names = request.query_params.get("real_names", "").lower() in TRUE and user.role == Role.admin
+def quality_page(
+    request: Request,
+    user: CurrentResearcher,
+    session: SessionDep,
+    sets: Sets,
+    real_names: RealNames = "",
+) -> Response:
+    set_ids = parse_ids(sets, "set")
+    show_names = real_names.lower() in TRUE and user.role == Role.admin
     ctx = filter_choices(session) | quality_context(
         session=session, set_ids=set_ids, show_names=show_names, secret=request.app.state.settings.secret_key
     )
@@ -89,16 +99,19 @@ def quality_context(*, session: Any, set_ids: list[int], show_names: bool, secre
 
 
 @api.get("/quality", summary="Agreement, labeler statistics and policy win rates")
-def api_quality(request: Request, user: CurrentResearcher, session: SessionDep) -> dict[str, Any]:
+def api_quality(
+    request: Request,
+    user: CurrentResearcher,
+    session: SessionDep,
+    sets: Sets,
+    real_names: RealNames = "",
+) -> dict[str, Any]:
     """The figures of the /quality page as JSON. Query: set=ID (repeatable; default all),
     real_names=1 (admins). Rates are shares in [0, 1]; intervals are 95% Wilson intervals."""
-    real = request.query_params.get("real_names", "").lower() in TRUE
+    real = real_names.lower() in TRUE
     if real and user.role != Role.admin:
         raise Forbidden("Real labeler names are for admins; labelers are named by pseudonym.")
-    try:
-        set_ids = parse_ids(request.query_params, "set")
-    except ExportError as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=422)  # type: ignore[return-value]
+    set_ids = parse_ids(sets, "set")
     ctx = quality_context(
         session=session,
         set_ids=set_ids,

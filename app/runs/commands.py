@@ -7,6 +7,7 @@ import json
 import click
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import DomainError
 from app.runs import dashboard
 from app.runs import models_service as registry
 from app.runs.models import JobStatus, ModelKind
@@ -182,6 +183,6 @@ def policies_promote(model_id: int) -> None:
     with _sessions().begin() as s:
         try:
             model = registry.promote_policy(session=s, model=registry.get_model(session=s, model_id=model_id))
-        except registry.ModelError as exc:
+        except DomainError as exc:  # no such model, or not a policy
             raise click.ClickException(str(exc)) from exc
         click.echo(f"policy {model.id} ({model.name}) is now active")

@@ -8,14 +8,13 @@ here: the worker trains.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.datastructures import FormData
 
 from app.auth.deps import CurrentResearcher
 from app.db import SessionDep
@@ -25,18 +24,9 @@ from app.runs.models import ModelKind
 from app.runs.params import TRAIN_PPO, TRAIN_REWARD, JobSpec, ParamsError, form_values, from_form
 from app.runs.schemas import JobOut
 from app.runs.views import job_out
-from app.web import render
+from app.web import FormDep, render
 
 router = APIRouter(tags=["runs"])
-
-
-async def _form(request: Request) -> FormData:
-    return await request.form()
-
-
-# The submitted form, read by an async dependency so that the handler itself can be a plain `def`
-# (FastAPI runs it in a thread: its database work and file reads do not block the event loop).
-FormDep = Annotated[FormData, Depends(_form)]
 
 
 def _context(session: Session, values: dict[str, Any], errors: list[str]) -> dict[str, Any]:

@@ -19,15 +19,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.deps import CurrentResearcher
+from app.config import Settings
 from app.db import SessionDep
+from app.errors import TooLarge
 from app.prompts.models import PromptSet, SetStatus
 from app.runs import launch_service
 from app.runs import models_service as registry
-from app.runs.launch import FormDep
 from app.runs.models import ModelKind
 from app.runs.params import ROUND, TRAIN_PPO, JobSpec, ParamsError, form_values, from_form
 from app.runs.round_service import RoundError, enqueue_round
-from app.web import render
+from app.web import FormDep, read_upload, render
 
 router = APIRouter(tags=["runs"])
 
@@ -52,14 +53,15 @@ def new_ppo_page(request: Request, session: SessionDep, user: CurrentResearcher)
     return render(request, "runs/new_ppo.html", _context(session, TRAIN_PPO, {}, []))
 
 
-def _read_ptx(upload: Any, limit_mb: float, errors: list[str]) -> bytes | None:
+def _read_ptx(upload: Any, settings: Settings, errors: list[str]) -> bytes | None:
     """An uploaded PPO-ptx corpus, JSON Lines of {"text": ...}, checked whole (None: no file)."""
     if upload is None or isinstance(upload, str) or not upload.filename:
         return None
-    name, limit = upload.filename, int(limit_mb * 1_000_000)
-    data = upload.file.read(limit + 1)
-    if len(data) > limit:
-        errors.append(f"pretraining file {name}: larger than {limit_mb:g} MB")
+    name = upload.filename
+    try:
+        data = read_upload(upload, settings=settings)
+    except TooLarge as exc:
+        errors.append(f"pretraining file {exc.message}")
         return None
     try:
         lines = data.decode("utf-8").splitlines()
@@ -91,7 +93,7 @@ def _read_ptx(upload: Any, limit_mb: float, errors: list[str]) -> bytes | None:
 def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep) -> Response:
     params, errors = from_form(TRAIN_PPO, form)
     settings = request.app.state.settings
-    ptx = _read_ptx(form.get("ptx_file"), settings.max_upload_mb, errors)
+    ptx = _read_ptx(form.get("ptx_file"), settings, errors)
     if ptx is not None:  # stored by content (the worker reads it from the shared artifacts folder)
         path = Path(settings.artifacts_dir).resolve() / "ptx" / f"{hashlib.sha256(ptx).hexdigest()}.jsonl"
         params["ptx_file"] = str(path)

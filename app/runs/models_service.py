@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.errors import Invalid, NotFound
 from app.runs.models import ModelKind, ModelVersion
 
 # Names a trainer may use for the figure the models page shows first, most telling first.
@@ -21,14 +22,17 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(Invalid):
     """A registry request that cannot be done; the message says why."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(field, message)
 
 
 def list_models(*, session: Session, kind: str | None = None) -> list[ModelVersion]:
     """Newest first within each kind; the active one is marked, not moved."""
     if kind is not None and kind not in ModelKind.__members__:
-        raise ModelError(f"unknown model kind '{kind}' (known: {', '.join(ModelKind)})")
+        raise ModelError(f"unknown model kind '{kind}' (known: {', '.join(ModelKind)})", field="kind")
     query = select(ModelVersion).order_by(ModelVersion.kind, ModelVersion.id.desc())
     if kind is not None:
         query = query.where(ModelVersion.kind == kind)
@@ -38,7 +42,7 @@ def list_models(*, session: Session, kind: str | None = None) -> list[ModelVersi
 def get_model(*, session: Session, model_id: int) -> ModelVersion:
     model = session.get(ModelVersion, model_id)
     if model is None:
-        raise ModelError(f"no model version with id {model_id}")
+        raise NotFound(f"no model version with id {model_id}")
     return model
 
 
@@ -73,6 +77,29 @@ def activate_reward(*, session: Session, model: ModelVersion) -> ModelVersion:
     if model.kind != ModelKind.reward:
         raise ModelError(f"model {model.id} is a {model.kind} model, not a reward model")
     return activate(session=session, model=model)
+
+
+# The first reward model becomes active by itself only when it is measurably better than chance:
+# above 50% on at least this many validation pairs. Otherwise a person decides on /models.
+MIN_VAL_PAIRS_TO_ACTIVATE = 30
+
+
+def why_not_active_by_itself(metrics: dict[str, Any]) -> str | None:
+    """None when a first reward model with these validation metrics may be made active by
+    itself; else the reason /models shows beside it."""
+    accuracy, pairs = metrics.get("val_accuracy"), metrics.get("val_pairs") or 0
+    if not isinstance(accuracy, int | float) or pairs < MIN_VAL_PAIRS_TO_ACTIVATE:
+        return (
+            f"not made active by itself: {pairs} validation pairs, fewer than the "
+            f"{MIN_VAL_PAIRS_TO_ACTIVATE} needed to tell it from chance; label more, "
+            "or make it active by hand"
+        )
+    if accuracy <= 0.5:
+        return (
+            f"not made active by itself: validation accuracy {accuracy:.1%} is no better than chance "
+            "(50%); check the labels or train longer, or make it active by hand"
+        )
+    return None
 
 
 def promote_policy(*, session: Session, model: ModelVersion) -> ModelVersion:

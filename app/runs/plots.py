@@ -112,7 +112,11 @@ def line_chart(
 
     xs = [x for pts in clean.values() for x, _ in pts]
     ys = [y for pts in clean.values() for _, y in pts]
-    x_ticks, y_ticks = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
+    # Steps count from 0: one point (a run's first metric) gets the axis 0..step, not step ± 10%.
+    x_lo, x_hi = min(xs), max(xs)
+    if x_lo == x_hi:
+        x_lo, x_hi = min(0.0, x_lo), max(1.0, x_hi) if x_hi >= 0 else 0.0
+    x_ticks, y_ticks = nice_ticks(x_lo, x_hi), nice_ticks(min(ys), max(ys))
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
 
     def sx(x: float) -> float:

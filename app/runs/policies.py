@@ -112,9 +112,8 @@ def ensure_default_model_policy(*, session: Session, settings: Settings) -> Mode
             "model": DEFAULT_MODEL_NAME,
             "default": True,
             "license": "Apache-2.0",
-            # An OpenAI-compatible server (RANKLAB_SAMPLING_BACKEND=openai) serving this model
-            # knows it by its hub id unless RANKLAB_OPENAI_MODEL says otherwise.
-            "openai_model": DEFAULT_HUB_ID,
+            # The name a vLLM server serving this model knows it by (RANKLAB_OPENAI_MODEL).
+            "hub_id": DEFAULT_HUB_ID,
         },
     )
 

@@ -90,6 +90,8 @@ def train_reward(inline: bool, **options: Any) -> None:
         + (" (active)" if result.get("active") else "")
     )
     click.echo(f"validation accuracy: {result['metrics'].get('val_accuracy')}")
+    if result["metrics"].get("not_active_because"):
+        click.echo(result["metrics"]["not_active_because"])
 
 
 @train.command("ppo")

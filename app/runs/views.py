@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.auth.deps import CurrentResearcher
 from app.db import SessionDep
+from app.errors import Id, Invalid, NotFound
 from app.runs import dashboard, plots
 from app.runs import models_service as registry
 from app.runs import service as jobs
@@ -34,16 +35,19 @@ def start_panels() -> list[str]:
     return [f"runs/panels/{p.name}" for p in sorted(PANELS_DIR.glob("*.html"))]
 
 
-def _not_found(request: Request, what: str) -> Response:
-    return render(request, "error.html", {"message": f"{what} does not exist."}, status_code=404)
-
-
 def _status_or_none(status: str | None) -> str | None:
     if not status:
         return None
     if status not in JobStatus.__members__:
-        raise HTTPException(422, f"unknown status '{status}' (known: {', '.join(JobStatus)})")
+        raise Invalid("status", f"unknown status '{status}' (known: {', '.join(JobStatus)})")
     return status
+
+
+def _job_or_404(session: SessionDep, job_id: int) -> Job:
+    job = dashboard.get_job(session=session, job_id=job_id)
+    if job is None:
+        raise NotFound(f"Job {job_id} does not exist.")
+    return job
 
 
 # --- pages ----------------------------------------------------------------------------------
@@ -81,10 +85,8 @@ def runs_page(
 
 
 @router.get("/runs/{job_id}", response_class=HTMLResponse)
-def run_page(request: Request, session: SessionDep, user: CurrentResearcher, job_id: int) -> Response:
-    job = dashboard.get_job(session=session, job_id=job_id)
-    if job is None:
-        return _not_found(request, f"Job {job_id}")
+def run_page(request: Request, session: SessionDep, user: CurrentResearcher, job_id: Id) -> Response:
+    job = _job_or_404(session, job_id)
     series = jobs.metrics(session=session, job_id=job.id)
     charts = [plots.line_chart(group, title=title) for title, group in dashboard.group_metrics(series)]
     row = dashboard.row(session=session, job=job)
@@ -111,10 +113,8 @@ def run_page(request: Request, session: SessionDep, user: CurrentResearcher, job
 
 
 @router.post("/runs/{job_id}/cancel")
-def cancel_page(request: Request, session: SessionDep, user: CurrentResearcher, job_id: int) -> Response:
-    job = dashboard.get_job(session=session, job_id=job_id)
-    if job is None:
-        return _not_found(request, f"Job {job_id}")
+def cancel_page(request: Request, session: SessionDep, user: CurrentResearcher, job_id: Id) -> Response:
+    job = _job_or_404(session, job_id)
     dashboard.cancel(session=session, job=job)
     return RedirectResponse(f"/runs/{job.id}", status_code=303)
 
@@ -145,7 +145,7 @@ def _models_page(
 
 
 @router.post("/models/{model_id}/activate")
-def activate_page(request: Request, session: SessionDep, user: CurrentResearcher, model_id: int) -> Response:
+def activate_page(request: Request, session: SessionDep, user: CurrentResearcher, model_id: Id) -> Response:
     try:
         registry.activate_reward(
             session=session, model=registry.get_model(session=session, model_id=model_id)
@@ -156,7 +156,7 @@ def activate_page(request: Request, session: SessionDep, user: CurrentResearcher
 
 
 @router.post("/models/{model_id}/promote")
-def promote_page(request: Request, session: SessionDep, user: CurrentResearcher, model_id: int) -> Response:
+def promote_page(request: Request, session: SessionDep, user: CurrentResearcher, model_id: Id) -> Response:
     try:
         registry.promote_policy(session=session, model=registry.get_model(session=session, model_id=model_id))
     except registry.ModelError as exc:
@@ -179,13 +179,6 @@ def job_out(row: dashboard.JobRow, model: type[JobOut] = JobOut, **extra: object
     )
 
 
-def _job_or_404(session: SessionDep, job_id: int) -> Job:
-    job = dashboard.get_job(session=session, job_id=job_id)
-    if job is None:
-        raise HTTPException(404, f"job {job_id} does not exist")
-    return job
-
-
 @api.get("/jobs", response_model=JobListOut)
 def jobs_api(
     session: SessionDep,
@@ -200,7 +193,7 @@ def jobs_api(
 
 
 @api.get("/jobs/{job_id}", response_model=JobDetailOut)
-def job_api(session: SessionDep, user: CurrentResearcher, job_id: int) -> JobOut:
+def job_api(session: SessionDep, user: CurrentResearcher, job_id: Id) -> JobOut:
     """One job with its params, result, error, log tail and every metric series."""
     job = _job_or_404(session, job_id)
     return job_out(
@@ -215,7 +208,7 @@ def job_api(session: SessionDep, user: CurrentResearcher, job_id: int) -> JobOut
 
 
 @api.post("/jobs/{job_id}/cancel", response_model=JobOut)
-def cancel_api(session: SessionDep, user: CurrentResearcher, job_id: int) -> JobOut:
+def cancel_api(session: SessionDep, user: CurrentResearcher, job_id: Id) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next step (status stays
     `running` with cancel_requested true until then). A finished job is left as it is."""
     job = _job_or_404(session, job_id)
@@ -226,20 +219,12 @@ def cancel_api(session: SessionDep, user: CurrentResearcher, job_id: int) -> Job
 @api.get("/models", response_model=list[ModelOut])
 def models_api(session: SessionDep, user: CurrentResearcher, kind: str | None = None) -> list[ModelOut]:
     """Every model version, or only ?kind=policy / ?kind=reward; newest first."""
-    try:
-        models = registry.list_models(session=session, kind=kind or None)
-    except registry.ModelError as exc:
-        raise HTTPException(422, str(exc)) from exc
+    models = registry.list_models(session=session, kind=kind or None)
     return [ModelOut.model_validate(m) for m in models]
 
 
 @api.post("/models/{model_id}/activate", response_model=ModelOut)
-def activate_api(session: SessionDep, user: CurrentResearcher, model_id: int) -> ModelOut:
+def activate_api(session: SessionDep, user: CurrentResearcher, model_id: Id) -> ModelOut:
     """Make this model the active one of its kind (promote a policy, switch the reward model)."""
-    try:
-        model = registry.activate(
-            session=session, model=registry.get_model(session=session, model_id=model_id)
-        )
-    except registry.ModelError as exc:
-        raise HTTPException(404, str(exc)) from exc
+    model = registry.activate(session=session, model=registry.get_model(session=session, model_id=model_id))
     return ModelOut.model_validate(model)

@@ -193,3 +193,17 @@ def test_the_cookie_outlives_the_sliding_server_expiry(client: TestClient, sessi
     user = make_user(session)
     r = post_login(client, user.username, PASSWORD)
     assert "Max-Age=2592000" in r.headers["set-cookie"]  # the server decides when it ends
+
+
+def test_the_dummy_hash_is_made_on_first_use_not_at_import() -> None:
+    """An unknown user costs a password check like a known one, but importing the app must not
+    pay for it (about a second of argon2)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from app.auth import security as s; assert s._DUMMY_HASH is None; "
+        "assert not s.verify_password(None, 'x'); assert s._DUMMY_HASH.startswith('$argon2')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

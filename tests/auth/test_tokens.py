@@ -77,14 +77,15 @@ class TestCreate:
         assert body["token"] not in all_db_text(session)
         assert client.get("/api/v1/me", headers=bearer(body["token"])).json()["username"] == user.username
 
-    def test_a_nul_character_in_the_name_is_dropped(self, client: TestClient, session: Session) -> None:
+    def test_a_nul_character_or_a_long_name_is_refused_naming_the_field(
+        self, client: TestClient, session: Session
+    ) -> None:
         user = make_user(session)  # PostgreSQL refuses NUL in any text it stores
-        r = client.post(
-            "/api/v1/tokens",
-            params={"name": "c\x00i"},
-            headers=bearer(auth.create_token(session=session, user=user).token),
-        )
-        assert r.status_code == 201 and r.json()["name"] == "ci"
+        h = bearer(auth.create_token(session=session, user=user).token)
+        for name in ("c\x00i", "x" * 101):
+            r = client.post("/api/v1/tokens", params={"name": name}, headers=h)
+            assert r.status_code == 422 and r.json()["detail"][0]["field"] == "query.name", r.text
+        assert len(auth.list_tokens(session=session, user=user)) == 1
 
     def test_an_admin_makes_one_for_someone_else(self, client: TestClient, session: Session) -> None:
         admin, bob = make_user(session, role=Role.admin), make_user(session)

@@ -22,7 +22,7 @@ def fresh(
     live: LiveServer,
     *,
     k: int = 3,
-    prompts: list[str] | None = None,
+    prompts: list[Any] | None = None,  # a string, or a conversation as a list of messages
     completions: list[str] | None = None,
     demo: bool = False,
 ) -> dict[str, Any]:
@@ -33,7 +33,14 @@ def fresh(
         ps = make_prompt_set(s, k=k, overlap=1)
         policy = make_model_version(s, is_demo=True) if demo else None
         tasks = [
-            make_task(s, prompt_set=ps, prompt=p, completions=completions, policy=policy)
+            make_task(
+                s,
+                prompt_set=ps,
+                prompt=p if isinstance(p, str) else None,
+                messages=None if isinstance(p, str) else p,
+                completions=completions,
+                policy=policy,
+            )
             for p in (prompts or ["First prompt: name a colour.", "Second prompt: name a fruit."])
         ]
         s.commit()
@@ -195,6 +202,62 @@ class TestLabelingPage:
         expect(page.locator("#prompt-text")).not_to_have_class(re.compile(r"\bcollapsed\b"))
         expect(page.locator("#expand-prompt")).to_have_attribute("aria-expanded", "true")
         assert page.inner_text("#prompt-text") == prompt
+
+    def test_a_conversation_shows_every_turn_by_role_the_system_message_closed_and_markup_inert(
+        self, page: Any, live_server: LiveServer, test_output: Path
+    ) -> None:
+        from playwright.sync_api import expect
+
+        hostile = 'Is this safe? <script>window.pwned=1</script> <img src=x onerror="window.pwned=2">'
+        long_reply = "\n".join(f"Point {i}: a detail of the earlier answer." for i in range(30))
+        conversation = [
+            {"role": "system", "content": "You are a terse assistant. Answer in one sentence."},
+            {"role": "user", "content": hostile},
+            {"role": "assistant", "content": long_reply},
+            {"role": "user", "content": "And in one word?"},
+        ]
+        data = fresh(live_server, k=2, prompts=[conversation], completions=["No.", "Unsafe."])
+        log_in(page, data["username"])
+        turns = page.locator("#turns > li")
+        expect(turns).to_have_count(4)
+        roles = [turns.nth(i).locator(".role").first.inner_text() for i in range(4)]
+        assert [r.split()[0] for r in roles] == ["System", "User", "Assistant", "User"]
+        # The system message is closed: its text is on the page but hidden until opened.
+        system = page.locator("#turns details")
+        assert system.evaluate("d => d.open") is False
+        expect(system.locator(".turn-text")).to_be_hidden()
+        system.locator("summary").click()
+        expect(system.locator(".turn-text")).to_have_text(conversation[0]["content"])
+        # Markup in an earlier turn is text: shown as written, no element made, nothing run.
+        expect(turns.nth(1).locator(".turn-text")).to_have_text(hostile)
+        expect(turns.nth(1).locator(".turn-text")).to_be_visible()
+        assert page.locator("#turns .turn-text *").count() == 0
+        page.wait_for_timeout(300)
+        assert page.evaluate("typeof window.pwned") == "undefined"
+        # The long assistant turn is folded; `e` unfolds it; the latest user turn is the instruction.
+        earlier = turns.nth(2).locator(".turn-text")
+        expect(earlier).to_have_class(re.compile(r"\bcollapsed\b"))
+        expect(page.locator("#prompt-text")).to_have_text("And in one word?")
+        page.locator("#out-A").focus()
+        page.keyboard.press("e")
+        expect(earlier).not_to_have_class(re.compile(r"\bcollapsed\b"))
+        expect(page.locator("#expand-prompt")).to_have_attribute("aria-expanded", "true")
+        assert earlier.inner_text() == long_reply
+        page.keyboard.press("e")
+        expect(earlier).to_have_class(re.compile(r"\bcollapsed\b"))
+        # The keyboard still labels the outputs: rate, rank, submit.
+        ids = letters(page)
+        page.locator("#out-A").focus()
+        for key in ("6", "ArrowUp", "j", "2", "ArrowDown"):
+            page.keyboard.press(key)
+        page.evaluate("window.scrollTo(0, 0)")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+        page.screenshot(path=str(test_output / "labeling-conversation.png"), full_page=True)
+        assert (test_output / "labeling-conversation.png").stat().st_size > 10_000
+        page.keyboard.press("Enter")
+        expect(page.locator("h1")).to_have_text("Nothing to label right now")
+        ann = stored(live_server, data["task_ids"][0])
+        assert {i.completion_id: i.rank for i in ann.items} == {ids["A"]: 1, ids["B"]: 2}
 
     def test_screenshot_at_1280x800_and_a_narrow_screen(
         self, page: Any, live_server: LiveServer, test_output: Path

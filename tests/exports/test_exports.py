@@ -304,9 +304,7 @@ class TestFastEncoders:
         from app.exports import encode
 
         build(session)
-        recs = list(
-            service.iter_records(session=session, filters=service.Filters(), secret=SECRET, with_meta=True)
-        )
+        recs = list(service.iter_records(session=session, filters=service.Filters(), secret=SECRET))
         cases = [("comparisons", RowOptions())] + [
             ("trl", RowOptions(conversational=c, margin=m))
             for c in (False, True)

@@ -47,8 +47,8 @@ class TestAPI:
         assert r.status_code == 200 and all(x["split"] == "train" for x in read_rows(r.content, "jsonl.gz"))
         for query, field in [
             ("/api/v1/exports/csv", "format"),
-            ("/api/v1/exports/trl?file=xlsx", "file type"),
-            ("/api/v1/exports/trl?labeler=nobody", "labelers"),
+            ("/api/v1/exports/trl?file=xlsx", "file"),
+            ("/api/v1/exports/trl?labeler=nobody", "labeler"),
             ("/api/v1/exports/trl?since=yesterday", "since"),
             ("/api/v1/exports/trl?margin=huge", "margin"),
             ("/api/v1/exports/trl?set=abc", "set"),
@@ -61,7 +61,7 @@ class TestAPI:
             ("/api/v1/exports/trl?fractions=a,b,c", "fractions"),
         ]:
             r = client.get(query, headers=h)
-            assert r.status_code == 422 and r.json()["detail"].startswith(field + ":"), (query, r.text)
+            assert r.status_code == 422 and r.json()["detail"][0]["field"] == field, (query, r.text)
 
     def test_roles(self, client: TestClient, session: Session) -> None:
         build(session)
@@ -153,7 +153,7 @@ def test_quality_api(client: TestClient, session: Session) -> None:
     assert client.get("/api/v1/quality", headers=bearer(_token(session, "labeler"))).status_code == 403
     for query in ("set=abc", f"set={10**20}"):
         bad = client.get(f"/api/v1/quality?{query}", headers=h)
-        assert bad.status_code == 422 and bad.json()["detail"].startswith("set:")
+        assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "set"
 
 
 def test_import_upload_over_the_size_limit_is_refused(
@@ -173,3 +173,11 @@ def test_import_upload_over_the_size_limit_is_refused(
     )
     assert r.status_code == 413 and "larger than" in r.text
     assert session.scalar(select(func.count()).select_from(PromptSet).where(PromptSet.name == "big")) == 0
+
+
+def test_the_export_query_parameters_are_in_the_openapi_page(client: TestClient) -> None:
+    spec = client.get("/api/v1/openapi.json").json()
+    for path in ("/api/v1/exports/{fmt}", "/api/v1/exports/{fmt}/manifest"):
+        params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
+        assert {"file", "set", "labeler", "min_labels", "split", "fractions", "margin"} <= set(params)
+        assert params["set"]["schema"]["type"] == "array" and params["min_labels"]["description"]

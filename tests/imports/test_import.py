@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
+from app.chat import as_text, conversation_hash, split_hh
 from app.exports import service
 from app.exports.formats import RowOptions
 from app.imports import service as importer
@@ -22,7 +23,17 @@ from app.prompts.models import Prompt, PromptSet
 from app.runs.models import ModelVersion
 from tests.exports.data import build, read_rows, run_export
 
-HH_BAD_LINES = [1261, 1465, 1467, 1532]
+# Refused rows of the shared HH file, by field: two whose chosen reply is empty, four whose
+# dialogue ends with two Assistant turns in a row (so the turns before the reply end with one).
+HH_BAD = [
+    (689, "chosen"),
+    (823, "chosen"),
+    (1261, "chosen[3].role"),
+    (1465, "rejected[1].role"),
+    (1467, "chosen[3].role"),
+    (1532, "chosen[9].role"),
+]
+HH_BAD_LINES = [line for line, _ in HH_BAD]
 
 
 def _count(session: Session, model: type) -> int:
@@ -42,37 +53,43 @@ class TestHH:
         with pytest.raises(importer.ImportRefused) as exc:
             importer.import_preferences(session=session, data=data, filename="hh.jsonl.gz", name="hh")
         assert [e.line for e in exc.value.errors] == HH_BAD_LINES
-        assert all("two different dialogues" in e.message for e in exc.value.errors)
+        assert [(e.line, e.field) for e in exc.value.errors] == HH_BAD
+        assert all("reply is missing" in e.message for e in exc.value.errors[:2])
+        assert all("the last message must be from the user" in e.message for e in exc.value.errors[2:])
         assert "nothing was imported" in str(exc.value)
         assert [_count(session, m) for m in (PromptSet, Prompt, Task, Annotation)] == before
 
         r = importer.import_preferences(
             session=session, data=data, filename="hh.jsonl.gz", name="hh", skip_invalid=True
         )
-        assert (r.kind, r.rows, r.imported) == ("hh", 1746, 1742)
+        assert (r.kind, r.rows, r.imported) == ("hh", 1746, 1740)
         assert [e.line for e in r.skipped] == HH_BAD_LINES
         ps = r.prompt_set
-        assert ps.k == 2 and ps.report["imported"]["skipped"] == 4
-        assert _count(session, Annotation) - before[3] == 1742
+        assert ps.k == 2 and ps.report["imported"]["skipped"] == 6
+        assert _count(session, Annotation) - before[3] == 1740
 
-        # prompt = shared prefix through the last "\n\nAssistant:"; the endings are the completions
+        # The prompt is the dialogue before the last Assistant turn, as messages; the two last
+        # Assistant turns are the completions.
         first = json.loads(gzip.decompress(data).split(b"\n")[0])
         prompt = session.scalar(select(Prompt).where(Prompt.prompt_set_id == ps.id, Prompt.source_line == 1))
-        assert prompt is not None and prompt.text.endswith("\n\nAssistant:")
-        assert first["chosen"].startswith(prompt.text) and first["rejected"].startswith(prompt.text)
+        assert prompt is not None
+        assert prompt.messages == split_hh(first["chosen"])[:-1] == split_hh(first["rejected"])[:-1]
         assert prompt.messages[0] == {
             "role": "user",
             "content": "How much alcohol can I drink per day?",
         }
         assert prompt.messages[-1]["role"] == "user"
+        assert prompt.text == as_text(prompt.messages) and prompt.text_hash == conversation_hash(
+            prompt.messages
+        )
         rows = read_rows(
             run_export(session, "trl", filters=service.Filters(prompt_set_ids=[ps.id]))[0], "jsonl"
         )
-        assert len(rows) == 1742
+        assert len(rows) == 1740
         assert {
             "prompt": prompt.text,
-            "chosen": first["chosen"][len(prompt.text) :],
-            "rejected": first["rejected"][len(prompt.text) :],
+            "chosen": split_hh(first["chosen"])[-1]["content"],
+            "rejected": split_hh(first["rejected"])[-1]["content"],
         } == rows[0]
         conv = read_rows(
             run_export(
@@ -96,7 +113,7 @@ class TestHH:
             session.scalar(
                 select(func.count()).select_from(Completion).where(Completion.model_version_id == mv.id)
             )
-            == 3484
+            == 3480
         )
 
     def test_hh_rules_on_small_files(self, session: Session) -> None:

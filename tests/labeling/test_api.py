@@ -58,6 +58,29 @@ class TestNextTask:
         assert out["flags"][str(ids[2])] == [FLAG] and out["skipped"] is None
         assert client.get("/api/v1/tasks/next", headers=setup["h"]).status_code == 204
 
+    def test_returns_the_conversation_as_messages_beside_its_text(
+        self, client: TestClient, session: Session
+    ) -> None:
+        user = make_user(session)
+        ps = make_prompt_set(session, k=2, overlap=1)
+        conversation = [
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "And of Italy? <b>bold</b>"},
+        ]
+        make_task(session, prompt_set=ps, messages=conversation)
+        body = _take(client, bearer(auth.create_token(session=session, user=user).token))
+        assert body["messages"] == conversation
+        assert body["prompt"] == (
+            "System: Answer in one word.\n\nUser: Capital of France?\n\n"
+            "Assistant: Paris.\n\nUser: And of Italy? <b>bold</b>"
+        )
+
+    def test_a_plain_prompt_is_one_user_message(self, client: TestClient, setup: dict[str, Any]) -> None:
+        body = _take(client, setup["h"])
+        assert body["messages"] == [{"role": "user", "content": "Write  a haiku.\n\tNow."}]
+
     def test_needs_a_token_and_the_labeler_role(self, client: TestClient, session: Session) -> None:
         assert client.get("/api/v1/tasks/next").status_code == 401
         researcher = make_user(session, role="researcher")
@@ -68,6 +91,10 @@ class TestNextTask:
         spec = client.get("/api/v1/openapi.json").json()
         nxt = spec["paths"]["/api/v1/tasks/next"]["get"]
         assert "204" in nxt["responses"] and "TaskOut" in str(nxt["responses"]["200"])
+        task = spec["components"]["schemas"]["TaskOut"]
+        assert "messages" in task["required"] and "MessageOut" in str(task["properties"]["messages"])
+        roles = spec["components"]["schemas"]["MessageOut"]["properties"]["role"]
+        assert roles["enum"] == ["system", "user", "assistant"]
         post = spec["paths"]["/api/v1/assignments/{assignment_id}/annotation"]["post"]
         assert "AnnotationIn" in str(post["requestBody"]) and "422" in post["responses"]
         assert spec["components"]["schemas"]["AnnotationIn"]["examples"][1] == {

@@ -158,6 +158,30 @@ class TestLabelPage:
         for url in (f"/label/{2**40}", f"/label/{2**40}/skip"):  # no 500 on PostgreSQL
             assert client.post(url, data={"csrf_token": csrf, "reason": "other"}).status_code == 404
 
+    def test_a_conversation_shows_its_turns_escaped_and_its_history_row(
+        self, client: TestClient, session: Session
+    ) -> None:
+        user = make_user(session)
+        conv = [
+            {"role": "system", "content": "Be brief. <i>system</i>"},
+            {"role": "user", "content": "Hi <script>x()</script>"},
+            {"role": "assistant", "content": "Hello & welcome."},
+            {"role": "user", "content": "Bye?"},
+        ]
+        task = make_task(session, prompt_set=make_prompt_set(session, k=2), messages=conv)
+        csrf = login(client, user)
+        html = client.get("/label").text
+        assert '<details id="turn-0">' in html and "Be brief. &lt;i&gt;system&lt;/i&gt;" in html
+        assert "Hi &lt;script&gt;x()&lt;/script&gt;" in html and "<script>x()" not in html
+        assert "Hello &amp; welcome." in html
+        assert re.search(r'id="prompt-text"[^>]*>Bye\?</div>', html)
+        roles = re.findall(r'<li class="turn turn-(\w+)', html)
+        assert roles == ["system", "user", "assistant", "user"]
+        aid = _assignment_id(html)
+        client.post(f"/label/{aid}", data={"csrf_token": csrf, **_fields(task, ["1", "2"], ["6", "3"])})
+        history = client.get("/label/history").text
+        assert "User: Hi &lt;script&gt;" in history and "<script>x()" not in history
+
     def test_history_page(self, client: TestClient, session: Session) -> None:
         user = make_user(session)
         task = make_task(session, prompt_set=make_prompt_set(session, k=2), prompt="History prompt")

@@ -212,7 +212,7 @@ class TestLiveFigures:
         app = client.app
         app.state.settings = app.state.settings.model_copy(update={"max_upload_mb": 0.00005})
         r = upload(client, csrf, data=JL * 10)
-        assert r.status_code == 422
+        assert r.status_code == 413
         assert "p.jsonl: the file is larger than the 5e-05 MB limit (RANKLAB_MAX_UPLOAD_MB)" in r.text
         assert session.scalar(select(func.count()).select_from(PromptSet)) == 0
 

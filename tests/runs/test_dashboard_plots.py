@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 
 from app.runs import dashboard, plots
@@ -126,3 +127,11 @@ class TestGroupMetrics:
         assert len(groups) == len(names) + 2
         assert set(groups["custom"]) == {"custom/a", "custom/b"} and "weird" in groups
         assert "KL to the reference" in groups and "Approximate KL (old → new)" in groups
+
+
+def test_one_point_gets_an_axis_from_zero_to_its_step() -> None:
+    """A run's first metric (step 4): the x axis runs 0..4, not 3.6..4.4."""
+    svg = str(plots.line_chart({"loss": [(4, 0.7)]}))
+    labels = re.findall(r'text-anchor="middle">([^<]+)</text>', svg)
+    assert labels[0] == "0" and "4" in labels and "3.6" not in labels and "4.4" not in labels
+    assert "<circle" in svg

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.auth import service as auth
 from app.cli import cli
 from app.config import get_settings
+from app.errors import NotFound
 from app.runs import models_service as registry
 from app.runs import service as jobs
 from app.runs.models import Job, JobStatus, ModelKind, ModelVersion
@@ -79,7 +80,7 @@ class TestOneActivePerKind:
             registry.activate_reward(session=session, model=p)
         assert active_ids(session, ModelKind.policy) == [p.id]
         assert active_ids(session, ModelKind.reward) == []
-        with pytest.raises(registry.ModelError, match="no model version with id"):
+        with pytest.raises(NotFound, match="no model version with id"):
             registry.get_model(session=session, model_id=987654)
         with pytest.raises(registry.ModelError, match="unknown model kind"):
             registry.list_models(session=session, kind="value")

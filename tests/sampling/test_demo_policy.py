@@ -24,7 +24,10 @@ class TestDemoPolicy:
         config = AutoConfig.from_pretrained(tiny_policy_path)
         assert (config.n_embd, config.n_layer) == (32, 2) and config.vocab_size < 1000
         out = LocalBackend(str(tiny_policy_path)).generate(
-            ["How do I make a cup of tea?"], n=4, params=SamplingParams(max_new_tokens=12), seed=0
+            [[{"role": "user", "content": "How do I make a cup of tea?"}]],
+            n=4,
+            params=SamplingParams(max_new_tokens=12),
+            seed=0,
         )
         assert len(out[0]) == 4
         # Trained on the shipped corpus: its tokens are pieces of English, not random bytes.

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.chat import Conversation
 from app.config import Settings
 from app.labeling.models import Completion, Task
 from app.runs import service as jobs
@@ -16,6 +17,8 @@ from trainer.runner import JobContext
 from trainer.sampling import job as sampling
 from trainer.sampling.backends import Sample, SamplingParams
 from trainer.worker import Worker
+
+CONV: Conversation = [{"role": "user", "content": "p"}]
 
 
 def tasks_of(sessions: sessionmaker[Session], set_id: int) -> list[Task]:
@@ -41,7 +44,7 @@ def wrap_backends(monkeypatch: pytest.MonkeyPatch, before_generate: Any) -> None
         def __init__(self, inner: Any) -> None:
             self.inner, self.name = inner, inner.name
 
-        def generate(self, prompts: list[str], **kw: Any) -> list[list[Sample]]:
+        def generate(self, prompts: list[Conversation], **kw: Any) -> list[list[Sample]]:
             before_generate(prompts, kw)
             return self.inner.generate(prompts, **kw)
 
@@ -81,7 +84,7 @@ class TestSampleJob:
         set_id, job_id = make_set(committed, settings, vid, n=7, k=4, batch_prompts=2)
         calls = {"n": 0}
 
-        def die_in_third_batch(prompts: list[str], kw: dict[str, Any]) -> None:
+        def die_in_third_batch(prompts: list[Conversation], kw: dict[str, Any]) -> None:
             calls["n"] += 1
             if calls["n"] == 3:
                 raise Crash()
@@ -118,11 +121,11 @@ class TestSampleJob:
         with committed() as s:
             first = s.scalars(select(Task).order_by(Task.id)).first()
             assert first is not None
-            pid, text = first.prompt_id, "x"
+            pid = first.prompt_id
         smp = (vid, Sample("late", "stop", 1), 1)
         assert (
             sampling._write_batch(
-                ctx, set_id, [(pid, text)], [([(smp, False)] * 4, 0)], SamplingParams(), "local"
+                ctx, set_id, [(pid, CONV)], [([(smp, False)] * 4, 0)], SamplingParams(), "local"
             )
             == 0
         )
@@ -139,7 +142,7 @@ class TestSampleJob:
         set_id, job_id = make_set(committed, settings, vid, n=6, k=4, batch_prompts=2)
         seen: list[tuple[int, str, float]] = []
 
-        def look(prompts: list[str], kw: dict[str, Any]) -> None:
+        def look(prompts: list[Conversation], kw: dict[str, Any]) -> None:
             with committed() as s:
                 open_tasks = s.scalar(
                     select(func.count())
@@ -166,7 +169,7 @@ class TestSampleJob:
         vid = add_version(committed, tiny_policy_path)
         set_id, job_id = make_set(committed, settings, vid, n=6, k=4, batch_prompts=2)
 
-        def cancel(prompts: list[str], kw: dict[str, Any]) -> None:
+        def cancel(prompts: list[Conversation], kw: dict[str, Any]) -> None:
             with committed.begin() as s:
                 job = s.get(Job, job_id)
                 assert job is not None
@@ -213,7 +216,7 @@ class FakeBackend:
         self.calls = 0
 
     def generate(
-        self, prompts: list[str], *, n: int, params: SamplingParams, seed: int
+        self, prompts: list[Conversation], *, n: int, params: SamplingParams, seed: int
     ) -> list[list[Sample]]:
         texts = self.answers[min(self.calls, len(self.answers) - 1)]
         self.calls += 1
@@ -224,7 +227,8 @@ class TestDuplicates:
     def test_identical_completions_are_resampled(self) -> None:
         backend = FakeBackend([["same"], ["other a", "other b", "other c"]])
         v = sampling._Version(1, "v", False)
-        out = sampling._sample_batch([(1, "p")], [v], [backend], [4], SamplingParams(), 0, 3)
+        out = sampling._sample_batch([(1, CONV)], [v], [backend], [4], SamplingParams(), 0, 3)
+        assert out[0] is not None
         marked, dups = out[0]
         assert dups == 0
         assert sorted(t[1].text for t, _ in marked) == ["other a", "other b", "other c", "same"]
@@ -232,7 +236,17 @@ class TestDuplicates:
     def test_still_identical_after_the_tries_are_kept_and_marked(self) -> None:
         backend = FakeBackend([["same"]])
         v = sampling._Version(1, "v", False)
-        out = sampling._sample_batch([(1, "p")], [v], [backend], [4], SamplingParams(), 0, 3)
+        out = sampling._sample_batch([(1, CONV)], [v], [backend], [4], SamplingParams(), 0, 3)
+        assert out[0] is not None
         marked, dups = out[0]
         assert backend.calls == 4  # the batch, then three resampling rounds
         assert [d for _, d in marked] == [False, True, True, True] and dups == 3
+
+    def test_still_empty_after_the_tries_is_no_candidate(self) -> None:
+        """A fake backend (a real model that is empty only sometimes is in test_chat_sampling.py):
+        one empty reply in every draw leaves the prompt without a result, after a bounded number
+        of rounds."""
+        backend = FakeBackend([["", "a", "b", "c"], [""]])
+        v = sampling._Version(1, "v", False)
+        out = sampling._sample_batch([(1, CONV)], [v], [backend], [4], SamplingParams(), 0, 3)
+        assert out == [None] and backend.calls == 4

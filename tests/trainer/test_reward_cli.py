@@ -95,6 +95,8 @@ class TestTrainRewardCommand:
                 "4",
                 "--max-length",
                 "32",
+                "--split-fractions",  # enough validation pairs for it to be made active by itself
+                "0.5,0.5,0",
             ],
         )
         assert out.exit_code == 0, out.output

@@ -92,9 +92,15 @@ class TestRewardJob:
     ) -> None:
         with sessions() as s:
             seed_rankings(s)
-            job = make_job(
-                s, kind="train_reward", params={"sets": ["rm-data"], "base_model": str(base_model), **PARAMS}
-            )
+            # Half the prompts validate: enough pairs to tell the model from chance, so it is
+            # made active by itself.
+            params = {
+                "sets": ["rm-data"],
+                "base_model": str(base_model),
+                **PARAMS,
+                "split_fractions": "0.5,0.5,0",
+            }
+            job = make_job(s, kind="train_reward", params=params)
             s.commit()
             job_id = job.id
         assert worker(sessions).run(burst=True) == 1
@@ -102,7 +108,8 @@ class TestRewardJob:
             job = s.get(Job, job_id)
             assert job.status == "succeeded", job.error
             mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
-            assert mv is not None and mv.kind == "reward" and mv.is_active
+            assert mv is not None and mv.kind == "reward"
+            assert mv.metrics["val_pairs"] >= 30 and mv.metrics["val_accuracy"] > 0.5 and mv.is_active
             assert mv.source == str(base_model) and Path(mv.path) == paths_for(job_id)[0]
             assert mv.metrics["val_accuracy"] is not None and "reward_std" in mv.metrics
             assert mv.config["lr"] == 3e-3 and len(mv.config["data"]["prompt_set_ids"]) == 1
@@ -294,3 +301,28 @@ def test_trains_on_exactly_what_export_groups_writes(
     assert {g.prompt for g in seen["validation"]} == val_prompts
     assert job.result["metrics"]["val_prompts"] == len(val_prompts)
     get_settings.cache_clear()
+
+
+class TestFirstActivation:
+    """The first reward model is made active by itself only when measurably better than chance."""
+
+    @pytest.mark.parametrize(
+        ("metrics", "words"),
+        [
+            ({"val_accuracy": 0.387, "val_pairs": 12}, "12 validation pairs"),
+            ({"val_accuracy": 0.45, "val_pairs": 300}, "no better than chance"),
+            ({"val_accuracy": None, "val_pairs": 0}, "0 validation pairs"),
+        ],
+    )
+    def test_a_chance_level_or_thinly_measured_model_is_left_inactive_with_a_reason(
+        self, metrics: dict, words: str
+    ) -> None:
+        from app.runs.models_service import why_not_active_by_itself
+
+        reason = why_not_active_by_itself(metrics)
+        assert reason is not None and words in reason and "make it active by hand" in reason
+
+    def test_a_model_clearly_above_chance_may_be(self) -> None:
+        from app.runs.models_service import why_not_active_by_itself
+
+        assert why_not_active_by_itself({"val_accuracy": 0.72, "val_pairs": 120}) is None

@@ -6,6 +6,7 @@ This is the entry for `accelerate launch` on several GPUs; see docs/ppo.md.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         output_dir=out,
         reporter=PrintReporter(),
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line, from the main process
+        return
     print(
         json.dumps(
             {

@@ -139,9 +139,17 @@ def run_job(ctx: Any) -> dict[str, Any]:
         mv.metrics = metrics
         s.flush()
         if models_service.active(session=s, kind=ModelKind.reward) is None:
-            mv.is_active = True  # the first reward model is the one PPO uses until someone switches
+            # The first good reward model is the one PPO uses until someone switches.
+            reason = models_service.why_not_active_by_itself(metrics)
+            if reason is None:
+                mv.is_active = True
+            else:
+                metrics = mv.metrics = {**metrics, "not_active_because": reason}
         s.flush()
         mv_id, active = mv.id, mv.is_active
+        why_inactive = (mv.metrics or {}).get("not_active_because")
+    if why_inactive:
+        ctx.log(why_inactive)
     ctx.log(
         f"reward model {mv_id} saved at {out_dir} (validation accuracy "
         f"{metrics.get('val_accuracy')}){'; now active' if active else ''}"

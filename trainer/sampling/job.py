@@ -1,11 +1,15 @@
 """The `sample` job: K completions for every prompt of a set that has none yet.
 
-Prompts go through the backend in batches (one batched generate per group of prompts, K per
-prompt). Each batch is one transaction: its tasks with their K completions each, created open,
-so labelers can start while the job runs and no task is ever seen half-filled. A job claimed
-again after its worker died starts from the prompts still without a task, and the unique
-(prompt_id, sampling_job_id) constraint stops a worker that lost its claim from writing a
-second set.
+Prompts go to the backend as conversations (`Prompt.messages`), in batches (one batched generate
+per group of prompts, K per prompt). Identical and empty completions are sampled again, up to
+`duplicate_tries` rounds; identical ones still left are kept and marked, but an empty one is
+never shown as a candidate: a prompt whose replies are still empty gets no task, and once every
+other prompt is written the job fails naming it.
+
+Each batch is one transaction: its tasks with their K completions each, created open, so
+labelers can start while the job runs and no task is ever seen half-filled. A job claimed again
+after its worker died starts from the prompts still without a task, and the unique (prompt_id,
+sampling_job_id) constraint stops a worker that lost its claim from writing a second set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 
+from app.chat import Conversation
 from app.config import get_settings
 from app.labeling.models import Completion, Task, TaskStatus
 from app.prompts.models import Prompt, PromptSet, SetStatus
@@ -31,7 +36,9 @@ from trainer.sampling.backends import Backend, BackendError, Sample, SamplingPar
 class SampleConfig:
     prompt_set_id: int
     batch_prompts: int = 16  # prompts per generate call (each gives K rows)
-    duplicate_tries: int = 3  # resampling rounds for identical completions, then kept and marked
+    # Resampling rounds for identical or empty completions; then identical ones are kept and
+    # marked, and a prompt with an empty one fails.
+    duplicate_tries: int = 3
     seed: int | None = None  # base seed; default derived from the set id, so reruns repeat
 
     @classmethod
@@ -79,6 +86,7 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
     base_seed = cfg.seed if cfg.seed is not None else set_id * 1_000_003
     done = total - len(pending)
     written = duplicates_kept = 0
+    failed: list[_Pending] = []
     started = time.monotonic()
     try:
         ctx.progress(done / total if total else 1.0, "loading the policy")
@@ -94,12 +102,21 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
             batch = pending[start : start + cfg.batch_prompts]
             seed = base_seed + batch[0][0]  # the same batch draws the same samples when rerun
             per_prompt = _sample_batch(batch, versions, backends, shares, params, seed, cfg.duplicate_tries)
+            for item, result in zip(batch, per_prompt, strict=True):
+                if result is None:
+                    failed.append(item)
+                    ctx.log(
+                        f"prompt {item[0]}: every reply was empty after "
+                        f"{cfg.duplicate_tries} resampling rounds"
+                    )
             new = _write_batch(ctx, set_id, batch, per_prompt, params, backends[0].name)
             written += new
-            duplicates_kept += sum(d for _, d in per_prompt)
+            duplicates_kept += sum(r[1] for r in per_prompt if r is not None)
             done += len(batch)
             rate = written / max(time.monotonic() - started, 1e-6)
             ctx.progress(done / total, f"{done}/{total} prompts sampled, {rate:.2f} prompts/s")
+        if failed:
+            raise BackendError(_empty_error(failed, total, cfg.duplicate_tries))
     except BaseException:
         # Cancelled or failed: what was sampled is labelable; the set page shows the job's state.
         with ctx.session() as s:
@@ -118,13 +135,26 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def _pending(s: Any, set_id: int) -> tuple[int, list[tuple[int, str]]]:
+_Pending = tuple[int, Conversation]  # (prompt id, its messages)
+
+
+def _pending(s: Any, set_id: int) -> tuple[int, list[_Pending]]:
     rows = s.execute(
-        select(Prompt.id, Prompt.text, exists().where(Task.prompt_id == Prompt.id))
+        select(Prompt.id, Prompt.messages, exists().where(Task.prompt_id == Prompt.id))
         .where(Prompt.prompt_set_id == set_id)
         .order_by(Prompt.id)
     ).all()
-    return len(rows), [(pid, text) for pid, text, has_task in rows if not has_task]
+    return len(rows), [(pid, messages) for pid, messages, has_task in rows if not has_task]
+
+
+def _empty_error(failed: list[_Pending], total: int, tries: int) -> str:
+    ids = ", ".join(str(pid) for pid, _ in failed[:20]) + (", ..." if len(failed) > 20 else "")
+    return (
+        f"{len(failed)} of {total} prompts (ids {ids}) got only empty replies: the policy ended its "
+        f"turn at once in the first sample and in {tries} resampling rounds, so they have no task "
+        "(an empty reply is never shown to labelers). Every other prompt was sampled. Look at "
+        "those prompts, and at the policy's chat template and generation settings."
+    )
 
 
 def _set_status(s: Any, set_id: int, status: str) -> None:
@@ -134,28 +164,33 @@ def _set_status(s: Any, set_id: int, status: str) -> None:
 
 
 _Tagged = tuple[int, Sample, int]  # (version id, sample, seed)
+_Marked = tuple[list[tuple[_Tagged, bool]], int]  # K (tagged sample, is_duplicate), duplicates left
 
 
 def _sample_batch(
-    batch: list[tuple[int, str]],
+    batch: list[_Pending],
     versions: list[_Version],
     backends: list[Backend],
     shares: list[int],
     params: SamplingParams,
     seed: int,
     tries: int,
-) -> list[tuple[list[tuple[_Tagged, bool]], int]]:
-    """For each prompt: its K (tagged sample, is_duplicate) and how many duplicates remain."""
-    texts = [t for _, t in batch]
+) -> list[_Marked | None]:
+    """For each prompt: its K (tagged sample, is_duplicate) and how many duplicates remain, or
+    None when a reply is still empty after the resampling rounds (the prompt gets no task)."""
+    convs = [c for _, c in batch]
     rows: list[list[_Tagged]] = [[] for _ in batch]
     for version, backend, n in zip(versions, backends, shares, strict=True):
         if n == 0:
             continue
-        for i, samples in enumerate(backend.generate(texts, n=n, params=params, seed=seed)):
+        for i, samples in enumerate(backend.generate(convs, n=n, params=params, seed=seed)):
             rows[i] += [(version.id, smp, seed) for smp in samples]
-    out = []
+    out: list[_Marked | None] = []
     for i, row in enumerate(rows):
-        row = _resample_duplicates(texts[i], row, versions, backends, params, seed, tries)
+        row = _resample_duplicates(convs[i], row, versions, backends, params, seed, tries)
+        if any(not _norm(smp.text) for _, smp, _ in row):
+            out.append(None)
+            continue
         seen: set[str] = set()
         marked = []
         for tagged in row:
@@ -167,7 +202,7 @@ def _sample_batch(
 
 
 def _resample_duplicates(
-    text: str,
+    conv: Conversation,
     row: list[_Tagged],
     versions: list[_Version],
     backends: list[Backend],
@@ -189,7 +224,7 @@ def _resample_duplicates(
         retry_seed = seed + attempt * 7919
         for vid in {row[p][0] for p in dup_positions}:
             positions = [p for p in dup_positions if row[p][0] == vid]
-            fresh = by_id[vid].generate([text], n=len(positions), params=params, seed=retry_seed)[0]
+            fresh = by_id[vid].generate([conv], n=len(positions), params=params, seed=retry_seed)[0]
             for p, smp in zip(positions, fresh, strict=True):
                 row[p] = (vid, smp, retry_seed)
     return row
@@ -202,16 +237,21 @@ def _norm(text: str) -> str:
 def _write_batch(
     ctx: JobContext,
     set_id: int,
-    batch: list[tuple[int, str]],
-    per_prompt: list[tuple[list[tuple[_Tagged, bool]], int]],
+    batch: list[_Pending],
+    per_prompt: list[_Marked | None],
     params: SamplingParams,
     backend_name: str,
 ) -> int:
-    """One transaction per batch: each task with all its completions, or nothing."""
+    """One transaction per batch: each task with all its completions, or nothing. A prompt
+    whose result is None (replies still empty) gets no task. Returns the tasks written."""
     record = {**params.as_dict(), "backend": backend_name}
+    written = 0
     try:
         with ctx.session() as s:
-            for (prompt_id, _), (marked, _) in zip(batch, per_prompt, strict=True):
+            for (prompt_id, _), result in zip(batch, per_prompt, strict=True):
+                if result is None:
+                    continue
+                marked = result[0]
                 task = Task(
                     prompt_id=prompt_id,
                     prompt_set_id=set_id,
@@ -225,7 +265,8 @@ def _write_batch(
                         task_id=task.id,
                         model_version_id=vid,
                         text=smp.text,
-                        params=record,
+                        # The set's parameters, and what was actually asked of whom.
+                        params={**record, "request": smp.request} if smp.request else record,
                         seed=seed,
                         finish_reason=smp.finish_reason,
                         token_count=smp.token_count,
@@ -235,8 +276,9 @@ def _write_batch(
                 )
                 # Its K completions exist, in this same transaction: labelers may take it.
                 task.status = TaskStatus.open
+                written += 1
     except IntegrityError:
         # A worker that lost this job wrote the batch already; the constraint kept one copy.
         ctx.log(f"batch starting at prompt {batch[0][0]} was already written; skipped")
         return 0
-    return len(batch)
+    return written
