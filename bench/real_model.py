@@ -56,6 +56,12 @@ def run_reward(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     through_render = "messages" in Group.__dataclass_fields__
     convs = conversations(args.reward_prompts)
+    if not through_render:
+        from transformers import AutoTokenizer
+
+        from trainer.render import prompt_text
+
+        tok = AutoTokenizer.from_pretrained(path)
     groups = []
     for i, conv in enumerate(convs):
         # Distinct prompts (the split is by prompt): a numbered last turn.
@@ -63,15 +69,13 @@ def run_reward(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         common = dict(completions=REPLIES, rankings=((1, 2, 3, 4),), split="train")
         if through_render:
             groups.append(Group(messages=numbered, **common))  # type: ignore[call-arg, arg-type]
-        else:
-            from app.chat import as_text
-
-            groups.append(Group(prompt=as_text(numbered), **common))  # type: ignore[call-arg, arg-type]
+        else:  # a trainer that still takes text: the prompt as the template renders it
+            groups.append(Group(prompt=prompt_text(tok, numbered), **common))  # type: ignore[call-arg, arg-type]
     cfg = RewardConfig(
         base_model=str(path),
         batch_size=args.reward_batch,
         max_length=256,
-        eval_every=0,
+        eval_every=10**6,
         checkpoint_every=10**6,
         normalize_samples=8,
     )

@@ -223,6 +223,7 @@ def main() -> None:
             if out.returncode != 0:
                 sys.exit(f"the {way} run failed:\n{out.stderr[-3000:]}")
             results[way].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"repeat {rep + 1}, {way}: {json.dumps(results[way][-1])}", flush=True)
     load = os.getloadavg()
     print(
         f"model: {path}, device: {args.device}, {os.cpu_count()} CPUs, load average "
