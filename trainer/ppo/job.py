@@ -131,12 +131,10 @@ def resolve_reward(session: Any, params: dict[str, Any]) -> ModelVersion:
 
 
 def policy_files(version: ModelVersion) -> str:
-    """A folder or hub id from_pretrained reads; builds the demo model's files on first use."""
-    if version.is_demo:
-        from trainer.models.demo import ensure_demo_policy
+    """A folder or hub id from_pretrained reads; the default or demo model's files made on first use."""
+    from trainer.models import policy_files as files
 
-        return str(ensure_demo_policy(Path(version.path or policies.demo_path(get_settings()))))
-    return str(version.path or version.source)
+    return files(version, get_settings())
 
 
 class JobReporter:

@@ -33,7 +33,6 @@ import httpx
 
 from app.chat import ChatError, Conversation
 from app.config import Settings
-from app.runs import policies
 from app.runs.models import ModelVersion
 from trainer import render
 
@@ -382,15 +381,10 @@ def make_backend(version: ModelVersion, settings: Settings) -> Backend:
             timeout=settings.openai_timeout_seconds,
             retries=settings.openai_retries,
         )
-    if version.source == policies.DEMO_SOURCE and version.parent_id is None and version.job_id is None:
-        # The base demo model is built on first use. Its descendants (trained from it, also
-        # marked is_demo) are checkpoints like any other and are only ever loaded.
-        from trainer.models.demo import ensure_demo_policy
+    # The base default and demo models are made on first use; every other version is loaded.
+    from trainer.models import policy_files
 
-        path = Path(version.path or policies.demo_path(settings))
-        ensure_demo_policy(path)
-        return LocalBackend(str(path))
-    return LocalBackend(version.path or version.source)
+    return LocalBackend(policy_files(version, settings))
 
 
 def policy_tokenizer(version: ModelVersion) -> Any:
