@@ -201,6 +201,26 @@ def load_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any, s
 # --- the run ------------------------------------------------------------------------------
 
 
+def start_run(cfg: Any, out_dir: Path | str, work_dir: Path | str, accelerator: Any, *, what: str) -> Any:
+    """The opening every training loop shares (reward model, SFT): check the config, refuse an
+    existing output, and make the Accelerator (bf16 on a GPU when the config asks) unless given.
+    Returns (out_dir, work_dir, accelerator)."""
+    from accelerate import Accelerator
+
+    cfg.validate()
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists already; {what} is never overwritten")
+    if accelerator is None:
+        mixed = "bf16" if cfg.bf16 and torch.cuda.is_available() else "no"
+        accelerator = Accelerator(mixed_precision=mixed)
+    return out_dir, work_dir, accelerator
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str) + "\n")
+
+
 def train(
     cfg: RewardConfig,
     groups: Sequence[Group],
@@ -218,16 +238,8 @@ def train(
     rendered as the training data is; None uses every completion of the training data.
     work_dir holds the checkpoints.
     """
-    from accelerate import Accelerator
-
-    cfg.validate()
     hooks = hooks or Hooks()
-    out_dir, work_dir = Path(out_dir), Path(work_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists already; a reward model is never overwritten")
-    if accelerator is None:
-        mixed = "bf16" if cfg.bf16 and torch.cuda.is_available() else "no"
-        accelerator = Accelerator(mixed_precision=mixed)
+    out_dir, work_dir, accelerator = start_run(cfg, out_dir, work_dir, accelerator, what="a reward model")
     device, world = accelerator.device, accelerator.num_processes
     main = accelerator.is_main_process
     torch.manual_seed(cfg.seed)
@@ -361,9 +373,9 @@ def train(
             tmp.mkdir(parents=True)
             bare.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            _write_json(tmp / "reward_config.json", asdict(cfg))
-            _write_json(tmp / "data_manifest.json", manifest or {})
-            _write_json(tmp / "metrics.json", metrics)
+            write_json(tmp / "reward_config.json", asdict(cfg))
+            write_json(tmp / "data_manifest.json", manifest or {})
+            write_json(tmp / "metrics.json", metrics)
             tmp.rename(out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -372,7 +384,3 @@ def train(
     accelerator.wait_for_everyone()
     # No progress call from here on: it may raise JobCancelled, and the model is already whole.
     return TrainResult(path=out_dir, metrics=metrics, resumed_from_step=start, steps=total)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, default=str) + "\n")

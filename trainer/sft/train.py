@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from trainer import render
-from trainer.reward.train import Hooks, step_plan  # one plan for both loops
+from trainer.reward.train import Hooks, start_run, step_plan, write_json  # shared by both loops
 from trainer.sft.config import CONFIG_FILE, SFTConfig
 from trainer.sft.data import Demo, split_demos
 from trainer.sft.loss import Example, collate, encode_example, forward_loss
@@ -191,16 +191,8 @@ def train(
     or each row's own split) and holds the test side out of both. work_dir holds the
     checkpoints; an existing checkpoint there is resumed.
     """
-    from accelerate import Accelerator
-
-    cfg.validate()
     hooks = hooks or Hooks()
-    out_dir, work_dir = Path(out_dir), Path(work_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists already; a policy is never overwritten")
-    if accelerator is None:
-        mixed = "bf16" if cfg.bf16 and torch.cuda.is_available() else "no"
-        accelerator = Accelerator(mixed_precision=mixed)
+    out_dir, work_dir, accelerator = start_run(cfg, out_dir, work_dir, accelerator, what="a policy")
     device, world = accelerator.device, accelerator.num_processes
     main = accelerator.is_main_process
     torch.manual_seed(cfg.seed)
@@ -326,9 +318,9 @@ def train(
             tmp.mkdir(parents=True)
             bare.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            _write_json(tmp / CONFIG_FILE, asdict(cfg))
-            _write_json(tmp / "data_manifest.json", manifest or {})
-            _write_json(tmp / "metrics.json", metrics)
+            write_json(tmp / CONFIG_FILE, asdict(cfg))
+            write_json(tmp / "data_manifest.json", manifest or {})
+            write_json(tmp / "metrics.json", metrics)
             tmp.rename(out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -341,7 +333,3 @@ def train(
 
 def _show(loss: float | None) -> str:
     return "no validation data" if loss is None else f"{loss:.4f}"
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, default=str) + "\n")
