@@ -126,3 +126,38 @@ class TestPromptMessages:
             texts = [r[0] for r in conn.execute(text("SELECT text FROM prompt ORDER BY id"))]
             columns = {c["name"] for c in inspect(engine).get_columns("prompt")}
         assert texts == ["Explain tides.", "Name a colour\r\nplease."] and "messages" not in columns
+
+
+class TestDemonstrations:
+    """0004 gives every existing set the kind "ranking" and, on SQLite too, where altering
+    prompt_set copies the table, keeps every row hanging off it, up and down."""
+
+    def test_existing_sets_become_ranking_sets_and_keep_their_prompts(self, fresh_url: str) -> None:
+        migrate.upgrade(fresh_url, "0003")
+        engine = get_engine(fresh_url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO prompt_set (name, k, overlap, sampling, flags, status, report, "
+                    "created_at) VALUES ('s', 4, 1, '{}', '[]', 'active', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO prompt (prompt_set_id, text, text_hash, meta, messages, created_at) "
+                    "SELECT id, 'Hi', 'h', '{}', '[]', CURRENT_TIMESTAMP FROM prompt_set"
+                )
+            )
+        migrate.upgrade(fresh_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT kind, allow_proposals, train_on FROM prompt_set")).one() == (
+                "ranking",
+                False,
+                "not_rejected",
+            )
+            assert conn.execute(text("SELECT count(*) FROM prompt")).scalar() == 1
+        migrate.downgrade(fresh_url, "0003")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM prompt")).scalar() == 1
+            if engine.dialect.name == "sqlite":
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

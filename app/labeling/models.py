@@ -137,3 +137,40 @@ class AnnotationItem(Base):
     flags: Mapped[list[Any]] = mapped_column(default=list)
     position: Mapped[int | None]  # 0 = shown first (A)
     annotation: Mapped[Annotation] = relationship(back_populates="items")
+
+
+class ReviewStatus(enum.StrEnum):
+    unreviewed = "unreviewed"
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+class Demonstration(Base):
+    """The ideal assistant reply a labeler wrote for a demonstration task (InstructGPT step 1).
+
+    It hangs off the task's annotation, which holds what every task kind shares (labeler, time
+    spent, guideline version, skip); a skipped demonstration task has an annotation and no row here.
+    """
+
+    __tablename__ = "demonstration"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotation.id", ondelete="CASCADE"), unique=True)
+    reply: Mapped[str] = mapped_column(Text)  # as the labeler wrote it
+    # "Start from a draft": the policy completion the labeler edited, and how far they moved it
+    # (characters, Levenshtein); edited drafts are different data from replies written from scratch.
+    draft_used: Mapped[bool] = mapped_column(default=False)
+    draft_completion_id: Mapped[int | None] = mapped_column(ForeignKey("completion.id", ondelete="SET NULL"))
+    edit_distance: Mapped[int | None]
+    token_count: Mapped[int | None]
+    review_status: Mapped[str] = mapped_column(String(16), default=ReviewStatus.unreviewed, index=True)
+    review_reason: Mapped[str | None] = mapped_column(Text)
+    # A reviewer's edit; the labeler's `reply` is kept beside it, and training uses this one.
+    edited_reply: Mapped[str | None] = mapped_column(Text)
+    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[datetime | None]
+    annotation: Mapped[Annotation] = relationship(lazy="joined")
+
+    @property
+    def final_reply(self) -> str:
+        return self.edited_reply if self.edited_reply is not None else self.reply
