@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from trainer.config import launch_values
-from trainer.reward.train import Hooks
+from trainer.loop import Hooks
 from trainer.sft.config import SFTConfig
 from trainer.sft.data import read_demos
 from trainer.sft.train import train
