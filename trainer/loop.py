@@ -94,16 +94,6 @@ def optimizer_for(model: torch.nn.Module, cfg: Any, total: int, warmup: int = 0)
     return optimizer, scheduler
 
 
-def optimizer_step(
-    accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float
-) -> None:
-    """The end of every step: clip, step the optimizer and the schedule, clear the gradients."""
-    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
 # --- checkpoints --------------------------------------------------------------------------
 
 
@@ -146,46 +136,70 @@ def load_checkpoint(
     return saved
 
 
-def resume(
-    work_dir: Path, *, model: Any, optimizer: Any, scheduler: Any, accelerator: Any, hooks: Hooks, total: int
-) -> tuple[Any, Any, dict[str, Any]]:
-    """Load the last checkpoint (before `prepare`, so the weights load into the bare model),
-    then prepare model and optimizer. Returns (model, optimizer, the checkpoint's state or {})."""
+@dataclass
+class Steps:
+    """A loop's plan (step_plan), its prepared model and optimizer, the schedule, and the
+    checkpoint's state it resumes from ({} on a fresh run); it steps and checkpoints them."""
+
+    plan: list[list[list[int]]]
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    saved: dict[str, Any]
+    accelerator: Any
+    work_dir: Path
+    hooks: Hooks
+
+    @property
+    def total(self) -> int:
+        return len(self.plan)
+
+    @property
+    def start(self) -> int:
+        return int(self.saved.get("step", 0))
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def optimizer_step(self, max_grad_norm: float) -> None:
+        """The end of every step: clip, step the optimizer and the schedule, clear the gradients."""
+        self.accelerator.clip_grad_norm_(self.model.parameters(), max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def checkpoint_if_due(self, cfg: Any, done: int, **extra: Any) -> None:
+        """Every cfg.checkpoint_every steps (not after the last), the main process saves a
+        checkpoint whose state is the step, `extra` and the config."""
+        if not (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < self.total):
+            return
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_checkpoint(
+                self.work_dir,
+                model=self.accelerator.unwrap_model(self.model),
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state={"step": done, **extra, "config": asdict(cfg)},
+            )
+            self.hooks.log(f"checkpoint at step {done}")
+
+
+def prepare_steps(
+    model: Any, cfg: Any, n_items: int, work_dir: Path, *, accelerator: Any, hooks: Hooks, warmup: int = 0
+) -> Steps:
+    """Plan the steps over `n_items`, make the optimizer and schedule, load the last checkpoint
+    in work_dir (before `prepare`, so the weights load into the bare model), then prepare."""
+    plan = step_plan(n_items, cfg, accelerator.num_processes)
+    optimizer, scheduler = optimizer_for(model, cfg, len(plan), warmup)
+    model.train()
     work_dir.mkdir(parents=True, exist_ok=True)
     saved = load_checkpoint(work_dir, model=model, optimizer=optimizer, scheduler=scheduler)
     if saved:
-        hooks.log(f"resumed from checkpoint at step {saved['step']} of {total}")
+        hooks.log(f"resumed from checkpoint at step {saved['step']} of {len(plan)}")
     model, optimizer = accelerator.prepare(model, optimizer)
-    return model, optimizer, saved
-
-
-def checkpoint_if_due(
-    cfg: Any,
-    done: int,
-    total: int,
-    work_dir: Path,
-    *,
-    accelerator: Any,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    hooks: Hooks,
-    **extra: Any,
-) -> None:
-    """Every cfg.checkpoint_every steps (not after the last), the main process saves a checkpoint
-    whose state is the step, the config and `extra`."""
-    if not (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total):
-        return
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_checkpoint(
-            work_dir,
-            model=accelerator.unwrap_model(model),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state={"step": done, **extra, "config": asdict(cfg)},
-        )
-        hooks.log(f"checkpoint at step {done}")
+    return Steps(plan, model, optimizer, scheduler, saved, accelerator, work_dir, hooks)
 
 
 # --- the end ------------------------------------------------------------------------------

@@ -24,11 +24,8 @@ from app.ranking import SPLITS, split_of
 from trainer import render
 from trainer.loop import (  # noqa: F401  (Hooks, step_plan re-exported: job.py, launch.py, tests)
     Hooks,
-    checkpoint_if_due,
     lr_factor,
-    optimizer_for,
-    optimizer_step,
-    resume,
+    prepare_steps,
     save_whole,
     start_run,
     step_plan,
@@ -169,22 +166,8 @@ def train(
     train_enc = encode_groups(tokenizer, train_groups, cfg.max_length)
     val_enc = encode_groups(tokenizer, val_groups, cfg.max_length)
 
-    plan = step_plan(len(train_groups), cfg, world)
-    total = len(plan)
-    optimizer, scheduler = optimizer_for(model, cfg, total)
-    model.train()
-
-    # -- resume
-    model, optimizer, saved = resume(
-        work_dir,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        accelerator=accelerator,
-        hooks=hooks,
-        total=total,
-    )
-    start = int(saved.get("step", 0))
+    steps = prepare_steps(model, cfg, len(train_groups), work_dir, accelerator=accelerator, hooks=hooks)
+    model, plan, total, start = steps.model, steps.plan, steps.total, steps.start
 
     # -- train
     history: dict[str, Any] = {}
@@ -207,9 +190,9 @@ def train(
                 accelerator.backward(loss)
             step_loss += float(loss.detach())
             seen_pairs += int(p.win.numel())
-        optimizer_step(accelerator, model, optimizer, scheduler, cfg.max_grad_norm)
+        steps.optimizer_step(cfg.max_grad_norm)
         done = step + 1
-        lr = scheduler.get_last_lr()[0]
+        lr = steps.lr
         if main:
             hooks.metric(done, train_loss=step_loss, lr=lr)
         history["train_loss"] = step_loss
@@ -217,17 +200,7 @@ def train(
             val = evaluate(model, val_groups, val_enc, pad_id, device, cfg.eval_batch_size, accelerator)
             if main and val["val_pairs"]:
                 hooks.metric(done, val_loss=val["val_loss"], val_accuracy=val["val_accuracy"])
-        checkpoint_if_due(
-            cfg,
-            done,
-            total,
-            work_dir,
-            accelerator=accelerator,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            hooks=hooks,
-        )
+        steps.checkpoint_if_due(cfg, done)
         hooks.progress(0.95 * done / total, f"step {done}/{total}, loss {step_loss:.4f}")
     seconds = time.monotonic() - began
 

@@ -24,13 +24,9 @@ from trainer import render
 from trainer.loop import (  # noqa: F401  (CHECKPOINT, Hooks re-exported: tests, launch.py)
     CHECKPOINT,
     Hooks,
-    checkpoint_if_due,
-    optimizer_for,
-    optimizer_step,
-    resume,
+    prepare_steps,
     save_whole,
     start_run,
-    step_plan,
 )
 from trainer.sft.config import CONFIG_FILE, SFTConfig
 from trainer.sft.data import Demo, split_demos
@@ -159,22 +155,11 @@ def train(
     train_ex = [encode_example(tokenizer, d.messages, d.reply, cfg.max_length) for d in train_demos]
     val_ex = [encode_example(tokenizer, d.messages, d.reply, cfg.max_length) for d in val_demos]
 
-    plan = step_plan(len(train_ex), cfg, world)
-    total = len(plan)
-    optimizer, scheduler = optimizer_for(model, cfg, total, cfg.warmup)
-    model.train()
-
-    # -- resume
-    model, optimizer, saved = resume(
-        work_dir,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        accelerator=accelerator,
-        hooks=hooks,
-        total=total,
+    steps = prepare_steps(
+        model, cfg, len(train_ex), work_dir, accelerator=accelerator, hooks=hooks, warmup=cfg.warmup
     )
-    start, val_first = int(saved.get("step", 0)), saved.get("val_loss_first")
+    model, plan, total, start = steps.model, steps.plan, steps.total, steps.start
+    val_first = steps.saved.get("val_loss_first")
 
     # -- validation before the first step
     if not start:
@@ -203,29 +188,18 @@ def train(
                 accelerator.backward(loss)
             step_loss += float(loss_sum.detach()) / step_tokens
             seen_tokens += int(batch["attention_mask"].sum())
-        optimizer_step(accelerator, model, optimizer, scheduler, cfg.max_grad_norm)
+        steps.optimizer_step(cfg.max_grad_norm)
         done = step + 1
         if world > 1:  # each process holds its share of the step's token-weighted loss
             step_loss = float(accelerator.reduce(torch.tensor([step_loss], device=device), reduction="sum"))
         train_loss = step_loss
         if main:
-            hooks.metric(done, train_loss=train_loss, lr=scheduler.get_last_lr()[0])
+            hooks.metric(done, train_loss=train_loss, lr=steps.lr)
         if done % cfg.eval_every == 0 and done < total:
             val = evaluate(model, val_ex, pad_id, device, cfg.batch_size, accelerator)
             if main and val is not None:
                 hooks.metric(done, val_loss=val)
-        checkpoint_if_due(
-            cfg,
-            done,
-            total,
-            work_dir,
-            accelerator=accelerator,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            hooks=hooks,
-            val_loss_first=val_first,
-        )
+        steps.checkpoint_if_due(cfg, done, val_loss_first=val_first)
         hooks.progress(0.02 + 0.93 * done / total, f"step {done}/{total}, loss {step_loss:.4f}")
     seconds = time.monotonic() - began
 
