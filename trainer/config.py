@@ -14,11 +14,32 @@ from app.runs.params.spec import JobSpec
 
 
 class SpecConfig:
-    """Base of PPOConfig and RewardConfig (dataclasses): SPEC defines their fields but INTERNAL."""
+    """Base of PPOConfig, RewardConfig and SFTConfig (dataclasses): SPEC defines their fields but
+    INTERNAL (config fields the definition does not offer to users: none today).
+
+    A config annotates its fields without defaults, itself or in a shared base (LoopConfig):
+    each field takes its default from SPEC, and the fields stand in SPEC's order (the order of
+    the saved config's JSON)."""
 
     SPEC: ClassVar[JobSpec]
     INTERNAL: ClassVar[frozenset[str]] = frozenset()
     UNKNOWN: ClassVar[str]  # what an unknown field is called in the error ("PPO setting")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "SPEC" not in cls.__dict__:
+            return  # a shared base: its fields are declared here, defaulted in each config
+        declared: dict[str, Any] = {}
+        for base in reversed(cls.__mro__):
+            if issubclass(base, SpecConfig) and base is not SpecConfig:
+                declared.update(base.__dict__.get("__annotations__", {}))
+        order = [p.name for p in cls.SPEC.fields]
+        names = sorted(declared, key=lambda n: order.index(n) if n in order else len(order))
+        cls.__annotations__ = {n: declared[n] for n in names}
+        defaults = cls.SPEC.defaults
+        for name in names:
+            if name in defaults and name not in cls.__dict__:
+                setattr(cls, name, defaults[name])
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
@@ -50,6 +71,25 @@ class SpecConfig:
         self.SPEC.validate(
             {f.name: getattr(self, f.name) for f in fields(cast(Any, self)) if f.name not in self.INTERNAL}
         )
+
+
+class LoopConfig(SpecConfig):
+    """The fields the reward-model and SFT loops share (trainer/loop.py reads them); each
+    config's SPEC gives their defaults."""
+
+    base_model: str
+    lr: float
+    min_lr_ratio: float
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    max_length: int
+    weight_decay: float
+    max_grad_norm: float
+    eval_every: int
+    checkpoint_every: int
+    bf16: bool
+    seed: int
 
 
 def launch_values(config_file: str | Path | None, sets: Iterable[str]) -> dict[str, Any]:
