@@ -5,12 +5,15 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 from app.runs.params.spec import JobSpec
+
+C = TypeVar("C", bound="SpecConfig")
 
 
 class SpecConfig:
@@ -102,3 +105,26 @@ def launch_values(config_file: str | Path | None, sets: Iterable[str]) -> dict[s
         except json.JSONDecodeError:
             values[name] = raw
     return values
+
+
+def add_config_options(parser: Any, name: str) -> None:
+    """A launcher's --config FILE and repeated --set FIELD=VALUE for the config class `name`."""
+    parser.add_argument("--config", type=Path, help=f"JSON file of {name} fields")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=f"one {name} field (JSON value, else text)",
+    )
+
+
+def config_from_args(cls: type[C], args: Any) -> C:
+    """The config a launcher's --config and --set options give (add_config_options)."""
+    return cls.from_dict(launch_values(args.config, args.overrides))
+
+
+def is_main_process() -> bool:
+    """Under `accelerate launch`, whether this is the process that prints (rank 0)."""
+    return int(os.environ.get("RANK", "0")) == 0

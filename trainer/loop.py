@@ -29,6 +29,19 @@ class Hooks:
     log: Callable[[str], None] = lambda line: None
 
 
+def print_hooks(shown: str) -> Hooks:
+    """A launcher's hooks: log lines, and the metrics that carry `shown` as JSON, on rank 0."""
+    from trainer.config import is_main_process
+
+    main = is_main_process()
+    return Hooks(
+        log=lambda line: print(line, flush=True) if main else None,
+        metric=lambda step, **v: (
+            print(json.dumps({"step": step, **v}), flush=True) if main and shown in v else None
+        ),
+    )
+
+
 class Schedule(Protocol):
     """The config fields a step plan reads (RewardConfig's and SFTConfig's)."""
 
