@@ -101,6 +101,13 @@ def make_sessionmaker(
     return sessionmaker(bind=get_engine(url, pool_size, pool_timeout), expire_on_commit=False)
 
 
+def cli_sessions() -> sessionmaker[Session]:
+    """A sessionmaker for the configured database (CLI commands open short transactions with it)."""
+    from app.config import get_settings
+
+    return make_sessionmaker(get_settings().database_url)
+
+
 def get_session(request: Request) -> Iterator[Session]:
     """One session per request: committed when the handler returns, rolled back if it raises
     (a domain error included: app/main.py answers it after this has undone everything)."""

@@ -3,21 +3,16 @@ upload), the `train_ppo` job and `python -m trainer.ppo.launch` (a file). No tor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
+
+from app.jsonl import json_rows
 
 
 def ptx_texts(lines: Iterable[str], where: str) -> list[str]:
     """Every line's "text", blank lines skipped; ValueError naming `where` and the line when a
     line is not an object with a string "text", or when there is no text at all."""
     texts = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}, line {n}: not JSON ({exc.msg})") from exc
+    for n, row in json_rows(lines, where):
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise ValueError(f"{where}, line {n}: each line must be an object with a string field 'text'")
         texts.append(row["text"])

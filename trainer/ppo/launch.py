@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from app.chat import ChatError, Conversation, from_text, parse_conversation
+from app.jsonl import json_rows
 from app.runs.ptx import ptx_texts
 from trainer.config import add_config_options, config_from_args, is_main_process
 from trainer.ppo.config import PPOConfig
@@ -37,13 +38,11 @@ def _read_prompts(path: str) -> list[Conversation]:
     turn), or {"prompt": "..."} / {"text": "..."} (one user message; "system" beside "prompt"
     adds a system message)."""
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"{path} line {n}: not JSON ({exc.msg})") from exc
+    try:
+        rows = list(json_rows(Path(path).read_text(encoding="utf-8").splitlines(), path))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    for n, row in rows:
         text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
         try:
             if isinstance(row, dict) and "messages" in row:
