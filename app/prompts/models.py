@@ -25,11 +25,7 @@ DEFAULT_FLAGS: list[str] = [
 ]
 
 
-class SetStatus(enum.StrEnum):
-    sampling = "sampling"
-    active = "active"
-    paused = "paused"
-    archived = "archived"
+SetStatus = enum.StrEnum("SetStatus", ["sampling", "active", "paused", "archived"])
 
 
 class PromptSet(Base):

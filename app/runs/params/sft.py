@@ -7,6 +7,8 @@ size one CPU machine trains in minutes; each help gives the paper's value where 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from app.runs.params.reward import TRAIN_REWARD as _REWARD
 from app.runs.params.spec import JobSpec, Param, sets_param
 
@@ -64,24 +66,13 @@ TRAIN_SFT = JobSpec(
             low=1,
             high=4096,
         ),
-        Param(
-            "grad_accum",
-            int,
-            1,
-            "Micro-batches per optimizer step: demonstrations per step = batch size × this × processes.",
-            "Gradient accumulation",
-            low=1,
-            high=1024,
-            advanced=True,
+        replace(
+            _REWARD["grad_accum"],
+            help="Micro-batches per optimizer step: demonstrations per step = batch size × this × processes.",
         ),
-        Param(
-            "max_length",
-            int,
-            512,
-            "Tokens of conversation + reply; the prompt is cut from the left, the reply kept.",
-            "Max length (tokens)",
-            low=8,
-            high=65536,
+        replace(
+            _REWARD["max_length"],
+            help="Tokens of conversation + reply; the prompt is cut from the left, the reply kept.",
         ),
         Param(
             "dropout",
@@ -93,8 +84,7 @@ TRAIN_SFT = JobSpec(
             high=0.9,
             advanced=True,
         ),
-        _REWARD["weight_decay"],
-        _REWARD["max_grad_norm"],
+        *(_REWARD[name] for name in ("weight_decay", "max_grad_norm")),
         Param(
             "eval_every",
             int,
@@ -105,8 +95,7 @@ TRAIN_SFT = JobSpec(
             high=1_000_000,
             advanced=True,
         ),
-        _REWARD["checkpoint_every"],
-        _REWARD["bf16"],
+        *(_REWARD[name] for name in ("checkpoint_every", "bf16")),
         Param(
             "seed",
             int,
