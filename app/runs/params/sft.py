@@ -19,23 +19,14 @@ TRAIN_SFT = JobSpec(
     title="Train policy on demonstrations (SFT)",
     fields=(
         sets_param("Train on these prompt sets' demonstrations; none: every set."),
-        Param(
-            "base_model",
-            str,
-            "",
-            "Policy to fine-tune, a hub id or folder; empty: the active policy's.",
-            "Base model (hub id or folder)",
-            role="data",
-            metavar="ID_OR_PATH",
+        replace(
+            _REWARD["base_model"],
+            help="Policy to fine-tune, a hub id or folder; empty: the active policy's.",
         ),
-        Param(
-            "lr",
-            float,
-            2e-5,
-            "Peak AdamW learning rate, decayed by a cosine (paper: 9.65e-6 for 1.3B and 6B).",
-            "Learning rate",
-            low=1e-9,
-            high=1.0,
+        replace(
+            _REWARD["lr"],
+            default=2e-5,
+            help="Peak AdamW learning rate, decayed by a cosine (paper: 9.65e-6 for 1.3B and 6B).",
         ),
         _REWARD["min_lr_ratio"],
         Param(
@@ -48,23 +39,15 @@ TRAIN_SFT = JobSpec(
             high=1_000_000,
             advanced=True,
         ),
-        Param(
-            "epochs",
-            int,
-            2,
-            "Passes over the training demonstrations (paper: 16, chosen by reward-model score).",
-            "Epochs",
-            low=1,
-            high=100,
+        replace(
+            _REWARD["epochs"],
+            default=2,
+            help="Passes over the training demonstrations (paper: 16, chosen by reward-model score).",
         ),
-        Param(
-            "batch_size",
-            int,
-            8,
-            "Demonstrations per micro-batch per process (paper: 32).",
-            "Batch size (demonstrations)",
-            low=1,
-            high=4096,
+        replace(
+            _REWARD["batch_size"],
+            help="Demonstrations per micro-batch per process (paper: 32).",
+            label="Batch size (demonstrations)",
         ),
         replace(
             _REWARD["grad_accum"],
