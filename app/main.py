@@ -18,6 +18,7 @@ from app.errors import DomainError, Invalid, Problem, ProblemsOut
 from app.exports import views as exports_views
 from app.imports import views as imports_views
 from app.labeling import views as labeling_views
+from app.prompts import proposal_views
 from app.prompts import views as prompts_views
 from app.quality import views as quality_views
 from app.runs import launch as runs_launch
@@ -28,6 +29,7 @@ from app.web import ROOT, render
 DOMAINS = (
     auth_views,
     prompts_views,
+    proposal_views,
     labeling_views,
     exports_views,
     imports_views,
