@@ -14,6 +14,7 @@ from app.auth import views as auth_views
 from app.auth.deps import Forbidden, LoginRequired
 from app.config import Settings, get_settings
 from app.db import make_sessionmaker
+from app.demonstrations import views as demonstrations_views
 from app.errors import DomainError, Invalid, Problem, ProblemsOut
 from app.exports import views as exports_views
 from app.imports import views as imports_views
@@ -31,6 +32,7 @@ DOMAINS = (
     prompts_views,
     proposal_views,
     labeling_views,
+    demonstrations_views,
     exports_views,
     imports_views,
     quality_views,

@@ -84,6 +84,12 @@ ROUTES: dict[str, str] = {
     "POST /guidelines": "admin",
     "GET /api/v1/tasks/next": "labeler",
     "POST /api/v1/assignments/{assignment_id}/annotation": "labeler",
+    # review of demonstrations (app/demonstrations)
+    "GET /demonstrations": "researcher",
+    "POST /demonstrations/accept": "researcher",
+    "POST /demonstrations/{demonstration_id}/accept": "researcher",
+    "POST /demonstrations/{demonstration_id}/reject": "researcher",
+    "POST /demonstrations/{demonstration_id}/edit": "researcher",
     # exports and data quality (app/exports)
     "GET /exports": "researcher",
     "GET /exports/download": "researcher",
