@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -10,13 +11,13 @@ from sqlalchemy.orm import Session
 
 from app.auth.deps import CurrentResearcher
 from app.auth.models import User
-from app.db import SessionDep, undone_on_error
+from app.db import SessionDep
 from app.demonstrations import service
-from app.errors import MAX_ROW_ID, Id, Invalid
+from app.errors import MAX_ROW_ID, DomainError, Id, Invalid
 from app.exports.service import pseudonym
 from app.labeling.models import Demonstration, ReviewStatus
 from app.prompts import service as prompts
-from app.web import FormDep, is_htmx, render
+from app.web import FormDep, attempt, is_htmx, render
 
 router = APIRouter(tags=["demonstrations"])
 api = APIRouter(tags=["demonstrations"])
@@ -50,7 +51,7 @@ def demonstrations_page(
     return render(request, "demonstrations/list.html", ctx)
 
 
-def _row(request: Request, session: Session, demo: Demonstration, refused: Invalid | None) -> Response:
+def _row(request: Request, session: Session, demo: Demonstration, refused: DomainError | None) -> Response:
     """htmx: the row again (with the refusal, if any); a plain form: back to the list, or the error."""
     if refused is not None and not is_htmx(request):
         raise refused
@@ -63,18 +64,13 @@ def _row(request: Request, session: Session, demo: Demonstration, refused: Inval
 
 def _act(request: Request, session: Session, demo_id: int, user: User, action: str, form: Any) -> Response:
     demo = service.get(session=session, demo_id=demo_id)
-    refused = None
-    try:
-        with undone_on_error(session):
-            if action == "accept":
-                service.accept(session=session, demo=demo, reviewer=user)
-            elif action == "reject":
-                service.reject(session=session, demo=demo, reviewer=user, reason=str(form.get("reason", "")))
-            else:
-                service.edit(session=session, demo=demo, reviewer=user, reply=str(form.get("reply", "")))
-    except Invalid as exc:
-        refused = exc
-    return _row(request, session, demo, refused)
+    reason, reply = str(form.get("reason", "")), str(form.get("reply", ""))
+    actions: dict[str, Callable[[], None]] = {
+        "accept": lambda: service.accept(session=session, demo=demo, reviewer=user),
+        "reject": lambda: service.reject(session=session, demo=demo, reviewer=user, reason=reason),
+        "edit": lambda: service.edit(session=session, demo=demo, reviewer=user, reply=reply),
+    }
+    return _row(request, session, demo, attempt(session, actions[action]))
 
 
 @router.post("/demonstrations/{demonstration_id}/accept", response_class=HTMLResponse)

@@ -11,11 +11,11 @@ from starlette.datastructures import FormData
 
 from app.auth.deps import CurrentAdmin, CurrentLabeler
 from app.db import SessionDep, undone_on_error
-from app.errors import MAX_ROW_ID, Conflict, DomainError, Id, Invalid, ProblemsOut
+from app.errors import MAX_ROW_ID, DomainError, Id, Invalid, ProblemsOut
 from app.prompts import proposals, service
 from app.prompts.models import PROMPT_CATEGORIES, PromptProposal, ProposalStatus
 from app.prompts.schemas import ProposalIn, ProposalOut
-from app.web import FormDep, is_htmx, render
+from app.web import FormDep, attempt, is_htmx, render
 
 router = APIRouter(tags=["prompts"])
 api = APIRouter(tags=["prompts"])
@@ -200,19 +200,17 @@ def accept(
 ) -> Response:
     """Accept into the chosen set; with `edited=1` the conversation fields replace what was written."""
     proposal = proposals.get(session=session, proposal_id=proposal_id)
-    refused = None
-    try:
-        with undone_on_error(session):
-            proposals.accept(
-                session=session,
-                settings=request.app.state.settings,
-                proposal=proposal,
-                reviewer=admin,
-                prompt_set_id=_int(form.get("prompt_set_id"), "prompt_set_id"),
-                messages=conversation_from_form(form) if form.get("edited") == "1" else None,
-            )
-    except (Invalid, Conflict) as exc:
-        refused = exc
+    refused = attempt(
+        session,
+        lambda: proposals.accept(
+            session=session,
+            settings=request.app.state.settings,
+            proposal=proposal,
+            reviewer=admin,
+            prompt_set_id=_int(form.get("prompt_set_id"), "prompt_set_id"),
+            messages=conversation_from_form(form) if form.get("edited") == "1" else None,
+        ),
+    )
     return _after(request, session, proposal, refused)
 
 
@@ -221,12 +219,8 @@ def reject(
     proposal_id: Id, request: Request, session: SessionDep, admin: CurrentAdmin, form: FormDep
 ) -> Response:
     proposal = proposals.get(session=session, proposal_id=proposal_id)
-    refused = None
-    try:
-        with undone_on_error(session):
-            proposals.reject(
-                session=session, proposal=proposal, reviewer=admin, reason=str(form.get("reason", ""))
-            )
-    except (Invalid, Conflict) as exc:
-        refused = exc
+    reason = str(form.get("reason", ""))
+    refused = attempt(
+        session, lambda: proposals.reject(session=session, proposal=proposal, reviewer=admin, reason=reason)
+    )
     return _after(request, session, proposal, refused)

@@ -9,18 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from app.prompts.models import Prompt, PromptProposal
-from tests.browser.conftest import LiveServer
-from tests.factories import PASSWORD, make_prompt_set, make_user
+from tests.browser.conftest import LiveServer, sign_in
+from tests.factories import make_prompt_set, make_user
 
 pytestmark = pytest.mark.browser
-
-
-def log_in(page: Any, username: str) -> None:
-    page.goto("/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/")
 
 
 def test_a_labeler_proposes_a_prompt_and_an_admin_accepts_it(page: Any, live_server: LiveServer) -> None:
@@ -31,7 +23,7 @@ def test_a_labeler_proposes_a_prompt_and_an_admin_accepts_it(page: Any, live_ser
         s.commit()
         names, set_id = (labeler.username, admin.username), ps.id
 
-    log_in(page, names[0])
+    sign_in(page, names[0])
     page.click("text=Write a prompt")
     page.wait_for_url("**/prompts/write")
     page.select_option("select[name=prompt_set_id]", str(set_id))
@@ -47,7 +39,7 @@ def test_a_labeler_proposes_a_prompt_and_an_admin_accepts_it(page: Any, live_ser
     page.wait_for_selector("#sent")
 
     page.context.clear_cookies()
-    log_in(page, names[1])
+    sign_in(page, names[1])
     page.goto("/proposals")
     row = page.locator("tr.proposal").filter(has_text="Ideas for a rainy day?")
     assert "Something <b>with friends</b>?" in row.inner_text()  # shown as text
@@ -62,6 +54,6 @@ def test_a_labeler_proposes_a_prompt_and_an_admin_accepts_it(page: Any, live_ser
         assert prompt.meta["category"] == "brainstorming"
 
     page.context.clear_cookies()
-    log_in(page, names[0])
+    sign_in(page, names[0])
     page.goto("/label/history")
     assert "accepted into written prompts welcome" in page.locator("#written-prompts + table").inner_text()

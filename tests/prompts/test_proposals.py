@@ -42,6 +42,12 @@ def propose(client: TestClient, headers: dict[str, str], ps: PromptSet, **body: 
     return client.post("/api/v1/prompts/proposals", headers=headers, json=payload)
 
 
+def send(client: TestClient, url: str, csrf: str, *, htmx: bool = False, **data: Any):  # type: ignore[no-untyped-def]
+    """A browser form post (CSRF token included), redirects not followed."""
+    headers = {"HX-Request": "true"} if htmx else {}
+    return client.post(url, data={"csrf_token": csrf, **data}, headers=headers, follow_redirects=False)
+
+
 def count(session: Session, model: Any) -> int:
     return session.scalar(select(func.count()).select_from(model)) or 0
 
@@ -142,17 +148,15 @@ class TestWritePage:
         csrf = login(client, labeler)
         page = client.get("/prompts/write")
         assert page.status_code == 200 and "open for writing" in page.text and "closed set" not in page.text
-        r = client.post(
+        r = send(
+            client,
             "/prompts/write",
-            data={
-                "csrf_token": csrf,
-                "prompt_set_id": str(ps.id),
-                "category": "brainstorming",
-                "system": "Be brief.",
-                "role": ["user", "assistant", "user"],
-                "content": ["Ideas for a party?", "A picnic.", "More, indoors?"],
-            },
-            follow_redirects=False,
+            csrf,
+            prompt_set_id=str(ps.id),
+            category="brainstorming",
+            system="Be brief.",
+            role=["user", "assistant", "user"],
+            content=["Ideas for a party?", "A picnic.", "More, indoors?"],
         )
         assert r.status_code == 303, r.text
         stored = session.scalars(select(PromptProposal)).one()
@@ -164,15 +168,14 @@ class TestWritePage:
     ) -> None:
         ps = open_set(session)
         csrf = login(client, make_user(session))
-        r = client.post(
+        r = send(
+            client,
             "/prompts/write",
-            data={
-                "csrf_token": csrf,
-                "prompt_set_id": str(ps.id),
-                "category": "chat",
-                "role": ["user", "assistant"],
-                "content": ["Kept text " + HOSTILE, "An answer"],
-            },
+            csrf,
+            prompt_set_id=str(ps.id),
+            category="chat",
+            role=["user", "assistant"],
+            content=["Kept text " + HOSTILE, "An answer"],
         )
         assert r.status_code == 422
         assert "messages[1].role" in r.text and "last message must be from the user" in r.text
@@ -200,11 +203,7 @@ class TestReview:
         p = pending(session, ps)
         csrf = login(client, make_user(session, role="admin"))
         assert "Summarise the plot of Hamlet." in client.get("/proposals").text
-        r = client.post(
-            f"/proposals/{p.id}/accept",
-            data={"csrf_token": csrf, "prompt_set_id": str(ps.id)},
-            follow_redirects=False,
-        )
+        r = send(client, f"/proposals/{p.id}/accept", csrf, prompt_set_id=str(ps.id))
         assert r.status_code == 303, r.text
         session.refresh(p)
         prompt = session.get(Prompt, p.prompt_id)
@@ -221,11 +220,7 @@ class TestReview:
         demo.kind = "demonstration"
         p = pending(session, written_for)
         csrf = login(client, make_user(session, role="admin"))
-        r = client.post(
-            f"/proposals/{p.id}/accept",
-            data={"csrf_token": csrf, "prompt_set_id": str(demo.id)},
-            headers={"HX-Request": "true"},
-        )
+        r = send(client, f"/proposals/{p.id}/accept", csrf, htmx=True, prompt_set_id=str(demo.id))
         assert r.status_code == 200 and "accepted" in r.text and f'id="proposal-{p.id}"' in r.text
         task = session.scalars(select(Task)).one()
         assert task.status == "open" and task.prompt_set_id == demo.id and task.completions == []
@@ -240,14 +235,10 @@ class TestReview:
         session.flush()
         p = pending(session, ps, "  Summarise the plot of Hamlet.\r\n")
         csrf = login(client, make_user(session, role="admin"))
-        r = client.post(f"/proposals/{p.id}/accept", data={"csrf_token": csrf, "prompt_set_id": str(ps.id)})
+        r = send(client, f"/proposals/{p.id}/accept", csrf, prompt_set_id=str(ps.id))
         assert r.status_code == 409
         assert f"prompt {existing.id}" in r.text and "holds it" in r.text
-        htmx = client.post(
-            f"/proposals/{p.id}/accept",
-            data={"csrf_token": csrf, "prompt_set_id": str(ps.id)},
-            headers={"HX-Request": "true"},
-        )
+        htmx = send(client, f"/proposals/{p.id}/accept", csrf, htmx=True, prompt_set_id=str(ps.id))
         assert f"prompt {existing.id}" in htmx.text and 'role="alert"' in htmx.text
         session.refresh(p)
         assert p.status == "pending" and count(session, Prompt) == 1 and count(session, Job) == 0
@@ -260,17 +251,15 @@ class TestReview:
         csrf = login(client, make_user(session, role="admin"))
         page = client.get(f"/proposals/{p.id}")
         assert page.status_code == 200 and "summarise hamlet pls" in page.text
-        r = client.post(
+        r = send(
+            client,
             f"/proposals/{p.id}/accept",
-            data={
-                "csrf_token": csrf,
-                "prompt_set_id": str(ps.id),
-                "edited": "1",
-                "system": "Answer in three sentences.",
-                "role": ["user"],
-                "content": ["Summarise the plot of Hamlet."],
-            },
-            follow_redirects=False,
+            csrf,
+            prompt_set_id=str(ps.id),
+            edited="1",
+            system="Answer in three sentences.",
+            role=["user"],
+            content=["Summarise the plot of Hamlet."],
         )
         assert r.status_code == 303, r.text
         session.refresh(p)
@@ -288,15 +277,14 @@ class TestReview:
         ps = open_set(session)
         p = pending(session, ps)
         csrf = login(client, make_user(session, role="admin"))
-        r = client.post(
+        r = send(
+            client,
             f"/proposals/{p.id}/accept",
-            data={
-                "csrf_token": csrf,
-                "prompt_set_id": str(ps.id),
-                "edited": "1",
-                "role": ["user"],
-                "content": [""],
-            },
+            csrf,
+            prompt_set_id=str(ps.id),
+            edited="1",
+            role=["user"],
+            content=[""],
         )
         assert r.status_code == 422 and "messages[0].content" in r.text
         session.refresh(p)
@@ -319,24 +307,19 @@ class TestReview:
         csrf = login(admin_client, make_user(session, role="admin"))
         queue = admin_client.get("/proposals").text
         assert HOSTILE not in queue and "&lt;script&gt;" in queue
-        empty = admin_client.post(f"/proposals/{p.id}/reject", data={"csrf_token": csrf, "reason": "  "})
+        empty = send(admin_client, f"/proposals/{p.id}/reject", csrf, reason="  ")
         assert empty.status_code == 422 and "reason" in empty.text
-        r = admin_client.post(
-            f"/proposals/{p.id}/reject",
-            data={"csrf_token": csrf, "reason": "Not a task <b>at all</b>"},
-            follow_redirects=False,
-        )
+        r = send(admin_client, f"/proposals/{p.id}/reject", csrf, reason="Not a task <b>at all</b>")
         assert r.status_code == 303
         session.refresh(p)
         assert p.status == "rejected" and p.reason == "Not a task <b>at all</b>" and p.reviewed_at is not None
-        again = admin_client.post(
-            f"/proposals/{p.id}/accept", data={"csrf_token": csrf, "prompt_set_id": str(ps.id)}
-        )
+        again = send(admin_client, f"/proposals/{p.id}/accept", csrf, prompt_set_id=str(ps.id))
         assert again.status_code == 409 and "already rejected" in again.text
         admin_client.cookies.clear()
         login(admin_client, labeler)
         history = admin_client.get("/label/history").text
         assert "rejected: Not a task &lt;b&gt;at all&lt;/b&gt;" in history and HOSTILE not in history
+        assert "<title>Your labels · ranklab</title>" in history
 
 
 class TestSetSettings:
@@ -347,16 +330,12 @@ class TestSetSettings:
         csrf = login(client, make_user(session, role="admin"))
         page = client.get(f"/sets/{ps.id}").text
         assert 'id="set-settings"' in page and "accepted or not yet reviewed" in page
-        r = client.post(
-            f"/sets/{ps.id}/settings",
-            data={"csrf_token": csrf, "train_on": "accepted", "allow_proposals": "1"},
-            follow_redirects=False,
-        )
+        r = send(client, f"/sets/{ps.id}/settings", csrf, train_on="accepted", allow_proposals="1")
         assert r.status_code == 303
         session.refresh(ps)
         assert ps.train_on == "accepted" and ps.allow_proposals is True
         assert "labelers may write prompts for it: <strong>yes</strong>" in client.get(f"/sets/{ps.id}").text
-        bad = client.post(f"/sets/{ps.id}/settings", data={"csrf_token": csrf, "train_on": "some"})
+        bad = send(client, f"/sets/{ps.id}/settings", csrf, train_on="some")
         assert bad.status_code == 422 and "train_on" in bad.text
         session.refresh(ps)
         assert ps.train_on == "accepted"
