@@ -187,10 +187,11 @@ def _insert_claim(
     checks is the true one; the partial unique index turns a second tab's claim into nothing."""
     insert_: Any
     if _is_pg(session):
-        order: Any = (
+        order: Any = func.coalesce(  # a demonstration task may have no completion: []
             select(func.jsonb_agg(aggregate_order_by(Completion.id, func.random())))
             .where(Completion.task_id == task_id)
-            .scalar_subquery()
+            .scalar_subquery(),
+            literal_column("'[]'::jsonb"),
         )
         insert_ = pg_insert
     else:
