@@ -4,18 +4,19 @@ overlap, drafts and their edit distance, the token limit, history."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
 from app.labeling.demonstrations import levenshtein
 from app.labeling.models import Annotation, Assignment, Completion, Demonstration, Task
 from app.prompts.models import PromptSet
-from tests.factories import bearer, csrf_of, login, make_prompt_set, make_task, make_user
+from tests.factories import bearer, csrf_of, login, make_model_version, make_prompt_set, make_task, make_user
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
@@ -290,3 +291,39 @@ def test_a_demonstration_set_is_not_in_the_quality_figures_or_ranking_exports(
     assert _post(client, h, aid, {"reply": "Yes."}).status_code == 200
     assert quality.load(session=session) == []
     assert session.scalar(select(PromptSet.kind)) == "demonstration"
+
+
+class TestTokenLimit:
+    """The reply is counted with the conversation through the policy's own chat template."""
+
+    def test_the_count_is_the_templates_and_the_limit_names_the_reply(
+        self, client: TestClient, session: Session, tiny_chat_model_path: Path
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        from app.chat import with_reply
+        from app.labeling.demonstrations import reply_tokens
+
+        tok = AutoTokenizer.from_pretrained(tiny_chat_model_path)
+        reply = "Red, and then green."
+        text = tok.apply_chat_template(with_reply(CONVERSATION, reply), tokenize=False)  # type: ignore[arg-type]
+        expected = len(tok(text, add_special_tokens=False).input_ids)
+        assert reply_tokens(CONVERSATION, reply, str(tiny_chat_model_path)) == expected  # type: ignore[arg-type]
+        policy = make_model_version(session)
+        policy.path = str(tiny_chat_model_path)
+        _demo_set(session)
+        session.execute(update(PromptSet).values(policy_version_id=policy.id))
+        h = _token(session)
+        aid = _next(client, h)["assignment_id"]
+        settings = client.app.state.settings  # type: ignore[attr-defined]
+        client.app.state.settings = settings.model_copy(update={"max_demonstration_tokens": expected - 1})  # type: ignore[attr-defined]
+        over = _post(client, h, aid, {"reply": reply})
+        assert over.status_code == 422
+        assert over.json()["detail"][0]["field"] == "reply"
+        assert (
+            f"is {expected} tokens after the chat template; at most {expected - 1}"
+            in over.json()["detail"][0]["message"]
+        )
+        client.app.state.settings = settings.model_copy(update={"max_demonstration_tokens": expected})  # type: ignore[attr-defined]
+        ok = _post(client, h, aid, {"reply": reply})
+        assert ok.status_code == 200 and ok.json()["token_count"] == expected
