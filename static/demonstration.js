@@ -13,34 +13,14 @@
   const draftText = document.getElementById("draft-text");
   const draftStatus = document.getElementById("draft-status");
   const formError = document.getElementById("form-error");
-  const saving = document.getElementById("saving");
-  const guidelines = document.getElementById("guidelines");
-  const keymap = document.getElementById("keymap");
   const assignment = root.dataset.assignment;
   const storeKey = "ranklab.reply." + assignment;
   const show = (e) => { e.hidden = false; };
   const hide = (e) => { e.hidden = true; };
   let submitting = false;
 
-  // --- timers ----------------------------------------------------------------------------------
-  const taskStart = Date.now() - (parseInt(root.dataset.elapsedMs, 10) || 0);
-  let sessionStart = parseInt(sessionStorage.getItem("ranklab.sessionStart") || "", 10);
-  if (!sessionStart) {
-    sessionStart = taskStart;
-    sessionStorage.setItem("ranklab.sessionStart", String(sessionStart));
-  }
-  const fmt = (ms) => {
-    const s = Math.max(0, Math.floor(ms / 1000));
-    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
-    return (h ? h + ":" + String(m).padStart(2, "0") : m) + ":" + String(r).padStart(2, "0");
-  };
-  const tick = () => {
-    document.getElementById("task-timer").textContent = fmt(Date.now() - taskStart);
-    document.getElementById("session-timer").textContent = fmt(Date.now() - sessionStart);
-  };
-  tick();
-  setInterval(tick, 1000);
-  const spent = () => String(Math.max(0, Date.now() - taskStart));
+  const kit = window.ranklabLabel;
+  const spent = kit.timers(root);
 
   // --- nothing typed is lost -------------------------------------------------------------------
   function keep() {
@@ -93,22 +73,12 @@
   }
 
   // --- panels ----------------------------------------------------------------------------------
-  function toggleGuidelines() {
-    guidelines.hidden = !guidelines.hidden;
-    root.classList.toggle("with-guidelines", !guidelines.hidden);
-    document.getElementById("toggle-guidelines").setAttribute("aria-expanded", String(!guidelines.hidden));
-    localStorage.setItem("ranklab.guidelines", guidelines.hidden ? "0" : "1");
-  }
-  function toggleHelp() {
-    keymap.classList.toggle("hidden-help");
-    if (!keymap.classList.contains("hidden-help")) keymap.scrollIntoView({ block: "nearest" });
-  }
+  const { toggleGuidelines, toggleHelp } = kit.panels(root);
+  const expand = kit.folding();
   function openSkip() {
     show(skipForm);
     document.getElementById("skip-reason").focus();
   }
-  const expand = document.getElementById("expand-prompt");
-
   document.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
       if (!skipForm.hidden && skipForm.contains(e.target)) return;
@@ -154,33 +124,9 @@
     document.getElementById("time-spent").value = spent();
     submitting = true;
     document.getElementById("submit-btn").disabled = true;
-    save(0);
+    save();
   }
-  // As the ranking page: posted with fetch so a busy server (503 + Retry-After) or a dropped
-  // connection is retried with backoff while the page keeps the text; submitting is idempotent.
-  // Any other answer (a 422 naming the field, a 409) is the server's own page, posted natively.
-  function save(attempt) {
-    const body = new URLSearchParams(new FormData(form));
-    fetch(form.action, { method: "POST", body, redirect: "manual", credentials: "same-origin" })
-      .then((resp) => {
-        if (resp.type === "opaqueredirect" || (resp.status >= 300 && resp.status < 400)) {
-          forget();
-          window.location.assign("/label");
-        } else if (resp.status === 503) {
-          retry(attempt, Number(resp.headers.get("Retry-After")) || 1);
-        } else {
-          form.submit();
-        }
-      })
-      .catch(() => retry(attempt, 1));
-  }
-  function retry(attempt, retryAfter) {
-    const wait = Math.min(8000, Math.max(retryAfter * 1000, 500 * 2 ** attempt));
-    saving.textContent = "Saving… the server is busy; trying again (your reply is kept).";
-    show(saving);
-    document.getElementById("submit-btn").textContent = "Saving…";
-    setTimeout(() => save(attempt + 1), wait);
-  }
+  const save = kit.saver(form, forget);  // as the ranking page: retried on a 503, kept meanwhile
   form.addEventListener("submit", (e) => { e.preventDefault(); trySubmit(); });
   skipForm.addEventListener("submit", () => {
     skipForm.querySelector(".time-spent").value = spent();
@@ -189,16 +135,5 @@
   document.getElementById("draft-btn").addEventListener("click", startFromDraft);
   document.getElementById("skip-btn").addEventListener("click", openSkip);
   document.getElementById("skip-cancel").addEventListener("click", () => { hide(skipForm); reply.focus(); });
-  document.getElementById("toggle-guidelines").addEventListener("click", toggleGuidelines);
-  document.getElementById("toggle-help").addEventListener("click", toggleHelp);
-  if (expand) {
-    expand.addEventListener("click", () => {
-      const open = expand.getAttribute("aria-expanded") !== "true";
-      for (const f of document.querySelectorAll("[data-fold]")) f.classList.toggle("collapsed", !open);
-      expand.textContent = open ? "Show less" : "Show all";
-      expand.setAttribute("aria-expanded", String(open));
-    });
-  }
-  if (localStorage.getItem("ranklab.guidelines") === "1") toggleGuidelines();
   reply.focus({ preventScroll: true });
 })();

@@ -23,7 +23,7 @@ from app.db import utcnow
 from app.errors import MAX_ROW_ID
 from app.labeling import service as labeling
 from app.labeling.models import Annotation, AssignmentState, Completion, Demonstration
-from app.labeling.service import SubmissionInvalid, SubmissionRefused
+from app.labeling.service import SubmissionInvalid
 from app.prompts import service as prompts
 from app.prompts.models import Prompt, SetKind
 
@@ -122,7 +122,7 @@ def submit_by_id(
     if claim is None:
         done = labeling._already_finished(session, assignment_id, user_id)
         return None if done is None else outcome(session=session, annotation=done)
-    try:
+    with labeling.undone_if_refused(session, claim):
         return _store(
             session,
             claim,
@@ -133,9 +133,6 @@ def submit_by_id(
             max_tokens=max_tokens,
             now=now,
         )
-    except (SubmissionInvalid, SubmissionRefused):
-        labeling._undo(session, claim)
-        raise
 
 
 def _store(

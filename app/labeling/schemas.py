@@ -176,27 +176,7 @@ class DemonstrationIn(BaseModel):
 
 
 class DemonstrationOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": 12,
-                    "assignment_id": 7,
-                    "task_id": 3,
-                    "skipped": None,
-                    "reply": "Rain taps the window.",
-                    "draft_used": True,
-                    "draft_completion_id": 31,
-                    "edit_distance": 14,
-                    "token_count": 41,
-                    "notes": "",
-                    "time_spent_ms": 52000,
-                    "guideline_version": 3,
-                    "created_at": "2026-12-02T12:01:00Z",
-                }
-            ]
-        }
-    )
+    """What was stored: the reply with its draft marks, or the skip (as in AnnotationOut)."""
 
     id: int = Field(description="The annotation's id.")
     assignment_id: int

@@ -10,7 +10,8 @@ a late one (lease expired) is checked under the task's lock like a new assignmen
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -623,6 +624,16 @@ def _undo(session: Session, claim: _Claim) -> None:
     )
 
 
+@contextmanager
+def undone_if_refused(session: Session, claim: _Claim) -> Iterator[None]:
+    """A submission's checks and writes after _finish: a refusal puts _finish back (_undo)."""
+    try:
+        yield
+    except (SubmissionInvalid, SubmissionRefused):
+        _undo(session, claim)
+        raise
+
+
 def _late(session: Session, claim: _Claim, now: datetime) -> None:
     """A late submission of an assignment marked expired: finished now, not when it expired."""
     if claim.expired_at is not None:
@@ -744,7 +755,7 @@ def submit_by_id(
     claim = _finish(session, assignment_id, user_id, AssignmentState.submitted, now)
     if claim is None:
         return _already_finished(session, assignment_id, user_id)
-    try:
+    with undone_if_refused(session, claim):
         return _store(
             session,
             claim,
@@ -757,9 +768,6 @@ def submit_by_id(
             confirm_inconsistent=confirm_inconsistent,
             now=now,
         )
-    except (SubmissionInvalid, SubmissionRefused):
-        _undo(session, claim)
-        raise
 
 
 def _annotation(

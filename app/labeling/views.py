@@ -316,6 +316,13 @@ def api_next_task(request: Request, session: SessionDep, user: CurrentLabeler) -
     )
 
 
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut},
+    409: {"model": ErrorOut},
+    422: {"model": ProblemsOut, "description": "Names the field at fault."},
+}
+
+
 def _annotation_out(a: Annotation) -> AnnotationOut:
     return AnnotationOut(
         id=a.id,
@@ -336,11 +343,7 @@ def _annotation_out(a: Annotation) -> AnnotationOut:
 @api.post(
     "/assignments/{assignment_id}/annotation",
     response_model=AnnotationOut,
-    responses={
-        404: {"model": ErrorOut},
-        409: {"model": ErrorOut},
-        422: {"model": ProblemsOut, "description": "Names the field at fault."},
-    },
+    responses=SUBMIT_RESPONSES,
 )
 def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: Id, body: AnnotationIn) -> Any:
     """Submit a ranking or a skip. Submitting again returns the first annotation unchanged."""
@@ -373,11 +376,7 @@ def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: Id, bod
 @api.post(
     "/assignments/{assignment_id}/demonstration",
     response_model=DemonstrationOut,
-    responses={
-        404: {"model": ErrorOut},
-        409: {"model": ErrorOut},
-        422: {"model": ProblemsOut, "description": "Names the field at fault."},
-    },
+    responses=SUBMIT_RESPONSES,
 )
 def api_demonstration(
     request: Request, session: SessionDep, user: CurrentLabeler, assignment_id: Id, body: DemonstrationIn

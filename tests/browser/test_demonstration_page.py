@@ -11,7 +11,8 @@ from sqlalchemy import select, update
 from app.labeling.models import Annotation, Completion, Demonstration
 from app.prompts.models import PromptSet
 from tests.browser.conftest import LiveServer
-from tests.factories import PASSWORD, make_prompt_set, make_task, make_user
+from tests.browser.test_labeling_page import log_in
+from tests.factories import make_prompt_set, make_task, make_user
 
 pytestmark = pytest.mark.browser
 
@@ -44,16 +45,6 @@ def fresh(live: LiveServer, *, drafts: list[str | None]) -> dict[str, Any]:
         return {"username": user.username, "task_ids": [t.id for t in tasks]}
 
 
-def log_in(page: Any, username: str) -> None:
-    page.goto("/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/")
-    page.goto("/label")
-    page.wait_for_selector("#reply")
-
-
 def demonstration(live: LiveServer, task_id: int) -> tuple[Annotation, Demonstration | None]:
     with live.sessions() as s:
         ann = s.scalars(select(Annotation).where(Annotation.task_id == task_id)).one()
@@ -66,7 +57,7 @@ class TestDemonstrationPage:
         from playwright.sync_api import expect
 
         data = fresh(live_server, drafts=[None, DRAFT])
-        log_in(page, data["username"])
+        log_in(page, data["username"], ready="#reply")
         expect(page.locator("#queue-pos")).to_have_text("Task 1 of 2")
         # Hostile text in the conversation is text: no element made, no script run.
         expect(page.locator("#prompt-text")).to_have_text(HOSTILE)
@@ -108,7 +99,7 @@ class TestDemonstrationPage:
         from playwright.sync_api import expect
 
         data = fresh(live_server, drafts=[None])
-        log_in(page, data["username"])
+        log_in(page, data["username"], ready="#reply")
         page.keyboard.type("   ")
         page.keyboard.press("Control+Enter")
         expect(page.locator("#form-error")).to_contain_text("the reply is empty")

@@ -47,14 +47,14 @@ def fresh(
         return {"username": user.username, "task_ids": [t.id for t in tasks]}
 
 
-def log_in(page: Any, username: str) -> None:
+def log_in(page: Any, username: str, *, ready: str = "#rank-board .chip") -> None:
     page.goto("/login")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url("**/")
     page.goto("/label")
-    page.wait_for_selector("#rank-board .chip")
+    page.wait_for_selector(ready)
 
 
 def letters(page: Any) -> dict[str, int]:

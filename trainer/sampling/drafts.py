@@ -19,7 +19,24 @@ from trainer.runner import JobContext
 
 if TYPE_CHECKING:
     from trainer.sampling.backends import SamplingParams
-    from trainer.sampling.job import _Marked, _Pending
+    from trainer.sampling.job import _Marked, _Pending, _Tagged
+
+
+def completion(
+    task_id: int, tagged: _Tagged, record: dict[str, Any], *, duplicate: bool = False
+) -> Completion:
+    """The row of one sample: the set's parameters, and what was actually asked of whom."""
+    vid, smp, seed = tagged
+    return Completion(
+        task_id=task_id,
+        model_version_id=vid,
+        text=smp.text,
+        params={**record, "request": smp.request} if smp.request else record,
+        seed=seed,
+        finish_reason=smp.finish_reason,
+        token_count=smp.token_count,
+        is_duplicate=duplicate,
+    )
 
 
 def draft_tasks(s: Any, set_id: int) -> tuple[int, list[_Pending]]:
@@ -53,17 +70,6 @@ def write_drafts(
             undrafted = ~exists().where(Completion.task_id == task_id)
             if s.scalar(select(Task.status).where(Task.id == task_id, undrafted)) != TaskStatus.open:
                 continue  # drafted by a worker that lost this job, or closed meanwhile
-            (vid, smp, seed), _dup = result[0][0]
-            s.add(
-                Completion(
-                    task_id=task_id,
-                    model_version_id=vid,
-                    text=smp.text,
-                    params={**record, "request": smp.request} if smp.request else record,
-                    seed=seed,
-                    finish_reason=smp.finish_reason,
-                    token_count=smp.token_count,
-                )
-            )
+            s.add(completion(task_id, result[0][0][0], record))
             written += 1
     return written

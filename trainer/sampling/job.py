@@ -25,13 +25,13 @@ from sqlalchemy.exc import IntegrityError
 
 from app.chat import Conversation
 from app.config import get_settings
-from app.labeling.models import Completion, Task, TaskStatus
+from app.labeling.models import Task, TaskStatus
 from app.prompts.models import Prompt, PromptSet, SetKind, SetStatus
 from app.runs import policies
 from app.runs.models import ModelVersion
 from trainer.runner import JobContext
 from trainer.sampling.backends import Backend, BackendError, Sample, SamplingParams, make_backend
-from trainer.sampling.drafts import draft_tasks, write_drafts
+from trainer.sampling.drafts import completion, draft_tasks, write_drafts
 
 
 @dataclass
@@ -268,20 +268,7 @@ def _write_batch(
                 )
                 s.add(task)
                 s.flush()
-                s.add_all(
-                    Completion(
-                        task_id=task.id,
-                        model_version_id=vid,
-                        text=smp.text,
-                        # The set's parameters, and what was actually asked of whom.
-                        params={**record, "request": smp.request} if smp.request else record,
-                        seed=seed,
-                        finish_reason=smp.finish_reason,
-                        token_count=smp.token_count,
-                        is_duplicate=dup,
-                    )
-                    for (vid, smp, seed), dup in marked
-                )
+                s.add_all(completion(task.id, tagged, record, duplicate=dup) for tagged, dup in marked)
                 # Its K completions exist, in this same transaction: labelers may take it.
                 task.status = TaskStatus.open
                 written += 1
