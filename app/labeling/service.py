@@ -10,7 +10,8 @@ a late one (lease expired) is checked under the task's lock like a new assignmen
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +39,7 @@ from app.labeling.models import (
     Task,
     TaskStatus,
 )
-from app.prompts.models import Prompt, PromptSet, SetStatus
+from app.prompts.models import Prompt, PromptSet, SetKind, SetStatus
 from app.runs.models import ModelVersion
 
 SKIP_REASONS: dict[str, str] = {
@@ -187,10 +188,11 @@ def _insert_claim(
     checks is the true one; the partial unique index turns a second tab's claim into nothing."""
     insert_: Any
     if _is_pg(session):
-        order: Any = (
+        order: Any = func.coalesce(  # a demonstration task may have no completion: []
             select(func.jsonb_agg(aggregate_order_by(Completion.id, func.random())))
             .where(Completion.task_id == task_id)
-            .scalar_subquery()
+            .scalar_subquery(),
+            literal_column("'[]'::jsonb"),
         )
         insert_ = pg_insert
     else:
@@ -343,6 +345,7 @@ class TaskView:
     k: int
     is_demo: bool
     labels: list[str] = field(default_factory=list)
+    kind: str = SetKind.ranking  # a demonstration task's completions are its drafts (none or one)
     guideline_version: int | None = None
     position: tuple[int, int] | None = None  # ("Task x of y"), when asked for
     guideline_body: str | None = None  # the latest guideline's text, when the position is asked for
@@ -364,6 +367,7 @@ def task_view(
         ModelVersion.is_demo,
         _guideline_version(),
         Prompt.messages,
+        PromptSet.kind,
     ]
     if with_position:
         columns += [*_position_columns(assignment.user_id, now or utcnow()), _latest_guideline_body()]
@@ -372,13 +376,13 @@ def task_view(
         .select_from(Task)
         .join(Prompt, Prompt.id == Task.prompt_id)
         .join(PromptSet, PromptSet.id == Task.prompt_set_id)
-        .join(Completion, Completion.task_id == Task.id)
+        .outerjoin(Completion, Completion.task_id == Task.id)  # a demonstration task may have none
         .outerjoin(ModelVersion, ModelVersion.id == Completion.model_version_id)
         .where(Task.id == assignment.task_id)
         .order_by(Completion.id)
     ).all()
     first = rows[0]
-    by_id = {r[0].id: r[0] for r in rows}
+    by_id = {r[0].id: r[0] for r in rows if r[0] is not None}
     order = [int(i) for i in assignment.display_order]
     shown = [by_id[i] for i in order if i in by_id]
     shown += [c for c in by_id.values() if c.id not in set(order)]
@@ -391,9 +395,10 @@ def task_view(
         k=len(shown),
         is_demo=any(bool(r[3]) for r in rows),
         labels=[letter(i) for i in range(len(shown))],
+        kind=str(first[6]),
         guideline_version=first[4],
-        position=(int(first[6]) + 1, int(first[6]) + 1 + int(first[7])) if with_position else None,
-        guideline_body=first[8] if with_position else None,
+        position=(int(first[7]) + 1, int(first[7]) + 1 + int(first[8])) if with_position else None,
+        guideline_body=first[9] if with_position else None,
     )
 
 
@@ -539,15 +544,23 @@ class _Claim:
     set_flags: list[str]
     overlap: int
     guideline_version: int | None
+    kind: str = SetKind.ranking  # the set's: ranking or demonstration
+    extra: tuple[Any, ...] = ()  # the values of _finish's `extra` columns
 
 
 def _finish(
-    session: Session, assignment_id: int, user_id: int, state: AssignmentState, now: datetime
+    session: Session,
+    assignment_id: int,
+    user_id: int,
+    state: AssignmentState,
+    now: datetime,
+    extra: tuple[Any, ...] = (),
 ) -> _Claim | None:
     """Mark the assignment finished and read what the submission needs, in one UPDATE ...
     RETURNING. The UPDATE takes the row's lock, so of two submissions of one assignment (a
     double click, a retried request) the second finds it finished and returns the first's
-    annotation. Nothing when it is not this labeler's, or already finished."""
+    annotation. Nothing when it is not this labeler's, or already finished. `extra`: more
+    columns for RETURNING (a task kind's own needs), written out as below."""
     # Written out: SQLAlchemy renders RETURNING's columns unqualified, which makes correlated
     # subqueries there ambiguous on SQLite.
     ids = "string_agg(c.id::text, ',')" if _is_pg(session) else "group_concat(c.id)"
@@ -572,6 +585,8 @@ def _finish(
             literal_column(f"(SELECT ps.flags {of_set})", PromptSet.flags.type),
             literal_column(f"(SELECT ps.overlap {of_set})"),
             literal_column("(SELECT max(g.version) FROM guideline g)"),
+            literal_column(f"(SELECT ps.kind {of_set})"),
+            *extra,
         )
         .execution_options(synchronize_session=False)
     ).one_or_none()
@@ -590,6 +605,8 @@ def _finish(
         set_flags=list(row[6] or []),
         overlap=int(row[7] or 1),
         guideline_version=row[8],
+        kind=str(row[9] or SetKind.ranking),
+        extra=tuple(row[10:]),
     )
 
 
@@ -605,6 +622,16 @@ def _undo(session: Session, claim: _Claim) -> None:
         )
         .execution_options(synchronize_session=False)
     )
+
+
+@contextmanager
+def undone_if_refused(session: Session, claim: _Claim) -> Iterator[None]:
+    """A submission's checks and writes after _finish: a refusal puts _finish back (_undo)."""
+    try:
+        yield
+    except (SubmissionInvalid, SubmissionRefused):
+        _undo(session, claim)
+        raise
 
 
 def _late(session: Session, claim: _Claim, now: datetime) -> None:
@@ -728,7 +755,7 @@ def submit_by_id(
     claim = _finish(session, assignment_id, user_id, AssignmentState.submitted, now)
     if claim is None:
         return _already_finished(session, assignment_id, user_id)
-    try:
+    with undone_if_refused(session, claim):
         return _store(
             session,
             claim,
@@ -741,9 +768,6 @@ def submit_by_id(
             confirm_inconsistent=confirm_inconsistent,
             now=now,
         )
-    except (SubmissionInvalid, SubmissionRefused):
-        _undo(session, claim)
-        raise
 
 
 def _annotation(
@@ -775,6 +799,10 @@ def _store(
     confirm_inconsistent: bool,
     now: datetime,
 ) -> Annotation:
+    if claim.kind != SetKind.ranking:
+        raise SubmissionInvalid(
+            "kind", "this is a demonstration task: write the reply (POST .../demonstration), not a ranking"
+        )
     clean_ranks, clean_ratings, clean_flags = _validate(
         completion_ids=claim.completion_ids,
         set_flags=claim.set_flags,
@@ -817,6 +845,12 @@ def _store(
     set_committed_value(
         annotation, "items", [AnnotationItem(annotation_id=annotation.id, **i) for i in items]
     )
+    count_label(session, claim)
+    return annotation
+
+
+def count_label(session: Session, claim: _Claim) -> None:
+    """One more label on the claim's task (a ranking or a demonstration), closing it when full."""
     # In the database, not read-modify-write in Python: concurrent submitters of one task each
     # add exactly one (the UPDATE takes the row lock), and the one that fills it closes it.
     session.execute(
@@ -830,7 +864,6 @@ def _store(
     )
     if (task := session.identity_map.get(identity_key(Task, claim.task_id))) is not None:
         session.expire(task, ["label_count", "status"])
-    return annotation
 
 
 def skip(

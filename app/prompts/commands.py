@@ -29,7 +29,15 @@ prompts = group(
 @prompts.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Name of the new set (must not exist yet).")
-@click.option("--k", "k", default=4, show_default=True, help="Completions per prompt, 4 to 9.")
+@click.option(
+    "--kind",
+    type=click.Choice(["ranking", "demonstration"]),
+    default="ranking",
+    show_default=True,
+    help="ranking: labelers rank K completions; demonstration: labelers write the reply "
+    "(tasks open at once, one draft per task sampled in the background).",
+)
+@click.option("--k", "k", default=4, show_default=True, help="Completions per prompt, 4 to 9 (ranking).")
 @click.option("--overlap", default=1, show_default=True, help="Labelers who should judge each task.")
 @click.option(
     "--format",
@@ -57,6 +65,7 @@ prompts = group(
 def import_(
     file: Path,
     name: str,
+    kind: str,
     k: int,
     overlap: int,
     fmt: str | None,
@@ -80,6 +89,7 @@ def import_(
     Examples:
       ranklab prompts import prompts.jsonl --name "round 1" --k 4
       ranklab prompts import questions.csv --name support --k 6 --overlap 3 --temperature 0.8
+      ranklab prompts import asks.jsonl --name "write 1" --kind demonstration --overlap 2
     """
     from app.prompts import service
 
@@ -93,6 +103,7 @@ def import_(
                 filename=file.name,
                 data=file.read_bytes(),
                 fmt=fmt,
+                kind=kind,
                 k=k,
                 overlap=overlap,
                 sampling={
@@ -117,7 +128,13 @@ def import_(
         f"imported {report['imported']} prompts from {report['rows']} rows into set "
         f"'{name}' (id {set_id}); {report['duplicates']} duplicate(s) collapsed"
     )
-    if job_id:
+    if kind == "demonstration":
+        click.echo(f"{report['imported']} demonstration tasks are open for labelers now")
+        if job_id:
+            click.echo(
+                f"draft job {job_id} queued: `ranklab worker` (or `ranklab serve`) writes one draft a task"
+            )
+    elif job_id:
         click.echo(f"sampling job {job_id} queued: `ranklab worker` (or `ranklab serve`) samples it")
 
 
@@ -135,6 +152,10 @@ def list_() -> None:
         for ps in service.list_sets(session=s):
             prog = service.progress(session=s, prompt_set=ps)
             job = f"job {prog.job.id} {prog.job.status}" if prog.job else "no job"
+            if ps.kind == "demonstration":
+                done = f"{prog.written}/{prog.needed} written, {prog.done}/{prog.total} drafts"
+                click.echo(f"{ps.id:>4}  {ps.name:<40} demonstration overlap={ps.overlap} {done}  {job}")
+                continue
             click.echo(
                 f"{ps.id:>4}  {ps.name:<40} K={ps.k} overlap={ps.overlap} "
                 f"{prog.done}/{prog.total} sampled  {job}"

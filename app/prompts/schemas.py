@@ -10,15 +10,23 @@ from app.prompts.models import PROMPT_CATEGORIES
 
 class ProgressOut(BaseModel):
     total: int = Field(description="Prompts in the set.")
-    done: int = Field(description="Prompts whose K completions exist (their tasks are open).")
+    done: int = Field(
+        description="Prompts whose K completions exist (their tasks are open); of a demonstration "
+        "set, tasks whose draft is written (its tasks are open from the start)."
+    )
     rate_per_s: float | None
     eta_seconds: float | None
     job: dict[str, Any] | None
+    demonstrations_written: int | None = Field(
+        None, description="A demonstration set: replies written so far (skips not counted)."
+    )
+    demonstrations_needed: int | None = Field(None, description="A demonstration set: tasks x overlap.")
 
 
 class PromptSetOut(BaseModel):
     id: int
     name: str
+    kind: str = Field(description="ranking (rank K completions) or demonstration (write the reply).")
     k: int
     overlap: int
     sampling: dict[str, Any]

@@ -89,7 +89,13 @@ def _new_form(
             "active": active,
             "problems": problems or [],
             "truncated": truncated,
-            "values": {"k": 4, "overlap": 1, **service.SAMPLING_DEFAULTS, **(values or {})},
+            "values": {
+                "kind": "ranking",
+                "k": 4,
+                "overlap": 1,
+                **service.SAMPLING_DEFAULTS,
+                **(values or {}),
+            },
             "max_upload_mb": settings.max_upload_mb,
             "max_prompt_tokens": settings.max_prompt_tokens,
             "k_range": (service.K_MIN, service.K_MAX),
@@ -123,6 +129,7 @@ class SetUpload:
 
     file: Annotated[UploadFile, File()]
     name: Text
+    kind: Text = "ranking"
     k: Text = "4"
     overlap: Text = "1"
     fmt: Annotated[str, Form(alias="format")] = ""
@@ -169,6 +176,7 @@ def _upload(request: Request, session: Session, admin_id: int, form: SetUpload) 
         filename=filename,
         data=data,
         fmt=form.fmt or None,
+        kind=form.kind.strip() or "ranking",
         k=numbers["k"],
         overlap=numbers["overlap"],
         sampling={f: numbers[f] for f in ("max_new_tokens", "temperature", "top_p", "top_k")},
@@ -279,6 +287,7 @@ def _out(session: Session, ps: PromptSet) -> PromptSetOut:
     return PromptSetOut(
         id=ps.id,
         name=ps.name,
+        kind=ps.kind,
         k=ps.k,
         overlap=ps.overlap,
         sampling=ps.sampling,

@@ -28,10 +28,11 @@ from datetime import datetime
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
+from app.prompts.models import PromptSet, SetKind
 from app.ranking import Item, contradictions, pair_signs, ranking_to_pairs
 from app.runs.models import ModelVersion
 
@@ -245,7 +246,8 @@ def win_rates(anns: Iterable[Ann], *, newer_than: dict[int, Any] | None = None) 
 
 
 def load(*, session: Session, prompt_set_ids: Sequence[int] = (), since: datetime | None = None) -> list[Ann]:
-    """The annotations of some prompt sets (all when none given), skipped ones included."""
+    """The annotations of ranking sets (some, or all when none given), skipped ones included.
+    Demonstration tasks have no outputs to agree on or win; their figures are their own."""
     q = (
         select(
             Annotation.id,
@@ -261,6 +263,7 @@ def load(*, session: Session, prompt_set_ids: Sequence[int] = (), since: datetim
             Completion.model_version_id,
         )
         .join(Task, Task.id == Annotation.task_id)
+        .join(PromptSet, and_(PromptSet.id == Task.prompt_set_id, PromptSet.kind == SetKind.ranking))
         .outerjoin(AnnotationItem, AnnotationItem.annotation_id == Annotation.id)
         .outerjoin(Completion, Completion.id == AnnotationItem.completion_id)
         .order_by(Annotation.id, AnnotationItem.completion_id)

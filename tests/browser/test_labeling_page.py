@@ -47,10 +47,10 @@ def fresh(
         return {"username": user.username, "task_ids": [t.id for t in tasks]}
 
 
-def log_in(page: Any, username: str) -> None:
+def log_in(page: Any, username: str, *, ready: str = "#rank-board .chip") -> None:
     sign_in(page, username)
     page.goto("/label")
-    page.wait_for_selector("#rank-board .chip")
+    page.wait_for_selector(ready)
 
 
 def letters(page: Any) -> dict[str, int]:
