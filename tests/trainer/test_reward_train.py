@@ -11,32 +11,15 @@ import torch
 
 from app.chat import from_text
 from app.ranking import split_of
+from tests.factories import words
 from tests.tiny import save_tiny_policy
 from trainer.reward.model import Group, load_reward_model, score_replies
 from trainer.reward.train import RewardConfig, split_groups, step_plan, train
 
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "green",
-    "quick",
-    "lazy",
-    "tall",
-    "small",
-    "bright",
-    "dark",
-    "old",
-    "new",
-    "warm",
-    "cold",
-    "house",
-    "tree",
-    "road",
-    "bird",
-    "fish",
-]
+WORDS = words(
+    "apple river stone cloud green quick lazy tall small bright dark old new warm cold house "
+    "tree road bird fish"
+)
 MARKER = "excellent"
 
 
