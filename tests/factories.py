@@ -24,6 +24,11 @@ PASSWORD = "correct horse battery"
 _seq = itertools.count(1)
 
 
+def words(line: str) -> list[str]:
+    """A line's words: command lines and vocabularies written as one line, not one word a line."""
+    return line.split()
+
+
 def make_user(
     session: Session, *, role: str = Role.labeler, username: str | None = None, password: str = PASSWORD
 ) -> User:

@@ -3,20 +3,19 @@ result matches the ORM models; SQLite runs with foreign keys on and WAL."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 import app.all_models  # noqa: F401
 from app import migrate
 from app.db import Base, get_engine
-from tests.conftest import PG_ADMIN_URL, _need_pg
+from tests.conftest import new_pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -26,17 +25,8 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
-    _need_pg()
-    name = f"ranklab_mig_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_pg_database("ranklab_mig") as url:
+        yield url
 
 
 def _tables(url: str) -> set[str]:

@@ -279,10 +279,7 @@ class Counts:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "rows": self.rows,
-            "annotations": self.annotations,
-            "pairs": self.pairs,
-            "ties": self.ties,
+            **{k: getattr(self, k) for k in ("rows", "annotations", "pairs", "ties")},
             "tasks": len(self.tasks),
             "prompts": len(self.prompts),
             "rows_by_split": dict(self.by_split),

@@ -22,8 +22,8 @@ from app.config import Settings
 from app.db import SessionDep
 from app.errors import TooLarge
 from app.prompts.models import PromptSet, SetStatus
-from app.runs import launch_service
 from app.runs import models_service as registry
+from app.runs.launch import start
 from app.runs.models import ModelKind
 from app.runs.params import ROUND, TRAIN_PPO, JobSpec, ParamsError, form_values, from_form
 from app.runs.ptx import ptx_texts
@@ -85,14 +85,7 @@ def new_ppo(request: Request, session: SessionDep, user: CurrentResearcher, form
         path = Path(settings.artifacts_dir).resolve() / "ptx" / f"{hashlib.sha256(ptx).hexdigest()}.jsonl"
         params["ptx_file"] = str(path)
     try:
-        job = launch_service.start(
-            session=session,
-            kind="train_ppo",
-            params=params,
-            created_by_id=user.id,
-            max_attempts=settings.job_max_attempts,
-            errors=errors,
-        )
+        job = start(request, session, user, "train_ppo", params, errors)
     except ParamsError as exc:
         params.pop("ptx_file", None)
         return render(
