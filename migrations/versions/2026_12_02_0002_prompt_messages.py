@@ -49,7 +49,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("messages", JSONType, nullable=True))
     conn = op.get_bind()
     taken: set[tuple[int, str]] = set()
-    for row in conn.execute(sa.select(prompt.c.id, prompt.c.prompt_set_id, prompt.c.text).order_by(prompt.c.id)):
+    for row in conn.execute(
+        sa.select(prompt.c.id, prompt.c.prompt_set_id, prompt.c.text).order_by(prompt.c.id)
+    ):
         messages = _one_turn(row.text)
         digest = _hash(messages)
         # Two old prompts that differ only in what normalisation removes keep apart (the later
@@ -57,7 +59,9 @@ def upgrade() -> None:
         if (row.prompt_set_id, digest) in taken:
             digest = hashlib.sha256(row.text.encode("utf-8")).hexdigest()
         taken.add((row.prompt_set_id, digest))
-        conn.execute(sa.update(prompt).where(prompt.c.id == row.id).values(messages=messages, text_hash=digest))
+        conn.execute(
+            sa.update(prompt).where(prompt.c.id == row.id).values(messages=messages, text_hash=digest)
+        )
     with op.batch_alter_table("prompt") as batch_op:
         batch_op.alter_column("messages", existing_type=JSONType, nullable=False)
 
