@@ -23,6 +23,7 @@ import torch
 from app.chat import Conversation
 from app.prompts.tokens import conversation_counter
 from tests.trainer.ppo_fixtures import one_iteration, one_thread, train_in
+from tests.trainer.test_render import CONV, REPLY
 from trainer import render
 from trainer.ppo import rollout as ro
 from trainer.reward import model as rm
@@ -31,13 +32,6 @@ from trainer.reward.eval import evaluate_file, evaluate_groups
 from trainer.reward.files import read_preference_groups
 from trainer.reward.train import encode_groups
 
-CONV: Conversation = [
-    {"role": "system", "content": "Answer briefly."},
-    {"role": "user", "content": "Name a tea."},
-    {"role": "assistant", "content": "Green tea."},
-    {"role": "user", "content": "Another one?"},
-]
-REPLY = "Black tea, of course."
 OTHER = "I do not know."
 MAX = 256  # room for the whole conversation: nothing is cut
 
