@@ -7,13 +7,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, Engine, Index, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -29,6 +30,18 @@ def partial_unique(name: str, *columns: str, where: str) -> Index:
     """A unique index over the rows where `where` holds (PostgreSQL and SQLite alike): at most
     one such row per value of `columns`."""
     return Index(name, *columns, unique=True, postgresql_where=text(where), sqlite_where=text(where))
+
+
+Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])
+
+
+def where_given(query: Q, *filters: tuple[ColumnElement[Any] | InstrumentedAttribute[Any], object]) -> Q:
+    """`query` narrowed to `column == value` for each (column, value) whose value was given: a
+    list page's optional filters, where None (or an empty form field) means "any"."""
+    for column, value in filters:
+        if value is not None and value != "":
+            query = query.where(column == value)
+    return query
 
 
 def utcnow() -> datetime:
