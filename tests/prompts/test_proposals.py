@@ -195,13 +195,24 @@ def pending(session: Session, ps: PromptSet, text: str = "Summarise the plot of 
     return p
 
 
+def to_review(client: TestClient, session: Session, *text: str) -> tuple[PromptSet, PromptProposal, str]:
+    """A pending proposal (of `text`, or the default) for an open set, and an admin logged in to
+    review it: the set, the proposal and the admin's CSRF token."""
+    ps = open_set(session)
+    p = pending(session, ps, *text)
+    return ps, p, login(client, make_user(session, role="admin"))
+
+
+def accept_edited(client: TestClient, csrf: str, p: PromptProposal, ps: PromptSet, **fields: Any) -> Any:
+    """The review form's accept, into `ps`, with the admin's edit of the conversation in `fields`."""
+    return send(client, f"/proposals/{p.id}/accept", csrf, prompt_set_id=str(ps.id), edited="1", **fields)
+
+
 class TestReview:
     def test_accept_into_a_ranking_set_adds_the_prompt_and_queues_its_sampling(
         self, client: TestClient, session: Session
     ) -> None:
-        ps = open_set(session)
-        p = pending(session, ps)
-        csrf = login(client, make_user(session, role="admin"))
+        ps, p, csrf = to_review(client, session)
         assert "Summarise the plot of Hamlet." in client.get("/proposals").text
         r = send(client, f"/proposals/{p.id}/accept", csrf, prompt_set_id=str(ps.id))
         assert r.status_code == 303, r.text
@@ -246,21 +257,11 @@ class TestReview:
     def test_edit_then_accept_keeps_what_the_labeler_wrote(
         self, client: TestClient, session: Session
     ) -> None:
-        ps = open_set(session)
-        p = pending(session, ps, "summarise hamlet pls")
-        csrf = login(client, make_user(session, role="admin"))
+        ps, p, csrf = to_review(client, session, "summarise hamlet pls")
         page = client.get(f"/proposals/{p.id}")
         assert page.status_code == 200 and "summarise hamlet pls" in page.text
-        r = send(
-            client,
-            f"/proposals/{p.id}/accept",
-            csrf,
-            prompt_set_id=str(ps.id),
-            edited="1",
-            system="Answer in three sentences.",
-            role=["user"],
-            content=["Summarise the plot of Hamlet."],
-        )
+        system, asks = "Answer in three sentences.", "Summarise the plot of Hamlet."
+        r = accept_edited(client, csrf, p, ps, system=system, role=["user"], content=[asks])
         assert r.status_code == 303, r.text
         session.refresh(p)
         prompt = session.get(Prompt, p.prompt_id)
@@ -274,18 +275,8 @@ class TestReview:
     def test_an_edit_breaking_the_rules_is_refused_naming_the_field(
         self, client: TestClient, session: Session
     ) -> None:
-        ps = open_set(session)
-        p = pending(session, ps)
-        csrf = login(client, make_user(session, role="admin"))
-        r = send(
-            client,
-            f"/proposals/{p.id}/accept",
-            csrf,
-            prompt_set_id=str(ps.id),
-            edited="1",
-            role=["user"],
-            content=[""],
-        )
+        ps, p, csrf = to_review(client, session)
+        r = accept_edited(client, csrf, p, ps, role=["user"], content=[""])
         assert r.status_code == 422 and "messages[0].content" in r.text
         session.refresh(p)
         assert p.status == "pending" and count(session, Prompt) == 0
