@@ -22,6 +22,7 @@ from app.labeling.models import Annotation, AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import ModelVersion
 from tests.exports.data import build, read_rows, run_export
+from tests.imports.conftest import jsonl, refused_places
 
 # Refused rows of the shared HH file, by field: two whose chosen reply is empty, four whose
 # dialogue ends with two Assistant turns in a row (so the turns before the reply end with one).
@@ -38,10 +39,6 @@ HH_BAD_LINES = [line for line, _ in HH_BAD]
 
 def _count(session: Session, model: type) -> int:
     return session.scalar(select(func.count()).select_from(model)) or 0
-
-
-def _jsonl(rows: list[object]) -> bytes:
-    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
 
 
 class TestHH:
@@ -129,7 +126,7 @@ class TestHH:
         ]
         with pytest.raises(importer.ImportRefused) as exc:
             importer.import_preferences(
-                session=session, data=_jsonl(rows), filename="x.jsonl", name="s", kind="hh"
+                session=session, data=jsonl(rows), filename="x.jsonl", name="s", kind="hh"
             )
         assert [(e.line, e.field) for e in exc.value.errors] == [
             (2, "chosen"),
@@ -148,7 +145,7 @@ class TestTRL:
                 "rejected": [{"role": "assistant", "content": "No."}],
             },
         ]
-        r = importer.import_preferences(session=session, data=_jsonl(rows), filename="p.jsonl", name="trl-a")
+        r = importer.import_preferences(session=session, data=jsonl(rows), filename="p.jsonl", name="trl-a")
         assert (r.kind, r.imported, r.prompt_set.k) == ("trl", 2, 2)
         out = read_rows(
             run_export(session, "trl", filters=service.Filters(prompt_set_ids=[r.prompt_set.id]))[0], "jsonl"
@@ -191,7 +188,7 @@ class TestTRL:
         assert r.imported == 1 and len(r.skipped) == 5
 
     def test_name_taken_empty_file_and_garbage(self, session: Session) -> None:
-        data = _jsonl([{"prompt": "a", "chosen": "b", "rejected": "c"}])
+        data = jsonl([{"prompt": "a", "chosen": "b", "rejected": "c"}])
         importer.import_preferences(session=session, data=data, filename="t.jsonl", name="dup")
         with pytest.raises(importer.ImportRefused, match="exists"):
             importer.import_preferences(session=session, data=data, filename="t.jsonl", name="dup")
@@ -209,18 +206,16 @@ class TestTRL:
             {"prompt": [{"role": "user", "content": "hi\x00"}], "chosen": "b", "rejected": "c"},
         ]
         before = _count(session, PromptSet)
-        with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=_jsonl(rows), filename="t.jsonl", name="n")
-        assert [(e.line, e.field) for e in exc.value.errors] == [(2, "prompt"), (3, "prompt.0.content")]
+        assert refused_places(session, rows) == [(2, "prompt"), (3, "prompt.0.content")]
         assert _count(session, PromptSet) == before
         r = importer.import_preferences(
-            session=session, data=_jsonl(rows), filename="t.jsonl", name="n", skip_invalid=True
+            session=session, data=jsonl(rows), filename="t.jsonl", name="n", skip_invalid=True
         )
         session.flush()
         assert r.imported == 1 and [e.line for e in r.skipped] == [2, 3]
         with pytest.raises(importer.ImportRefused, match="NUL"):
-            importer.import_preferences(session=session, data=_jsonl(rows[:1]), filename="t", name="a\x00")
-        one = _jsonl(rows[:1])
+            importer.import_preferences(session=session, data=jsonl(rows[:1]), filename="t", name="a\x00")
+        one = jsonl(rows[:1])
         r = importer.import_preferences(session=session, data=one, filename="t\x00.jsonl", name="f")
         session.flush()
         assert r.imported == 1
@@ -290,9 +285,7 @@ class TestRankingsRoundTrip:
                 "completions": [{"text": "a", "rank": 1}, {"text": "b", "rank": 2}],
             },
         ]
-        with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=_jsonl(rows), filename="r.jsonl", name="r")
-        assert [(e.line, e.field) for e in exc.value.errors] == [
+        assert refused_places(session, rows, "r.jsonl") == [
             (1, "completions[1].rank"),
             (2, "completions[0].rating"),
             (3, "completions"),
