@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from app.commands import group
+from app.commands import group, input_file
 
 preferences = group(
     "preferences",
@@ -16,7 +16,7 @@ preferences = group(
 
 
 @preferences.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@input_file
 @click.option("--name", required=True, help="Name of the new prompt set.")
 @click.option(
     "--format",
