@@ -36,6 +36,13 @@ class Task(Base):
         # A sampling job claimed again never gives a prompt a second set of completions.
         UniqueConstraint("prompt_id", "sampling_job_id"),
         Index("ix_task_prompt_set_id_status", "prompt_set_id", "status"),
+        # The queue: open tasks in id order, so taking the next one stops at the first with room.
+        Index(
+            "ix_task_open",
+            "id",
+            postgresql_where=text("status = 'open'"),
+            sqlite_where=text("status = 'open'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -86,6 +93,14 @@ class Assignment(Base):
             "uq_assignment_user_id_active",
             "user_id",
             unique=True,
+            postgresql_where=text("state = 'active'"),
+            sqlite_where=text("state = 'active'"),
+        ),
+        # A task's live leases, counted by each claim: an index-only scan.
+        Index(
+            "ix_assignment_task_id_active",
+            "task_id",
+            "lease_expires_at",
             postgresql_where=text("state = 'active'"),
             sqlite_where=text("state = 'active'"),
         ),
