@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+from starlette.concurrency import run_in_threadpool
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -101,13 +102,24 @@ def make_sessionmaker(
     return sessionmaker(bind=get_engine(url, pool_size, pool_timeout), expire_on_commit=False)
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request: committed when the handler returns, rolled back if it raises
-    (a domain error included: app/main.py answers it after this has undone everything)."""
+    (a domain error included: app/main.py answers it after this has undone everything).
+    Async, so that making the session (no I/O) costs no hop to a thread; its end (commit and
+    close) takes one."""
     session: Session = request.app.state.sessionmaker()
+    handled = False
     try:
         yield session
-        session.commit()
+        handled = True
+    finally:
+        await run_in_threadpool(_end, session, handled)
+
+
+def _end(session: Session, commit: bool) -> None:
+    try:
+        if commit:
+            session.commit()
     finally:
         # close() rolls back whatever was not committed; rollback() would also expire the
         # logged-in user that an error page (403 from a role check) still has to show.

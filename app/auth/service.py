@@ -194,18 +194,28 @@ def _revive(session: Session, cls: type[_M], columns: dict[str, Any]) -> _M:
     return session.merge(obj, load=False)
 
 
+def cached_session(*, session: Session, token: str) -> UserSession | None:
+    """The login of a session cookie from this process's short cache, without a query (so a
+    caller on the event loop may ask); None when it is not cached."""
+    hit = _recall("s" + security.sha256(token))
+    if hit is None:
+        return None
+    user_cols, row_cols = hit
+    if row_cols is None or row_cols["expires_at"] <= utcnow() or not user_cols["is_active"]:
+        return None
+    revived = _revive(session, UserSession, row_cols)
+    # The user at hand, not a lazy load (a statement) when the request reads row.user.
+    set_committed_value(revived, "user", _revive(session, User, user_cols))
+    return revived
+
+
 def session_for_token(
     *, session: Session, token: str, hours: float, cache_seconds: float = 0.0
 ) -> UserSession | None:
+    if (cached := cached_session(session=session, token=token)) is not None:
+        return cached
     key = security.sha256(token)
     now = utcnow()
-    if (hit := _recall("s" + key)) is not None:
-        user_cols, row_cols = hit
-        if row_cols is not None and row_cols["expires_at"] > now and user_cols["is_active"]:
-            revived = _revive(session, UserSession, row_cols)
-            # The user at hand, not a lazy load (a statement) when the request reads row.user.
-            set_committed_value(revived, "user", _revive(session, User, user_cols))
-            return revived
     row = session.scalar(select(UserSession).where(UserSession.token_hash == key))
     if row is None:
         return None
@@ -248,10 +258,18 @@ def create_token(*, session: Session, user: User, name: str = "api") -> NewToken
     return NewToken(token=raw, row=row)
 
 
-def user_for_api_token(*, session: Session, token: str, cache_seconds: float = 0.0) -> User | None:
-    key = security.sha256(token)
-    if (hit := _recall("t" + key)) is not None and hit[0]["is_active"]:
+def cached_api_user(*, session: Session, token: str) -> User | None:
+    """An API token's user from this process's short cache, without a query; None when it is
+    not cached."""
+    if (hit := _recall("t" + security.sha256(token))) is not None and hit[0]["is_active"]:
         return _revive(session, User, hit[0])
+    return None
+
+
+def user_for_api_token(*, session: Session, token: str, cache_seconds: float = 0.0) -> User | None:
+    if (cached := cached_api_user(session=session, token=token)) is not None:
+        return cached
+    key = security.sha256(token)
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == key))
     if row is None or row.revoked_at is not None or not row.user.is_active:
         return None
