@@ -7,15 +7,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlalchemy.types import TypeDecorator
 from starlette.concurrency import run_in_threadpool
+
+_T = TypeVar("_T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -128,6 +132,21 @@ def _end(session: Session, commit: bool) -> None:
 
 # scope="function": the commit happens before the response leaves, so nothing acknowledged is lost.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def attach(session: Session, cls: type[_T], values: dict[str, Any]) -> _T:
+    """A row already read (its column values) as a persistent object of this session, without
+    a query and without merge()'s cost: the hot paths read rows as Core and still hand ORM
+    objects on. A copy already in the session is updated and returned instead."""
+    found = session.identity_map.get(identity_key(cls, values["id"]))
+    if isinstance(found, cls):
+        for key, value in values.items():
+            set_committed_value(found, key, value)
+        return found
+    obj = cls(**values)
+    make_transient_to_detached(obj)  # as if loaded: clean, so adding it emits nothing
+    session.add(obj)
+    return obj
 
 
 @contextmanager

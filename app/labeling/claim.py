@@ -35,12 +35,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.orm.util import identity_key
+from sqlalchemy.orm import Session
 
 from app.auth.models import User
-from app.db import UTCDateTime, utcnow
+from app.db import UTCDateTime, attach, utcnow
 from app.errors import MAX_ROW_ID
 from app.labeling.models import Assignment, AssignmentState, Completion, Task, TaskStatus
 from app.prompts.models import PromptSet, SetStatus
@@ -84,18 +82,8 @@ def open_for(user_id: Any = USER_ID, now: Any = NOW, task: Any = Task) -> Column
 
 
 def adopt(session: Session, row: Row[Any]) -> Assignment:
-    """The assignment of a Core row (its columns; others ignored), as a persistent object of
-    this session, without a query."""
-    values = {key: row._mapping[key] for key in ASSIGNMENT.c.keys()}  # noqa: SIM118 (names)
-    found = session.identity_map.get(identity_key(Assignment, values["id"]))
-    if isinstance(found, Assignment):
-        for key, value in values.items():
-            set_committed_value(found, key, value)
-        return found
-    a = Assignment(**values)
-    make_transient_to_detached(a)  # as if loaded: clean, so adding it emits nothing
-    session.add(a)
-    return a
+    """The assignment of a Core row (its columns; others ignored), as this session's object."""
+    return attach(session, Assignment, {key: row._mapping[key] for key in ASSIGNMENT.c.keys()})  # noqa: SIM118
 
 
 # --- the two statements of the common case ---------------------------------------------------

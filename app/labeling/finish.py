@@ -15,11 +15,11 @@ from functools import cache
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, case, func, insert, literal_column, select, update
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from app.db import UTCDateTime
+from app.db import UTCDateTime, attach
 from app.errors import MAX_ROW_ID, Conflict, Invalid
 from app.labeling.claim import ASSIGNMENT, is_pg, lock_task, room
 from app.labeling.models import Annotation, AnnotationItem, Assignment, AssignmentState, Task, TaskStatus
@@ -248,9 +248,7 @@ def store_annotation(
     rows = [{"annotation_id": annotation_id, **i} for i in items or []]
     if rows:
         conn.execute(_INSERT_ITEMS, rows)
-    annotation = Annotation(id=annotation_id, **values)
-    make_transient_to_detached(annotation)  # as if loaded: adding it emits nothing
-    session.add(annotation)
+    annotation = attach(session, Annotation, {"id": annotation_id, **values})
     # Set after adding, as loaded: the save cascade never sees the items (they are stored).
     set_committed_value(annotation, "items", [AnnotationItem(**r) for r in rows])
     return annotation
