@@ -96,6 +96,8 @@ class Assignment(Base):
             postgresql_where=text("state = 'active'"),
             sqlite_where=text("state = 'active'"),
         ),
+        # A labeler's history in task order: "not had by this labeler" is a merge with the queue.
+        Index("ix_assignment_user_id_task_id", "user_id", "task_id"),
         # A task's live leases, counted by each claim: an index-only scan.
         Index(
             "ix_assignment_task_id_active",
@@ -108,7 +110,7 @@ class Assignment(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
     state: Mapped[str] = mapped_column(String(16), default=AssignmentState.active)
     display_order: Mapped[list[Any]] = mapped_column(default=list)  # completion ids as shown, A first
     lease_expires_at: Mapped[datetime]
