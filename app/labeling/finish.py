@@ -171,7 +171,6 @@ def already_finished(session: Session, assignment_id: int, user_id: int) -> Anno
 
 def complete(
     session: Session,
-    *,
     assignment_id: int,
     user_id: int,
     state: AssignmentState,

@@ -157,14 +157,7 @@ def submit_by_id(
         confirm_inconsistent=confirm_inconsistent,
         now=now,
     )
-    return complete(
-        session,
-        assignment_id=assignment_id,
-        user_id=user_id,
-        state=AssignmentState.submitted,
-        now=now,
-        store=store,
-    )
+    return complete(session, assignment_id, user_id, AssignmentState.submitted, now, store)
 
 
 def _store(
@@ -250,11 +243,4 @@ def skip_by_id(
             session, done, notes=notes, time_spent_ms=time_spent_ms, now=now, skip_reason=reason
         )
 
-    return complete(
-        session,
-        assignment_id=assignment_id,
-        user_id=user_id,
-        state=AssignmentState.skipped,
-        now=now,
-        store=store,
-    )
+    return complete(session, assignment_id, user_id, AssignmentState.skipped, now, store)

@@ -317,5 +317,8 @@ def api_submit(
         raise NotFound("No such assignment of yours.")
     out = _annotation_out(a)
     if want_next:
+        # The submission is kept whatever taking the next task does: its rare path rolls the
+        # transaction back to give a task's lock back, which must not take the annotation too.
+        session.commit()
         out.next = _next_task_out(request, session, user)
     return out

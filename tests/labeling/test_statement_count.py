@@ -60,15 +60,20 @@ def live(db_url: str, committed: sessionmaker[Session], tmp_path: Path) -> Itera
         yield c
 
 
-def test_api_next_and_submit_take_at_most_four_statements_each(
-    live: TestClient, committed: sessionmaker[Session], db_url: str
-) -> None:
+def _labeler_with_tasks(committed: sessionmaker[Session], tasks: int) -> dict[str, str]:
+    """A labeler's API headers, and `tasks` open tasks of K=4, overlap 2."""
     with committed.begin() as s:
         user = make_user(s)
         ps = make_prompt_set(s, k=4, overlap=2)
-        for _ in range(3):
+        for _ in range(tasks):
             make_task(s, prompt_set=ps)
-        h = bearer(auth.create_token(session=s, user=user).token)
+        return bearer(auth.create_token(session=s, user=user).token)
+
+
+def test_api_next_and_submit_take_at_most_four_statements_each(
+    live: TestClient, committed: sessionmaker[Session], db_url: str
+) -> None:
+    h = _labeler_with_tasks(committed, 3)
     assert live.get("/api/v1/tasks/next", headers=h).status_code == 200  # warm: the held task again
     counts: dict[str, int] = {}
     for round_ in range(2):
@@ -122,12 +127,7 @@ def test_the_page_next_and_submit_take_at_most_four_statements_each(
 def test_submit_with_next_is_a_submit_and_a_next_in_one_request(
     live: TestClient, committed: sessionmaker[Session], db_url: str
 ) -> None:
-    with committed.begin() as s:
-        user = make_user(s)
-        ps = make_prompt_set(s, k=4, overlap=2)
-        for _ in range(2):
-            make_task(s, prompt_set=ps)
-        h = bearer(auth.create_token(session=s, user=user).token)
+    h = _labeler_with_tasks(committed, 2)
     task = live.get("/api/v1/tasks/next", headers=h).json()
     with counting(live) as seen:
         r = live.post(
