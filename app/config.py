@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         50.0, gt=0, description="Largest uploaded file accepted (prompts, preferences, PPO-ptx text), in MB."
     )
     max_prompt_tokens: int = Field(1024, ge=1, description="Longest prompt accepted, in policy tokens.")
+    max_demonstration_tokens: int = Field(
+        2048,
+        ge=1,
+        description="Longest written demonstration, conversation and reply through the chat template, "
+        "in policy tokens (and never past the policy's context).",
+    )
     lease_minutes: float = Field(30.0, gt=0, description="How long a labeler holds a task.")
     job_stale_seconds: float = Field(
         120.0, gt=0, description="A running job with an older heartbeat is requeued."

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, Index, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached, sessionmaker
@@ -28,6 +28,16 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index over the rows where `where` holds (PostgreSQL and SQLite alike)."""
+    return Index(name, *columns, unique=unique, postgresql_where=text(where), sqlite_where=text(where))
+
+
+def partial_unique(name: str, *columns: str, where: str) -> Index:
+    """A unique index over the rows where `where` holds: at most one such row per value of `columns`."""
+    return partial_index(name, *columns, where=where, unique=True)
 
 
 def utcnow() -> datetime:
@@ -104,6 +114,13 @@ def make_sessionmaker(
     url: str, *, pool_size: int = POOL_SIZE, pool_timeout: float = POOL_TIMEOUT_SECONDS
 ) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url, pool_size, pool_timeout), expire_on_commit=False)
+
+
+def cli_sessions() -> sessionmaker[Session]:
+    """A sessionmaker for the configured database (CLI commands open short transactions with it)."""
+    from app.config import get_settings
+
+    return make_sessionmaker(get_settings().database_url)
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:

@@ -41,13 +41,7 @@ class Problem:
         return f"{', '.join(where)}: {self.message}" if where else self.message
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "line": self.line,
-            "field": self.field,
-            "message": self.message,
-            "text": str(self),
-        }
+        return {**{k: getattr(self, k) for k in ("file", "line", "field", "message")}, "text": str(self)}
 
 
 class ProblemOut(BaseModel):

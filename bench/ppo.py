@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -29,30 +28,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.chat import Conversation, from_text  # noqa: E402
+from bench.common import Collect  # noqa: E402
 
+_PRESET_KEYS = (
+    "layers",
+    "hidden",
+    "heads",
+    "vocab",
+    "batch",
+    "mini_batch",
+    "prompt_len",
+    "new_tokens",
+    "iterations",
+)
 PRESETS: dict[str, dict[str, int]] = {
-    "cpu": dict(
-        layers=4,
-        hidden=256,
-        heads=4,
-        vocab=2000,
-        batch=32,
-        mini_batch=8,
-        prompt_len=32,
-        new_tokens=32,
-        iterations=4,
-    ),
-    "gpu": dict(
-        layers=12,
-        hidden=768,
-        heads=12,
-        vocab=8000,
-        batch=128,
-        mini_batch=32,
-        prompt_len=64,
-        new_tokens=128,
-        iterations=5,
-    ),
+    "cpu": dict(zip(_PRESET_KEYS, (4, 256, 4, 2000, 32, 8, 32, 32, 4), strict=True)),
+    "gpu": dict(zip(_PRESET_KEYS, (12, 768, 12, 8000, 128, 32, 64, 128, 5), strict=True)),
 }
 
 
@@ -94,18 +85,6 @@ def build(
         for _ in range(256)
     ]
     return policy, reward, prompts
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-
-    def progress(self, fraction: float, message: str) -> None: ...
-    def metric(self, step: int, **values: float) -> None:
-        self.rows.append({"iteration": step, **values})
-
-    def samples(self, step: int, rows: list[dict[str, Any]]) -> None: ...
-    def log(self, line: str) -> None: ...
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import Collect  # noqa: E402
 from bench.sampling import conversations  # noqa: E402
 
 # Four replies per conversation, best first: a direct answer, a vaguer one, an off-topic one, and
@@ -96,18 +97,6 @@ def run_reward(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": wall,
         "peak_mb": peak_mb(),
     }
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-
-    def progress(self, fraction: float, message: str) -> None: ...
-    def metric(self, step: int, **values: float) -> None:
-        self.rows.append({"iteration": step, **values})
-
-    def samples(self, step: int, rows: list[dict[str, Any]]) -> None: ...
-    def log(self, line: str) -> None: ...
 
 
 def run_ppo(path: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.chat import from_text  # noqa: E402
 from app.ranking import pair_indices  # noqa: E402
+from bench.common import words as one_line  # noqa: E402
 from trainer.reward.model import (  # noqa: E402
     Group,
     collate,
@@ -44,36 +45,10 @@ from trainer.reward.model import (  # noqa: E402
 )
 
 QUALITY = ["superb", "great", "good", "decent", "fine", "okay", "meh", "poor", "awful"]
-FILLER = [
-    "the",
-    "a",
-    "river",
-    "stone",
-    "cloud",
-    "green",
-    "quick",
-    "lazy",
-    "tall",
-    "small",
-    "bright",
-    "dark",
-    "old",
-    "new",
-    "warm",
-    "cold",
-    "house",
-    "tree",
-    "road",
-    "bird",
-    "fish",
-    "runs",
-    "sees",
-    "makes",
-    "under",
-    "over",
-    "near",
-    "far",
-]
+FILLER = one_line(
+    "the a river stone cloud green quick lazy tall small bright dark old new warm cold house "
+    "tree road bird fish runs sees makes under over near far"
+)
 HH = ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl.gz"
 
 

@@ -25,8 +25,23 @@ def run_migrations() -> None:
         _run(connection)
         return
     with get_engine(url).connect() as conn:
-        _run(conn)
-        conn.commit()
+        if conn.dialect.name != "sqlite":
+            _run(conn)
+            conn.commit()
+            return
+        # SQLite alters a table by copying it and dropping the old one; with foreign keys on,
+        # that drop would cascade-delete every child row (a set's prompts, tasks, labels).
+        # The pragma is a no-op inside a transaction, so it goes to the driver before BEGIN.
+        raw: Any = conn.connection.dbapi_connection
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            _run(conn)
+            conn.commit()
+            broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the migration left dangling foreign keys: {broken[:5]}")
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def _run(connection: Any) -> None:

@@ -10,8 +10,6 @@
   const board = document.getElementById("rank-board");
   const warning = document.getElementById("consistency");
   const formError = document.getElementById("form-error");
-  const guidelines = document.getElementById("guidelines");
-  const keymap = document.getElementById("keymap");
   const K = parseInt(root.dataset.k, 10);
   const cards = Array.from(document.querySelectorAll(".output"));
   const byCid = new Map(cards.map((c) => [c.dataset.cid, c]));
@@ -20,25 +18,8 @@
   let submitting = false;
   let sortables = [];
 
-  // --- timers ----------------------------------------------------------------------------------
-  const taskStart = Date.now() - (parseInt(root.dataset.elapsedMs, 10) || 0);
-  let sessionStart = parseInt(sessionStorage.getItem("ranklab.sessionStart") || "", 10);
-  if (!sessionStart) {
-    sessionStart = taskStart;
-    sessionStorage.setItem("ranklab.sessionStart", String(sessionStart));
-  }
-  const fmt = (ms) => {
-    const s = Math.max(0, Math.floor(ms / 1000));
-    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
-    return (h ? h + ":" + String(m).padStart(2, "0") : m) + ":" + String(r).padStart(2, "0");
-  };
-  const tick = () => {
-    document.getElementById("task-timer").textContent = fmt(Date.now() - taskStart);
-    document.getElementById("session-timer").textContent = fmt(Date.now() - sessionStart);
-  };
-  tick();
-  setInterval(tick, 1000);
-  const spent = () => String(Math.max(0, Date.now() - taskStart));
+  const kit = window.ranklabLabel;
+  const spent = kit.timers(root);
 
   // --- reading the form ------------------------------------------------------------------------
   function ranks() {
@@ -176,16 +157,8 @@
   }
   const show = (e) => { e.hidden = false; };
   const hide = (e) => { e.hidden = true; };
-  function toggleGuidelines() {
-    guidelines.hidden = !guidelines.hidden;
-    root.classList.toggle("with-guidelines", !guidelines.hidden);
-    document.getElementById("toggle-guidelines").setAttribute("aria-expanded", String(!guidelines.hidden));
-    localStorage.setItem("ranklab.guidelines", guidelines.hidden ? "0" : "1");
-  }
-  function toggleHelp() {
-    keymap.classList.toggle("hidden-help");
-    if (!keymap.classList.contains("hidden-help")) keymap.scrollIntoView({ block: "nearest" });
-  }
+  const { toggleGuidelines, toggleHelp } = kit.panels(root);
+  const expand = kit.folding();
   function openSkip() {
     show(skipForm);
     document.getElementById("skip-reason").focus();
@@ -271,36 +244,10 @@
     document.getElementById("time-spent").value = spent();
     submitting = true;
     document.getElementById("submit-btn").disabled = true;
-    save(0);
+    save();
   }
 
-  // Posted with fetch so that a busy server (503 + Retry-After: its database is exhausted or
-  // reconnecting) or a dropped connection is retried quietly, with backoff, while the page keeps
-  // everything the labeler entered. Submitting is idempotent, so a retry never stores twice.
-  // Any other answer (a 422 naming a field, a 409) is shown as the server's own page, by posting
-  // the form natively: nothing was stored, so the same post gets the same answer.
-  const saving = document.getElementById("saving");
-  function save(attempt) {
-    const body = new URLSearchParams(new FormData(form));
-    fetch(form.action, { method: "POST", body, redirect: "manual", credentials: "same-origin" })
-      .then((resp) => {
-        if (resp.type === "opaqueredirect" || (resp.status >= 300 && resp.status < 400)) {
-          window.location.assign("/label");  // stored: the next task
-        } else if (resp.status === 503) {
-          retry(attempt, Number(resp.headers.get("Retry-After")) || 1);
-        } else {
-          form.submit();
-        }
-      })
-      .catch(() => retry(attempt, 1));
-  }
-  function retry(attempt, retryAfter) {
-    const wait = Math.min(8000, Math.max(retryAfter * 1000, 500 * 2 ** attempt));
-    saving.textContent = "Saving… the server is busy; trying again (your answers are kept).";
-    show(saving);
-    document.getElementById("submit-btn").textContent = "Saving…";
-    setTimeout(() => save(attempt + 1), wait);
-  }
+  const save = kit.saver(form);
   form.addEventListener("submit", (e) => { e.preventDefault(); trySubmit(false); });
   document.getElementById("confirm-btn").addEventListener("click", () => trySubmit(true));
   document.getElementById("fix-btn").addEventListener("click", () => {
@@ -310,24 +257,10 @@
   skipForm.addEventListener("submit", () => { skipForm.querySelector(".time-spent").value = spent(); });
   document.getElementById("skip-btn").addEventListener("click", openSkip);
   document.getElementById("skip-cancel").addEventListener("click", () => { closePanels(); focusCard(0); });
-  document.getElementById("toggle-guidelines").addEventListener("click", toggleGuidelines);
-  document.getElementById("toggle-help").addEventListener("click", toggleHelp);
-  const expand = document.getElementById("expand-prompt");
-  if (expand) {
-    expand.addEventListener("click", () => {
-      // Every long turn folds and unfolds together (the latest user turn is #prompt-text).
-      const folds = document.querySelectorAll("[data-fold]");
-      const open = expand.getAttribute("aria-expanded") !== "true";
-      for (const f of folds) f.classList.toggle("collapsed", !open);
-      expand.textContent = open ? "Show less" : "Show all";
-      expand.setAttribute("aria-expanded", String(open));
-    });
-  }
   for (const c of cards) {
     rankInput(c).addEventListener("input", changed);
     c.addEventListener("change", (e) => { if (e.target.type === "radio") hide(warning); });
   }
-  if (localStorage.getItem("ranklab.guidelines") === "1") toggleGuidelines();
   drawBoard();
   if (!document.getElementById("server-error")) cards[0].focus({ preventScroll: true });
 })();

@@ -24,6 +24,11 @@ PASSWORD = "correct horse battery"
 _seq = itertools.count(1)
 
 
+def words(line: str) -> list[str]:
+    """A line's words: command lines and vocabularies written as one line, not one word a line."""
+    return line.split()
+
+
 def make_user(
     session: Session, *, role: str = Role.labeler, username: str | None = None, password: str = PASSWORD
 ) -> User:
@@ -96,12 +101,14 @@ def make_prompt_set(
     overlap: int = 1,
     flags: list[str] | None = None,
     status: str = "active",
+    kind: str = "ranking",
 ) -> PromptSet:
     from app.prompts.models import DEFAULT_FLAGS, PromptSet
 
     ps = PromptSet(
         name=name or f"set-{next(_seq)}",
-        k=k,
+        kind=kind,
+        k=1 if kind == "demonstration" else k,
         overlap=overlap,
         status=status,
         flags=list(DEFAULT_FLAGS if flags is None else flags),
@@ -121,8 +128,9 @@ def make_task(
     policy: ModelVersion | None = None,
     status: str = "open",
 ) -> Task:
-    """A task with its prompt and K completions (texts default to distinct placeholders); a
-    conversation given as `messages` is checked and stored as an upload would store it."""
+    """A task with its prompt and K completions (texts default to distinct placeholders; of a
+    demonstration set, none unless given: they are drafts); a conversation given as `messages`
+    is checked and stored as an upload would store it."""
     from app.auth.security import sha256
     from app.chat import as_text, conversation_hash, parse_conversation
     from app.labeling.models import Completion, Task
@@ -147,7 +155,10 @@ def make_task(
     task = Task(prompt_id=p.id, prompt_set_id=prompt_set.id, status=status)
     session.add(task)
     session.flush()
-    texts = completions or [f"Answer {i} to prompt {n}." for i in range(prompt_set.k)]
+    if prompt_set.kind == "demonstration":
+        texts = completions or []
+    else:
+        texts = completions or [f"Answer {i} to prompt {n}." for i in range(prompt_set.k)]
     for t in texts:
         session.add(
             Completion(

@@ -3,20 +3,19 @@ result matches the ORM models; SQLite runs with foreign keys on and WAL."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 import app.all_models  # noqa: F401
 from app import migrate
 from app.db import Base, get_engine
-from tests.conftest import PG_ADMIN_URL, _need_pg
+from tests.conftest import new_pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -26,17 +25,8 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
-    _need_pg()
-    name = f"ranklab_mig_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_pg_database("ranklab_mig") as url:
+        yield url
 
 
 def _tables(url: str) -> set[str]:
@@ -126,3 +116,38 @@ class TestPromptMessages:
             texts = [r[0] for r in conn.execute(text("SELECT text FROM prompt ORDER BY id"))]
             columns = {c["name"] for c in inspect(engine).get_columns("prompt")}
         assert texts == ["Explain tides.", "Name a colour\r\nplease."] and "messages" not in columns
+
+
+class TestDemonstrations:
+    """0004 gives every existing set the kind "ranking" and, on SQLite too, where altering
+    prompt_set copies the table, keeps every row hanging off it, up and down."""
+
+    def test_existing_sets_become_ranking_sets_and_keep_their_prompts(self, fresh_url: str) -> None:
+        migrate.upgrade(fresh_url, "0003")
+        engine = get_engine(fresh_url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO prompt_set (name, k, overlap, sampling, flags, status, report, "
+                    "created_at) VALUES ('s', 4, 1, '{}', '[]', 'active', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO prompt (prompt_set_id, text, text_hash, meta, messages, created_at) "
+                    "SELECT id, 'Hi', 'h', '{}', '[]', CURRENT_TIMESTAMP FROM prompt_set"
+                )
+            )
+        migrate.upgrade(fresh_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT kind, allow_proposals, train_on FROM prompt_set")).one() == (
+                "ranking",
+                False,
+                "not_rejected",
+            )
+            assert conn.execute(text("SELECT count(*) FROM prompt")).scalar() == 1
+        migrate.downgrade(fresh_url, "0003")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM prompt")).scalar() == 1
+            if engine.dialect.name == "sqlite":
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

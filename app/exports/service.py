@@ -23,7 +23,7 @@ from app.errors import MAX_ROW_ID, Invalid
 from app.exports import encode, formats
 from app.exports.formats import AnnotationRecord, ItemRecord, RowOptions
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
-from app.prompts.models import Prompt, PromptSet
+from app.prompts.models import Prompt, PromptSet, SetKind
 from app.ranking import SPLIT_FRACTIONS, SPLITS, ordered_pairs, split_fractions_error, split_of
 from app.runs.models import ModelVersion
 
@@ -165,7 +165,8 @@ def parse_fractions(raw: str | Sequence[float], name: str) -> tuple[float, float
 
 
 def _conditions(filters: Filters) -> list[Any]:
-    conds: list[Any] = []
+    # Rankings only: a demonstration task's annotations have no outputs ranked (see the SFT export).
+    conds: list[Any] = [Task.prompt_set_id.in_(select(PromptSet.id).where(PromptSet.kind == SetKind.ranking))]
     if filters.prompt_set_ids:
         conds.append(Task.prompt_set_id.in_(filters.prompt_set_ids))
     if filters.since:
@@ -278,10 +279,7 @@ class Counts:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "rows": self.rows,
-            "annotations": self.annotations,
-            "pairs": self.pairs,
-            "ties": self.ties,
+            **{k: getattr(self, k) for k in ("rows", "annotations", "pairs", "ties")},
             "tasks": len(self.tasks),
             "prompts": len(self.prompts),
             "rows_by_split": dict(self.by_split),

@@ -6,19 +6,13 @@ from pathlib import Path
 
 import click
 
+from app.commands import group
 
-def register(cli: click.Group) -> None:
-    cli.add_command(preferences)
-
-
-@click.group()
-def preferences() -> None:
-    """External preference data (HH-RLHF, TRL, ranklab rankings exports).
-
-    \b
-    Example:
-      ranklab preferences import hh-rlhf.jsonl.gz --name hh --skip-invalid
-    """
+preferences = group(
+    "preferences",
+    "External preference data (HH-RLHF, TRL, ranklab rankings exports).",
+    "ranklab preferences import hh-rlhf.jsonl.gz --name hh --skip-invalid",
+)
 
 
 @preferences.command("import")
@@ -71,3 +65,6 @@ def preferences_import(file: Path, name: str, kind: str, skip_invalid: bool) -> 
         f"imported {r.imported} of {r.rows} rows ({r.kind}) as prompt set '{name}' (id {set_id}, "
         f"K={k}, {r.tasks} tasks)" + (f"; skipped {len(r.skipped)} invalid rows" if r.skipped else "")
     )
+
+
+COMMANDS = (preferences,)  # what app/cli.py adds to `ranklab`

@@ -8,7 +8,7 @@ unique index on active assignments keeps one labeler to one task at a time.
 
 The hot statements are built once per dialect with bound parameters and run on the session's
 connection as Core (no ORM compile or load per request); the states they test are SQL literals,
-so PostgreSQL's prepared (generic) plans still match the partial indexes of migration 0004.
+so PostgreSQL's prepared (generic) plans still match the partial indexes of migration 0005.
 """
 
 from __future__ import annotations
@@ -123,10 +123,11 @@ def _insert_claim_statement(pg: bool) -> Any:
     nothing."""
     task_id: BindParameter[int] = bindparam("b_task_id")
     if pg:
-        order: Any = (
+        order: Any = func.coalesce(  # a demonstration task may have no completion: []
             select(func.jsonb_agg(aggregate_order_by(Completion.id, func.random())))
             .where(Completion.task_id == task_id)
-            .scalar_subquery()
+            .scalar_subquery(),
+            literal_column("'[]'::jsonb"),
         )
     else:
         shuffled = (

@@ -3,7 +3,8 @@ outcome (a ranking, a skip, a written reply), count the label; or put everything
 
 A finish locks its assignment row (the UPDATE that marks it), so a double submit finds the first
 and returns what it stored; a late one (lease expired) is checked under the task's lock like a
-new assignment. Outcome modules (submit.py) call `complete` with a function that stores theirs.
+new assignment. Outcome modules (submit.py for rankings and skips, demonstrations.py for written
+replies) call `complete` with a function that stores theirs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from app.db import UTCDateTime, attach
 from app.errors import MAX_ROW_ID, Conflict, Invalid
 from app.labeling.claim import ASSIGNMENT, is_pg, lock_task, room
 from app.labeling.models import Annotation, AnnotationItem, Assignment, AssignmentState, Task, TaskStatus
+from app.prompts.models import SetKind
 
 MAX_NOTES = 10_000
 MAX_TIME_MS = 24 * 3600 * 1000
@@ -53,10 +55,12 @@ class Finished:
     set_flags: list[str]
     overlap: int
     guideline_version: int | None
+    kind: str = SetKind.ranking  # the set's: ranking or demonstration
+    extra: tuple[Any, ...] = ()  # the values of the caller's `extra` RETURNING columns
 
 
 @cache
-def _finish_statement(pg: bool) -> Any:
+def _finish_statement(pg: bool, extra: tuple[Any, ...]) -> Any:
     # Written out: SQLAlchemy renders RETURNING's columns unqualified, which makes correlated
     # subqueries there ambiguous on SQLite.
     ids = "string_agg(c.id::text, ',')" if pg else "group_concat(c.id)"
@@ -82,19 +86,28 @@ def _finish_statement(pg: bool) -> Any:
             literal_column(f"(SELECT ps.flags {of_set})", Assignment.display_order.type),
             literal_column(f"(SELECT ps.overlap {of_set})"),
             literal_column("(SELECT max(g.version) FROM guideline g)"),
+            literal_column(f"(SELECT ps.kind {of_set})"),
+            *extra,
         )
     )
 
 
 def finish(
-    session: Session, assignment_id: int, user_id: int, state: AssignmentState, now: datetime
+    session: Session,
+    assignment_id: int,
+    user_id: int,
+    state: AssignmentState,
+    now: datetime,
+    extra: tuple[Any, ...] = (),
 ) -> Finished | None:
     """Mark the assignment finished and read what storing needs, in one UPDATE ... RETURNING.
-    Nothing when it is not this labeler's, or already finished."""
+    Nothing when it is not this labeler's, or already finished. `extra`: more RETURNING columns
+    (a task kind's own needs; a constant tuple, its statement is built once), written out as
+    SQL over `assignment`."""
     row = (
         session.connection()
         .execute(
-            _finish_statement(is_pg(session)),
+            _finish_statement(is_pg(session), extra),
             {"b_assignment_id": assignment_id, "b_user_id": user_id, "b_state": state.value, "b_now": now},
         )
         .one_or_none()
@@ -115,6 +128,8 @@ def finish(
         set_flags=list(row[6] or []),
         overlap=int(row[7] or 1),
         guideline_version=row[8],
+        kind=str(row[9] or SetKind.ranking),
+        extra=tuple(row[10:]),
     )
 
 
@@ -142,17 +157,19 @@ def late(session: Session, done: Finished, now: datetime) -> None:
         _set_assignment(session, done.assignment_id, finished_at=now)
 
 
-def check_lease(session: Session, done: Finished, now: datetime) -> None:
+def honour_lease(session: Session, done: Finished, now: datetime) -> None:
     """An expired lease is honoured only while the task still needs labels (checked under the
-    task's lock, so two late submitters cannot both take the last place)."""
-    if done.lease_expires_at > now:
-        return  # an expired assignment's lease ran out before it was marked expired
-    lock_task(session, done.task_id)
-    if not room(session, done.task_id, done.user_id, now, excluding=done.assignment_id).has_room:
-        raise SubmissionRefused(
-            "Your lease on this task expired and the task already has all the labels it needs, "
-            "so this submission was not stored. Take the next task."
-        )
+    task's lock, so two late submitters cannot both take the last place); a late submission
+    let through is finished now (late)."""
+    # An assignment marked expired had its lease run out before: it is checked here too.
+    if done.lease_expires_at <= now:
+        lock_task(session, done.task_id)
+        if not room(session, done.task_id, done.user_id, now, excluding=done.assignment_id).has_room:
+            raise SubmissionRefused(
+                "Your lease on this task expired and the task already has all the labels it needs, "
+                "so this submission was not stored. Take the next task."
+            )
+    late(session, done, now)
 
 
 def already_finished(session: Session, assignment_id: int, user_id: int) -> Annotation | None:
@@ -177,14 +194,15 @@ def complete(
     now: datetime,
     store: Callable[[Finished], T],
     replay: Callable[[Session, int, int], T | None] = already_finished,  # type: ignore[assignment]
+    extra: tuple[Any, ...] = (),
 ) -> T | None:
     """The one flow of every outcome: finish the assignment, then `store` the outcome. A
     second submission gets what the first stored (`replay`); None: not this labeler's. A rule
     broken in `store` raises after finish has been put back (undo): a refused submission
-    changes nothing, and the caller may go on in the same transaction."""
+    changes nothing, and the caller may go on in the same transaction. `extra`: as finish's."""
     if not 0 < assignment_id <= MAX_ROW_ID:
         return None  # no such row, and PostgreSQL would refuse the number itself (a 500)
-    done = finish(session, assignment_id, user_id, state, now)
+    done = finish(session, assignment_id, user_id, state, now, extra)
     if done is None:
         return replay(session, assignment_id, user_id)
     try:
@@ -214,8 +232,19 @@ def time_spent(created_at: datetime, now: datetime, client_ms: int | None) -> in
     return max(0, min(int(client_ms), server_ms, MAX_TIME_MS))
 
 
-_INSERT_ANNOTATION = insert(cast(Table, Annotation.__table__)).returning(Annotation.id)
 _INSERT_ITEMS = insert(cast(Table, AnnotationItem.__table__))
+
+
+@cache
+def _insert_returning_id(table: Table) -> Any:
+    return insert(table).returning(table.c.id)
+
+
+def insert_row(session: Session, cls: type[T], values: dict[str, Any]) -> T:
+    """A new row by a Core INSERT built once, as this session's object (no ORM flush)."""
+    table = cast(Table, cls.__table__)  # type: ignore[attr-defined]
+    row_id = session.connection().execute(_insert_returning_id(table), values).scalar_one()
+    return attach(session, cls, {"id": row_id, **values})
 
 
 def store_annotation(
@@ -242,12 +271,10 @@ def store_annotation(
         "inconsistency_confirmed": inconsistency_confirmed,
         "created_at": now,
     }
-    conn = session.connection()
-    annotation_id = conn.execute(_INSERT_ANNOTATION, values).scalar_one()
-    rows = [{"annotation_id": annotation_id, **i} for i in items or []]
+    annotation = insert_row(session, Annotation, values)
+    rows = [{"annotation_id": annotation.id, **i} for i in items or []]
     if rows:
-        conn.execute(_INSERT_ITEMS, rows)
-    annotation = attach(session, Annotation, {"id": annotation_id, **values})
+        session.connection().execute(_INSERT_ITEMS, rows)
     # Set after adding, as loaded: the save cascade never sees the items (they are stored).
     set_committed_value(annotation, "items", [AnnotationItem(**r) for r in rows])
     return annotation

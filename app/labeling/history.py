@@ -1,4 +1,4 @@
-"""A labeler's own history: past annotations, counts, median time per task."""
+"""A labeler's own history: past rankings and demonstrations, counts, median time per task."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
-from app.labeling.models import Annotation, Task
+from app.labeling.models import Annotation, Demonstration, Task
 from app.labeling.task_view import letter
+from app.prompts import proposals
 from app.prompts.models import Prompt
 
 
@@ -22,6 +23,9 @@ class History:
     median_ms: float | None
     prompts: dict[int, str]
     orders: dict[int, str] = field(default_factory=dict)  # annotation id -> "B > A = C > D"
+    proposals: list[proposals.Row] = field(default_factory=list)  # prompts they wrote, and their fate
+    # annotation id -> the reply written (a demonstration task), with its draft and review marks
+    demonstrations: dict[int, Demonstration] = field(default_factory=dict)
 
 
 def ranking_text(annotation: Annotation) -> str:
@@ -74,11 +78,23 @@ def history(*, session: Session, user: User, limit: int = 200) -> History:
         if task_ids
         else {}
     )
+    demonstrations = (
+        {
+            d.annotation_id: d
+            for d in session.scalars(
+                select(Demonstration).where(Demonstration.annotation_id.in_([a.id for a in rows]))
+            )
+        }
+        if rows
+        else {}
+    )
     return History(
         annotations=rows,
         submitted=int(counts.get(True, 0)),
         skipped=int(counts.get(False, 0)),
         median_ms=statistics.median(times) if times else None,
         prompts=prompts,
-        orders={a.id: ranking_text(a) for a in rows if not a.skip_reason},
+        orders={a.id: ranking_text(a) for a in rows if not a.skip_reason and a.items},
+        proposals=proposals.listing(session=session, user_id=user.id),
+        demonstrations=demonstrations,
     )

@@ -4,10 +4,10 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base, utcnow
+from app.db import Base, partial_index, partial_unique, utcnow
 
 
 class Guideline(Base):
@@ -37,12 +37,7 @@ class Task(Base):
         UniqueConstraint("prompt_id", "sampling_job_id"),
         Index("ix_task_prompt_set_id_status", "prompt_set_id", "status"),
         # The queue: open tasks in id order, so taking the next one stops at the first with room.
-        Index(
-            "ix_task_open",
-            "id",
-            postgresql_where=text("status = 'open'"),
-            sqlite_where=text("status = 'open'"),
-        ),
+        partial_index("ix_task_open", "id", where="status = 'open'"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -89,22 +84,12 @@ class Assignment(Base):
     __table_args__ = (
         UniqueConstraint("task_id", "user_id"),
         # One active assignment per labeler: what keeps two tabs from taking two tasks at once.
-        Index(
-            "uq_assignment_user_id_active",
-            "user_id",
-            unique=True,
-            postgresql_where=text("state = 'active'"),
-            sqlite_where=text("state = 'active'"),
-        ),
+        partial_unique("uq_assignment_user_id_active", "user_id", where="state = 'active'"),
         # A labeler's history in task order: "not had by this labeler" is a merge with the queue.
         Index("ix_assignment_user_id_task_id", "user_id", "task_id"),
         # A task's live leases, counted by each claim: an index-only scan.
-        Index(
-            "ix_assignment_task_id_active",
-            "task_id",
-            "lease_expires_at",
-            postgresql_where=text("state = 'active'"),
-            sqlite_where=text("state = 'active'"),
+        partial_index(
+            "ix_assignment_task_id_active", "task_id", "lease_expires_at", where="state = 'active'"
         ),
     )
 
@@ -154,3 +139,40 @@ class AnnotationItem(Base):
     flags: Mapped[list[Any]] = mapped_column(default=list)
     position: Mapped[int | None]  # 0 = shown first (A)
     annotation: Mapped[Annotation] = relationship(back_populates="items")
+
+
+class ReviewStatus(enum.StrEnum):
+    unreviewed = "unreviewed"
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+class Demonstration(Base):
+    """The ideal assistant reply a labeler wrote for a demonstration task (InstructGPT step 1).
+
+    It hangs off the task's annotation, which holds what every task kind shares (labeler, time
+    spent, guideline version, skip); a skipped demonstration task has an annotation and no row here.
+    """
+
+    __tablename__ = "demonstration"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotation.id", ondelete="CASCADE"), unique=True)
+    reply: Mapped[str] = mapped_column(Text)  # as the labeler wrote it
+    # "Start from a draft": the policy completion the labeler edited, and how far they moved it
+    # (characters, Levenshtein); edited drafts are different data from replies written from scratch.
+    draft_used: Mapped[bool] = mapped_column(default=False)
+    draft_completion_id: Mapped[int | None] = mapped_column(ForeignKey("completion.id", ondelete="SET NULL"))
+    edit_distance: Mapped[int | None]
+    token_count: Mapped[int | None]
+    review_status: Mapped[str] = mapped_column(String(16), default=ReviewStatus.unreviewed, index=True)
+    review_reason: Mapped[str | None] = mapped_column(Text)
+    # A reviewer's edit; the labeler's `reply` is kept beside it, and training uses this one.
+    edited_reply: Mapped[str | None] = mapped_column(Text)
+    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[datetime | None]
+    annotation: Mapped[Annotation] = relationship(lazy="joined")
+
+    @property
+    def final_reply(self) -> str:
+        return self.edited_reply if self.edited_reply is not None else self.reply

@@ -20,8 +20,15 @@ class MessageOut(BaseModel):
     content: str
 
 
+class DraftOut(BaseModel):
+    completion_id: int
+    text: str
+
+
 class TaskOut(BaseModel):
-    """A task given to you: rank and rate its completions, then POST the annotation."""
+    """A task given to you. `kind` "ranking": rank and rate its completions, then POST the
+    annotation. `kind` "demonstration": write the assistant's reply to `messages` (from scratch,
+    or by editing `draft` when there is one), then POST the demonstration."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -47,6 +54,7 @@ class TaskOut(BaseModel):
         }
     )
 
+    kind: Literal["ranking", "demonstration"] = "ranking"
     assignment_id: int
     prompt: str = Field(
         description="The conversation as readable text: a lone user message exactly as written, "
@@ -56,12 +64,19 @@ class TaskOut(BaseModel):
         description="The conversation the completions reply to, ending with the user's turn "
         "(a plain instruction is one user message)."
     )
-    completions: list[CompletionOut] = Field(description="In the order to show them (A first).")
+    completions: list[CompletionOut] = Field(
+        description="In the order to show them (A first); empty for a demonstration."
+    )
     flags: list[str] = Field(description="The yes/no flags this prompt set asks about.")
     k: int
     lease_expires_at: datetime = Field(description="After this others may take the task.")
     is_demo: bool = Field(description="Some completions come from the small local demo model.")
     guideline_version: int | None = None
+    draft: DraftOut | None = Field(
+        None,
+        description="A demonstration: one completion of the current policy to start from (null: "
+        "none yet; drafts are written in the background after the import).",
+    )
 
 
 class AnnotationIn(BaseModel):
@@ -139,3 +154,45 @@ class AnnotationOut(BaseModel):
         description="With `?next=true`: your next task (as GET /tasks/next answers; null when none "
         "is left), so that labeling takes one round trip per task.",
     )
+
+
+class DemonstrationIn(BaseModel):
+    """A written reply (`{"reply": "...", "draft_completion_id": null}`) or a skip
+    (`{"skip": "unclear"}`). `draft_completion_id`: the task's draft when the reply was written
+    by editing it (its edit distance is stored), null when written from scratch. The reply must
+    not be empty, and the conversation with it must fit the token limit after the chat template."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"reply": "Soft rain on the roof,\nthe gutters hum along.", "draft_completion_id": None},
+                {"reply": "Rain taps the window.", "draft_completion_id": 31, "time_spent_ms": 52000},
+                {"skip": "unclear", "notes": "The instruction is cut off."},
+            ]
+        },
+    )
+
+    reply: str | None = Field(None, description="The assistant's reply, as the labeler wrote it.")
+    draft_completion_id: StrictInt | None = None
+    notes: LongText = ""
+    skip: str | None = Field(None, description="unclear, harmful, broken or other")
+    time_spent_ms: int | None = Field(None, ge=0, description="As measured by the client; clamped.")
+
+
+class DemonstrationOut(BaseModel):
+    """What was stored: the reply with its draft marks, or the skip (as in AnnotationOut)."""
+
+    id: int = Field(description="The annotation's id.")
+    assignment_id: int
+    task_id: int
+    skipped: str | None = Field(description="The skip reason, or null for a written reply.")
+    reply: str | None = Field(description="As stored (trimmed at the ends); null for a skip.")
+    draft_used: bool
+    draft_completion_id: int | None
+    edit_distance: int | None = Field(description="Characters changed from the draft (Levenshtein).")
+    token_count: int | None = Field(description="The conversation with the reply, after the chat template.")
+    notes: str
+    time_spent_ms: int | None
+    guideline_version: int | None
+    created_at: datetime

@@ -1,5 +1,6 @@
 """A ranking task's outcomes: a ranking (ranks, 1-7 ratings, flags, notes), checked and stored
-whole, or a skip with its reason. The assignment's finish, lease and replay are finish.py's."""
+whole, or a skip with its reason (the skip serves demonstration tasks too). The assignment's
+finish, lease and replay are finish.py's."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from app.db import utcnow
 from app.labeling.finish import (
     Finished,
     SubmissionInvalid,
-    check_lease,
     check_notes,
     complete,
     count_label,
+    honour_lease,
     late,
     store_annotation,
 )
 from app.labeling.models import Annotation, Assignment, AssignmentState
 from app.labeling.task_view import letter
+from app.prompts.models import SetKind
 
 SKIP_REASONS: dict[str, str] = {
     "unclear": "The instruction is unclear",
@@ -173,6 +175,10 @@ def _store(
     confirm_inconsistent: bool,
     now: datetime,
 ) -> Annotation:
+    if done.kind != SetKind.ranking:
+        raise SubmissionInvalid(
+            "kind", "this is a demonstration task: write the reply (POST .../demonstration), not a ranking"
+        )
     clean_ranks, clean_ratings, clean_flags = _validate(
         completion_ids=done.completion_ids,
         set_flags=done.set_flags,
@@ -188,8 +194,7 @@ def _store(
             f"{len(clashes)} lower-ranked output(s) have a higher rating than one ranked above "
             "them: fix the ranks or ratings, or confirm",
         )
-    check_lease(session, done, now)
-    late(session, done, now)
+    honour_lease(session, done, now)
     position = {cid: i for i, cid in enumerate(done.display_order)}
     # Stored dense (competition ranks too): 1 = best, ties share a rank.
     dense = dict(zip(clean_ranks, ranking.dense_ranks(list(clean_ranks.values())), strict=True))

@@ -16,7 +16,7 @@ from app.chat import LABELS, Message
 from app.db import utcnow
 from app.labeling.claim import NOW, USER_ID, open_for
 from app.labeling.models import Assignment, AssignmentState, Completion, Guideline, Task
-from app.prompts.models import Prompt, PromptSet
+from app.prompts.models import Prompt, PromptSet, SetKind
 from app.runs.models import ModelVersion
 
 # A turn longer than this (characters or lines) is folded on the page; `e` unfolds it.
@@ -56,6 +56,7 @@ class TaskView:
     k: int
     is_demo: bool
     labels: list[str] = field(default_factory=list)
+    kind: str = SetKind.ranking  # a demonstration task's completions are its drafts (none or one)
     guideline_version: int | None = None
     position: tuple[int, int] | None = None  # ("Task x of y"), when asked for
     guideline_body: str | None = None  # the latest guideline's text, when the position is asked for
@@ -98,8 +99,9 @@ def _position_columns(user_id: Any = USER_ID, now: Any = NOW) -> tuple[Any, Any]
 
 @cache
 def _view_statement(with_position: bool) -> Any:
-    """One statement: a row per completion, with the prompt, flags, demo mark, guideline version,
-    and for the page the queue position and the guideline text."""
+    """One statement: a row per completion (one of NULLs when there is none), with the prompt,
+    flags, demo mark, guideline version, the set's kind, and for the page the queue position
+    and the guideline text."""
     columns: list[Any] = [
         Completion.id,
         Completion.text,
@@ -108,6 +110,7 @@ def _view_statement(with_position: bool) -> Any:
         ModelVersion.is_demo,
         guideline_version(),
         Prompt.messages,
+        PromptSet.kind,
     ]
     if with_position:
         latest = select(Guideline.body).order_by(Guideline.version.desc()).limit(1).scalar_subquery()
@@ -117,7 +120,7 @@ def _view_statement(with_position: bool) -> Any:
         .select_from(Task)
         .join(Prompt, Prompt.id == Task.prompt_id)
         .join(PromptSet, PromptSet.id == Task.prompt_set_id)
-        .join(Completion, Completion.task_id == Task.id)
+        .outerjoin(Completion, Completion.task_id == Task.id)  # a demonstration task may have none
         .outerjoin(ModelVersion, ModelVersion.id == Completion.model_version_id)
         .where(Task.id == bindparam("b_task_id"))
         .order_by(Completion.id)
@@ -133,7 +136,7 @@ def task_view(
         params |= {"b_user_id": assignment.user_id, "b_now": now or utcnow()}
     rows = session.connection().execute(_view_statement(with_position), params).all()
     first = rows[0]
-    by_id = {r[0]: Output(id=r[0], text=r[1]) for r in rows}
+    by_id = {r[0]: Output(id=r[0], text=r[1]) for r in rows if r[0] is not None}
     order = [int(i) for i in assignment.display_order]
     shown = [by_id[i] for i in order if i in by_id]
     shown += [c for c in by_id.values() if c.id not in set(order)]
@@ -146,9 +149,10 @@ def task_view(
         k=len(shown),
         is_demo=any(bool(r[4]) for r in rows),
         labels=[letter(i) for i in range(len(shown))],
+        kind=str(first[7]),
         guideline_version=first[5],
-        position=(int(first[7]) + 1, int(first[7]) + 1 + int(first[8])) if with_position else None,
-        guideline_body=first[9] if with_position else None,
+        position=(int(first[8]) + 1, int(first[8]) + 1 + int(first[9])) if with_position else None,
+        guideline_body=first[10] if with_position else None,
     )
 
 

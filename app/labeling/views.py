@@ -14,10 +14,20 @@ from app.auth.deps import CurrentAdmin, CurrentLabeler, CurrentUser
 from app.auth.models import User
 from app.db import SessionDep, utcnow
 from app.errors import ErrorOut, Id, Invalid, NotFound, ProblemsOut
-from app.labeling import guidelines, history
+from app.labeling import demonstrations, guidelines, history
 from app.labeling import service as labeling
 from app.labeling.models import Annotation, Assignment
-from app.labeling.schemas import AnnotationIn, AnnotationOut, CompletionOut, MessageOut, TaskOut
+from app.labeling.schemas import (
+    AnnotationIn,
+    AnnotationOut,
+    CompletionOut,
+    DemonstrationIn,
+    DemonstrationOut,
+    DraftOut,
+    MessageOut,
+    TaskOut,
+)
+from app.prompts.models import SetKind
 from app.web import FormDep, render
 
 router = APIRouter(tags=["labeling"])
@@ -42,9 +52,12 @@ def _page(
     x, y = view.position or (1, 1)
     body = view.guideline_body
     elapsed_ms = max(0, int((utcnow() - assignment.created_at).total_seconds() * 1000))
+    demonstration = view.kind == SetKind.demonstration
+    if demonstration:
+        values = values or {"reply": "", "notes": "", "draft_completion_id": ""}
     return render(
         request,
-        "labeling/label.html",
+        "labeling/demonstration.html" if demonstration else "labeling/label.html",
         {
             "view": view,
             "x": x,
@@ -55,6 +68,7 @@ def _page(
             "error": error,
             "elapsed_ms": elapsed_ms,
             "values": values or {"rank": {}, "rating": {}, "flags": {}, "notes": ""},
+            "draft": view.completions[0] if demonstration and view.completions else None,
         },
         status_code=status_code,
     )
@@ -134,7 +148,7 @@ def _finish(
     session: Session,
     user: User,
     assignment_id: int,
-    by_id: Callable[..., Annotation | None],
+    by_id: Callable[..., object | None],
     *,
     values: dict[str, Any] | None = None,
     **outcome: Any,
@@ -153,6 +167,53 @@ def _finish(
     if done is None:
         raise NotFound("No such assignment of yours.")
     return RedirectResponse("/label", status_code=303)
+
+
+def _max_tokens(request: Request) -> int:
+    return int(request.app.state.settings.max_demonstration_tokens)
+
+
+def _draft_id(raw: Any) -> Any:
+    raw = str(raw or "").strip()
+    if not raw:
+        return None
+    return int(raw) if raw.isdigit() and len(raw) <= 10 else raw  # the service names the field
+
+
+@router.post("/label/{assignment_id}/demonstration", response_class=HTMLResponse)
+def label_demonstration(
+    request: Request, session: SessionDep, user: CurrentLabeler, form: FormDep, assignment_id: Id
+) -> Response:
+    values = {
+        "reply": str(form.get("reply", "")),
+        "notes": str(form.get("notes", "")),
+        "draft_completion_id": str(form.get("draft_completion_id", "")),
+    }
+    return _finish(
+        request,
+        session,
+        user,
+        assignment_id,
+        demonstrations.submit_by_id,
+        values=values,
+        reply=values["reply"],
+        draft_completion_id=_draft_id(values["draft_completion_id"]),
+        notes=values["notes"],
+        time_spent_ms=_ms(form.get("time_spent_ms")),
+        max_tokens=_max_tokens(request),
+    )
+
+
+@router.get("/label/{assignment_id}/draft", response_model=DraftOut, responses={404: {"model": ErrorOut}})
+def label_draft(session: SessionDep, user: CurrentLabeler, assignment_id: Id) -> Any:
+    """The draft of a demonstration task you hold, once the background job has written it."""
+    assignment = labeling.get_assignment(session=session, assignment_id=assignment_id, user=user)
+    if assignment is None:
+        raise NotFound("No such assignment of yours.")
+    draft = demonstrations.draft_of(session=session, task_id=assignment.task_id)
+    if draft is None:
+        raise NotFound("The draft is not ready yet.")
+    return DraftOut(completion_id=draft.id, text=draft.text)
 
 
 @router.post("/label/{assignment_id}/skip", response_class=HTMLResponse)
@@ -243,17 +304,28 @@ def _next_task_out(request: Request, session: Session, user: User) -> TaskOut | 
     if assignment is None:
         return None
     view = labeling.task_view(session=session, assignment=assignment)
+    demonstration = view.kind == SetKind.demonstration
+    draft = view.completions[0] if demonstration and view.completions else None
     return TaskOut(
+        kind="demonstration" if demonstration else "ranking",
         assignment_id=assignment.id,
         prompt=view.prompt,
         messages=[MessageOut(role=m["role"], content=m["content"]) for m in view.messages],
-        completions=[CompletionOut(id=c.id, text=c.text) for c in view.completions],
+        completions=[] if demonstration else [CompletionOut(id=c.id, text=c.text) for c in view.completions],
         flags=view.flags,
-        k=view.k,
+        k=0 if demonstration else view.k,
         lease_expires_at=assignment.lease_expires_at,
         is_demo=view.is_demo,
         guideline_version=view.guideline_version,
+        draft=DraftOut(completion_id=draft.id, text=draft.text) if draft else None,
     )
+
+
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut},
+    409: {"model": ErrorOut},
+    422: {"model": ProblemsOut, "description": "Names the field at fault."},
+}
 
 
 def _annotation_out(a: Annotation) -> AnnotationOut:
@@ -276,11 +348,7 @@ def _annotation_out(a: Annotation) -> AnnotationOut:
 @api.post(
     "/assignments/{assignment_id}/annotation",
     response_model=AnnotationOut,
-    responses={
-        404: {"model": ErrorOut},
-        409: {"model": ErrorOut},
-        422: {"model": ProblemsOut, "description": "Names the field at fault."},
-    },
+    responses=SUBMIT_RESPONSES,
 )
 def api_submit(
     request: Request,
@@ -322,3 +390,54 @@ def api_submit(
         session.commit()
         out.next = _next_task_out(request, session, user)
     return out
+
+
+@api.post(
+    "/assignments/{assignment_id}/demonstration",
+    response_model=DemonstrationOut,
+    responses=SUBMIT_RESPONSES,
+)
+def api_demonstration(
+    request: Request, session: SessionDep, user: CurrentLabeler, assignment_id: Id, body: DemonstrationIn
+) -> Any:
+    """Submit the reply you wrote for a demonstration task, or a skip. Submitting again returns
+    the first answer unchanged."""
+    common: dict[str, Any] = {
+        "session": session,
+        "assignment_id": assignment_id,
+        "user_id": user.id,
+        "notes": body.notes,
+        "time_spent_ms": body.time_spent_ms,
+    }
+    if body.skip is not None:
+        if body.reply is not None or body.draft_completion_id is not None:
+            raise labeling.SubmissionInvalid("skip", "a skip carries no reply or draft")
+        skipped = labeling.skip_by_id(reason=body.skip, **common)
+        done = None if skipped is None else demonstrations.outcome(session=session, annotation=skipped)
+    else:
+        if body.reply is None:
+            raise labeling.SubmissionInvalid("reply", 'give the reply ({"reply": "..."}) or a skip reason')
+        done = demonstrations.submit_by_id(
+            reply=body.reply,
+            draft_completion_id=body.draft_completion_id,
+            max_tokens=_max_tokens(request),
+            **common,
+        )
+    if done is None:
+        raise NotFound("No such assignment of yours.")
+    a, d = done.annotation, done.demonstration
+    return DemonstrationOut(
+        id=a.id,
+        assignment_id=a.assignment_id,
+        task_id=a.task_id,
+        skipped=a.skip_reason,
+        reply=d.reply if d else None,
+        draft_used=bool(d and d.draft_used),
+        draft_completion_id=d.draft_completion_id if d else None,
+        edit_distance=d.edit_distance if d else None,
+        token_count=d.token_count if d else None,
+        notes=a.notes,
+        time_spent_ms=a.time_spent_ms,
+        guideline_version=a.guideline_version,
+        created_at=a.created_at,
+    )

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
+from app.commands import group
 from app.config import get_settings
+from app.db import cli_sessions
 
 DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo_prompts.jsonl"
 DEMO_SET = "demo: short instructions"
@@ -17,32 +18,26 @@ DEMO_SET_TINY = "demo: short instructions (tiny model)"  # its own set: never mi
 DEMO_SAMPLING = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(prompts)
-    cli.add_command(demo)
-
-
-def _sessions() -> sessionmaker[Session]:
-    from app.cli import sessions
-
-    return sessions()
-
-
-@click.group()
-def prompts() -> None:
-    """Upload prompt sets and see how far their sampling got.
-
-    \b
-    Examples:
-      ranklab prompts import prompts.jsonl --name "round 1" --k 4
-      ranklab prompts list
-    """
+prompts = group(
+    "prompts",
+    "Upload prompt sets and see how far their sampling got.",
+    'ranklab prompts import prompts.jsonl --name "round 1" --k 4',
+    "ranklab prompts list",
+)
 
 
 @prompts.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Name of the new set (must not exist yet).")
-@click.option("--k", "k", default=4, show_default=True, help="Completions per prompt, 4 to 9.")
+@click.option(
+    "--kind",
+    type=click.Choice(["ranking", "demonstration"]),
+    default="ranking",
+    show_default=True,
+    help="ranking: labelers rank K completions; demonstration: labelers write the reply "
+    "(tasks open at once, one draft per task sampled in the background).",
+)
+@click.option("--k", "k", default=4, show_default=True, help="Completions per prompt, 4 to 9 (ranking).")
 @click.option("--overlap", default=1, show_default=True, help="Labelers who should judge each task.")
 @click.option(
     "--format",
@@ -70,6 +65,7 @@ def prompts() -> None:
 def import_(
     file: Path,
     name: str,
+    kind: str,
     k: int,
     overlap: int,
     fmt: str | None,
@@ -93,12 +89,13 @@ def import_(
     Examples:
       ranklab prompts import prompts.jsonl --name "round 1" --k 4
       ranklab prompts import questions.csv --name support --k 6 --overlap 3 --temperature 0.8
+      ranklab prompts import asks.jsonl --name "write 1" --kind demonstration --overlap 2
     """
     from app.prompts import service
 
     settings = get_settings()
     try:
-        with _sessions().begin() as s:
+        with cli_sessions().begin() as s:
             ps = service.import_prompt_set(
                 session=s,
                 settings=settings,
@@ -106,6 +103,7 @@ def import_(
                 filename=file.name,
                 data=file.read_bytes(),
                 fmt=fmt,
+                kind=kind,
                 k=k,
                 overlap=overlap,
                 sampling={
@@ -130,7 +128,13 @@ def import_(
         f"imported {report['imported']} prompts from {report['rows']} rows into set "
         f"'{name}' (id {set_id}); {report['duplicates']} duplicate(s) collapsed"
     )
-    if job_id:
+    if kind == "demonstration":
+        click.echo(f"{report['imported']} demonstration tasks are open for labelers now")
+        if job_id:
+            click.echo(
+                f"draft job {job_id} queued: `ranklab worker` (or `ranklab serve`) writes one draft a task"
+            )
+    elif job_id:
         click.echo(f"sampling job {job_id} queued: `ranklab worker` (or `ranklab serve`) samples it")
 
 
@@ -144,10 +148,14 @@ def list_() -> None:
     """
     from app.prompts import service
 
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         for ps in service.list_sets(session=s):
             prog = service.progress(session=s, prompt_set=ps)
             job = f"job {prog.job.id} {prog.job.status}" if prog.job else "no job"
+            if ps.kind == "demonstration":
+                done = f"{prog.written}/{prog.needed} written, {prog.done}/{prog.total} drafts"
+                click.echo(f"{ps.id:>4}  {ps.name:<40} demonstration overlap={ps.overlap} {done}  {job}")
+                continue
             click.echo(
                 f"{ps.id:>4}  {ps.name:<40} K={ps.k} overlap={ps.overlap} "
                 f"{prog.done}/{prog.total} sampled  {job}"
@@ -181,7 +189,7 @@ def demo(tiny: bool) -> None:
     from app.runs.models import FINISHED, JobStatus
 
     settings = get_settings()
-    sessions = _sessions()
+    sessions = cli_sessions()
     if tiny and settings.policy_model:
         raise click.UsageError("--tiny and RANKLAB_POLICY_MODEL both name the policy: unset one")
     if tiny and not policies.demo_is_built(settings):
@@ -232,3 +240,9 @@ def demo(tiny: bool) -> None:
     except inline.InlineRunError as exc:
         raise click.ClickException(f"sampling the demo set: {exc}") from exc
     click.echo(f"'{set_name}' is sampled and ready to label")
+
+
+COMMANDS = (
+    prompts,
+    demo,
+)  # what app/cli.py adds to `ranklab`

@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -25,11 +25,35 @@ DEFAULT_FLAGS: list[str] = [
 ]
 
 
-class SetStatus(enum.StrEnum):
-    sampling = "sampling"
-    active = "active"
-    paused = "paused"
-    archived = "archived"
+class SetKind(enum.StrEnum):
+    ranking = "ranking"  # labelers rate and rank the policy's K completions
+    demonstration = "demonstration"  # labelers write the ideal assistant reply (SFT data)
+
+
+class TrainOn(enum.StrEnum):
+    """Which demonstrations of a set count for SFT (and for the reward model's normalisation)."""
+
+    not_rejected = "not_rejected"  # accepted or not yet reviewed (the default)
+    accepted = "accepted"
+    all = "all"
+
+
+# InstructGPT's prompt categories (Table 1): what a labeler picks for a prompt they write.
+PROMPT_CATEGORIES: list[str] = [
+    "generation",
+    "open QA",
+    "brainstorming",
+    "chat",
+    "rewrite",
+    "summarization",
+    "classification",
+    "closed QA",
+    "extract",
+    "other",
+]
+
+
+SetStatus = enum.StrEnum("SetStatus", ["sampling", "active", "paused", "archived"])
 
 
 class PromptSet(Base):
@@ -37,6 +61,12 @@ class PromptSet(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default=SetKind.ranking, server_default=SetKind.ranking)
+    # Labelers may write new prompts for this set (they wait in the review queue).
+    allow_proposals: Mapped[bool] = mapped_column(default=False, server_default=false())
+    train_on: Mapped[str] = mapped_column(
+        String(16), default=TrainOn.not_rejected, server_default=TrainOn.not_rejected
+    )
     k: Mapped[int] = mapped_column(default=4)
     overlap: Mapped[int] = mapped_column(default=1)
     # max_new_tokens, temperature, top_p, top_k
@@ -70,4 +100,30 @@ class Prompt(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Line (JSON Lines, CSV) or row (Parquet) of the uploaded file it came from.
     source_line: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProposalStatus(enum.StrEnum):
+    pending = "pending"
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+class PromptProposal(Base):
+    """A prompt a labeler wrote, waiting for an admin to accept it into a set, edit it or reject it."""
+
+    __tablename__ = "prompt_proposal"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    # The set it was written for (from the labeler's task); the admin may accept it into another.
+    prompt_set_id: Mapped[int | None] = mapped_column(ForeignKey("prompt_set.id", ondelete="SET NULL"))
+    messages: Mapped[list[Any]] = mapped_column()  # as written, before any edit
+    category: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=ProposalStatus.pending, index=True)
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was rejected
+    # The accepted prompt (its messages are the admin's edit when there was one).
+    prompt_id: Mapped[int | None] = mapped_column(ForeignKey("prompt.id", ondelete="SET NULL"))
+    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,16 +7,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, literal, select
 from sqlalchemy.orm import Session
 
+from app import chat
+from app.chat import Conversation
 from app.config import Settings
 from app.db import utcnow
-from app.errors import Invalid, has_nul
-from app.labeling.models import Task, TaskStatus
+from app.errors import Conflict, Invalid, has_nul
+from app.labeling.models import Completion, Task, TaskStatus
 from app.prompts import tokens
-from app.prompts.models import DEFAULT_FLAGS, Prompt, PromptSet, SetStatus
-from app.prompts.parsing import Problem, TokenCounter, approx_tokens, parse_prompt_file
+from app.prompts.models import DEFAULT_FLAGS, Prompt, PromptSet, SetKind, SetStatus, TrainOn
+from app.prompts.parsing import (
+    Problem,
+    TokenCounter,
+    approx_tokens,
+    check_stored,
+    check_tokens,
+    parse_prompt_file,
+)
 from app.runs import policies
 from app.runs import service as jobs
 from app.runs.models import FINISHED, Job, JobStatus, ModelVersion
@@ -42,9 +51,14 @@ class ImportRejected(Invalid):
 
 def token_counter(version: ModelVersion | None) -> tuple[TokenCounter, str]:
     """The policy's own tokenizer and chat template when its folder has them, else an estimate."""
-    if version is not None and version.path:
+    return counter_at(version.path if version is not None else None)
+
+
+def counter_at(path: str | None, *, generation_prompt: bool = True) -> tuple[TokenCounter, str]:
+    """token_counter for a policy folder (None: no folder); see tokens.conversation_counter."""
+    if path:
         try:
-            counter = tokens.conversation_counter(Path(version.path))
+            counter = tokens.conversation_counter(Path(path), generation_prompt=generation_prompt)
         except Exception:  # noqa: BLE001  (an unreadable tokenizer falls back, and says so)
             counter = None
         if counter is not None:
@@ -54,16 +68,41 @@ def token_counter(version: ModelVersion | None) -> tuple[TokenCounter, str]:
 
 def context_positions(version: ModelVersion | None) -> int | None:
     """How many tokens the policy sees at once, from its folder's config.json (None: unknown)."""
-    if version is None or not version.path:
+    return positions_at(version.path if version is not None else None)
+
+
+def positions_at(path: str | None) -> int | None:
+    """context_positions for a policy folder."""
+    if not path:
         return None
     try:
-        config = json.loads((Path(version.path) / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(config, dict):
         return None
     positions = config.get("max_position_embeddings") or config.get("n_positions")
     return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def token_limit(
+    *, settings: Settings, version: ModelVersion | None, sampling: dict[str, Any]
+) -> tuple[int, str]:
+    """The most tokens a prompt may take after the chat template, and the limit's name.
+
+    A prompt must leave the policy room to write; past its context the sampling job would fail.
+    """
+    max_tokens, limit_name = settings.max_prompt_tokens, "RANKLAB_MAX_PROMPT_TOKENS"
+    positions, new_tokens = context_positions(version), sampling.get("max_new_tokens")
+    if (
+        positions is not None
+        and isinstance(new_tokens, int)
+        and 0 < new_tokens < positions
+        and positions - new_tokens < max_tokens
+    ):
+        max_tokens = positions - new_tokens
+        limit_name = f"the policy's {positions} positions less max_new_tokens {new_tokens}"
+    return max_tokens, limit_name
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -74,6 +113,7 @@ def check_options(
     session: Session,
     filename: str,
     name: str,
+    kind: str = SetKind.ranking,
     k: int,
     overlap: int,
     sampling: dict[str, Any],
@@ -93,8 +133,12 @@ def check_options(
         bad("name", "contains a NUL character (\\u0000)")
     elif session.scalar(select(PromptSet.id).where(PromptSet.name == name.strip())) is not None:
         bad("name", f"a prompt set named {name.strip()!r} already exists; choose another name")
-    if not K_MIN <= k <= K_MAX:
+    if kind not in SetKind.__members__:
+        bad("kind", f"must be {' or '.join(SetKind)}, got {kind!r}")
+    if kind != SetKind.demonstration and not K_MIN <= k <= K_MAX:  # a demonstration has one draft
         bad("k", f"K must be between {K_MIN} and {K_MAX}, got {k}")
+    if kind == SetKind.demonstration and compare_version_id is not None:
+        bad("compare_version", "a demonstration set has one draft per task, from one policy")
     if not 1 <= overlap <= OVERLAP_MAX:
         bad("overlap", f"overlap must be between 1 and {OVERLAP_MAX}, got {overlap}")
     mnt, temp = sampling.get("max_new_tokens"), sampling.get("temperature")
@@ -123,6 +167,7 @@ def import_prompt_set(
     filename: str,
     data: bytes,
     fmt: str | None = None,
+    kind: str = SetKind.ranking,
     k: int = 4,
     overlap: int = 1,
     sampling: dict[str, Any] | None = None,
@@ -133,12 +178,14 @@ def import_prompt_set(
     enqueue: bool = True,
 ) -> PromptSet:
     """Validate everything, then store the set, its prompts and a `sample` job; or raise
-    ImportRejected having stored nothing."""
+    ImportRejected having stored nothing. A demonstration set's tasks are open at once (one per
+    prompt; labelers write the reply), and its `sample` job writes one draft per task beside them."""
     params = {**SAMPLING_DEFAULTS, **(sampling or {})}
     problems = check_options(
         session=session,
         filename=filename,
         name=name,
+        kind=kind,
         k=k,
         overlap=overlap,
         sampling=params,
@@ -165,22 +212,17 @@ def import_prompt_set(
             else policies.default_policy(session=session, settings=settings)
         )
     counter, counted_with = token_counter(version)
-    # A prompt must leave the policy room to write; past its context the sampling job would fail.
-    max_tokens, limit_name = settings.max_prompt_tokens, "RANKLAB_MAX_PROMPT_TOKENS"
     positions, new_tokens = context_positions(version), params.get("max_new_tokens")
-    if positions is not None and isinstance(new_tokens, int) and new_tokens > 0:
-        if new_tokens >= positions:
-            problems.append(
-                Problem(
-                    filename,
-                    None,
-                    "max_new_tokens",
-                    f"must be below the {positions} tokens the policy sees at once, got {new_tokens}",
-                )
+    if positions is not None and isinstance(new_tokens, int) and 0 < positions <= new_tokens:
+        problems.append(
+            Problem(
+                filename,
+                None,
+                "max_new_tokens",
+                f"must be below the {positions} tokens the policy sees at once, got {new_tokens}",
             )
-        elif positions - new_tokens < max_tokens:
-            max_tokens = positions - new_tokens
-            limit_name = f"the policy's {positions} positions less max_new_tokens {new_tokens}"
+        )
+    max_tokens, limit_name = token_limit(settings=settings, version=version, sampling=params)
     parsed = parse_prompt_file(
         filename=filename,
         data=data,
@@ -194,15 +236,17 @@ def import_prompt_set(
     if problems:
         raise ImportRejected(problems, truncated=parsed.truncated)
     assert version is not None
+    demonstration = kind == SetKind.demonstration
     prompt_set = PromptSet(
         name=name.strip(),
-        k=k,
+        kind=kind,
+        k=1 if demonstration else k,
         overlap=overlap,
         sampling=params,
         policy_version_id=version.id,
         compare_version_id=compare_version_id,
         flags=flag_set,
-        status=SetStatus.sampling if enqueue else SetStatus.active,
+        status=SetStatus.sampling if enqueue and not demonstration else SetStatus.active,
         source_filename=filename.replace("\x00", "")[:500],
         created_by_id=created_by_id,
         report={
@@ -227,20 +271,119 @@ def import_prompt_set(
         for p in parsed.prompts
     )
     session.flush()
+    if demonstration:
+        open_demonstration_tasks(session=session, prompt_set=prompt_set)
     if enqueue:
         start_sampling(session=session, prompt_set=prompt_set, created_by_id=created_by_id)
     return prompt_set
 
 
+def open_demonstration_tasks(*, session: Session, prompt_set: PromptSet) -> None:
+    """One open task per prompt of a demonstration set that has none: labelers write its reply,
+    so nothing needs sampling first."""
+    has_task = select(Task.id).where(Task.prompt_id == Prompt.id).exists()
+    session.execute(
+        insert(Task).from_select(
+            ["prompt_id", "prompt_set_id", "status", "label_count", "created_at"],
+            select(
+                Prompt.id,
+                literal(prompt_set.id),
+                literal(TaskStatus.open.value),
+                literal(0),
+                literal(utcnow(), Task.created_at.type),
+            )
+            .where(Prompt.prompt_set_id == prompt_set.id, ~has_task)
+            .order_by(Prompt.id),
+        )
+    )
+
+
 def start_sampling(*, session: Session, prompt_set: PromptSet, created_by_id: int | None = None) -> Job:
-    """Queue a `sample` job for the set's prompts that have no task yet."""
+    """Queue a `sample` job for the set's prompts that have no task yet (of a demonstration set:
+    its tasks without a draft; they stay open meanwhile, so the set stays active)."""
     job = jobs.enqueue(
         session=session, kind="sample", params={"prompt_set_id": prompt_set.id}, created_by_id=created_by_id
     )
-    prompt_set.status = SetStatus.sampling
+    if prompt_set.kind != SetKind.demonstration:
+        prompt_set.status = SetStatus.sampling
     prompt_set.report = {**prompt_set.report, "job_id": job.id}
     session.flush()
     return job
+
+
+# --- one prompt at a time (a labeler's written prompt, accepted) -------------------------------
+
+
+def check_conversation(
+    *, session: Session, settings: Settings, prompt_set: PromptSet, value: Any, field: str = "messages"
+) -> Conversation:
+    """A conversation checked by the rules of an upload into `prompt_set` (app/chat.py's rules,
+    storable text, the token limit of the set's policy), normalised; Invalid naming the place."""
+    version = (
+        policies.get_policy(session=session, version_id=prompt_set.policy_version_id)
+        if prompt_set.policy_version_id is not None
+        else policies.active_policy(session=session)
+    )
+    counter, _ = token_counter(version)
+    max_tokens, limit_name = token_limit(
+        settings=settings, version=version, sampling=prompt_set.sampling or {}
+    )
+    try:
+        conv = chat.parse_conversation(value, field=field)
+        check_stored(conv, field=field)
+        check_tokens(conv, field=field, max_tokens=max_tokens, count_tokens=counter, limit_name=limit_name)
+    except chat.ChatError as exc:
+        raise Invalid(exc.field, exc.message) from None
+    return conv
+
+
+def find_duplicate(*, session: Session, prompt_set: PromptSet, messages: Conversation) -> Prompt | None:
+    return session.scalar(
+        select(Prompt).where(
+            Prompt.prompt_set_id == prompt_set.id, Prompt.text_hash == chat.conversation_hash(messages)
+        )
+    )
+
+
+def add_prompt(
+    *,
+    session: Session,
+    prompt_set: PromptSet,
+    messages: Conversation,
+    meta: dict[str, Any] | None = None,
+    created_by_id: int | None = None,
+) -> Prompt:
+    """One checked conversation into a set, with the task an imported prompt gets; Conflict
+    naming the existing prompt when the set holds the same conversation."""
+    existing = find_duplicate(session=session, prompt_set=prompt_set, messages=messages)
+    if existing is not None:
+        raise Conflict(
+            f"The set {prompt_set.name!r} (id {prompt_set.id}) already holds this conversation "
+            f"as prompt {existing.id}."
+        )
+    prompt = Prompt(
+        prompt_set_id=prompt_set.id,
+        messages=messages,
+        text=chat.as_text(messages),
+        text_hash=chat.conversation_hash(messages),
+        meta=meta or {},
+    )
+    session.add(prompt)
+    session.flush()
+    open_tasks(session=session, prompt_set=prompt_set, created_by_id=created_by_id)
+    return prompt
+
+
+def open_tasks(*, session: Session, prompt_set: PromptSet, created_by_id: int | None = None) -> None:
+    """Tasks for the set's prompts that have none: a demonstration set's open at once (labelers
+    write the reply; no completions needed); a ranking set's come from a `sample` job, queued
+    unless one is queued already (it reads the prompts without a task when it starts)."""
+    if prompt_set.kind == SetKind.demonstration:
+        open_demonstration_tasks(session=session, prompt_set=prompt_set)
+        return
+    job = sampling_job(session=session, prompt_set=prompt_set)
+    if job is None or job.status != JobStatus.queued:
+        start_sampling(session=session, prompt_set=prompt_set, created_by_id=created_by_id)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -266,10 +409,14 @@ def sampling_job(*, session: Session, prompt_set: PromptSet) -> Job | None:
 @dataclass
 class Progress:
     total: int
-    done: int
+    done: int  # prompts sampled (a demonstration set: tasks with their draft written)
     job: Job | None
     rate: float | None  # prompts per second over this job's run
     eta_seconds: float | None
+    kind: str = SetKind.ranking
+    # A demonstration set: replies written, and those wanted (each task `overlap` times).
+    written: int = 0
+    needed: int = 0
 
     @property
     def running(self) -> bool:
@@ -280,7 +427,7 @@ class Progress:
         return self.done / self.total if self.total else 1.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "total": self.total,
             "done": self.done,
             "rate_per_s": self.rate,
@@ -294,6 +441,9 @@ class Progress:
                 "error": self.job.error,
             },
         }
+        if self.kind == SetKind.demonstration:
+            out |= {"demonstrations_written": self.written, "demonstrations_needed": self.needed}
+        return out
 
 
 def progress(*, session: Session, prompt_set: PromptSet) -> Progress:
@@ -301,17 +451,35 @@ def progress(*, session: Session, prompt_set: PromptSet) -> Progress:
         session.scalar(select(func.count()).select_from(Prompt).where(Prompt.prompt_set_id == prompt_set.id))
         or 0
     )
-    done = (
-        session.scalar(
-            select(func.count(func.distinct(Task.prompt_id))).where(
-                Task.prompt_set_id == prompt_set.id, Task.status != TaskStatus.sampling
+    demonstration = prompt_set.kind == SetKind.demonstration
+    written = needed = 0
+    if demonstration:
+        drafted = select(Completion.id).where(Completion.task_id == Task.id).exists()
+        done, tasks, written = session.execute(
+            select(
+                func.count().filter(drafted),
+                func.count(),
+                func.coalesce(func.sum(Task.label_count), 0),
+            ).where(Task.prompt_set_id == prompt_set.id)
+        ).one()
+        needed = int(tasks) * prompt_set.overlap
+    else:
+        done = (
+            session.scalar(
+                select(func.count(func.distinct(Task.prompt_id))).where(
+                    Task.prompt_set_id == prompt_set.id, Task.status != TaskStatus.sampling
+                )
             )
+            or 0
         )
-        or 0
-    )
     job = sampling_job(session=session, prompt_set=prompt_set)
     rate = eta = None
-    if job is not None and job.status == JobStatus.running and job.started_at is not None:
+    if (
+        job is not None
+        and job.status == JobStatus.running
+        and job.started_at is not None
+        and not demonstration
+    ):
         by_job = (
             session.scalar(select(func.count()).select_from(Task).where(Task.sampling_job_id == job.id)) or 0
         )
@@ -319,7 +487,16 @@ def progress(*, session: Session, prompt_set: PromptSet) -> Progress:
         if by_job and elapsed > 0:
             rate = by_job / elapsed
             eta = (total - done) / rate
-    return Progress(total=total, done=done, job=job, rate=rate, eta_seconds=eta)
+    return Progress(
+        total=total,
+        done=int(done or 0),
+        job=job,
+        rate=rate,
+        eta_seconds=eta,
+        kind=prompt_set.kind,
+        written=int(written),
+        needed=needed,
+    )
 
 
 def cancel_sampling(*, session: Session, prompt_set: PromptSet) -> Job | None:
@@ -368,3 +545,15 @@ def versions_by_id(*, session: Session, ids: set[int]) -> dict[int, ModelVersion
     if not ids:
         return {}
     return {mv.id: mv for mv in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(ids)))}
+
+
+# --- per-set settings ------------------------------------------------------------------------
+
+
+def update_settings(*, session: Session, prompt_set: PromptSet, train_on: str, allow_proposals: bool) -> None:
+    """Which demonstrations count for training, and whether labelers may write prompts for it."""
+    if train_on not in set(TrainOn):
+        raise Invalid("train_on", f"{train_on!r} is not one of: {', '.join(TrainOn)}")
+    prompt_set.train_on = train_on
+    prompt_set.allow_proposals = allow_proposals
+    session.flush()

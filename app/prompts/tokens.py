@@ -5,6 +5,8 @@ policy folder's `tokenizer.json` with the `tokenizers` library and renders its c
 (`chat_template.jinja` or tokenizer_config.json's `chat_template`, else app.chat.FALLBACK_TEMPLATE)
 with Jinja set up as transformers sets it up. The count is that of trainer/render.py's
 `prompt_ids`, which the worker feeds the model: tests/prompts/test_tokens.py holds the two equal.
+A written demonstration is counted the same way, as the whole conversation with the reply last
+(`dialogue_counter`, no generation prompt).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _token_text(value: Any) -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _counter(folder: str, _mtime: float) -> TokenCounter:
+def _counter(folder: str, _mtime: float, generation_prompt: bool = True) -> TokenCounter:
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from tokenizers import Tokenizer
@@ -50,15 +52,16 @@ def _counter(folder: str, _mtime: float) -> TokenCounter:
     specials = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
 
     def count(conv: Conversation) -> int:
-        text = template.render(messages=normalise(conv), add_generation_prompt=True, **specials)
+        text = template.render(messages=normalise(conv), add_generation_prompt=generation_prompt, **specials)
         return len(tok.encode(text, add_special_tokens=False).ids)
 
     return count
 
 
-def conversation_counter(folder: Path) -> TokenCounter | None:
-    """A counter for the policy in `folder`, or None when it has no tokenizer.json."""
+def conversation_counter(folder: Path, *, generation_prompt: bool = True) -> TokenCounter | None:
+    """A counter for the policy in `folder`, or None when it has no tokenizer.json. Without the
+    generation prompt: for a conversation that ends with the assistant's reply."""
     file = folder / "tokenizer.json"
     if not file.is_file():
         return None
-    return _counter(str(folder), file.stat().st_mtime)
+    return _counter(str(folder), file.stat().st_mtime, generation_prompt)

@@ -13,11 +13,18 @@ from app.auth.deps import CurrentAdmin
 from app.db import SessionDep, undone_on_error
 from app.errors import Id, Invalid, NotFound, TooLarge
 from app.prompts import service
-from app.prompts.models import DEFAULT_FLAGS, PromptSet
+from app.prompts.models import DEFAULT_FLAGS, PromptSet, TrainOn
 from app.prompts.parsing import Problem
 from app.prompts.schemas import PromptSetOut
 from app.runs import policies
-from app.web import is_htmx, read_upload, render
+from app.web import FormDep, is_htmx, read_upload, render
+
+# What each train_on choice means, as the set page explains it.
+TRAIN_ON_CHOICES = {
+    TrainOn.not_rejected: "accepted or not yet reviewed (never rejected)",
+    TrainOn.accepted: "accepted only",
+    TrainOn.all: "all, rejected ones too",
+}
 
 router = APIRouter(tags=["prompts"])
 api = APIRouter(tags=["prompts"])
@@ -82,7 +89,13 @@ def _new_form(
             "active": active,
             "problems": problems or [],
             "truncated": truncated,
-            "values": {"k": 4, "overlap": 1, **service.SAMPLING_DEFAULTS, **(values or {})},
+            "values": {
+                "kind": "ranking",
+                "k": 4,
+                "overlap": 1,
+                **service.SAMPLING_DEFAULTS,
+                **(values or {}),
+            },
             "max_upload_mb": settings.max_upload_mb,
             "max_prompt_tokens": settings.max_prompt_tokens,
             "k_range": (service.K_MIN, service.K_MAX),
@@ -116,6 +129,7 @@ class SetUpload:
 
     file: Annotated[UploadFile, File()]
     name: Text
+    kind: Text = "ranking"
     k: Text = "4"
     overlap: Text = "1"
     fmt: Annotated[str, Form(alias="format")] = ""
@@ -162,6 +176,7 @@ def _upload(request: Request, session: Session, admin_id: int, form: SetUpload) 
         filename=filename,
         data=data,
         fmt=form.fmt or None,
+        kind=form.kind.strip() or "ranking",
         k=numbers["k"],
         overlap=numbers["overlap"],
         sampling={f: numbers[f] for f in ("max_new_tokens", "temperature", "top_p", "top_k")},
@@ -209,8 +224,22 @@ def set_page(set_id: Id, request: Request, session: SessionDep, admin: CurrentAd
             "prompts": prompts,
             "versions": service.versions_by_id(session=session, ids=version_ids),
             "fmt_seconds": fmt_seconds,
+            "train_on_choices": TRAIN_ON_CHOICES,
         },
     )
+
+
+@router.post("/sets/{set_id}/settings", response_class=HTMLResponse)
+def set_settings(set_id: Id, session: SessionDep, admin: CurrentAdmin, form: FormDep) -> Response:
+    """Which demonstrations count for training, and whether labelers may write prompts for it."""
+    ps = _set_or_404(session, set_id)
+    service.update_settings(
+        session=session,
+        prompt_set=ps,
+        train_on=str(form.get("train_on", "")),
+        allow_proposals=form.get("allow_proposals") == "1",
+    )
+    return RedirectResponse(f"/sets/{ps.id}", status_code=303)
 
 
 @router.get("/sets/{set_id}/progress", response_class=HTMLResponse)
@@ -258,6 +287,7 @@ def _out(session: Session, ps: PromptSet) -> PromptSetOut:
     return PromptSetOut(
         id=ps.id,
         name=ps.name,
+        kind=ps.kind,
         k=ps.k,
         overlap=ps.overlap,
         sampling=ps.sampling,

@@ -28,10 +28,11 @@ from datetime import datetime
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
+from app.prompts.models import PromptSet, SetKind
 from app.ranking import Item, contradictions, pair_signs, ranking_to_pairs
 from app.runs.models import ModelVersion
 
@@ -89,20 +90,32 @@ def kendall_tau_b(x: Sequence[int], y: Sequence[int]) -> float | None:
     return None if denom == 0 else (conc - disc) / denom
 
 
+class Proportion:
+    """A share of hits among n (agreements among comparisons, wins among decided pairs): its
+    rate and Wilson interval. Subclasses say which counts those are."""
+
+    def counts(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @property
+    def rate(self) -> float | None:
+        hits, n = self.counts()
+        return hits / n if n else None
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson(*self.counts())
+
+
 @dataclass
-class Agreement:
+class Agreement(Proportion):
     agree: int = 0
     compared: int = 0
     taus: list[float] = field(default_factory=list)
     task_pairs: int = 0  # (task, labeler pair) combinations looked at
 
-    @property
-    def rate(self) -> float | None:
-        return self.agree / self.compared if self.compared else None
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson(self.agree, self.compared)
+    def counts(self) -> tuple[int, int]:
+        return self.agree, self.compared
 
     @property
     def tau(self) -> float | None:
@@ -197,7 +210,7 @@ def labeler_stats(anns: Sequence[Ann]) -> list[LabelerStats]:
 
 
 @dataclass
-class WinRate:
+class WinRate(Proportion):
     prompt_set_id: int | None
     newer: int  # model version ids
     older: int
@@ -209,13 +222,8 @@ class WinRate:
     def n(self) -> int:
         return self.wins + self.losses
 
-    @property
-    def rate(self) -> float | None:
-        return self.wins / self.n if self.n else None
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson(self.wins, self.n)
+    def counts(self) -> tuple[int, int]:
+        return self.wins, self.n
 
 
 def win_rates(anns: Iterable[Ann], *, newer_than: dict[int, Any] | None = None) -> list[WinRate]:
@@ -245,7 +253,8 @@ def win_rates(anns: Iterable[Ann], *, newer_than: dict[int, Any] | None = None) 
 
 
 def load(*, session: Session, prompt_set_ids: Sequence[int] = (), since: datetime | None = None) -> list[Ann]:
-    """The annotations of some prompt sets (all when none given), skipped ones included."""
+    """The annotations of ranking sets (some, or all when none given), skipped ones included.
+    Demonstration tasks have no outputs to agree on or win; their figures are their own."""
     q = (
         select(
             Annotation.id,
@@ -261,6 +270,7 @@ def load(*, session: Session, prompt_set_ids: Sequence[int] = (), since: datetim
             Completion.model_version_id,
         )
         .join(Task, Task.id == Annotation.task_id)
+        .join(PromptSet, and_(PromptSet.id == Task.prompt_set_id, PromptSet.kind == SetKind.ranking))
         .outerjoin(AnnotationItem, AnnotationItem.annotation_id == Annotation.id)
         .outerjoin(Completion, Completion.id == AnnotationItem.completion_id)
         .order_by(Annotation.id, AnnotationItem.completion_id)

@@ -29,6 +29,26 @@ from app.web import FormDep, render
 router = APIRouter(tags=["runs"])
 
 
+def start(
+    request: Request,
+    session: Session,
+    user: Any,
+    kind: str,
+    params: dict[str, Any],
+    errors: list[str] | None = None,
+) -> Any:
+    """Queue a `kind` job for `user` (launch_service.start: checks, then enqueue), with the
+    configured number of attempts; the forms pass the errors their own checks found."""
+    return launch_service.start(
+        session=session,
+        kind=kind,
+        params=params,
+        created_by_id=user.id,
+        max_attempts=request.app.state.settings.job_max_attempts,
+        errors=errors,
+    )
+
+
 def _context(session: Session, values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
     return {
         "spec": TRAIN_REWARD,
@@ -48,14 +68,7 @@ def new_reward_page(request: Request, session: SessionDep, user: CurrentResearch
 def new_reward(request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep) -> Response:
     params, errors = from_form(TRAIN_REWARD, form)
     try:
-        job = launch_service.start(
-            session=session,
-            kind="train_reward",
-            params=params,
-            created_by_id=user.id,
-            max_attempts=request.app.state.settings.job_max_attempts,
-            errors=errors,
-        )
+        job = start(request, session, user, "train_reward", params, errors)
     except ParamsError as exc:
         return render(request, "runs/new_reward.html", _context(session, params, exc.errors), status_code=422)
     return RedirectResponse(f"/runs/{job.id}", status_code=303)
@@ -71,12 +84,8 @@ TrainPPOIn = TRAIN_PPO.model
 
 def _start_api(request: Request, session: Session, user: Any, spec: JobSpec, body: BaseModel) -> JobOut:
     try:
-        job = launch_service.start(
-            session=session,
-            kind=spec.kind,
-            params=spec.validate(body.model_dump(mode="json", exclude_unset=True)),
-            created_by_id=user.id,
-            max_attempts=request.app.state.settings.job_max_attempts,
+        job = start(
+            request, session, user, spec.kind, spec.validate(body.model_dump(mode="json", exclude_unset=True))
         )
     except ParamsError as exc:
         # The app's one 422 shape (app/main.py), as for a body that fails the schema itself.

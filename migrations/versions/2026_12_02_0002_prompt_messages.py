@@ -20,8 +20,6 @@ from sqlalchemy.dialects import postgresql
 
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 prompt = sa.table(
@@ -51,7 +49,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("messages", JSONType, nullable=True))
     conn = op.get_bind()
     taken: set[tuple[int, str]] = set()
-    for row in conn.execute(sa.select(prompt.c.id, prompt.c.prompt_set_id, prompt.c.text).order_by(prompt.c.id)):
+    for row in conn.execute(
+        sa.select(prompt.c.id, prompt.c.prompt_set_id, prompt.c.text).order_by(prompt.c.id)
+    ):
         messages = _one_turn(row.text)
         digest = _hash(messages)
         # Two old prompts that differ only in what normalisation removes keep apart (the later
@@ -59,7 +59,9 @@ def upgrade() -> None:
         if (row.prompt_set_id, digest) in taken:
             digest = hashlib.sha256(row.text.encode("utf-8")).hexdigest()
         taken.add((row.prompt_set_id, digest))
-        conn.execute(sa.update(prompt).where(prompt.c.id == row.id).values(messages=messages, text_hash=digest))
+        conn.execute(
+            sa.update(prompt).where(prompt.c.id == row.id).values(messages=messages, text_hash=digest)
+        )
     with op.batch_alter_table("prompt") as batch_op:
         batch_op.alter_column("messages", existing_type=JSONType, nullable=False)
 

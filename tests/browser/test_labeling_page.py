@@ -12,8 +12,8 @@ from sqlalchemy import select, update
 
 from app.labeling.models import Annotation, Guideline
 from app.prompts.models import PromptSet
-from tests.browser.conftest import LiveServer
-from tests.factories import PASSWORD, make_model_version, make_prompt_set, make_task, make_user
+from tests.browser.conftest import LiveServer, sign_in
+from tests.factories import make_model_version, make_prompt_set, make_task, make_user
 
 pytestmark = pytest.mark.browser
 
@@ -47,14 +47,10 @@ def fresh(
         return {"username": user.username, "task_ids": [t.id for t in tasks]}
 
 
-def log_in(page: Any, username: str) -> None:
-    page.goto("/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/")
+def log_in(page: Any, username: str, *, ready: str = "#rank-board .chip") -> None:
+    sign_in(page, username)
     page.goto("/label")
-    page.wait_for_selector("#rank-board .chip")
+    page.wait_for_selector(ready)
 
 
 def letters(page: Any) -> dict[str, int]:

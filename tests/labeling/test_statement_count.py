@@ -135,3 +135,25 @@ def test_submit_with_next_is_a_submit_and_a_next_in_one_request(
         )
     assert r.status_code == 200 and r.json()["next"]["assignment_id"] != task["assignment_id"]
     assert len(seen) <= 2 * LIMIT, "\n".join(s[:90] for s in seen)
+
+
+def test_a_demonstration_submit_takes_at_most_four_statements(
+    live: TestClient, committed: sessionmaker[Session], db_url: str
+) -> None:
+    with committed.begin() as s:
+        user = make_user(s)
+        ps = make_prompt_set(s, kind="demonstration", overlap=2)
+        for n in range(2):
+            make_task(s, prompt_set=ps, completions=[f"Draft {n}."])
+        h = bearer(auth.create_token(session=s, user=user).token)
+    for _ in range(2):
+        r = live.get("/api/v1/tasks/next", headers=h)
+        assert r.status_code == 200 and r.json()["kind"] == "demonstration", r.text
+        draft = r.json()["draft"]
+        body = {"reply": draft["text"] + " Edited.", "draft_completion_id": draft["completion_id"]}
+        with counting(live) as seen:
+            done = live.post(
+                f"/api/v1/assignments/{r.json()['assignment_id']}/demonstration", headers=h, json=body
+            )
+        assert done.status_code == 200 and done.json()["edit_distance"] == 8, done.text
+        assert len(seen) <= LIMIT, "\n".join(st[:90] for st in seen)

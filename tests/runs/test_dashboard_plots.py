@@ -7,6 +7,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from app.runs import dashboard, plots
+from tests.factories import words
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -106,18 +107,10 @@ class TestGroupMetrics:
         assert set(groups["Loss"]) == {"train/loss", "val/loss"}
 
     def test_ppo_metrics_each_get_their_chart_and_unknown_names_still_show(self) -> None:
-        names = [
-            "ppo/mean_reward",
-            "ppo/kl",
-            "ppo/entropy",
-            "ppo/clip_frac",
-            "ppo/approx_kl",
-            "ppo/value_loss",
-            "ppo/explained_variance",
-            "ppo/ptx_loss",
-            "ppo/response_length",
-            "ppo/no_eos_share",
-        ]
+        names = words(
+            "ppo/mean_reward ppo/kl ppo/entropy ppo/clip_frac ppo/approx_kl ppo/value_loss "
+            "ppo/explained_variance ppo/ptx_loss ppo/response_length ppo/no_eos_share"
+        )
         groups = dict(
             dashboard.group_metrics(
                 {n: [(1, 0.0)] for n in names}

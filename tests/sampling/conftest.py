@@ -74,6 +74,7 @@ def make_set(
     batch_prompts: int = 2,
     max_new_tokens: int = 8,
     rows: list[dict[str, Any]] | None = None,
+    kind: str = "ranking",
 ) -> tuple[int, int]:
     """A set of n distinct prompts (or of `rows`, JSON Lines records) and its queued sample
     job: (set id, job id)."""
@@ -86,6 +87,7 @@ def make_set(
             name=name,
             filename="p.jsonl",
             data=data,
+            kind=kind,
             k=k,
             sampling={"max_new_tokens": max_new_tokens},
             policy_version_id=version_id,

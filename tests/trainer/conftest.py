@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
+from app.runs.models import Job, ModelVersion
 from tests.trainer.ppo_fixtures import one_thread
 
 
@@ -26,3 +28,14 @@ def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 @pytest.fixture
 def env(cli_db: sessionmaker[Session]) -> sessionmaker[Session]:
     return cli_db
+
+
+def assert_cancelled_without_model(
+    sessions: sessionmaker[Session], job_id: int, paths_for: Callable[[int], tuple[Path, Path]]
+) -> None:
+    """A cancelled training job: no model version, neither its output nor its work folder."""
+    with sessions() as s:
+        assert s.get(Job, job_id).status == "cancelled"
+        assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
+    out_dir, work_dir = paths_for(job_id)
+    assert not out_dir.exists() and not work_dir.exists()

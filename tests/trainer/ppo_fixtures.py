@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,3 +122,11 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def launch_args(policy: Path, reward: Path, prompts_file: Path, *sets: str) -> list[str]:
+    """`python -m trainer.ppo.launch`'s arguments for these models, PROMPT_TEXTS written to
+    `prompts_file`, and each "FIELD=VALUE" of `sets` as a --set."""
+    prompts_file.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPT_TEXTS))
+    args = ["--policy", str(policy), "--reward", str(reward), "--prompts", str(prompts_file)]
+    return args + [word for item in sets for word in ("--set", item)]

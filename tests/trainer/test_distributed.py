@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from app.ranking import split_of
 from tests.tiny import save_tiny_policy
-from tests.trainer.ppo_fixtures import PROMPT_TEXTS, make_models
+from tests.trainer.ppo_fixtures import launch_args, make_models
 from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
 
 pytestmark = pytest.mark.slow
@@ -107,28 +107,8 @@ def test_reward_model_on_two_processes_matches_one(tmp_path: Path) -> None:
 
 def test_ppo_on_two_processes_runs_and_only_the_main_process_writes(tmp_path: Path) -> None:
     policy, reward = make_models(tmp_path / "models")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPT_TEXTS))
-    args = [
-        "--policy",
-        str(policy),
-        "--reward",
-        str(reward),
-        "--prompts",
-        str(prompts),
-        "--set",
-        "iterations=3",
-        "--set",
-        "batch_size=8",
-        "--set",
-        "mini_batch_size=4",
-        "--set",
-        "max_new_tokens=8",
-        "--set",
-        "save_every=0",
-        "--set",
-        "sample_every=0",
-    ]
+    sets = ["iterations=3", "batch_size=8", "mini_batch_size=4", "max_new_tokens=8", "save_every=0"]
+    args = launch_args(policy, reward, tmp_path / "prompts.jsonl", *sets, "sample_every=0")
     one = _run("trainer.ppo.launch", [*args, "--out", str(tmp_path / "one")], processes=1)
     two = _run("trainer.ppo.launch", [*args, "--out", str(tmp_path / "two")], processes=2)
     assert len(one) == 1 and len(two) == 1  # one summary line: the main process's

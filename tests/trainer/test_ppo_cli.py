@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.cli import cli
 from app.runs.models import Job, ModelVersion
-from tests.factories import login, make_model_version, make_prompt_row, make_prompt_set, make_user
+from tests.factories import login, make_model_version, make_prompt_row, make_prompt_set, make_user, words
 from tests.trainer.ppo_fixtures import make_models, one_thread
 from tests.trainer.test_ppo_job import seed
 
@@ -29,20 +29,7 @@ class TestTrainPPOCommand:
             make_prompt_set(s, name="round-1")
         out = CliRunner().invoke(
             cli,
-            [
-                "train",
-                "ppo",
-                "--set",
-                "round-1",
-                "--iterations",
-                "50",
-                "--beta",
-                "0.05",
-                "--ptx-coef",
-                "2",
-                "--kl-target",
-                "6",
-            ],
+            words("train ppo --set round-1 --iterations 50 --beta 0.05 --ptx-coef 2 --kl-target 6"),
         )
         assert out.exit_code == 0, out.output
         with env() as s:
@@ -64,21 +51,10 @@ class TestTrainPPOCommand:
         with one_thread():
             out = CliRunner().invoke(
                 cli,
-                [
-                    "train",
-                    "ppo",
-                    "--inline",
-                    "--iterations",
-                    "3",
-                    "--batch-size",
-                    "8",
-                    "--mini-batch-size",
-                    "4",
-                    "--max-new-tokens",
-                    "6",
-                    "--lr",
-                    "1e-3",
-                ],
+                words(
+                    "train ppo --inline --iterations 3 --batch-size 8 --mini-batch-size 4 "
+                    "--max-new-tokens 6 --lr 1e-3"
+                ),
             )
         assert out.exit_code == 0, out.output
         summary = json.loads(out.stdout.strip().splitlines()[-1])

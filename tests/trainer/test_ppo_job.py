@@ -14,6 +14,7 @@ from app.db import utcnow
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_job, make_model_version, make_prompt_row, make_prompt_set
+from tests.trainer.conftest import assert_cancelled_without_model
 from tests.trainer.ppo_fixtures import PPO_METRICS, PROMPT_TEXTS, TINY_PPO, make_models
 from trainer.ppo import job as ppo_job
 from trainer.ppo.job import paths_for
@@ -104,11 +105,7 @@ class TestPPOJob:
 
         monkeypatch.setattr(ppo_job.JobReporter, "metric", cancel_at_two)
         worker(sessions).run(burst=True)
-        with sessions() as s:
-            assert s.get(Job, job_id).status == "cancelled"
-            assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
-        out_dir, work_dir = paths_for(job_id)
-        assert not out_dir.exists() and not work_dir.exists()
+        assert_cancelled_without_model(sessions, job_id, paths_for)
 
     def test_a_dead_worker_is_resumed_from_the_checkpoint(
         self, sessions, models, artifacts, monkeypatch

@@ -10,10 +10,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.trainer.ppo_fixtures import (
     PPO_METRICS,
-    PROMPT_TEXTS,
     PROMPTS,
     PTX_TEXTS,
     MarkerScorer,
+    launch_args,
     make_models,
     one_thread,
     small_config,
@@ -139,28 +139,10 @@ def test_runs_from_files_for_accelerate_launch(models, tmp_path: Path, capsys) -
     from trainer.ppo.launch import main
 
     policy, reward = models
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPT_TEXTS))
+    sets = ["iterations=2", "batch_size=8", "mini_batch_size=4", "max_new_tokens=5"]
     with one_thread():
         main(
-            [
-                "--policy",
-                str(policy),
-                "--reward",
-                str(reward),
-                "--prompts",
-                str(prompts),
-                "--out",
-                str(tmp_path / "new"),
-                "--set",
-                "iterations=2",
-                "--set",
-                "batch_size=8",
-                "--set",
-                "mini_batch_size=4",
-                "--set",
-                "max_new_tokens=5",
-            ]
+            [*launch_args(policy, reward, tmp_path / "prompts.jsonl", *sets), "--out", str(tmp_path / "new")]
         )
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["out"] == str(tmp_path / "new") and (tmp_path / "new" / "config.json").is_file()

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.cli import cli
 from app.runs.models import Job, ModelVersion
-from tests.factories import login, make_prompt_set, make_user
+from tests.factories import login, make_prompt_set, make_user, words
 from tests.trainer.test_reward_job import base_model, seed_rankings  # noqa: F401  (fixture)
 from tests.trainer.test_reward_train import synthetic_groups
 
@@ -33,18 +33,7 @@ class TestTrainRewardCommand:
             make_prompt_set(s, name="round-1")
         out = CliRunner().invoke(
             cli,
-            [
-                "train",
-                "reward",
-                "--set",
-                "round-1",
-                "--lr",
-                "2e-5",
-                "--batch-size",
-                "16",
-                "--max-length",
-                "256",
-            ],
+            words("train reward --set round-1 --lr 2e-5 --batch-size 16 --max-length 256"),
         )
         assert out.exit_code == 0, out.output
         with env() as s:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+import trainer.loop as loop
 import trainer.reward.train as reward_train
 from app.auth.models import User
 from app.db import utcnow
@@ -20,6 +22,7 @@ from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_annotation, make_job, make_prompt_set, make_task, make_user
 from tests.tiny import save_tiny_policy
+from tests.trainer.conftest import assert_cancelled_without_model
 from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
 from trainer.reward.data import load_groups
 from trainer.reward.job import paths_for
@@ -40,6 +43,23 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_policy(
         tmp_path_factory.mktemp("policy") / "tiny", [" ".join(WORDS + [MARKER])], hidden=32, layers=2
     )
+
+
+@pytest.fixture
+def after_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """install(then): `then()` runs right after every checkpoint is saved (loop.save_checkpoint
+    wrapped); install returns a function that puts the real one back."""
+    real = loop.save_checkpoint
+
+    def install(then: Any) -> Any:
+        def save_then(work_dir: Path, **kw: object) -> None:
+            real(work_dir, **kw)
+            then()
+
+        monkeypatch.setattr(loop, "save_checkpoint", save_then)
+        return lambda: monkeypatch.setattr(loop, "save_checkpoint", real)
+
+    return install
 
 
 def seed_rankings(session: Session, n: int = 32, set_name: str = "rm-data") -> None:
@@ -131,20 +151,14 @@ class TestRewardJob:
         assert not paths_for(job_id)[1].exists()  # checkpoints go once the model is whole
 
     def test_resumes_from_the_checkpoint_after_the_worker_died(
-        self,
-        sessions: sessionmaker[Session],
-        base_model: Path,
-        artifacts: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path, after_checkpoint: Any
     ) -> None:
         job_id = queued_job(sessions, base_model)
-        real = reward_train.save_checkpoint
 
-        def save_then_die(work_dir: Path, **kw: object) -> None:
-            real(work_dir, **kw)
+        def die() -> None:
             raise RuntimeError("worker killed")
 
-        monkeypatch.setattr(reward_train, "save_checkpoint", save_then_die)
+        put_back = after_checkpoint(die)
         worker(sessions).run(burst=True)
         with sessions() as s:
             assert s.get(Job, job_id).status == "failed"
@@ -157,7 +171,7 @@ class TestRewardJob:
                 )
             )
             s.commit()
-        monkeypatch.setattr(reward_train, "save_checkpoint", real)
+        put_back()
         assert worker(sessions).run(burst=True) == 1  # requeued as stale, claimed again
         with sessions() as s:
             job = s.get(Job, job_id)
@@ -174,28 +188,18 @@ class TestRewardJob:
             assert "resumed from checkpoint at step 3" in job.log
 
     def test_cancel_leaves_no_model(
-        self,
-        sessions: sessionmaker[Session],
-        base_model: Path,
-        artifacts: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path, after_checkpoint: Any
     ) -> None:
         job_id = queued_job(sessions, base_model)
-        real = reward_train.save_checkpoint
 
-        def save_then_cancel(work_dir: Path, **kw: object) -> None:
-            real(work_dir, **kw)
+        def cancel() -> None:
             with sessions() as s:
                 jobs.request_cancel(session=s, job=s.get(Job, job_id))
                 s.commit()
 
-        monkeypatch.setattr(reward_train, "save_checkpoint", save_then_cancel)
+        after_checkpoint(cancel)
         worker(sessions).run(burst=True)
-        with sessions() as s:
-            assert s.get(Job, job_id).status == "cancelled"
-            assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
-        out_dir, work_dir = paths_for(job_id)
-        assert not out_dir.exists() and not work_dir.exists()
+        assert_cancelled_without_model(sessions, job_id, paths_for)
         assert not list(artifacts.glob("reward/*"))  # no half-written folder either
 
 

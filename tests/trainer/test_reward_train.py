@@ -11,32 +11,16 @@ import torch
 
 from app.chat import from_text
 from app.ranking import split_of
+from tests.factories import words
 from tests.tiny import save_tiny_policy
+from trainer.reward.eval import group_scores
 from trainer.reward.model import Group, load_reward_model, score_replies
 from trainer.reward.train import RewardConfig, split_groups, step_plan, train
 
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "green",
-    "quick",
-    "lazy",
-    "tall",
-    "small",
-    "bright",
-    "dark",
-    "old",
-    "new",
-    "warm",
-    "cold",
-    "house",
-    "tree",
-    "road",
-    "bird",
-    "fish",
-]
+WORDS = words(
+    "apple river stone cloud green quick lazy tall small bright dark old new warm cold house "
+    "tree road bird fish"
+)
 MARKER = "excellent"
 
 
@@ -146,15 +130,7 @@ def test_learns_a_marker_word_on_held_out_prompts(base_model: Path, tmp_path: Pa
     assert s[good].mean() > s[~good].mean() + 1.0
     # The training completions (the reference here) have mean 0 and std 1 after normalisation.
     train_groups = split_groups(synthetic_groups(240))["train"]
-    ref = torch.tensor(
-        score_replies(
-            model,
-            tok,
-            [g.messages for g in train_groups for _ in g.completions],
-            [c for g in train_groups for c in g.completions],
-            max_length=32,
-        )
-    )
+    ref = group_scores(model, tok, train_groups, max_length=32)
     assert abs(ref.mean().item()) < 1e-3 and abs(ref.std().item() - 1) < 1e-3
     assert json.loads((result.path / "metrics.json").read_text())["val_accuracy"] >= 0.95
 

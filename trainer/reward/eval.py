@@ -28,6 +28,15 @@ def evaluate_file(
     return correct, pairs, skipped
 
 
+def group_scores(model: torch.nn.Module, tokenizer: Any, groups: Sequence[Group], **kw: Any) -> torch.Tensor:
+    """Every group's every (conversation, completion) through score_replies (rendered as in
+    training), in order; `kw` goes to score_replies (max_length, batch_size, normalized)."""
+    convs = [g.messages for g in groups for _ in g.completions]
+    return torch.tensor(
+        score_replies(model, tokenizer, convs, [c for g in groups for c in g.completions], **kw)
+    )
+
+
 def evaluate_groups(
     model: torch.nn.Module, tokenizer: Any, groups: Sequence[Group], *, max_length: int, batch_size: int
 ) -> tuple[float, int]:
@@ -37,16 +46,8 @@ def evaluate_groups(
     chunk = max(1, batch_size // 2)
     for start in range(0, len(groups), chunk):
         part = groups[start : start + chunk]
-        scores = torch.tensor(
-            score_replies(
-                model,
-                tokenizer,
-                [g.messages for g in part for _ in g.completions],
-                [c for g in part for c in g.completions],
-                max_length=max_length,
-                batch_size=batch_size,
-                normalized=False,
-            )
+        scores = group_scores(
+            model, tokenizer, part, max_length=max_length, batch_size=batch_size, normalized=False
         )
         right, n = pair_correct(scores, plan_pairs(part))
         correct += right

@@ -1,4 +1,5 @@
-"""The `sample` job: K completions for every prompt of a set that has none yet.
+"""The `sample` job: K completions for every prompt of a set that has none yet; of a
+demonstration set, one draft for every open task that has none (trainer/sampling/drafts.py).
 
 Prompts go to the backend as conversations (`Prompt.messages`), in batches (one batched generate
 per group of prompts, K per prompt). Identical and empty completions are sampled again, up to
@@ -24,12 +25,13 @@ from sqlalchemy.exc import IntegrityError
 
 from app.chat import Conversation
 from app.config import get_settings
-from app.labeling.models import Completion, Task, TaskStatus
-from app.prompts.models import Prompt, PromptSet, SetStatus
+from app.labeling.models import Task, TaskStatus
+from app.prompts.models import Prompt, PromptSet, SetKind, SetStatus
 from app.runs import policies
 from app.runs.models import ModelVersion
 from trainer.runner import JobContext
 from trainer.sampling.backends import Backend, BackendError, Sample, SamplingParams, make_backend
+from trainer.sampling.drafts import completion, draft_tasks, write_drafts
 
 
 @dataclass
@@ -61,7 +63,8 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
         prompt_set = s.get(PromptSet, cfg.prompt_set_id)
         if prompt_set is None:
             raise LookupError(f"prompt set {cfg.prompt_set_id} does not exist")
-        k = prompt_set.k
+        drafts = prompt_set.kind == SetKind.demonstration
+        k = 1 if drafts else prompt_set.k
         params = SamplingParams.from_dict(prompt_set.sampling or {})
         main = (
             s.get(ModelVersion, prompt_set.policy_version_id)
@@ -75,12 +78,13 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
             if other is None:
                 raise LookupError(f"compare policy version {prompt_set.compare_version_id} is gone")
             chosen.append(other)
-        prompt_set.status = SetStatus.sampling
+        if not drafts:  # a demonstration set's tasks stay open while their drafts are written
+            prompt_set.status = SetStatus.sampling
         # Half of K from each version when two are compared (the first takes the odd one).
         shares = [k] if len(chosen) == 1 else [math.ceil(k / 2), k // 2]
         versions = [_Version(v.id, f"{v.name} (version {v.id})", v.is_demo) for v in chosen]
         set_id = prompt_set.id
-        total, pending = _pending(s, set_id)
+        total, pending = draft_tasks(s, set_id) if drafts else _pending(s, set_id)
     # Sessions are closed before anything else writes: a SQLite reader cannot later become a
     # writer once another connection has committed.
     base_seed = cfg.seed if cfg.seed is not None else set_id * 1_000_003
@@ -106,29 +110,33 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
                 if result is None:
                     failed.append(item)
                     ctx.log(
-                        f"prompt {item[0]}: every reply was empty after "
+                        f"{'task' if drafts else 'prompt'} {item[0]}: every reply was empty after "
                         f"{cfg.duplicate_tries} resampling rounds"
                     )
-            new = _write_batch(ctx, set_id, batch, per_prompt, params, backends[0].name)
+            write = write_drafts if drafts else _write_batch
+            new = write(ctx, set_id, batch, per_prompt, params, backends[0].name)
             written += new
             duplicates_kept += sum(r[1] for r in per_prompt if r is not None)
             done += len(batch)
             rate = written / max(time.monotonic() - started, 1e-6)
             ctx.progress(done / total, f"{done}/{total} prompts sampled, {rate:.2f} prompts/s")
-        if failed:
+        if failed and not drafts:  # a task without a draft is written from scratch
             raise BackendError(_empty_error(failed, total, cfg.duplicate_tries))
     except BaseException:
         # Cancelled or failed: what was sampled is labelable; the set page shows the job's state.
+        if not drafts:
+            with ctx.session() as s:
+                _set_status(s, set_id, SetStatus.active)
+        raise
+    if not drafts:
         with ctx.session() as s:
             _set_status(s, set_id, SetStatus.active)
-        raise
-    with ctx.session() as s:
-        _set_status(s, set_id, SetStatus.active)
     return {
         "prompt_set_id": set_id,
         "prompts": total,
         "sampled_now": written,
         "completions": written * k,
+        "no_draft": len(failed) if drafts else 0,
         "duplicates_kept": duplicates_kept,
         "versions": [v.id for v in versions],
         "is_demo": any(v.is_demo for v in versions),
@@ -260,20 +268,7 @@ def _write_batch(
                 )
                 s.add(task)
                 s.flush()
-                s.add_all(
-                    Completion(
-                        task_id=task.id,
-                        model_version_id=vid,
-                        text=smp.text,
-                        # The set's parameters, and what was actually asked of whom.
-                        params={**record, "request": smp.request} if smp.request else record,
-                        seed=seed,
-                        finish_reason=smp.finish_reason,
-                        token_count=smp.token_count,
-                        is_duplicate=dup,
-                    )
-                    for (vid, smp, seed), dup in marked
-                )
+                s.add_all(completion(task.id, tagged, record, duplicate=dup) for tagged, dup in marked)
                 # Its K completions exist, in this same transaction: labelers may take it.
                 task.status = TaskStatus.open
                 written += 1

@@ -7,8 +7,8 @@ of PostgreSQL CPU per claim. With these two partial indexes it walks the open ta
 and stops at the first with room (about 100 buffers), each count an index-only scan; and the
 labeler's own history is read by (user_id, task_id), not by a full scan of (task_id, user_id).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-02
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0003"
+revision: str = "0005"
+down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
