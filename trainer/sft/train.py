@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from trainer import render
+from trainer.batching import length_buckets
 from trainer.loop import (  # noqa: F401  (CHECKPOINT, Hooks re-exported: tests, launch.py)
     CHECKPOINT,
     Hooks,
@@ -180,14 +181,18 @@ def train(
         step_loss = 0.0
         for j, micro in enumerate(plan[step]):
             mine = [train_ex[i] for i in micro[rank::world]]
-            batch = {k: v.to(device) for k, v in collate(mine, pad_id).items()}
-            syncing = j == len(plan[step]) - 1
-            with nullcontext() if syncing else accelerator.no_sync(model), accelerator.autocast():
-                loss_sum, _ = forward_loss(model, batch)
-                loss = loss_sum * (world / step_tokens)
-                accelerator.backward(loss)
-            step_loss += float(loss_sum.detach()) / step_tokens
-            seen_tokens += int(batch["attention_mask"].sum())
+            # One forward and backward per length bucket (trainer.batching): the loss is a sum,
+            # so the gradient is the padded batch's at about the cost of its real tokens.
+            buckets = length_buckets([len(e.input_ids) for e in mine])
+            for b, bucket in enumerate(buckets):
+                batch = {k: v.to(device) for k, v in collate([mine[i] for i in bucket], pad_id).items()}
+                syncing = j == len(plan[step]) - 1 and b == len(buckets) - 1
+                with nullcontext() if syncing else accelerator.no_sync(model), accelerator.autocast():
+                    loss_sum, _ = forward_loss(model, batch)
+                    loss = loss_sum * (world / step_tokens)
+                    accelerator.backward(loss)
+                step_loss += float(loss_sum.detach()) / step_tokens
+                seen_tokens += int(batch["attention_mask"].sum())
         steps.optimizer_step(cfg.max_grad_norm)
         done = step + 1
         if world > 1:  # each process holds its share of the step's token-weighted loss
