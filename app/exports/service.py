@@ -376,6 +376,18 @@ def iter_rows(
     if fmt not in formats.FORMATS:
         raise ExportError("format", f"one of {', '.join(formats.FORMATS)}, not {fmt!r}")
     counts = counts if counts is not None else Counts()
+    if fmt == "sft":  # demonstrations, not annotations with items: their own query
+        from app.exports.sft import iter_sft_rows
+
+        yield from iter_sft_rows(
+            session=session,
+            filters=filters,
+            secret=secret,
+            real_names=real_names,
+            counts=counts,
+            batch_size=batch_annotations,
+        )
+        return
     records = iter_records(
         session=session,
         filters=filters,
@@ -520,6 +532,10 @@ def export(
         raise ExportError("file", f"one of {', '.join(formats.FILE_TYPES)}, not {file_type!r}")
     if filters.split is not None and filters.split not in SPLITS:
         raise ExportError("split", f"one of {', '.join(SPLITS)}, not {filters.split!r}")
+    if fmt == "sft":
+        from app.exports.sft import check_filters
+
+        check_filters(filters)
     problem = split_fractions_error(filters.split_fractions)
     if problem:
         # Checked here, not mid-stream: a bad one would fail after the first bytes had left.
