@@ -37,7 +37,7 @@ def build(session: Session) -> Demos:
     ps.kind = "demonstration"
     strict = make_prompt_set(session, name="strict", k=1)
     strict.kind, strict.train_on = "demonstration", "accepted"
-    alice, bob = make_user(session, username="alice"), make_user(session, username="bob")
+    alice, bob = make_user(session, username="dana"), make_user(session, username="eve")
     make_demonstration(session, prompt_set=ps, user=alice, prompt="Say hi.", reply="Hi there!")
     make_demonstration(
         session,
