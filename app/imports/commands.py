@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 
 def register(cli: click.Group) -> None:
     cli.add_command(preferences)
+    cli.add_command(demonstrations)
+
+
+def _run_import(file: Path, importer: Callable[..., Any], **options: Any) -> tuple[Any, int, int]:
+    """Run `importer` on FILE in one transaction: (its result, the new set's id and K). A
+    refusal lists each bad row (file, line, field) on stderr and stores nothing."""
+    from app.cli import sessions
+    from app.imports.service import ImportRefused
+
+    try:
+        with sessions().begin() as s:
+            result = importer(session=s, data=file.read_bytes(), filename=file.name, **options)
+            return result, result.prompt_set.id, result.prompt_set.k
+    except ImportRefused as exc:
+        for e in exc.errors:
+            click.echo(f"{file.name}: {e}", err=True)
+        if exc.total > len(exc.errors):
+            click.echo(f"... and {exc.total - len(exc.errors)} more", err=True)
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -45,29 +66,62 @@ def preferences_import(file: Path, name: str, kind: str, skip_invalid: bool) -> 
       ranklab preferences import prefs.parquet --name vendor-batch-3 --skip-invalid
       ranklab preferences import ranklab-rankings.jsonl --name copy-of-round-2
     """
-    from app.cli import sessions
     from app.imports import service as imports
 
-    try:
-        with sessions().begin() as s:
-            r = imports.import_preferences(
-                session=s,
-                data=file.read_bytes(),
-                filename=file.name,
-                name=name,
-                kind=kind,
-                skip_invalid=skip_invalid,
-            )
-            set_id, k = r.prompt_set.id, r.prompt_set.k
-    except imports.ImportRefused as exc:
-        for e in exc.errors:
-            click.echo(f"{file.name}: {e}", err=True)
-        if exc.total > len(exc.errors):
-            click.echo(f"... and {exc.total - len(exc.errors)} more", err=True)
-        raise click.ClickException(str(exc)) from exc
+    r, set_id, k = _run_import(
+        file, imports.import_preferences, name=name, kind=kind, skip_invalid=skip_invalid
+    )
     for e in r.skipped:
         click.echo(f"skipped {file.name}: {e}", err=True)
     click.echo(
         f"imported {r.imported} of {r.rows} rows ({r.kind}) as prompt set '{name}' (id {set_id}, "
         f"K={k}, {r.tasks} tasks)" + (f"; skipped {len(r.skipped)} invalid rows" if r.skipped else "")
+    )
+
+
+@click.group()
+def demonstrations() -> None:
+    """External SFT data: conversations with the ideal assistant reply.
+
+    \b
+    Example:
+      ranklab demonstrations import sft.jsonl --name vendor-demos
+    """
+
+
+@demonstrations.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Name of the new demonstration set.")
+@click.option(
+    "--format",
+    "kind",
+    type=click.Choice(["auto", "messages", "prompt-completion", "hh"]),
+    default="auto",
+    show_default=True,
+    help="What the file holds; auto looks at the columns.",
+)
+@click.option("--skip-invalid", is_flag=True, help="Import the valid rows and list the invalid ones.")
+def demonstrations_import(file: Path, name: str, kind: str, skip_invalid: bool) -> None:
+    """Import demonstrations as a demonstration set: each row a prompt, a closed task and the
+    reply written by the system user "imported-NAME" (not yet reviewed), ready for
+    `ranklab export sft` and `ranklab train sft`.
+
+    Rows: TRL/OpenAI {"messages": [..., {"role": "assistant", ...}]}, {"prompt", "completion"}
+    (text or message lists), or HH-RLHF dialogues (the chosen side: the reply is the last
+    Assistant turn). JSON Lines, .gz or Parquet. Any invalid row refuses the whole file (each
+    named with its line and field), unless --skip-invalid.
+
+    \b
+    Examples:
+      ranklab demonstrations import sft.jsonl --name vendor-demos
+      ranklab demonstrations import hh-helpful.jsonl.gz --name hh-demos --skip-invalid
+    """
+    from app.imports.demonstrations import import_demonstrations
+
+    r, set_id, _ = _run_import(file, import_demonstrations, name=name, kind=kind, skip_invalid=skip_invalid)
+    for e in r.skipped:
+        click.echo(f"skipped {file.name}: {e}", err=True)
+    click.echo(
+        f"imported {r.imported} of {r.rows} rows ({r.kind}) as demonstration set '{name}' "
+        f"(id {set_id})" + (f"; skipped {len(r.skipped)} invalid rows" if r.skipped else "")
     )
