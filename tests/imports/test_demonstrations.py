@@ -84,12 +84,8 @@ class TestFormats:
         assert replies == ["Hi!", "Hi!", "Blue."]
 
     def test_hh_dialogues_the_chosen_side(self, session: Session) -> None:
-        rows = [
-            {
-                "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: fine, thanks",
-                "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: go away",
-            }
-        ]
+        start = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: "
+        rows = [{"chosen": start + "fine, thanks", "rejected": start + "go away"}]
         r = import_demonstrations(session=session, data=jl(rows), filename="hh.jsonl", name="hh")
         assert r.kind == "hh"
         [row] = sft_rows(session, "hh")
