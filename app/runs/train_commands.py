@@ -16,7 +16,7 @@ import click
 from app.config import get_settings
 from app.runs import inline
 from app.runs import service as jobs
-from app.runs.params import ROUND, TRAIN_PPO, TRAIN_REWARD, click_options, from_cli
+from app.runs.params import ROUND, TRAIN_PPO, TRAIN_REWARD, TRAIN_SFT, click_options, from_cli
 
 
 @click.group()
@@ -27,6 +27,7 @@ def train() -> None:
     Examples:
       ranklab train reward --set round-1 --inline
       ranklab train ppo --iterations 20 --inline
+      ranklab train sft --set demos --epochs 1 --inline
     """
 
 
@@ -145,6 +146,70 @@ def train_ppo(inline: bool, ptx_file: str | None, **options: Any) -> None:
                     "beta": metrics.get("beta"),
                     "reward_version_id": result.get("reward_version_id"),
                     "parent_id": result.get("parent_id"),
+                    "active": False,
+                }
+            )
+        )
+    )
+
+
+@train.command("sft")
+@click_options(TRAIN_SFT)
+@click.option("--inline", is_flag=True, help="Run here with a progress bar; print one JSON summary line.")
+def train_sft(inline: bool, **options: Any) -> None:
+    """Fine-tune the active policy (or --base) on the demonstrations that count (InstructGPT step 1).
+
+    The data is `ranklab export sft` with the same --set (same records, same manifest sha256):
+    the train split is learned, the validation split measured before the first step and after
+    the last. The result is a new policy version, not active until promoted
+    (`ranklab policies promote ID`, or the Promote button on /models).
+
+    \b
+    Examples:
+      ranklab train sft --set demos                         # a job for `ranklab worker`
+      ranklab train sft --set demos --epochs 1 --inline     # here, then one JSON line
+      ranklab train sft --base 3 --epochs 16 --dropout 0.2  # from policy version 3
+    """
+    from app.cli import sessions
+    from app.runs import launch_service
+    from app.runs.params import ParamsError
+
+    params = from_cli(TRAIN_SFT, options)
+    maker = sessions()
+    with maker.begin() as s:
+        try:
+            job_id = launch_service.start(
+                session=s,
+                kind="train_sft",
+                params=params,
+                created_by_id=None,
+                max_attempts=get_settings().job_max_attempts,
+            ).id
+        except ParamsError as exc:
+            raise click.UsageError("; ".join(exc.errors)) from exc
+    if not inline:
+        click.echo(
+            f"queued job {job_id} (train_sft); follow it at /runs/{job_id} or run `ranklab worker --burst`"
+        )
+        return
+    result = _run_here(maker, job_id)
+    metrics = result.get("metrics", {})
+    click.echo(
+        json.dumps(
+            _finite(
+                {
+                    "job_id": job_id,
+                    "policy_version": result.get("policy_version"),
+                    "path": result.get("path"),
+                    "parent_id": result.get("parent_id"),
+                    "val_loss_first": result.get("val_loss_first"),
+                    "val_loss_last": result.get("val_loss_last"),
+                    "train_demonstrations": metrics.get("train_demonstrations"),
+                    "val_demonstrations": metrics.get("val_demonstrations"),
+                    "steps": metrics.get("steps"),
+                    "seconds": metrics.get("seconds"),
+                    "kept_epoch": metrics.get("kept_epoch"),
+                    "data_sha256": result.get("data", {}).get("sha256"),
                     "active": False,
                 }
             )

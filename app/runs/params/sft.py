@@ -17,13 +17,16 @@ TRAIN_SFT = JobSpec(
     title="Train policy on demonstrations (SFT)",
     fields=(
         sets_param("Train on these prompt sets' demonstrations; none: every set."),
+        _REWARD["split_seed"],
+        _REWARD["split_fractions"],
         Param(
             "base_model",
             str,
             "",
-            "Policy to fine-tune, a hub id or folder; empty: the active policy's.",
-            "Base model (hub id or folder)",
+            "Policy to fine-tune: a policy version id, a hub id or a folder; empty: the active policy.",
+            "Base policy (version id, hub id or folder)",
             role="data",
+            cli=("--base",),
             metavar="ID_OR_PATH",
         ),
         Param(

@@ -1,0 +1,209 @@
+"""End to end: demonstrations in the database → train_sft job run by the worker → an inactive
+policy version (parent and data manifest recorded); the export and the job read the same bytes;
+resume after a worker died; cancel leaves nothing; `ranklab train sft --inline`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+import trainer.sft.train as sft_train
+from app.cli import cli
+from app.db import utcnow
+from app.runs import service as jobs
+from app.runs.models import Job, JobMetric, ModelVersion
+from tests.factories import make_demonstration, make_job, make_model_version, make_prompt_set, make_user
+from tests.trainer.test_sft import demos
+from trainer.sft.job import paths_for
+from trainer.worker import Worker
+
+PARAMS: dict[str, Any] = {
+    "sets": ["demos"],
+    "lr": 3e-3,
+    "epochs": 2,
+    "batch_size": 4,
+    "max_length": 128,
+    "eval_every": 5,
+    "checkpoint_every": 4,
+    "split_fractions": "0.75,0.25,0",
+}
+
+
+def seed_demonstrations(session: Session, n: int = 40) -> None:
+    """n demonstrations of the "where is the X?" rule in set "demos", one of them rejected (it
+    must not count) and one edited by a reviewer (the edit counts)."""
+    ps = make_prompt_set(session, name="demos", k=1)
+    ps.kind = "demonstration"
+    user = make_user(session)
+    for i, d in enumerate(demos(0, n)):
+        make_demonstration(
+            session,
+            prompt_set=ps,
+            user=user,
+            messages=list(d.messages),  # type: ignore[arg-type]
+            reply="nonsense" if i == 0 else d.reply,
+            review_status="rejected" if i == 0 else "unreviewed",
+            edited_reply=d.reply if i == 1 else None,
+        )
+    session.commit()
+
+
+def active_policy(session: Session, path: Path) -> ModelVersion:
+    mv = make_model_version(session, kind="policy", is_active=True, name="tiny-chat")
+    mv.path = str(path)
+    session.commit()
+    return mv
+
+
+def worker(sessions: sessionmaker[Session]) -> Worker:
+    return Worker(sessions, worker_id="w", heartbeat_seconds=3600, stale_seconds=60)
+
+
+def queued_job(sessions: sessionmaker[Session], model: Path, **extra: Any) -> tuple[int, int]:
+    with sessions() as s:
+        seed_demonstrations(s)
+        parent = active_policy(s, model).id
+        job_id = make_job(s, kind="train_sft", params={**PARAMS, **extra}).id
+        s.commit()
+    return job_id, parent
+
+
+@pytest.mark.slow
+class TestSFTJob:
+    def test_demonstrations_to_an_inactive_policy_version(
+        self, sessions: sessionmaker[Session], tiny_chat_model_path: Path, artifacts: Path
+    ) -> None:
+        job_id, parent = queued_job(sessions, tiny_chat_model_path)
+        assert worker(sessions).run(burst=True) == 1
+        with sessions() as s:
+            job = s.get(Job, job_id)
+            assert job.status == "succeeded", job.error
+            mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
+            assert mv is not None and mv.kind == "policy" and not mv.is_active
+            assert mv.parent_id == parent and Path(mv.path) == paths_for(job_id)[0]
+            r = job.result
+            assert r["policy_version"] == mv.id and r["val_loss_last"] < r["val_loss_first"]
+            assert mv.config["manifest"]["sha256"] == r["data"]["sha256"] and r["data"]["format"] == "sft"
+            assert mv.config["manifest"]["counts"]["rows"] == 39  # the rejected one does not count
+            assert mv.metrics["train_demonstrations"] + mv.metrics["val_demonstrations"] == 39
+            names = set(s.scalars(select(JobMetric.name).where(JobMetric.job_id == job_id)))
+            assert {"train_loss", "val_loss", "lr"} <= names
+        assert (Path(mv.path) / "model.safetensors").exists()
+        assert not paths_for(job_id)[1].exists()
+
+    def test_resumes_from_the_checkpoint_after_the_worker_died(
+        self,
+        sessions: sessionmaker[Session],
+        tiny_chat_model_path: Path,
+        artifacts: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        job_id, _ = queued_job(sessions, tiny_chat_model_path)
+        real = sft_train.save_checkpoint
+
+        def save_then_die(work_dir: Path, **kw: Any) -> None:
+            real(work_dir, **kw)
+            raise RuntimeError("worker killed")
+
+        monkeypatch.setattr(sft_train, "save_checkpoint", save_then_die)
+        worker(sessions).run(burst=True)
+        with sessions() as s:
+            assert s.get(Job, job_id).status == "failed"
+            # As if the process had died instead: still `running`, heartbeat long stale.
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status="running", heartbeat_at=utcnow() - timedelta(hours=1), error=None, finished_at=None
+                )
+            )
+            s.commit()
+        monkeypatch.setattr(sft_train, "save_checkpoint", real)
+        assert worker(sessions).run(burst=True) == 1
+        with sessions() as s:
+            job = s.get(Job, job_id)
+            assert job.status == "succeeded", job.error
+            assert job.attempts == 2 and job.result["metrics"]["resumed_from_step"] == 4
+            steps = list(
+                s.scalars(
+                    select(JobMetric.step)
+                    .where(JobMetric.job_id == job_id, JobMetric.name == "train_loss")
+                    .order_by(JobMetric.id)
+                )
+            )
+            assert steps == list(range(1, job.result["metrics"]["steps"] + 1))  # none twice
+            assert "resumed from checkpoint at step 4" in job.log
+
+    def test_cancel_leaves_nothing(
+        self,
+        sessions: sessionmaker[Session],
+        tiny_chat_model_path: Path,
+        artifacts: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        job_id, _ = queued_job(sessions, tiny_chat_model_path)
+        real = sft_train.save_checkpoint
+
+        def save_then_cancel(work_dir: Path, **kw: Any) -> None:
+            real(work_dir, **kw)
+            with sessions() as s:
+                jobs.request_cancel(session=s, job=s.get(Job, job_id))
+                s.commit()
+
+        monkeypatch.setattr(sft_train, "save_checkpoint", save_then_cancel)
+        worker(sessions).run(burst=True)
+        with sessions() as s:
+            assert s.get(Job, job_id).status == "cancelled"
+            assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
+        out_dir, work_dir = paths_for(job_id)
+        assert not out_dir.exists() and not work_dir.exists()
+        assert not list(artifacts.glob("policy/*"))
+
+
+def test_no_demonstrations_fails_with_a_reason(sessions: sessionmaker[Session], artifacts: Path) -> None:
+    with sessions() as s:
+        job_id = make_job(s, kind="train_sft", params={"base_model": "unused"}).id
+        s.commit()
+    worker(sessions).run(burst=True)
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "failed" and "no demonstrations" in (job.error or "")
+
+
+@pytest.mark.slow
+def test_the_cli_trains_inline_on_exactly_what_export_sft_writes(
+    cli_db: sessionmaker[Session], tiny_chat_model_path: Path, tmp_path: Path
+) -> None:
+    """`ranklab train sft --inline` ends with one JSON line; its data is `ranklab export sft`'s
+    with the same sets, byte for byte; `ranklab policies list` shows the new version, inactive."""
+    with cli_db() as s:
+        seed_demonstrations(s, n=24)
+    out = tmp_path / "sft.jsonl"
+    res = CliRunner().invoke(
+        cli, ["export", "sft", "--set", "demos", "--split-fractions", "0.75,0.25,0", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    args = ["train", "sft", "--set", "demos", "--base", str(tiny_chat_model_path), "--epochs", "1"]
+    args += ["--lr", "3e-3", "--batch-size", "4", "--max-length", "128", "--split-fractions", "0.75,0.25,0"]
+    res = CliRunner().invoke(cli, [*args, "--inline"])
+    assert res.exit_code == 0, res.output
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {"policy_version", "val_loss_first", "val_loss_last"} <= set(line) and line["active"] is False
+    assert line["data_sha256"] == manifest["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    with cli_db() as s:
+        job = s.get(Job, line["job_id"])
+        assert job.result["data"]["counts"] == manifest["counts"]
+        assert job.result["data"]["filters"] == manifest["filters"]
+    listed = CliRunner().invoke(cli, ["policies", "list"])
+    assert listed.exit_code == 0
+    row = next(r for r in listed.output.splitlines() if f"sft-job{line['job_id']}" in r)
+    assert "active" not in row.replace("inactive", "")
