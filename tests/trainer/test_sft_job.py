@@ -207,3 +207,62 @@ def test_the_cli_trains_inline_on_exactly_what_export_sft_writes(
     assert listed.exit_code == 0
     row = next(r for r in listed.output.splitlines() if f"sft-job{line['job_id']}" in r)
     assert "active" not in row.replace("inactive", "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_with_a_reward_model_the_epoch_with_the_best_mean_reward_is_kept(
+    sessions: sessionmaker[Session], tiny_chat_model_path: Path, artifacts: Path
+) -> None:
+    """Each epoch's samples on the validation prompts are scored by the active reward model (here
+    the tiny chat model with a fresh score head); the version keeps the best epoch and says so."""
+    job_id, _ = queued_job(sessions, tiny_chat_model_path, epochs=3)
+    with sessions() as s:
+        rm = make_model_version(s, kind="reward", is_active=True, name="rm")
+        rm.path = str(tiny_chat_model_path)
+        s.commit()
+    assert worker(sessions).run(burst=True) == 1
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded", job.error
+        epochs = job.result["metrics"]["epochs"]
+        assert [e["epoch"] for e in epochs] == [1, 2, 3]
+        rewards = [e["mean_reward"] for e in epochs]
+        assert job.result["kept_epoch"] == 1 + rewards.index(max(rewards))
+        assert "highest mean reward" in job.result["kept_because"]
+        per_epoch = jobs.metrics(session=s, job_id=job_id)
+        assert [p[0] for p in per_epoch["mean_reward_by_epoch"]] == [1, 2, 3]
+        assert [p[0] for p in per_epoch["val_loss_by_epoch"]] == [1, 2, 3]
+        assert f"kept epoch {job.result['kept_epoch']}" in job.log
+    assert not list(paths_for(job_id)[1].glob("*"))  # the kept weights went with the checkpoints
+
+
+@pytest.mark.slow
+def test_without_a_reward_model_the_lowest_validation_loss_is_kept(
+    tiny_chat_model_path: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.trainer.ppo_fixtures import one_thread
+    from tests.trainer.test_sft import tiny_cfg
+    from trainer import render
+    from trainer.sft.loss import encode_example
+    from trainer.sft.train import evaluate, train
+
+    cfg = dataclasses.replace(tiny_cfg(tiny_chat_model_path), lr=3e-2)  # high: a later epoch may be worse
+    with one_thread():
+        result = train(
+            cfg, demos(0, 40), validation=demos(40, 8), out_dir=tmp_path / "sft", work_dir=tmp_path / "w"
+        )
+    losses = [e["val_loss"] for e in result.metrics["epochs"]]
+    assert result.metrics["kept_epoch"] == 1 + losses.index(min(losses))
+    assert "lowest validation loss" in result.metrics["kept_because"]
+    # The saved policy is the kept epoch's: its validation loss is that epoch's.
+    tok = AutoTokenizer.from_pretrained(tmp_path / "sft")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft", dtype=torch.float32)
+    val = [encode_example(tok, d.messages, d.reply, cfg.max_length) for d in demos(40, 8)]
+    saved = evaluate(model, val, render.pad_id(tok), torch.device("cpu"), cfg.batch_size)
+    assert saved == pytest.approx(min(losses), rel=1e-4)
