@@ -336,3 +336,47 @@ class TestFirstActivation:
         from app.runs.models_service import why_not_active_by_itself
 
         assert why_not_active_by_itself({"val_accuracy": 0.72, "val_pairs": 120}) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_demonstrations_of_its_prompts_score_zero_on_average(
+    sessions: sessionmaker[Session], base_model: Path, artifacts: Path
+) -> None:
+    """InstructGPT §3.5: with demonstrations for the prompts it trains on, the reward model's
+    offset puts their mean score at 0 (a rejected demonstration does not count)."""
+    from tests.factories import make_demonstration
+    from trainer.reward.model import load_reward_model, score_replies
+
+    with sessions() as s:
+        seed_rankings(s, n=12)
+        demo_set = make_prompt_set(s, name="demo-set", k=1)
+        demo_set.kind = "demonstration"
+        writer = make_user(s)
+        groups = synthetic_groups(12, seed=3)
+        for i, g in enumerate(groups[:6]):
+            make_demonstration(
+                s,
+                prompt_set=demo_set,
+                user=writer,
+                prompt=g.prompt,
+                reply=g.completions[i % 4],
+                review_status="rejected" if i == 5 else "unreviewed",
+            )
+        job_id = make_job(s, kind="train_reward", params={"base_model": str(base_model), **PARAMS}).id
+        s.commit()
+    assert worker(sessions).run(burst=True) == 1
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded", job.error
+        mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
+        assert mv.config["normalized_on"].startswith("5 demonstrations")
+        assert job.result["normalized_on"] == mv.config["normalized_on"]
+    model, tokenizer = load_reward_model(mv.path)
+    demos = [(g.messages, g.completions[i % 4]) for i, g in enumerate(groups[:5])]
+    scores = score_replies(model, tokenizer, [c for c, _ in demos], [r for _, r in demos], max_length=32)
+    assert abs(sum(scores) / len(scores)) < 1e-4
+    rejected = score_replies(
+        model, tokenizer, [groups[5].messages], [groups[5].completions[1]], max_length=32
+    )
+    assert scores != rejected

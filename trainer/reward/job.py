@@ -5,7 +5,9 @@ until, min_labels, exclude_flagged, split_seed, split_fractions: see
 app.exports.service.filters_from_params), base_model (default: the active policy's backbone),
 and any RewardConfig field (lr, epochs, batch_size, max_length, ...). The data is the `groups`
 export of those filters: the model trains on its `train` split, validates on its `validation`
-split, and the job's result cites the export's manifest (result["data"]). The model lands in
+split, and the job's result cites the export's manifest (result["data"]). The score is normalised so the
+demonstrations of its prompts (InstructGPT §3.5) score 0 on average, or, without any, so the
+active policy's samples do (result["normalized_on"] says which). The model lands in
 <artifacts>/reward/job-<id>; checkpoints in <artifacts>/checkpoints/reward-job-<id>, which a
 reclaimed job resumes from.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app.chat import Conversation, conversation_hash
 from app.config import get_settings
 from app.exports.service import FILTER_PARAMS
 from app.runs import models_service
@@ -58,6 +61,16 @@ def resolve_base_model(requested: str | None, policy: ModelVersion | None) -> tu
     )
 
 
+def demonstration_reference(sessions: Any, groups: list[Any]) -> list[tuple[Conversation, str]]:
+    """(conversation, reply) of every demonstration that counts for training (the SFT records:
+    `ranklab export sft`) whose prompt is one of the groups' (the same conversation, in any set)."""
+    from trainer.sft.data import load_demos
+
+    wanted = {conversation_hash(g.messages) for g in groups}
+    demos, _ = load_demos(sessions=sessions, params={}, secret=get_settings().secret_key)
+    return [(d.messages, d.reply) for d in demos if conversation_hash(d.messages) in wanted]
+
+
 def run_job(ctx: Any) -> dict[str, Any]:
     params = dict(ctx.params)
     ctx.progress(0.0, "reading rankings")
@@ -75,14 +88,20 @@ def run_job(ctx: Any) -> dict[str, Any]:
         f"(sha256 {manifest['sha256'][:12]}…, as `ranklab export groups`); base model {base_model}"
     )
 
-    # The reference policy's own samples set the score's zero and unit; without any, all of them.
-    reference = [
-        (g.messages, c)
-        for g in groups
-        for c, p in zip(g.completions, g.policies, strict=False)
-        if ref and p == ref[1]
-    ]
-    normalized_on = f"policy {ref[0]}" if ref and reference else "every completion in the data"
+    # InstructGPT §3.5: the demonstrations of the prompts trained on set the score's zero (and
+    # unit); without any, the reference policy's own samples; without those, every completion.
+    reference = demonstration_reference(ctx.sessions, groups)
+    if reference:
+        normalized_on = f"{len(reference)} demonstrations of its prompts (their mean score is 0)"
+    else:
+        reference = [
+            (g.messages, c)
+            for g in groups
+            for c, p in zip(g.completions, g.policies, strict=False)
+            if ref and p == ref[1]
+        ]
+        normalized_on = f"policy {ref[0]}" if ref and reference else "every completion in the data"
+    ctx.log(f"score normalised on {normalized_on}")
 
     out_dir, work_dir = paths_for(ctx.job_id)
     try:
