@@ -222,12 +222,16 @@ def train_sft(inline: bool, **options: Any) -> None:
 def start_round(**options: Any) -> None:
     """Queue the next round: reward model on all data → PPO → promote → resample the sets.
 
+    With --sft and demonstrations newer than the last SFT policy, SFT on them comes first, and
+    PPO starts from (and is held near) that SFT policy.
+
     One chain of jobs; a failed step stops the rest. Each resampled set is a fresh copy
     ("NAME · round N") so its tasks hold only the new completions.
 
     \b
     Examples:
       ranklab round --set round-1 --mix     # new tasks compare the new policy with the old
+      ranklab round --sft                   # SFT on new demonstrations → RM → PPO → ...
       ranklab round && ranklab worker --burst
     """
     from app.cli import sessions
@@ -235,6 +239,7 @@ def start_round(**options: Any) -> None:
 
     params = from_cli(ROUND, options)
     sets, mix = params.pop("sets", []), bool(params.pop("mix", False))
+    sft = bool(params.pop("sft", False))
     ppo = params  # the rest are PPO's knobs
     with sessions().begin() as s:
         try:
@@ -244,6 +249,7 @@ def start_round(**options: Any) -> None:
                 mix=mix,
                 ppo_params=ppo,
                 max_attempts=get_settings().job_max_attempts,
+                sft=sft,
             )
         except RoundError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -251,7 +257,7 @@ def start_round(**options: Any) -> None:
             f"  job {j.id:>5}  {j.kind}" + (f"  (after {j.after_id})" if j.after_id else "") for j in rnd.jobs
         ]
         names = [ps.name for ps in rnd.new_sets]
-        first = rnd.reward_job.id
+        first = rnd.jobs[0].id
     click.echo("queued the round:")
     click.echo("\n".join(lines))
     click.echo(f"new tasks will go to: {', '.join(names)}")

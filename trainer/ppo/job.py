@@ -4,6 +4,8 @@ params:
   sets               prompt set names to draw prompts from (empty: every set not archived)
   reward_version_id  the reward model to use (default: the active one)
   reward_from_job    or: the reward model a train_reward job made (the round uses this)
+  policy_from_job    start from (and keep as the KL reference) the policy a train_sft job made
+                     (a round with --sft); default: the active policy
   ptx_file           a JSON Lines file of {"text": ...} for PPO-ptx; without it, and with
                      ptx_coef > 0, the chosen (rank 1) completions of the labeled data
   any PPOConfig field (iterations, beta, ptx_coef, learning_rate, batch_size, ...)
@@ -31,11 +33,12 @@ from app.prompts.models import Prompt, PromptSet, SetStatus
 from app.runs import models_service, policies
 from app.runs.models import Job, JobMetric, ModelKind, ModelVersion
 from app.runs.params import TRAIN_PPO
+from app.runs.round_service import made_by
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.train import Summary, checkpoint_iteration, train
 
 # The job's own inputs (what to train on and from); the round adds reward_from_job.
-OWN_KEYS = {p.name for p in TRAIN_PPO.role("data")} | {"reward_from_job"}
+OWN_KEYS = {p.name for p in TRAIN_PPO.role("data")} | {"reward_from_job", "policy_from_job"}
 MAX_PTX_TEXTS = 20_000
 SAMPLES_KEPT = 40  # rows of the samples table kept in the job's result
 
@@ -170,7 +173,11 @@ def run_job(ctx: Any) -> dict[str, Any]:
     with ctx.session() as s:
         set_names = params.get("sets") or []
         prompts, set_ids = load_prompts(s, [set_names] if isinstance(set_names, str) else list(set_names))
-        parent = policies.default_policy(session=s, settings=settings)
+        parent = (
+            made_by(s, ModelKind.policy, int(params["policy_from_job"]))
+            if params.get("policy_from_job")
+            else policies.default_policy(session=s, settings=settings)
+        )
         reward = resolve_reward(s, params)
         ptx_texts, ptx_source = load_ptx_texts(s, params.get("ptx_file")) if cfg.ptx_coef > 0 else ([], "off")
         # The demo policy's descendants still write demo-quality text: the badge follows the line.
