@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import trainer.sft.train as sft_train
@@ -266,3 +266,46 @@ def test_without_a_reward_model_the_lowest_validation_loss_is_kept(
     val = [encode_example(tok, d.messages, d.reply, cfg.max_length) for d in demos(40, 8)]
     saved = evaluate(model, val, render.pad_id(tok), torch.device("cpu"), cfg.batch_size)
     assert saved == pytest.approx(min(losses), rel=1e-4)
+
+
+class TestTrainSFTForm:
+    def test_the_form_and_the_api_queue_a_job(self, client: Any, session: Session) -> None:
+        from app.auth import service as auth
+        from tests.factories import bearer, login
+
+        make_prompt_set(session, name="demos-<1>")
+        base = make_model_version(session, kind="policy")
+        csrf = login(client, make_user(session, role="researcher"))
+        page = client.get("/runs/new/sft")
+        assert page.status_code == 200 and "demos-&lt;1&gt;" in page.text
+        r = client.post(
+            "/runs/new/sft",
+            data={"csrf_token": csrf, "sets": ["demos-<1>"], "base_model": str(base.id), "epochs": "3"},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303
+        job = session.scalar(select(Job).order_by(Job.id.desc()))
+        assert r.headers["location"] == f"/runs/{job.id}"
+        assert job.kind == "train_sft" and job.params["sets"] == ["demos-<1>"] and job.params["epochs"] == 3
+        token = auth.create_token(session=session, user=make_user(session, role="researcher")).token
+        r = client.post("/api/v1/jobs/train_sft", json={"epochs": 2}, headers=bearer(token))
+        assert r.status_code == 201 and r.json()["kind"] == "train_sft"
+
+    def test_bad_input_names_the_field_and_starts_nothing(self, client: Any, session: Session) -> None:
+        from tests.factories import login
+
+        reward = make_model_version(session, kind="reward")
+        csrf = login(client, make_user(session, role="researcher"))
+        before = session.scalar(select(func.count(Job.id)))
+        r = client.post(
+            "/runs/new/sft",
+            data={"csrf_token": csrf, "sets": ["nope"], "base_model": str(reward.id), "lr": "fast"},
+        )
+        assert r.status_code == 422
+        assert "lr: a number from 1e-09 to 1, not &#39;fast&#39;" in r.text
+        assert (
+            "sets: no prompt set named" in r.text and f"base_model: no policy version {reward.id}" in r.text
+        )
+        assert session.scalar(select(func.count(Job.id))) == before
+        labeler_csrf = login(client, make_user(session, role="labeler"))
+        assert client.post("/runs/new/sft", data={"csrf_token": labeler_csrf}).status_code == 403
