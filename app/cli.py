@@ -9,12 +9,11 @@ import subprocess
 import sys
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
-from app.db import make_sessionmaker
+from app.db import cli_sessions
 
-# Modules with a `register(cli)` function; imported at start-up, so none imports torch at the top.
+# Modules with COMMANDS (what each adds to `ranklab`); imported at start-up: none imports torch at the top.
 COMMAND_MODULES = (
     "app.auth.commands",
     "app.prompts.commands",
@@ -45,9 +44,7 @@ def cli(verbose: bool) -> None:
     )
 
 
-def sessions() -> sessionmaker[Session]:
-    """A sessionmaker for the configured database (commands open short transactions with it)."""
-    return make_sessionmaker(get_settings().database_url)
+sessions = cli_sessions  # commands open short transactions with it
 
 
 @cli.group()
@@ -184,7 +181,8 @@ def _redact(url: str) -> str:
 
 
 for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(cli)
+    for _command in importlib.import_module(_module).COMMANDS:
+        cli.add_command(_command)
 
 
 def main() -> None:

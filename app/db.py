@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, Index, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -23,6 +23,12 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def partial_unique(name: str, *columns: str, where: str) -> Index:
+    """A unique index over the rows where `where` holds (PostgreSQL and SQLite alike): at most
+    one such row per value of `columns`."""
+    return Index(name, *columns, unique=True, postgresql_where=text(where), sqlite_where=text(where))
 
 
 def utcnow() -> datetime:
@@ -99,6 +105,13 @@ def make_sessionmaker(
     url: str, *, pool_size: int = POOL_SIZE, pool_timeout: float = POOL_TIMEOUT_SECONDS
 ) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url, pool_size, pool_timeout), expire_on_commit=False)
+
+
+def cli_sessions() -> sessionmaker[Session]:
+    """A sessionmaker for the configured database (CLI commands open short transactions with it)."""
+    from app.config import get_settings
+
+    return make_sessionmaker(get_settings().database_url)
 
 
 def get_session(request: Request) -> Iterator[Session]:

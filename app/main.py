@@ -14,10 +14,12 @@ from app.auth import views as auth_views
 from app.auth.deps import Forbidden, LoginRequired
 from app.config import Settings, get_settings
 from app.db import make_sessionmaker
+from app.demonstrations import views as demonstrations_views
 from app.errors import DomainError, Invalid, Problem, ProblemsOut
 from app.exports import views as exports_views
 from app.imports import views as imports_views
 from app.labeling import views as labeling_views
+from app.prompts import proposal_views
 from app.prompts import views as prompts_views
 from app.quality import views as quality_views
 from app.runs import launch as runs_launch
@@ -28,7 +30,9 @@ from app.web import ROOT, render
 DOMAINS = (
     auth_views,
     prompts_views,
+    proposal_views,
     labeling_views,
+    demonstrations_views,
     exports_views,
     imports_views,
     quality_views,

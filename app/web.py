@@ -3,6 +3,7 @@ for htmx requests), the whole-form dependency and the one upload reader."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,11 +11,13 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
 from app.auth.deps import ANON_CSRF_COOKIE, CSRF_FIELD
 from app.config import Settings
-from app.errors import TooLarge
+from app.db import undone_on_error
+from app.errors import Conflict, DomainError, Invalid, TooLarge
 
 ROOT = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=str(ROOT / "templates"))
@@ -63,6 +66,17 @@ async def _form(request: Request) -> FormData:
 
 
 FormDep = Annotated[FormData, Depends(_form)]
+
+
+def attempt(session: Session, action: Callable[[], object]) -> DomainError | None:
+    """Run a page's action, undoing its writes when refused: the refusal (Invalid, Conflict) to
+    show beside the form again within the same request, or None when it went through."""
+    try:
+        with undone_on_error(session):
+            action()
+    except (Invalid, Conflict) as exc:
+        return exc
+    return None
 
 
 def read_upload(upload: UploadFile, *, settings: Settings) -> bytes:

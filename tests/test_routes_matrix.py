@@ -65,6 +65,16 @@ ROUTES: dict[str, str] = {
     "POST /sets/{set_id}/cancel": "admin",
     "POST /sets/{set_id}/resume": "admin",
     "POST /api/v1/sets/{set_id}/cancel": "admin",
+    "POST /sets/{set_id}/settings": "admin",
+    # prompts written by labelers (app/prompts/proposal_views.py)
+    "GET /prompts/write": "labeler",
+    "POST /prompts/write": "labeler",
+    "POST /api/v1/prompts/proposals": "labeler",
+    "GET /api/v1/prompts/proposals": "labeler",
+    "GET /proposals": "admin",
+    "GET /proposals/{proposal_id}": "admin",
+    "POST /proposals/{proposal_id}/accept": "admin",
+    "POST /proposals/{proposal_id}/reject": "admin",
     # labeling (app/labeling)
     "GET /label": "labeler",
     "POST /label/{assignment_id}": "labeler",
@@ -74,6 +84,12 @@ ROUTES: dict[str, str] = {
     "POST /guidelines": "admin",
     "GET /api/v1/tasks/next": "labeler",
     "POST /api/v1/assignments/{assignment_id}/annotation": "labeler",
+    # review of demonstrations (app/demonstrations)
+    "GET /demonstrations": "researcher",
+    "POST /demonstrations/accept": "researcher",
+    "POST /demonstrations/{demonstration_id}/accept": "researcher",
+    "POST /demonstrations/{demonstration_id}/reject": "researcher",
+    "POST /demonstrations/{demonstration_id}/edit": "researcher",
     # exports and data quality (app/exports)
     "GET /exports": "researcher",
     "GET /exports/download": "researcher",

@@ -5,20 +5,44 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 from app.runs.params.spec import JobSpec
 
+C = TypeVar("C", bound="SpecConfig")
+
 
 class SpecConfig:
-    """Base of PPOConfig and RewardConfig (dataclasses): SPEC defines their fields but INTERNAL."""
+    """Base of PPOConfig, RewardConfig and SFTConfig (dataclasses): SPEC defines their fields but
+    INTERNAL (config fields the definition does not offer to users: none today).
+
+    A config annotates its fields without defaults, itself or in a shared base (LoopConfig):
+    each field takes its default from SPEC, and the fields stand in SPEC's order (the order of
+    the saved config's JSON)."""
 
     SPEC: ClassVar[JobSpec]
     INTERNAL: ClassVar[frozenset[str]] = frozenset()
     UNKNOWN: ClassVar[str]  # what an unknown field is called in the error ("PPO setting")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "SPEC" not in cls.__dict__:
+            return  # a shared base: its fields are declared here, defaulted in each config
+        declared: dict[str, Any] = {}
+        for base in reversed(cls.__mro__):
+            if issubclass(base, SpecConfig) and base is not SpecConfig:
+                declared.update(base.__dict__.get("__annotations__", {}))
+        order = [p.name for p in cls.SPEC.fields]
+        names = sorted(declared, key=lambda n: order.index(n) if n in order else len(order))
+        cls.__annotations__ = {n: declared[n] for n in names}
+        defaults = cls.SPEC.defaults
+        for name in names:
+            if name in defaults and name not in cls.__dict__:
+                setattr(cls, name, defaults[name])
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
@@ -52,6 +76,25 @@ class SpecConfig:
         )
 
 
+class LoopConfig(SpecConfig):
+    """The fields the reward-model and SFT loops share (trainer/loop.py reads them); each
+    config's SPEC gives their defaults."""
+
+    base_model: str
+    lr: float
+    min_lr_ratio: float
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    max_length: int
+    weight_decay: float
+    max_grad_norm: float
+    eval_every: int
+    checkpoint_every: int
+    bf16: bool
+    seed: int
+
+
 def launch_values(config_file: str | Path | None, sets: Iterable[str]) -> dict[str, Any]:
     """A launcher's config fields: the JSON file's, then each FIELD=VALUE (a JSON value, else the text)."""
     values: dict[str, Any] = json.loads(Path(config_file).read_text()) if config_file else {}
@@ -62,3 +105,26 @@ def launch_values(config_file: str | Path | None, sets: Iterable[str]) -> dict[s
         except json.JSONDecodeError:
             values[name] = raw
     return values
+
+
+def add_config_options(parser: Any, name: str) -> None:
+    """A launcher's --config FILE and repeated --set FIELD=VALUE for the config class `name`."""
+    parser.add_argument("--config", type=Path, help=f"JSON file of {name} fields")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=f"one {name} field (JSON value, else text)",
+    )
+
+
+def config_from_args(cls: type[C], args: Any) -> C:
+    """The config a launcher's --config and --set options give (add_config_options)."""
+    return cls.from_dict(launch_values(args.config, args.overrides))
+
+
+def is_main_process() -> bool:
+    """Under `accelerate launch`, whether this is the process that prints (rank 0)."""
+    return int(os.environ.get("RANK", "0")) == 0

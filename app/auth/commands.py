@@ -6,33 +6,19 @@ import secrets
 import sys
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import service as auth
 from app.auth.models import Role
+from app.commands import group
 from app.config import get_settings
+from app.db import cli_sessions
 
-
-def register(cli: click.Group) -> None:
-    cli.add_command(users)
-    cli.add_command(tokens)
-
-
-def _sessions() -> sessionmaker[Session]:
-    from app.cli import sessions
-
-    return sessions()
-
-
-@click.group()
-def users() -> None:
-    """Create and list accounts (the browser's /admin/users does the same, and more).
-
-    \b
-    Examples:
-      ranklab users create --username alice --role admin
-      ranklab users list
-    """
+users = group(
+    "users",
+    "Create and list accounts (the browser's /admin/users does the same, and more).",
+    "ranklab users create --username alice --role admin",
+    "ranklab users list",
+)
 
 
 @users.command("create")
@@ -55,12 +41,12 @@ def users_create(username: str, role: str, password_stdin: bool) -> None:
     # Check the name before asking for a password, so a typo costs no typing.
     if not auth.USERNAME_RE.match(username):
         raise click.BadParameter("2-64 letters, digits, '.', '_' or '-'", param_hint="'--username'")
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         if auth.get_user(session=s, username=username) is not None:
             raise click.ClickException(f"username '{username}' is taken (see `ranklab users list`)")
     password = _read_password(password_stdin, "Password")
     try:
-        with _sessions().begin() as s:
+        with cli_sessions().begin() as s:
             user = auth.create_user(session=s, username=username, password=password, role=role)
             click.echo(f"created {user.role} '{user.username}' (id {user.id})")
     except auth.AuthError as exc:
@@ -85,12 +71,12 @@ def users_set_password(username: str, password_stdin: bool) -> None:
       ranklab users set-password --username admin
       echo "$PASSWORD" | ranklab users set-password --username bob --password-stdin
     """
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         if auth.get_user(session=s, username=username) is None:
             raise click.ClickException(f"no user '{username}' (see `ranklab users list`)")
     password = _read_password(password_stdin, "New password")
     try:
-        with _sessions().begin() as s:
+        with cli_sessions().begin() as s:
             user = auth.get_user(session=s, username=username)
             assert user is not None
             auth.set_password(session=s, user=user, password=password)
@@ -107,7 +93,7 @@ def users_list() -> None:
     Example:
       ranklab users list
     """
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         rows = auth.list_users(session=s)
         click.echo(f"{'id':>4}  {'username':<24} {'role':<11} status")
         for u in rows:
@@ -130,7 +116,7 @@ def users_ensure_admin() -> None:
       RANKLAB_ADMIN_USERNAME=root RANKLAB_ADMIN_PASSWORD="$PW" ranklab users ensure-admin
     """
     settings = get_settings()
-    with _sessions().begin() as s:
+    with cli_sessions().begin() as s:
         if auth.has_admin(session=s):
             click.echo("an admin account exists; log in with it")
             return
@@ -149,14 +135,11 @@ def users_ensure_admin() -> None:
         )
 
 
-@click.group()
-def tokens() -> None:
-    """API tokens for scripts: `Authorization: Bearer <token>`.
-
-    \b
-    Example:
-      ranklab tokens create --username bob --name nightly-export
-    """
+tokens = group(
+    "tokens",
+    "API tokens for scripts: `Authorization: Bearer <token>`.",
+    "ranklab tokens create --username bob --name nightly-export",
+)
 
 
 @tokens.command("create")
@@ -170,8 +153,14 @@ def tokens_create(username: str, name: str) -> None:
       TOKEN=$(ranklab tokens create --username bob)
       curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/api/v1/me
     """
-    with _sessions().begin() as s:
+    with cli_sessions().begin() as s:
         user = auth.get_user(session=s, username=username)
         if user is None:
             raise click.ClickException(f"no user '{username}' (see `ranklab users list`)")
         click.echo(auth.create_token(session=s, user=user, name=name).token)
+
+
+COMMANDS = (
+    users,
+    tokens,
+)  # what app/cli.py adds to `ranklab`

@@ -8,11 +8,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, utcnow
 
-
-class Role(enum.StrEnum):
-    labeler = "labeler"
-    researcher = "researcher"
-    admin = "admin"
+Role = enum.StrEnum("Role", ["labeler", "researcher", "admin"])
 
 
 class User(Base):

@@ -9,16 +9,7 @@ from pathlib import Path
 import click
 
 from app.config import get_settings
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(export)
-
-
-def _sessions():
-    from app.cli import sessions
-
-    return sessions()
+from app.db import cli_sessions
 
 
 def _when(value: str | None, option: str) -> datetime | None:
@@ -120,7 +111,7 @@ def export(
     from app.runs.models import ModelVersion
 
     settings = get_settings()
-    maker = _sessions()
+    maker = cli_sessions()
 
     try:
         try:
@@ -174,3 +165,6 @@ def export(
         f"{c['annotations']} annotations, {c['prompts']} prompts) to {out}; "
         f"sha256 {manifest['sha256'][:12]}…, manifest {out}.manifest.json"
     )
+
+
+COMMANDS = (export,)  # what app/cli.py adds to `ranklab`

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
@@ -569,6 +570,38 @@ def export(
         stream=HashingStream(chunks()),
         started_at=utcnow(),
     )
+
+
+def training_rows(
+    *, sessions: Callable[[], Session], params: Mapping[str, Any], fmt: str, secret: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What a training job reads: the `fmt` export (JSON Lines) of the filters in `params` (see
+    filters_from_params), parsed back row by row, and its manifest, whose sha256 is that of
+    `ranklab export FMT --out FILE.jsonl` with the same filters. `secret` names labelers as the
+    export does (it is hashed into the rows, so it must be the export's for the sha256 to agree)."""
+    with sessions() as session:
+        filters = filters_from_params(session=session, params=params, secret=secret)
+    ex = export(
+        session_factory=sessions,
+        fmt=fmt,
+        file_type="jsonl",
+        filters=filters,
+        opts=RowOptions(),
+        secret=secret,
+    )
+    rows = list(_json_lines(ex.stream))
+    return rows, ex.manifest()
+
+
+def _json_lines(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    rest = b""
+    for chunk in chunks:
+        *lines, rest = (rest + chunk).split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield orjson.loads(line)
+    if rest.strip():
+        yield orjson.loads(rest)
 
 
 def _snapshot(session: Session) -> None:

@@ -1,4 +1,4 @@
-"""`ranklab preferences import FILE --name NAME`."""
+"""`ranklab preferences import` and `ranklab demonstrations import` FILE --name NAME."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from typing import Any
 
 import click
 
-
-def register(cli: click.Group) -> None:
-    cli.add_command(preferences)
-    cli.add_command(demonstrations)
+from app.commands import group
 
 
 def _run_import(file: Path, importer: Callable[..., Any], **options: Any) -> tuple[Any, int, int]:
@@ -32,14 +29,11 @@ def _run_import(file: Path, importer: Callable[..., Any], **options: Any) -> tup
         raise click.ClickException(str(exc)) from exc
 
 
-@click.group()
-def preferences() -> None:
-    """External preference data (HH-RLHF, TRL, ranklab rankings exports).
-
-    \b
-    Example:
-      ranklab preferences import hh-rlhf.jsonl.gz --name hh --skip-invalid
-    """
+preferences = group(
+    "preferences",
+    "External preference data (HH-RLHF, TRL, ranklab rankings exports).",
+    "ranklab preferences import hh-rlhf.jsonl.gz --name hh --skip-invalid",
+)
 
 
 @preferences.command("import")
@@ -79,14 +73,11 @@ def preferences_import(file: Path, name: str, kind: str, skip_invalid: bool) -> 
     )
 
 
-@click.group()
-def demonstrations() -> None:
-    """External SFT data: conversations with the ideal assistant reply.
-
-    \b
-    Example:
-      ranklab demonstrations import sft.jsonl --name vendor-demos
-    """
+demonstrations = group(
+    "demonstrations",
+    "External SFT data: conversations with the ideal assistant reply.",
+    "ranklab demonstrations import sft.jsonl --name vendor-demos",
+)
 
 
 @demonstrations.command("import")
@@ -125,3 +116,6 @@ def demonstrations_import(file: Path, name: str, kind: str, skip_invalid: bool) 
         f"imported {r.imported} of {r.rows} rows ({r.kind}) as demonstration set '{name}' "
         f"(id {set_id})" + (f"; skipped {len(r.skipped)} invalid rows" if r.skipped else "")
     )
+
+
+COMMANDS = (preferences, demonstrations)  # what app/cli.py adds to `ranklab`

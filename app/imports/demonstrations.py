@@ -21,18 +21,16 @@ from sqlalchemy.orm import Session
 
 from app.chat import ChatError, Conversation, as_text, conversation_hash, parse_conversation, split_hh_reply
 from app.db import utcnow
-from app.imports.service import (
+from app.imports.parsing import (
     MAX_LISTED,
     ImportRefused,
     RowError,
-    _bulk,
-    _check_name,
-    _nul_at,
     _prompt,
     _reply,
-    _system_user,
-    read_rows,
+    parse_with,
+    refuse_unless_usable,
 )
+from app.imports.writing import _bulk, check_name, system_user
 from app.labeling.models import Annotation, Assignment, Demonstration, ReviewStatus, Task
 from app.prompts.models import Prompt, PromptSet, SetKind, SetStatus
 
@@ -138,26 +136,7 @@ PARSERS = {"messages": parse_messages, "prompt-completion": parse_prompt_complet
 
 def parse(data: bytes, filename: str, *, kind: str = "auto") -> tuple[str, list[Row], list[RowError], int]:
     """Every row checked: (kind, good rows, errors, rows read)."""
-    rows = read_rows(data, filename)
-    if not rows:
-        raise ImportRefused([RowError(0, "file", "is empty")], 1)
-    if kind == "auto":
-        kind = detect_kind(rows)
-    if kind not in PARSERS:
-        raise ImportRefused([RowError(0, "format", f"one of {', '.join(KINDS)}, not {kind!r}")], 1)
-    parser = PARSERS[kind]
-    good: list[Row] = []
-    errors: list[RowError] = []
-    for line, obj in rows:
-        if isinstance(obj, Exception):
-            errors.append(RowError(line, "row", str(obj)))
-        elif not isinstance(obj, dict):
-            errors.append(RowError(line, "row", "must be a JSON object"))
-        elif (where := _nul_at(obj)) is not None:
-            errors.append(RowError(line, where, "contains a NUL character (\\u0000); remove it"))
-        elif (row := parser(line, obj, errors)) is not None:
-            good.append(row)
-    return kind, good, errors, len(rows)
+    return parse_with(data, filename, kind=kind, detect=detect_kind, parsers=PARSERS)
 
 
 def import_demonstrations(
@@ -172,18 +151,9 @@ def import_demonstrations(
 ) -> DemoImportResult:
     """Validate everything, then write it all (or nothing: the caller's transaction)."""
     name, filename = name.strip(), filename.replace("\x00", "")
-    _check_name(session, name)
+    check_name(session, name)
     kind, rows, errors, total = parse(data, filename, kind=kind)
-    if errors and not skip_invalid:
-        raise ImportRefused(
-            errors[:MAX_LISTED],
-            len(errors),
-            f"{len({e.line for e in errors})} invalid row(s) of {total}; nothing was imported",
-        )
-    if not rows:
-        raise ImportRefused(
-            errors[:MAX_LISTED] or [RowError(0, "file", "no valid rows")], max(len(errors), 1)
-        )
+    refuse_unless_usable(rows, errors, total, skip_invalid=skip_invalid)
     ps = PromptSet(
         name=name,
         kind=SetKind.demonstration,
@@ -205,7 +175,7 @@ def import_demonstrations(
     )
     session.add(ps)
     session.flush()
-    user_id = _system_user(session, f"imported-{name}")
+    user_id = system_user(session, f"imported-{name}")
     _write(session, ps.id, user_id, rows)
     return DemoImportResult(prompt_set=ps, kind=kind, rows=total, imported=len(rows), skipped=errors)
 

@@ -7,29 +7,16 @@ from typing import IO
 
 import click
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
 
+from app.commands import group
+from app.db import cli_sessions
 
-def register(cli: click.Group) -> None:
-    cli.add_command(guidelines)
-    cli.add_command(labeling_group)
-
-
-def _sessions() -> sessionmaker[Session]:
-    from app.cli import sessions
-
-    return sessions()
-
-
-@click.group()
-def guidelines() -> None:
-    """The labeling guidelines (markdown, versioned; every annotation records its version).
-
-    \b
-    Examples:
-      ranklab guidelines set guidelines.md
-      ranklab guidelines show
-    """
+guidelines = group(
+    "guidelines",
+    "The labeling guidelines (markdown, versioned; every annotation records its version).",
+    "ranklab guidelines set guidelines.md",
+    "ranklab guidelines show",
+)
 
 
 @guidelines.command("set")
@@ -47,7 +34,7 @@ def guidelines_set(file: IO[str], username: str | None) -> None:
     from app.labeling import service as labeling
 
     body = file.read()
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         user = auth.get_user(session=s, username=username) if username else None
         if username and user is None:
             raise click.ClickException(f"no user named {username!r}")
@@ -71,7 +58,7 @@ def guidelines_show(version: int | None) -> None:
     """
     from app.labeling import guidelines as texts
 
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         versions = texts.list_guidelines(session=s)
         shown = (
             next((g for g in versions if g.version == version), None)
@@ -86,14 +73,7 @@ def guidelines_show(version: int | None) -> None:
         sys.stdout.write(shown.body.rstrip("\n") + "\n")
 
 
-@click.group("labeling")
-def labeling_group() -> None:
-    """How far labeling has got.
-
-    \b
-    Example:
-      ranklab labeling status
-    """
+labeling_group = group("labeling", "How far labeling has got.", "ranklab labeling status")
 
 
 @labeling_group.command("status")
@@ -109,7 +89,7 @@ def labeling_status() -> None:
     from app.prompts.models import PromptSet
 
     now = utcnow()
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         sets = s.scalars(select(PromptSet).order_by(PromptSet.id)).all()
         if not sets:
             click.echo("no prompt sets yet")
@@ -145,3 +125,9 @@ def labeling_status() -> None:
                 f"{ps.name[:32]:<32} {ps.status:<9} {tasks.get('open', 0):>6} "
                 f"{tasks.get('closed', 0):>7} {leased or 0:>7} {labels:>7} {skips:>6}"
             )
+
+
+COMMANDS = (
+    guidelines,
+    labeling_group,
+)  # what app/cli.py adds to `ranklab`

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.auth.models import User
 from app.labeling.models import Annotation, Task
 from app.labeling.service import letter
+from app.prompts import proposals
 from app.prompts.models import Prompt
 
 
@@ -22,6 +23,7 @@ class History:
     median_ms: float | None
     prompts: dict[int, str]
     orders: dict[int, str] = field(default_factory=dict)  # annotation id -> "B > A = C > D"
+    proposals: list[proposals.Row] = field(default_factory=list)  # prompts they wrote, and their fate
 
 
 def ranking_text(annotation: Annotation) -> str:
@@ -81,4 +83,5 @@ def history(*, session: Session, user: User, limit: int = 200) -> History:
         median_ms=statistics.median(times) if times else None,
         prompts=prompts,
         orders={a.id: ranking_text(a) for a in rows if not a.skip_reason},
+        proposals=proposals.listing(session=session, user_id=user.id),
     )

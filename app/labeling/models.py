@@ -4,10 +4,10 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base, utcnow
+from app.db import Base, partial_unique, utcnow
 
 
 class Guideline(Base):
@@ -82,13 +82,7 @@ class Assignment(Base):
     __table_args__ = (
         UniqueConstraint("task_id", "user_id"),
         # One active assignment per labeler: what keeps two tabs from taking two tasks at once.
-        Index(
-            "uq_assignment_user_id_active",
-            "user_id",
-            unique=True,
-            postgresql_where=text("state = 'active'"),
-            sqlite_where=text("state = 'active'"),
-        ),
+        partial_unique("uq_assignment_user_id_active", "user_id", where="state = 'active'"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
+from app.commands import group
 from app.config import get_settings
+from app.db import cli_sessions
 
 DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo_prompts.jsonl"
 DEMO_SET = "demo: short instructions"
@@ -17,26 +18,12 @@ DEMO_SET_TINY = "demo: short instructions (tiny model)"  # its own set: never mi
 DEMO_SAMPLING = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(prompts)
-    cli.add_command(demo)
-
-
-def _sessions() -> sessionmaker[Session]:
-    from app.cli import sessions
-
-    return sessions()
-
-
-@click.group()
-def prompts() -> None:
-    """Upload prompt sets and see how far their sampling got.
-
-    \b
-    Examples:
-      ranklab prompts import prompts.jsonl --name "round 1" --k 4
-      ranklab prompts list
-    """
+prompts = group(
+    "prompts",
+    "Upload prompt sets and see how far their sampling got.",
+    'ranklab prompts import prompts.jsonl --name "round 1" --k 4',
+    "ranklab prompts list",
+)
 
 
 @prompts.command("import")
@@ -98,7 +85,7 @@ def import_(
 
     settings = get_settings()
     try:
-        with _sessions().begin() as s:
+        with cli_sessions().begin() as s:
             ps = service.import_prompt_set(
                 session=s,
                 settings=settings,
@@ -144,7 +131,7 @@ def list_() -> None:
     """
     from app.prompts import service
 
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         for ps in service.list_sets(session=s):
             prog = service.progress(session=s, prompt_set=ps)
             job = f"job {prog.job.id} {prog.job.status}" if prog.job else "no job"
@@ -181,7 +168,7 @@ def demo(tiny: bool) -> None:
     from app.runs.models import FINISHED, JobStatus
 
     settings = get_settings()
-    sessions = _sessions()
+    sessions = cli_sessions()
     if tiny and settings.policy_model:
         raise click.UsageError("--tiny and RANKLAB_POLICY_MODEL both name the policy: unset one")
     if tiny and not policies.demo_is_built(settings):
@@ -232,3 +219,9 @@ def demo(tiny: bool) -> None:
     except inline.InlineRunError as exc:
         raise click.ClickException(f"sampling the demo set: {exc}") from exc
     click.echo(f"'{set_name}' is sampled and ready to label")
+
+
+COMMANDS = (
+    prompts,
+    demo,
+)  # what app/cli.py adds to `ranklab`

@@ -53,11 +53,7 @@ PROMPT_CATEGORIES: list[str] = [
 ]
 
 
-class SetStatus(enum.StrEnum):
-    sampling = "sampling"
-    active = "active"
-    paused = "paused"
-    archived = "archived"
+SetStatus = enum.StrEnum("SetStatus", ["sampling", "active", "paused", "archived"])
 
 
 class PromptSet(Base):

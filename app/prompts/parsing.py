@@ -283,25 +283,19 @@ def _take(
 ) -> None:
     try:
         conv, fld = _conversation(record)
+        check_stored(conv)
     except chat.ChatError as exc:
         out.problem(line, exc.field, exc.message)
         return
-    for i, m in enumerate(conv):
-        if "\x00" in m["content"]:
-            out.problem(line, f"messages[{i}].content", NUL)
-            return
     meta = {k: _jsonable(v) for k, v in record.items() if k not in TEXT_KEYS}
     for key, value in meta.items():
         if "\x00" in key or "\\u0000" in json.dumps(value):
             out.problem(line, key.replace("\x00", "\\u0000"), NUL)
             return
-    n_tokens = count_tokens(conv)
-    if n_tokens > max_tokens:
-        out.problem(
-            line,
-            fld,
-            f"{n_tokens} tokens after the chat template, over the limit of {max_tokens} ({limit_name})",
-        )
+    try:
+        check_tokens(conv, field=fld, max_tokens=max_tokens, count_tokens=count_tokens, limit_name=limit_name)
+    except chat.ChatError as exc:
+        out.problem(line, exc.field, exc.message)
         return
     digest = chat.conversation_hash(conv)
     if digest in out.seen:
@@ -311,6 +305,29 @@ def _take(
         return
     out.seen[digest] = line
     out.result.prompts.append(ParsedPrompt(line=line, messages=conv, meta=meta, hash=digest))
+
+
+def check_stored(conv: Conversation, *, field: str = "messages") -> None:
+    """What PostgreSQL can store: no NUL in any message (ChatError naming `field[i].content`)."""
+    for i, m in enumerate(conv):
+        if "\x00" in m["content"]:
+            raise chat.ChatError(f"{field}[{i}].content", NUL)
+
+
+def check_tokens(
+    conv: Conversation,
+    *,
+    field: str,
+    max_tokens: int,
+    count_tokens: TokenCounter,
+    limit_name: str = "RANKLAB_MAX_PROMPT_TOKENS",
+) -> None:
+    """The token limit after the chat template (ChatError naming `field`)."""
+    n_tokens = count_tokens(conv)
+    if n_tokens > max_tokens:
+        raise chat.ChatError(
+            field, f"{n_tokens} tokens after the chat template, over the limit of {max_tokens} ({limit_name})"
+        )
 
 
 def _conversation(record: dict[str, Any]) -> tuple[Conversation, str]:

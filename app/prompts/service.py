@@ -7,16 +7,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from app import chat
+from app.chat import Conversation
 from app.config import Settings
 from app.db import utcnow
-from app.errors import Invalid, has_nul
+from app.errors import Conflict, Invalid, has_nul
 from app.labeling.models import Task, TaskStatus
 from app.prompts import tokens
-from app.prompts.models import DEFAULT_FLAGS, Prompt, PromptSet, SetStatus
-from app.prompts.parsing import Problem, TokenCounter, approx_tokens, parse_prompt_file
+from app.prompts.models import DEFAULT_FLAGS, Prompt, PromptSet, SetKind, SetStatus, TrainOn
+from app.prompts.parsing import (
+    Problem,
+    TokenCounter,
+    approx_tokens,
+    check_stored,
+    check_tokens,
+    parse_prompt_file,
+)
 from app.runs import policies
 from app.runs import service as jobs
 from app.runs.models import FINISHED, Job, JobStatus, ModelVersion
@@ -64,6 +73,26 @@ def context_positions(version: ModelVersion | None) -> int | None:
         return None
     positions = config.get("max_position_embeddings") or config.get("n_positions")
     return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def token_limit(
+    *, settings: Settings, version: ModelVersion | None, sampling: dict[str, Any]
+) -> tuple[int, str]:
+    """The most tokens a prompt may take after the chat template, and the limit's name.
+
+    A prompt must leave the policy room to write; past its context the sampling job would fail.
+    """
+    max_tokens, limit_name = settings.max_prompt_tokens, "RANKLAB_MAX_PROMPT_TOKENS"
+    positions, new_tokens = context_positions(version), sampling.get("max_new_tokens")
+    if (
+        positions is not None
+        and isinstance(new_tokens, int)
+        and 0 < new_tokens < positions
+        and positions - new_tokens < max_tokens
+    ):
+        max_tokens = positions - new_tokens
+        limit_name = f"the policy's {positions} positions less max_new_tokens {new_tokens}"
+    return max_tokens, limit_name
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -165,22 +194,17 @@ def import_prompt_set(
             else policies.default_policy(session=session, settings=settings)
         )
     counter, counted_with = token_counter(version)
-    # A prompt must leave the policy room to write; past its context the sampling job would fail.
-    max_tokens, limit_name = settings.max_prompt_tokens, "RANKLAB_MAX_PROMPT_TOKENS"
     positions, new_tokens = context_positions(version), params.get("max_new_tokens")
-    if positions is not None and isinstance(new_tokens, int) and new_tokens > 0:
-        if new_tokens >= positions:
-            problems.append(
-                Problem(
-                    filename,
-                    None,
-                    "max_new_tokens",
-                    f"must be below the {positions} tokens the policy sees at once, got {new_tokens}",
-                )
+    if positions is not None and isinstance(new_tokens, int) and 0 < positions <= new_tokens:
+        problems.append(
+            Problem(
+                filename,
+                None,
+                "max_new_tokens",
+                f"must be below the {positions} tokens the policy sees at once, got {new_tokens}",
             )
-        elif positions - new_tokens < max_tokens:
-            max_tokens = positions - new_tokens
-            limit_name = f"the policy's {positions} positions less max_new_tokens {new_tokens}"
+        )
+    max_tokens, limit_name = token_limit(settings=settings, version=version, sampling=params)
     parsed = parse_prompt_file(
         filename=filename,
         data=data,
@@ -241,6 +265,89 @@ def start_sampling(*, session: Session, prompt_set: PromptSet, created_by_id: in
     prompt_set.report = {**prompt_set.report, "job_id": job.id}
     session.flush()
     return job
+
+
+# --- one prompt at a time (a labeler's written prompt, accepted) -------------------------------
+
+
+def check_conversation(
+    *, session: Session, settings: Settings, prompt_set: PromptSet, value: Any, field: str = "messages"
+) -> Conversation:
+    """A conversation checked by the rules of an upload into `prompt_set` (app/chat.py's rules,
+    storable text, the token limit of the set's policy), normalised; Invalid naming the place."""
+    version = (
+        policies.get_policy(session=session, version_id=prompt_set.policy_version_id)
+        if prompt_set.policy_version_id is not None
+        else policies.active_policy(session=session)
+    )
+    counter, _ = token_counter(version)
+    max_tokens, limit_name = token_limit(
+        settings=settings, version=version, sampling=prompt_set.sampling or {}
+    )
+    try:
+        conv = chat.parse_conversation(value, field=field)
+        check_stored(conv, field=field)
+        check_tokens(conv, field=field, max_tokens=max_tokens, count_tokens=counter, limit_name=limit_name)
+    except chat.ChatError as exc:
+        raise Invalid(exc.field, exc.message) from None
+    return conv
+
+
+def find_duplicate(*, session: Session, prompt_set: PromptSet, messages: Conversation) -> Prompt | None:
+    return session.scalar(
+        select(Prompt).where(
+            Prompt.prompt_set_id == prompt_set.id, Prompt.text_hash == chat.conversation_hash(messages)
+        )
+    )
+
+
+def add_prompt(
+    *,
+    session: Session,
+    prompt_set: PromptSet,
+    messages: Conversation,
+    meta: dict[str, Any] | None = None,
+    created_by_id: int | None = None,
+) -> Prompt:
+    """One checked conversation into a set, with the task an imported prompt gets; Conflict
+    naming the existing prompt when the set holds the same conversation."""
+    existing = find_duplicate(session=session, prompt_set=prompt_set, messages=messages)
+    if existing is not None:
+        raise Conflict(
+            f"The set {prompt_set.name!r} (id {prompt_set.id}) already holds this conversation "
+            f"as prompt {existing.id}."
+        )
+    prompt = Prompt(
+        prompt_set_id=prompt_set.id,
+        messages=messages,
+        text=chat.as_text(messages),
+        text_hash=chat.conversation_hash(messages),
+        meta=meta or {},
+    )
+    session.add(prompt)
+    session.flush()
+    open_tasks(session=session, prompt_set=prompt_set, created_by_id=created_by_id)
+    return prompt
+
+
+def open_tasks(*, session: Session, prompt_set: PromptSet, created_by_id: int | None = None) -> None:
+    """Tasks for the set's prompts that have none: a demonstration set's open at once (labelers
+    write the reply; no completions needed); a ranking set's come from a `sample` job, queued
+    unless one is queued already (it reads the prompts without a task when it starts)."""
+    if prompt_set.kind == SetKind.demonstration:
+        waiting = session.scalars(
+            select(Prompt.id).where(
+                Prompt.prompt_set_id == prompt_set.id, ~exists().where(Task.prompt_id == Prompt.id)
+            )
+        ).all()
+        session.add_all(
+            Task(prompt_id=pid, prompt_set_id=prompt_set.id, status=TaskStatus.open) for pid in waiting
+        )
+        session.flush()
+        return
+    job = sampling_job(session=session, prompt_set=prompt_set)
+    if job is None or job.status != JobStatus.queued:
+        start_sampling(session=session, prompt_set=prompt_set, created_by_id=created_by_id)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -368,3 +475,15 @@ def versions_by_id(*, session: Session, ids: set[int]) -> dict[int, ModelVersion
     if not ids:
         return {}
     return {mv.id: mv for mv in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(ids)))}
+
+
+# --- per-set settings ------------------------------------------------------------------------
+
+
+def update_settings(*, session: Session, prompt_set: PromptSet, train_on: str, allow_proposals: bool) -> None:
+    """Which demonstrations count for training, and whether labelers may write prompts for it."""
+    if train_on not in set(TrainOn):
+        raise Invalid("train_on", f"{train_on!r} is not one of: {', '.join(TrainOn)}")
+    prompt_set.train_on = train_on
+    prompt_set.allow_proposals = allow_proposals
+    session.flush()

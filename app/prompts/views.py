@@ -13,11 +13,18 @@ from app.auth.deps import CurrentAdmin
 from app.db import SessionDep, undone_on_error
 from app.errors import Id, Invalid, NotFound, TooLarge
 from app.prompts import service
-from app.prompts.models import DEFAULT_FLAGS, PromptSet
+from app.prompts.models import DEFAULT_FLAGS, PromptSet, TrainOn
 from app.prompts.parsing import Problem
 from app.prompts.schemas import PromptSetOut
 from app.runs import policies
-from app.web import is_htmx, read_upload, render
+from app.web import FormDep, is_htmx, read_upload, render
+
+# What each train_on choice means, as the set page explains it.
+TRAIN_ON_CHOICES = {
+    TrainOn.not_rejected: "accepted or not yet reviewed (never rejected)",
+    TrainOn.accepted: "accepted only",
+    TrainOn.all: "all, rejected ones too",
+}
 
 router = APIRouter(tags=["prompts"])
 api = APIRouter(tags=["prompts"])
@@ -209,8 +216,22 @@ def set_page(set_id: Id, request: Request, session: SessionDep, admin: CurrentAd
             "prompts": prompts,
             "versions": service.versions_by_id(session=session, ids=version_ids),
             "fmt_seconds": fmt_seconds,
+            "train_on_choices": TRAIN_ON_CHOICES,
         },
     )
+
+
+@router.post("/sets/{set_id}/settings", response_class=HTMLResponse)
+def set_settings(set_id: Id, session: SessionDep, admin: CurrentAdmin, form: FormDep) -> Response:
+    """Which demonstrations count for training, and whether labelers may write prompts for it."""
+    ps = _set_or_404(session, set_id)
+    service.update_settings(
+        session=session,
+        prompt_set=ps,
+        train_on=str(form.get("train_on", "")),
+        allow_proposals=form.get("allow_proposals") == "1",
+    )
+    return RedirectResponse(f"/sets/{ps.id}", status_code=303)
 
 
 @router.get("/sets/{set_id}/progress", response_class=HTMLResponse)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from app.auth.deps import CurrentResearcher, Forbidden
 from app.auth.models import Role, User
 from app.db import SessionDep
+from app.demonstrations import service as demonstrations
 from app.exports.service import pseudonym
 from app.exports.views import TRUE, filter_choices, parse_ids
 from app.prompts.models import PromptSet
@@ -61,6 +62,7 @@ def quality_context(*, session: Any, set_ids: list[int], show_names: bool, secre
     wins = quality.win_rates(anns, newer_than=quality.version_order(session=session))
     labeled = [s for s in stats if s.annotations]
     return {
+        "demo_stats": demonstrations.labeler_stats(session=session, set_ids=set_ids),
         "n_annotations": sum(1 for a in anns if not a.skipped),
         "overall": overall,
         "stats": stats,
@@ -107,7 +109,9 @@ def api_quality(
     real_names: RealNames = "",
 ) -> dict[str, Any]:
     """The figures of the /quality page as JSON. Query: set=ID (repeatable; default all),
-    real_names=1 (admins). Rates are shares in [0, 1]; intervals are 95% Wilson intervals."""
+    real_names=1 (admins). Rates are shares in [0, 1]; intervals are 95% Wilson intervals.
+    `demonstrations`: per labeler, acceptance rate = accepted / reviewed (None before any
+    review), median time spent, median length of the labeler's reply in characters."""
     real = real_names.lower() in TRUE
     if real and user.role != Role.admin:
         raise Forbidden("Real labeler names are for admins; labelers are named by pseudonym.")
@@ -144,6 +148,18 @@ def api_quality(
                 "rating_rank_contradictions": s.contradictions,
             }
             for s in ctx["stats"]
+        ],
+        "demonstrations": [
+            {
+                "labeler": who(d.user_id),
+                "demonstrations": d.demonstrations,
+                "accepted": d.accepted,
+                "rejected": d.rejected,
+                "acceptance_rate": d.acceptance_rate,
+                "median_time_s": d.median_time_s,
+                "median_reply_chars": d.median_chars,
+            }
+            for d in ctx["demo_stats"]
         ],
         "win_rates": [
             {

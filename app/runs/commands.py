@@ -5,47 +5,13 @@ from __future__ import annotations
 import json
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
+from app.commands import group
+from app.db import cli_sessions
 from app.errors import DomainError
 from app.runs import dashboard
 from app.runs import models_service as registry
 from app.runs.models import JobStatus, ModelKind
-
-
-def _sessions() -> sessionmaker[Session]:
-    from app.cli import sessions
-
-    return sessions()
-
-
-def _group(cli: click.Group, name: str, help_text: str) -> click.Group:
-    """The existing group of that name (another domain may add to it too), or a new one."""
-    existing = cli.commands.get(name)
-    if isinstance(existing, click.Group):
-        return existing
-    group = click.Group(name=name, help=help_text)
-    cli.add_command(group)
-    return group
-
-
-def register(cli: click.Group) -> None:
-    jobs_group = _group(
-        cli,
-        "jobs",
-        "Look at and cancel sampling and training jobs.\n\n\b\n"
-        "Examples:\n  ranklab jobs list --status running\n  ranklab jobs cancel 12",
-    )
-    jobs_group.add_command(jobs_list)
-    jobs_group.add_command(jobs_cancel)
-    policies = _group(
-        cli,
-        "policies",
-        "Policy versions: list them, promote one to active.\n\n\b\n"
-        "Examples:\n  ranklab policies list\n  ranklab policies promote 7",
-    )
-    policies.add_command(policies_list)
-    policies.add_command(policies_promote)
 
 
 def _short_metrics(metrics: dict[str, object], limit: int = 4) -> str:
@@ -70,7 +36,7 @@ def jobs_list(kind: str | None, status: str | None, limit: int, as_json: bool) -
       ranklab jobs list --status running
       ranklab jobs list --kind train_ppo --limit 5 --json
     """
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         rows = dashboard.list_runs(session=s, kind=kind, status=status, limit=limit)
         if as_json:
             for r in rows:
@@ -115,7 +81,7 @@ def jobs_cancel(job_id: int) -> None:
     Example:
       ranklab jobs cancel 12
     """
-    with _sessions().begin() as s:
+    with cli_sessions().begin() as s:
         job = dashboard.get_job(session=s, job_id=job_id)
         if job is None:
             raise click.ClickException(f"no job {job_id} (see `ranklab jobs list`)")
@@ -137,7 +103,7 @@ def policies_list(as_json: bool) -> None:
       ranklab policies list
       ranklab policies list --json | jq .metrics
     """
-    with _sessions()() as s:
+    with cli_sessions()() as s:
         models = registry.list_models(session=s, kind=ModelKind.policy)
         if as_json:
             for m in models:
@@ -180,9 +146,29 @@ def policies_promote(model_id: int) -> None:
       ranklab policies list          # find the id of the new version
       ranklab policies promote 7
     """
-    with _sessions().begin() as s:
+    with cli_sessions().begin() as s:
         try:
             model = registry.promote_policy(session=s, model=registry.get_model(session=s, model_id=model_id))
         except DomainError as exc:  # no such model, or not a policy
             raise click.ClickException(str(exc)) from exc
         click.echo(f"policy {model.id} ({model.name}) is now active")
+
+
+jobs = group(
+    "jobs",
+    "Look at and cancel sampling and training jobs.",
+    "ranklab jobs list --status running",
+    "ranklab jobs cancel 12",
+)
+jobs.add_command(jobs_list)
+jobs.add_command(jobs_cancel)
+policies = group(
+    "policies",
+    "Policy versions: list them, promote one to active.",
+    "ranklab policies list",
+    "ranklab policies promote 7",
+)
+policies.add_command(policies_list)
+policies.add_command(policies_promote)
+
+COMMANDS = (jobs, policies)  # what app/cli.py adds to `ranklab`

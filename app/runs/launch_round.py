@@ -9,7 +9,6 @@ Both forms are made from the parameter definitions (app/runs/params). No torch h
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from app.runs import launch_service
 from app.runs import models_service as registry
 from app.runs.models import ModelKind
 from app.runs.params import ROUND, TRAIN_PPO, JobSpec, ParamsError, form_values, from_form
+from app.runs.ptx import ptx_texts
 from app.runs.round_service import RoundError, enqueue_round
 from app.web import FormDep, read_upload, render
 
@@ -68,23 +68,10 @@ def _read_ptx(upload: Any, settings: Settings, errors: list[str]) -> bytes | Non
     except UnicodeDecodeError:
         errors.append(f"pretraining file {name}: not UTF-8 text")
         return None
-    texts = 0
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(f"pretraining file {name}, line {n}: not JSON ({exc.msg})")
-            return None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            errors.append(
-                f"pretraining file {name}, line {n}: each line must be an object with a string field 'text'"
-            )
-            return None
-        texts += 1
-    if not texts:
-        errors.append(f"pretraining file {name}: no texts")
+    try:
+        ptx_texts(lines, f"pretraining file {name}")
+    except ValueError as exc:
+        errors.append(str(exc))
         return None
     return data
 

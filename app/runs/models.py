@@ -4,10 +4,10 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, text
+from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, utcnow
+from app.db import Base, partial_unique, utcnow
 
 
 class JobStatus(enum.StrEnum):
@@ -72,13 +72,7 @@ class ModelVersion(Base):
     __tablename__ = "model_version"
     __table_args__ = (
         # At most one active model of each kind.
-        Index(
-            "uq_model_version_active_kind",
-            "kind",
-            unique=True,
-            postgresql_where=text("is_active"),
-            sqlite_where=text("is_active"),
-        ),
+        partial_unique("uq_model_version_active_kind", "kind", where="is_active"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -13,38 +13,26 @@ from typing import Any
 
 import click
 
+from app.commands import group
 from app.config import get_settings
 from app.runs import inline
 from app.runs import service as jobs
 from app.runs.params import ROUND, TRAIN_PPO, TRAIN_REWARD, TRAIN_SFT, click_options, from_cli
 
-
-@click.group()
-def train() -> None:
-    """Train the reward model or the policy: enqueue a job for the worker, or run it here.
-
-    \b
-    Examples:
-      ranklab train reward --set round-1 --inline
-      ranklab train ppo --iterations 20 --inline
-      ranklab train sft --set demos --epochs 1 --inline
-    """
+train = group(
+    "train",
+    "Train the reward model or the policy: enqueue a job for the worker, or run it here.",
+    "ranklab train reward --set round-1 --inline",
+    "ranklab train ppo --iterations 20 --inline",
+    "ranklab train sft --set demos --epochs 1 --inline",
+)
 
 
-@click.group()
-def reward() -> None:
-    """Use a trained reward model: evaluate it on a preference file.
-
-    \b
-    Example:
-      ranklab reward eval --model active held-out.jsonl.gz
-    """
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(train)
-    cli.add_command(reward)
-    cli.add_command(start_round)
+reward = group(
+    "reward",
+    "Use a trained reward model: evaluate it on a preference file.",
+    "ranklab reward eval --model active held-out.jsonl.gz",
+)
 
 
 def _run_here(maker: Any, job_id: int) -> dict[str, Any]:
@@ -341,3 +329,10 @@ def _model_path(ref: str) -> str:
         if not mv.path:
             raise click.ClickException(f"reward model {mv.id} has no saved files")
         return mv.path
+
+
+COMMANDS = (
+    train,
+    reward,
+    start_round,
+)  # what app/cli.py adds to `ranklab`

@@ -17,177 +17,103 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Local shorthands, so each table reads as one line of columns; what they make is what
+# autogenerate wrote (the naming convention's pk_/fk_/uq_/ix_ names, JSONB on PostgreSQL).
+_TYPES = {
+    "int": sa.Integer,
+    "float": sa.Double,
+    "bool": sa.Boolean,
+    "text": sa.Text,
+    "time": lambda: sa.DateTime(timezone=True),
+    "json": lambda: sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+}
+
+
+def _column(spec: str) -> sa.Column:
+    """ "name type", type one of int, float, bool, text, time, json, strN; "?" after the type:
+    nullable."""
+    name, kind = spec.split()[:2]
+    made = sa.String(length=int(kind.strip("str?"))) if kind.startswith("str") else _TYPES[kind.rstrip("?")]()
+    return sa.Column(name, made, nullable=kind.endswith("?"))
+
+
+def _table(name: str, columns: str, *, unique: tuple[str, ...] = ()) -> None:
+    """An integer `id` primary key, then `columns`: comma-separated _column specs, each maybe
+    followed by "unique" (its own constraint) or "-> table" (a foreign key to table.id, on
+    delete CASCADE, or SET NULL when "null" follows). The constraints stand as autogenerate
+    wrote them: foreign keys by column name, the primary key, the unique ones (then `unique`'s
+    "col col" ones), each named by the naming convention."""
+    specs = [spec.split() for spec in columns.split(", ")]
+    fks = sorted(
+        (s[0], s[s.index("->") + 1], "SET NULL" if s[-1] == "null" else "CASCADE") for s in specs if "->" in s
+    )
+    uniques = [[s[0]] for s in specs if "unique" in s] + [cols.split() for cols in unique]
+    op.create_table(
+        name,
+        _column("id int"),
+        *(_column(" ".join(s[:2])) for s in specs),
+        *(
+            sa.ForeignKeyConstraint(
+                [column], [f"{target}.id"], name=op.f(f"fk_{name}_{column}_{target}"), ondelete=ondelete
+            )
+            for column, target, ondelete in fks
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{name}")),
+        *(sa.UniqueConstraint(*cols, name=op.f(f"uq_{name}_{'_'.join(cols)}")) for cols in uniques),
+    )
+
+
+def _indexes(table: str, *indexes: str | tuple[str, list[str]]) -> None:
+    """Non-unique indexes: a column name (named ix_TABLE_COLUMN), or (name, columns)."""
+    with op.batch_alter_table(table, schema=None) as batch_op:
+        for index in indexes:
+            if isinstance(index, str):
+                batch_op.create_index(batch_op.f(f"ix_{table}_{index}"), [index], unique=False)
+            else:
+                batch_op.create_index(index[0], index[1], unique=False)
+
+
+def _drop_indexes(table: str, *names: str) -> None:
+    with op.batch_alter_table(table, schema=None) as batch_op:
+        for name in names:
+            batch_op.drop_index(batch_op.f(name))
+
+
 def upgrade() -> None:
-    op.create_table(
-        "login_failure",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("username", sa.String(length=64), nullable=False),
-        sa.Column("ip", sa.String(length=64), nullable=True),
-        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_login_failure")),
-    )
-    with op.batch_alter_table("login_failure", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_login_failure_at"), ["at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_login_failure_username"), ["username"], unique=False)
-
-    op.create_table(
+    _table("login_failure", "username str64, ip str64?, at time")
+    _indexes("login_failure", "at", "username")
+    _table(
         "user",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("username", sa.String(length=64), nullable=False),
-        sa.Column("password_hash", sa.String(length=255), nullable=False),
-        sa.Column("role", sa.String(length=16), nullable=False),
-        sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("is_system", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_login_at", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_user")),
-        sa.UniqueConstraint("username", name=op.f("uq_user_username")),
+        "username str64 unique, password_hash str255, role str16, is_active bool, is_system bool, "
+        "created_at time, last_login_at time?",
     )
-    op.create_table(
+    _table(
         "api_token",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.String(length=100), nullable=False),
-        sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("prefix", sa.String(length=16), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["user.id"], name=op.f("fk_api_token_user_id_user"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_token")),
-        sa.UniqueConstraint("token_hash", name=op.f("uq_api_token_token_hash")),
+        "user_id int -> user, name str100, token_hash str64 unique, prefix str16, created_at time, "
+        "last_used_at time?, revoked_at time?",
     )
-    with op.batch_alter_table("api_token", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_api_token_user_id"), ["user_id"], unique=False)
-
-    op.create_table(
-        "guideline",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("body", sa.Text(), nullable=False),
-        sa.Column("created_by_id", sa.Integer(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["created_by_id"],
-            ["user.id"],
-            name=op.f("fk_guideline_created_by_id_user"),
-            ondelete="SET NULL",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_guideline")),
-        sa.UniqueConstraint("version", name=op.f("uq_guideline_version")),
-    )
-    op.create_table(
+    _indexes("api_token", "user_id")
+    _table("guideline", "version int unique, body text, created_by_id int? -> user null, created_at time")
+    _table(
         "job",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("kind", sa.String(length=32), nullable=False),
-        sa.Column(
-            "params",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("progress", sa.Double(), nullable=False),
-        sa.Column("message", sa.String(length=500), nullable=False),
-        sa.Column("after_id", sa.Integer(), nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("max_attempts", sa.Integer(), nullable=False),
-        sa.Column("cancel_requested", sa.Boolean(), nullable=False),
-        sa.Column("worker_id", sa.String(length=128), nullable=True),
-        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "result",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
-        ),
-        sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("log", sa.Text(), nullable=False),
-        sa.Column("created_by_id", sa.Integer(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["after_id"], ["job.id"], name=op.f("fk_job_after_id_job"), ondelete="SET NULL"
-        ),
-        sa.ForeignKeyConstraint(
-            ["created_by_id"],
-            ["user.id"],
-            name=op.f("fk_job_created_by_id_user"),
-            ondelete="SET NULL",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_job")),
+        "kind str32, params json, status str16, progress float, message str500, after_id int? -> job null, "
+        "attempts int, max_attempts int, cancel_requested bool, worker_id str128?, heartbeat_at time?, "
+        "result json?, error text?, log text, created_by_id int? -> user null, created_at time, "
+        "started_at time?, finished_at time?",
     )
-    with op.batch_alter_table("job", schema=None) as batch_op:
-        batch_op.create_index("ix_job_status_created_at", ["status", "created_at"], unique=False)
-
-    op.create_table(
+    _indexes("job", ("ix_job_status_created_at", ["status", "created_at"]))
+    _table(
         "user_session",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("csrf_token", sa.String(length=64), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["user.id"], name=op.f("fk_user_session_user_id_user"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_user_session")),
-        sa.UniqueConstraint("token_hash", name=op.f("uq_user_session_token_hash")),
+        "token_hash str64 unique, user_id int -> user, csrf_token str64, created_at time, expires_at time",
     )
-    with op.batch_alter_table("user_session", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_user_session_user_id"), ["user_id"], unique=False)
-
-    op.create_table(
-        "job_metric",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("job_id", sa.Integer(), nullable=False),
-        sa.Column("step", sa.Integer(), nullable=False),
-        sa.Column("name", sa.String(length=64), nullable=False),
-        sa.Column("value", sa.Double(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["job.id"], name=op.f("fk_job_metric_job_id_job"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_job_metric")),
-    )
-    with op.batch_alter_table("job_metric", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_job_metric_job_id_name_step", ["job_id", "name", "step"], unique=False
-        )
-
-    op.create_table(
+    _indexes("user_session", "user_id")
+    _table("job_metric", "job_id int -> job, step int, name str64, value float, created_at time")
+    _indexes("job_metric", ("ix_job_metric_job_id_name_step", ["job_id", "name", "step"]))
+    _table(
         "model_version",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("kind", sa.String(length=16), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column("source", sa.String(length=500), nullable=False),
-        sa.Column("path", sa.String(length=1000), nullable=True),
-        sa.Column("parent_id", sa.Integer(), nullable=True),
-        sa.Column("job_id", sa.Integer(), nullable=True),
-        sa.Column(
-            "config",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column(
-            "metrics",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("is_demo", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["job.id"], name=op.f("fk_model_version_job_id_job"), ondelete="SET NULL"
-        ),
-        sa.ForeignKeyConstraint(
-            ["parent_id"],
-            ["model_version.id"],
-            name=op.f("fk_model_version_parent_id_model_version"),
-            ondelete="SET NULL",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_model_version")),
+        "kind str16, name str200, source str500, path str1000?, parent_id int? -> model_version null, "
+        "job_id int? -> job null, config json, metrics json, is_active bool, is_demo bool, "
+        "created_at time",
     )
     with op.batch_alter_table("model_version", schema=None) as batch_op:
         batch_op.create_index(
@@ -197,256 +123,63 @@ def upgrade() -> None:
             postgresql_where=sa.text("is_active"),
             sqlite_where=sa.text("is_active"),
         )
-
-    op.create_table(
+    _table(
         "prompt_set",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column("k", sa.Integer(), nullable=False),
-        sa.Column("overlap", sa.Integer(), nullable=False),
-        sa.Column(
-            "sampling",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("policy_version_id", sa.Integer(), nullable=True),
-        sa.Column("compare_version_id", sa.Integer(), nullable=True),
-        sa.Column(
-            "flags",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("source_filename", sa.String(length=500), nullable=True),
-        sa.Column(
-            "report",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("created_by_id", sa.Integer(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["compare_version_id"],
-            ["model_version.id"],
-            name=op.f("fk_prompt_set_compare_version_id_model_version"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["created_by_id"],
-            ["user.id"],
-            name=op.f("fk_prompt_set_created_by_id_user"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["policy_version_id"],
-            ["model_version.id"],
-            name=op.f("fk_prompt_set_policy_version_id_model_version"),
-            ondelete="SET NULL",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_prompt_set")),
-        sa.UniqueConstraint("name", name=op.f("uq_prompt_set_name")),
+        "name str200 unique, k int, overlap int, sampling json, "
+        "policy_version_id int? -> model_version null, compare_version_id int? -> model_version null, "
+        "flags json, status str16, source_filename str500?, report json, created_by_id int? -> user null, "
+        "created_at time",
     )
-    op.create_table(
+    _table(
         "prompt",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("prompt_set_id", sa.Integer(), nullable=False),
-        sa.Column("text", sa.Text(), nullable=False),
-        sa.Column("text_hash", sa.String(length=64), nullable=False),
-        sa.Column(
-            "meta",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("source_line", sa.Integer(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["prompt_set_id"],
-            ["prompt_set.id"],
-            name=op.f("fk_prompt_prompt_set_id_prompt_set"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_prompt")),
-        sa.UniqueConstraint(
-            "prompt_set_id", "text_hash", name=op.f("uq_prompt_prompt_set_id_text_hash")
-        ),
+        "prompt_set_id int -> prompt_set, text text, text_hash str64, meta json, source_line int?, "
+        "created_at time",
+        unique=("prompt_set_id text_hash",),
     )
-    op.create_table(
+    _table(
         "task",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("prompt_id", sa.Integer(), nullable=False),
-        sa.Column("prompt_set_id", sa.Integer(), nullable=False),
-        sa.Column("sampling_job_id", sa.Integer(), nullable=True),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("label_count", sa.Integer(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["prompt_id"], ["prompt.id"], name=op.f("fk_task_prompt_id_prompt"), ondelete="CASCADE"
-        ),
-        sa.ForeignKeyConstraint(
-            ["prompt_set_id"],
-            ["prompt_set.id"],
-            name=op.f("fk_task_prompt_set_id_prompt_set"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["sampling_job_id"],
-            ["job.id"],
-            name=op.f("fk_task_sampling_job_id_job"),
-            ondelete="SET NULL",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_task")),
-        sa.UniqueConstraint(
-            "prompt_id", "sampling_job_id", name=op.f("uq_task_prompt_id_sampling_job_id")
-        ),
+        "prompt_id int -> prompt, prompt_set_id int -> prompt_set, sampling_job_id int? -> job null, "
+        "status str16, label_count int, created_at time",
+        unique=("prompt_id sampling_job_id",),
     )
-    with op.batch_alter_table("task", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_task_prompt_id"), ["prompt_id"], unique=False)
-        batch_op.create_index(
-            "ix_task_prompt_set_id_status", ["prompt_set_id", "status"], unique=False
-        )
-
-    op.create_table(
+    _indexes("task", "prompt_id", ("ix_task_prompt_set_id_status", ["prompt_set_id", "status"]))
+    _table(
         "assignment",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("task_id", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column(
-            "display_order",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["task_id"], ["task.id"], name=op.f("fk_assignment_task_id_task"), ondelete="CASCADE"
-        ),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["user.id"], name=op.f("fk_assignment_user_id_user"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_assignment")),
-        sa.UniqueConstraint("task_id", "user_id", name=op.f("uq_assignment_task_id_user_id")),
+        "task_id int -> task, user_id int -> user, state str16, display_order json, lease_expires_at time, "
+        "created_at time, finished_at time?",
+        unique=("task_id user_id",),
     )
-    with op.batch_alter_table("assignment", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_assignment_user_id"), ["user_id"], unique=False)
-
-    op.create_table(
+    _indexes("assignment", "user_id")
+    _table(
         "completion",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("task_id", sa.Integer(), nullable=False),
-        sa.Column("model_version_id", sa.Integer(), nullable=True),
-        sa.Column("text", sa.Text(), nullable=False),
-        sa.Column(
-            "params",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("seed", sa.Integer(), nullable=True),
-        sa.Column("finish_reason", sa.String(length=16), nullable=True),
-        sa.Column("token_count", sa.Integer(), nullable=True),
-        sa.Column("is_duplicate", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["model_version_id"],
-            ["model_version.id"],
-            name=op.f("fk_completion_model_version_id_model_version"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["task_id"], ["task.id"], name=op.f("fk_completion_task_id_task"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_completion")),
+        "task_id int -> task, model_version_id int? -> model_version null, text text, params json, "
+        "seed int?, finish_reason str16?, token_count int?, is_duplicate bool, created_at time",
     )
-    with op.batch_alter_table("completion", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_completion_task_id"), ["task_id"], unique=False)
-
-    op.create_table(
+    _indexes("completion", "task_id")
+    _table(
         "annotation",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("assignment_id", sa.Integer(), nullable=False),
-        sa.Column("task_id", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("guideline_version", sa.Integer(), nullable=True),
-        sa.Column("skip_reason", sa.String(length=32), nullable=True),
-        sa.Column("notes", sa.Text(), nullable=False),
-        sa.Column("time_spent_ms", sa.Integer(), nullable=True),
-        sa.Column("inconsistency_confirmed", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["assignment_id"],
-            ["assignment.id"],
-            name=op.f("fk_annotation_assignment_id_assignment"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["task_id"], ["task.id"], name=op.f("fk_annotation_task_id_task"), ondelete="CASCADE"
-        ),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["user.id"], name=op.f("fk_annotation_user_id_user"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_annotation")),
-        sa.UniqueConstraint("assignment_id", name=op.f("uq_annotation_assignment_id")),
+        "assignment_id int -> assignment unique, task_id int -> task, user_id int -> user, "
+        "guideline_version int?, skip_reason str32?, notes text, time_spent_ms int?, "
+        "inconsistency_confirmed bool, created_at time",
     )
-    with op.batch_alter_table("annotation", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_annotation_created_at"), ["created_at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_annotation_task_id"), ["task_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_annotation_user_id"), ["user_id"], unique=False)
-
-    op.create_table(
+    _indexes("annotation", "created_at", "task_id", "user_id")
+    _table(
         "annotation_item",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("annotation_id", sa.Integer(), nullable=False),
-        sa.Column("completion_id", sa.Integer(), nullable=False),
-        sa.Column("rank", sa.Integer(), nullable=False),
-        sa.Column("rating", sa.Integer(), nullable=True),
-        sa.Column(
-            "flags",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("position", sa.Integer(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["annotation_id"],
-            ["annotation.id"],
-            name=op.f("fk_annotation_item_annotation_id_annotation"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["completion_id"],
-            ["completion.id"],
-            name=op.f("fk_annotation_item_completion_id_completion"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_annotation_item")),
-        sa.UniqueConstraint(
-            "annotation_id",
-            "completion_id",
-            name=op.f("uq_annotation_item_annotation_id_completion_id"),
-        ),
+        "annotation_id int -> annotation, completion_id int -> completion, rank int, rating int?, "
+        "flags json, position int?",
+        unique=("annotation_id completion_id",),
     )
 
 
 def downgrade() -> None:
     op.drop_table("annotation_item")
-    with op.batch_alter_table("annotation", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_annotation_user_id"))
-        batch_op.drop_index(batch_op.f("ix_annotation_task_id"))
-        batch_op.drop_index(batch_op.f("ix_annotation_created_at"))
-
+    _drop_indexes("annotation", "ix_annotation_user_id", "ix_annotation_task_id", "ix_annotation_created_at")
     op.drop_table("annotation")
-    with op.batch_alter_table("completion", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_completion_task_id"))
-
+    _drop_indexes("completion", "ix_completion_task_id")
     op.drop_table("completion")
-    with op.batch_alter_table("assignment", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_assignment_user_id"))
-
+    _drop_indexes("assignment", "ix_assignment_user_id")
     op.drop_table("assignment")
-    with op.batch_alter_table("task", schema=None) as batch_op:
-        batch_op.drop_index("ix_task_prompt_set_id_status")
-        batch_op.drop_index(batch_op.f("ix_task_prompt_id"))
-
+    _drop_indexes("task", "ix_task_prompt_set_id_status", "ix_task_prompt_id")
     op.drop_table("task")
     op.drop_table("prompt")
     op.drop_table("prompt_set")
@@ -458,26 +191,15 @@ def downgrade() -> None:
         )
 
     op.drop_table("model_version")
-    with op.batch_alter_table("job_metric", schema=None) as batch_op:
-        batch_op.drop_index("ix_job_metric_job_id_name_step")
-
+    _drop_indexes("job_metric", "ix_job_metric_job_id_name_step")
     op.drop_table("job_metric")
-    with op.batch_alter_table("user_session", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_user_session_user_id"))
-
+    _drop_indexes("user_session", "ix_user_session_user_id")
     op.drop_table("user_session")
-    with op.batch_alter_table("job", schema=None) as batch_op:
-        batch_op.drop_index("ix_job_status_created_at")
-
+    _drop_indexes("job", "ix_job_status_created_at")
     op.drop_table("job")
     op.drop_table("guideline")
-    with op.batch_alter_table("api_token", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_api_token_user_id"))
-
+    _drop_indexes("api_token", "ix_api_token_user_id")
     op.drop_table("api_token")
     op.drop_table("user")
-    with op.batch_alter_table("login_failure", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_login_failure_username"))
-        batch_op.drop_index(batch_op.f("ix_login_failure_at"))
-
+    _drop_indexes("login_failure", "ix_login_failure_username", "ix_login_failure_at")
     op.drop_table("login_failure")

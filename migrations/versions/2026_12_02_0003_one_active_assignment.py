@@ -16,8 +16,6 @@ from alembic import op
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 ACTIVE = sa.text("state = 'active'")
 

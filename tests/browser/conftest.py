@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -24,6 +25,7 @@ from app import migrate
 from app.db import get_engine, make_sessionmaker
 from app.main import create_app
 from tests.conftest import ON_CI, make_settings
+from tests.factories import PASSWORD
 
 CHROMIUM = os.environ.get("RANKLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -105,3 +107,12 @@ def page(browser, live_server: LiveServer) -> Iterator[object]:  # type: ignore[
 def test_output() -> Path:
     TEST_OUTPUT.mkdir(exist_ok=True)
     return TEST_OUTPUT
+
+
+def sign_in(page: Any, username: str) -> None:
+    """Through the login form, as a person would; lands on the home page."""
+    page.goto("/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/")

@@ -12,8 +12,8 @@ from sqlalchemy import select, update
 
 from app.labeling.models import Annotation, Guideline
 from app.prompts.models import PromptSet
-from tests.browser.conftest import LiveServer
-from tests.factories import PASSWORD, make_model_version, make_prompt_set, make_task, make_user
+from tests.browser.conftest import LiveServer, sign_in
+from tests.factories import make_model_version, make_prompt_set, make_task, make_user
 
 pytestmark = pytest.mark.browser
 
@@ -48,11 +48,7 @@ def fresh(
 
 
 def log_in(page: Any, username: str) -> None:
-    page.goto("/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/")
+    sign_in(page, username)
     page.goto("/label")
     page.wait_for_selector("#rank-board .chip")
 

@@ -34,7 +34,7 @@ class TestConfigMatchesDefinition:
         self, spec: JobSpec, config: Any, module: Any
     ) -> None:
         undefined = {f.name for f in fields(config)} - {p.name for p in spec.fields}
-        assert undefined == set(module.INTERNAL)
+        assert undefined == set(config.INTERNAL)
 
     def test_the_default_config_is_valid_and_a_bad_field_is_named(
         self, spec: JobSpec, config: Any, module: Any

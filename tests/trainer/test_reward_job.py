@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+import trainer.loop as loop
 import trainer.reward.train as reward_train
 from app.auth.models import User
 from app.db import utcnow
@@ -138,13 +139,13 @@ class TestRewardJob:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         job_id = queued_job(sessions, base_model)
-        real = reward_train.save_checkpoint
+        real = loop.save_checkpoint
 
         def save_then_die(work_dir: Path, **kw: object) -> None:
             real(work_dir, **kw)
             raise RuntimeError("worker killed")
 
-        monkeypatch.setattr(reward_train, "save_checkpoint", save_then_die)
+        monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
         worker(sessions).run(burst=True)
         with sessions() as s:
             assert s.get(Job, job_id).status == "failed"
@@ -157,7 +158,7 @@ class TestRewardJob:
                 )
             )
             s.commit()
-        monkeypatch.setattr(reward_train, "save_checkpoint", real)
+        monkeypatch.setattr(loop, "save_checkpoint", real)
         assert worker(sessions).run(burst=True) == 1  # requeued as stale, claimed again
         with sessions() as s:
             job = s.get(Job, job_id)
@@ -181,7 +182,7 @@ class TestRewardJob:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         job_id = queued_job(sessions, base_model)
-        real = reward_train.save_checkpoint
+        real = loop.save_checkpoint
 
         def save_then_cancel(work_dir: Path, **kw: object) -> None:
             real(work_dir, **kw)
@@ -189,7 +190,7 @@ class TestRewardJob:
                 jobs.request_cancel(session=s, job=s.get(Job, job_id))
                 s.commit()
 
-        monkeypatch.setattr(reward_train, "save_checkpoint", save_then_cancel)
+        monkeypatch.setattr(loop, "save_checkpoint", save_then_cancel)
         worker(sessions).run(burst=True)
         with sessions() as s:
             assert s.get(Job, job_id).status == "cancelled"

@@ -21,7 +21,7 @@ from tests.trainer.ppo_fixtures import one_thread
 from trainer import render
 from trainer.models.tiny import IM_END
 from trainer.sft import launch
-from trainer.sft.config import INTERNAL, SFTConfig
+from trainer.sft.config import SFTConfig
 from trainer.sft.data import Demo, demo_from_row
 from trainer.sft.loss import IGNORE, collate, encode_example, summed_loss
 from trainer.sft.train import CHECKPOINT, Hooks, load_policy, train
@@ -113,7 +113,7 @@ def test_the_configs_defaults_are_the_definitions() -> None:
         if p.role == "hyper" or p.name in defaults:
             assert defaults[p.name] == p.default, p.name
             assert type(defaults[p.name]) is type(p.default), p.name
-    assert {f.name for f in fields(SFTConfig)} - {p.name for p in TRAIN_SFT.fields} == set(INTERNAL)
+    assert {f.name for f in fields(SFTConfig)} - {p.name for p in TRAIN_SFT.fields} == set(SFTConfig.INTERNAL)
     assert SPECS["train_sft"] is TRAIN_SFT
     SFTConfig().validate()
     with pytest.raises(ParamsError, match=r"^dropout: a number from 0 to 0.9"):

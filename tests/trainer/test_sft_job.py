@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-import trainer.sft.train as sft_train
+import trainer.loop as sft_train
 from app.cli import cli
 from app.db import utcnow
 from app.runs import service as jobs

@@ -33,6 +33,7 @@ from app.prompts.models import Prompt, PromptSet, SetStatus
 from app.runs import models_service, policies
 from app.runs.models import Job, JobMetric, ModelKind, ModelVersion
 from app.runs.params import TRAIN_PPO
+from app.runs.ptx import ptx_texts
 from app.runs.round_service import made_by
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.train import Summary, checkpoint_iteration, train
@@ -79,24 +80,10 @@ def load_prompts(session: Any, set_names: list[str]) -> tuple[list[Conversation]
 def load_ptx_texts(session: Any, ptx_file: str | None) -> tuple[list[str], str]:
     """Pretraining texts for PPO-ptx and where they came from."""
     if ptx_file:
-        texts = []
         path = Path(ptx_file)
         if not path.is_file():
             raise ValueError(f"ptx_file {ptx_file}: no such file")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{ptx_file} line {n}: not JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise ValueError(
-                    f"{ptx_file} line {n}: each line must be an object with a string field 'text'"
-                )
-            texts.append(row["text"])
-        if not texts:
-            raise ValueError(f"{ptx_file}: no texts")
+        texts = ptx_texts(path.read_text(encoding="utf-8").splitlines(), ptx_file)
         return texts[:MAX_PTX_TEXTS], f"file {ptx_file}"
     # The completions labelers ranked best, with their prompts: on-distribution text people liked.
     # Plain text (the prompt's readable form), not the chat template: PPO-ptx is LM loss on documents.

@@ -6,11 +6,12 @@ This is the entry for `accelerate launch` on several GPUs; see docs/ppo.md.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from app.chat import ChatError, Conversation, from_text, parse_conversation
-from trainer.config import launch_values
+from app.jsonl import json_rows
+from app.runs.ptx import ptx_texts
+from trainer.config import add_config_options, config_from_args, is_main_process
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.train import QuietReporter, train
 
@@ -25,16 +26,11 @@ class PrintReporter(QuietReporter):
         print(line, flush=True)
 
 
-def _read_lines(path: str, keys: tuple[str, ...]) -> list[str]:
-    out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            row = json.loads(line)
-            text = next((row[k] for k in keys if isinstance(row, dict) and isinstance(row.get(k), str)), None)
-            if text is None:
-                raise SystemExit(f"{path} line {n}: needs a string field {' or '.join(keys)}")
-            out.append(text)
-    return out
+def _read_ptx(path: str) -> list[str]:
+    try:
+        return ptx_texts(Path(path).read_text(encoding="utf-8").splitlines(), path)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def _read_prompts(path: str) -> list[Conversation]:
@@ -42,13 +38,11 @@ def _read_prompts(path: str) -> list[Conversation]:
     turn), or {"prompt": "..."} / {"text": "..."} (one user message; "system" beside "prompt"
     adds a system message)."""
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"{path} line {n}: not JSON ({exc.msg})") from exc
+    try:
+        rows = list(json_rows(Path(path).read_text(encoding="utf-8").splitlines(), path))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    for n, row in rows:
         text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
         try:
             if isinstance(row, dict) and "messages" in row:
@@ -87,23 +81,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ptx-file", help='JSON Lines of {"text": ...} for PPO-ptx')
     ap.add_argument("--out", required=True, help="where the new policy goes (written whole, at the end)")
     ap.add_argument("--work-dir", help="checkpoints (default: OUT.work); an existing one is resumed")
-    ap.add_argument("--config", help="JSON file of PPOConfig fields")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="one PPOConfig field")
+    add_config_options(ap, "PPOConfig")
     args = ap.parse_args(argv)
-    values = launch_values(args.config, args.set)
-    cfg = PPOConfig.from_dict(values)
+    cfg = config_from_args(PPOConfig, args)
     out = Path(args.out)
     summary = train(
         cfg,
         policy_path=args.policy,
         reward_path=args.reward,
         prompts=_read_prompts(args.prompts),
-        ptx_texts=_read_lines(args.ptx_file, ("text",)) if args.ptx_file else (),
+        ptx_texts=_read_ptx(args.ptx_file) if args.ptx_file else (),
         work_dir=Path(args.work_dir or f"{out}.work"),
         output_dir=out,
         reporter=PrintReporter(),
     )
-    if int(os.environ.get("RANK", "0")) != 0:  # one summary line, from the main process
+    if not is_main_process():  # one summary line, from the main process
         return
     print(
         json.dumps(

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from trainer.config import launch_values
+from trainer.config import add_config_options, config_from_args, is_main_process
+from trainer.loop import print_hooks
 from trainer.reward.config import RewardConfig
 from trainer.reward.model import Group
-from trainer.reward.train import Hooks, train
+from trainer.reward.train import train
 
 
 def read_groups(path: Path) -> list[Group]:
@@ -43,27 +43,13 @@ def main(argv: list[str] | None = None) -> None:
         description="Train a reward model on a groups file; run under `accelerate launch` for several GPUs.",
     )
     parser.add_argument("--groups", type=Path, required=True, help="groups JSON Lines file")
-    parser.add_argument("--config", type=Path, help="RewardConfig fields as JSON")
     parser.add_argument("--out", type=Path, required=True, help="model folder to create")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override one config field (JSON value)",
-    )
+    add_config_options(parser, "RewardConfig")
     args = parser.parse_args(argv)
-    values = launch_values(args.config, args.overrides)
-    cfg = RewardConfig.from_dict(values)
+    cfg = config_from_args(RewardConfig, args)
     groups = read_groups(args.groups)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    hooks = Hooks(
-        log=lambda line: print(line, flush=True) if rank0 else None,
-        metric=lambda step, **v: (
-            print(json.dumps({"step": step, **v}), flush=True) if rank0 and "val_accuracy" in v else None
-        ),
-    )
+    rank0 = is_main_process()
+    hooks = print_hooks("val_accuracy")
     result = train(
         cfg,
         groups,

@@ -10,21 +10,26 @@ trains on its share of every batch (DDP) with no change to this code.
 
 from __future__ import annotations
 
-import json
-import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from app.chat import Conversation
 from app.ranking import SPLITS, split_of
 from trainer import render
+from trainer.loop import (  # noqa: F401  (Hooks, step_plan re-exported: job.py, launch.py, tests)
+    Hooks,
+    lr_factor,
+    prepare_steps,
+    save_whole,
+    start_run,
+    step_plan,
+)
 from trainer.reward.config import RewardConfig  # noqa: F401  (re-exported: job.py, launch.py import it here)
 from trainer.reward.model import (
     NORM_MEAN,
@@ -39,17 +44,6 @@ from trainer.reward.model import (
     plan_pairs,
     score,
 )
-
-CHECKPOINT = "checkpoint"
-
-
-@dataclass
-class Hooks:
-    """How a run reports; the job handler points these at the job row, the CLI at tqdm."""
-
-    progress: Callable[[float, str], None] = lambda fraction, message: None
-    metric: Callable[..., None] = lambda step, **values: None
-    log: Callable[[str], None] = lambda line: None
 
 
 @dataclass
@@ -81,39 +75,9 @@ def encode_groups(tokenizer: Any, groups: Sequence[Group], max_length: int) -> l
     return [[encode_reply(tokenizer, g.messages, c, max_length) for c in g.completions] for g in groups]
 
 
-class Schedule(Protocol):
-    """The config fields a step plan reads (RewardConfig's and SFTConfig's)."""
-
-    batch_size: int
-    grad_accum: int
-    epochs: int
-    seed: int
-
-
-def step_plan(n_items: int, cfg: Schedule, world: int) -> list[list[list[int]]]:
-    """For every optimizer step, its micro-batches as lists of item indices (groups for the
-    reward model, examples for SFT), all processes together.
-
-    The same on every process (seeded), so a resumed run continues exactly where it stopped.
-    A tail too small to give every process an item is dropped.
-    """
-    per_micro = cfg.batch_size * world
-    steps: list[list[list[int]]] = []
-    for epoch in range(cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(n_items, generator=gen).tolist()
-        micros = [order[i : i + per_micro] for i in range(0, n_items, per_micro)]
-        micros = [m for m in micros if len(m) >= world]
-        steps.extend(micros[i : i + cfg.grad_accum] for i in range(0, len(micros), cfg.grad_accum))
-    return steps
-
-
 def cosine_to(ratio: float, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        progress = min(1.0, step / max(1, total))
-        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    """The reward model's schedule: a cosine from 1 to `ratio` over `total` steps, no warm-up."""
+    return lr_factor(total, 0, ratio)
 
 
 def scores_of(
@@ -160,65 +124,7 @@ def evaluate(
     }
 
 
-# --- checkpoints --------------------------------------------------------------------------
-
-
-def save_checkpoint(
-    work_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, cfg: RewardConfig
-) -> None:
-    """Model, optimizer and schedule at `step`, written aside and swapped in whole."""
-    from safetensors.torch import save_model
-
-    tmp = work_dir / f"{CHECKPOINT}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=2))
-    final = work_dir / CHECKPOINT
-    old = work_dir / f"{CHECKPOINT}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(work_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> int:
-    """The step of the last whole checkpoint, loaded into the given objects; 0 when none."""
-    from safetensors.torch import load_model
-
-    ckpt = work_dir / CHECKPOINT
-    if not (ckpt / "state.json").exists():
-        return 0
-    load_model(model, str(ckpt / "model.safetensors"))
-    state = torch.load(ckpt / "trainer.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return int(json.loads((ckpt / "state.json").read_text())["step"])
-
-
 # --- the run ------------------------------------------------------------------------------
-
-
-def start_run(cfg: Any, out_dir: Path | str, work_dir: Path | str, accelerator: Any, *, what: str) -> Any:
-    """The opening every training loop shares (reward model, SFT): check the config, refuse an
-    existing output, and make the Accelerator (bf16 on a GPU when the config asks) unless given.
-    Returns (out_dir, work_dir, accelerator)."""
-    from accelerate import Accelerator
-
-    cfg.validate()
-    out_dir, work_dir = Path(out_dir), Path(work_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists already; {what} is never overwritten")
-    if accelerator is None:
-        mixed = "bf16" if cfg.bf16 and torch.cuda.is_available() else "no"
-        accelerator = Accelerator(mixed_precision=mixed)
-    return out_dir, work_dir, accelerator
-
-
-def write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, default=str) + "\n")
 
 
 def train(
@@ -260,18 +166,8 @@ def train(
     train_enc = encode_groups(tokenizer, train_groups, cfg.max_length)
     val_enc = encode_groups(tokenizer, val_groups, cfg.max_length)
 
-    plan = step_plan(len(train_groups), cfg, world)
-    total = len(plan)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_to(cfg.min_lr_ratio, total))
-    model.train()
-
-    # -- resume (before `prepare`, so the weights load into the bare model)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    start = load_checkpoint(work_dir, model=model, optimizer=optimizer, scheduler=scheduler)
-    if start:
-        hooks.log(f"resumed from checkpoint at step {start} of {total}")
-    model, optimizer = accelerator.prepare(model, optimizer)
+    steps = prepare_steps(model, cfg, len(train_groups), work_dir, accelerator=accelerator, hooks=hooks)
+    model, plan, total, start = steps.model, steps.plan, steps.total, steps.start
 
     # -- train
     history: dict[str, Any] = {}
@@ -294,12 +190,9 @@ def train(
                 accelerator.backward(loss)
             step_loss += float(loss.detach())
             seen_pairs += int(p.win.numel())
-        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        steps.optimizer_step(cfg.max_grad_norm)
         done = step + 1
-        lr = scheduler.get_last_lr()[0]
+        lr = steps.lr
         if main:
             hooks.metric(done, train_loss=step_loss, lr=lr)
         history["train_loss"] = step_loss
@@ -307,18 +200,7 @@ def train(
             val = evaluate(model, val_groups, val_enc, pad_id, device, cfg.eval_batch_size, accelerator)
             if main and val["val_pairs"]:
                 hooks.metric(done, val_loss=val["val_loss"], val_accuracy=val["val_accuracy"])
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            accelerator.wait_for_everyone()
-            if main:
-                save_checkpoint(
-                    work_dir,
-                    model=accelerator.unwrap_model(model),
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    step=done,
-                    cfg=cfg,
-                )
-                hooks.log(f"checkpoint at step {done}")
+        steps.checkpoint_if_due(cfg, done)
         hooks.progress(0.95 * done / total, f"step {done}/{total}, loss {step_loss:.4f}")
     seconds = time.monotonic() - began
 
@@ -365,22 +247,7 @@ def train(
     }
 
     # -- save whole: a temporary folder renamed into place
-    accelerator.wait_for_everyone()
-    if main:
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp.mkdir(parents=True)
-            bare.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            write_json(tmp / "reward_config.json", asdict(cfg))
-            write_json(tmp / "data_manifest.json", manifest or {})
-            write_json(tmp / "metrics.json", metrics)
-            tmp.rename(out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(work_dir / CHECKPOINT, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    files = {"reward_config.json": asdict(cfg), "data_manifest.json": manifest or {}, "metrics.json": metrics}
+    save_whole(out_dir, work_dir, accelerator=accelerator, model=bare, tokenizer=tokenizer, files=files)
     # No progress call from here on: it may raise JobCancelled, and the model is already whole.
     return TrainResult(path=out_dir, metrics=metrics, resumed_from_step=start, steps=total)

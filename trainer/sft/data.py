@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 from app.chat import ChatError, Conversation, as_text, parse_conversation
 from app.exports import service as exports
-from app.exports.formats import RowOptions
 from app.ranking import SPLITS, split_of
 
 FORMAT = "sft"
@@ -91,17 +90,5 @@ def load_demos(
     """The demonstrations the export filters in `params` select (exports.filters_from_params:
     sets, labelers, since, until, split_seed, split_fractions), each with its split, and the
     export's manifest of them. `secret` must be the export's for the sha256 to agree."""
-    from trainer.reward.data import _rows  # the one reader of an export's JSON Lines stream
-
-    with sessions() as session:
-        filters = exports.filters_from_params(session=session, params=params, secret=secret)
-    ex = exports.export(
-        session_factory=sessions,
-        fmt=FORMAT,
-        file_type=FILE_TYPE,
-        filters=filters,
-        opts=RowOptions(),
-        secret=secret,
-    )
-    demos = [demo_from_row(row) for row in _rows(ex.stream)]
-    return demos, ex.manifest()
+    rows, manifest = exports.training_rows(sessions=sessions, params=params, fmt=FORMAT, secret=secret)
+    return [demo_from_row(row) for row in rows], manifest

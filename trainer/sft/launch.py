@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from trainer.config import launch_values
-from trainer.reward.train import Hooks
+from trainer.config import add_config_options, config_from_args, is_main_process
+from trainer.loop import print_hooks
 from trainer.sft.config import SFTConfig
 from trainer.sft.data import read_demos
 from trainer.sft.train import train
@@ -41,30 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--work-dir", type=Path, help="checkpoints (default: .OUT.work); an existing one is resumed"
     )
-    ap.add_argument("--config", type=Path, help="JSON file of SFTConfig fields")
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="one SFTConfig field (JSON value, else text)",
-    )
+    add_config_options(ap, "SFTConfig")
     args = ap.parse_args(argv)
-    values = launch_values(args.config, args.overrides)
     try:
-        cfg = SFTConfig.from_dict(values)
+        cfg = config_from_args(SFTConfig, args)
         demos = read_demos(args.data)
         validation = read_demos(args.validation) if args.validation else None
     except (OSError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    hooks = Hooks(
-        log=lambda line: print(line, flush=True) if rank0 else None,
-        metric=lambda step, **v: (
-            print(json.dumps({"step": step, **v}), flush=True) if "val_loss" in v else None
-        ),
-    )
+    rank0 = is_main_process()
+    hooks = print_hooks("val_loss")
     manifest = {"data_file": str(args.data), "demonstrations": len(demos)}
     if validation is not None:
         manifest |= {"validation_file": str(args.validation), "validation_demonstrations": len(validation)}

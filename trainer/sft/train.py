@@ -11,11 +11,9 @@ of every batch (DDP) with no change to this code. Only the main process writes.
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +22,13 @@ from typing import Any
 import torch
 
 from trainer import render
-from trainer.reward.train import Hooks, start_run, step_plan, write_json  # shared by both loops
+from trainer.loop import (  # noqa: F401  (CHECKPOINT, Hooks re-exported: tests, launch.py)
+    CHECKPOINT,
+    Hooks,
+    prepare_steps,
+    save_whole,
+    start_run,
+)
 from trainer.sft.choose import BEST, HISTORY, EpochChoice
 from trainer.sft.config import CONFIG_FILE, SFTConfig
 from trainer.sft.data import Demo, split_demos
@@ -32,7 +36,6 @@ from trainer.sft.loss import Example, collate, encode_example, forward_loss
 
 __all__ = ["Hooks", "SFTConfig", "SFTResult", "train"]
 
-CHECKPOINT = "checkpoint"
 # Residual dropout's name in the configs that have it (GPT-2, GPT-NeoX/Falcon, BERT-likes, OPT).
 # Llama-family configs (SmolLM2, Qwen2) have only attention dropout, which is not the paper's.
 RESIDUAL_DROPOUT = ("resid_pdrop", "hidden_dropout", "hidden_dropout_prob", "residual_dropout", "dropout")
@@ -52,21 +55,6 @@ class SFTResult:
     @property
     def val_loss_last(self) -> float | None:
         return self.metrics["val_loss_last"]
-
-
-# --- schedule (the step plan is the reward loop's: trainer.reward.train.step_plan) -----------------
-
-
-def lr_factor(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
-    """LambdaLR's factor: linear warm-up over `warmup` steps, then a cosine from 1 to min_ratio."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 # --- model --------------------------------------------------------------------------------
@@ -123,55 +111,6 @@ def evaluate(
     return loss_sum / tokens if tokens else None
 
 
-# --- checkpoints --------------------------------------------------------------------------
-
-
-def save_checkpoint(
-    work_dir: Path,
-    *,
-    model: torch.nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    step: int,
-    cfg: SFTConfig,
-    val_loss_first: float | None,
-) -> None:
-    """Model, optimizer and schedule at `step`, written aside and swapped in whole."""
-    from safetensors.torch import save_model
-
-    tmp = work_dir / f"{CHECKPOINT}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "trainer.pt")
-    state = {"step": step, "val_loss_first": val_loss_first, "config": asdict(cfg)}
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    final, old = work_dir / CHECKPOINT, work_dir / f"{CHECKPOINT}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(
-    work_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any
-) -> tuple[int, float | None]:
-    """(step, validation loss before the first step) of the last whole checkpoint, loaded into
-    the given objects; (0, None) when there is none."""
-    from safetensors.torch import load_model
-
-    ckpt = work_dir / CHECKPOINT
-    if not (ckpt / "state.json").exists():
-        return 0, None
-    load_model(model, str(ckpt / "model.safetensors"))
-    state = torch.load(ckpt / "trainer.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    saved = json.loads((ckpt / "state.json").read_text())
-    return int(saved["step"]), saved.get("val_loss_first")
-
-
 # --- the run ------------------------------------------------------------------------------
 
 
@@ -221,22 +160,15 @@ def train(
     train_ex = [encode_example(tokenizer, d.messages, d.reply, cfg.max_length) for d in train_demos]
     val_ex = [encode_example(tokenizer, d.messages, d.reply, cfg.max_length) for d in val_demos]
 
-    plan = step_plan(len(train_ex), cfg, world)
-    total = len(plan)
+    steps = prepare_steps(
+        model, cfg, len(train_ex), work_dir, accelerator=accelerator, hooks=hooks, warmup=cfg.warmup
+    )
+    model, plan, total, start = steps.model, steps.plan, steps.total, steps.start
+    val_first = steps.saved.get("val_loss_first")
     per_epoch = max(1, total // cfg.epochs)  # every epoch has the same number of steps
     choice = EpochChoice(
         work_dir, validation=val_demos, reward_path=reward_path, max_length=cfg.max_length, seed=cfg.seed
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total, cfg.warmup, cfg.min_lr_ratio))
-    model.train()
-
-    # -- resume (before `prepare`, so the weights load into the bare model)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    start, val_first = load_checkpoint(work_dir, model=model, optimizer=optimizer, scheduler=scheduler)
-    if start:
-        hooks.log(f"resumed from checkpoint at step {start} of {total}")
-    model, optimizer = accelerator.prepare(model, optimizer)
 
     # -- validation before the first step
     if not start:
@@ -265,16 +197,13 @@ def train(
                 accelerator.backward(loss)
             step_loss += float(loss_sum.detach()) / step_tokens
             seen_tokens += int(batch["attention_mask"].sum())
-        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        steps.optimizer_step(cfg.max_grad_norm)
         done = step + 1
         if world > 1:  # each process holds its share of the step's token-weighted loss
             step_loss = float(accelerator.reduce(torch.tensor([step_loss], device=device), reduction="sum"))
         train_loss = step_loss
         if main:
-            hooks.metric(done, train_loss=train_loss, lr=scheduler.get_last_lr()[0])
+            hooks.metric(done, train_loss=train_loss, lr=steps.lr)
         epoch_end = done % per_epoch == 0 and done < total
         if (done % cfg.eval_every == 0 or epoch_end) and done < total:
             val = evaluate(model, val_ex, pad_id, device, cfg.batch_size, accelerator)
@@ -282,19 +211,7 @@ def train(
                 hooks.metric(done, val_loss=val)
             if epoch_end:
                 _choose(choice, done // per_epoch, accelerator, model, tokenizer, val, hooks, last=False)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            accelerator.wait_for_everyone()
-            if main:
-                save_checkpoint(
-                    work_dir,
-                    model=accelerator.unwrap_model(model),
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    step=done,
-                    cfg=cfg,
-                    val_loss_first=val_first,
-                )
-                hooks.log(f"checkpoint at step {done}")
+        steps.checkpoint_if_due(cfg, done, val_loss_first=val_first)
         hooks.progress(0.02 + 0.93 * done / total, f"step {done}/{total}, loss {step_loss:.4f}")
     seconds = time.monotonic() - began
 
@@ -326,25 +243,11 @@ def train(
     # -- save whole: a temporary folder renamed into place
     for name, value in dropout_old.items():  # the saved config is the base's: dropout is training's
         setattr(bare.config, name, value)
-    accelerator.wait_for_everyone()
-    if main:
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp.mkdir(parents=True)
-            bare.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            write_json(tmp / CONFIG_FILE, asdict(cfg))
-            write_json(tmp / "data_manifest.json", manifest or {})
-            write_json(tmp / "metrics.json", metrics)
-            tmp.rename(out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(work_dir / CHECKPOINT, ignore_errors=True)
+    files = {CONFIG_FILE: asdict(cfg), "data_manifest.json": manifest or {}, "metrics.json": metrics}
+    save_whole(out_dir, work_dir, accelerator=accelerator, model=bare, tokenizer=tokenizer, files=files)
+    if main:  # the kept epoch's weights and the epochs' record go with the checkpoints
         shutil.rmtree(work_dir / BEST, ignore_errors=True)
         (work_dir / HISTORY).unlink(missing_ok=True)
-    accelerator.wait_for_everyone()
     # No progress call from here on: it may raise JobCancelled, and the policy is already whole.
     return SFTResult(path=out_dir, metrics=metrics, resumed_from_step=start, steps=total)
 

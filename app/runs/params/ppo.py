@@ -8,6 +8,7 @@ iterations) at a size one machine runs in minutes (docs/ppo.md).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from app.runs.params.spec import MAX_ID, Check, JobSpec, Param, sets_param
@@ -17,6 +18,19 @@ def _mini_batch_fits(v: Mapping[str, Any]) -> str | None:
     if v["mini_batch_size"] > v["batch_size"]:
         return f"at most batch_size ({v['batch_size']})"
     return None
+
+
+# The value network's rate has the same range (replace() below).
+_LEARNING_RATE = Param(
+    "learning_rate",
+    float,
+    9.65e-6,
+    "Policy Adam learning rate, constant after warm-up (paper, 1.3B policy: 9.65e-6).",
+    "Learning rate",
+    low=1e-10,
+    high=1.0,
+    cli=("--lr",),
+)
 
 
 TRAIN_PPO = JobSpec(
@@ -84,24 +98,12 @@ TRAIN_PPO = JobSpec(
             low=1,
             high=100,
         ),
-        Param(
-            "learning_rate",
-            float,
-            9.65e-6,
-            "Policy Adam learning rate, constant after warm-up (paper, 1.3B policy: 9.65e-6).",
-            "Learning rate",
-            low=1e-10,
-            high=1.0,
-            cli=("--lr",),
-        ),
-        Param(
-            "value_learning_rate",
-            float,
-            9.65e-6,
-            "The value network's Adam learning rate.",
-            "Value learning rate",
-            low=1e-10,
-            high=1.0,
+        _LEARNING_RATE,
+        replace(
+            _LEARNING_RATE,
+            name="value_learning_rate",
+            help="The value network's Adam learning rate.",
+            label="Value learning rate",
             cli=("--value-lr",),
             advanced=True,
         ),

@@ -7,6 +7,8 @@ size one CPU machine trains in minutes; each help gives the paper's value where 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from app.runs.params.reward import TRAIN_REWARD as _REWARD
 from app.runs.params.spec import JobSpec, Param, sets_param
 
@@ -19,24 +21,16 @@ TRAIN_SFT = JobSpec(
         sets_param("Train on these prompt sets' demonstrations; none: every set."),
         _REWARD["split_seed"],
         _REWARD["split_fractions"],
-        Param(
-            "base_model",
-            str,
-            "",
-            "Policy to fine-tune: a policy version id, a hub id or a folder; empty: the active policy.",
-            "Base policy (version id, hub id or folder)",
-            role="data",
+        replace(
+            _REWARD["base_model"],
+            help="Policy to fine-tune: a policy version id, a hub id or a folder; empty: the active policy.",
+            label="Base policy (version id, hub id or folder)",
             cli=("--base",),
-            metavar="ID_OR_PATH",
         ),
-        Param(
-            "lr",
-            float,
-            2e-5,
-            "Peak AdamW learning rate, decayed by a cosine (paper: 9.65e-6 for 1.3B and 6B).",
-            "Learning rate",
-            low=1e-9,
-            high=1.0,
+        replace(
+            _REWARD["lr"],
+            default=2e-5,
+            help="Peak AdamW learning rate, decayed by a cosine (paper: 9.65e-6 for 1.3B and 6B).",
         ),
         _REWARD["min_lr_ratio"],
         Param(
@@ -49,42 +43,23 @@ TRAIN_SFT = JobSpec(
             high=1_000_000,
             advanced=True,
         ),
-        Param(
-            "epochs",
-            int,
-            2,
-            "Passes over the training demonstrations (paper: 16, chosen by reward-model score).",
-            "Epochs",
-            low=1,
-            high=100,
+        replace(
+            _REWARD["epochs"],
+            default=2,
+            help="Passes over the training demonstrations (paper: 16, chosen by reward-model score).",
         ),
-        Param(
-            "batch_size",
-            int,
-            8,
-            "Demonstrations per micro-batch per process (paper: 32).",
-            "Batch size (demonstrations)",
-            low=1,
-            high=4096,
+        replace(
+            _REWARD["batch_size"],
+            help="Demonstrations per micro-batch per process (paper: 32).",
+            label="Batch size (demonstrations)",
         ),
-        Param(
-            "grad_accum",
-            int,
-            1,
-            "Micro-batches per optimizer step: demonstrations per step = batch size × this × processes.",
-            "Gradient accumulation",
-            low=1,
-            high=1024,
-            advanced=True,
+        replace(
+            _REWARD["grad_accum"],
+            help="Micro-batches per optimizer step: demonstrations per step = batch size × this × processes.",
         ),
-        Param(
-            "max_length",
-            int,
-            512,
-            "Tokens of conversation + reply; the prompt is cut from the left, the reply kept.",
-            "Max length (tokens)",
-            low=8,
-            high=65536,
+        replace(
+            _REWARD["max_length"],
+            help="Tokens of conversation + reply; the prompt is cut from the left, the reply kept.",
         ),
         Param(
             "dropout",
@@ -96,8 +71,7 @@ TRAIN_SFT = JobSpec(
             high=0.9,
             advanced=True,
         ),
-        _REWARD["weight_decay"],
-        _REWARD["max_grad_norm"],
+        *(_REWARD[name] for name in ("weight_decay", "max_grad_norm")),
         Param(
             "eval_every",
             int,
@@ -108,8 +82,7 @@ TRAIN_SFT = JobSpec(
             high=1_000_000,
             advanced=True,
         ),
-        _REWARD["checkpoint_every"],
-        _REWARD["bf16"],
+        *(_REWARD[name] for name in ("checkpoint_every", "bf16")),
         Param(
             "seed",
             int,
