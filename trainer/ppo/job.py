@@ -35,6 +35,7 @@ from app.runs.models import Job, JobMetric, ModelKind, ModelVersion
 from app.runs.params import TRAIN_PPO
 from app.runs.ptx import ptx_texts
 from app.runs.round_service import made_by
+from trainer.jobs import job_version
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.train import Summary, checkpoint_iteration, train
 
@@ -225,22 +226,17 @@ def run_job(ctx: Any) -> dict[str, Any]:
         if v is not None
     }
     with ctx.session() as s:
-        mv = s.scalar(
-            select(ModelVersion).where(
-                ModelVersion.job_id == ctx.job_id, ModelVersion.kind == ModelKind.policy
-            )
+        # Not active: a person (or the round's promote step) decides.
+        mv = job_version(
+            s,
+            job_id=ctx.job_id,
+            kind=ModelKind.policy,
+            name=f"ppo-job{ctx.job_id}",
+            source=str(out_dir),
+            path=str(out_dir),
+            parent_id=parent_id,
+            is_active=False,
         )
-        if mv is None:  # not active: a person (or the round's promote step) decides
-            mv = ModelVersion(
-                kind=ModelKind.policy,
-                name=f"ppo-job{ctx.job_id}",
-                source=str(out_dir),
-                path=str(out_dir),
-                parent_id=parent_id,
-                job_id=ctx.job_id,
-                is_active=False,
-            )
-            s.add(mv)
         mv.config = {
             **asdict(cfg),
             "sets": set_ids,

@@ -14,22 +14,18 @@ reclaimed job resumes from.
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import select
 
 from app.chat import Conversation, conversation_hash
 from app.config import get_settings
 from app.exports.service import FILTER_PARAMS
 from app.runs import models_service
-from app.runs import service as jobs
 from app.runs.models import ModelKind, ModelVersion
+from trainer.jobs import job_version, train_once
 from trainer.reward.data import load_groups
-from trainer.reward.train import Hooks, RewardConfig, train
+from trainer.reward.train import RewardConfig, train
 
 FILTER_KEYS = set(FILTER_PARAMS)
 
@@ -104,45 +100,32 @@ def run_job(ctx: Any) -> dict[str, Any]:
     ctx.log(f"score normalised on {normalized_on}")
 
     out_dir, work_dir = paths_for(ctx.job_id)
-    try:
-        if (out_dir / "metrics.json").exists():
-            # A previous attempt saved the model and died before registering it.
-            metrics = json.loads((out_dir / "metrics.json").read_text())
-        else:
-            result = train(
-                cfg,
-                groups,
-                out_dir=out_dir,
-                work_dir=work_dir,
-                reference=reference or None,
-                manifest=manifest,
-                hooks=Hooks(
-                    progress=lambda f, m: ctx.progress(0.02 + 0.98 * f, m), metric=ctx.metric, log=ctx.log
-                ),
-            )
-            metrics = result.metrics
-    except jobs.JobCancelled:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        ctx.log("cancelled: no model was saved and the checkpoints are deleted")
-        raise
-    shutil.rmtree(work_dir, ignore_errors=True)
+    metrics = train_once(
+        ctx,
+        out_dir,
+        work_dir,
+        lambda hooks: train(
+            cfg,
+            groups,
+            out_dir=out_dir,
+            work_dir=work_dir,
+            reference=reference or None,
+            manifest=manifest,
+            hooks=hooks,
+        ),
+        what="model",
+    )
 
     with ctx.session() as s:
-        mv = s.scalar(
-            select(ModelVersion).where(
-                ModelVersion.job_id == ctx.job_id, ModelVersion.kind == ModelKind.reward
-            )
+        mv = job_version(
+            s,
+            job_id=ctx.job_id,
+            kind=ModelKind.reward,
+            name=f"reward-job{ctx.job_id}",
+            source=base_model,
+            path=str(out_dir),
+            parent_id=policy.id if policy else None,
         )
-        if mv is None:
-            mv = ModelVersion(
-                kind=ModelKind.reward,
-                name=f"reward-job{ctx.job_id}",
-                source=base_model,
-                path=str(out_dir),
-                job_id=ctx.job_id,
-                parent_id=policy.id if policy else None,
-            )
-            s.add(mv)
         mv.config = {
             **asdict(cfg),
             "data": manifest["filters"],

@@ -16,19 +16,18 @@ validation prompts and the best one is kept (trainer.sft.choose).
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from app.config import get_settings
 from app.exports.service import FILTER_PARAMS
 from app.runs import models_service, policies
-from app.runs import service as jobs
 from app.runs.models import JobMetric, ModelKind, ModelVersion
 from app.runs.params import TRAIN_SFT
+from trainer.jobs import job_version, train_once
 from trainer.sft.config import SFTConfig
 from trainer.sft.data import load_demos
 
@@ -73,7 +72,7 @@ def checkpoint_step(work_dir: Path) -> int:
 
 
 def run_job(ctx: Any) -> dict[str, Any]:
-    from trainer.sft.train import Hooks, train
+    from trainer.sft.train import train
 
     params = dict(ctx.params)
     ctx.progress(0.0, "reading demonstrations")
@@ -101,47 +100,34 @@ def run_job(ctx: Any) -> dict[str, Any]:
         resume_at = checkpoint_step(work_dir)
         with ctx.session() as s:
             s.execute(delete(JobMetric).where(JobMetric.job_id == ctx.job_id, JobMetric.step > resume_at))
-    try:
-        if (out_dir / "metrics.json").exists():
-            # A previous attempt saved the policy and died before registering it.
-            metrics = json.loads((out_dir / "metrics.json").read_text())
-        else:
-            result = train(
-                cfg,
-                demos,
-                out_dir=out_dir,
-                work_dir=work_dir,
-                manifest=manifest,
-                reward_path=reward_path,
-                hooks=Hooks(
-                    progress=lambda f, m: ctx.progress(0.02 + 0.98 * f, m), metric=ctx.metric, log=ctx.log
-                ),
-            )
-            metrics = result.metrics
-    except jobs.JobCancelled:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        ctx.log("cancelled: no policy was saved and the checkpoints are deleted")
-        raise
-    shutil.rmtree(work_dir, ignore_errors=True)
+    metrics = train_once(
+        ctx,
+        out_dir,
+        work_dir,
+        lambda hooks: train(
+            cfg,
+            demos,
+            out_dir=out_dir,
+            work_dir=work_dir,
+            manifest=manifest,
+            reward_path=reward_path,
+            hooks=hooks,
+        ),
+        what="policy",
+    )
 
     with ctx.session() as s:
-        mv = s.scalar(
-            select(ModelVersion).where(
-                ModelVersion.job_id == ctx.job_id, ModelVersion.kind == ModelKind.policy
-            )
+        # Not active: a person (or a round's chain) decides.
+        mv = job_version(
+            s,
+            job_id=ctx.job_id,
+            kind=ModelKind.policy,
+            name=f"sft-job{ctx.job_id}",
+            source=str(out_dir),
+            path=str(out_dir),
+            parent_id=parent_id,
+            is_active=False,
         )
-        if mv is None:  # not active: a person (or a round's chain) decides
-            mv = ModelVersion(
-                kind=ModelKind.policy,
-                name=f"sft-job{ctx.job_id}",
-                source=str(out_dir),
-                path=str(out_dir),
-                parent_id=parent_id,
-                job_id=ctx.job_id,
-                is_active=False,
-            )
-            s.add(mv)
         mv.config = {
             **asdict(cfg),
             "trained_by": "train_sft",
