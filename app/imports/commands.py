@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from app.commands import group
+from app.imports.demonstrations import KINDS as DEMO_KINDS
+from app.imports.parsing import KINDS
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _run_import(file: Path, importer: Callable[..., Any], **options: Any) -> tuple[Any, int, int]:
@@ -29,6 +33,32 @@ def _run_import(file: Path, importer: Callable[..., Any], **options: Any) -> tup
         raise click.ClickException(str(exc)) from exc
 
 
+def import_options(kinds: tuple[str, ...], what: str) -> Callable[[F], F]:
+    """FILE, --name, --format (one of `kinds`) and --skip-invalid, as every import takes them."""
+
+    def decorate(command: F) -> F:
+        options = [
+            click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+            click.option("--name", required=True, help=f"Name of the new {what}."),
+            click.option(
+                "--format",
+                "kind",
+                type=click.Choice(list(kinds)),
+                default="auto",
+                show_default=True,
+                help="What the file holds; auto looks at the columns.",
+            ),
+            click.option(
+                "--skip-invalid", is_flag=True, help="Import the valid rows and list the invalid ones."
+            ),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 preferences = group(
     "preferences",
     "External preference data (HH-RLHF, TRL, ranklab rankings exports).",
@@ -37,17 +67,7 @@ preferences = group(
 
 
 @preferences.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Name of the new prompt set.")
-@click.option(
-    "--format",
-    "kind",
-    type=click.Choice(["auto", "hh", "trl", "rankings"]),
-    default="auto",
-    show_default=True,
-    help="What the file holds; auto looks at the columns.",
-)
-@click.option("--skip-invalid", is_flag=True, help="Import the valid rows and list the invalid ones.")
+@import_options(KINDS, "prompt set")
 def preferences_import(file: Path, name: str, kind: str, skip_invalid: bool) -> None:
     """Import a preference file as a prompt set with imported outputs and labels.
 
@@ -81,17 +101,7 @@ demonstrations = group(
 
 
 @demonstrations.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Name of the new demonstration set.")
-@click.option(
-    "--format",
-    "kind",
-    type=click.Choice(["auto", "messages", "prompt-completion", "hh"]),
-    default="auto",
-    show_default=True,
-    help="What the file holds; auto looks at the columns.",
-)
-@click.option("--skip-invalid", is_flag=True, help="Import the valid rows and list the invalid ones.")
+@import_options(DEMO_KINDS, "demonstration set")
 def demonstrations_import(file: Path, name: str, kind: str, skip_invalid: bool) -> None:
     """Import demonstrations as a demonstration set: each row a prompt, a closed task and the
     reply written by the system user "imported-NAME" (not yet reviewed), ready for

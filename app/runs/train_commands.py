@@ -35,6 +35,42 @@ reward = group(
 )
 
 
+def _queue_or_run(
+    kind: str, params: dict[str, Any], *, inline: bool, checked: bool = False
+) -> tuple[int, Any]:
+    """Queue a `kind` job (`checked`: against the database as the form is, a refusal naming
+    the option); with `inline` run it here: (job id, its result); else say how to follow it:
+    (job id, None)."""
+    from app.cli import sessions
+    from app.runs import launch_service
+    from app.runs.params import ParamsError
+
+    maker = sessions()
+    with maker.begin() as s:
+        try:
+            if checked:
+                job = launch_service.start(
+                    session=s,
+                    kind=kind,
+                    params=params,
+                    created_by_id=None,
+                    max_attempts=get_settings().job_max_attempts,
+                )
+            else:
+                job = jobs.enqueue(
+                    session=s, kind=kind, params=params, max_attempts=get_settings().job_max_attempts
+                )
+        except ParamsError as exc:
+            raise click.UsageError("; ".join(exc.errors)) from exc
+        job_id = job.id
+    if not inline:
+        click.echo(
+            f"queued job {job_id} ({kind}); follow it at /runs/{job_id} or run `ranklab worker --burst`"
+        )
+        return job_id, None
+    return job_id, _run_here(maker, job_id)
+
+
 def _run_here(maker: Any, job_id: int) -> dict[str, Any]:
     try:
         return inline.run_job_here(maker, job_id)
@@ -59,21 +95,9 @@ def train_reward(inline: bool, **options: Any) -> None:
       ranklab train reward --set round-1 --lr 1e-5       # a job for `ranklab worker`
       ranklab train reward --base-model ./my-policy --epochs 1 --inline
     """
-    from app.cli import sessions
-
-    params = from_cli(TRAIN_REWARD, options)
-    maker = sessions()
-    with maker.begin() as s:
-        job = jobs.enqueue(
-            session=s, kind="train_reward", params=params, max_attempts=get_settings().job_max_attempts
-        )
-        job_id = job.id
-    if not inline:
-        click.echo(
-            f"queued job {job_id} (train_reward); follow it at /runs/{job_id} or run `ranklab worker --burst`"
-        )
+    _, result = _queue_or_run("train_reward", from_cli(TRAIN_REWARD, options), inline=inline)
+    if result is None:
         return
-    result = _run_here(maker, job_id)
     click.echo(
         f"reward model {result['model_version_id']} at {result['path']}"
         + (" (active)" if result.get("active") else "")
@@ -103,22 +127,12 @@ def train_ppo(inline: bool, ptx_file: str | None, **options: Any) -> None:
       ranklab train ppo --set round-1 --ptx-coef 27.8 --ptx-file pretrain.jsonl
       ranklab train ppo --iterations 20 --batch-size 32 --inline        # here, then one JSON line
     """
-    from app.cli import sessions
-
     params = from_cli(TRAIN_PPO, options)
     if ptx_file:
         params["ptx_file"] = str(Path(ptx_file).resolve())
-    maker = sessions()
-    with maker.begin() as s:
-        job_id = jobs.enqueue(
-            session=s, kind="train_ppo", params=params, max_attempts=get_settings().job_max_attempts
-        ).id
-    if not inline:
-        click.echo(
-            f"queued job {job_id} (train_ppo); follow it at /runs/{job_id} or run `ranklab worker --burst`"
-        )
+    job_id, result = _queue_or_run("train_ppo", params, inline=inline)
+    if result is None:
         return
-    result = _run_here(maker, job_id)
     metrics = result.get("metrics", {})
     click.echo(
         json.dumps(
@@ -158,29 +172,9 @@ def train_sft(inline: bool, **options: Any) -> None:
       ranklab train sft --set demos --epochs 1 --inline     # here, then one JSON line
       ranklab train sft --base 3 --epochs 16 --dropout 0.2  # from policy version 3
     """
-    from app.cli import sessions
-    from app.runs import launch_service
-    from app.runs.params import ParamsError
-
-    params = from_cli(TRAIN_SFT, options)
-    maker = sessions()
-    with maker.begin() as s:
-        try:
-            job_id = launch_service.start(
-                session=s,
-                kind="train_sft",
-                params=params,
-                created_by_id=None,
-                max_attempts=get_settings().job_max_attempts,
-            ).id
-        except ParamsError as exc:
-            raise click.UsageError("; ".join(exc.errors)) from exc
-    if not inline:
-        click.echo(
-            f"queued job {job_id} (train_sft); follow it at /runs/{job_id} or run `ranklab worker --burst`"
-        )
+    job_id, result = _queue_or_run("train_sft", from_cli(TRAIN_SFT, options), inline=inline, checked=True)
+    if result is None:
         return
-    result = _run_here(maker, job_id)
     metrics = result.get("metrics", {})
     click.echo(
         json.dumps(
