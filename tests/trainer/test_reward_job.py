@@ -4,23 +4,20 @@ reward model with metrics; resume after a worker died; cancel leaves no model.""
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-import trainer.loop as loop
 import trainer.reward.train as reward_train
 from app.auth.models import User
-from app.db import utcnow
 from app.exports.service import ExportError
 from app.prompts.models import PromptSet
-from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_annotation, make_job, make_prompt_set, make_task, make_user
 from tests.tiny import save_tiny_policy
+from tests.trainer.job_checks import cancel_leaves_no_version, resumes_after_the_worker_died
 from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
 from trainer.reward.data import load_groups
 from trainer.reward.job import paths_for
@@ -139,40 +136,9 @@ class TestRewardJob:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         job_id = queued_job(sessions, base_model)
-        real = loop.save_checkpoint
-
-        def save_then_die(work_dir: Path, **kw: object) -> None:
-            real(work_dir, **kw)
-            raise RuntimeError("worker killed")
-
-        monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-        worker(sessions).run(burst=True)
-        with sessions() as s:
-            assert s.get(Job, job_id).status == "failed"
-            # As if the process had died instead: still `running`, heartbeat long stale.
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(
-                    status="running", heartbeat_at=utcnow() - timedelta(hours=1), error=None, finished_at=None
-                )
-            )
-            s.commit()
-        monkeypatch.setattr(loop, "save_checkpoint", real)
-        assert worker(sessions).run(burst=True) == 1  # requeued as stale, claimed again
-        with sessions() as s:
-            job = s.get(Job, job_id)
-            assert job.status == "succeeded", job.error
-            assert job.attempts == 2 and job.result["metrics"]["resumed_from_step"] == 3
-            steps = list(
-                s.scalars(
-                    select(JobMetric.step)
-                    .where(JobMetric.job_id == job_id, JobMetric.name == "train_loss")
-                    .order_by(JobMetric.id)
-                )
-            )
-            assert steps == list(range(1, job.result["metrics"]["steps"] + 1))  # none twice
-            assert "resumed from checkpoint at step 3" in job.log
+        resumes_after_the_worker_died(
+            sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True), at=3
+        )
 
     def test_cancel_leaves_no_model(
         self,
@@ -182,19 +148,7 @@ class TestRewardJob:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         job_id = queued_job(sessions, base_model)
-        real = loop.save_checkpoint
-
-        def save_then_cancel(work_dir: Path, **kw: object) -> None:
-            real(work_dir, **kw)
-            with sessions() as s:
-                jobs.request_cancel(session=s, job=s.get(Job, job_id))
-                s.commit()
-
-        monkeypatch.setattr(loop, "save_checkpoint", save_then_cancel)
-        worker(sessions).run(burst=True)
-        with sessions() as s:
-            assert s.get(Job, job_id).status == "cancelled"
-            assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
+        cancel_leaves_no_version(sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True))
         out_dir, work_dir = paths_for(job_id)
         assert not out_dir.exists() and not work_dir.exists()
         assert not list(artifacts.glob("reward/*"))  # no half-written folder either

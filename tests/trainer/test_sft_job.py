@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import trainer.loop as sft_train
 from app.cli import cli
-from app.db import utcnow
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_demonstration, make_job, make_model_version, make_prompt_set, make_user
+from tests.trainer.job_checks import cancel_leaves_no_version, resumes_after_the_worker_died
 from tests.trainer.test_sft import demos
 from trainer.sft.job import paths_for
 from trainer.worker import Worker
@@ -107,40 +105,9 @@ class TestSFTJob:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         job_id, _ = queued_job(sessions, tiny_chat_model_path)
-        real = sft_train.save_checkpoint
-
-        def save_then_die(work_dir: Path, **kw: Any) -> None:
-            real(work_dir, **kw)
-            raise RuntimeError("worker killed")
-
-        monkeypatch.setattr(sft_train, "save_checkpoint", save_then_die)
-        worker(sessions).run(burst=True)
-        with sessions() as s:
-            assert s.get(Job, job_id).status == "failed"
-            # As if the process had died instead: still `running`, heartbeat long stale.
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(
-                    status="running", heartbeat_at=utcnow() - timedelta(hours=1), error=None, finished_at=None
-                )
-            )
-            s.commit()
-        monkeypatch.setattr(sft_train, "save_checkpoint", real)
-        assert worker(sessions).run(burst=True) == 1
-        with sessions() as s:
-            job = s.get(Job, job_id)
-            assert job.status == "succeeded", job.error
-            assert job.attempts == 2 and job.result["metrics"]["resumed_from_step"] == 4
-            steps = list(
-                s.scalars(
-                    select(JobMetric.step)
-                    .where(JobMetric.job_id == job_id, JobMetric.name == "train_loss")
-                    .order_by(JobMetric.id)
-                )
-            )
-            assert steps == list(range(1, job.result["metrics"]["steps"] + 1))  # none twice
-            assert "resumed from checkpoint at step 4" in job.log
+        resumes_after_the_worker_died(
+            sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True), at=4
+        )
 
     def test_cancel_leaves_nothing(
         self,
@@ -150,19 +117,7 @@ class TestSFTJob:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         job_id, _ = queued_job(sessions, tiny_chat_model_path)
-        real = sft_train.save_checkpoint
-
-        def save_then_cancel(work_dir: Path, **kw: Any) -> None:
-            real(work_dir, **kw)
-            with sessions() as s:
-                jobs.request_cancel(session=s, job=s.get(Job, job_id))
-                s.commit()
-
-        monkeypatch.setattr(sft_train, "save_checkpoint", save_then_cancel)
-        worker(sessions).run(burst=True)
-        with sessions() as s:
-            assert s.get(Job, job_id).status == "cancelled"
-            assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
+        cancel_leaves_no_version(sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True))
         out_dir, work_dir = paths_for(job_id)
         assert not out_dir.exists() and not work_dir.exists()
         assert not list(artifacts.glob("policy/*"))
