@@ -289,6 +289,32 @@ class Counts:
         }
 
 
+class RecordNames:
+    """What an export computes once per prompt and per labeler: the prompt's split (by its text)
+    and the labeler's name in the file (a pseudonym, or the username with real_names)."""
+
+    def __init__(self, *, session: Session, filters: Filters, secret: str, real_names: bool) -> None:
+        self.filters, self.secret, self.real_names = filters, secret, real_names
+        self.usernames = dict(session.execute(select(User.id, User.username)).all()) if real_names else {}
+        self.splits: dict[int, str] = {}
+        self.labelers: dict[int, str] = {}
+
+    def split(self, prompt_id: int, prompt: str) -> str:
+        found = self.splits.get(prompt_id)
+        if found is None:
+            f = self.filters
+            found = self.splits[prompt_id] = split_of(prompt, seed=f.split_seed, fractions=f.split_fractions)
+        return found
+
+    def labeler(self, user_id: int) -> str:
+        found = self.labelers.get(user_id)
+        if found is None:
+            found = self.labelers[user_id] = (
+                self.usernames[user_id] if self.real_names else pseudonym(user_id, self.secret)
+            )
+        return found
+
+
 def iter_records(
     *,
     session: Session,
@@ -301,9 +327,7 @@ def iter_records(
     """Annotations one at a time (items in completion order), filtered, with their split."""
     set_names = dict(session.execute(select(PromptSet.id, PromptSet.name)).all())
     policy_names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
-    usernames = dict(session.execute(select(User.id, User.username)).all()) if real_names else {}
-    labelers: dict[int, str] = {}
-    splits: dict[int, str] = {}
+    names = RecordNames(session=session, filters=filters, secret=secret, real_names=real_names)
     with_flags = with_flags or filters.exclude_flagged
     # Two short queries per page (annotations with their prompt; items with their output text)
     # rather than one join: the annotation's columns are not repeated K times per page.
@@ -328,19 +352,13 @@ def iter_records(
             if row is None:
                 continue  # deleted between the two queries (PostgreSQL, read committed)
             user_id, prompt_id, prompt = row[2], row[10], row[11]
-            split = splits.get(prompt_id)
-            if split is None:
-                split = splits[prompt_id] = split_of(
-                    prompt, seed=filters.split_seed, fractions=filters.split_fractions
-                )
+            split = names.split(prompt_id, prompt)
             if filters.split and split != filters.split:
                 continue
             mine = items.get(ann_id, [])
             if filters.exclude_flagged and any(it.flags for it in mine):
                 continue
-            name = labelers.get(user_id)
-            if name is None:
-                name = labelers[user_id] = usernames[user_id] if real_names else pseudonym(user_id, secret)
+            name = names.labeler(user_id)
             yield AnnotationRecord(
                 annotation_id=ann_id,
                 task_id=row[1],

@@ -19,12 +19,10 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.auth.models import User
-from app.exports.service import BATCH_ANNOTATIONS, PAGE_ANNOTATIONS, Counts, ExportError, Filters, pseudonym
+from app.exports.service import BATCH_ANNOTATIONS, PAGE_ANNOTATIONS, Counts, ExportError, Filters, RecordNames
 from app.exports.service import _conditions as annotation_conditions
 from app.labeling.models import Annotation, Demonstration, ReviewStatus, Task
 from app.prompts.models import Prompt, PromptSet, TrainOn
-from app.ranking import split_of
 
 
 def counts_for_training() -> Any:
@@ -91,9 +89,7 @@ def iter_sft_rows(
 ) -> Iterator[list[dict[str, Any]]]:
     """Batches of SFT rows in demonstration order, counted into `counts` (keyset pages)."""
     check_filters(filters)
-    usernames = dict(session.execute(select(User.id, User.username)).all()) if real_names else {}
-    labelers: dict[int, str] = {}
-    splits: dict[int, str] = {}
+    names = RecordNames(session=session, filters=filters, secret=secret, real_names=real_names)
     batch: list[dict[str, Any]] = []
     last = -1
     while True:
@@ -101,16 +97,10 @@ def iter_sft_rows(
         for r in rows:
             (demo_id, reply, edited, draft_used, distance, status) = r[:6]
             (ann_id, task_id, user_id, guideline, created, spent, set_name, prompt_id, text, messages) = r[6:]
-            split = splits.get(prompt_id)
-            if split is None:
-                split = splits[prompt_id] = split_of(
-                    text, seed=filters.split_seed, fractions=filters.split_fractions
-                )
+            split = names.split(prompt_id, text)
             if filters.split and split != filters.split:
                 continue
-            name = labelers.get(user_id)
-            if name is None:
-                name = labelers[user_id] = usernames[user_id] if real_names else pseudonym(user_id, secret)
+            name = names.labeler(user_id)
             final = edited if edited is not None else reply  # Demonstration.final_reply
             batch.append(
                 {
