@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -13,9 +13,20 @@ from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, Engine, Index, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    InstrumentedAttribute,
+    Session,
+    make_transient_to_detached,
+    sessionmaker,
+)
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.types import TypeDecorator
+from starlette.concurrency import run_in_threadpool
+
+_T = TypeVar("_T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -26,10 +37,14 @@ NAMING_CONVENTION = {
 }
 
 
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index over the rows where `where` holds (PostgreSQL and SQLite alike)."""
+    return Index(name, *columns, unique=unique, postgresql_where=text(where), sqlite_where=text(where))
+
+
 def partial_unique(name: str, *columns: str, where: str) -> Index:
-    """A unique index over the rows where `where` holds (PostgreSQL and SQLite alike): at most
-    one such row per value of `columns`."""
-    return Index(name, *columns, unique=True, postgresql_where=text(where), sqlite_where=text(where))
+    """A unique index over the rows where `where` holds: at most one such row per value of `columns`."""
+    return partial_index(name, *columns, where=where, unique=True)
 
 
 Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])
@@ -127,13 +142,24 @@ def cli_sessions() -> sessionmaker[Session]:
     return make_sessionmaker(get_settings().database_url)
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request: committed when the handler returns, rolled back if it raises
-    (a domain error included: app/main.py answers it after this has undone everything)."""
+    (a domain error included: app/main.py answers it after this has undone everything).
+    Async, so that making the session (no I/O) costs no hop to a thread; its end (commit and
+    close) takes one."""
     session: Session = request.app.state.sessionmaker()
+    handled = False
     try:
         yield session
-        session.commit()
+        handled = True
+    finally:
+        await run_in_threadpool(_end, session, handled)
+
+
+def _end(session: Session, commit: bool) -> None:
+    try:
+        if commit:
+            session.commit()
     finally:
         # close() rolls back whatever was not committed; rollback() would also expire the
         # logged-in user that an error page (403 from a role check) still has to show.
@@ -142,6 +168,21 @@ def get_session(request: Request) -> Iterator[Session]:
 
 # scope="function": the commit happens before the response leaves, so nothing acknowledged is lost.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def attach(session: Session, cls: type[_T], values: dict[str, Any]) -> _T:
+    """A row already read (its column values) as a persistent object of this session, without
+    a query and without merge()'s cost: the hot paths read rows as Core and still hand ORM
+    objects on. A copy already in the session is updated and returned instead."""
+    found = session.identity_map.get(identity_key(cls, values["id"]))
+    if isinstance(found, cls):
+        for key, value in values.items():
+            set_committed_value(found, key, value)
+        return found
+    obj = cls(**values)
+    make_transient_to_detached(obj)  # as if loaded: clean, so adding it emits nothing
+    session.add(obj)
+    return obj
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from the database: lost (acknowledged but absent), duplicated, over-assigned —
     python bench/labeling_load.py --labelers 100 --seconds 30   # each pauses ~5 s per task
     python bench/labeling_load.py --labelers 100 --think 0      # no pause between requests: saturation
     python bench/labeling_load.py --labelers 20 --think 0.2 --kill-connections 5   # a failover, 5 times
+    python bench/labeling_load.py --labelers 100 --think 0 --combined   # submit answers with the next task
 
 A 503 (the server's answer when its database is exhausted or reconnecting) is retried after its
 Retry-After, as the labeling page does; it is counted by kind with the other errors.
@@ -175,26 +176,32 @@ async def labeler(
     lat: dict[str, list[float]],
     errors: list[str],
     acked: list[int],
+    combined: bool = False,
 ) -> None:
     h = {"Authorization": f"Bearer {token}"}
     rng = random.Random(token)
     await asyncio.sleep(rng.uniform(0, think))  # labelers do not all start in the same millisecond
+    carried: dict | None = None  # --combined: the next task, carried by the last submission's answer
+    submit_url = "/api/v1/assignments/{}/annotation" + ("?next=true" if combined else "")
     while time.monotonic() < deadline:
-        t0 = time.perf_counter()
-        try:
-            r = await client.get("/api/v1/tasks/next", headers=h)
-        except httpx.HTTPError as e:
-            errors.append(f"next: {type(e).__name__}")
-            continue
-        lat["GET /api/v1/tasks/next"].append((time.perf_counter() - t0) * 1000)
-        if r.status_code == 204:
-            return
-        if r.status_code != 200:
-            errors.append(f"next: {r.status_code} {r.text[:120]}")
-            if r.status_code == 503:
-                await asyncio.sleep(float(r.headers.get("retry-after", "1")) * rng.uniform(0.1, 0.5))
-            continue
-        task = r.json()
+        if carried is not None:
+            task, carried = carried, None
+        else:
+            t0 = time.perf_counter()
+            try:
+                r = await client.get("/api/v1/tasks/next", headers=h)
+            except httpx.HTTPError as e:
+                errors.append(f"next: {type(e).__name__}")
+                continue
+            lat["GET /api/v1/tasks/next"].append((time.perf_counter() - t0) * 1000)
+            if r.status_code == 204:
+                return
+            if r.status_code != 200:
+                errors.append(f"next: {r.status_code} {r.text[:120]}")
+                if r.status_code == 503:
+                    await asyncio.sleep(float(r.headers.get("retry-after", "1")) * rng.uniform(0.1, 0.5))
+                continue
+            task = r.json()
         if think:
             await asyncio.sleep(rng.uniform(0.5 * think, 1.5 * think))
         ids = [c["id"] for c in task["completions"]]
@@ -216,9 +223,7 @@ async def labeler(
         for _attempt in range(30):  # a 503 is safe to retry: submission is idempotent
             t0 = time.perf_counter()
             try:
-                r = await client.post(
-                    f"/api/v1/assignments/{task['assignment_id']}/annotation", headers=h, json=body
-                )
+                r = await client.post(submit_url.format(task["assignment_id"]), headers=h, json=body)
             except httpx.HTTPError as e:
                 errors.append(f"annotation: {type(e).__name__}")
                 break
@@ -231,7 +236,12 @@ async def labeler(
             if r.status_code != 503:
                 errors.append(f"annotation: {r.status_code} {r.text[:120]}")
             continue
-        acked.append(int(r.json()["id"]))
+        answer = r.json()
+        acked.append(int(answer["id"]))
+        if combined:
+            if answer.get("next") is None:
+                return  # nothing left for this labeler
+            carried = answer["next"]
 
 
 def audit(url: str, acked: list[int], overlap: int) -> dict[str, int]:
@@ -307,7 +317,9 @@ async def run(args: argparse.Namespace, base_url: str, tokens: list[str]) -> tup
         await client.get("/healthz")
         start = time.monotonic()
         deadline = start + args.seconds
-        await asyncio.gather(*(labeler(client, t, deadline, args.think, lat, errors, acked) for t in tokens))
+        await asyncio.gather(
+            *(labeler(client, t, deadline, args.think, lat, errors, acked, args.combined) for t in tokens)
+        )
         elapsed = time.monotonic() - start
     return lat, errors, acked, elapsed
 
@@ -340,6 +352,12 @@ def main() -> int:
         default=0,
         metavar="N",
         help="terminate the server's PostgreSQL connections N times, 4 s apart, during the run",
+    )
+    p.add_argument(
+        "--combined",
+        action="store_true",
+        help="submit with ?next=true and take the next task from that answer: one request per task "
+        "(the default is GET next, then POST the annotation: two)",
     )
     args = p.parse_args()
 
@@ -398,6 +416,7 @@ def main() -> int:
         print(
             f"labelers={args.labelers} workers={args.workers} think={args.think}s k={args.k} "
             f"overlap={args.overlap} tasks={args.tasks} elapsed={elapsed:.1f}s"
+            + (" combined (submit carries next)" if args.combined else "")
         )
         for endpoint, values in lat.items():
             print(

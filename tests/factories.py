@@ -249,3 +249,58 @@ def make_prompt_row(prompt_set_id: int, text: str) -> Any:
     return Prompt(
         prompt_set_id=prompt_set_id, messages=messages, text=text, text_hash=conversation_hash(messages)
     )
+
+
+def make_demonstration(
+    session: Session,
+    *,
+    prompt_set: PromptSet,
+    user: User,
+    prompt: str | None = None,
+    messages: list[dict[str, str]] | None = None,
+    reply: str = "A kind reply.",
+    review_status: str = "unreviewed",
+    edited_reply: str | None = None,
+    draft_used: bool = False,
+    edit_distance: int | None = None,
+    skip_reason: str | None = None,
+    task: Task | None = None,
+) -> Annotation:
+    """A labeler's demonstration (or skip) of a demonstration task, as a submission leaves it:
+    a submitted assignment, its annotation and, unless skipped, the Demonstration row."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+    from app.labeling.models import Annotation, Assignment, Demonstration
+
+    if task is None:
+        task = make_task(session, prompt_set=prompt_set, prompt=prompt, messages=messages, completions=["d"])
+    a = Assignment(
+        task_id=task.id,
+        user_id=user.id,
+        state="skipped" if skip_reason else "submitted",
+        display_order=[],
+        lease_expires_at=utcnow() + timedelta(minutes=30),
+        finished_at=utcnow(),
+    )
+    session.add(a)
+    session.flush()
+    ann = Annotation(
+        assignment_id=a.id, task_id=task.id, user_id=user.id, skip_reason=skip_reason, guideline_version=1
+    )
+    session.add(ann)
+    session.flush()
+    if not skip_reason:
+        session.add(
+            Demonstration(
+                annotation_id=ann.id,
+                reply=reply,
+                draft_used=draft_used,
+                edit_distance=edit_distance,
+                review_status=review_status,
+                edited_reply=edited_reply,
+            )
+        )
+        task.label_count += 1
+    session.flush()
+    return ann

@@ -41,6 +41,7 @@ HANDLERS: dict[str, str] = {
     "sample": "trainer.sampling.job:run_job",
     "train_reward": "trainer.reward.job:run_job",
     "train_ppo": "trainer.ppo.job:run_job",
+    "train_sft": "trainer.sft.job:run_job",
     "promote": "trainer.runner:promote_job",
 }
 _loaded: dict[str, Handler] = {}

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.auth import security
 from app.auth import service as auth
@@ -54,16 +56,40 @@ async def submitted_csrf_token(request: Request) -> str | None:
     return None
 
 
-def resolve_principal(request: Request, session: SessionDep) -> Principal | None:
-    """Whose token or cookie this is. A plain `def`: FastAPI runs it in the thread pool, so
-    its database reads never block the event loop."""
+def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise LoginRequired("The Authorization header must be 'Bearer <token>'.")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise LoginRequired("The Authorization header must be 'Bearer <token>'.")
+    return token.strip()
+
+
+def _cached_principal(request: Request, session: Session) -> Principal | None:
+    """The principal from this process's short login cache, without a query; None: not cached."""
+    if (token := _bearer(request)) is not None:
+        user = auth.cached_api_user(session=session, token=token)
+        return Principal(user=user, via="token") if user is not None else None
+    if cookie := request.cookies.get(SESSION_COOKIE):
+        row = auth.cached_session(session=session, token=cookie)
+        return Principal(user=row.user, via="cookie", user_session=row) if row is not None else None
+    return None
+
+
+async def resolve_principal(request: Request, session: SessionDep) -> Principal | None:
+    """Whose token or cookie this is. A login in the short cache is answered here on the event
+    loop (no query, no hop to a thread); a lookup runs in the thread pool, so its database reads
+    never block the event loop."""
+    if (cached := _cached_principal(request, session)) is not None:
+        return cached
+    return await run_in_threadpool(_lookup_principal, request, session)
+
+
+def _lookup_principal(request: Request, session: Session) -> Principal | None:
+    if (token := _bearer(request)) is not None:
         user = auth.user_for_api_token(
-            session=session, token=token.strip(), cache_seconds=request.app.state.settings.auth_cache_seconds
+            session=session, token=token, cache_seconds=request.app.state.settings.auth_cache_seconds
         )
         if user is None:
             raise LoginRequired("This API token is unknown or revoked. Create a new one.")
@@ -114,7 +140,7 @@ def get_optional_principal(request: Request, session: SessionDep) -> Principal |
     must not answer an expired cookie with a redirect to itself); a bad API token still fails.
     Only pages that change nothing use it, so there is no CSRF token to check."""
     try:
-        principal = resolve_principal(request, session)
+        principal = _lookup_principal(request, session)
     except LoginRequired:
         if request.headers.get("authorization"):
             raise

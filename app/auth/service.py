@@ -7,15 +7,15 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import delete, func, inspect, select
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.auth import security
 from app.auth.models import ApiToken, LoginFailure, Role, User, UserSession
-from app.db import utcnow
+from app.db import attach, utcnow
 from app.errors import MAX_NAME, check_text, has_nul
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
@@ -158,7 +158,6 @@ def start_session(*, session: Session, user: User, hours: float) -> tuple[str, U
 _cache: dict[str, tuple[float, dict[str, Any], dict[str, Any] | None]] = {}
 _cache_lock = threading.Lock()
 _CACHE_MAX = 50_000
-_M = TypeVar("_M", User, UserSession)
 
 
 def forget_cached_logins() -> None:
@@ -188,24 +187,28 @@ def _recall(key: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
     return entry[1], entry[2]
 
 
-def _revive(session: Session, cls: type[_M], columns: dict[str, Any]) -> _M:
-    obj = cls(**columns)
-    make_transient_to_detached(obj)  # as if just loaded: clean, so merge() emits no SQL
-    return session.merge(obj, load=False)
+def cached_session(*, session: Session, token: str) -> UserSession | None:
+    """The login of a session cookie from this process's short cache, without a query (so a
+    caller on the event loop may ask); None when it is not cached."""
+    hit = _recall("s" + security.sha256(token))
+    if hit is None:
+        return None
+    user_cols, row_cols = hit
+    if row_cols is None or row_cols["expires_at"] <= utcnow() or not user_cols["is_active"]:
+        return None
+    revived = attach(session, UserSession, row_cols)
+    # The user at hand, not a lazy load (a statement) when the request reads row.user.
+    set_committed_value(revived, "user", attach(session, User, user_cols))
+    return revived
 
 
 def session_for_token(
     *, session: Session, token: str, hours: float, cache_seconds: float = 0.0
 ) -> UserSession | None:
+    if (cached := cached_session(session=session, token=token)) is not None:
+        return cached
     key = security.sha256(token)
     now = utcnow()
-    if (hit := _recall("s" + key)) is not None:
-        user_cols, row_cols = hit
-        if row_cols is not None and row_cols["expires_at"] > now and user_cols["is_active"]:
-            revived = _revive(session, UserSession, row_cols)
-            # The user at hand, not a lazy load (a statement) when the request reads row.user.
-            set_committed_value(revived, "user", _revive(session, User, user_cols))
-            return revived
     row = session.scalar(select(UserSession).where(UserSession.token_hash == key))
     if row is None:
         return None
@@ -248,10 +251,18 @@ def create_token(*, session: Session, user: User, name: str = "api") -> NewToken
     return NewToken(token=raw, row=row)
 
 
+def cached_api_user(*, session: Session, token: str) -> User | None:
+    """An API token's user from this process's short cache, without a query; None when it is
+    not cached."""
+    if (hit := _recall("t" + security.sha256(token))) is not None and hit[0]["is_active"]:
+        return attach(session, User, hit[0])
+    return None
+
+
 def user_for_api_token(*, session: Session, token: str, cache_seconds: float = 0.0) -> User | None:
+    if (cached := cached_api_user(session=session, token=token)) is not None:
+        return cached
     key = security.sha256(token)
-    if (hit := _recall("t" + key)) is not None and hit[0]["is_active"]:
-        return _revive(session, User, hit[0])
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == key))
     if row is None or row.revoked_at is not None or not row.user.is_active:
         return None

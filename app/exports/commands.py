@@ -31,7 +31,9 @@ def _file_type(out: Path, given: str | None) -> str:
 
 
 @click.command()
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(["comparisons", "trl", "rankings", "groups"]))
+@click.argument(
+    "fmt", metavar="FORMAT", type=click.Choice(["comparisons", "trl", "rankings", "groups", "sft"])
+)
 @click.option(
     "--out",
     required=True,
@@ -94,11 +96,14 @@ def export(
 
     \b
     Formats: comparisons (every pair, ties marked), trl (prompt/chosen/rejected),
-    rankings (one row per annotation), groups (one row per task, every ranking).
+    rankings (one row per annotation), groups (one row per task, every ranking),
+    sft (one row per demonstration that counts for training: {"messages": [...,
+    {"role": "assistant", "content": reply}]}, TRL SFTTrainer's conversational shape).
     Examples:
       ranklab export trl --out prefs.jsonl
       ranklab export trl --split train --out train.parquet --conversational
       ranklab export comparisons --set round-2 --min-labels 2 --out pairs.jsonl.gz
+      ranklab export sft --set demos --split train --out sft-train.jsonl
     """
     from app.exports import service
     from app.exports.formats import RowOptions
@@ -149,6 +154,12 @@ def export(
     manifest = ex.manifest(filename=out.name)
     Path(str(out) + ".manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     c = manifest["counts"]
+    if fmt == "sft":
+        click.echo(
+            f"wrote {c['rows']} demonstrations ({c['prompts']} prompts, by split {c['rows_by_split']}) "
+            f"to {out}; sha256 {manifest['sha256'][:12]}…, manifest {out}.manifest.json"
+        )
+        return
     click.echo(
         f"wrote {c['rows']} {fmt} rows ({c['pairs']} pairs, {c['ties']} ties, "
         f"{c['annotations']} annotations, {c['prompts']} prompts) to {out}; "

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from app.ranking import Item, ranking_to_pairs
 
 SCHEMA_VERSION = 1
-FORMATS = ("comparisons", "trl", "rankings", "groups")
+FORMATS = ("comparisons", "trl", "rankings", "groups", "sft")
 FILE_TYPES = ("jsonl", "jsonl.gz", "parquet")
 MEDIA_TYPES = {
     "jsonl": "application/x-ndjson",
@@ -309,6 +309,26 @@ def schema_for(fmt: str, opts: RowOptions) -> pa.Schema:
                 ("split", s),
                 ("completions", pa.list_(comp)),
                 ("rankings", pa.list_(ranking)),
+            ]
+        )
+    if fmt == "sft":  # app/exports/sft.py writes these rows
+        return pa.schema(
+            [
+                ("messages", _MSG),
+                ("prompt_set", s),
+                ("prompt_id", i64),
+                ("task_id", i64),
+                ("annotation_id", i64),
+                ("demonstration_id", i64),
+                ("split", s),
+                ("labeler", s),
+                ("guideline_version", i32),
+                ("created_at", s),
+                ("time_spent_ms", i64),
+                ("draft_used", pa.bool_()),
+                ("edit_distance", i32),
+                ("review_status", s),
+                ("edited_by_reviewer", pa.bool_()),
             ]
         )
     raise ValueError(f"format: one of {', '.join(FORMATS)}, not {fmt!r}")

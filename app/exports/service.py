@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
@@ -286,6 +287,32 @@ class Counts:
         }
 
 
+class RecordNames:
+    """What an export computes once per prompt and per labeler: the prompt's split (by its text)
+    and the labeler's name in the file (a pseudonym, or the username with real_names)."""
+
+    def __init__(self, *, session: Session, filters: Filters, secret: str, real_names: bool) -> None:
+        self.filters, self.secret, self.real_names = filters, secret, real_names
+        self.usernames = dict(session.execute(select(User.id, User.username)).all()) if real_names else {}
+        self.splits: dict[int, str] = {}
+        self.labelers: dict[int, str] = {}
+
+    def split(self, prompt_id: int, prompt: str) -> str:
+        found = self.splits.get(prompt_id)
+        if found is None:
+            f = self.filters
+            found = self.splits[prompt_id] = split_of(prompt, seed=f.split_seed, fractions=f.split_fractions)
+        return found
+
+    def labeler(self, user_id: int) -> str:
+        found = self.labelers.get(user_id)
+        if found is None:
+            found = self.labelers[user_id] = (
+                self.usernames[user_id] if self.real_names else pseudonym(user_id, self.secret)
+            )
+        return found
+
+
 def iter_records(
     *,
     session: Session,
@@ -298,9 +325,7 @@ def iter_records(
     """Annotations one at a time (items in completion order), filtered, with their split."""
     set_names = dict(session.execute(select(PromptSet.id, PromptSet.name)).all())
     policy_names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
-    usernames = dict(session.execute(select(User.id, User.username)).all()) if real_names else {}
-    labelers: dict[int, str] = {}
-    splits: dict[int, str] = {}
+    names = RecordNames(session=session, filters=filters, secret=secret, real_names=real_names)
     with_flags = with_flags or filters.exclude_flagged
     # Two short queries per page (annotations with their prompt; items with their output text)
     # rather than one join: the annotation's columns are not repeated K times per page.
@@ -325,19 +350,13 @@ def iter_records(
             if row is None:
                 continue  # deleted between the two queries (PostgreSQL, read committed)
             user_id, prompt_id, prompt = row[2], row[10], row[11]
-            split = splits.get(prompt_id)
-            if split is None:
-                split = splits[prompt_id] = split_of(
-                    prompt, seed=filters.split_seed, fractions=filters.split_fractions
-                )
+            split = names.split(prompt_id, prompt)
             if filters.split and split != filters.split:
                 continue
             mine = items.get(ann_id, [])
             if filters.exclude_flagged and any(it.flags for it in mine):
                 continue
-            name = labelers.get(user_id)
-            if name is None:
-                name = labelers[user_id] = usernames[user_id] if real_names else pseudonym(user_id, secret)
+            name = names.labeler(user_id)
             yield AnnotationRecord(
                 annotation_id=ann_id,
                 task_id=row[1],
@@ -374,6 +393,18 @@ def iter_rows(
     if fmt not in formats.FORMATS:
         raise ExportError("format", f"one of {', '.join(formats.FORMATS)}, not {fmt!r}")
     counts = counts if counts is not None else Counts()
+    if fmt == "sft":  # demonstrations, not annotations with items: their own query
+        from app.exports.sft import iter_sft_rows
+
+        yield from iter_sft_rows(
+            session=session,
+            filters=filters,
+            secret=secret,
+            real_names=real_names,
+            counts=counts,
+            batch_size=batch_annotations,
+        )
+        return
     records = iter_records(
         session=session,
         filters=filters,
@@ -518,6 +549,10 @@ def export(
         raise ExportError("file", f"one of {', '.join(formats.FILE_TYPES)}, not {file_type!r}")
     if filters.split is not None and filters.split not in SPLITS:
         raise ExportError("split", f"one of {', '.join(SPLITS)}, not {filters.split!r}")
+    if fmt == "sft":
+        from app.exports.sft import check_filters
+
+        check_filters(filters)
     problem = split_fractions_error(filters.split_fractions)
     if problem:
         # Checked here, not mid-stream: a bad one would fail after the first bytes had left.
@@ -551,6 +586,38 @@ def export(
         stream=HashingStream(chunks()),
         started_at=utcnow(),
     )
+
+
+def training_rows(
+    *, sessions: Callable[[], Session], params: Mapping[str, Any], fmt: str, secret: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What a training job reads: the `fmt` export (JSON Lines) of the filters in `params` (see
+    filters_from_params), parsed back row by row, and its manifest, whose sha256 is that of
+    `ranklab export FMT --out FILE.jsonl` with the same filters. `secret` names labelers as the
+    export does (it is hashed into the rows, so it must be the export's for the sha256 to agree)."""
+    with sessions() as session:
+        filters = filters_from_params(session=session, params=params, secret=secret)
+    ex = export(
+        session_factory=sessions,
+        fmt=fmt,
+        file_type="jsonl",
+        filters=filters,
+        opts=RowOptions(),
+        secret=secret,
+    )
+    rows = list(_json_lines(ex.stream))
+    return rows, ex.manifest()
+
+
+def _json_lines(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    rest = b""
+    for chunk in chunks:
+        *lines, rest = (rest + chunk).split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield orjson.loads(line)
+    if rest.strip():
+        yield orjson.loads(rest)
 
 
 def _snapshot(session: Session) -> None:

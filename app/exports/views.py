@@ -172,7 +172,7 @@ def exports_page(request: Request, user: CurrentResearcher, session: SessionDep)
     return render(request, "exports/index.html", filter_choices(session))
 
 
-Format = Annotated[str, Query(alias="format", description="comparisons, trl, rankings or groups")]
+Format = Annotated[str, Query(alias="format", description="comparisons, trl, rankings, groups or sft")]
 
 
 @router.get("/exports/download")
@@ -200,7 +200,8 @@ def exports_manifest(
 def api_export(
     fmt: str, request: Request, user: CurrentResearcher, session: SessionDep, q: ExportQueryDep
 ) -> Response:
-    """Formats: comparisons, trl, rankings, groups; the query parameters filter the records
+    """Formats: comparisons, trl, rankings, groups, sft (demonstrations that count for training,
+    `{"messages": [..., {"role": "assistant", ...}]}`); the query parameters filter the records
     (the same filters as `ranklab export` and the training runs)."""
     return _stream(request, q, fmt, user, session, f"/api/v1/exports/{fmt}/manifest")
 

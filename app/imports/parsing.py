@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -296,17 +297,28 @@ def parse_ranking(line: int, obj: dict[str, Any], errors: list[RowError]) -> Uni
 PARSERS = {"hh": parse_hh, "trl": parse_trl, "rankings": parse_ranking}
 
 
-def parse(data: bytes, filename: str, *, kind: str = "auto") -> tuple[str, list[Unit], list[RowError], int]:
-    """Every row checked: (kind, good units, errors, rows read)."""
+def parse_with(
+    data: bytes,
+    filename: str,
+    *,
+    kind: str,
+    detect: Callable[[list[tuple[int, Any]]], str],
+    parsers: Mapping[str, Callable[[int, dict[str, Any], list[RowError]], Any]],
+) -> tuple[str, list[Any], list[RowError], int]:
+    """Every row of the file through the parser of its kind (`detect`ed when "auto"): (kind,
+    what the parser made of the good rows, every row's errors, rows read). The file as a whole,
+    a row that is not a JSON object and a NUL character are refused here for every kind."""
     rows = read_rows(data, filename)
     if not rows:
         raise ImportRefused([RowError(0, "file", "is empty")], 1)
     if kind == "auto":
-        kind = detect_kind(rows)
-    if kind not in PARSERS:
-        raise ImportRefused([RowError(0, "format", f"one of {', '.join(KINDS)}, not {kind!r}")], 1)
-    parser = PARSERS[kind]
-    units: list[Unit] = []
+        kind = detect(rows)
+    if kind not in parsers:
+        raise ImportRefused(
+            [RowError(0, "format", f"one of {', '.join(['auto', *parsers])}, not {kind!r}")], 1
+        )
+    parser = parsers[kind]
+    good: list[Any] = []
     errors: list[RowError] = []
     for line, obj in rows:
         if isinstance(obj, Exception):
@@ -315,13 +327,19 @@ def parse(data: bytes, filename: str, *, kind: str = "auto") -> tuple[str, list[
             errors.append(RowError(line, "row", "must be a JSON object"))
         elif (where := _nul_at(obj)) is not None:
             errors.append(RowError(line, where, "contains a NUL character (\\u0000); remove it"))
-        elif (unit := parser(line, obj, errors)) is not None:
-            units.append(unit)
+        elif (made := parser(line, obj, errors)) is not None:
+            good.append(made)
+    return kind, good, errors, len(rows)
+
+
+def parse(data: bytes, filename: str, *, kind: str = "auto") -> tuple[str, list[Unit], list[RowError], int]:
+    """Every row checked: (kind, good units, errors, rows read)."""
+    kind, units, errors, total = parse_with(data, filename, kind=kind, detect=detect_kind, parsers=PARSERS)
     if kind == "rankings":
         _check_groups(units, errors)
         bad = {e.line for e in errors}
         units = [u for u in units if u.line not in bad]
-    return kind, units, errors, len(rows)
+    return kind, units, errors, total
 
 
 def _nul_at(value: Any, where: str = "") -> str | None:
@@ -355,7 +373,7 @@ def _check_groups(units: list[Unit], errors: list[RowError]) -> None:
 
 
 def refuse_unless_usable(
-    units: list[Unit], errors: list[RowError], total: int, *, skip_invalid: bool
+    units: Sequence[Any], errors: list[RowError], total: int, *, skip_invalid: bool
 ) -> None:
     """ImportRefused when a row is invalid (unless skip_invalid) or no row is valid."""
     if errors and not skip_invalid:

@@ -1,17 +1,18 @@
 """Demonstration tasks: the labeler writes the ideal assistant reply (InstructGPT step 1).
 
-Taking, leasing, skipping and the idempotent finish are service.py's, for both task kinds; this
-module adds what a written reply needs: its checks (not empty, within the token limit after the
-chat template, the draft one of the task's own), the Demonstration row beside the annotation,
-and the edit distance from the draft it started from. A submission is four statements: the
-assignment marked submitted (reading the conversation and the policy folder on the way), the
-annotation, the demonstration, the task's label count.
+Taking, leasing and skipping (claim.py, submit.py) and the idempotent finish (finish.py's
+`complete`) serve both task kinds; this module adds what a written reply needs: its checks (not
+empty, within the token limit after the chat template, the draft one of the task's own), the
+Demonstration row beside the annotation, and the edit distance from the draft it started from.
+A submission is four statements: the assignment marked submitted (reading the conversation and
+the policy folder on the way), the annotation, the demonstration, the task's label count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import literal_column, select
@@ -20,10 +21,18 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app import chat
 from app.db import utcnow
-from app.errors import MAX_ROW_ID
-from app.labeling import service as labeling
-from app.labeling.models import Annotation, AssignmentState, Completion, Demonstration
-from app.labeling.service import SubmissionInvalid
+from app.labeling.finish import (
+    Finished,
+    SubmissionInvalid,
+    already_finished,
+    check_notes,
+    complete,
+    count_label,
+    honour_lease,
+    insert_row,
+    store_annotation,
+)
+from app.labeling.models import Annotation, AssignmentState, Completion, Demonstration, ReviewStatus
 from app.prompts import service as prompts
 from app.prompts.models import Prompt, SetKind
 
@@ -79,7 +88,7 @@ def token_limit(max_tokens: int, policy_path: str | None) -> int:
     return min(max_tokens, positions) if positions else max_tokens
 
 
-# RETURNING columns of the submission's first statement (service._finish): the conversation, the
+# RETURNING columns of the submission's first statement (finish.finish): the conversation, the
 # set's policy folder and the task's draft, so checking a reply needs no statement of its own.
 _OF_TASK = "FROM task t JOIN prompt p ON p.id = t.prompt_id WHERE t.id = assignment.task_id"
 _DRAFT = "FROM completion c WHERE c.task_id = assignment.task_id ORDER BY c.id LIMIT 1"
@@ -111,33 +120,32 @@ def submit_by_id(
     the field after the first statement was put back: nothing changed."""
     now = now or utcnow()
     clean = check_reply(reply)
-    notes = labeling._check_notes(notes)
+    notes = check_notes(notes)
     if draft_completion_id is not None and (
         isinstance(draft_completion_id, bool) or not isinstance(draft_completion_id, int)
     ):
         raise SubmissionInvalid("draft_completion_id", "a completion id (a whole number) or null")
-    if not 0 < assignment_id <= MAX_ROW_ID:
-        return None
-    claim = labeling._finish(session, assignment_id, user_id, AssignmentState.submitted, now, _EXTRA)
-    if claim is None:
-        done = labeling._already_finished(session, assignment_id, user_id)
-        return None if done is None else outcome(session=session, annotation=done)
-    with labeling.undone_if_refused(session, claim):
-        return _store(
-            session,
-            claim,
-            reply=clean,
-            draft_completion_id=draft_completion_id,
-            notes=notes,
-            time_spent_ms=time_spent_ms,
-            max_tokens=max_tokens,
-            now=now,
-        )
+    store = partial(
+        _store,
+        session,
+        reply=clean,
+        draft_completion_id=draft_completion_id,
+        notes=notes,
+        time_spent_ms=time_spent_ms,
+        max_tokens=max_tokens,
+        now=now,
+    )
+    return complete(session, assignment_id, user_id, AssignmentState.submitted, now, store, _replay, _EXTRA)
+
+
+def _replay(session: Session, assignment_id: int, user_id: int) -> Written | None:
+    done = already_finished(session, assignment_id, user_id)
+    return None if done is None else outcome(session=session, annotation=done)
 
 
 def _store(
     session: Session,
-    claim: labeling._Claim,
+    done: Finished,
     *,
     reply: str,
     draft_completion_id: int | None,
@@ -146,9 +154,9 @@ def _store(
     max_tokens: int,
     now: datetime,
 ) -> Written:
-    if claim.kind != SetKind.demonstration:
+    if done.kind != SetKind.demonstration:
         raise SubmissionInvalid("kind", "this is a ranking task: rank its outputs (POST .../annotation)")
-    messages, policy_path, draft_id, draft_text = claim.extra
+    messages, policy_path, draft_id, draft_text = done.extra
     if draft_completion_id is not None and draft_completion_id != draft_id:
         raise SubmissionInvalid(
             "draft_completion_id", f"completion {draft_completion_id} is not this task's draft"
@@ -161,23 +169,27 @@ def _store(
             f"the conversation with this reply is {count} tokens after the chat template; at most {limit}: "
             "shorten the reply",
         )
-    labeling._check_lease(session, claim, now)
-    labeling._late(session, claim, now)
-    annotation = labeling._annotation(claim, notes=notes, time_spent_ms=time_spent_ms, now=now)
-    session.add(annotation)
-    session.flush()
-    set_committed_value(annotation, "items", [])
-    demo = Demonstration(
-        annotation_id=annotation.id,
-        reply=reply,
-        draft_used=draft_completion_id is not None,
-        draft_completion_id=draft_completion_id,
-        edit_distance=levenshtein(draft_text, reply) if draft_completion_id is not None else None,
-        token_count=count,
+    honour_lease(session, done, now)
+    annotation = store_annotation(session, done, notes=notes, time_spent_ms=time_spent_ms, now=now)
+    demo = insert_row(
+        session,
+        Demonstration,
+        {
+            "annotation_id": annotation.id,
+            "reply": reply,
+            "draft_used": draft_completion_id is not None,
+            "draft_completion_id": draft_completion_id,
+            "edit_distance": levenshtein(draft_text, reply) if draft_completion_id is not None else None,
+            "token_count": count,
+            "review_status": ReviewStatus.unreviewed.value,
+            "review_reason": None,
+            "edited_reply": None,
+            "reviewed_by_id": None,
+            "reviewed_at": None,
+        },
     )
-    session.add(demo)
-    session.flush()
-    labeling.count_label(session, claim)
+    set_committed_value(demo, "annotation", annotation)
+    count_label(session, done)
     return Written(annotation, demo)
 
 

@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.errors import check_text
+from app.labeling.finish import SubmissionInvalid
 from app.labeling.models import Guideline
-from app.labeling.service import SubmissionInvalid
 
 
 def latest_guideline(*, session: Session) -> Guideline | None:

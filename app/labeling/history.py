@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.labeling.models import Annotation, Demonstration, Task
-from app.labeling.service import letter
+from app.labeling.task_view import letter
 from app.prompts import proposals
 from app.prompts.models import Prompt
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base, partial_unique, utcnow
+from app.db import Base, partial_index, partial_unique, utcnow
 
 
 class Guideline(Base):
@@ -36,6 +36,8 @@ class Task(Base):
         # A sampling job claimed again never gives a prompt a second set of completions.
         UniqueConstraint("prompt_id", "sampling_job_id"),
         Index("ix_task_prompt_set_id_status", "prompt_set_id", "status"),
+        # The queue: open tasks in id order, so taking the next one stops at the first with room.
+        partial_index("ix_task_open", "id", where="status = 'open'"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -83,11 +85,17 @@ class Assignment(Base):
         UniqueConstraint("task_id", "user_id"),
         # One active assignment per labeler: what keeps two tabs from taking two tasks at once.
         partial_unique("uq_assignment_user_id_active", "user_id", where="state = 'active'"),
+        # A labeler's history in task order: "not had by this labeler" is a merge with the queue.
+        Index("ix_assignment_user_id_task_id", "user_id", "task_id"),
+        # A task's live leases, counted by each claim: an index-only scan.
+        partial_index(
+            "ix_assignment_task_id_active", "task_id", "lease_expires_at", where="state = 'active'"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
     state: Mapped[str] = mapped_column(String(16), default=AssignmentState.active)
     display_order: Mapped[list[Any]] = mapped_column(default=list)  # completion ids as shown, A first
     lease_expires_at: Mapped[datetime]

@@ -149,6 +149,11 @@ class AnnotationOut(BaseModel):
     guideline_version: int | None
     inconsistency_confirmed: bool
     created_at: datetime
+    next: TaskOut | None = Field(
+        None,
+        description="With `?next=true`: your next task (as GET /tasks/next answers; null when none "
+        "is left), so that labeling takes one round trip per task.",
+    )
 
 
 class DemonstrationIn(BaseModel):

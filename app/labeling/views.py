@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
@@ -295,9 +295,14 @@ def guidelines_save(
 )
 def api_next_task(request: Request, session: SessionDep, user: CurrentLabeler) -> Any:
     """Take the next task (or get back the one you hold): an assignment with a lease."""
+    task = _next_task_out(request, session, user)
+    return task if task is not None else Response(status_code=204)
+
+
+def _next_task_out(request: Request, session: Session, user: User) -> TaskOut | None:
     assignment = labeling.next_assignment(session=session, user=user, lease_minutes=_lease_minutes(request))
     if assignment is None:
-        return Response(status_code=204)
+        return None
     view = labeling.task_view(session=session, assignment=assignment)
     demonstration = view.kind == SetKind.demonstration
     draft = view.completions[0] if demonstration and view.completions else None
@@ -345,8 +350,16 @@ def _annotation_out(a: Annotation) -> AnnotationOut:
     response_model=AnnotationOut,
     responses=SUBMIT_RESPONSES,
 )
-def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: Id, body: AnnotationIn) -> Any:
-    """Submit a ranking or a skip. Submitting again returns the first annotation unchanged."""
+def api_submit(
+    request: Request,
+    session: SessionDep,
+    user: CurrentLabeler,
+    assignment_id: Id,
+    body: AnnotationIn,
+    want_next: Annotated[bool, Query(alias="next")] = False,
+) -> Any:
+    """Submit a ranking or a skip. Submitting again returns the first annotation unchanged.
+    `?next=true`: the answer carries your next task too (`next`), one round trip per task."""
     if body.skip is not None:
         if body.ranks or body.ratings or body.flags:
             raise labeling.SubmissionInvalid("skip", "a skip carries no ranks, ratings or flags")
@@ -370,7 +383,13 @@ def api_submit(session: SessionDep, user: CurrentLabeler, assignment_id: Id, bod
     )
     if a is None:
         raise NotFound("No such assignment of yours.")
-    return _annotation_out(a)
+    out = _annotation_out(a)
+    if want_next:
+        # The submission is kept whatever taking the next task does: its rare path rolls the
+        # transaction back to give a task's lock back, which must not take the annotation too.
+        session.commit()
+        out.next = _next_task_out(request, session, user)
+    return out
 
 
 @api.post(

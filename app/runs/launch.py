@@ -1,5 +1,6 @@
-"""Starting training runs: the "Train reward model" form (GET/POST /runs/new/reward) and the JSON
-API (POST /api/v1/jobs/train_reward, POST /api/v1/jobs/train_ppo). Researchers and admins.
+"""Starting training runs: the "Train reward model" and "Train policy on demonstrations (SFT)" forms
+(GET/POST /runs/new/reward, /runs/new/sft) and the JSON API (POST /api/v1/jobs/train_reward,
+train_ppo, train_sft). Researchers and admins.
 
 The form's fields, the API's schema and both validations come from the job's parameter definition
 (app/runs/params); the database checks and the enqueue from app/runs/launch_service.py. No torch
@@ -21,7 +22,7 @@ from app.db import SessionDep
 from app.prompts.models import PromptSet
 from app.runs import dashboard, launch_service, models_service
 from app.runs.models import ModelKind
-from app.runs.params import TRAIN_PPO, TRAIN_REWARD, JobSpec, ParamsError, form_values, from_form
+from app.runs.params import TRAIN_PPO, TRAIN_REWARD, TRAIN_SFT, JobSpec, ParamsError, form_values, from_form
 from app.runs.schemas import JobOut
 from app.runs.views import job_out
 from app.web import FormDep, render
@@ -49,14 +50,29 @@ def start(
     )
 
 
-def _context(session: Session, values: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+def _context(
+    session: Session, values: dict[str, Any], errors: list[str], spec: JobSpec = TRAIN_REWARD
+) -> dict[str, Any]:
     return {
-        "spec": TRAIN_REWARD,
+        "spec": spec,
         "sets": list(session.scalars(select(PromptSet.name).order_by(PromptSet.name))),
         "policy": models_service.active(session=session, kind=ModelKind.policy),
-        "values": form_values(TRAIN_REWARD, values),
+        "reward": models_service.active(session=session, kind=ModelKind.reward),
+        "values": form_values(spec, values),
         "errors": errors,
     }
+
+
+def _start_form(
+    request: Request, session: Session, user: Any, form: Any, spec: JobSpec, page: str
+) -> Response:
+    """A form's params → a queued job and its run page, or the form again with every error."""
+    params, errors = from_form(spec, form)
+    try:
+        job = start(request, session, user, spec.kind, params, errors)
+    except ParamsError as exc:
+        return render(request, page, _context(session, params, exc.errors, spec), status_code=422)
+    return RedirectResponse(f"/runs/{job.id}", status_code=303)
 
 
 @router.get("/runs/new/reward", response_class=HTMLResponse)
@@ -66,12 +82,17 @@ def new_reward_page(request: Request, session: SessionDep, user: CurrentResearch
 
 @router.post("/runs/new/reward")
 def new_reward(request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep) -> Response:
-    params, errors = from_form(TRAIN_REWARD, form)
-    try:
-        job = start(request, session, user, "train_reward", params, errors)
-    except ParamsError as exc:
-        return render(request, "runs/new_reward.html", _context(session, params, exc.errors), status_code=422)
-    return RedirectResponse(f"/runs/{job.id}", status_code=303)
+    return _start_form(request, session, user, form, TRAIN_REWARD, "runs/new_reward.html")
+
+
+@router.get("/runs/new/sft", response_class=HTMLResponse)
+def new_sft_page(request: Request, session: SessionDep, user: CurrentResearcher) -> Response:
+    return render(request, "runs/new_sft.html", _context(session, {}, [], TRAIN_SFT))
+
+
+@router.post("/runs/new/sft")
+def new_sft(request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep) -> Response:
+    return _start_form(request, session, user, form, TRAIN_SFT, "runs/new_sft.html")
 
 
 # --- JSON API -------------------------------------------------------------------------------
@@ -80,6 +101,7 @@ def new_reward(request: Request, session: SessionDep, user: CurrentResearcher, f
 # range, default and help.
 TrainRewardIn = TRAIN_REWARD.model
 TrainPPOIn = TRAIN_PPO.model
+TrainSFTIn = TRAIN_SFT.model
 
 
 def _start_api(request: Request, session: Session, user: Any, spec: JobSpec, body: BaseModel) -> JobOut:
@@ -117,3 +139,16 @@ def train_ppo_api(
     `reward_version_id`). A pretraining file for PPO-ptx can be given only on the form or the
     CLI; here ptx_coef > 0 trains on the chosen completions of the labeled data."""
     return _start_api(request, session, user, TRAIN_PPO, body)
+
+
+@router.post("/api/v1/jobs/train_sft", response_model=JobOut, status_code=201)
+def train_sft_api(
+    request: Request,
+    session: SessionDep,
+    user: CurrentResearcher,
+    body: TrainSFTIn,  # type: ignore[valid-type]
+) -> JobOut:
+    """Queue an SFT run: the demonstrations that count (`GET /api/v1/exports/sft` with the same
+    sets) fine-tune the active policy, or `base_model`, into a new policy version, inactive
+    until promoted."""
+    return _start_api(request, session, user, TRAIN_SFT, body)

@@ -1,7 +1,7 @@
 """The "Train policy (PPO)" form and the "Start next round" button. Researchers and admins.
 
 GET/POST /runs/new/ppo → a `train_ppo` job, then its run page.
-GET /runs/new/round shows what a round does; POST /runs/round queues the chain
+GET /runs/new/round shows what a round does; POST /runs/round queues the chain [train_sft →]
 train_reward → train_ppo → promote → sample (app/runs/round_service.py) and opens its first step.
 Both forms are made from the parameter definitions (app/runs/params). No torch here: the worker trains.
 """
@@ -115,6 +115,7 @@ def start_round(request: Request, session: SessionDep, user: CurrentResearcher, 
                 created_by_id=user.id,
                 ppo_params={k: v for k, v in params.items() if k in TRAIN_PPO and k != "sets"},
                 max_attempts=request.app.state.settings.job_max_attempts,
+                sft=bool(params.get("sft")),
             )
         except RoundError as exc:
             errors.append(str(exc))
@@ -122,4 +123,4 @@ def start_round(request: Request, session: SessionDep, user: CurrentResearcher, 
         return render(
             request, "runs/new_round.html", _context(session, ROUND, params, errors), status_code=422
         )
-    return RedirectResponse(f"/runs/{rnd.reward_job.id}", status_code=303)
+    return RedirectResponse(f"/runs/{rnd.jobs[0].id}", status_code=303)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.errors import MAX_ROW_ID
 from app.prompts.models import PromptSet
 from app.runs import models_service as registry
 from app.runs import service as jobs
@@ -42,7 +43,17 @@ def ppo_errors(*, session: Session, params: dict[str, Any]) -> list[str]:
     return errors
 
 
-CHECKS = {"train_reward": reward_errors, "train_ppo": ppo_errors}
+def sft_errors(*, session: Session, params: dict[str, Any]) -> list[str]:
+    errors = unknown_sets(session=session, names=params.get("sets") or [])
+    base = str(params.get("base_model") or "").strip()
+    if base.isdigit():
+        model = session.get(ModelVersion, int(base)) if int(base) <= MAX_ROW_ID else None
+        if model is None or model.kind != ModelKind.policy:
+            errors.append(f"base_model: no policy version {base}")
+    return errors
+
+
+CHECKS = {"train_reward": reward_errors, "train_ppo": ppo_errors, "train_sft": sft_errors}
 
 
 def start(

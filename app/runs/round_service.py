@@ -1,4 +1,6 @@
-"""The round, its database side: reward model on all data → PPO → promote → resample.
+"""The round, its database side: reward model on all data → PPO → promote → resample; with
+`sft` and demonstrations newer than the last SFT policy, SFT on them first (InstructGPT step 1),
+whose policy is PPO's start and KL reference.
 
 `enqueue_round` writes the whole chain at once (Job.after_id links each step to the one before),
 so the dashboard shows every step from the start, and a failed step stops the rest
@@ -20,7 +22,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.prompts.models import Prompt, PromptSet, SetStatus
+from app.exports.sft import counts_for_training
+from app.labeling.models import Annotation, Demonstration, Task
+from app.prompts.models import Prompt, PromptSet, SetKind, SetStatus
 from app.runs import models_service as registry
 from app.runs import service as jobs
 from app.runs.models import Job, JobStatus, ModelKind, ModelVersion
@@ -37,14 +41,44 @@ class Round:
     promote_job: Job
     sample_jobs: list[Job]
     new_sets: list[PromptSet]
+    sft_job: Job | None = None
 
     @property
     def jobs(self) -> list[Job]:
-        return [self.reward_job, self.ppo_job, self.promote_job, *self.sample_jobs]
+        first = [self.sft_job] if self.sft_job is not None else []
+        return [*first, self.reward_job, self.ppo_job, self.promote_job, *self.sample_jobs]
+
+
+def last_sft_policy(*, session: Session) -> ModelVersion | None:
+    """The newest policy version a train_sft job made."""
+    return session.scalar(
+        select(ModelVersion)
+        .join(Job, Job.id == ModelVersion.job_id)
+        .where(ModelVersion.kind == ModelKind.policy, Job.kind == "train_sft")
+        .order_by(ModelVersion.id.desc())
+        .limit(1)
+    )
+
+
+def new_demonstrations(*, session: Session) -> int:
+    """Demonstrations that count for training written after the last SFT policy was made (all
+    of them when there is none)."""
+    last = last_sft_policy(session=session)
+    q = (
+        select(func.count())
+        .select_from(Demonstration)
+        .join(Annotation, Annotation.id == Demonstration.annotation_id)
+        .join(Task, Task.id == Annotation.task_id)
+        .join(PromptSet, PromptSet.id == Task.prompt_set_id)
+        .where(counts_for_training())
+    )
+    if last is not None:
+        q = q.where(Annotation.created_at > last.created_at)
+    return session.scalar(q) or 0
 
 
 def round_sets(*, session: Session, names: list[str] | None = None) -> list[PromptSet]:
-    """The sets a round resamples: those named, or every active set."""
+    """The sets a round resamples: those named, or every active ranking set."""
     if names:
         found = {ps.name: ps for ps in session.scalars(select(PromptSet).where(PromptSet.name.in_(names)))}
         missing = [n for n in names if n not in found]
@@ -52,7 +86,11 @@ def round_sets(*, session: Session, names: list[str] | None = None) -> list[Prom
             raise RoundError(f"no prompt set named {', '.join(repr(m) for m in missing)}")
         return [found[n] for n in names]
     return list(
-        session.scalars(select(PromptSet).where(PromptSet.status == SetStatus.active).order_by(PromptSet.id))
+        session.scalars(
+            select(PromptSet)
+            .where(PromptSet.status == SetStatus.active, PromptSet.kind != SetKind.demonstration)
+            .order_by(PromptSet.id)
+        )
     )
 
 
@@ -110,8 +148,12 @@ def enqueue_round(
     reward_params: dict[str, Any] | None = None,
     ppo_params: dict[str, Any] | None = None,
     max_attempts: int = 3,
+    sft: bool = False,
+    sft_params: dict[str, Any] | None = None,
 ) -> Round:
-    """Queue train_reward (all data) → train_ppo (the sets' prompts) → promote → sample per set."""
+    """Queue train_reward (all data) → train_ppo (the sets' prompts) → promote → sample per set;
+    with `sft` and new demonstrations (new_demonstrations), train_sft (every demonstration that
+    counts) first: the reward model waits for it and PPO starts from its policy."""
     chosen = round_sets(session=session, names=sets)
     if not chosen:
         raise RoundError("no prompt sets to resample: upload one, or name sets explicitly")
@@ -123,17 +165,28 @@ def enqueue_round(
     ]
     if empty:
         raise RoundError(f"prompt set(s) without prompts: {', '.join(empty)}")
+    sft_job = None
+    if sft and new_demonstrations(session=session):
+        sft_job = jobs.enqueue(
+            session=session,
+            kind="train_sft",
+            params={},
+            created_by_id=created_by_id,
+            max_attempts=max_attempts,
+        )
     reward = jobs.enqueue(
         session=session,
         kind="train_reward",
         params=dict(reward_params or {}),
         created_by_id=created_by_id,
+        after=sft_job,
         max_attempts=max_attempts,
     )
+    start = {"policy_from_job": sft_job.id} if sft_job is not None else {}
     ppo = jobs.enqueue(
         session=session,
         kind="train_ppo",
-        params={**(ppo_params or {}), "sets": names, "reward_from_job": reward.id},
+        params={**(ppo_params or {}), **start, "sets": names, "reward_from_job": reward.id},
         created_by_id=created_by_id,
         after=reward,
         max_attempts=max_attempts,
@@ -166,10 +219,17 @@ def enqueue_round(
     for c, job in zip(copies, samples, strict=True):
         c.report = {**c.report, "job_id": job.id}  # the set page links its sampling job
     session.flush()
-    return Round(reward_job=reward, ppo_job=ppo, promote_job=promote, sample_jobs=samples, new_sets=copies)
+    return Round(
+        reward_job=reward,
+        ppo_job=ppo,
+        promote_job=promote,
+        sample_jobs=samples,
+        new_sets=copies,
+        sft_job=sft_job,
+    )
 
 
-def _made_by(session: Session, kind: str, job_id: int) -> ModelVersion:
+def made_by(session: Session, kind: str, job_id: int) -> ModelVersion:
     mv = session.scalar(select(ModelVersion).where(ModelVersion.kind == kind, ModelVersion.job_id == job_id))
     if mv is None:
         raise ValueError(f"job {job_id} registered no {kind} model")
@@ -181,7 +241,7 @@ def promote(*, session: Session, params: dict[str, Any], job_id: int | None = No
     if params.get("model_version_id"):
         policy = registry.get_model(session=session, model_id=int(params["model_version_id"]))
     elif params.get("policy_from_job"):
-        policy = _made_by(session, ModelKind.policy, int(params["policy_from_job"]))
+        policy = made_by(session, ModelKind.policy, int(params["policy_from_job"]))
     else:
         raise ValueError("promote needs model_version_id or policy_from_job")
     old = registry.active(session=session, kind=ModelKind.policy)
@@ -189,7 +249,7 @@ def promote(*, session: Session, params: dict[str, Any], job_id: int | None = No
     registry.promote_policy(session=session, model=policy)
     out: dict[str, Any] = {"policy_version_id": policy.id, "previous_policy_id": old_id}
     if params.get("reward_from_job"):
-        reward = _made_by(session, ModelKind.reward, int(params["reward_from_job"]))
+        reward = made_by(session, ModelKind.reward, int(params["reward_from_job"]))
         registry.activate_reward(session=session, model=reward)
         out["reward_version_id"] = reward.id
     mix = bool(params.get("mix")) and old_id is not None

@@ -17,13 +17,14 @@ from app.commands import group
 from app.config import get_settings
 from app.runs import inline
 from app.runs import service as jobs
-from app.runs.params import ROUND, TRAIN_PPO, TRAIN_REWARD, click_options, from_cli
+from app.runs.params import ROUND, TRAIN_PPO, TRAIN_REWARD, TRAIN_SFT, click_options, from_cli
 
 train = group(
     "train",
     "Train the reward model or the policy: enqueue a job for the worker, or run it here.",
     "ranklab train reward --set round-1 --inline",
     "ranklab train ppo --iterations 20 --inline",
+    "ranklab train sft --set demos --epochs 1 --inline",
 )
 
 
@@ -32,6 +33,42 @@ reward = group(
     "Use a trained reward model: evaluate it on a preference file.",
     "ranklab reward eval --model active held-out.jsonl.gz",
 )
+
+
+def _queue_or_run(
+    kind: str, params: dict[str, Any], *, inline: bool, checked: bool = False
+) -> tuple[int, Any]:
+    """Queue a `kind` job (`checked`: against the database as the form is, a refusal naming
+    the option); with `inline` run it here: (job id, its result); else say how to follow it:
+    (job id, None)."""
+    from app.cli import sessions
+    from app.runs import launch_service
+    from app.runs.params import ParamsError
+
+    maker = sessions()
+    with maker.begin() as s:
+        try:
+            if checked:
+                job = launch_service.start(
+                    session=s,
+                    kind=kind,
+                    params=params,
+                    created_by_id=None,
+                    max_attempts=get_settings().job_max_attempts,
+                )
+            else:
+                job = jobs.enqueue(
+                    session=s, kind=kind, params=params, max_attempts=get_settings().job_max_attempts
+                )
+        except ParamsError as exc:
+            raise click.UsageError("; ".join(exc.errors)) from exc
+        job_id = job.id
+    if not inline:
+        click.echo(
+            f"queued job {job_id} ({kind}); follow it at /runs/{job_id} or run `ranklab worker --burst`"
+        )
+        return job_id, None
+    return job_id, _run_here(maker, job_id)
 
 
 def _run_here(maker: Any, job_id: int) -> dict[str, Any]:
@@ -58,21 +95,9 @@ def train_reward(inline: bool, **options: Any) -> None:
       ranklab train reward --set round-1 --lr 1e-5       # a job for `ranklab worker`
       ranklab train reward --base-model ./my-policy --epochs 1 --inline
     """
-    from app.cli import sessions
-
-    params = from_cli(TRAIN_REWARD, options)
-    maker = sessions()
-    with maker.begin() as s:
-        job = jobs.enqueue(
-            session=s, kind="train_reward", params=params, max_attempts=get_settings().job_max_attempts
-        )
-        job_id = job.id
-    if not inline:
-        click.echo(
-            f"queued job {job_id} (train_reward); follow it at /runs/{job_id} or run `ranklab worker --burst`"
-        )
+    _, result = _queue_or_run("train_reward", from_cli(TRAIN_REWARD, options), inline=inline)
+    if result is None:
         return
-    result = _run_here(maker, job_id)
     click.echo(
         f"reward model {result['model_version_id']} at {result['path']}"
         + (" (active)" if result.get("active") else "")
@@ -102,22 +127,12 @@ def train_ppo(inline: bool, ptx_file: str | None, **options: Any) -> None:
       ranklab train ppo --set round-1 --ptx-coef 27.8 --ptx-file pretrain.jsonl
       ranklab train ppo --iterations 20 --batch-size 32 --inline        # here, then one JSON line
     """
-    from app.cli import sessions
-
     params = from_cli(TRAIN_PPO, options)
     if ptx_file:
         params["ptx_file"] = str(Path(ptx_file).resolve())
-    maker = sessions()
-    with maker.begin() as s:
-        job_id = jobs.enqueue(
-            session=s, kind="train_ppo", params=params, max_attempts=get_settings().job_max_attempts
-        ).id
-    if not inline:
-        click.echo(
-            f"queued job {job_id} (train_ppo); follow it at /runs/{job_id} or run `ranklab worker --burst`"
-        )
+    job_id, result = _queue_or_run("train_ppo", params, inline=inline)
+    if result is None:
         return
-    result = _run_here(maker, job_id)
     metrics = result.get("metrics", {})
     click.echo(
         json.dumps(
@@ -140,10 +155,57 @@ def train_ppo(inline: bool, ptx_file: str | None, **options: Any) -> None:
     )
 
 
+@train.command("sft")
+@click_options(TRAIN_SFT)
+@click.option("--inline", is_flag=True, help="Run here with a progress bar; print one JSON summary line.")
+def train_sft(inline: bool, **options: Any) -> None:
+    """Fine-tune the active policy (or --base) on the demonstrations that count (InstructGPT step 1).
+
+    The data is `ranklab export sft` with the same --set (same records, same manifest sha256):
+    the train split is learned, the validation split measured before the first step and after
+    the last. The result is a new policy version, not active until promoted
+    (`ranklab policies promote ID`, or the Promote button on /models).
+
+    \b
+    Examples:
+      ranklab train sft --set demos                         # a job for `ranklab worker`
+      ranklab train sft --set demos --epochs 1 --inline     # here, then one JSON line
+      ranklab train sft --base 3 --epochs 16 --dropout 0.2  # from policy version 3
+    """
+    job_id, result = _queue_or_run("train_sft", from_cli(TRAIN_SFT, options), inline=inline, checked=True)
+    if result is None:
+        return
+    metrics = result.get("metrics", {})
+    click.echo(
+        json.dumps(
+            _finite(
+                {
+                    "job_id": job_id,
+                    "policy_version": result.get("policy_version"),
+                    "path": result.get("path"),
+                    "parent_id": result.get("parent_id"),
+                    "val_loss_first": result.get("val_loss_first"),
+                    "val_loss_last": result.get("val_loss_last"),
+                    "train_demonstrations": metrics.get("train_demonstrations"),
+                    "val_demonstrations": metrics.get("val_demonstrations"),
+                    "steps": metrics.get("steps"),
+                    "seconds": metrics.get("seconds"),
+                    "kept_epoch": metrics.get("kept_epoch"),
+                    "data_sha256": result.get("data", {}).get("sha256"),
+                    "active": False,
+                }
+            )
+        )
+    )
+
+
 @click.command("round")
 @click_options(ROUND)
 def start_round(**options: Any) -> None:
     """Queue the next round: reward model on all data → PPO → promote → resample the sets.
+
+    With --sft and demonstrations newer than the last SFT policy, SFT on them comes first, and
+    PPO starts from (and is held near) that SFT policy.
 
     One chain of jobs; a failed step stops the rest. Each resampled set is a fresh copy
     ("NAME · round N") so its tasks hold only the new completions.
@@ -151,6 +213,7 @@ def start_round(**options: Any) -> None:
     \b
     Examples:
       ranklab round --set round-1 --mix     # new tasks compare the new policy with the old
+      ranklab round --sft                   # SFT on new demonstrations → RM → PPO → ...
       ranklab round && ranklab worker --burst
     """
     from app.cli import sessions
@@ -158,6 +221,7 @@ def start_round(**options: Any) -> None:
 
     params = from_cli(ROUND, options)
     sets, mix = params.pop("sets", []), bool(params.pop("mix", False))
+    sft = bool(params.pop("sft", False))
     ppo = params  # the rest are PPO's knobs
     with sessions().begin() as s:
         try:
@@ -167,6 +231,7 @@ def start_round(**options: Any) -> None:
                 mix=mix,
                 ppo_params=ppo,
                 max_attempts=get_settings().job_max_attempts,
+                sft=sft,
             )
         except RoundError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -174,7 +239,7 @@ def start_round(**options: Any) -> None:
             f"  job {j.id:>5}  {j.kind}" + (f"  (after {j.after_id})" if j.after_id else "") for j in rnd.jobs
         ]
         names = [ps.name for ps in rnd.new_sets]
-        first = rnd.reward_job.id
+        first = rnd.jobs[0].id
     click.echo("queued the round:")
     click.echo("\n".join(lines))
     click.echo(f"new tasks will go to: {', '.join(names)}")

@@ -244,8 +244,11 @@ class TestLoadDataset:
 
     @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
     def test_every_format_and_file_type(self, session: Session, tmp_path: Path) -> None:
+        from tests.exports.test_sft import build as build_demonstrations
+
         datasets = pytest.importorskip("datasets")
         build(session)
+        build_demonstrations(session)
         for fmt in formats.FORMATS:
             for file_type in FILE_TYPES:
                 data, man = run_export(session, fmt, file_type)

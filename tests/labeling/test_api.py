@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import service as auth
 from app.labeling.models import Annotation, AnnotationItem, Assignment, Task
+from app.prompts.models import PromptSet
 from tests.factories import bearer, make_prompt_set, make_task, make_user
 
 FLAG = "hallucination (makes up information)"
@@ -29,6 +30,44 @@ def _take(client: TestClient, h: dict[str, str]) -> dict[str, Any]:
     r = client.get("/api/v1/tasks/next", headers=h)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+class TestSubmitWithNext:
+    """`?next=true`: the submission's answer carries the next task, one round trip per task."""
+
+    def test_the_answer_carries_the_task_next_would_give_and_null_at_the_end(
+        self, client: TestClient, session: Session, setup: dict[str, Any]
+    ) -> None:
+        second = make_task(
+            session, prompt_set=session.get(PromptSet, setup["task"].prompt_set_id), prompt="Second."
+        )
+        first = _take(client, setup["h"])
+        plain = client.post(
+            f"/api/v1/assignments/{first['assignment_id']}/annotation",
+            headers=setup["h"],
+            json={"skip": "unclear"},
+        )
+        assert plain.status_code == 200 and plain.json()["next"] is None  # not asked for: none taken
+        nxt = _take(client, setup["h"])
+        assert nxt["prompt"] == "Second." and {c["id"] for c in nxt["completions"]} == {
+            c.id for c in second.completions
+        }
+        ids = [c["id"] for c in nxt["completions"]]
+        body = {"ranks": {str(i): n + 1 for n, i in enumerate(ids)}, "ratings": {str(i): 4 for i in ids}}
+        url = f"/api/v1/assignments/{nxt['assignment_id']}/annotation?next=true"
+        r = client.post(url, headers=setup["h"], json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["next"] is None  # the first task was skipped by this labeler: nothing left
+        third = make_task(
+            session, prompt_set=session.get(PromptSet, setup["task"].prompt_set_id), prompt="Third."
+        )
+        again = client.post(url, headers=setup["h"], json=body)  # a retried request: same annotation
+        assert again.json()["id"] == r.json()["id"]
+        carried = again.json()["next"]
+        assert carried["prompt"] == "Third." and sorted(c["id"] for c in carried["completions"]) == sorted(
+            c.id for c in third.completions
+        )
+        assert _take(client, setup["h"]) == carried  # the task it carried is the one now held
 
 
 class TestNextTask:

@@ -214,7 +214,7 @@ class TestApi:
             headers=h,
             json={"ranks": {}, "ratings": {}},
         )
-        assert as_ranking.status_code == 422
+        assert as_ranking.status_code == 422 and as_ranking.json()["detail"][0]["field"] == "kind"
         assert _post(client, h, second["assignment_id"], {"reply": "Fine."}).status_code == 200
 
     def test_another_labelers_assignment_is_a_404(self, client: TestClient, session: Session) -> None:

@@ -60,15 +60,20 @@ def live(db_url: str, committed: sessionmaker[Session], tmp_path: Path) -> Itera
         yield c
 
 
-def test_api_next_and_submit_take_at_most_four_statements_each(
-    live: TestClient, committed: sessionmaker[Session], db_url: str
-) -> None:
+def _labeler_with_tasks(committed: sessionmaker[Session], tasks: int) -> dict[str, str]:
+    """A labeler's API headers, and `tasks` open tasks of K=4, overlap 2."""
     with committed.begin() as s:
         user = make_user(s)
         ps = make_prompt_set(s, k=4, overlap=2)
-        for _ in range(3):
+        for _ in range(tasks):
             make_task(s, prompt_set=ps)
-        h = bearer(auth.create_token(session=s, user=user).token)
+        return bearer(auth.create_token(session=s, user=user).token)
+
+
+def test_api_next_and_submit_take_at_most_four_statements_each(
+    live: TestClient, committed: sessionmaker[Session], db_url: str
+) -> None:
+    h = _labeler_with_tasks(committed, 3)
     assert live.get("/api/v1/tasks/next", headers=h).status_code == 200  # warm: the held task again
     counts: dict[str, int] = {}
     for round_ in range(2):
@@ -117,6 +122,19 @@ def test_the_page_next_and_submit_take_at_most_four_statements_each(
         assert r.status_code == 303, r.text
         assert len(seen) <= LIMIT, "\n".join(s[:90] for s in seen)
     assert len(tasks) == 3
+
+
+def test_submit_with_next_is_a_submit_and_a_next_in_one_request(
+    live: TestClient, committed: sessionmaker[Session], db_url: str
+) -> None:
+    h = _labeler_with_tasks(committed, 2)
+    task = live.get("/api/v1/tasks/next", headers=h).json()
+    with counting(live) as seen:
+        r = live.post(
+            f"/api/v1/assignments/{task['assignment_id']}/annotation?next=true", headers=h, json=_body(task)
+        )
+    assert r.status_code == 200 and r.json()["next"]["assignment_id"] != task["assignment_id"]
+    assert len(seen) <= 2 * LIMIT, "\n".join(s[:90] for s in seen)
 
 
 def test_a_demonstration_submit_takes_at_most_four_statements(

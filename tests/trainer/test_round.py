@@ -195,3 +195,51 @@ class TestPromote:
         rm = make_model_version(session, kind="reward")
         with pytest.raises(ModelError, match="not a policy"):
             promote(session=session, params={"model_version_id": rm.id})
+
+
+class TestRoundWithSFT:
+    def test_sft_then_reward_then_ppo_from_the_sft_policy(self, sessions, models, artifacts) -> None:
+        from tests.factories import make_demonstration
+
+        with sessions() as s:
+            old = seed_labeled(s, models[0])
+            demos = make_prompt_set(s, name="demos", k=1)
+            demos.kind = "demonstration"
+            writer = make_user(s)
+            for i, prompt in enumerate(PROMPT_TEXTS * 2):
+                make_demonstration(
+                    s, prompt_set=demos, user=writer, prompt=f"{prompt} {i}", reply=f"the {MARKER} cat"
+                )
+            s.commit()
+            sft_params = {"epochs": 1, "batch_size": 4, "max_length": 64, "lr": 1e-3}
+            rnd = enqueue_round(
+                session=s, reward_params=REWARD, ppo_params=PPO, sft=True, sft_params=sft_params
+            )
+            ids = [j.id for j in rnd.jobs]
+            s.commit()
+            assert [j.kind for j in rnd.jobs] == [
+                "train_sft",
+                "train_reward",
+                "train_ppo",
+                "promote",
+                "sample",
+            ]
+            assert [j.after_id for j in rnd.jobs] == [None, *ids[:4]]
+            assert [ps.name for ps in rnd.new_sets] == ["round-src · round 2"]  # not the demonstration set
+            assert rnd.jobs[2].params["policy_from_job"] == ids[0]
+        worker(sessions).run(burst=True)
+        with sessions() as s:
+            done = [s.get(Job, i) for i in ids]
+            assert [j.status for j in done] == ["succeeded"] * 5, [(j.kind, j.error) for j in done]
+            sft_policy = s.get(ModelVersion, done[0].result["policy_version"])
+            assert sft_policy.parent_id == old.id
+            ppo_policy = s.get(ModelVersion, done[2].result["model_version_id"])
+            assert (
+                ppo_policy.parent_id == sft_policy.id and ppo_policy.is_active
+            )  # PPO's start and KL reference
+            reward = s.get(ModelVersion, done[1].result["model_version_id"])
+            assert "demonstrations" in reward.config["normalized_on"]
+            # The demonstrations are now older than the last SFT policy: the next round has no SFT.
+            again = enqueue_round(session=s, ppo_params=PPO, sft=True)
+            assert [j.kind for j in again.jobs][:2] == ["train_reward", "train_ppo"]
+            s.rollback()

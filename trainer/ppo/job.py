@@ -4,6 +4,8 @@ params:
   sets               prompt set names to draw prompts from (empty: every set not archived)
   reward_version_id  the reward model to use (default: the active one)
   reward_from_job    or: the reward model a train_reward job made (the round uses this)
+  policy_from_job    start from (and keep as the KL reference) the policy a train_sft job made
+                     (a round with --sft); default: the active policy
   ptx_file           a JSON Lines file of {"text": ...} for PPO-ptx; without it, and with
                      ptx_coef > 0, the chosen (rank 1) completions of the labeled data
   any PPOConfig field (iterations, beta, ptx_coef, learning_rate, batch_size, ...)
@@ -32,11 +34,13 @@ from app.runs import models_service, policies
 from app.runs.models import Job, JobMetric, ModelKind, ModelVersion
 from app.runs.params import TRAIN_PPO
 from app.runs.ptx import ptx_texts
+from app.runs.round_service import made_by
+from trainer.jobs import job_version
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.train import Summary, checkpoint_iteration, train
 
 # The job's own inputs (what to train on and from); the round adds reward_from_job.
-OWN_KEYS = {p.name for p in TRAIN_PPO.role("data")} | {"reward_from_job"}
+OWN_KEYS = {p.name for p in TRAIN_PPO.role("data")} | {"reward_from_job", "policy_from_job"}
 MAX_PTX_TEXTS = 20_000
 SAMPLES_KEPT = 40  # rows of the samples table kept in the job's result
 
@@ -157,7 +161,11 @@ def run_job(ctx: Any) -> dict[str, Any]:
     with ctx.session() as s:
         set_names = params.get("sets") or []
         prompts, set_ids = load_prompts(s, [set_names] if isinstance(set_names, str) else list(set_names))
-        parent = policies.default_policy(session=s, settings=settings)
+        parent = (
+            made_by(s, ModelKind.policy, int(params["policy_from_job"]))
+            if params.get("policy_from_job")
+            else policies.default_policy(session=s, settings=settings)
+        )
         reward = resolve_reward(s, params)
         ptx_texts, ptx_source = load_ptx_texts(s, params.get("ptx_file")) if cfg.ptx_coef > 0 else ([], "off")
         # The demo policy's descendants still write demo-quality text: the badge follows the line.
@@ -218,22 +226,17 @@ def run_job(ctx: Any) -> dict[str, Any]:
         if v is not None
     }
     with ctx.session() as s:
-        mv = s.scalar(
-            select(ModelVersion).where(
-                ModelVersion.job_id == ctx.job_id, ModelVersion.kind == ModelKind.policy
-            )
+        # Not active: a person (or the round's promote step) decides.
+        mv = job_version(
+            s,
+            job_id=ctx.job_id,
+            kind=ModelKind.policy,
+            name=f"ppo-job{ctx.job_id}",
+            source=str(out_dir),
+            path=str(out_dir),
+            parent_id=parent_id,
+            is_active=False,
         )
-        if mv is None:  # not active: a person (or the round's promote step) decides
-            mv = ModelVersion(
-                kind=ModelKind.policy,
-                name=f"ppo-job{ctx.job_id}",
-                source=str(out_dir),
-                path=str(out_dir),
-                parent_id=parent_id,
-                job_id=ctx.job_id,
-                is_active=False,
-            )
-            s.add(mv)
         mv.config = {
             **asdict(cfg),
             "sets": set_ids,

@@ -8,15 +8,13 @@ prompts are those of `ranklab export groups --split validation`. No torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import orjson
 from sqlalchemy.orm import Session
 
 from app.chat import Conversation, from_text, parse_conversation
 from app.exports import service as exports
-from app.exports.formats import RowOptions
 from trainer.reward.model import Group
 
 FORMAT = "groups"
@@ -29,29 +27,9 @@ def load_groups(
     """The groups the export filters in `params` select (see exports.filters_from_params), in
     task order, and the export's manifest of them. `secret` names labelers as the export does
     (it is hashed into the rows, so it must be the export's for the sha256 to agree)."""
-    with sessions() as session:
-        filters = exports.filters_from_params(session=session, params=params, secret=secret)
-    ex = exports.export(
-        session_factory=sessions,
-        fmt=FORMAT,
-        file_type=FILE_TYPE,
-        filters=filters,
-        opts=RowOptions(),
-        secret=secret,
-    )
-    groups = [g for g in map(group_from_row, _rows(ex.stream)) if g.k >= 2 and g.rankings]
-    return groups, ex.manifest()
-
-
-def _rows(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    rest = b""
-    for chunk in chunks:
-        *lines, rest = (rest + chunk).split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield orjson.loads(line)
-    if rest.strip():
-        yield orjson.loads(rest)
+    rows, manifest = exports.training_rows(sessions=sessions, params=params, fmt=FORMAT, secret=secret)
+    groups = [g for g in map(group_from_row, rows) if g.k >= 2 and g.rankings]
+    return groups, manifest
 
 
 def group_from_row(row: dict[str, Any]) -> Group:

@@ -5,28 +5,27 @@ until, min_labels, exclude_flagged, split_seed, split_fractions: see
 app.exports.service.filters_from_params), base_model (default: the active policy's backbone),
 and any RewardConfig field (lr, epochs, batch_size, max_length, ...). The data is the `groups`
 export of those filters: the model trains on its `train` split, validates on its `validation`
-split, and the job's result cites the export's manifest (result["data"]). The model lands in
+split, and the job's result cites the export's manifest (result["data"]). The score is normalised so the
+demonstrations of its prompts (InstructGPT §3.5) score 0 on average, or, without any, so the
+active policy's samples do (result["normalized_on"] says which). The model lands in
 <artifacts>/reward/job-<id>; checkpoints in <artifacts>/checkpoints/reward-job-<id>, which a
 reclaimed job resumes from.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
+from app.chat import Conversation, conversation_hash
 from app.config import get_settings
 from app.exports.service import FILTER_PARAMS
 from app.runs import models_service
-from app.runs import service as jobs
 from app.runs.models import ModelKind, ModelVersion
+from trainer.jobs import job_version, train_once
 from trainer.reward.data import load_groups
-from trainer.reward.train import Hooks, RewardConfig, train
+from trainer.reward.train import RewardConfig, train
 
 FILTER_KEYS = set(FILTER_PARAMS)
 
@@ -58,6 +57,16 @@ def resolve_base_model(requested: str | None, policy: ModelVersion | None) -> tu
     )
 
 
+def demonstration_reference(sessions: Any, groups: list[Any]) -> list[tuple[Conversation, str]]:
+    """(conversation, reply) of every demonstration that counts for training (the SFT records:
+    `ranklab export sft`) whose prompt is one of the groups' (the same conversation, in any set)."""
+    from trainer.sft.data import load_demos
+
+    wanted = {conversation_hash(g.messages) for g in groups}
+    demos, _ = load_demos(sessions=sessions, params={}, secret=get_settings().secret_key)
+    return [(d.messages, d.reply) for d in demos if conversation_hash(d.messages) in wanted]
+
+
 def run_job(ctx: Any) -> dict[str, Any]:
     params = dict(ctx.params)
     ctx.progress(0.0, "reading rankings")
@@ -75,55 +84,48 @@ def run_job(ctx: Any) -> dict[str, Any]:
         f"(sha256 {manifest['sha256'][:12]}…, as `ranklab export groups`); base model {base_model}"
     )
 
-    # The reference policy's own samples set the score's zero and unit; without any, all of them.
-    reference = [
-        (g.messages, c)
-        for g in groups
-        for c, p in zip(g.completions, g.policies, strict=False)
-        if ref and p == ref[1]
-    ]
-    normalized_on = f"policy {ref[0]}" if ref and reference else "every completion in the data"
+    # InstructGPT §3.5: the demonstrations of the prompts trained on set the score's zero (and
+    # unit); without any, the reference policy's own samples; without those, every completion.
+    reference = demonstration_reference(ctx.sessions, groups)
+    if reference:
+        normalized_on = f"{len(reference)} demonstrations of its prompts (their mean score is 0)"
+    else:
+        reference = [
+            (g.messages, c)
+            for g in groups
+            for c, p in zip(g.completions, g.policies, strict=False)
+            if ref and p == ref[1]
+        ]
+        normalized_on = f"policy {ref[0]}" if ref and reference else "every completion in the data"
+    ctx.log(f"score normalised on {normalized_on}")
 
     out_dir, work_dir = paths_for(ctx.job_id)
-    try:
-        if (out_dir / "metrics.json").exists():
-            # A previous attempt saved the model and died before registering it.
-            metrics = json.loads((out_dir / "metrics.json").read_text())
-        else:
-            result = train(
-                cfg,
-                groups,
-                out_dir=out_dir,
-                work_dir=work_dir,
-                reference=reference or None,
-                manifest=manifest,
-                hooks=Hooks(
-                    progress=lambda f, m: ctx.progress(0.02 + 0.98 * f, m), metric=ctx.metric, log=ctx.log
-                ),
-            )
-            metrics = result.metrics
-    except jobs.JobCancelled:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        ctx.log("cancelled: no model was saved and the checkpoints are deleted")
-        raise
-    shutil.rmtree(work_dir, ignore_errors=True)
+    metrics = train_once(
+        ctx,
+        out_dir,
+        work_dir,
+        lambda hooks: train(
+            cfg,
+            groups,
+            out_dir=out_dir,
+            work_dir=work_dir,
+            reference=reference or None,
+            manifest=manifest,
+            hooks=hooks,
+        ),
+        what="model",
+    )
 
     with ctx.session() as s:
-        mv = s.scalar(
-            select(ModelVersion).where(
-                ModelVersion.job_id == ctx.job_id, ModelVersion.kind == ModelKind.reward
-            )
+        mv = job_version(
+            s,
+            job_id=ctx.job_id,
+            kind=ModelKind.reward,
+            name=f"reward-job{ctx.job_id}",
+            source=base_model,
+            path=str(out_dir),
+            parent_id=policy.id if policy else None,
         )
-        if mv is None:
-            mv = ModelVersion(
-                kind=ModelKind.reward,
-                name=f"reward-job{ctx.job_id}",
-                source=base_model,
-                path=str(out_dir),
-                job_id=ctx.job_id,
-                parent_id=policy.id if policy else None,
-            )
-            s.add(mv)
         mv.config = {
             **asdict(cfg),
             "data": manifest["filters"],

@@ -154,7 +154,17 @@ def encode_reply(tokenizer: Any, conv: Conversation, reply: str, max_length: int
     fitted = render.fit(render.reply_ids(tokenizer, conv, reply), max(1, max_length - extra))
     if not extra:
         return Encoded(fitted.input_ids)
-    return Encoded(list(tokenizer.build_inputs_with_special_tokens(fitted.input_ids)))
+    return Encoded(with_special_tokens(tokenizer, fitted.input_ids))
+
+
+def with_special_tokens(tokenizer: Any, ids: list[int]) -> list[int]:
+    """One sequence wrapped as the encoder's tokenizer wraps it: [CLS] ids [SEP] (BERT, MiniLM),
+    <s> ids </s> (RoBERTa). transformers 5 tokenizers no longer have
+    build_inputs_with_special_tokens; their single-sequence template is cls, text, sep."""
+    build = getattr(tokenizer, "build_inputs_with_special_tokens", None)  # transformers 4
+    if build is not None:
+        return list(build(ids))
+    return [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]
 
 
 def collate(encoded: Sequence[Encoded], pad_id: int, *, left: bool = False) -> dict[str, Tensor]:

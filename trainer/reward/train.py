@@ -22,6 +22,7 @@ import torch
 from app.chat import Conversation
 from app.ranking import SPLITS, split_of
 from trainer import render
+from trainer.batching import length_buckets
 from trainer.loop import (  # noqa: F401  (Hooks, step_plan re-exported: job.py, launch.py, tests)
     Hooks,
     lr_factor,
@@ -83,8 +84,19 @@ def cosine_to(ratio: float, total: int) -> Callable[[int], float]:
 def scores_of(
     model: torch.nn.Module, enc: Sequence[Encoded], pad_id: int, device: torch.device
 ) -> torch.Tensor:
-    batch = {k: v.to(device) for k, v in collate(enc, pad_id).items()}
-    return score(model, batch).float()  # (N,)
+    """Raw scores (N,) of the encoded sequences, in order, one forward call per length bucket
+    (trainer.batching): the same scores as one call padded to the longest, at about the cost
+    of the real tokens. Under DDP every call but the last skips the gradient sync set-up, so the
+    one backward through all of them syncs once, as for one call."""
+    buckets = length_buckets([len(e.input_ids) for e in enc])
+    parts = []
+    for j, bucket in enumerate(buckets):
+        batch = {k: v.to(device) for k, v in collate([enc[i] for i in bucket], pad_id).items()}
+        no_sync = getattr(model, "no_sync", None)  # DDP's
+        with nullcontext() if j == len(buckets) - 1 or no_sync is None else no_sync():
+            parts.append(score(model, batch).float())  # (n_bucket,)
+    order = torch.tensor([i for bucket in buckets for i in bucket], device=device)  # bucket order
+    return torch.cat(parts)[torch.argsort(order)]  # (N,) back in the given order
 
 
 @torch.no_grad()

@@ -2,19 +2,29 @@
 
 The row shape is TRL's SFTTrainer's and `ranklab export sft`'s: `{"messages": [..., {"role":
 "assistant", "content": reply}]}`, optionally with the export's `split`. Torch-free.
+
+The `train_sft` job's data is the `sft` export itself (`load_demos`): the same query, filters,
+split and bytes as `ranklab export sft` (app/exports/sft.py), so with the same filters its
+manifest's sha256 is that of `ranklab export sft --out FILE`, as for the reward model's groups.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from app.chat import ChatError, Conversation, as_text, parse_conversation
+from app.exports import service as exports
 from app.ranking import SPLITS, split_of
+
+FORMAT = "sft"
+FILE_TYPE = "jsonl"  # the sha256 in the manifest is that of this file type
 
 
 @dataclass(frozen=True)
@@ -72,3 +82,13 @@ def split_demos(demos: Sequence[Demo]) -> dict[str, list[Demo]]:
     for d in demos:
         out[d.split or split_of(d.prompt)].append(d)
     return out
+
+
+def load_demos(
+    *, sessions: Callable[[], Session], params: Mapping[str, Any], secret: str
+) -> tuple[list[Demo], dict[str, Any]]:
+    """The demonstrations the export filters in `params` select (exports.filters_from_params:
+    sets, labelers, since, until, split_seed, split_fractions), each with its split, and the
+    export's manifest of them. `secret` must be the export's for the sha256 to agree."""
+    rows, manifest = exports.training_rows(sessions=sessions, params=params, fmt=FORMAT, secret=secret)
+    return [demo_from_row(row) for row in rows], manifest

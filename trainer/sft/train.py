@@ -11,6 +11,7 @@ of every batch (DDP) with no change to this code. Only the main process writes.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from trainer import render
+from trainer.batching import length_buckets
 from trainer.loop import (  # noqa: F401  (CHECKPOINT, Hooks re-exported: tests, launch.py)
     CHECKPOINT,
     Hooks,
@@ -28,6 +30,7 @@ from trainer.loop import (  # noqa: F401  (CHECKPOINT, Hooks re-exported: tests,
     save_whole,
     start_run,
 )
+from trainer.sft.choose import BEST, HISTORY, EpochChoice
 from trainer.sft.config import CONFIG_FILE, SFTConfig
 from trainer.sft.data import Demo, split_demos
 from trainer.sft.loss import Example, collate, encode_example, forward_loss
@@ -122,12 +125,15 @@ def train(
     manifest: dict[str, Any] | None = None,
     hooks: Hooks | None = None,
     accelerator: Any = None,
+    reward_path: str | None = None,
 ) -> SFTResult:
     """Fine-tune cfg.base_model on `demos` and save the policy to out_dir (which must not exist).
 
     validation: the held-out demonstrations; None splits `demos` by prompt (app.ranking.split_of,
     or each row's own split) and holds the test side out of both. work_dir holds the
-    checkpoints; an existing checkpoint there is resumed.
+    checkpoints; an existing checkpoint there is resumed. After each epoch the policy is
+    measured (validation loss; with `reward_path`, the mean reward of its samples on the
+    validation prompts) and the best epoch is the one saved (trainer.sft.choose).
     """
     hooks = hooks or Hooks()
     out_dir, work_dir, accelerator = start_run(cfg, out_dir, work_dir, accelerator, what="a policy")
@@ -160,6 +166,10 @@ def train(
     )
     model, plan, total, start = steps.model, steps.plan, steps.total, steps.start
     val_first = steps.saved.get("val_loss_first")
+    per_epoch = max(1, total // cfg.epochs)  # every epoch has the same number of steps
+    choice = EpochChoice(
+        work_dir, validation=val_demos, reward_path=reward_path, max_length=cfg.max_length, seed=cfg.seed
+    )
 
     # -- validation before the first step
     if not start:
@@ -180,14 +190,18 @@ def train(
         step_loss = 0.0
         for j, micro in enumerate(plan[step]):
             mine = [train_ex[i] for i in micro[rank::world]]
-            batch = {k: v.to(device) for k, v in collate(mine, pad_id).items()}
-            syncing = j == len(plan[step]) - 1
-            with nullcontext() if syncing else accelerator.no_sync(model), accelerator.autocast():
-                loss_sum, _ = forward_loss(model, batch)
-                loss = loss_sum * (world / step_tokens)
-                accelerator.backward(loss)
-            step_loss += float(loss_sum.detach()) / step_tokens
-            seen_tokens += int(batch["attention_mask"].sum())
+            # One forward and backward per length bucket (trainer.batching): the loss is a sum,
+            # so the gradient is the padded batch's at about the cost of its real tokens.
+            buckets = length_buckets([len(e.input_ids) for e in mine])
+            for b, bucket in enumerate(buckets):
+                batch = {k: v.to(device) for k, v in collate([mine[i] for i in bucket], pad_id).items()}
+                syncing = j == len(plan[step]) - 1 and b == len(buckets) - 1
+                with nullcontext() if syncing else accelerator.no_sync(model), accelerator.autocast():
+                    loss_sum, _ = forward_loss(model, batch)
+                    loss = loss_sum * (world / step_tokens)
+                    accelerator.backward(loss)
+                step_loss += float(loss_sum.detach()) / step_tokens
+                seen_tokens += int(batch["attention_mask"].sum())
         steps.optimizer_step(cfg.max_grad_norm)
         done = step + 1
         if world > 1:  # each process holds its share of the step's token-weighted loss
@@ -195,10 +209,13 @@ def train(
         train_loss = step_loss
         if main:
             hooks.metric(done, train_loss=train_loss, lr=steps.lr)
-        if done % cfg.eval_every == 0 and done < total:
+        epoch_end = done % per_epoch == 0 and done < total
+        if (done % cfg.eval_every == 0 or epoch_end) and done < total:
             val = evaluate(model, val_ex, pad_id, device, cfg.batch_size, accelerator)
             if main and val is not None:
                 hooks.metric(done, val_loss=val)
+            if epoch_end:
+                _choose(choice, done // per_epoch, accelerator, model, tokenizer, val, hooks, last=False)
         steps.checkpoint_if_due(cfg, done, val_loss_first=val_first)
         hooks.progress(0.02 + 0.93 * done / total, f"step {done}/{total}, loss {step_loss:.4f}")
     seconds = time.monotonic() - began
@@ -208,6 +225,11 @@ def train(
     if main and val_last is not None:
         hooks.metric(total, val_loss=val_last)
     hooks.progress(0.97, f"validation loss after training: {_show(val_last)}")
+    bare = accelerator.unwrap_model(model)
+    _choose(choice, cfg.epochs, accelerator, model, tokenizer, val_last, hooks, last=True)
+    chosen = choice.restore(bare) if main else {}
+    if chosen:
+        hooks.log(f"kept epoch {chosen['kept_epoch']}: {chosen['kept_because']}")
 
     metrics = {
         "val_loss_first": val_first,
@@ -220,16 +242,43 @@ def train(
         "resumed_from_step": start,
         "seconds": round(seconds, 2),
         "tokens_per_second": round(seen_tokens * world / seconds, 2) if seconds > 0 else None,
+        **chosen,
     }
 
     # -- save whole: a temporary folder renamed into place
-    bare = accelerator.unwrap_model(model)
     for name, value in dropout_old.items():  # the saved config is the base's: dropout is training's
         setattr(bare.config, name, value)
     files = {CONFIG_FILE: asdict(cfg), "data_manifest.json": manifest or {}, "metrics.json": metrics}
     save_whole(out_dir, work_dir, accelerator=accelerator, model=bare, tokenizer=tokenizer, files=files)
+    if main:  # the kept epoch's weights and the epochs' record go with the checkpoints
+        shutil.rmtree(work_dir / BEST, ignore_errors=True)
+        (work_dir / HISTORY).unlink(missing_ok=True)
     # No progress call from here on: it may raise JobCancelled, and the policy is already whole.
     return SFTResult(path=out_dir, metrics=metrics, resumed_from_step=start, steps=total)
+
+
+def _choose(
+    choice: EpochChoice,
+    epoch: int,
+    accelerator: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    val: float | None,
+    hooks: Hooks,
+    *,
+    last: bool,
+) -> None:
+    """The main process measures the epoch just ended (the others wait) and reports it."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        row = choice.after_epoch(
+            epoch, accelerator.unwrap_model(model), tokenizer, val, accelerator.device, keep=not last
+        )
+        figures = {k: row[k] for k in ("val_loss", "mean_reward") if row.get(k) is not None}
+        if figures:
+            hooks.metric(epoch, **{f"{k}_by_epoch": v for k, v in figures.items()})
+        hooks.log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+    accelerator.wait_for_everyone()
 
 
 def _show(loss: float | None) -> str:

@@ -313,6 +313,15 @@ ROUND = JobSpec(
             "Mix old- and new-policy completions in every task",
             role="data",
         ),
+        Param(
+            "sft",
+            bool,
+            False,
+            "When there are demonstrations newer than the last SFT policy, fine-tune on them first: "
+            "the SFT policy is PPO's start and KL reference.",
+            "Start with SFT on new demonstrations",
+            role="data",
+        ),
         *(TRAIN_PPO[name] for name in ROUND_PPO_KNOBS),
     ),
 )

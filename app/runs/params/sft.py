@@ -19,9 +19,13 @@ TRAIN_SFT = JobSpec(
     title="Train policy on demonstrations (SFT)",
     fields=(
         sets_param("Train on these prompt sets' demonstrations; none: every set."),
+        _REWARD["split_seed"],
+        _REWARD["split_fractions"],
         replace(
             _REWARD["base_model"],
-            help="Policy to fine-tune, a hub id or folder; empty: the active policy's.",
+            help="Policy to fine-tune: a policy version id, a hub id or a folder; empty: the active policy.",
+            label="Base policy (version id, hub id or folder)",
+            cli=("--base",),
         ),
         replace(
             _REWARD["lr"],
