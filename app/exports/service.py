@@ -165,9 +165,10 @@ def parse_fractions(raw: str | Sequence[float], name: str) -> tuple[float, float
     return values[0], values[1], values[2]
 
 
-def _conditions(filters: Filters) -> list[Any]:
-    # Rankings only: a demonstration task's annotations have no outputs ranked (see the SFT export).
-    conds: list[Any] = [Task.prompt_set_id.in_(select(PromptSet.id).where(PromptSet.kind == SetKind.ranking))]
+def _conditions(filters: Filters, kind: SetKind = SetKind.ranking) -> list[Any]:
+    # One kind of set: a demonstration task's annotations have no outputs ranked (the SFT export
+    # reads those, with kind=demonstration), a ranking task's no reply written.
+    conds: list[Any] = [Task.prompt_set_id.in_(select(PromptSet.id).where(PromptSet.kind == kind))]
     if filters.prompt_set_ids:
         conds.append(Task.prompt_set_id.in_(filters.prompt_set_ids))
     if filters.since:
