@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -19,6 +20,12 @@ import pyarrow.compute  # noqa: F401  (`take` needs it; load it now, not at the 
 
 from app import ranking
 from app.exports.formats import AnnotationRecord, RowOptions, messages_of, schema_for
+
+# The per-annotation columns of a comparisons row, in the schema's order.
+_COMPARISON_RECORD_COLUMNS = (
+    "split prompt_set task_id annotation_id prompt_id prompt messages labeler guideline_version created_at "
+    "time_spent_ms"
+)
 
 _d = orjson.dumps
 
@@ -196,30 +203,15 @@ class ArrowPairs:
                     [_margin(self.opts, g, d) for g, d in zip(self.gap, self.diff, strict=True)], pa.float64()
                 )
             return pa.Table.from_pydict(cols, schema=self.schema)
-        for name, get in (
-            ("split", lambda r: r.split),
-            ("prompt_set", lambda r: r.prompt_set),
-            ("task_id", lambda r: r.task_id),
-            ("annotation_id", lambda r: r.annotation_id),
-            ("prompt_id", lambda r: r.prompt_id),
-            ("prompt", lambda r: r.prompt),
-            ("messages", messages_of),
-            ("labeler", lambda r: r.labeler),
-            ("guideline_version", lambda r: r.guideline_version),
-            ("created_at", lambda r: r.created_at.isoformat()),
-            ("time_spent_ms", lambda r: r.time_spent_ms),
-        ):
+        # Each column is the record's attribute of its name, but for these two.
+        made: dict[str, Any] = {"messages": messages_of, "created_at": lambda r: r.created_at.isoformat()}
+        for name in _COMPARISON_RECORD_COLUMNS.split():
+            get = made.get(name, attrgetter(name))
             cols[name] = per_ann([get(r) for r in recs], name)
-        for name, get in (
-            ("", lambda it: it.text),
-            ("_completion_id", lambda it: it.completion_id),
-            ("_rank", lambda it: it.rank),
-            ("_rating", lambda it: it.rating),
-            ("_position", lambda it: it.position),
-            ("_policy", lambda it: it.policy),
-        ):
-            cols["chosen" + name], cols["rejected" + name] = per_item(
-                [get(it) for it in items], "chosen" + name
+        for suffix in ("", "_completion_id", "_rank", "_rating", "_position", "_policy"):
+            attr = suffix.lstrip("_") or "text"
+            cols["chosen" + suffix], cols["rejected" + suffix] = per_item(
+                [getattr(it, attr) for it in items], "chosen" + suffix
             )
         cols["tie"] = pa.array(self.tie, pa.bool_())
         cols["rank_gap"] = pa.array(self.gap, pa.int32())

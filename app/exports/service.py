@@ -224,14 +224,20 @@ def _id_pages(
         size = page
 
 
+# What every record says of its annotation, in this order (the SFT records query reads them too).
+ANNOTATION_COLUMNS = (
+    Annotation.id,
+    Annotation.task_id,
+    Annotation.user_id,
+    Annotation.guideline_version,
+    Annotation.created_at,
+    Annotation.time_spent_ms,
+)
+
+
 def _annotations_query(ids: list[int]) -> Select[Any]:
     cols: list[Any] = [
-        Annotation.id,
-        Annotation.task_id,
-        Annotation.user_id,
-        Annotation.guideline_version,
-        Annotation.created_at,
-        Annotation.time_spent_ms,
+        *ANNOTATION_COLUMNS,
         Annotation.notes,
         Annotation.skip_reason,
         Annotation.inconsistency_confirmed,

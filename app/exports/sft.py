@@ -19,7 +19,15 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.exports.service import BATCH_ANNOTATIONS, PAGE_ANNOTATIONS, Counts, ExportError, Filters, RecordNames
+from app.exports.service import (
+    ANNOTATION_COLUMNS,
+    BATCH_ANNOTATIONS,
+    PAGE_ANNOTATIONS,
+    Counts,
+    ExportError,
+    Filters,
+    RecordNames,
+)
 from app.exports.service import _conditions as annotation_conditions
 from app.labeling.models import Annotation, Demonstration, ReviewStatus, Task
 from app.prompts.models import Prompt, PromptSet, SetKind, TrainOn
@@ -57,12 +65,7 @@ def _query(filters: Filters, after: int, size: int) -> Any:
             Demonstration.draft_used,
             Demonstration.edit_distance,
             Demonstration.review_status,
-            Annotation.id,
-            Annotation.task_id,
-            Annotation.user_id,
-            Annotation.guideline_version,
-            Annotation.created_at,
-            Annotation.time_spent_ms,
+            *ANNOTATION_COLUMNS,
             PromptSet.name,
             Prompt.id,
             Prompt.text,
