@@ -23,16 +23,16 @@ from app.chat import ChatError, Conversation, as_text, conversation_hash, parse_
 from app.db import utcnow
 from app.imports.parsing import (
     MAX_LISTED,
-    ImportRefused,
     RowError,
     _prompt,
     _reply,
+    detect_by_keys,
     parse_with,
     refuse_unless_usable,
 )
-from app.imports.writing import _bulk, check_name, system_user
+from app.imports.writing import _bulk, check_name, system_user, write_prompts
 from app.labeling.models import Annotation, Assignment, Demonstration, ReviewStatus, Task
-from app.prompts.models import Prompt, PromptSet, SetKind, SetStatus
+from app.prompts.models import PromptSet, SetKind, SetStatus
 
 KINDS = ("auto", "messages", "prompt-completion", "hh")
 
@@ -54,24 +54,10 @@ class DemoImportResult:
 
 
 def detect_kind(rows: list[tuple[int, Any]]) -> str:
-    for _, obj in rows:
-        if isinstance(obj, dict):
-            if "messages" in obj:
-                return "messages"
-            if "completion" in obj:
-                return "prompt-completion"
-            if "chosen" in obj:
-                return "hh"
-    raise ImportRefused(
-        [
-            RowError(
-                0,
-                "file",
-                'no row looks like TRL/OpenAI {"messages": [...]}, {"prompt", "completion"} '
-                "or an HH-RLHF dialogue (chosen)",
-            )
-        ],
-        1,
+    return detect_by_keys(
+        rows,
+        {"messages": "messages", "completion": "prompt-completion", "chosen": "hh"},
+        'TRL/OpenAI {"messages": [...]}, {"prompt", "completion"} or an HH-RLHF dialogue (chosen)',
     )
 
 
@@ -183,25 +169,7 @@ def import_demonstrations(
 def _write(session: Session, set_id: int, user_id: int, rows: list[Row]) -> None:
     """One prompt per conversation; one closed task, submitted annotation and demonstration per row."""
     now = utcnow()
-    prompt_of: dict[str, int] = {}
-    new = []
-    for r in rows:
-        key = conversation_hash(r.messages)
-        if key not in prompt_of:
-            prompt_of[key] = -1
-            new.append(
-                {
-                    "prompt_set_id": set_id,
-                    "messages": r.messages,
-                    "text": as_text(r.messages),
-                    "text_hash": key,
-                    "meta": {},
-                    "source_line": r.line,
-                    "created_at": now,
-                }
-            )
-    for p, pid in zip(new, _bulk(session, Prompt, new), strict=True):
-        prompt_of[str(p["text_hash"])] = pid
+    prompt_of = write_prompts(session, set_id, ((r.messages, as_text(r.messages), r.line) for r in rows), now)
     task_ids = _bulk(
         session,
         Task,

@@ -108,25 +108,22 @@ def read_rows(data: bytes, filename: str) -> list[tuple[int, Any]]:
     return out
 
 
-def detect_kind(rows: list[tuple[int, Any]]) -> str:
+def detect_by_keys(rows: list[tuple[int, Any]], kinds: dict[str, str], expected: str) -> str:
+    """The kind of the file: `kinds`' value for the first of its keys the first object row that
+    holds any of them holds; none: refused, saying what rows were `expected`."""
     for _, obj in rows:
         if isinstance(obj, dict):
-            if "completions" in obj:
-                return "rankings"
-            if "prompt" in obj:
-                return "trl"
-            if "chosen" in obj:
-                return "hh"
-    raise ImportRefused(
-        [
-            RowError(
-                0,
-                "file",
-                "no row looks like HH-RLHF (chosen/rejected), TRL "
-                "(prompt/chosen/rejected) or a ranklab rankings export",
-            )
-        ],
-        1,
+            for key, kind in kinds.items():
+                if key in obj:
+                    return kind
+    raise ImportRefused([RowError(0, "file", f"no row looks like {expected}")], 1)
+
+
+def detect_kind(rows: list[tuple[int, Any]]) -> str:
+    return detect_by_keys(
+        rows,
+        {"completions": "rankings", "prompt": "trl", "chosen": "hh"},
+        "HH-RLHF (chosen/rejected), TRL (prompt/chosen/rejected) or a ranklab rankings export",
     )
 
 

@@ -4,6 +4,7 @@ policy versions, system labelers, completions and annotations, by bulk INSERT ..
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -11,9 +12,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import Role, User
-from app.chat import (
-    conversation_hash,
-)
+from app.chat import Conversation, conversation_hash
 from app.errors import has_nul
 from app.imports.parsing import ImportRefused, RowError, Unit, completion_key
 from app.labeling.models import Annotation, AnnotationItem, Assignment, Completion, Task
@@ -131,31 +130,34 @@ def policy_versions(session: Session, name: str, comps_of: dict[Any, Comps]) -> 
     return versions
 
 
+def write_prompts(
+    session: Session, set_id: int, convs: Iterable[tuple[Conversation, str, int | None]], now: datetime
+) -> dict[str, int]:
+    """One prompt per distinct conversation of `convs` ((messages, text, source line)), in the
+    order first seen, keyed as an upload keys them (the conversation's hash): each key's prompt id."""
+    rows: dict[str, dict[str, Any]] = {}
+    for messages, text, line in convs:
+        key = conversation_hash(messages)
+        if key not in rows:
+            rows[key] = dict(
+                prompt_set_id=set_id,
+                messages=messages,
+                text=text,
+                text_hash=key,
+                meta={},
+                source_line=line,
+                created_at=now,
+            )
+    return dict(zip(rows, _bulk(session, Prompt, list(rows.values())), strict=True))
+
+
 def write_tasks(
     session: Session, ps: PromptSet, tasks: dict[Any, list[Unit]], keys: list[Any], now: datetime
 ) -> list[int]:
     """One prompt per conversation (the set's unique key is its hash, as an upload stores it),
     then one closed task per source task."""
-    prompt_ids: dict[str, int] = {}
-    new_prompts = []
-    for group in tasks.values():
-        u = group[0]
-        key = conversation_hash(u.messages)
-        if key not in prompt_ids:
-            prompt_ids[key] = -1
-            new_prompts.append(
-                {
-                    "prompt_set_id": ps.id,
-                    "messages": u.messages,
-                    "text": u.prompt,
-                    "text_hash": key,
-                    "meta": {},
-                    "source_line": u.line,
-                    "created_at": now,
-                }
-            )
-    for row, pid in zip(new_prompts, _bulk(session, Prompt, new_prompts), strict=True):
-        prompt_ids[str(row["text_hash"])] = pid
+    firsts = (group[0] for group in tasks.values())
+    prompt_ids = write_prompts(session, ps.id, ((u.messages, u.prompt, u.line) for u in firsts), now)
     return _bulk(
         session,
         Task,
