@@ -94,6 +94,12 @@ def queued_job(sessions: sessionmaker[Session], base_model: Path) -> int:
     return job_id
 
 
+@pytest.fixture
+def queued(sessions: sessionmaker[Session], base_model: Path, artifacts: Path) -> int:
+    """A reward job queued on the seeded rankings, with a private artifacts folder: its id."""
+    return queued_job(sessions, base_model)
+
+
 class TestRewardJob:
     def test_annotations_to_active_reward_model(
         self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path
@@ -129,27 +135,17 @@ class TestRewardJob:
         assert not paths_for(job_id)[1].exists()  # checkpoints go once the model is whole
 
     def test_resumes_from_the_checkpoint_after_the_worker_died(
-        self,
-        sessions: sessionmaker[Session],
-        base_model: Path,
-        artifacts: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        job_id = queued_job(sessions, base_model)
         resumes_after_the_worker_died(
-            sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True), at=3
+            sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True), at=3
         )
 
     def test_cancel_leaves_no_model(
-        self,
-        sessions: sessionmaker[Session],
-        base_model: Path,
-        artifacts: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch, artifacts: Path
     ) -> None:
-        job_id = queued_job(sessions, base_model)
-        cancel_leaves_no_version(sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True))
-        out_dir, work_dir = paths_for(job_id)
+        cancel_leaves_no_version(sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True))
+        out_dir, work_dir = paths_for(queued)
         assert not out_dir.exists() and not work_dir.exists()
         assert not list(artifacts.glob("reward/*"))  # no half-written folder either
 

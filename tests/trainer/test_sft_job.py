@@ -74,6 +74,12 @@ def queued_job(sessions: sessionmaker[Session], model: Path, **extra: Any) -> tu
     return job_id, parent
 
 
+@pytest.fixture
+def queued(sessions: sessionmaker[Session], tiny_chat_model_path: Path, artifacts: Path) -> int:
+    """An SFT job queued on the seeded demonstrations, with a private artifacts folder: its id."""
+    return queued_job(sessions, tiny_chat_model_path)[0]
+
+
 @pytest.mark.slow
 class TestSFTJob:
     def test_demonstrations_to_an_inactive_policy_version(
@@ -98,27 +104,17 @@ class TestSFTJob:
         assert not paths_for(job_id)[1].exists()
 
     def test_resumes_from_the_checkpoint_after_the_worker_died(
-        self,
-        sessions: sessionmaker[Session],
-        tiny_chat_model_path: Path,
-        artifacts: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        job_id, _ = queued_job(sessions, tiny_chat_model_path)
         resumes_after_the_worker_died(
-            sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True), at=4
+            sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True), at=4
         )
 
     def test_cancel_leaves_nothing(
-        self,
-        sessions: sessionmaker[Session],
-        tiny_chat_model_path: Path,
-        artifacts: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch, artifacts: Path
     ) -> None:
-        job_id, _ = queued_job(sessions, tiny_chat_model_path)
-        cancel_leaves_no_version(sessions, job_id, monkeypatch, lambda: worker(sessions).run(burst=True))
-        out_dir, work_dir = paths_for(job_id)
+        cancel_leaves_no_version(sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True))
+        out_dir, work_dir = paths_for(queued)
         assert not out_dir.exists() and not work_dir.exists()
         assert not list(artifacts.glob("policy/*"))
 
