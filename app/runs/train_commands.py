@@ -176,27 +176,13 @@ def train_sft(inline: bool, **options: Any) -> None:
     if result is None:
         return
     metrics = result.get("metrics", {})
-    click.echo(
-        json.dumps(
-            _finite(
-                {
-                    "job_id": job_id,
-                    "policy_version": result.get("policy_version"),
-                    "path": result.get("path"),
-                    "parent_id": result.get("parent_id"),
-                    "val_loss_first": result.get("val_loss_first"),
-                    "val_loss_last": result.get("val_loss_last"),
-                    "train_demonstrations": metrics.get("train_demonstrations"),
-                    "val_demonstrations": metrics.get("val_demonstrations"),
-                    "steps": metrics.get("steps"),
-                    "seconds": metrics.get("seconds"),
-                    "kept_epoch": metrics.get("kept_epoch"),
-                    "data_sha256": result.get("data", {}).get("sha256"),
-                    "active": False,
-                }
-            )
-        )
-    )
+    line = {"job_id": job_id}
+    line |= {
+        k: result.get(k) for k in ("policy_version", "path", "parent_id", "val_loss_first", "val_loss_last")
+    }
+    line |= {k: metrics.get(k) for k in ("train_demonstrations", "val_demonstrations", "steps", "seconds")}
+    line |= {"kept_epoch": metrics.get("kept_epoch"), "data_sha256": result.get("data", {}).get("sha256")}
+    click.echo(json.dumps(_finite({**line, "active": False})))
 
 
 @click.command("round")
