@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.config import get_settings
 from app.runs import service as jobs
 from app.runs.models import ModelKind, ModelVersion
 from trainer.loop import Hooks
@@ -60,6 +61,15 @@ def save_policy(ctx: Any, made: Trained, *, parent_id: int | None, summary: str)
         mv_id: int = register_version(s, ctx, made, kind=ModelKind.policy, **fields).id
     ctx.log(f"policy {mv_id} saved at {made.out_dir}: {summary}; promote it to use it")
     return mv_id
+
+
+def training_data(ctx: Any, load: Callable[..., Any], what: str) -> tuple[Any, dict[str, Any]]:
+    """`load`'s records for the job's params (the export's query and pseudonyms) and their
+    manifest, or the job fails: no `what` match the filters."""
+    records, manifest = load(sessions=ctx.sessions, params=dict(ctx.params), secret=get_settings().secret_key)
+    if not records:
+        raise ValueError(f"no {what} match the filters {manifest['filters']}")
+    return records, manifest
 
 
 def job_hooks(ctx: Any, start: float = 0.02) -> Hooks:

@@ -23,7 +23,7 @@ from app.config import get_settings
 from app.exports.service import FILTER_PARAMS
 from app.runs import models_service
 from app.runs.models import ModelKind, ModelVersion
-from trainer.jobs import Trained, register_version, train_once
+from trainer.jobs import Trained, register_version, train_once, training_data
 from trainer.reward.data import load_groups
 from trainer.reward.train import RewardConfig, train
 
@@ -75,9 +75,7 @@ def run_job(ctx: Any) -> dict[str, Any]:
         base_model, policy = resolve_base_model(params.get("base_model"), active_policy)
         cfg = config_from_params(params, base_model)
         ref = (active_policy.id, active_policy.name) if active_policy else None
-    groups, manifest = load_groups(sessions=ctx.sessions, params=params, secret=get_settings().secret_key)
-    if not groups:
-        raise ValueError(f"no rankings match the filters {manifest['filters']}")
+    groups, manifest = training_data(ctx, load_groups, "rankings")
     c = manifest["counts"]
     ctx.log(
         f"{c['rows']} tasks ({c['rows_by_split']}), {c['annotations']} rankings, {c['pairs']} comparisons "

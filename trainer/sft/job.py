@@ -27,7 +27,7 @@ from app.exports.service import FILTER_PARAMS
 from app.runs import models_service, policies
 from app.runs.models import JobMetric, ModelKind, ModelVersion
 from app.runs.params import TRAIN_SFT
-from trainer.jobs import Trained, save_policy, train_once
+from trainer.jobs import Trained, save_policy, train_once, training_data
 from trainer.sft.config import SFTConfig
 from trainer.sft.data import load_demos
 
@@ -84,9 +84,7 @@ def run_job(ctx: Any) -> dict[str, Any]:
         reward_path = str(reward.path or reward.source) if reward is not None else None
         reward_id = reward.id if reward is not None else None
     cfg = config_from_params(params, base_path)
-    demos, manifest = load_demos(sessions=ctx.sessions, params=params, secret=get_settings().secret_key)
-    if not demos:
-        raise ValueError(f"no demonstrations that count for training match the filters {manifest['filters']}")
+    demos, manifest = training_data(ctx, load_demos, "demonstrations that count for training")
     c = manifest["counts"]
     ctx.log(
         f"{c['rows']} demonstrations ({c['rows_by_split']}) of {c['prompts']} prompts "
