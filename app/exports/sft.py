@@ -19,10 +19,17 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.exports.service import BATCH_ANNOTATIONS, PAGE_ANNOTATIONS, Counts, ExportError, Filters, RecordNames
-from app.exports.service import _conditions as annotation_conditions
+from app.exports.service import (
+    BATCH_ANNOTATIONS,
+    PAGE_ANNOTATIONS,
+    Counts,
+    ExportError,
+    Filters,
+    RecordNames,
+    annotation_conditions,
+)
 from app.labeling.models import Annotation, Demonstration, ReviewStatus, Task
-from app.prompts.models import Prompt, PromptSet, TrainOn
+from app.prompts.models import Prompt, PromptSet, SetKind, TrainOn
 
 
 def counts_for_training() -> Any:
@@ -72,7 +79,11 @@ def _query(filters: Filters, after: int, size: int) -> Any:
         .join(Task, Task.id == Annotation.task_id)
         .join(Prompt, Prompt.id == Task.prompt_id)
         .join(PromptSet, PromptSet.id == Task.prompt_set_id)
-        .where(Demonstration.id > after, counts_for_training(), *annotation_conditions(filters))
+        .where(
+            Demonstration.id > after,
+            counts_for_training(),
+            *annotation_conditions(filters, SetKind.demonstration),
+        )
         .order_by(Demonstration.id)
         .limit(size)
     )
