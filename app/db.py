@@ -13,9 +13,16 @@ from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, Engine, Index, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    InstrumentedAttribute,
+    Session,
+    make_transient_to_detached,
+    sessionmaker,
+)
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
+from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.types import TypeDecorator
 from starlette.concurrency import run_in_threadpool
 
@@ -38,6 +45,18 @@ def partial_index(name: str, *columns: str, where: str, unique: bool = False) ->
 def partial_unique(name: str, *columns: str, where: str) -> Index:
     """A unique index over the rows where `where` holds: at most one such row per value of `columns`."""
     return partial_index(name, *columns, where=where, unique=True)
+
+
+Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])
+
+
+def where_given(query: Q, *filters: tuple[ColumnElement[Any] | InstrumentedAttribute[Any], object]) -> Q:
+    """`query` narrowed to `column == value` for each (column, value) whose value was given: a
+    list page's optional filters, where None (or an empty form field) means "any"."""
+    for column, value in filters:
+        if value is not None and value != "":
+            query = query.where(column == value)
+    return query
 
 
 def utcnow() -> datetime:

@@ -6,6 +6,7 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
@@ -27,6 +28,11 @@ _seq = itertools.count(1)
 def words(line: str) -> list[str]:
     """A line's words: command lines and vocabularies written as one line, not one word a line."""
     return line.split()
+
+
+def count_rows(session: Session, model: Any) -> int:
+    """How many rows the table of `model` holds."""
+    return session.scalar(select(func.count()).select_from(model)) or 0
 
 
 def make_user(

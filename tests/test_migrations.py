@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 import app.all_models  # noqa: F401
@@ -58,6 +58,16 @@ class TestRoundTrip:
         assert _tables(fresh_url) == set(Base.metadata.tables)
 
 
+def _insert_old_set(conn: Connection) -> None:
+    """A prompt set as the revisions before 0004 stored it (no kind), in raw SQL."""
+    conn.execute(
+        text(
+            "INSERT INTO prompt_set (name, k, overlap, sampling, flags, status, report, "
+            "created_at) VALUES ('s', 4, 1, '{}', '[]', 'active', '{}', CURRENT_TIMESTAMP)"
+        )
+    )
+
+
 class TestSQLite:
     def test_foreign_keys_on_and_wal(self, sqlite_url: str) -> None:
         with get_engine(sqlite_url).connect() as conn:
@@ -83,12 +93,7 @@ class TestPromptMessages:
         migrate.upgrade(fresh_url, "0001")
         engine = get_engine(fresh_url)
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO prompt_set (name, k, overlap, sampling, flags, status, report, "
-                    "created_at) VALUES ('s', 4, 1, '{}', '[]', 'active', '{}', CURRENT_TIMESTAMP)"
-                )
-            )
+            _insert_old_set(conn)
             set_id = conn.execute(text("SELECT id FROM prompt_set")).scalar_one()
             for i, body in enumerate(["Explain tides.", "Name a colour\r\nplease."]):
                 conn.execute(
@@ -126,12 +131,7 @@ class TestDemonstrations:
         migrate.upgrade(fresh_url, "0003")
         engine = get_engine(fresh_url)
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO prompt_set (name, k, overlap, sampling, flags, status, report, "
-                    "created_at) VALUES ('s', 4, 1, '{}', '[]', 'active', '{}', CURRENT_TIMESTAMP)"
-                )
-            )
+            _insert_old_set(conn)
             conn.execute(
                 text(
                     "INSERT INTO prompt (prompt_set_id, text, text_hash, meta, messages, created_at) "

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.chat import normalise_text
-from app.db import utcnow
+from app.db import utcnow, where_given
 from app.errors import MAX_TEXT, Invalid, NotFound, check_text
 from app.labeling.models import Annotation, Demonstration, ReviewStatus, Task
 from app.prompts.models import Prompt, PromptSet
@@ -53,14 +53,13 @@ def listing(
         .order_by(Annotation.created_at.desc(), Demonstration.id.desc())
         .limit(limit)
     )
-    if set_id is not None:
-        query = query.where(Task.prompt_set_id == set_id)
-    if user_id is not None:
-        query = query.where(Annotation.user_id == user_id)
-    if status:
-        query = query.where(Demonstration.review_status == status)
-    if demo_id is not None:
-        query = query.where(Demonstration.id == demo_id)
+    query = where_given(
+        query,
+        (Task.prompt_set_id, set_id),
+        (Annotation.user_id, user_id),
+        (Demonstration.review_status, status),
+        (Demonstration.id, demo_id),
+    )
     return [
         Row(demo=d, messages=prompt.messages, set_id=sid, set_name=name)
         for d, prompt, sid, name in session.execute(query).unique().all()

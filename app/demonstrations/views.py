@@ -73,27 +73,22 @@ def _act(request: Request, session: Session, demo_id: int, user: User, action: s
     return _row(request, session, demo, attempt(session, actions[action]))
 
 
-@router.post("/demonstrations/{demonstration_id}/accept", response_class=HTMLResponse)
-def accept(
-    demonstration_id: Id, request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep
-) -> Response:
-    return _act(request, session, demonstration_id, user, "accept", form)
+def _review_route(action: str, doc: str) -> None:
+    """POST /demonstrations/{id}/ACTION: one reviewer action on one demonstration, answered with
+    its refreshed row."""
+
+    def review(
+        demonstration_id: Id, request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep
+    ) -> Response:
+        return _act(request, session, demonstration_id, user, action, form)
+
+    review.__name__, review.__doc__ = action, doc
+    router.post(f"/demonstrations/{{demonstration_id}}/{action}", response_class=HTMLResponse)(review)
 
 
-@router.post("/demonstrations/{demonstration_id}/reject", response_class=HTMLResponse)
-def reject(
-    demonstration_id: Id, request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep
-) -> Response:
-    """Reject with a reason; the demonstration no longer counts for training."""
-    return _act(request, session, demonstration_id, user, "reject", form)
-
-
-@router.post("/demonstrations/{demonstration_id}/edit", response_class=HTMLResponse)
-def edit(
-    demonstration_id: Id, request: Request, session: SessionDep, user: CurrentResearcher, form: FormDep
-) -> Response:
-    """The reviewer's version goes to edited_reply (training uses it); the labeler's stays."""
-    return _act(request, session, demonstration_id, user, "edit", form)
+_review_route("accept", "Accept: the demonstration counts for training as written.")
+_review_route("reject", "Reject with a reason; the demonstration no longer counts for training.")
+_review_route("edit", "The reviewer's version goes to edited_reply (training uses it); the labeler's stays.")
 
 
 @router.post("/demonstrations/accept", response_class=HTMLResponse)

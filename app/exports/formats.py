@@ -217,119 +217,85 @@ def group_row(recs: list[AnnotationRecord]) -> dict[str, Any]:
 _MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
+_TYPES = {
+    "str": pa.string(),
+    "i64": pa.int64(),
+    "i32": pa.int32(),
+    "bool": pa.bool_(),
+    "messages": _MSG,
+    "strs": pa.list_(pa.string()),
+    "i32s": pa.list_(pa.int32()),
+}
+
+
+def _fields(spec: str, **more: pa.DataType) -> list[tuple[str, pa.DataType]]:
+    """Columns written "name type, ...": type one of _TYPES or a name in `more`."""
+    types = {**_TYPES, **more}
+    return [(name, types[kind]) for name, kind in (field.split() for field in spec.split(","))]
+
+
 def schema_for(fmt: str, opts: RowOptions) -> pa.Schema:
-    s, i64, i32 = pa.string(), pa.int64(), pa.int32()
     if fmt == "comparisons":
         side = [
-            ("", s),
-            ("_completion_id", i64),
-            ("_rank", i32),
-            ("_rating", i32),
-            ("_position", i32),
-            ("_policy", s),
+            ("", pa.string()),
+            *_fields("_completion_id i64, _rank i32, _rating i32, _position i32, _policy str"),
         ]
         return pa.schema(
             [
-                ("split", s),
-                ("prompt_set", s),
-                ("task_id", i64),
-                ("annotation_id", i64),
-                ("prompt_id", i64),
-                ("prompt", s),
-                ("messages", _MSG),
+                *_fields(
+                    "split str, prompt_set str, task_id i64, annotation_id i64, prompt_id i64, prompt str, "
+                    "messages messages"
+                ),
                 *[("chosen" + n, t) for n, t in side],
                 *[("rejected" + n, t) for n, t in side],
-                ("tie", pa.bool_()),
-                ("rank_gap", i32),
-                ("rating_diff", i32),
-                ("labeler", s),
-                ("guideline_version", i32),
-                ("created_at", s),
-                ("time_spent_ms", i64),
+                *_fields(
+                    "tie bool, rank_gap i32, rating_diff i32, labeler str, guideline_version i32, "
+                    "created_at str, time_spent_ms i64"
+                ),
             ]
         )
     if fmt == "trl":
-        t = _MSG if opts.conversational else s
+        t = _MSG if opts.conversational else pa.string()
         fields = [("prompt", t), ("chosen", t), ("rejected", t)]
         if opts.margin != "none":
             fields.append(("margin", pa.float64()))
         return pa.schema(fields)
     if fmt == "rankings":
-        comp = pa.struct(
-            [
-                ("completion_id", i64),
-                ("text", s),
-                ("policy", s),
-                ("rank", i32),
-                ("rating", i32),
-                ("flags", pa.list_(s)),
-                ("position", i32),
-            ]
+        comp = _fields(
+            "completion_id i64, text str, policy str, rank i32, rating i32, flags strs, position i32"
         )
         return pa.schema(
-            [
-                ("annotation_id", i64),
-                ("task_id", i64),
-                ("prompt_set", s),
-                ("prompt_id", i64),
-                ("prompt", s),
-                ("messages", _MSG),
-                ("split", s),
-                ("labeler", s),
-                ("guideline_version", i32),
-                ("created_at", s),
-                ("time_spent_ms", i64),
-                ("skip_reason", s),
-                ("notes", s),
-                ("inconsistency_confirmed", pa.bool_()),
-                ("completions", pa.list_(comp)),
-            ]
+            _fields(
+                "annotation_id i64, task_id i64, prompt_set str, prompt_id i64, prompt str, "
+                "messages messages, split str, labeler str, guideline_version i32, created_at str, "
+                "time_spent_ms i64, skip_reason str, notes str, inconsistency_confirmed bool, "
+                "completions completions",
+                completions=pa.list_(pa.struct(comp)),
+            )
         )
     if fmt == "groups":
-        comp = pa.struct([("completion_id", i64), ("text", s), ("policy", s)])
-        ranking = pa.struct(
-            [
-                ("annotation_id", i64),
-                ("labeler", s),
-                ("ranks", pa.list_(i32)),
-                ("ratings", pa.list_(i32)),
-                ("flags", pa.list_(pa.list_(s))),
-                ("guideline_version", i32),
-                ("created_at", s),
-                ("time_spent_ms", i64),
-            ]
+        comp = _fields("completion_id i64, text str, policy str")
+        ranking = _fields(
+            "annotation_id i64, labeler str, ranks i32s, ratings i32s, flags flags, guideline_version i32, "
+            "created_at str, time_spent_ms i64",
+            flags=pa.list_(pa.list_(pa.string())),
         )
         return pa.schema(
-            [
-                ("task_id", i64),
-                ("prompt_set", s),
-                ("prompt_id", i64),
-                ("prompt", s),
-                ("messages", _MSG),
-                ("split", s),
-                ("completions", pa.list_(comp)),
-                ("rankings", pa.list_(ranking)),
-            ]
+            _fields(
+                "task_id i64, prompt_set str, prompt_id i64, prompt str, messages messages, split str, "
+                "completions completions, rankings rankings",
+                completions=pa.list_(pa.struct(comp)),
+                rankings=pa.list_(pa.struct(ranking)),
+            )
         )
     if fmt == "sft":  # app/exports/sft.py writes these rows
         return pa.schema(
-            [
-                ("messages", _MSG),
-                ("prompt_set", s),
-                ("prompt_id", i64),
-                ("task_id", i64),
-                ("annotation_id", i64),
-                ("demonstration_id", i64),
-                ("split", s),
-                ("labeler", s),
-                ("guideline_version", i32),
-                ("created_at", s),
-                ("time_spent_ms", i64),
-                ("draft_used", pa.bool_()),
-                ("edit_distance", i32),
-                ("review_status", s),
-                ("edited_by_reviewer", pa.bool_()),
-            ]
+            _fields(
+                "messages messages, prompt_set str, prompt_id i64, task_id i64, annotation_id i64, "
+                "demonstration_id i64, split str, labeler str, guideline_version i32, created_at str, "
+                "time_spent_ms i64, draft_used bool, edit_distance i32, review_status str, "
+                "edited_by_reviewer bool"
+            )
         )
     raise ValueError(f"format: one of {', '.join(FORMATS)}, not {fmt!r}")
 

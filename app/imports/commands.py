@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from app.commands import group
+from app.commands import group, input_file
 from app.imports.demonstrations import KINDS as DEMO_KINDS
 from app.imports.parsing import KINDS
 
@@ -38,7 +38,7 @@ def import_options(kinds: tuple[str, ...], what: str) -> Callable[[F], F]:
 
     def decorate(command: F) -> F:
         options = [
-            click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+            input_file,
             click.option("--name", required=True, help=f"Name of the new {what}."),
             click.option(
                 "--format",

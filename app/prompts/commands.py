@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from app.commands import group
+from app.commands import group, input_file
 from app.config import get_settings
 from app.db import cli_sessions
 
@@ -27,7 +27,7 @@ prompts = group(
 
 
 @prompts.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@input_file
 @click.option("--name", required=True, help="Name of the new set (must not exist yet).")
 @click.option(
     "--kind",

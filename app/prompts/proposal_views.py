@@ -103,20 +103,6 @@ def write_submit(request: Request, session: SessionDep, user: CurrentLabeler, fo
     return RedirectResponse(f"/prompts/write?sent={proposal.id}", status_code=303)
 
 
-def _out(p: PromptProposal) -> ProposalOut:
-    return ProposalOut(
-        id=p.id,
-        prompt_set_id=p.prompt_set_id,
-        messages=p.messages,
-        category=p.category,
-        status=p.status,
-        reason=p.reason,
-        prompt_id=p.prompt_id,
-        created_at=p.created_at,
-        reviewed_at=p.reviewed_at,
-    )
-
-
 @api.post(
     "/prompts/proposals",
     response_model=ProposalOut,
@@ -125,7 +111,7 @@ def _out(p: PromptProposal) -> ProposalOut:
 )
 def propose_api(body: ProposalIn, request: Request, session: SessionDep, user: CurrentLabeler) -> ProposalOut:
     """Write a prompt for a set that takes written prompts; it waits for an admin's review."""
-    return _out(
+    return ProposalOut.model_validate(
         proposals.propose(
             session=session,
             settings=request.app.state.settings,
@@ -140,7 +126,9 @@ def propose_api(body: ProposalIn, request: Request, session: SessionDep, user: C
 @api.get("/prompts/proposals", response_model=list[ProposalOut])
 def my_proposals_api(session: SessionDep, user: CurrentLabeler) -> list[ProposalOut]:
     """The prompts you wrote, newest first, with what became of them."""
-    return [_out(r.proposal) for r in proposals.listing(session=session, user_id=user.id)]
+    return [
+        ProposalOut.model_validate(r.proposal) for r in proposals.listing(session=session, user_id=user.id)
+    ]
 
 
 # --- admins: the review queue -----------------------------------------------------------------

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.config import Settings
-from app.db import utcnow
+from app.db import utcnow, where_given
 from app.errors import MAX_ROW_ID, Conflict, Invalid, NotFound, check_text
 from app.prompts import service
 from app.prompts.models import PROMPT_CATEGORIES, Prompt, PromptProposal, PromptSet, ProposalStatus
@@ -146,12 +146,12 @@ def listing(
         .order_by(PromptProposal.created_at.desc(), PromptProposal.id.desc())
         .limit(limit)
     )
-    if user_id is not None:
-        query = query.where(PromptProposal.user_id == user_id)
-    if status:
-        query = query.where(PromptProposal.status == status)
-    if proposal_id is not None:
-        query = query.where(PromptProposal.id == proposal_id)
+    query = where_given(
+        query,
+        (PromptProposal.user_id, user_id),
+        (PromptProposal.status, status),
+        (PromptProposal.id, proposal_id),
+    )
     rows = session.execute(query).all()
     names = dict(session.execute(select(PromptSet.id, PromptSet.name)).all()) if rows else {}
     return [

@@ -71,6 +71,8 @@ class ProposalIn(BaseModel):
 
 
 class ProposalOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from a PromptProposal
+
     id: int
     prompt_set_id: int | None = Field(description="The set it was written for.")
     messages: list[dict[str, str]] = Field(description="As written (normalised).")

@@ -283,23 +283,11 @@ def resume_set(set_id: Id, request: Request, session: SessionDep, admin: Current
 
 
 def _out(session: Session, ps: PromptSet) -> PromptSetOut:
+    """The set's own columns, with the figures its list row works out."""
     row = _row(session, ps)
-    return PromptSetOut(
-        id=ps.id,
-        name=ps.name,
-        kind=ps.kind,
-        k=ps.k,
-        overlap=ps.overlap,
-        sampling=ps.sampling,
-        policy_version_id=ps.policy_version_id,
-        compare_version_id=ps.compare_version_id,
-        is_demo=row["is_demo"],
-        flags=list(ps.flags),
-        status=ps.status,
-        source_filename=ps.source_filename,
-        report=ps.report,
-        created_at=ps.created_at,
-        progress=row["prog"].as_dict(),
+    columns = {f: getattr(ps, f) for f in PromptSetOut.model_fields if hasattr(ps, f)}
+    return PromptSetOut.model_validate(
+        {**columns, "is_demo": row["is_demo"], "progress": row["prog"].as_dict()}
     )
 
 

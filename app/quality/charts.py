@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from app.svg import line, svg_open, text
+
 
 @dataclass(frozen=True)
 class Bar:
@@ -44,22 +46,16 @@ def bar_chart(
         return f"{v:.0%}" if percent else f"{v:.2f}"
 
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" aria-label="{escape(title)}">',
-        f'<text x="{left}" y="16" font-size="13" font-weight="600">{escape(title)}</text>',
+        svg_open(width, height, escape(title)),
+        text(left, 16, escape(title), ' font-size="13" font-weight="600"'),
     ]
     for tick in (0.0, ymax / 2, ymax):
         ty = y(tick)
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#e3e6ec"/>')
-        parts.append(
-            f'<text x="{left - 4}" y="{ty + 4:.1f}" font-size="10" text-anchor="end" '
-            f'fill="#5b6474">{fmt(tick)}</text>'
-        )
+        parts.append(line(left, width - right, ty, ty, "#e3e6ec"))
+        parts.append(text(left - 4, ty + 4, fmt(tick), ' font-size="10" text-anchor="end" fill="#5b6474"'))
     if not bars:
-        parts.append(
-            f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" font-size="12" '
-            f'text-anchor="middle" fill="#5b6474">no data yet</text>'
-        )
+        empty = ' font-size="12" text-anchor="middle" fill="#5b6474"'
+        parts.append(text(left + plot_w / 2, top + plot_h / 2, "no data yet", empty))
     for i, b in enumerate(bars):
         cx = left + slot * (i + 0.5)
         label = escape(b.label)
@@ -75,36 +71,18 @@ def bar_chart(
                 f'height="{top + plot_h - yy:.1f}" fill="#2457c5" opacity="0.8"/>'
             )
             # the value sits beside the bar's top, clear of an error bar drawn through its middle
-            parts.append(
-                f'<text x="{cx + bar_w / 2 + 2:.1f}" y="{yy + 10:.1f}" font-size="10">{value}</text>'
-            )
+            parts.append(text(cx + bar_w / 2 + 2, yy + 10, value, ' font-size="10"'))
         if b.lo is not None and b.hi is not None:
             y1, y2 = y(b.lo), y(b.hi)
-            parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y1:.1f}" y2="{y2:.1f}" stroke="#1d2330"/>')
-            for yy in (y1, y2):
-                parts.append(
-                    f'<line x1="{cx - 5:.1f}" x2="{cx + 5:.1f}" y1="{yy:.1f}" y2="{yy:.1f}" '
-                    'stroke="#1d2330"/>'
-                )
+            parts.append(line(cx, cx, y1, y2, "#1d2330"))
+            parts.extend(line(cx - 5, cx + 5, yy, yy, "#1d2330") for yy in (y1, y2))
         if b.ref is not None:
             ry = y(b.ref)
-            parts.append(
-                f'<line x1="{cx - bar_w / 2 - 3:.1f}" x2="{cx + bar_w / 2 + 3:.1f}" y1="{ry:.1f}" '
-                f'y2="{ry:.1f}" stroke="#b3261e" stroke-width="2"/>'
-            )
-        parts.append(
-            f'<text x="{cx:.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="middle">'
-            f"{label}</text></g>"
-        )
+            parts.append(line(cx - bar_w / 2 - 3, cx + bar_w / 2 + 3, ry, ry, "#b3261e", ' stroke-width="2"'))
+        parts.append(text(cx, top + plot_h + 14, str(label), ' font-size="10" text-anchor="middle"') + "</g>")
     if ref is not None:
         ry = y(ref)
-        parts.append(
-            f'<line x1="{left}" x2="{width - right}" y1="{ry:.1f}" y2="{ry:.1f}" '
-            'stroke="#b3261e" stroke-dasharray="4 3"/>'
-        )
-        parts.append(
-            f'<text x="{width - right + 4}" y="{ry + 3:.1f}" font-size="10" '
-            f'fill="#b3261e">{escape(ref_label)}</text>'
-        )
+        parts.append(line(left, width - right, ry, ry, "#b3261e", ' stroke-dasharray="4 3"'))
+        parts.append(text(width - right + 4, ry + 3, escape(ref_label), ' font-size="10" fill="#b3261e"'))
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704  (every text above went through escape())

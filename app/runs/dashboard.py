@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
-from app.db import utcnow
+from app.db import utcnow, where_given
 from app.prompts.models import PromptSet
 from app.runs import service as jobs
 from app.runs.models import FINISHED, Job, JobStatus, ModelVersion
@@ -130,10 +130,7 @@ def list_runs(
     *, session: Session, kind: str | None = None, status: str | None = None, limit: int = 100
 ) -> list[JobRow]:
     query = select(Job, User.username).outerjoin(User, User.id == Job.created_by_id)
-    if kind:
-        query = query.where(Job.kind == kind)
-    if status:
-        query = query.where(Job.status == status)
+    query = where_given(query, (Job.kind, kind), (Job.status, status))
     now = utcnow()
     return [
         JobRow(job=job, who=who, duration=duration(job, now), time_left=time_left(job, now))

@@ -97,12 +97,6 @@ def new_sft(request: Request, session: SessionDep, user: CurrentResearcher, form
 
 # --- JSON API -------------------------------------------------------------------------------
 
-# The request bodies: made from the definitions, so the OpenAPI page lists every field with its
-# range, default and help.
-TrainRewardIn = TRAIN_REWARD.model
-TrainPPOIn = TRAIN_PPO.model
-TrainSFTIn = TRAIN_SFT.model
-
 
 def _start_api(request: Request, session: Session, user: Any, spec: JobSpec, body: BaseModel) -> JobOut:
     try:
@@ -116,39 +110,32 @@ def _start_api(request: Request, session: Session, user: Any, spec: JobSpec, bod
     return job_out(dashboard.row(session=session, job=job))
 
 
-@router.post("/api/v1/jobs/train_reward", response_model=JobOut, status_code=201)
-def train_reward_api(
-    request: Request,
-    session: SessionDep,
-    user: CurrentResearcher,
-    body: TrainRewardIn,  # type: ignore[valid-type]
-) -> JobOut:
+def _api_route(spec: JobSpec, doc: str) -> None:
+    """POST /api/v1/jobs/KIND: queue a `spec.kind` job. The body's model is made from the job's
+    definition, so the OpenAPI page lists every field with its range, default and help."""
+
+    def queue(request: Request, session: SessionDep, user: CurrentResearcher, body: BaseModel) -> JobOut:
+        return _start_api(request, session, user, spec, body)
+
+    queue.__annotations__["body"] = spec.model  # what FastAPI reads the body as
+    queue.__name__, queue.__doc__ = f"{spec.kind}_api", doc
+    router.post(f"/api/v1/jobs/{spec.kind}", response_model=JobOut, status_code=201)(queue)
+
+
+_api_route(
+    TRAIN_REWARD,
     """Queue a reward-model run. Every field is optional (its default applies); the job's params
-    keep only the fields sent. The run's page is /runs/{id}; follow it at /api/v1/jobs/{id}."""
-    return _start_api(request, session, user, TRAIN_REWARD, body)
-
-
-@router.post("/api/v1/jobs/train_ppo", response_model=JobOut, status_code=201)
-def train_ppo_api(
-    request: Request,
-    session: SessionDep,
-    user: CurrentResearcher,
-    body: TrainPPOIn,  # type: ignore[valid-type]
-) -> JobOut:
+    keep only the fields sent. The run's page is /runs/{id}; follow it at /api/v1/jobs/{id}.""",
+)
+_api_route(
+    TRAIN_PPO,
     """Queue a PPO run from the active policy against the active reward model (or
     `reward_version_id`). A pretraining file for PPO-ptx can be given only on the form or the
-    CLI; here ptx_coef > 0 trains on the chosen completions of the labeled data."""
-    return _start_api(request, session, user, TRAIN_PPO, body)
-
-
-@router.post("/api/v1/jobs/train_sft", response_model=JobOut, status_code=201)
-def train_sft_api(
-    request: Request,
-    session: SessionDep,
-    user: CurrentResearcher,
-    body: TrainSFTIn,  # type: ignore[valid-type]
-) -> JobOut:
+    CLI; here ptx_coef > 0 trains on the chosen completions of the labeled data.""",
+)
+_api_route(
+    TRAIN_SFT,
     """Queue an SFT run: the demonstrations that count (`GET /api/v1/exports/sft` with the same
     sets) fine-tune the active policy, or `base_model`, into a new policy version, inactive
-    until promoted."""
-    return _start_api(request, session, user, TRAIN_SFT, body)
+    until promoted.""",
+)

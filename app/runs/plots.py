@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 from markupsafe import Markup, escape
 
+from app.svg import line, svg_open, text
+
 # Tableau 10: distinguishable, and readable for the common kinds of colour blindness.
 PALETTE = (
     "#4e79a7",
@@ -94,20 +96,14 @@ def line_chart(
     left, right, top = 58, 14, 28 if title else 12
     bottom = 38 + 16 * legend_rows
     plot_w, plot_h = width - left - right, height - top - bottom
-    out: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{escape(title or "chart")}">'
-    ]
+    out: list[str] = [svg_open(width, height, escape(title or "chart"))]
     if title:
-        out.append(
-            f'<text class="chart-title" x="{left}" y="17" font-size="13" '
-            f'font-weight="600">{escape(title)}</text>'
-        )
+        out.append(text(left, 17, escape(title), ' class="chart-title" font-size="13" font-weight="600"'))
     if not clean:
         out.append(
-            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12" '
-            'fill="#5b6474">no data yet</text></svg>'
+            text(width / 2, height / 2, "no data yet", ' text-anchor="middle" font-size="12" fill="#5b6474"')
         )
+        out.append("</svg>")
         return Markup("".join(out))  # noqa: S704  (every label above went through escape())
 
     xs = [x for pts in clean.values() for x, _ in pts]
@@ -129,21 +125,16 @@ def line_chart(
     out.append('<g class="axes" font-size="11" fill="#5b6474">')
     for t in y_ticks:
         y = sy(t)
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e6e8ee"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(t)}</text>')
+        out.append(line(left, left + plot_w, y, y, "#e6e8ee"))
+        out.append(text(left - 6, y + 4, fmt(t), ' text-anchor="end"'))
     for t in x_ticks:
         x = sx(t)
-        out.append(
-            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" stroke="#5b6474"/>'
-        )
-        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{fmt(t)}</text>')
-    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#5b6474"/>')
+        out.append(line(x, x, top + plot_h, top + plot_h + 4, "#5b6474"))
+        out.append(text(x, top + plot_h + 16, fmt(t), ' text-anchor="middle"'))
+    out.append(line(left, left, top, top + plot_h, "#5b6474"))
+    out.append(line(left, left + plot_w, top + plot_h, top + plot_h, "#5b6474"))
     out.append(
-        f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#5b6474"/>'
-    )
-    out.append(
-        f'<text class="x-label" x="{left + plot_w / 2}" y="{top + plot_h + 30}" '
-        f'text-anchor="middle">{escape(x_label)}</text>'
+        text(left + plot_w / 2, top + plot_h + 30, escape(x_label), ' class="x-label" text-anchor="middle"')
     )
     out.append("</g>")
 

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
+
+from migrations.shorthand import drop_indexes, indexes, table
 
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
@@ -22,87 +23,21 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    table(
         "prompt_proposal",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("prompt_set_id", sa.Integer(), nullable=True),
-        sa.Column(
-            "messages",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column("category", sa.String(length=32), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("reason", sa.Text(), nullable=True),
-        sa.Column("prompt_id", sa.Integer(), nullable=True),
-        sa.Column("reviewed_by_id", sa.Integer(), nullable=True),
-        sa.Column("reviewed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["prompt_id"],
-            ["prompt.id"],
-            name=op.f("fk_prompt_proposal_prompt_id_prompt"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["prompt_set_id"],
-            ["prompt_set.id"],
-            name=op.f("fk_prompt_proposal_prompt_set_id_prompt_set"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["reviewed_by_id"],
-            ["user.id"],
-            name=op.f("fk_prompt_proposal_reviewed_by_id_user"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["user.id"], name=op.f("fk_prompt_proposal_user_id_user"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_prompt_proposal")),
+        "user_id int -> user, prompt_set_id int? -> prompt_set null, messages json, category str32, "
+        "status str16, reason text?, prompt_id int? -> prompt null, reviewed_by_id int? -> user null, "
+        "reviewed_at time?, created_at time",
     )
-    with op.batch_alter_table("prompt_proposal", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_prompt_proposal_status"), ["status"], unique=False)
-        batch_op.create_index(batch_op.f("ix_prompt_proposal_user_id"), ["user_id"], unique=False)
-
-    op.create_table(
+    indexes("prompt_proposal", "status", "user_id")
+    table(
         "demonstration",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("annotation_id", sa.Integer(), nullable=False),
-        sa.Column("reply", sa.Text(), nullable=False),
-        sa.Column("draft_used", sa.Boolean(), nullable=False),
-        sa.Column("draft_completion_id", sa.Integer(), nullable=True),
-        sa.Column("edit_distance", sa.Integer(), nullable=True),
-        sa.Column("token_count", sa.Integer(), nullable=True),
-        sa.Column("review_status", sa.String(length=16), nullable=False),
-        sa.Column("review_reason", sa.Text(), nullable=True),
-        sa.Column("edited_reply", sa.Text(), nullable=True),
-        sa.Column("reviewed_by_id", sa.Integer(), nullable=True),
-        sa.Column("reviewed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["annotation_id"],
-            ["annotation.id"],
-            name=op.f("fk_demonstration_annotation_id_annotation"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["draft_completion_id"],
-            ["completion.id"],
-            name=op.f("fk_demonstration_draft_completion_id_completion"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["reviewed_by_id"],
-            ["user.id"],
-            name=op.f("fk_demonstration_reviewed_by_id_user"),
-            ondelete="SET NULL",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_demonstration")),
-        sa.UniqueConstraint("annotation_id", name=op.f("uq_demonstration_annotation_id")),
+        "annotation_id int -> annotation unique, reply text, draft_used bool, "
+        "draft_completion_id int? -> completion null, edit_distance int?, token_count int?, "
+        "review_status str16, review_reason text?, edited_reply text?, reviewed_by_id int? -> user null, "
+        "reviewed_at time?",
     )
-    with op.batch_alter_table("demonstration", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_demonstration_review_status"), ["review_status"], unique=False)
+    indexes("demonstration", "review_status")
 
     with op.batch_alter_table("prompt_set", schema=None) as batch_op:
         batch_op.add_column(sa.Column("kind", sa.String(length=16), server_default="ranking", nullable=False))
@@ -120,12 +55,7 @@ def downgrade() -> None:
         batch_op.drop_column("allow_proposals")
         batch_op.drop_column("kind")
 
-    with op.batch_alter_table("demonstration", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_demonstration_review_status"))
-
+    drop_indexes("demonstration", "ix_demonstration_review_status")
     op.drop_table("demonstration")
-    with op.batch_alter_table("prompt_proposal", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_prompt_proposal_user_id"))
-        batch_op.drop_index(batch_op.f("ix_prompt_proposal_status"))
-
+    drop_indexes("prompt_proposal", "ix_prompt_proposal_user_id", "ix_prompt_proposal_status")
     op.drop_table("prompt_proposal")

@@ -18,12 +18,9 @@ FILE_TYPES = ["jsonl", "jsonl.gz", "parquet"]
 
 
 class TestFormats:
-    def test_comparisons_every_pair_ties_marked(self, session: Session) -> None:
+    @pytest.mark.parametrize("file_type", FILE_TYPES)
+    def test_comparisons_every_pair_ties_marked(self, session: Session, file_type: str) -> None:
         w = build(session)
-        for file_type in FILE_TYPES:
-            self._comparisons(session, w, file_type)
-
-    def _comparisons(self, session: Session, w, file_type: str) -> None:  # type: ignore[no-untyped-def]
         data, man = run_export(session, "comparisons", file_type)
         rows = read_rows(data, file_type)
         # a1: C(4,2)=6 with 1 tie; b1: 6; a2: 6; b3: C(3,2)=3 with 1 tie. b2 was skipped.
@@ -44,12 +41,9 @@ class TestFormats:
         assert best["chosen_position"] == 0 and best["rejected_position"] == 3
         assert best["created_at"].startswith(str(w.anns["a1"].created_at.year))
 
-    def test_trl_drops_ties_and_has_exactly_trl_columns(self, session: Session) -> None:
+    @pytest.mark.parametrize("file_type", FILE_TYPES)
+    def test_trl_drops_ties_and_has_exactly_trl_columns(self, session: Session, file_type: str) -> None:
         w = build(session)
-        for file_type in FILE_TYPES:
-            self._trl_drops_ties_and_has_exactly_trl_columns(session, w, file_type)
-
-    def _trl_drops_ties_and_has_exactly_trl_columns(self, session: Session, w, file_type: str) -> None:  # type: ignore[no-untyped-def]
         rows = read_rows(run_export(session, "trl", file_type)[0], file_type)
         assert len(rows) == 19
         assert all(list(r) == ["prompt", "chosen", "rejected"] for r in rows)
@@ -66,12 +60,9 @@ class TestFormats:
             "margin": 3.0,
         } in with_margin
 
-    def test_trl_conversational(self, session: Session) -> None:
+    @pytest.mark.parametrize("file_type", FILE_TYPES)
+    def test_trl_conversational(self, session: Session, file_type: str) -> None:
         build(session)
-        for file_type in FILE_TYPES:
-            self._trl_conversational(session, None, file_type)
-
-    def _trl_conversational(self, session: Session, w, file_type: str) -> None:  # type: ignore[no-untyped-def]
         rows = read_rows(
             run_export(session, "trl", file_type, opts=RowOptions(conversational=True))[0], file_type
         )
@@ -80,12 +71,9 @@ class TestFormats:
         assert r["chosen"][0]["role"] == "assistant" and isinstance(r["chosen"][0]["content"], str)
         assert list(r) == ["prompt", "chosen", "rejected"]
 
-    def test_rankings(self, session: Session) -> None:
+    @pytest.mark.parametrize("file_type", FILE_TYPES)
+    def test_rankings(self, session: Session, file_type: str) -> None:
         w = build(session)
-        for file_type in FILE_TYPES:
-            self._rankings(session, w, file_type)
-
-    def _rankings(self, session: Session, w, file_type: str) -> None:  # type: ignore[no-untyped-def]
         rows = read_rows(run_export(session, "rankings", file_type)[0], file_type)
         assert [r["annotation_id"] for r in rows] == [w.anns[k].id for k in ("a1", "b1", "a2", "b3")]
         a1 = rows[0]
@@ -98,12 +86,9 @@ class TestFormats:
         )
         assert [r["skip_reason"] for r in skipped].count("unclear") == 1 and len(skipped) == 5
 
-    def test_groups_one_row_per_task_with_every_ranking(self, session: Session) -> None:
+    @pytest.mark.parametrize("file_type", FILE_TYPES)
+    def test_groups_one_row_per_task_with_every_ranking(self, session: Session, file_type: str) -> None:
         w = build(session)
-        for file_type in FILE_TYPES:
-            self._groups_one_row_per_task_with_every_ranking(session, w, file_type)
-
-    def _groups_one_row_per_task_with_every_ranking(self, session: Session, w, file_type: str) -> None:  # type: ignore[no-untyped-def]
         rows = read_rows(run_export(session, "groups", file_type)[0], file_type)
         assert [r["task_id"] for r in rows] == [w.t1.id, w.t2.id, w.t3.id]
         t1 = rows[0]
@@ -201,12 +186,9 @@ class TestSplit:
 
 
 class TestManifest:
-    def test_sha256_counts_and_deterministic_bytes(self, session: Session) -> None:
+    @pytest.mark.parametrize("file_type", FILE_TYPES)
+    def test_sha256_counts_and_deterministic_bytes(self, session: Session, file_type: str) -> None:
         build(session)
-        for file_type in FILE_TYPES:
-            self._manifest(session, file_type)
-
-    def _manifest(self, session: Session, file_type: str) -> None:
         f = service.Filters(min_labels=1)
         data, man = run_export(session, "trl", file_type, filters=f)
         assert man["sha256"] == hashlib.sha256(data).hexdigest() and man["bytes"] == len(data)

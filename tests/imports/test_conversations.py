@@ -3,7 +3,6 @@ messages, and the exports give it back (`trl --conversational`, a `messages` col
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from app.exports.formats import RowOptions
 from app.imports import service as importer
 from app.prompts.models import Prompt
 from tests.exports.data import read_rows, run_export
+from tests.imports.conftest import jsonl, refused_places
 
 # Three HH rows written as the dataset writes them: multi-turn dialogues, a shared prompt and two
 # different last Assistant turns; the third prompt repeats the first's conversation.
@@ -38,10 +38,6 @@ HH_ROWS = [
         "\n\nHuman: And one with a bit of caffeine?\n\nAssistant: None exists.",
     },
 ]
-
-
-def _jsonl(rows: list[Any]) -> bytes:
-    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
 
 
 def trl_conversational(row: dict[str, str]) -> dict[str, Any]:
@@ -73,9 +69,7 @@ class TestHHRoundTrip:
     def test_hh_import_then_trl_conversational_export_is_the_same_rows(
         self, session: Session, file_type: str
     ) -> None:
-        r = importer.import_preferences(
-            session=session, data=_jsonl(HH_ROWS), filename="hh.jsonl", name="hh3"
-        )
+        r = importer.import_preferences(session=session, data=jsonl(HH_ROWS), filename="hh.jsonl", name="hh3")
         assert (r.kind, r.imported, r.tasks) == ("hh", 3, 3)
         data, manifest = run_export(
             session, "trl", file_type, filters=_set_filter(r), opts=RowOptions(conversational=True)
@@ -84,9 +78,7 @@ class TestHHRoundTrip:
         assert manifest["counts"]["prompts"] == 2  # rows 1 and 3 share one conversation
 
     def test_the_prompt_is_stored_as_its_turns(self, session: Session) -> None:
-        r = importer.import_preferences(
-            session=session, data=_jsonl(HH_ROWS), filename="hh.jsonl", name="hh3"
-        )
+        r = importer.import_preferences(session=session, data=jsonl(HH_ROWS), filename="hh.jsonl", name="hh3")
         prompts = session.scalars(
             select(Prompt).where(Prompt.prompt_set_id == r.prompt_set.id).order_by(Prompt.source_line)
         ).all()
@@ -104,7 +96,7 @@ class TestHHRoundTrip:
 
     def test_standard_trl_export_gives_the_readable_text(self, session: Session) -> None:
         r = importer.import_preferences(
-            session=session, data=_jsonl(HH_ROWS[1:2]), filename="h.jsonl", name="h"
+            session=session, data=jsonl(HH_ROWS[1:2]), filename="h.jsonl", name="h"
         )
         rows = read_rows(run_export(session, "trl", filters=_set_filter(r))[0], "jsonl")
         assert rows == [
@@ -121,7 +113,7 @@ class TestHHRoundTrip:
             {"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: yo\n\nAssistant: b"},
         ]
         with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=_jsonl(rows), filename="h.jsonl", name="bad")
+            importer.import_preferences(session=session, data=jsonl(rows), filename="h.jsonl", name="bad")
         got = [(e.line, e.field) for e in exc.value.errors]
         assert got == [(2, "chosen[1].content"), (3, "chosen/rejected")]
         assert "empty" in exc.value.errors[0].message and "differ at turn 0" in exc.value.errors[1].message
@@ -141,7 +133,7 @@ class TestTRLConversational:
             "chosen": [{"role": "assistant", "content": "Rome."}],
             "rejected": [{"role": "assistant", "content": "Milan."}],
         }
-        r = importer.import_preferences(session=session, data=_jsonl([row]), filename="t.jsonl", name="t")
+        r = importer.import_preferences(session=session, data=jsonl([row]), filename="t.jsonl", name="t")
         prompt = session.scalars(select(Prompt).where(Prompt.prompt_set_id == r.prompt_set.id)).one()
         assert prompt.messages == self.CONV and prompt.text_hash == conversation_hash(self.CONV)
         out = read_rows(
@@ -161,9 +153,7 @@ class TestTRLConversational:
             {"prompt": [{"role": "bot", "content": "hi"}], "chosen": "a", "rejected": "b"},
             {"prompt": "hi", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
         ]
-        with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=_jsonl(rows), filename="t.jsonl", name="t")
-        assert [(e.line, e.field) for e in exc.value.errors] == [
+        assert refused_places(session, rows) == [
             (1, "prompt[1].role"),
             (2, "prompt[1].role"),
             (3, "prompt[0].role"),
@@ -176,7 +166,7 @@ class TestMessagesColumn:
 
     def _import(self, session: Session) -> importer.ImportResult:
         row = {"prompt": self.CONV, "chosen": "Rome.", "rejected": "Milan."}
-        return importer.import_preferences(session=session, data=_jsonl([row]), filename="t.jsonl", name="m")
+        return importer.import_preferences(session=session, data=jsonl([row]), filename="t.jsonl", name="m")
 
     @pytest.mark.parametrize("file_type", ["jsonl", "parquet"])
     def test_comparisons_rankings_and_groups_carry_the_conversation(
@@ -202,7 +192,7 @@ class TestMessagesColumn:
         row = read_rows(data, "jsonl")[0]
         del row["messages"]
         plain = importer.import_preferences(
-            session=session, data=_jsonl([row]), filename="r.jsonl", name="plain"
+            session=session, data=jsonl([row]), filename="r.jsonl", name="plain"
         )
         prompt = session.scalars(select(Prompt).where(Prompt.prompt_set_id == plain.prompt_set.id)).one()
         assert prompt.messages == [{"role": "user", "content": as_text(self.CONV)}]
@@ -223,7 +213,7 @@ class TestCLI:
         get_settings.cache_clear()
         try:
             src, out = tmp_path / "hh.jsonl", tmp_path / "trl.jsonl"
-            src.write_bytes(_jsonl(HH_ROWS))
+            src.write_bytes(jsonl(HH_ROWS))
             res = CliRunner().invoke(cli, ["preferences", "import", str(src), "--name", "hh-cli"])
             assert res.exit_code == 0, res.output
             res = CliRunner().invoke(

@@ -23,7 +23,7 @@ from app.imports.service import ImportRefused
 from app.labeling.models import Annotation, Demonstration, Task
 from app.prompts.models import Prompt, PromptSet
 from tests.exports.data import read_rows, run_export
-from tests.imports.test_import import _count
+from tests.factories import count_rows
 
 U = {"role": "user", "content": "Say hi."}
 A = {"role": "assistant", "content": "Hi!"}
@@ -59,7 +59,7 @@ class TestFormats:
         assert (r.kind, r.rows, r.imported, r.skipped) == ("messages", 3, 3, [])
         ps = r.prompt_set
         assert (ps.kind, ps.status) == ("demonstration", "archived")
-        assert _count(session, Prompt) == 2 and _count(session, Task) == 3
+        assert count_rows(session, Prompt) == 2 and count_rows(session, Task) == 3
         tasks = list(session.scalars(select(Task)))
         assert {t.status for t in tasks} == {"closed"} and {t.label_count for t in tasks} == {1}
         user = session.scalar(select(User).join(Annotation, Annotation.user_id == User.id))
@@ -130,7 +130,7 @@ class TestErrors:
             (5, "messages[1].content"),
             (6, "messages"),
         ]
-        assert _count(session, PromptSet) == 0 and _count(session, Demonstration) == 0
+        assert count_rows(session, PromptSet) == 0 and count_rows(session, Demonstration) == 0
 
     def test_skip_invalid_keeps_the_good_rows(self, session: Session) -> None:
         r = import_demonstrations(

@@ -22,6 +22,8 @@ from app.labeling.models import Annotation, AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import ModelVersion
 from tests.exports.data import build, read_rows, run_export
+from tests.factories import count_rows
+from tests.imports.conftest import jsonl, refused_places
 
 # Refused rows of the shared HH file, by field: two whose chosen reply is empty, four whose
 # dialogue ends with two Assistant turns in a row (so the turns before the reply end with one).
@@ -36,20 +38,12 @@ HH_BAD = [
 HH_BAD_LINES = [line for line, _ in HH_BAD]
 
 
-def _count(session: Session, model: type) -> int:
-    return session.scalar(select(func.count()).select_from(model)) or 0
-
-
-def _jsonl(rows: list[object]) -> bytes:
-    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
-
-
 class TestHH:
     def test_refused_whole_with_line_numbers_then_skip_invalid(
         self, session: Session, shared_data: Path
     ) -> None:
         data = (shared_data / "hh-harmless-dev.jsonl.gz").read_bytes()
-        before = [_count(session, m) for m in (PromptSet, Prompt, Task, Annotation)]
+        before = [count_rows(session, m) for m in (PromptSet, Prompt, Task, Annotation)]
         with pytest.raises(importer.ImportRefused) as exc:
             importer.import_preferences(session=session, data=data, filename="hh.jsonl.gz", name="hh")
         assert [e.line for e in exc.value.errors] == HH_BAD_LINES
@@ -57,7 +51,7 @@ class TestHH:
         assert all("reply is missing" in e.message for e in exc.value.errors[:2])
         assert all("the last message must be from the user" in e.message for e in exc.value.errors[2:])
         assert "nothing was imported" in str(exc.value)
-        assert [_count(session, m) for m in (PromptSet, Prompt, Task, Annotation)] == before
+        assert [count_rows(session, m) for m in (PromptSet, Prompt, Task, Annotation)] == before
 
         r = importer.import_preferences(
             session=session, data=data, filename="hh.jsonl.gz", name="hh", skip_invalid=True
@@ -66,7 +60,7 @@ class TestHH:
         assert [e.line for e in r.skipped] == HH_BAD_LINES
         ps = r.prompt_set
         assert ps.k == 2 and ps.report["imported"]["skipped"] == 6
-        assert _count(session, Annotation) - before[3] == 1740
+        assert count_rows(session, Annotation) - before[3] == 1740
 
         # The prompt is the dialogue before the last Assistant turn, as messages; the two last
         # Assistant turns are the completions.
@@ -129,7 +123,7 @@ class TestHH:
         ]
         with pytest.raises(importer.ImportRefused) as exc:
             importer.import_preferences(
-                session=session, data=_jsonl(rows), filename="x.jsonl", name="s", kind="hh"
+                session=session, data=jsonl(rows), filename="x.jsonl", name="s", kind="hh"
             )
         assert [(e.line, e.field) for e in exc.value.errors] == [
             (2, "chosen"),
@@ -148,7 +142,7 @@ class TestTRL:
                 "rejected": [{"role": "assistant", "content": "No."}],
             },
         ]
-        r = importer.import_preferences(session=session, data=_jsonl(rows), filename="p.jsonl", name="trl-a")
+        r = importer.import_preferences(session=session, data=jsonl(rows), filename="p.jsonl", name="trl-a")
         assert (r.kind, r.imported, r.prompt_set.k) == ("trl", 2, 2)
         out = read_rows(
             run_export(session, "trl", filters=service.Filters(prompt_set_ids=[r.prompt_set.id]))[0], "jsonl"
@@ -173,7 +167,7 @@ class TestTRL:
             b"[1, 2]\n"
             b'{"prompt": "a", "chosen": "b", "rejected": "b"}\n'
         )
-        sets = _count(session, PromptSet)
+        sets = count_rows(session, PromptSet)
         with pytest.raises(importer.ImportRefused) as exc:
             importer.import_preferences(session=session, data=data, filename="t.jsonl", name="t")
         assert [(e.line, e.field) for e in exc.value.errors] == [
@@ -184,14 +178,14 @@ class TestTRL:
             (6, "rejected"),
         ]
         assert "line 2: row: not valid JSON" in str(exc.value.errors[0])
-        assert _count(session, PromptSet) == sets
+        assert count_rows(session, PromptSet) == sets
         r = importer.import_preferences(
             session=session, data=data, filename="t.jsonl", name="t", skip_invalid=True
         )
         assert r.imported == 1 and len(r.skipped) == 5
 
     def test_name_taken_empty_file_and_garbage(self, session: Session) -> None:
-        data = _jsonl([{"prompt": "a", "chosen": "b", "rejected": "c"}])
+        data = jsonl([{"prompt": "a", "chosen": "b", "rejected": "c"}])
         importer.import_preferences(session=session, data=data, filename="t.jsonl", name="dup")
         with pytest.raises(importer.ImportRefused, match="exists"):
             importer.import_preferences(session=session, data=data, filename="t.jsonl", name="dup")
@@ -208,19 +202,17 @@ class TestTRL:
             {"prompt": "x\x00y", "chosen": "b", "rejected": "c"},
             {"prompt": [{"role": "user", "content": "hi\x00"}], "chosen": "b", "rejected": "c"},
         ]
-        before = _count(session, PromptSet)
-        with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=_jsonl(rows), filename="t.jsonl", name="n")
-        assert [(e.line, e.field) for e in exc.value.errors] == [(2, "prompt"), (3, "prompt.0.content")]
-        assert _count(session, PromptSet) == before
+        before = count_rows(session, PromptSet)
+        assert refused_places(session, rows) == [(2, "prompt"), (3, "prompt.0.content")]
+        assert count_rows(session, PromptSet) == before
         r = importer.import_preferences(
-            session=session, data=_jsonl(rows), filename="t.jsonl", name="n", skip_invalid=True
+            session=session, data=jsonl(rows), filename="t.jsonl", name="n", skip_invalid=True
         )
         session.flush()
         assert r.imported == 1 and [e.line for e in r.skipped] == [2, 3]
         with pytest.raises(importer.ImportRefused, match="NUL"):
-            importer.import_preferences(session=session, data=_jsonl(rows[:1]), filename="t", name="a\x00")
-        one = _jsonl(rows[:1])
+            importer.import_preferences(session=session, data=jsonl(rows[:1]), filename="t", name="a\x00")
+        one = jsonl(rows[:1])
         r = importer.import_preferences(session=session, data=one, filename="t\x00.jsonl", name="f")
         session.flush()
         assert r.imported == 1
@@ -290,9 +282,7 @@ class TestRankingsRoundTrip:
                 "completions": [{"text": "a", "rank": 1}, {"text": "b", "rank": 2}],
             },
         ]
-        with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=_jsonl(rows), filename="r.jsonl", name="r")
-        assert [(e.line, e.field) for e in exc.value.errors] == [
+        assert refused_places(session, rows, "r.jsonl") == [
             (1, "completions[1].rank"),
             (2, "completions[0].rating"),
             (3, "completions"),
@@ -319,13 +309,13 @@ class TestCLI:
             res = CliRunner().invoke(cli, ["preferences", "import", str(f), "--name", "cli-set"])
             assert res.exit_code == 1 and "line 2: chosen: missing" in res.output
             with committed() as s:
-                assert _count(s, PromptSet) == 0
+                assert count_rows(s, PromptSet) == 0
             res = CliRunner().invoke(
                 cli, ["preferences", "import", str(f), "--name", "cli-set", "--skip-invalid"]
             )
             assert res.exit_code == 0, res.output
             assert "imported 1 of 2 rows" in res.output and "skipped p.jsonl: line 2" in res.output
             with committed() as s:
-                assert _count(s, AnnotationItem) == 2
+                assert count_rows(s, AnnotationItem) == 2
         finally:
             get_settings.cache_clear()

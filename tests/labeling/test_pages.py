@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.labeling import service as labeling
-from app.labeling.models import Annotation, Assignment, Guideline
+from app.labeling.models import Annotation, Assignment, Guideline, Task
 from tests.factories import csrf_of, login, make_model_version, make_prompt_set, make_task, make_user
 
 
@@ -26,6 +27,14 @@ def _fields(task, ranks: list[str], ratings: list[str]) -> dict[str, str]:  # ty
         data[f"rank-{c.id}"] = r
         data[f"rating-{c.id}"] = g
     return data
+
+
+def _one_open_task(client: TestClient, session: Session, *, k: int, **task: Any) -> tuple[Task, str, int]:
+    """A labeler logged in, with one open task of a set of k completions on /label: the task,
+    the CSRF token and the assignment id."""
+    made = make_task(session, prompt_set=make_prompt_set(session, k=k), **task)
+    csrf = login(client, make_user(session))
+    return made, csrf, _assignment_id(client.get("/label").text)
 
 
 class TestLabelPage:
@@ -106,10 +115,7 @@ class TestLabelPage:
     def test_a_bad_form_is_shown_again_with_the_error_and_the_values(
         self, client: TestClient, session: Session
     ) -> None:
-        user = make_user(session)
-        task = make_task(session, prompt_set=make_prompt_set(session, k=3))
-        csrf = login(client, user)
-        aid = _assignment_id(client.get("/label").text)
+        task, csrf, aid = _one_open_task(client, session, k=3)
         r = client.post(
             f"/label/{aid}", data={"csrf_token": csrf, **_fields(task, ["1", "2", ""], ["5", "9", "4"])}
         )
@@ -120,10 +126,7 @@ class TestLabelPage:
     def test_inconsistent_form_needs_the_confirmation_flag(
         self, client: TestClient, session: Session
     ) -> None:
-        user = make_user(session)
-        task = make_task(session, prompt_set=make_prompt_set(session, k=2))
-        csrf = login(client, user)
-        aid = _assignment_id(client.get("/label").text)
+        task, csrf, aid = _one_open_task(client, session, k=2)
         data = {"csrf_token": csrf, **_fields(task, ["1", "2"], ["2", "6"])}
         assert client.post(f"/label/{aid}", data=data).status_code == 422
         r = client.post(f"/label/{aid}", data={**data, "confirm_inconsistent": "1"}, follow_redirects=False)
@@ -131,10 +134,7 @@ class TestLabelPage:
         assert session.scalars(select(Annotation)).one().inconsistency_confirmed is True
 
     def test_skip_with_a_reason(self, client: TestClient, session: Session) -> None:
-        user = make_user(session)
-        make_task(session, prompt_set=make_prompt_set(session, k=2))
-        csrf = login(client, user)
-        aid = _assignment_id(client.get("/label").text)
+        _, csrf, aid = _one_open_task(client, session, k=2)
         bad = client.post(f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": ""})
         assert bad.status_code == 422
         r = client.post(
@@ -183,10 +183,7 @@ class TestLabelPage:
         assert "User: Hi &lt;script&gt;" in history and "<script>x()" not in history
 
     def test_history_page(self, client: TestClient, session: Session) -> None:
-        user = make_user(session)
-        task = make_task(session, prompt_set=make_prompt_set(session, k=2), prompt="History prompt")
-        csrf = login(client, user)
-        aid = _assignment_id(client.get("/label").text)
+        task, csrf, aid = _one_open_task(client, session, k=2, prompt="History prompt")
         client.post(f"/label/{aid}", data={"csrf_token": csrf, **_fields(task, ["1", "2"], ["6", "3"])})
         html = client.get("/label/history").text
         assert "<strong>1</strong> submitted" in html and "History prompt" in html

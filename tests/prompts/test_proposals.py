@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
@@ -16,7 +16,7 @@ from app.auth.models import User
 from app.labeling.models import Task
 from app.prompts.models import Prompt, PromptProposal, PromptSet
 from app.runs.models import Job
-from tests.factories import bearer, login, make_prompt_row, make_prompt_set, make_user
+from tests.factories import bearer, count_rows, login, make_prompt_row, make_prompt_set, make_user
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -48,10 +48,6 @@ def send(client: TestClient, url: str, csrf: str, *, htmx: bool = False, **data:
     return client.post(url, data={"csrf_token": csrf, **data}, headers=headers, follow_redirects=False)
 
 
-def count(session: Session, model: Any) -> int:
-    return session.scalar(select(func.count()).select_from(model)) or 0
-
-
 class TestProposeOverTheApi:
     def test_a_multi_turn_conversation_with_a_system_message_is_stored_as_written(
         self, client: TestClient, session: Session
@@ -71,7 +67,7 @@ class TestProposeOverTheApi:
         assert body["messages"][1] == {"role": "user", "content": "Name a planet."}  # normalised
         stored = session.get(PromptProposal, body["id"])
         assert stored is not None and stored.user_id == labeler.id and len(stored.messages) == 4
-        assert count(session, Prompt) == 0  # nothing reaches a set before review
+        assert count_rows(session, Prompt) == 0  # nothing reaches a set before review
 
     @pytest.mark.parametrize(
         ("body", "field"),
@@ -100,7 +96,7 @@ class TestProposeOverTheApi:
         r = propose(client, api_as(session, make_user(session)), ps, **body)
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["field"] == field, r.json()
-        assert count(session, PromptProposal) == 0
+        assert count_rows(session, PromptProposal) == 0
 
     def test_a_set_that_does_not_allow_written_prompts_refuses_them(
         self, client: TestClient, session: Session
@@ -109,7 +105,7 @@ class TestProposeOverTheApi:
         r = propose(client, api_as(session, make_user(session)), closed)
         assert r.status_code == 422
         assert r.json()["detail"][0]["field"] == "prompt_set_id"
-        assert count(session, PromptProposal) == 0
+        assert count_rows(session, PromptProposal) == 0
 
     def test_the_token_limit_of_uploads_applies(self, client: TestClient, session: Session) -> None:
         client.app.state.settings = client.app.state.settings.model_copy(update={"max_prompt_tokens": 8})  # type: ignore[attr-defined]
@@ -180,7 +176,7 @@ class TestWritePage:
         assert r.status_code == 422
         assert "messages[1].role" in r.text and "last message must be from the user" in r.text
         assert "Kept text &lt;script&gt;" in r.text and HOSTILE not in r.text
-        assert count(session, PromptProposal) == 0
+        assert count_rows(session, PromptProposal) == 0
 
 
 def pending(session: Session, ps: PromptSet, text: str = "Summarise the plot of Hamlet.") -> PromptProposal:
@@ -195,13 +191,24 @@ def pending(session: Session, ps: PromptSet, text: str = "Summarise the plot of 
     return p
 
 
+def to_review(client: TestClient, session: Session, *text: str) -> tuple[PromptSet, PromptProposal, str]:
+    """A pending proposal (of `text`, or the default) for an open set, and an admin logged in to
+    review it: the set, the proposal and the admin's CSRF token."""
+    ps = open_set(session)
+    p = pending(session, ps, *text)
+    return ps, p, login(client, make_user(session, role="admin"))
+
+
+def accept_edited(client: TestClient, csrf: str, p: PromptProposal, ps: PromptSet, **fields: Any) -> Any:
+    """The review form's accept, into `ps`, with the admin's edit of the conversation in `fields`."""
+    return send(client, f"/proposals/{p.id}/accept", csrf, prompt_set_id=str(ps.id), edited="1", **fields)
+
+
 class TestReview:
     def test_accept_into_a_ranking_set_adds_the_prompt_and_queues_its_sampling(
         self, client: TestClient, session: Session
     ) -> None:
-        ps = open_set(session)
-        p = pending(session, ps)
-        csrf = login(client, make_user(session, role="admin"))
+        ps, p, csrf = to_review(client, session)
         assert "Summarise the plot of Hamlet." in client.get("/proposals").text
         r = send(client, f"/proposals/{p.id}/accept", csrf, prompt_set_id=str(ps.id))
         assert r.status_code == 303, r.text
@@ -224,7 +231,7 @@ class TestReview:
         assert r.status_code == 200 and "accepted" in r.text and f'id="proposal-{p.id}"' in r.text
         task = session.scalars(select(Task)).one()
         assert task.status == "open" and task.prompt_set_id == demo.id and task.completions == []
-        assert count(session, Job) == 0
+        assert count_rows(session, Job) == 0
 
     def test_a_duplicate_is_refused_naming_the_existing_prompt(
         self, client: TestClient, session: Session
@@ -241,26 +248,16 @@ class TestReview:
         htmx = send(client, f"/proposals/{p.id}/accept", csrf, htmx=True, prompt_set_id=str(ps.id))
         assert f"prompt {existing.id}" in htmx.text and 'role="alert"' in htmx.text
         session.refresh(p)
-        assert p.status == "pending" and count(session, Prompt) == 1 and count(session, Job) == 0
+        assert p.status == "pending" and count_rows(session, Prompt) == 1 and count_rows(session, Job) == 0
 
     def test_edit_then_accept_keeps_what_the_labeler_wrote(
         self, client: TestClient, session: Session
     ) -> None:
-        ps = open_set(session)
-        p = pending(session, ps, "summarise hamlet pls")
-        csrf = login(client, make_user(session, role="admin"))
+        ps, p, csrf = to_review(client, session, "summarise hamlet pls")
         page = client.get(f"/proposals/{p.id}")
         assert page.status_code == 200 and "summarise hamlet pls" in page.text
-        r = send(
-            client,
-            f"/proposals/{p.id}/accept",
-            csrf,
-            prompt_set_id=str(ps.id),
-            edited="1",
-            system="Answer in three sentences.",
-            role=["user"],
-            content=["Summarise the plot of Hamlet."],
-        )
+        system, asks = "Answer in three sentences.", "Summarise the plot of Hamlet."
+        r = accept_edited(client, csrf, p, ps, system=system, role=["user"], content=[asks])
         assert r.status_code == 303, r.text
         session.refresh(p)
         prompt = session.get(Prompt, p.prompt_id)
@@ -274,21 +271,11 @@ class TestReview:
     def test_an_edit_breaking_the_rules_is_refused_naming_the_field(
         self, client: TestClient, session: Session
     ) -> None:
-        ps = open_set(session)
-        p = pending(session, ps)
-        csrf = login(client, make_user(session, role="admin"))
-        r = send(
-            client,
-            f"/proposals/{p.id}/accept",
-            csrf,
-            prompt_set_id=str(ps.id),
-            edited="1",
-            role=["user"],
-            content=[""],
-        )
+        ps, p, csrf = to_review(client, session)
+        r = accept_edited(client, csrf, p, ps, role=["user"], content=[""])
         assert r.status_code == 422 and "messages[0].content" in r.text
         session.refresh(p)
-        assert p.status == "pending" and count(session, Prompt) == 0
+        assert p.status == "pending" and count_rows(session, Prompt) == 0
 
     def test_reject_needs_a_reason_and_the_labeler_sees_it_escaped(
         self, client: TestClient, session: Session

@@ -19,6 +19,7 @@ from app.prompts import service as prompts
 from app.prompts.models import PromptSet
 from app.runs.models import Job, ModelVersion
 from tests.conftest import _empty_all_tables
+from trainer.worker import Worker
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +98,19 @@ def make_set(
         assert job is not None
         job.params = {**job.params, "batch_prompts": batch_prompts}
         return ps.id, job.id
+
+
+def sample_in_one_run(
+    sessions: sessionmaker[Session], settings: Settings, model_path: Path, **set_kw: Any
+) -> tuple[int, Job]:
+    """make_set's set (of `set_kw`), sampled by the model at `model_path` registered as the
+    active policy, in one worker run: the set's id and its job, finished."""
+    set_id, job_id = make_set(sessions, settings, add_version(sessions, model_path), **set_kw)
+    assert Worker(sessions, worker_id="w").run_one()
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return set_id, job
 
 
 def set_of(sessions: sessionmaker[Session], set_id: int) -> PromptSet:

@@ -16,13 +16,11 @@ from app.chat import Conversation
 from app.config import Settings
 from app.labeling.models import Task
 from app.prompts.models import Prompt
-from app.runs.models import Job
-from tests.sampling.conftest import add_version, make_set
+from tests.sampling.conftest import sample_in_one_run
 from trainer import render
 from trainer.models.tiny import IM_END, IM_START
 from trainer.sampling import job as sampling
 from trainer.sampling.backends import LocalBackend, Sample, SamplingParams
-from trainer.worker import Worker
 
 THREE_TURNS: Conversation = [
     {"role": "system", "content": "Answer in one word."},
@@ -95,14 +93,17 @@ class TestChatSampleJob:
                 return out
 
         monkeypatch.setattr(sampling, "make_backend", lambda v, s: Recording(real(v, s)))
-        vid = add_version(committed_sqlite, replying_chat_model_path)
-        set_id, job_id = make_set(
-            committed_sqlite, settings, vid, k=4, rows=chat_rows(), batch_prompts=3, max_new_tokens=MAX_NEW
+        set_id, job = sample_in_one_run(
+            committed_sqlite,
+            settings,
+            replying_chat_model_path,
+            k=4,
+            rows=chat_rows(),
+            batch_prompts=3,
+            max_new_tokens=MAX_NEW,
         )
-        assert Worker(committed_sqlite, worker_id="w").run_one()
+        assert job.status == "succeeded", job.error
         with committed_sqlite() as s:
-            job = s.get(Job, job_id)
-            assert job is not None and job.status == "succeeded", job and job.error
             tasks = list(s.scalars(select(Task).where(Task.prompt_set_id == set_id)))
             completions = [c for t in tasks for c in t.completions]
             first = s.scalars(
@@ -127,12 +128,9 @@ class TestChatSampleJob:
     def test_a_prompt_with_only_empty_replies_fails_and_gets_no_task(
         self, committed_sqlite: sessionmaker[Session], settings: Settings, silent_chat_model_path: Path
     ) -> None:
-        vid = add_version(committed_sqlite, silent_chat_model_path)
-        set_id, job_id = make_set(committed_sqlite, settings, vid, n=2, k=4)
-        assert Worker(committed_sqlite, worker_id="w").run_one()
+        set_id, job = sample_in_one_run(committed_sqlite, settings, silent_chat_model_path, n=2, k=4)
+        assert job.status == "failed"
         with committed_sqlite() as s:
-            job = s.get(Job, job_id)
-            assert job is not None and job.status == "failed"
             ids = list(s.scalars(select(Prompt.id).where(Prompt.prompt_set_id == set_id).order_by(Prompt.id)))
             assert f"2 of 2 prompts (ids {ids[0]}, {ids[1]}) got only empty replies" in job.error
             assert "3 resampling rounds" in job.error

@@ -19,31 +19,23 @@ from app.prompts.models import PromptSet
 from app.runs import policies
 from app.runs.models import ModelVersion
 
+# `cli_db` on SQLite only: the demo's sampling needs no second run on PostgreSQL.
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
 
 def test_demo_is_ready_to_label_and_idempotent(
-    committed_sqlite: sessionmaker[Session],
-    sqlite_url: str,
-    tmp_path: Path,
-    tiny_policy_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    cli_db: sessionmaker[Session], tiny_policy_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RANKLAB_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
-    get_settings.cache_clear()
     monkeypatch.setattr("trainer.sampling.job.get_settings", get_settings)
     # The tiny policy stands in for the demo build, which the demo-policy tests cover.
     shutil.copytree(tiny_policy_path, policies.demo_path(get_settings()))
-    try:
-        first = CliRunner().invoke(cli, ["demo", "--tiny"], prog_name="ranklab")
-        assert first.exit_code == 0, first.output
-        assert f"'{DEMO_SET_TINY}' is sampled and ready to label" in first.output
-        second = CliRunner().invoke(cli, ["demo", "--tiny"], prog_name="ranklab")
-        assert second.exit_code == 0, second.output
-        assert f"'{DEMO_SET_TINY}' is sampled (12/12) and ready to label" in second.output
-    finally:
-        get_settings.cache_clear()
-    with committed_sqlite() as s:
+    first = CliRunner().invoke(cli, ["demo", "--tiny"], prog_name="ranklab")
+    assert first.exit_code == 0, first.output
+    assert f"'{DEMO_SET_TINY}' is sampled and ready to label" in first.output
+    second = CliRunner().invoke(cli, ["demo", "--tiny"], prog_name="ranklab")
+    assert second.exit_code == 0, second.output
+    assert f"'{DEMO_SET_TINY}' is sampled (12/12) and ready to label" in second.output
+    with cli_db() as s:
         ps = s.scalar(select(PromptSet).where(PromptSet.name == DEMO_SET_TINY))
         assert ps is not None and ps.status == "active"
         tasks = s.scalars(select(Task).where(Task.prompt_set_id == ps.id)).all()
@@ -60,26 +52,16 @@ def test_demo_is_ready_to_label_and_idempotent(
 
 
 def test_demo_without_the_default_models_wheel_says_what_to_do(
-    committed_sqlite: sessionmaker[Session],
-    sqlite_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    cli_db: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from trainer.models import smollm2
 
-    monkeypatch.setenv("RANKLAB_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("RANKLAB_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.delenv("RANKLAB_POLICY_MODEL", raising=False)
     monkeypatch.setattr(smollm2, "PACKAGE", "ranklab-no-such-package")  # stands for the missing wheel
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, ["demo"], prog_name="ranklab")
-    finally:
-        get_settings.cache_clear()
+    result = CliRunner().invoke(cli, ["demo"], prog_name="ranklab")
     assert result.exit_code == 1, result.output
     assert "pip install --no-deps" in result.output and "RANKLAB_POLICY_MODEL" in result.output
     assert "ranklab demo --tiny" in result.output
     assert not (tmp_path / "artifacts" / "models").exists()
-    with committed_sqlite() as s:  # nothing registered, nothing imported
+    with cli_db() as s:  # nothing registered, nothing imported
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 0
         assert s.scalar(select(func.count()).select_from(PromptSet)) == 0

@@ -19,13 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.chat import Conversation
 from app.config import Settings
 from app.labeling.models import Task
-from app.runs.models import Job
 from tests.openai_server import RunningServer, ServerState
-from tests.sampling.conftest import add_version, make_set
+from tests.sampling.conftest import sample_in_one_run
 from trainer import render
 from trainer.models.tiny import IM_END, IM_START
 from trainer.sampling.backends import BackendError, OpenAIBackend, Sample, SamplingParams
-from trainer.worker import Worker
 
 TEA: Conversation = [{"role": "user", "content": "How do I make tea?"}]
 THREE_TURNS: Conversation = [
@@ -192,12 +190,11 @@ class TestSampleJob:
         state: ServerState,
         replying_chat_model_path: Path,
     ) -> None:
-        vid = add_version(committed_sqlite, replying_chat_model_path)
-        set_id, job_id = make_set(committed_sqlite, openai_settings, vid, n=3, k=4, max_new_tokens=12)
-        assert Worker(committed_sqlite, worker_id="w").run_one()
+        set_id, job = sample_in_one_run(
+            committed_sqlite, openai_settings, replying_chat_model_path, n=3, k=4, max_new_tokens=12
+        )
+        assert job.status == "succeeded", job.error
         with committed_sqlite() as s:
-            job = s.get(Job, job_id)
-            assert job is not None and job.status == "succeeded", job and job.error
             tasks = list(s.scalars(select(Task).where(Task.prompt_set_id == set_id)))
             assert len(tasks) == 3 and all(len(t.completions) == 4 for t in tasks)
             completions = [c for t in tasks for c in t.completions]
@@ -218,12 +215,10 @@ class TestSampleJob:
         from transformers import AutoTokenizer
 
         openai_settings.openai_api = "completions"
-        vid = add_version(committed_sqlite, replying_chat_model_path)
-        _, job_id = make_set(committed_sqlite, openai_settings, vid, n=2, k=4, max_new_tokens=12)
-        assert Worker(committed_sqlite, worker_id="w").run_one()
-        with committed_sqlite() as s:
-            job = s.get(Job, job_id)
-            assert job is not None and job.status == "succeeded", job and job.error
+        _, job = sample_in_one_run(
+            committed_sqlite, openai_settings, replying_chat_model_path, n=2, k=4, max_new_tokens=12
+        )
+        assert job.status == "succeeded", job.error
         tok = AutoTokenizer.from_pretrained(replying_chat_model_path)
         first: Conversation = [{"role": "user", "content": "How do I make tea number 0?"}]
         assert render.prompt_text(tok, first) in {r["prompt"] for r in state.requests}
@@ -238,12 +233,9 @@ class TestSampleJob:
     ) -> None:
         monkeypatch.setattr("trainer.sampling.backends.OpenAIBackend._delay", lambda self, a, r: 0.01)
         state.fail_always, state.fail_status = True, 503
-        vid = add_version(committed_sqlite, replying_chat_model_path)
-        set_id, job_id = make_set(committed_sqlite, openai_settings, vid, n=2, k=4)
-        assert Worker(committed_sqlite, worker_id="w").run_one()
+        set_id, job = sample_in_one_run(committed_sqlite, openai_settings, replying_chat_model_path, n=2, k=4)
+        assert job.status == "failed"
         with committed_sqlite() as s:
-            job = s.get(Job, job_id)
-            assert job is not None and job.status == "failed"
             assert "BackendError" in job.error and "failed 3 times; last: HTTP 503" in job.error
             assert s.scalars(select(Task).where(Task.prompt_set_id == set_id)).all() == []
 

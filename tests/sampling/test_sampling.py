@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,34 @@ def wrap_backends(monkeypatch: pytest.MonkeyPatch, before_generate: Any) -> None
     monkeypatch.setattr(sampling, "make_backend", lambda v, s: Wrapped(real(v, s)))
 
 
+@dataclass
+class BatchedSet:
+    """Six prompts, k=4, sampled two prompts a batch by the tiny policy."""
+
+    sessions: sessionmaker[Session]
+    version_id: int
+    set_id: int
+    job_id: int
+    monkeypatch: pytest.MonkeyPatch
+
+    def run(self, before_generate: Any) -> None:
+        """Its job, run by a worker that calls `before_generate(prompts, kw)` before each batch."""
+        wrap_backends(self.monkeypatch, before_generate)
+        assert Worker(self.sessions, worker_id="w1").run_one()
+
+
+@pytest.fixture
+def batched(
+    committed: sessionmaker[Session],
+    settings: Settings,
+    tiny_policy_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> BatchedSet:
+    vid = add_version(committed, tiny_policy_path)
+    set_id, job_id = make_set(committed, settings, vid, n=6, k=4, batch_prompts=2)
+    return BatchedSet(committed, vid, set_id, job_id, monkeypatch)
+
+
 class TestSampleJob:
     def test_every_prompt_gets_exactly_k_completions_with_their_record(
         self, committed: sessionmaker[Session], settings: Settings, tiny_policy_path: Path
@@ -74,14 +103,10 @@ class TestSampleJob:
         assert set_of(committed, set_id).status == "active"
 
     def test_a_worker_killed_mid_job_and_another_finishing_gives_one_set_per_prompt(
-        self,
-        committed: sessionmaker[Session],
-        settings: Settings,
-        tiny_policy_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        self, batched: BatchedSet, settings: Settings
     ) -> None:
-        vid = add_version(committed, tiny_policy_path)
-        set_id, job_id = make_set(committed, settings, vid, n=7, k=4, batch_prompts=2)
+        committed, set_id, job_id = batched.sessions, batched.set_id, batched.job_id
+        monkeypatch = batched.monkeypatch
         calls = {"n": 0}
 
         def die_in_third_batch(prompts: list[Conversation], kw: dict[str, Any]) -> None:
@@ -113,33 +138,26 @@ class TestSampleJob:
         job = job_of(committed, job_id)
         assert job.status == "succeeded" and job.attempts == 2
         tasks = tasks_of(committed, set_id)
-        assert len(tasks) == 7 and len({t.prompt_id for t in tasks}) == 7
+        assert len(tasks) == 6 and len({t.prompt_id for t in tasks}) == 6
         assert all(len(t.completions) == 4 for t in tasks)
         with committed() as s:
-            assert s.scalar(select(func.count()).select_from(Completion)) == 28
+            assert s.scalar(select(func.count()).select_from(Completion)) == 24
         # A late write of an already written batch by the lost worker is refused, not doubled.
         with committed() as s:
             first = s.scalars(select(Task).order_by(Task.id)).first()
             assert first is not None
             pid = first.prompt_id
-        smp = (vid, Sample("late", "stop", 1), 1)
+        smp = (batched.version_id, Sample("late", "stop", 1), 1)
         assert (
             sampling._write_batch(
                 ctx, set_id, [(pid, CONV)], [([(smp, False)] * 4, 0)], SamplingParams(), "local"
             )
             == 0
         )
-        assert len(tasks_of(committed, set_id)) == 7
+        assert len(tasks_of(committed, set_id)) == 6
 
-    def test_tasks_are_open_while_the_job_still_runs(
-        self,
-        committed: sessionmaker[Session],
-        settings: Settings,
-        tiny_policy_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
-    ) -> None:
-        vid = add_version(committed, tiny_policy_path)
-        set_id, job_id = make_set(committed, settings, vid, n=6, k=4, batch_prompts=2)
+    def test_tasks_are_open_while_the_job_still_runs(self, batched: BatchedSet) -> None:
+        committed, set_id, job_id = batched.sessions, batched.set_id, batched.job_id
         seen: list[tuple[int, str, float]] = []
 
         def look(prompts: list[Conversation], kw: dict[str, Any]) -> None:
@@ -153,21 +171,13 @@ class TestSampleJob:
                 assert job is not None
                 seen.append((open_tasks or 0, job.status, job.progress))
 
-        wrap_backends(monkeypatch, look)
-        assert Worker(committed, worker_id="w1").run_one()
+        batched.run(look)
         assert [n for n, _, _ in seen] == [0, 2, 4]
         assert all(status == "running" for _, status, _ in seen)
         assert seen[2][2] == pytest.approx(4 / 6)
 
-    def test_cancel_stops_after_the_current_batch(
-        self,
-        committed: sessionmaker[Session],
-        settings: Settings,
-        tiny_policy_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
-    ) -> None:
-        vid = add_version(committed, tiny_policy_path)
-        set_id, job_id = make_set(committed, settings, vid, n=6, k=4, batch_prompts=2)
+    def test_cancel_stops_after_the_current_batch(self, batched: BatchedSet) -> None:
+        committed, set_id, job_id = batched.sessions, batched.set_id, batched.job_id
 
         def cancel(prompts: list[Conversation], kw: dict[str, Any]) -> None:
             with committed.begin() as s:
@@ -175,8 +185,7 @@ class TestSampleJob:
                 assert job is not None
                 jobs.request_cancel(session=s, job=job)
 
-        wrap_backends(monkeypatch, cancel)
-        assert Worker(committed, worker_id="w1").run_one()
+        batched.run(cancel)
         assert job_of(committed, job_id).status == "cancelled"
         assert len(tasks_of(committed, set_id)) == 2
         assert set_of(committed, set_id).status == "active"

@@ -6,13 +6,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from app.chat import from_text
+from app.chat import Conversation, from_text
 from tests.tiny import tiny_policy, tiny_reward_model, tiny_tokenizer
 from trainer.ppo.rollout import Rollout
-from trainer.ppo.train import PPOConfig
+from trainer.ppo.train import PPOConfig, Summary, train
 
 # A tiny PPO run's job parameters; each test adds its iterations and its save and sample schedule.
 TINY_PPO = {
@@ -111,6 +112,26 @@ def small_config(**overrides: object) -> PPOConfig:
     )
     values.update(overrides)
     return PPOConfig(**values)  # type: ignore[arg-type]
+
+
+def one_iteration(batch_size: int, **overrides: object) -> PPOConfig:
+    """small_config for one PPO iteration: one epoch over one mini-batch of `batch_size`
+    queries, no samples shown (unless `overrides` says otherwise)."""
+    one: dict[str, object] = dict(
+        iterations=1, batch_size=batch_size, mini_batch_size=batch_size, ppo_epochs=1
+    )
+    return small_config(**one, **{"sample_every": 0, **overrides})
+
+
+def train_in(
+    root: Path, cfg: PPOConfig, policy: Path, reward: Path, prompts: list[Conversation], **kw: Any
+) -> Summary:
+    """trainer.ppo.train.train on one torch thread, writing under `root` (work/, out/)."""
+    places: dict[str, Any] = dict(
+        policy_path=policy, reward_path=reward, work_dir=root / "work", output_dir=root / "out"
+    )
+    with one_thread():
+        return train(cfg, prompts=prompts, **places, **kw)
 
 
 @contextmanager

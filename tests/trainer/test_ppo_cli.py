@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.cli import cli
 from app.runs.models import Job, ModelVersion
 from tests.factories import login, make_model_version, make_prompt_row, make_prompt_set, make_user, words
+from tests.trainer.conftest import assert_form_refused, queue_with_cli, submit_form
 from tests.trainer.ppo_fixtures import make_models, one_thread
 from tests.trainer.test_ppo_job import seed
 
@@ -25,24 +26,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 class TestTrainPPOCommand:
     def test_queues_a_job_with_its_knobs(self, env) -> None:  # type: ignore[no-untyped-def]
-        with env.begin() as s:
-            make_prompt_set(s, name="round-1")
-        out = CliRunner().invoke(
-            cli,
-            words("train ppo --set round-1 --iterations 50 --beta 0.05 --ptx-coef 2 --kl-target 6"),
-        )
-        assert out.exit_code == 0, out.output
-        with env() as s:
-            job = s.scalar(select(Job))
-            assert job.kind == "train_ppo" and job.status == "queued"
-            assert job.params == {
-                "sets": ["round-1"],
-                "iterations": 50,
-                "beta": 0.05,
-                "ptx_coef": 2.0,
-                "kl_target": 6.0,
-            }
-        assert f"queued job {job.id}" in out.output
+        line = "train ppo --set round-1 --iterations 50 --beta 0.05 --ptx-coef 2 --kl-target 6"
+        job = queue_with_cli(env, line)
+        assert job.kind == "train_ppo"
+        assert job.params == dict(sets=["round-1"], iterations=50, beta=0.05, ptx_coef=2.0, kl_target=6.0)
 
     @pytest.mark.slow
     def test_inline_prints_one_json_summary(self, env, models) -> None:  # type: ignore[no-untyped-def]
@@ -89,30 +76,12 @@ class TestForms:
     def test_ppo_form_enqueues_and_redirects(self, client: TestClient, session: Session) -> None:
         make_prompt_set(session, name="set-<b>")
         make_model_version(session, kind="reward", is_active=True)
-        csrf = login(client, make_user(session, role="researcher"))
-        page = client.get("/runs/new/ppo")
-        assert page.status_code == 200 and "set-&lt;b&gt;" in page.text and "set-<b>" not in page.text
-        r = client.post(
-            "/runs/new/ppo",
-            data={
-                "csrf_token": csrf,
-                "sets": ["set-<b>"],
-                "iterations": "20",
-                "batch_size": "32",
-                "mini_batch_size": "8",
-                "ppo_epochs": "2",
-                "learning_rate": "1e-5",
-                "beta": "0.1",
-                "ptx_coef": "0",
-                "max_new_tokens": "32",
-                "seed": "1",
-                "kl_target": "",
-            },
-            follow_redirects=False,
+        fields = dict(sets=["set-<b>"], iterations="20", batch_size="32", mini_batch_size="8", ppo_epochs="2")
+        fields |= dict(
+            learning_rate="1e-5", beta="0.1", ptx_coef="0", max_new_tokens="32", seed="1", kl_target=""
         )
-        assert r.status_code == 303, r.text
-        job = session.scalar(select(Job).order_by(Job.id.desc()))
-        assert r.headers["location"] == f"/runs/{job.id}"
+        page, job = submit_form(client, session, "/runs/new/ppo", fields)
+        assert "set-&lt;b&gt;" in page and "set-<b>" not in page
         assert job.kind == "train_ppo" and job.params["sets"] == ["set-<b>"] and job.params["beta"] == 0.1
         assert "kl_target" not in job.params
 
@@ -148,27 +117,14 @@ class TestForms:
         assert session.scalar(select(func.count(Job.id))) == 1 and sorted(stored.iterdir()) == before
 
     def test_ppo_form_names_bad_fields_and_starts_nothing(self, client: TestClient, session: Session) -> None:
-        csrf = login(client, make_user(session, role="researcher"))
-        r = client.post(
-            "/runs/new/ppo",
-            data={
-                "csrf_token": csrf,
-                "iterations": "many",
-                "beta": "-1",
-                "sets": ["nope"],
-                "batch_size": "4",
-                "mini_batch_size": "8",
-            },
-        )
-        assert r.status_code == 422
-        for part in (
+        fields = dict(iterations="many", beta="-1", sets=["nope"], batch_size="4", mini_batch_size="8")
+        reasons = [
             "iterations: a whole number from 1 to 1e+06, not &#39;many&#39;",
             "beta: a number from 0 to 100, not &#39;-1&#39;",
             "sets: no prompt set named",
             "reward_version_id: no reward model is active",
-        ):
-            assert part in r.text
-        assert session.scalar(select(Job)) is None
+        ]
+        assert_form_refused(client, session, "/runs/new/ppo", fields, reasons)
 
     def test_round_button_queues_the_chain(self, client: TestClient, session: Session) -> None:
 

@@ -17,8 +17,9 @@ from tests.trainer.ppo_fixtures import (
     make_models,
     one_thread,
     small_config,
+    train_in,
 )
-from trainer.ppo.train import CONFIG_FILE, PPOConfig, Summary, lm_loss_on, read_normalization, train
+from trainer.ppo.train import CONFIG_FILE, PPOConfig, Summary, lm_loss_on, read_normalization
 
 pytestmark = pytest.mark.slow
 
@@ -53,20 +54,17 @@ def run(
     reporter: Recorder | None = None,
 ) -> tuple[Summary, Path]:
     policy, reward = models
-    out = tmp_path / "out"
-    with one_thread():
-        summary = train(
-            cfg,
-            policy_path=policy,
-            reward_path=reward,
-            prompts=PROMPTS,
-            ptx_texts=ptx or [],
-            work_dir=tmp_path / "work",
-            output_dir=out,
-            reporter=reporter,
-            scorer=MarkerScorer(policy),
-        )
-    return summary, out
+    summary = train_in(
+        tmp_path,
+        cfg,
+        policy,
+        reward,
+        PROMPTS,
+        ptx_texts=ptx or [],
+        reporter=reporter,
+        scorer=MarkerScorer(policy),
+    )
+    return summary, tmp_path / "out"
 
 
 class TestLearning:

@@ -22,7 +22,8 @@ import torch
 
 from app.chat import Conversation
 from app.prompts.tokens import conversation_counter
-from tests.trainer.ppo_fixtures import one_thread, small_config
+from tests.trainer.ppo_fixtures import one_iteration, one_thread, train_in
+from tests.trainer.test_render import CONV, REPLY
 from trainer import render
 from trainer.ppo import rollout as ro
 from trainer.reward import model as rm
@@ -31,13 +32,6 @@ from trainer.reward.eval import evaluate_file, evaluate_groups
 from trainer.reward.files import read_preference_groups
 from trainer.reward.train import encode_groups
 
-CONV: Conversation = [
-    {"role": "system", "content": "Answer briefly."},
-    {"role": "user", "content": "Name a tea."},
-    {"role": "assistant", "content": "Green tea."},
-    {"role": "user", "content": "Another one?"},
-]
-REPLY = "Black tea, of course."
 OTHER = "I do not know."
 MAX = 256  # room for the whole conversation: nothing is cut
 
@@ -212,8 +206,6 @@ def test_ppo_runs_on_the_chat_model_through_the_renderer(
     its reward model reads each (conversation, reply) through encode_reply."""
     from transformers import AutoTokenizer
 
-    from trainer.ppo.train import Summary, train
-
     queries: list[list[int]] = []
     scored: list[tuple[Conversation, str]] = []
     real_query, real_encode = ro.query_batch, rm.encode_reply
@@ -229,16 +221,8 @@ def test_ppo_runs_on_the_chat_model_through_the_renderer(
 
     monkeypatch.setattr(ro, "query_batch", query_batch)
     monkeypatch.setattr(rm, "encode_reply", encode_reply)
-    cfg = small_config(iterations=1, batch_size=4, mini_batch_size=4, ppo_epochs=1, max_new_tokens=6)
-    with one_thread():
-        summary: Summary = train(
-            cfg,
-            policy_path=tiny_chat_model_path,
-            reward_path=tiny_chat_model_path,
-            prompts=[CONV, CONV[:2]],
-            work_dir=tmp_path / "work",
-            output_dir=tmp_path / "out",
-        )
+    cfg = one_iteration(4, max_new_tokens=6, sample_every=4)
+    summary = train_in(tmp_path, cfg, tiny_chat_model_path, tiny_chat_model_path, [CONV, CONV[:2]])
     tok = AutoTokenizer.from_pretrained(tiny_chat_model_path)
     prompts = {tuple(render.prompt_ids(tok, c)) for c in (CONV, CONV[:2])}
     assert len(queries) == 4 and {tuple(q) for q in queries} <= prompts

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from app.cli import cli
 from app.runs.models import Job, ModelVersion
-from tests.factories import login, make_prompt_set, make_user, words
+from tests.factories import login, make_prompt_set, make_user
+from tests.trainer.conftest import assert_form_refused, queue_with_cli, submit_form
 from tests.trainer.test_reward_job import base_model, seed_rankings  # noqa: F401  (fixture)
 from tests.trainer.test_reward_train import synthetic_groups
 
@@ -29,23 +30,14 @@ def trl_file(path: Path, n: int) -> Path:
 
 class TestTrainRewardCommand:
     def test_queues_a_job_with_the_filters_and_hyperparameters(self, env) -> None:  # type: ignore[no-untyped-def]
-        with env.begin() as s:
-            make_prompt_set(s, name="round-1")
-        out = CliRunner().invoke(
-            cli,
-            words("train reward --set round-1 --lr 2e-5 --batch-size 16 --max-length 256"),
-        )
-        assert out.exit_code == 0, out.output
-        with env() as s:
-            job = s.scalar(select(Job))
-            assert job.kind == "train_reward" and job.status == "queued"
-            assert job.params == {  # what was typed; the trainer fills in the rest
-                "sets": ["round-1"],
-                "lr": 2e-5,
-                "batch_size": 16,
-                "max_length": 256,
-            }
-        assert f"queued job {job.id}" in out.output
+        job = queue_with_cli(env, "train reward --set round-1 --lr 2e-5 --batch-size 16 --max-length 256")
+        assert job.kind == "train_reward"
+        assert job.params == {  # what was typed; the trainer fills in the rest
+            "sets": ["round-1"],
+            "lr": 2e-5,
+            "batch_size": 16,
+            "max_length": 256,
+        }
 
     @pytest.mark.slow
     def test_inline_trains_then_eval_prints_accuracy_last(
@@ -99,26 +91,11 @@ class TestTrainRewardCommand:
 class TestTrainRewardForm:
     def test_form_enqueues_a_job_and_redirects_to_it(self, client: TestClient, session: Session) -> None:
         make_prompt_set(session, name="round-<1>")
-        csrf = login(client, make_user(session, role="researcher"))
-        page = client.get("/runs/new/reward")
-        assert page.status_code == 200 and "round-&lt;1&gt;" in page.text
-        r = client.post(
-            "/runs/new/reward",
-            data={
-                "csrf_token": csrf,
-                "sets": ["round-<1>"],
-                "base_model": "./policy",
-                "lr": "3e-5",
-                "epochs": "1",
-                "batch_size": "4",
-                "max_length": "128",
-                "min_labels": "2",
-            },
-            follow_redirects=False,
+        fields = dict(sets=["round-<1>"], base_model="./policy", lr="3e-5", epochs="1", batch_size="4")
+        page, job = submit_form(
+            client, session, "/runs/new/reward", fields | dict(max_length="128", min_labels="2")
         )
-        assert r.status_code == 303
-        job = session.scalar(select(Job).order_by(Job.id.desc()))
-        assert r.headers["location"] == f"/runs/{job.id}"
+        assert "round-&lt;1&gt;" in page
         assert job.kind == "train_reward" and job.params == {
             "sets": ["round-<1>"],
             "lr": 3e-5,
@@ -130,24 +107,13 @@ class TestTrainRewardForm:
         }
 
     def test_bad_input_names_the_field_and_starts_nothing(self, client: TestClient, session: Session) -> None:
-        csrf = login(client, make_user(session, role="researcher"))
-        r = client.post(
-            "/runs/new/reward",
-            data={
-                "csrf_token": csrf,
-                "lr": "fast",
-                "sets": ["nope"],
-                "epochs": "1",
-                "batch_size": "4",
-                "max_length": "128",
-                "min_labels": "1",
-            },
-        )
-        assert r.status_code == 422
-        assert "lr: a number from 1e-09 to 1, not &#39;fast&#39;" in r.text
-        assert "sets: no prompt set named" in r.text
-        assert "base_model: no policy is active" in r.text
-        assert session.scalar(select(Job)) is None
+        fields = dict(lr="fast", sets=["nope"], epochs="1", batch_size="4", max_length="128", min_labels="1")
+        reasons = [
+            "lr: a number from 1e-09 to 1, not &#39;fast&#39;",
+            "sets: no prompt set named",
+            "base_model: no policy is active",
+        ]
+        assert_form_refused(client, session, "/runs/new/reward", fields, reasons)
 
     def test_labelers_may_not_start_training(self, client: TestClient, session: Session) -> None:
         csrf = login(client, make_user(session, role="labeler"))

@@ -16,8 +16,8 @@ from tests.trainer.ppo_fixtures import (
     PROMPTS,
     MarkerScorer,
     make_models,
-    one_thread,
-    small_config,
+    one_iteration,
+    train_in,
 )
 from trainer import render
 from trainer.ppo import rollout as ro
@@ -156,8 +156,6 @@ def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
 ) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from trainer.ppo.train import train
-
     policy_path, reward_path = make_models(tmp_path / "models")
     rm_head = score_head(AutoModelForSequenceClassification.from_pretrained(reward_path)).weight.detach()
     calls: list[tuple[torch.nn.Module, float]] = []
@@ -176,25 +174,8 @@ def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
 
     monkeypatch.setattr(ro, "policy_forward", policy_forward)
     monkeypatch.setattr(ro, "value_forward", value_forward)
-    cfg = small_config(
-        iterations=1,
-        batch_size=4,
-        mini_batch_size=4,
-        ppo_epochs=1,
-        max_new_tokens=3,
-        temperature=0.8,
-        sample_every=0,
-    )
-    with one_thread():
-        train(
-            cfg,
-            policy_path=policy_path,
-            reward_path=reward_path,
-            prompts=PROMPTS,
-            work_dir=tmp_path / "work",
-            output_dir=tmp_path / "out",
-            scorer=MarkerScorer(policy_path),
-        )
+    cfg = one_iteration(4, max_new_tokens=3, temperature=0.8)
+    train_in(tmp_path, cfg, policy_path, reward_path, PROMPTS, scorer=MarkerScorer(policy_path))
     (old, t_old), (ref, t_ref), (new, _) = calls[:3]
     assert t_old == t_ref == 0.8  # log-probabilities of logits / the sampling temperature
     assert ref is not old and new is old  # the reference is its own model, the policy trains
@@ -208,8 +189,6 @@ def test_ppo_sets_up_frozen_reference_and_value_from_the_reward_model(
 def test_a_long_prompt_is_rendered_and_cut_from_the_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainer.ppo.train import train
-
     policy_path, reward_path = make_models(tmp_path / "models")
     seen: list[list[int]] = []
     real = ro.query_batch
@@ -220,26 +199,16 @@ def test_a_long_prompt_is_rendered_and_cut_from_the_left(
         return ids, mask
 
     monkeypatch.setattr(ro, "query_batch", query_batch)
-    cfg = small_config(
-        iterations=1,
-        batch_size=6,
-        mini_batch_size=6,
-        ppo_epochs=1,
-        max_new_tokens=2,
-        max_prompt_tokens=3,
-        sample_every=0,
-    )
+    cfg = one_iteration(6, max_new_tokens=2, max_prompt_tokens=3)
     conv = from_text("the quick dog")
-    with one_thread():
-        train(
-            cfg,
-            policy_path=policy_path,
-            reward_path=reward_path,
-            prompts=[conv],
-            work_dir=tmp_path / "work",
-            output_dir=tmp_path / "out",
-            scorer=lambda batch: torch.zeros(batch.query.shape[0]),
-        )
+    train_in(
+        tmp_path,
+        cfg,
+        policy_path,
+        reward_path,
+        [conv],
+        scorer=lambda batch: torch.zeros(batch.query.shape[0]),
+    )
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(policy_path)

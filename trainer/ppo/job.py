@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from app.runs.models import Job, JobMetric, ModelKind, ModelVersion
 from app.runs.params import TRAIN_PPO
 from app.runs.ptx import ptx_texts
 from app.runs.round_service import made_by
-from trainer.jobs import job_version
+from trainer.jobs import Trained, save_policy
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.train import Summary, checkpoint_iteration, train
 
@@ -225,32 +224,16 @@ def run_job(ctx: Any) -> dict[str, Any]:
         }.items()
         if v is not None
     }
-    with ctx.session() as s:
-        # Not active: a person (or the round's promote step) decides.
-        mv = job_version(
-            s,
-            job_id=ctx.job_id,
-            kind=ModelKind.policy,
-            name=f"ppo-job{ctx.job_id}",
-            source=str(out_dir),
-            path=str(out_dir),
-            parent_id=parent_id,
-            is_active=False,
-        )
-        mv.config = {
-            **asdict(cfg),
-            "sets": set_ids,
-            "reward_version_id": reward_id,
-            "ptx": ptx_source,
-            "parent_is_demo": parent_demo,
-        }
-        mv.metrics = metrics
-        s.flush()
-        mv_id = mv.id
-    ctx.log(
-        f"policy {mv_id} saved at {out_dir}: reward {stored['first_mean_reward']:.3f} → "
-        f"{stored['last_mean_reward']:.3f}, KL {stored['last_kl']:.3f}; promote it to use it"
-    )
+    config = {
+        "sets": set_ids,
+        "reward_version_id": reward_id,
+        "ptx": ptx_source,
+        "parent_is_demo": parent_demo,
+    }
+    said = f"reward {stored['first_mean_reward']:.3f} → {stored['last_mean_reward']:.3f}, "
+    said += f"KL {stored['last_kl']:.3f}"
+    made = Trained("ppo", cfg, out_dir, metrics, config)
+    mv_id = save_policy(ctx, made, parent_id=parent_id, summary=said)
     return {
         "model_version_id": mv_id,
         "path": str(out_dir),

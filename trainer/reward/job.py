@@ -14,7 +14,7 @@ reclaimed job resumes from.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from app.config import get_settings
 from app.exports.service import FILTER_PARAMS
 from app.runs import models_service
 from app.runs.models import ModelKind, ModelVersion
-from trainer.jobs import job_version, train_once
+from trainer.jobs import Trained, register_version, train_once
 from trainer.reward.data import load_groups
 from trainer.reward.train import RewardConfig, train
 
@@ -100,40 +100,15 @@ def run_job(ctx: Any) -> dict[str, Any]:
     ctx.log(f"score normalised on {normalized_on}")
 
     out_dir, work_dir = paths_for(ctx.job_id)
-    metrics = train_once(
-        ctx,
-        out_dir,
-        work_dir,
-        lambda hooks: train(
-            cfg,
-            groups,
-            out_dir=out_dir,
-            work_dir=work_dir,
-            reference=reference or None,
-            manifest=manifest,
-            hooks=hooks,
-        ),
-        what="model",
-    )
+    run = partial(train, cfg, groups, reference=reference or None, manifest=manifest)
+    metrics = train_once(ctx, out_dir, work_dir, run, what="model")
 
     with ctx.session() as s:
-        mv = job_version(
-            s,
-            job_id=ctx.job_id,
-            kind=ModelKind.reward,
-            name=f"reward-job{ctx.job_id}",
-            source=base_model,
-            path=str(out_dir),
-            parent_id=policy.id if policy else None,
+        config = {"data": manifest["filters"], "manifest": manifest, "normalized_on": normalized_on}
+        made = Trained("reward", cfg, out_dir, metrics, config)
+        mv = register_version(
+            s, ctx, made, kind=ModelKind.reward, source=base_model, parent_id=policy.id if policy else None
         )
-        mv.config = {
-            **asdict(cfg),
-            "data": manifest["filters"],
-            "manifest": manifest,
-            "normalized_on": normalized_on,
-        }
-        mv.metrics = metrics
-        s.flush()
         if models_service.active(session=s, kind=ModelKind.reward) is None:
             # The first good reward model is the one PPO uses until someone switches.
             reason = models_service.why_not_active_by_itself(metrics)

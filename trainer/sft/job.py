@@ -16,7 +16,7 @@ validation prompts and the best one is kept (trainer.sft.choose).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from app.exports.service import FILTER_PARAMS
 from app.runs import models_service, policies
 from app.runs.models import JobMetric, ModelKind, ModelVersion
 from app.runs.params import TRAIN_SFT
-from trainer.jobs import job_version, train_once
+from trainer.jobs import Trained, save_policy, train_once
 from trainer.sft.config import SFTConfig
 from trainer.sft.data import load_demos
 
@@ -100,49 +100,14 @@ def run_job(ctx: Any) -> dict[str, Any]:
         resume_at = checkpoint_step(work_dir)
         with ctx.session() as s:
             s.execute(delete(JobMetric).where(JobMetric.job_id == ctx.job_id, JobMetric.step > resume_at))
-    metrics = train_once(
-        ctx,
-        out_dir,
-        work_dir,
-        lambda hooks: train(
-            cfg,
-            demos,
-            out_dir=out_dir,
-            work_dir=work_dir,
-            manifest=manifest,
-            reward_path=reward_path,
-            hooks=hooks,
-        ),
-        what="policy",
-    )
+    run = partial(train, cfg, demos, manifest=manifest, reward_path=reward_path)
+    metrics = train_once(ctx, out_dir, work_dir, run, what="policy")
 
-    with ctx.session() as s:
-        # Not active: a person (or a round's chain) decides.
-        mv = job_version(
-            s,
-            job_id=ctx.job_id,
-            kind=ModelKind.policy,
-            name=f"sft-job{ctx.job_id}",
-            source=str(out_dir),
-            path=str(out_dir),
-            parent_id=parent_id,
-            is_active=False,
-        )
-        mv.config = {
-            **asdict(cfg),
-            "trained_by": "train_sft",
-            "data": manifest["filters"],
-            "manifest": manifest,
-            "reward_version_id": reward_id,
-            "parent_is_demo": parent_demo,
-        }
-        mv.metrics = metrics
-        s.flush()
-        mv_id = mv.id
-    ctx.log(
-        f"policy {mv_id} saved at {out_dir}: validation loss {metrics.get('val_loss_first')} → "
-        f"{metrics.get('val_loss_last')}; promote it to use it"
-    )
+    config = {"trained_by": "train_sft", "data": manifest["filters"], "manifest": manifest}
+    config |= {"reward_version_id": reward_id, "parent_is_demo": parent_demo}
+    said = f"validation loss {metrics.get('val_loss_first')} → {metrics.get('val_loss_last')}"
+    made = Trained("sft", cfg, out_dir, metrics, config)
+    mv_id = save_policy(ctx, made, parent_id=parent_id, summary=said)
     return {
         "model_version_id": mv_id,
         "policy_version": mv_id,
