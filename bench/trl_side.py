@@ -21,8 +21,13 @@ def matching_args(
     """A TRL config (SFTConfig, RewardConfig) with ranklab's schedule and optimizer settings:
     cosine from lr to lr × ours.min_lr_ratio, no warm-up, the same weight decay and clipping,
     no checkpoints, no logging."""
+    import torch
+
     return config_cls(
         output_dir=output_dir,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,  # ranklab trains in float32 on a CPU
+        fp16=False,
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
         learning_rate=lr,

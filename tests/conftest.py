@@ -172,6 +172,14 @@ def committed(db_url: str) -> Iterator[sessionmaker[Session]]:
 
 
 @pytest.fixture
+def committed_sqlite(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
+    """Real commits on SQLite only, for tests whose point is not the database."""
+    _empty_all_tables(sqlite_url)
+    yield make_sessionmaker(sqlite_url)
+    _empty_all_tables(sqlite_url)
+
+
+@pytest.fixture
 def committed_pg(pg_url: str) -> Iterator[sessionmaker[Session]]:
     _empty_all_tables(pg_url)
     yield make_sessionmaker(pg_url)

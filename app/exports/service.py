@@ -165,9 +165,10 @@ def parse_fractions(raw: str | Sequence[float], name: str) -> tuple[float, float
     return values[0], values[1], values[2]
 
 
-def _conditions(filters: Filters, kind: SetKind = SetKind.ranking) -> list[Any]:
-    # One kind of set: a demonstration task's annotations have no outputs ranked (the SFT export
-    # reads those, with kind=demonstration), a ranking task's no reply written.
+def annotation_conditions(filters: Filters, kind: str = SetKind.ranking) -> list[Any]:
+    """The filters as SQL conditions on Annotation/Task, for the sets of one kind: the ranking
+    exports read ranking sets only (a demonstration has no outputs ranked), the SFT export the
+    demonstration sets."""
     conds: list[Any] = [Task.prompt_set_id.in_(select(PromptSet.id).where(PromptSet.kind == kind))]
     if filters.prompt_set_ids:
         conds.append(Task.prompt_set_id.in_(filters.prompt_set_ids))
@@ -199,7 +200,7 @@ def _id_pages(
 ) -> Iterator[list[int]]:
     """Matching annotation ids in export order, a page at a time (keyset paging: each query is
     short and bounded, so no database sorts the whole result and no cursor stays open)."""
-    conds = _conditions(filters)
+    conds = annotation_conditions(filters)
     last_task, last_id = -1, -1
     size = max(1, page // 10)  # a small first page, so the first bytes leave at once
     while True:

@@ -27,8 +27,8 @@ from app.exports.service import (
     ExportError,
     Filters,
     RecordNames,
+    annotation_conditions,
 )
-from app.exports.service import _conditions as annotation_conditions
 from app.labeling.models import Annotation, Demonstration, ReviewStatus, Task
 from app.prompts.models import Prompt, PromptSet, SetKind, TrainOn
 

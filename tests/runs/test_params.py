@@ -118,10 +118,13 @@ class TestCommandsAgreeWithTheDefinition:
                     p.high,
                 )
 
-    def test_a_cross_field_rule_is_a_usage_error(self) -> None:
+    @pytest.mark.parametrize("path", [("train", "ppo"), ("round",)], ids=["ppo", "round"])
+    def test_a_cross_field_rule_is_a_usage_error(self, path: tuple[str, ...]) -> None:
+        """The round takes PPO's size too (a short round on CPU), so it checks it as PPO does:
+        the default minibatch (16) is refused with a batch of 4, before anything is queued."""
         from click.testing import CliRunner
 
-        out = CliRunner().invoke(cli, ["train", "ppo", "--batch-size", "4", "--mini-batch-size", "8"])
+        out = CliRunner().invoke(cli, [*path, "--batch-size", "4"])
         assert out.exit_code == 2 and "mini_batch_size: at most batch_size (4)" in out.output
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.chat import Conversation
 from app.config import Settings
-from app.db import make_sessionmaker
 from app.prompts import service as prompts
 from app.prompts.models import PromptSet
 from app.runs.models import Job, ModelVersion
-from tests.conftest import _empty_all_tables
 from trainer.worker import Worker
 
 
@@ -36,14 +33,6 @@ def settings(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Se
     s = Settings(database_url=db_url, env="test", artifacts_dir=tmp_path / "artifacts", openai_retries=2)
     monkeypatch.setattr("trainer.sampling.job.get_settings", lambda: s)
     return s
-
-
-@pytest.fixture
-def committed_sqlite(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
-    """Real commits on SQLite only, for tests whose point is not the database."""
-    _empty_all_tables(sqlite_url)
-    yield make_sessionmaker(sqlite_url)
-    _empty_all_tables(sqlite_url)
 
 
 def add_version(

