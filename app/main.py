@@ -71,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs_launch.router)
     app.include_router(runs_launch_round.router)
     overload.install(app)  # 503 + Retry-After when the database is exhausted or reconnecting
+    app.add_middleware(
+        overload.LabelingGate, slots=settings.db_pool_size, timeout=settings.db_pool_timeout_seconds
+    )
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:

@@ -53,8 +53,14 @@ def _page(
     body = view.guideline_body
     elapsed_ms = max(0, int((utcnow() - assignment.created_at).total_seconds() * 1000))
     demonstration = view.kind == SetKind.demonstration
-    if demonstration:
-        values = values or {"reply": "", "notes": "", "draft_completion_id": ""}
+    # What was entered, shown again when refused; a form of the other kind (a ranking posted to a
+    # demonstration task, or the reverse) has nothing that fits this page, which starts empty.
+    empty = (
+        {"reply": "", "notes": "", "draft_completion_id": ""}
+        if demonstration
+        else {"rank": {}, "rating": {}, "flags": {}, "notes": ""}
+    )
+    values = values if values is not None and ("reply" in values) == demonstration else empty
     return render(
         request,
         "labeling/demonstration.html" if demonstration else "labeling/label.html",
@@ -67,7 +73,7 @@ def _page(
             "skip_reasons": labeling.SKIP_REASONS,
             "error": error,
             "elapsed_ms": elapsed_ms,
-            "values": values or {"rank": {}, "rating": {}, "flags": {}, "notes": ""},
+            "values": values,
             "draft": view.completions[0] if demonstration and view.completions else None,
         },
         status_code=status_code,

@@ -232,6 +232,28 @@ class TestApi:
 
 
 class TestPage:
+    def test_a_form_of_the_other_kind_gets_a_422_page_not_a_server_error(
+        self, client: TestClient, session: Session
+    ) -> None:
+        """The fuzz found it: a reply posted to a ranking task (and ranks to a demonstration task)
+        re-rendered the task's page with the other kind's entries and failed with a 500."""
+        ranking = make_prompt_set(session, k=2)
+        make_task(session, prompt_set=ranking, prompt="Rank these.", completions=["one", "two"])
+        login(client, make_user(session))
+        page = client.get("/label")
+        aid = int(re.search(r'action="/label/(\d+)"', page.text).group(1))  # type: ignore[union-attr]
+        csrf = csrf_of(client)
+        answer = client.post(f"/label/{aid}/demonstration", data={"csrf_token": csrf, "reply": "A reply."})
+        assert answer.status_code == 422 and "kind" in answer.text and 'name="rating-' in answer.text
+        session.execute(update(Task).values(status="closed"))
+        session.commit()
+        (task,) = _demo_set(session)
+        client.post(f"/label/{aid}/skip", data={"csrf_token": csrf, "reason": "other"})
+        page = client.get("/label")
+        did = int(re.search(r'action="/label/(\d+)/demonstration"', page.text).group(1))  # type: ignore[union-attr]
+        answer = client.post(f"/label/{did}", data={"csrf_token": csrf, "rank-1": "1"})
+        assert answer.status_code == 422 and "kind" in answer.text and 'id="reply"' in answer.text
+
     def test_the_page_shows_the_editor_and_a_form_post_stores_the_reply(
         self, client: TestClient, session: Session
     ) -> None:

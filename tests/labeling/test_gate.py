@@ -1,0 +1,63 @@
+"""The labeling gate (app/overload.py): at most `slots` labeling requests at once, the rest in
+arrival order, 503 + Retry-After past the timeout; other paths never wait on it. Driven over
+ASGI with httpx against a small app whose labeling route holds its slot until told to go."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.overload import LabelingGate
+
+
+def gated_app(slots: int, timeout: float) -> tuple[LabelingGate, asyncio.Event, list[str]]:
+    app = FastAPI()
+    go = asyncio.Event()
+    served: list[str] = []
+
+    @app.get("/api/v1/tasks/next")
+    async def next_task(who: str) -> dict[str, str]:
+        served.append(who)
+        await go.wait()
+        return {"who": who}
+
+    @app.get("/healthz")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    return LabelingGate(app, slots=slots, timeout=timeout), go, served
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_full_gate_answers_503_with_retry_after_and_other_paths_pass(anyio_backend: str) -> None:
+    gate, go, served = gated_app(slots=1, timeout=0.2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://t") as client:
+        first = asyncio.create_task(client.get("/api/v1/tasks/next", params={"who": "a"}))
+        while not served:
+            await asyncio.sleep(0.01)
+        refused = await client.get("/api/v1/tasks/next", params={"who": "b"})
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert "nothing was lost" in refused.json()["detail"]
+        assert (await client.get("/healthz")).status_code == 200  # not gated
+        go.set()
+        assert (await first).json() == {"who": "a"}
+    assert served == ["a"]  # the refused request never reached the route
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_waiting_requests_are_served_in_arrival_order(anyio_backend: str) -> None:
+    gate, go, served = gated_app(slots=1, timeout=5)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://t") as client:
+        calls = []
+        for who in "abcde":
+            calls.append(asyncio.create_task(client.get("/api/v1/tasks/next", params={"who": who})))
+            await asyncio.sleep(0.02)  # arrive one after another
+        assert served == ["a"]  # one slot: the others wait at the gate
+        go.set()
+        answers = [(await c).json()["who"] for c in calls]
+    assert answers == list("abcde") and served == list("abcde")
