@@ -172,3 +172,36 @@ def test_the_api_streams_it_and_its_manifest(client: TestClient, session: Sessio
 
 def test_export_service_knows_the_format() -> None:
     assert "sft" in service.formats.FORMATS
+
+
+def test_a_demonstration_written_through_the_api_is_in_the_export_with_the_reply_last(
+    client: TestClient, session: Session
+) -> None:
+    """Issue 15's done-when, end to end over HTTP: a labeler writes the reply through the labeling
+    API and a researcher's `export sft` holds it, the conversation first and the reply last."""
+    from app.auth import service as auth
+    from tests.factories import make_task
+
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another?"},
+    ]
+    ps = make_prompt_set(session, name="written", k=1, kind="demonstration")
+    make_task(session, prompt_set=ps, messages=conversation)
+    labeler = auth.create_token(session=session, user=make_user(session)).token
+    researcher = auth.create_token(session=session, user=make_user(session, role="researcher")).token
+    session.commit()
+    task = client.get("/api/v1/tasks/next", headers=bearer(labeler)).json()
+    assert task["kind"] == "demonstration" and task["messages"] == conversation
+    sent = client.post(
+        f"/api/v1/assignments/{task['assignment_id']}/demonstration",
+        headers=bearer(labeler),
+        json={"reply": "Green.", "draft_completion_id": None},
+    )
+    assert sent.status_code == 200, sent.text
+    res = client.get(f"/api/v1/exports/sft?set={ps.id}", headers=bearer(researcher))
+    (row,) = [json.loads(line) for line in res.text.splitlines()]
+    assert row["messages"] == [*conversation, {"role": "assistant", "content": "Green."}]
+    assert row["review_status"] == "unreviewed" and row["draft_used"] is False
