@@ -1,4 +1,4 @@
-"""The distributed path runs: reward-model and PPO training under two processes (gloo on the CPU,
+"""The distributed path runs: reward-model, SFT and PPO training under two processes (gloo on the CPU,
 what `accelerate launch` starts on several GPUs) match one process at the same global batch,
 and only the main process writes the model and the summary."""
 
@@ -18,6 +18,7 @@ from app.ranking import split_of
 from tests.tiny import save_tiny_policy
 from tests.trainer.ppo_fixtures import launch_args, make_models
 from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
+from tests.trainer.test_sft import demos, write_demos
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +104,33 @@ def test_reward_model_on_two_processes_matches_one(tmp_path: Path) -> None:
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert worst < 5e-3, worst  # the same global batches, summed in another order
     assert not list(tmp_path.glob("two*.work")) or not any(tmp_path.glob("two*.work/*"))
+
+
+def test_sft_on_two_processes_matches_one(tmp_path: Path, tiny_chat_model_path: Path) -> None:
+    """SFT on two processes (each its share of every global batch, the loss summed over reply
+    tokens and divided by the step's tokens) takes the same steps to the same weights as one."""
+    data = write_demos(tmp_path / "train.jsonl", demos(0, 16))
+    val = write_demos(tmp_path / "val.jsonl", demos(40, 4))
+    common = ["--data", str(data), "--validation", str(val), "--set", f"base_model={tiny_chat_model_path}"]
+    common += ["--set", "epochs=1", "--set", "lr=0.003"]
+    # batch_size is per process, as for the reward model: 2 × 2 is the one process's 4.
+    one = _run(
+        "trainer.sft.launch", [*common, "--out", str(tmp_path / "one"), "--set", "batch_size=4"], processes=1
+    )
+    two = _run(
+        "trainer.sft.launch", [*common, "--out", str(tmp_path / "two"), "--set", "batch_size=2"], processes=2
+    )
+    m1, m2 = json.loads(one[-1]), json.loads(two[-1])
+    # The main process alone prints (its progress and the summary) and writes the policy.
+    assert len(two) == len(one) and sum('"out"' in line for line in two) == 1
+    assert m1["steps"] == m2["steps"] == 4
+    assert m2["val_loss_last"] == pytest.approx(m1["val_loss_last"], rel=0.02)
+    w1, w2 = (
+        load_file(tmp_path / "one" / "model.safetensors"),
+        load_file(tmp_path / "two" / "model.safetensors"),
+    )
+    worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    assert w1.keys() == w2.keys() and worst < 5e-3, worst
 
 
 def test_ppo_on_two_processes_runs_and_only_the_main_process_writes(tmp_path: Path) -> None:

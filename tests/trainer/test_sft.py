@@ -158,6 +158,13 @@ def demos(offset: int, n: int) -> list[Demo]:
     return out
 
 
+def write_demos(path: Path, rows: list[Demo]) -> Path:
+    """The rows as `ranklab export sft` writes them (JSON Lines, the reply as the last message)."""
+    lines = [json.dumps({"messages": [*d.messages, {"role": "assistant", "content": d.reply}]}) for d in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def tiny_cfg(path: Path, **extra: Any) -> SFTConfig:
     return SFTConfig(
         base_model=str(path),
@@ -238,14 +245,10 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny_chat_model_path: Path, tm
 def test_the_launcher_trains_from_files_and_prints_the_summary(
     tiny_chat_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def write(path: Path, rows: list[Demo]) -> Path:
-        lines = [
-            json.dumps({"messages": [*d.messages, {"role": "assistant", "content": d.reply}]}) for d in rows
-        ]
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    data, val = write(tmp_path / "train.jsonl", demos(0, 16)), write(tmp_path / "val.jsonl", demos(40, 4))
+    data, val = (
+        write_demos(tmp_path / "train.jsonl", demos(0, 16)),
+        write_demos(tmp_path / "val.jsonl", demos(40, 4)),
+    )
     with one_thread():
         launch.main(
             [
