@@ -59,6 +59,19 @@ def where_given(query: Q, *filters: tuple[ColumnElement[Any] | InstrumentedAttri
     return query
 
 
+def newest_first(
+    query: Q,
+    created: InstrumentedAttribute[Any],
+    key: InstrumentedAttribute[Any],
+    *filters: tuple[ColumnElement[Any] | InstrumentedAttribute[Any], object],
+    limit: int,
+) -> Q:
+    """A list page's query: newest first (ties broken by `key`), at most `limit` rows, narrowed by
+    the optional `filters` as in `where_given`."""
+    ordered = query.order_by(created.desc(), key.desc()).limit(limit)
+    return where_given(ordered, *filters)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -9,7 +9,7 @@ the browser. The request's session is rolled back when one escapes a handler (ap
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, StringConstraints
@@ -74,6 +74,16 @@ class DomainError(Exception):
 
 class NotFound(DomainError):
     status_code = 404
+
+
+T = TypeVar("T")
+
+
+def found(row: T | None, message: str) -> T:
+    """`row`, or NotFound(`message`) when there is none: a lookup by a path's id."""
+    if row is None:
+        raise NotFound(message)
+    return row
 
 
 class Conflict(DomainError):

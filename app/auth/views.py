@@ -23,7 +23,7 @@ from app.auth.deps import (
 from app.auth.models import ApiToken, Role, User
 from app.auth.schemas import MeOut, TokenOut
 from app.db import SessionDep
-from app.errors import Id, Name, NotFound
+from app.errors import Id, Name, NotFound, found
 from app.web import render
 
 COOKIE_MAX_AGE = 30 * 24 * 3600
@@ -175,9 +175,7 @@ def create_token_page(
 
 
 def _own_token(session: SessionDep, user: User, token_id: int) -> ApiToken:
-    token = session.get(ApiToken, token_id)
-    if token is None:
-        raise NotFound(f"No API token {token_id}.")
+    token = found(session.get(ApiToken, token_id), f"No API token {token_id}.")
     if token.user_id != user.id and user.role != Role.admin:
         raise Forbidden("That token is not yours.")
     return token

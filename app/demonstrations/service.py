@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.chat import normalise_text
-from app.db import utcnow, where_given
-from app.errors import MAX_TEXT, Invalid, NotFound, check_text
+from app.db import newest_first, utcnow
+from app.errors import MAX_TEXT, Invalid, check_text, found
 from app.labeling.models import Annotation, Demonstration, ReviewStatus, Task
 from app.prompts.models import Prompt, PromptSet
 
@@ -50,15 +50,16 @@ def listing(
         .join(Task, Task.id == Annotation.task_id)
         .join(Prompt, Prompt.id == Task.prompt_id)
         .join(PromptSet, PromptSet.id == Task.prompt_set_id)
-        .order_by(Annotation.created_at.desc(), Demonstration.id.desc())
-        .limit(limit)
     )
-    query = where_given(
+    query = newest_first(
         query,
+        Annotation.created_at,
+        Demonstration.id,
         (Task.prompt_set_id, set_id),
         (Annotation.user_id, user_id),
         (Demonstration.review_status, status),
         (Demonstration.id, demo_id),
+        limit=limit,
     )
     return [
         Row(demo=d, messages=prompt.messages, set_id=sid, set_name=name)
@@ -79,10 +80,7 @@ def labeler_ids(*, session: Session) -> list[int]:
 
 
 def get(*, session: Session, demo_id: int) -> Demonstration:
-    demo = session.get(Demonstration, demo_id)
-    if demo is None:
-        raise NotFound(f"No demonstration with id {demo_id}.")
-    return demo
+    return found(session.get(Demonstration, demo_id), f"No demonstration with id {demo_id}.")
 
 
 def _review(demo: Demonstration, reviewer: User, status: str, reason: str | None) -> None:

@@ -20,10 +20,11 @@ def _run_import(file: Path, importer: Callable[..., Any], **options: Any) -> tup
     refusal lists each bad row (file, line, field) on stderr and stores nothing."""
     from app.cli import sessions
     from app.imports.service import ImportRefused
+    from app.imports.upload import Upload
 
     try:
         with sessions().begin() as s:
-            result = importer(session=s, data=file.read_bytes(), filename=file.name, **options)
+            result = importer(s, Upload(file.read_bytes(), file.name, **options))
             return result, result.prompt_set.id, result.prompt_set.k
     except ImportRefused as exc:
         for e in exc.errors:

@@ -22,15 +22,14 @@ from sqlalchemy.orm import Session
 from app.chat import ChatError, Conversation, as_text, conversation_hash, parse_conversation, split_hh_reply
 from app.db import utcnow
 from app.imports.parsing import (
-    MAX_LISTED,
     RowError,
     _prompt,
     _reply,
     detect_by_keys,
     parse_with,
-    refuse_unless_usable,
 )
-from app.imports.writing import _bulk, check_name, system_user, write_prompts
+from app.imports.upload import Upload, accept
+from app.imports.writing import _bulk, system_user, write_prompts
 from app.labeling.models import Annotation, Assignment, Demonstration, ReviewStatus, Task
 from app.prompts.models import PromptSet, SetKind, SetStatus
 
@@ -125,45 +124,27 @@ def parse(data: bytes, filename: str, *, kind: str = "auto") -> tuple[str, list[
     return parse_with(data, filename, kind=kind, detect=detect_kind, parsers=PARSERS)
 
 
-def import_demonstrations(
-    *,
-    session: Session,
-    data: bytes,
-    filename: str,
-    name: str,
-    kind: str = "auto",
-    skip_invalid: bool = False,
-    created_by_id: int | None = None,
-) -> DemoImportResult:
+def import_demonstrations(session: Session, upload: Upload) -> DemoImportResult:
     """Validate everything, then write it all (or nothing: the caller's transaction)."""
-    name, filename = name.strip(), filename.replace("\x00", "")
-    check_name(session, name)
-    kind, rows, errors, total = parse(data, filename, kind=kind)
-    refuse_unless_usable(rows, errors, total, skip_invalid=skip_invalid)
+    got = accept(session, upload, parse)
     ps = PromptSet(
-        name=name,
+        name=got.name,
         kind=SetKind.demonstration,
         k=1,
         overlap=1,
         status=SetStatus.archived,  # every task is done: nothing for labelers, nothing to resample
-        source_filename=filename,
-        created_by_id=created_by_id,
+        source_filename=got.filename,
+        created_by_id=upload.created_by_id,
         flags=[],
-        report={
-            "imported": {
-                "kind": kind,
-                "rows": total,
-                "imported": len(rows),
-                "skipped": len(errors),
-                "skipped_rows": [str(e) for e in errors[:MAX_LISTED]],
-            }
-        },
+        report={"imported": got.report()},
     )
     session.add(ps)
     session.flush()
-    user_id = system_user(session, f"imported-{name}")
-    _write(session, ps.id, user_id, rows)
-    return DemoImportResult(prompt_set=ps, kind=kind, rows=total, imported=len(rows), skipped=errors)
+    user_id = system_user(session, f"imported-{got.name}")
+    _write(session, ps.id, user_id, got.rows)
+    return DemoImportResult(
+        prompt_set=ps, kind=got.kind, rows=got.total, imported=len(got.rows), skipped=got.skipped
+    )
 
 
 def _write(session: Session, set_id: int, user_id: int, rows: list[Row]) -> None:

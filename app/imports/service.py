@@ -27,8 +27,8 @@ from app.imports.parsing import (  # noqa: F401  (re-exported: the views, the CL
     read_rows,
     refuse_unless_usable,
 )
+from app.imports.upload import Upload, accept
 from app.imports.writing import (
-    check_name,
     group_tasks,
     new_set,
     policy_versions,
@@ -50,43 +50,25 @@ class ImportResult:
     skipped: list[RowError]
 
 
-def import_preferences(
-    *,
-    session: Session,
-    data: bytes,
-    filename: str,
-    name: str,
-    kind: str = "auto",
-    skip_invalid: bool = False,
-    created_by_id: int | None = None,
-) -> ImportResult:
+def import_preferences(session: Session, upload: Upload) -> ImportResult:
     """Validate everything, then write it all (or nothing: the caller's transaction).
 
-    Phases: the name → parse every row → group rows into tasks → the set, its policy versions
-    and labelers → prompts and tasks → completions → assignments, annotations and their items.
+    Phases: the upload accepted (name, rows) → group rows into tasks → the set, its policy
+    versions and labelers → prompts and tasks → completions → assignments, annotations and their items.
     """
-    name, filename = name.strip(), filename.replace("\x00", "")  # the file's name is stored too
-    check_name(session, name)
-    kind, units, errors, total = parse(data, filename, kind=kind)
-    refuse_unless_usable(units, errors, total, skip_invalid=skip_invalid)
-    tasks, comps_of = group_tasks(units)
+    got = accept(session, upload, parse)
+    tasks, comps_of = group_tasks(got.rows)
     ps = new_set(
         session,
-        name=name,
-        filename=filename,
-        created_by_id=created_by_id,
+        name=got.name,
+        filename=got.filename,
+        created_by_id=upload.created_by_id,
         tasks=tasks,
         comps_of=comps_of,
-        report={
-            "kind": kind,
-            "rows": total,
-            "imported": len(units),
-            "skipped": len(errors),
-            "skipped_rows": [str(e) for e in errors[:MAX_LISTED]],
-        },
+        report=got.report(),
     )
-    versions = policy_versions(session, name, comps_of)
-    users = system_users(session, name, units)
+    versions = policy_versions(session, got.name, comps_of)
+    users = system_users(session, got.name, got.rows)
     now = utcnow()
     keys = list(tasks)
     task_ids = write_tasks(session, ps, tasks, keys, now)
@@ -94,5 +76,10 @@ def import_preferences(
     write_annotations(session, tasks, keys, task_ids, comp_id, users, now)
     session.flush()
     return ImportResult(
-        prompt_set=ps, kind=kind, rows=total, imported=len(units), tasks=len(keys), skipped=errors
+        prompt_set=ps,
+        kind=got.kind,
+        rows=got.total,
+        imported=len(got.rows),
+        tasks=len(keys),
+        skipped=got.skipped,
     )

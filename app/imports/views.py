@@ -11,6 +11,7 @@ from app.auth.deps import CurrentResearcher
 from app.db import SessionDep, undone_on_error
 from app.errors import TooLarge
 from app.imports import service as imports
+from app.imports.upload import Upload
 from app.web import read_upload, render
 
 router = APIRouter(tags=["imports"])
@@ -41,15 +42,8 @@ def import_upload(
         return render(request, "imports/import.html", ctx, status_code=exc.status_code)
     try:
         with undone_on_error(session):
-            result = imports.import_preferences(
-                session=session,
-                data=data,
-                filename=file.filename or "upload",
-                name=name,
-                kind=kind,
-                skip_invalid=skip_invalid,
-                created_by_id=user.id,
-            )
+            upload = Upload(data, file.filename or "upload", name, kind, skip_invalid, user.id)
+            result = imports.import_preferences(session, upload)
     except imports.ImportRefused as exc:
         ctx.update(refused=str(exc), errors=[str(e) for e in exc.errors], filename=file.filename)
         return render(request, "imports/import.html", ctx, status_code=422)

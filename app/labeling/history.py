@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
+from app.db import newest_first
 from app.labeling.models import Annotation, Demonstration, Task
 from app.labeling.task_view import letter
 from app.prompts import proposals
@@ -42,10 +43,12 @@ def ranking_text(annotation: Annotation) -> str:
 def history(*, session: Session, user: User, limit: int = 200) -> History:
     rows = list(
         session.scalars(
-            select(Annotation)
-            .where(Annotation.user_id == user.id)
-            .order_by(Annotation.created_at.desc(), Annotation.id.desc())
-            .limit(limit)
+            newest_first(
+                select(Annotation).where(Annotation.user_id == user.id),
+                Annotation.created_at,
+                Annotation.id,
+                limit=limit,
+            )
         ).all()
     )
     counts = dict(

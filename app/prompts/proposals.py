@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.config import Settings
-from app.db import utcnow, where_given
-from app.errors import MAX_ROW_ID, Conflict, Invalid, NotFound, check_text
+from app.db import newest_first, utcnow
+from app.errors import MAX_ROW_ID, Conflict, Invalid, check_text, found
 from app.prompts import service
 from app.prompts.models import PROMPT_CATEGORIES, Prompt, PromptProposal, PromptSet, ProposalStatus
 
@@ -62,10 +62,7 @@ def propose(
 
 
 def get(*, session: Session, proposal_id: int) -> PromptProposal:
-    proposal = session.get(PromptProposal, proposal_id)
-    if proposal is None:
-        raise NotFound(f"No proposed prompt with id {proposal_id}.")
-    return proposal
+    return found(session.get(PromptProposal, proposal_id), f"No proposed prompt with id {proposal_id}.")
 
 
 def _pending(proposal: PromptProposal) -> None:
@@ -143,14 +140,15 @@ def listing(
         .join(User, User.id == PromptProposal.user_id)
         .outerjoin(PromptSet, PromptSet.id == PromptProposal.prompt_set_id)
         .outerjoin(Prompt, Prompt.id == PromptProposal.prompt_id)
-        .order_by(PromptProposal.created_at.desc(), PromptProposal.id.desc())
-        .limit(limit)
     )
-    query = where_given(
+    query = newest_first(
         query,
+        PromptProposal.created_at,
+        PromptProposal.id,
         (PromptProposal.user_id, user_id),
         (PromptProposal.status, status),
         (PromptProposal.id, proposal_id),
+        limit=limit,
     )
     rows = session.execute(query).all()
     names = dict(session.execute(select(PromptSet.id, PromptSet.name)).all()) if rows else {}

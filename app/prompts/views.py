@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.deps import CurrentAdmin
 from app.db import SessionDep, undone_on_error
-from app.errors import Id, Invalid, NotFound, TooLarge
+from app.errors import Id, Invalid, TooLarge, found
 from app.prompts import service
 from app.prompts.models import DEFAULT_FLAGS, PromptSet, TrainOn
 from app.prompts.parsing import Problem
@@ -31,10 +31,7 @@ api = APIRouter(tags=["prompts"])
 
 
 def _set_or_404(session: Session, set_id: int) -> PromptSet:
-    ps = service.get_set(session=session, set_id=set_id)
-    if ps is None:
-        raise NotFound(f"No prompt set with id {set_id}.")
-    return ps
+    return found(service.get_set(session=session, set_id=set_id), f"No prompt set with id {set_id}.")
 
 
 def fmt_seconds(seconds: float | None) -> str:

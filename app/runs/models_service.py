@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.errors import Invalid, NotFound
+from app.errors import Invalid, found
 from app.runs.models import ModelKind, ModelVersion
 
 # Names a trainer may use for the figure the models page shows first, most telling first.
@@ -40,10 +40,7 @@ def list_models(*, session: Session, kind: str | None = None) -> list[ModelVersi
 
 
 def get_model(*, session: Session, model_id: int) -> ModelVersion:
-    model = session.get(ModelVersion, model_id)
-    if model is None:
-        raise NotFound(f"no model version with id {model_id}")
-    return model
+    return found(session.get(ModelVersion, model_id), f"No model version with id {model_id}.")
 
 
 def active(*, session: Session, kind: str) -> ModelVersion | None:

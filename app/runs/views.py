@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.auth.deps import CurrentResearcher
 from app.db import SessionDep
-from app.errors import Id, Invalid, NotFound
+from app.errors import Id, Invalid, found
 from app.runs import dashboard, plots
 from app.runs import models_service as registry
 from app.runs import service as jobs
@@ -44,10 +44,7 @@ def _status_or_none(status: str | None) -> str | None:
 
 
 def _job_or_404(session: SessionDep, job_id: int) -> Job:
-    job = dashboard.get_job(session=session, job_id=job_id)
-    if job is None:
-        raise NotFound(f"Job {job_id} does not exist.")
-    return job
+    return found(dashboard.get_job(session=session, job_id=job_id), f"Job {job_id} does not exist.")
 
 
 # --- pages ----------------------------------------------------------------------------------

@@ -14,8 +14,6 @@ from migrations.shorthand import drop_indexes, indexes, table
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -19,8 +19,6 @@ from alembic import op
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 OPEN = sa.text("status = 'open'")
 ACTIVE = sa.text("state = 'active'")

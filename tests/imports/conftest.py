@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from app.imports import service as importer
+from app.imports.upload import Upload
 
 
 def jsonl(rows: list[object]) -> bytes:
@@ -20,5 +21,5 @@ def refused_places(
     """Import `rows` (records, or a file's bytes), which must be refused: each error's (line, field)."""
     data = rows if isinstance(rows, bytes) else jsonl(rows)
     with pytest.raises(importer.ImportRefused) as exc:
-        importer.import_preferences(session=session, data=data, filename=filename, name="refused")
+        importer.import_preferences(session, Upload(data=data, filename=filename, name="refused"))
     return [(e.line, e.field) for e in exc.value.errors]

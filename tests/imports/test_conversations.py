@@ -14,6 +14,7 @@ from app.chat import as_text, conversation_hash
 from app.exports import service
 from app.exports.formats import RowOptions
 from app.imports import service as importer
+from app.imports.upload import Upload
 from app.prompts.models import Prompt
 from tests.exports.data import read_rows, run_export
 from tests.imports.conftest import jsonl, refused_places
@@ -69,7 +70,7 @@ class TestHHRoundTrip:
     def test_hh_import_then_trl_conversational_export_is_the_same_rows(
         self, session: Session, file_type: str
     ) -> None:
-        r = importer.import_preferences(session=session, data=jsonl(HH_ROWS), filename="hh.jsonl", name="hh3")
+        r = importer.import_preferences(session, Upload(data=jsonl(HH_ROWS), filename="hh.jsonl", name="hh3"))
         assert (r.kind, r.imported, r.tasks) == ("hh", 3, 3)
         data, manifest = run_export(
             session, "trl", file_type, filters=_set_filter(r), opts=RowOptions(conversational=True)
@@ -78,7 +79,7 @@ class TestHHRoundTrip:
         assert manifest["counts"]["prompts"] == 2  # rows 1 and 3 share one conversation
 
     def test_the_prompt_is_stored_as_its_turns(self, session: Session) -> None:
-        r = importer.import_preferences(session=session, data=jsonl(HH_ROWS), filename="hh.jsonl", name="hh3")
+        r = importer.import_preferences(session, Upload(data=jsonl(HH_ROWS), filename="hh.jsonl", name="hh3"))
         prompts = session.scalars(
             select(Prompt).where(Prompt.prompt_set_id == r.prompt_set.id).order_by(Prompt.source_line)
         ).all()
@@ -96,7 +97,7 @@ class TestHHRoundTrip:
 
     def test_standard_trl_export_gives_the_readable_text(self, session: Session) -> None:
         r = importer.import_preferences(
-            session=session, data=jsonl(HH_ROWS[1:2]), filename="h.jsonl", name="h"
+            session, Upload(data=jsonl(HH_ROWS[1:2]), filename="h.jsonl", name="h")
         )
         rows = read_rows(run_export(session, "trl", filters=_set_filter(r))[0], "jsonl")
         assert rows == [
@@ -113,7 +114,7 @@ class TestHHRoundTrip:
             {"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: yo\n\nAssistant: b"},
         ]
         with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=jsonl(rows), filename="h.jsonl", name="bad")
+            importer.import_preferences(session, Upload(data=jsonl(rows), filename="h.jsonl", name="bad"))
         got = [(e.line, e.field) for e in exc.value.errors]
         assert got == [(2, "chosen[1].content"), (3, "chosen/rejected")]
         assert "empty" in exc.value.errors[0].message and "differ at turn 0" in exc.value.errors[1].message
@@ -133,7 +134,7 @@ class TestTRLConversational:
             "chosen": [{"role": "assistant", "content": "Rome."}],
             "rejected": [{"role": "assistant", "content": "Milan."}],
         }
-        r = importer.import_preferences(session=session, data=jsonl([row]), filename="t.jsonl", name="t")
+        r = importer.import_preferences(session, Upload(data=jsonl([row]), filename="t.jsonl", name="t"))
         prompt = session.scalars(select(Prompt).where(Prompt.prompt_set_id == r.prompt_set.id)).one()
         assert prompt.messages == self.CONV and prompt.text_hash == conversation_hash(self.CONV)
         out = read_rows(
@@ -166,7 +167,7 @@ class TestMessagesColumn:
 
     def _import(self, session: Session) -> importer.ImportResult:
         row = {"prompt": self.CONV, "chosen": "Rome.", "rejected": "Milan."}
-        return importer.import_preferences(session=session, data=jsonl([row]), filename="t.jsonl", name="m")
+        return importer.import_preferences(session, Upload(data=jsonl([row]), filename="t.jsonl", name="m"))
 
     @pytest.mark.parametrize("file_type", ["jsonl", "parquet"])
     def test_comparisons_rankings_and_groups_carry_the_conversation(
@@ -185,14 +186,14 @@ class TestMessagesColumn:
     def test_a_rankings_export_imports_back_with_its_turns(self, session: Session, tmp_path: Path) -> None:
         r = self._import(session)
         data, _ = run_export(session, "rankings", filters=_set_filter(r))
-        again = importer.import_preferences(session=session, data=data, filename="r.jsonl", name="copy")
+        again = importer.import_preferences(session, Upload(data=data, filename="r.jsonl", name="copy"))
         prompt = session.scalars(select(Prompt).where(Prompt.prompt_set_id == again.prompt_set.id)).one()
         assert prompt.messages == self.CONV
         # `messages` wins over `prompt`: a row without it is one user message.
         row = read_rows(data, "jsonl")[0]
         del row["messages"]
         plain = importer.import_preferences(
-            session=session, data=jsonl([row]), filename="r.jsonl", name="plain"
+            session, Upload(data=jsonl([row]), filename="r.jsonl", name="plain")
         )
         prompt = session.scalars(select(Prompt).where(Prompt.prompt_set_id == plain.prompt_set.id)).one()
         assert prompt.messages == [{"role": "user", "content": as_text(self.CONV)}]

@@ -20,6 +20,7 @@ from app.auth.models import User
 from app.cli import cli
 from app.imports.demonstrations import import_demonstrations
 from app.imports.service import ImportRefused
+from app.imports.upload import Upload
 from app.labeling.models import Annotation, Demonstration, Task
 from app.prompts.models import Prompt, PromptSet
 from tests.exports.data import read_rows, run_export
@@ -55,7 +56,7 @@ class TestFormats:
             },
             {"messages": [U, {"role": "assistant", "content": "Hello."}]},  # same prompt, 2nd reply
         ]
-        r = import_demonstrations(session=session, data=jl(rows), filename="d.jsonl", name="demo-in")
+        r = import_demonstrations(session, Upload(data=jl(rows), filename="d.jsonl", name="demo-in"))
         assert (r.kind, r.rows, r.imported, r.skipped) == ("messages", 3, 3, [])
         ps = r.prompt_set
         assert (ps.kind, ps.status) == ("demonstration", "archived")
@@ -78,7 +79,7 @@ class TestFormats:
             {"prompt": [U], "completion": [A]},
             {"prompt": [{"role": "user", "content": "Name a colour."}], "completion": "Blue."},
         ]
-        r = import_demonstrations(session=session, data=jl(rows), filename="pc.jsonl", name="pc")
+        r = import_demonstrations(session, Upload(data=jl(rows), filename="pc.jsonl", name="pc"))
         assert (r.kind, r.imported) == ("prompt-completion", 3)
         replies = [row["messages"][-1]["content"] for row in sft_rows(session, "pc")]
         assert replies == ["Hi!", "Hi!", "Blue."]
@@ -86,7 +87,7 @@ class TestFormats:
     def test_hh_dialogues_the_chosen_side(self, session: Session) -> None:
         start = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: "
         rows = [{"chosen": start + "fine, thanks", "rejected": start + "go away"}]
-        r = import_demonstrations(session=session, data=jl(rows), filename="hh.jsonl", name="hh")
+        r = import_demonstrations(session, Upload(data=jl(rows), filename="hh.jsonl", name="hh"))
         assert r.kind == "hh"
         [row] = sft_rows(session, "hh")
         assert row["messages"] == [
@@ -101,12 +102,12 @@ class TestFormats:
         pq.write_table(pa.Table.from_pylist([{"prompt": "a?", "completion": "b."}]), buf)
         assert (
             import_demonstrations(
-                session=session, data=buf.getvalue(), filename="x.parquet", name="pq"
+                session, Upload(data=buf.getvalue(), filename="x.parquet", name="pq")
             ).imported
             == 1
         )
         gz = gzip.compress(jl([{"messages": [U, A]}]))
-        assert import_demonstrations(session=session, data=gz, filename="x.jsonl.gz", name="gz").imported == 1
+        assert import_demonstrations(session, Upload(data=gz, filename="x.jsonl.gz", name="gz")).imported == 1
 
 
 BAD = [
@@ -122,7 +123,7 @@ BAD = [
 class TestErrors:
     def test_all_or_nothing_with_each_bad_row_located(self, session: Session) -> None:
         with pytest.raises(ImportRefused, match="5 invalid row") as exc:
-            import_demonstrations(session=session, data=jl(BAD), filename="bad.jsonl", name="bad")
+            import_demonstrations(session, Upload(data=jl(BAD), filename="bad.jsonl", name="bad"))
         assert [(e.line, e.field) for e in exc.value.errors] == [
             (2, "messages[1].role"),
             (3, "messages[0].content"),
@@ -134,7 +135,7 @@ class TestErrors:
 
     def test_skip_invalid_keeps_the_good_rows(self, session: Session) -> None:
         r = import_demonstrations(
-            session=session, data=jl(BAD), filename="bad.jsonl", name="bad", skip_invalid=True
+            session, Upload(data=jl(BAD), filename="bad.jsonl", name="bad", skip_invalid=True)
         )
         assert r.imported == 1 and [e.line for e in r.skipped] == [2, 3, 4, 5, 6]
         assert r.prompt_set.report["imported"]["skipped"] == 5
@@ -146,7 +147,7 @@ class TestErrors:
             {"prompt": "a", "completion": ""},
         ]
         with pytest.raises(ImportRefused) as exc:
-            import_demonstrations(session=session, data=jl(rows), filename="pc.jsonl", name="pc")
+            import_demonstrations(session, Upload(data=jl(rows), filename="pc.jsonl", name="pc"))
         assert [(e.line, e.field) for e in exc.value.errors] == [
             (1, "completion[0].role"),
             (2, "prompt"),
@@ -154,17 +155,17 @@ class TestErrors:
         ]
         hh = [{"chosen": "\n\nHuman: hi"}, {"chosen": "no turns"}]
         with pytest.raises(ImportRefused) as exc:
-            import_demonstrations(session=session, data=jl(hh), filename="hh.jsonl", name="hh", kind="hh")
+            import_demonstrations(session, Upload(data=jl(hh), filename="hh.jsonl", name="hh", kind="hh"))
         assert [(e.line, e.field) for e in exc.value.errors] == [(1, "chosen"), (2, "chosen")]
 
     def test_name_taken_and_unknown_shape(self, session: Session) -> None:
-        import_demonstrations(session=session, data=jl([{"messages": [U, A]}]), filename="a.jsonl", name="x")
+        import_demonstrations(session, Upload(data=jl([{"messages": [U, A]}]), filename="a.jsonl", name="x"))
         with pytest.raises(ImportRefused, match="exists"):
             import_demonstrations(
-                session=session, data=jl([{"messages": [U, A]}]), filename="a.jsonl", name="x"
+                session, Upload(data=jl([{"messages": [U, A]}]), filename="a.jsonl", name="x")
             )
         with pytest.raises(ImportRefused, match="no row looks like"):
-            import_demonstrations(session=session, data=jl([{"text": "x"}]), filename="a.jsonl", name="y")
+            import_demonstrations(session, Upload(data=jl([{"text": "x"}]), filename="a.jsonl", name="y"))
 
 
 def test_the_cli_refuses_then_skips(cli_db: sessionmaker[Session], tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from app.chat import as_text, conversation_hash, split_hh
 from app.exports import service
 from app.exports.formats import RowOptions
 from app.imports import service as importer
+from app.imports.upload import Upload
 from app.labeling.models import Annotation, AnnotationItem, Completion, Task
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import ModelVersion
@@ -45,7 +46,7 @@ class TestHH:
         data = (shared_data / "hh-harmless-dev.jsonl.gz").read_bytes()
         before = [count_rows(session, m) for m in (PromptSet, Prompt, Task, Annotation)]
         with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=data, filename="hh.jsonl.gz", name="hh")
+            importer.import_preferences(session, Upload(data=data, filename="hh.jsonl.gz", name="hh"))
         assert [e.line for e in exc.value.errors] == HH_BAD_LINES
         assert [(e.line, e.field) for e in exc.value.errors] == HH_BAD
         assert all("reply is missing" in e.message for e in exc.value.errors[:2])
@@ -54,7 +55,7 @@ class TestHH:
         assert [count_rows(session, m) for m in (PromptSet, Prompt, Task, Annotation)] == before
 
         r = importer.import_preferences(
-            session=session, data=data, filename="hh.jsonl.gz", name="hh", skip_invalid=True
+            session, Upload(data=data, filename="hh.jsonl.gz", name="hh", skip_invalid=True)
         )
         assert (r.kind, r.rows, r.imported) == ("hh", 1746, 1740)
         assert [e.line for e in r.skipped] == HH_BAD_LINES
@@ -123,7 +124,7 @@ class TestHH:
         ]
         with pytest.raises(importer.ImportRefused) as exc:
             importer.import_preferences(
-                session=session, data=jsonl(rows), filename="x.jsonl", name="s", kind="hh"
+                session, Upload(data=jsonl(rows), filename="x.jsonl", name="s", kind="hh")
             )
         assert [(e.line, e.field) for e in exc.value.errors] == [
             (2, "chosen"),
@@ -142,7 +143,7 @@ class TestTRL:
                 "rejected": [{"role": "assistant", "content": "No."}],
             },
         ]
-        r = importer.import_preferences(session=session, data=jsonl(rows), filename="p.jsonl", name="trl-a")
+        r = importer.import_preferences(session, Upload(data=jsonl(rows), filename="p.jsonl", name="trl-a"))
         assert (r.kind, r.imported, r.prompt_set.k) == ("trl", 2, 2)
         out = read_rows(
             run_export(session, "trl", filters=service.Filters(prompt_set_ids=[r.prompt_set.id]))[0], "jsonl"
@@ -154,7 +155,7 @@ class TestTRL:
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist([rows[0]]), buf)
         r2 = importer.import_preferences(
-            session=session, data=buf.getvalue(), filename="p.parquet", name="trl-b"
+            session, Upload(data=buf.getvalue(), filename="p.parquet", name="trl-b")
         )
         assert r2.imported == 1
 
@@ -169,7 +170,7 @@ class TestTRL:
         )
         sets = count_rows(session, PromptSet)
         with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=data, filename="t.jsonl", name="t")
+            importer.import_preferences(session, Upload(data=data, filename="t.jsonl", name="t"))
         assert [(e.line, e.field) for e in exc.value.errors] == [
             (2, "row"),
             (3, "prompt"),
@@ -180,19 +181,19 @@ class TestTRL:
         assert "line 2: row: not valid JSON" in str(exc.value.errors[0])
         assert count_rows(session, PromptSet) == sets
         r = importer.import_preferences(
-            session=session, data=data, filename="t.jsonl", name="t", skip_invalid=True
+            session, Upload(data=data, filename="t.jsonl", name="t", skip_invalid=True)
         )
         assert r.imported == 1 and len(r.skipped) == 5
 
     def test_name_taken_empty_file_and_garbage(self, session: Session) -> None:
         data = jsonl([{"prompt": "a", "chosen": "b", "rejected": "c"}])
-        importer.import_preferences(session=session, data=data, filename="t.jsonl", name="dup")
+        importer.import_preferences(session, Upload(data=data, filename="t.jsonl", name="dup"))
         with pytest.raises(importer.ImportRefused, match="exists"):
-            importer.import_preferences(session=session, data=data, filename="t.jsonl", name="dup")
+            importer.import_preferences(session, Upload(data=data, filename="t.jsonl", name="dup"))
         with pytest.raises(importer.ImportRefused):
-            importer.import_preferences(session=session, data=b"", filename="t.jsonl", name="e")
+            importer.import_preferences(session, Upload(data=b"", filename="t.jsonl", name="e"))
         with pytest.raises(importer.ImportRefused) as exc:
-            importer.import_preferences(session=session, data=b'{"a": 1}\n', filename="t.jsonl", name="g")
+            importer.import_preferences(session, Upload(data=b'{"a": 1}\n', filename="t.jsonl", name="g"))
         assert "HH-RLHF" in str(exc.value.errors[0])
 
     def test_a_nul_character_is_a_located_row_error(self, session: Session) -> None:
@@ -206,14 +207,14 @@ class TestTRL:
         assert refused_places(session, rows) == [(2, "prompt"), (3, "prompt.0.content")]
         assert count_rows(session, PromptSet) == before
         r = importer.import_preferences(
-            session=session, data=jsonl(rows), filename="t.jsonl", name="n", skip_invalid=True
+            session, Upload(data=jsonl(rows), filename="t.jsonl", name="n", skip_invalid=True)
         )
         session.flush()
         assert r.imported == 1 and [e.line for e in r.skipped] == [2, 3]
         with pytest.raises(importer.ImportRefused, match="NUL"):
-            importer.import_preferences(session=session, data=jsonl(rows[:1]), filename="t", name="a\x00")
+            importer.import_preferences(session, Upload(data=jsonl(rows[:1]), filename="t", name="a\x00"))
         one = jsonl(rows[:1])
-        r = importer.import_preferences(session=session, data=one, filename="t\x00.jsonl", name="f")
+        r = importer.import_preferences(session, Upload(data=one, filename="t\x00.jsonl", name="f"))
         session.flush()
         assert r.imported == 1
 
@@ -241,7 +242,7 @@ class TestRankingsRoundTrip:
         f = service.Filters(prompt_set_ids=[w.set_a.id, w.set_b.id], include_skipped=True)
         data, _ = run_export(session, "rankings", file_type, filters=f)
         original = read_rows(data, file_type)
-        r = importer.import_preferences(session=session, data=data, filename=f"r.{file_type}", name="copy")
+        r = importer.import_preferences(session, Upload(data=data, filename=f"r.{file_type}", name="copy"))
         assert (r.kind, r.imported, r.tasks) == ("rankings", 5, 3)
         assert r.prompt_set.k == 4 and r.prompt_set.overlap == 2
         again = read_rows(

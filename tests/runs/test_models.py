@@ -78,7 +78,7 @@ class TestOneActivePerKind:
             registry.activate_reward(session=session, model=p)
         assert active_ids(session, ModelKind.policy) == [p.id]
         assert active_ids(session, ModelKind.reward) == []
-        with pytest.raises(NotFound, match="no model version with id"):
+        with pytest.raises(NotFound, match="No model version with id"):
             registry.get_model(session=session, model_id=987654)
         with pytest.raises(registry.ModelError, match="unknown model kind"):
             registry.list_models(session=session, kind="value")
@@ -238,7 +238,7 @@ class TestCli:
             assert active_ids(s, ModelKind.policy) == [child_id]
 
         bad = runner.invoke(cli, ["policies", "promote", "99999"])
-        assert bad.exit_code != 0 and "no model version with id 99999" in bad.output
+        assert bad.exit_code != 0 and "No model version with id 99999" in bad.output
 
     def test_jobs_list_and_cancel(self, cli_db: sessionmaker[Session]) -> None:
         with cli_db.begin() as s:
