@@ -213,6 +213,7 @@ def child(url: str, fmt: str, file_type: str, set_id: int, out: str) -> None:
     """One export in this fresh process; prints a JSON line with its figures."""
     from app.db import make_sessionmaker
     from app.exports import service
+    from app.exports.filters import Filters
     from app.exports.formats import RowOptions
 
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -221,7 +222,7 @@ def child(url: str, fmt: str, file_type: str, set_id: int, out: str) -> None:
         session_factory=make_sessionmaker(url),
         fmt=fmt,
         file_type=file_type,
-        filters=service.Filters(prompt_set_ids=[set_id]),
+        filters=Filters(prompt_set_ids=[set_id]),
         opts=RowOptions(),
         secret="bench",  # noqa: S106  (pseudonyms only)
     )

@@ -14,7 +14,7 @@ from app.auth.models import User
 from app.db import SessionDep
 from app.demonstrations import service
 from app.errors import MAX_ROW_ID, DomainError, Id, Invalid
-from app.exports.service import pseudonym
+from app.exports.filters import pseudonym
 from app.labeling.models import Demonstration, ReviewStatus
 from app.prompts import service as prompts
 from app.web import FormDep, attempt, is_htmx, render

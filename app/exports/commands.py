@@ -13,7 +13,7 @@ from app.db import cli_sessions
 
 
 def _when(value: str | None, option: str) -> datetime | None:
-    from app.exports.service import ExportError, parse_time
+    from app.exports.filters import ExportError, parse_time
 
     try:
         return parse_time(value, option)
@@ -106,6 +106,7 @@ def export(
       ranklab export sft --set demos --split train --out sft-train.jsonl
     """
     from app.exports import service
+    from app.exports.filters import ExportError, Filters, parse_fractions, resolve_ids, resolve_labelers
     from app.exports.formats import RowOptions
     from app.prompts.models import PromptSet
     from app.runs.models import ModelVersion
@@ -115,18 +116,16 @@ def export(
 
     try:
         try:
-            fractions = service.parse_fractions(split_fractions, "split fractions")
-        except service.ExportError as exc:
+            fractions = parse_fractions(split_fractions, "split fractions")
+        except ExportError as exc:
             raise click.BadParameter(str(exc), param_hint="--split-fractions") from None
         with maker() as s:
-            filters = service.Filters(
-                prompt_set_ids=service.resolve_ids(session=s, model=PromptSet, values=sets),
-                policy_version_ids=service.resolve_ids(session=s, model=ModelVersion, values=policies),
+            filters = Filters(
+                prompt_set_ids=resolve_ids(session=s, model=PromptSet, values=sets),
+                policy_version_ids=resolve_ids(session=s, model=ModelVersion, values=policies),
                 since=_when(since, "--since"),
                 until=_when(until, "--until"),
-                labeler_ids=service.resolve_labelers(
-                    session=s, names=list(labelers), secret=settings.secret_key
-                ),
+                labeler_ids=resolve_labelers(session=s, names=list(labelers), secret=settings.secret_key),
                 include_skipped=include_skipped,
                 exclude_flagged=exclude_flagged,
                 min_labels=min_labels,
@@ -143,7 +142,7 @@ def export(
             secret=settings.secret_key,
             real_names=real_names,
         )
-    except (ValueError, service.ExportError) as exc:
+    except (ValueError, ExportError) as exc:
         raise click.ClickException(str(exc)) from exc
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")

@@ -19,13 +19,12 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.exports.service import (
+from app.exports.filters import ExportError, Filters
+from app.exports.records import (
     ANNOTATION_COLUMNS,
     BATCH_ANNOTATIONS,
     PAGE_ANNOTATIONS,
     Counts,
-    ExportError,
-    Filters,
     RecordNames,
     annotation_conditions,
 )

@@ -16,8 +16,10 @@ from app.db import SessionDep
 from app.errors import MAX_ROW_ID, has_nul
 from app.exports import formats
 from app.exports import service as exports
+from app.exports.filters import ExportError, Filters, parse_fractions, parse_time, resolve_labelers
 from app.exports.formats import RowOptions
 from app.prompts.models import PromptSet
+from app.ranking import SPLITS
 from app.runs.models import ModelVersion
 from app.web import render
 
@@ -60,7 +62,7 @@ def parse_ids(values: list[str], name: str) -> list[int]:
         for part in v.split(","):
             if part.strip():
                 if not part.strip().isdigit() or int(part) > MAX_ROW_ID:
-                    raise exports.ExportError(name, f"not an id: {part!r}")
+                    raise ExportError(name, f"not an id: {part!r}")
                 out.append(int(part))
     return out
 
@@ -72,33 +74,33 @@ def _int(value: str, name: str) -> int:
             raise ValueError
         return int(value or 0)
     except ValueError:
-        raise exports.ExportError(name, f"not a whole number: {value[:40]!r}") from None
+        raise ExportError(name, f"not a whole number: {value[:40]!r}") from None
 
 
 def parse_request(
     q: ExportQuery, *, user: User, session: Any, secret: str
-) -> tuple[exports.Filters, RowOptions, str, bool]:
+) -> tuple[Filters, RowOptions, str, bool]:
     """Filters and options from query parameters; ExportError names a bad one."""
     real_names = q.real_names.lower() in TRUE
     if real_names and user.role != Role.admin:
         raise Forbidden("Real labeler names are for admins; exports name labelers by pseudonym.")
     margin = q.margin or "none"
     if margin not in ("none", "rank", "rating"):
-        raise exports.ExportError("margin", f"one of none, rank, rating, not {margin!r}")
+        raise ExportError("margin", f"one of none, rank, rating, not {margin!r}")
     min_labels = _int(q.min_labels, "min_labels")
     if not 0 <= min_labels <= MAX_ROW_ID:
-        raise exports.ExportError("min_labels", f"a whole number from 0 to {MAX_ROW_ID}, not {min_labels}")
+        raise ExportError("min_labels", f"a whole number from 0 to {MAX_ROW_ID}, not {min_labels}")
     seed = _int(q.seed, "seed")
-    fractions = exports.parse_fractions(q.fractions or "0.9,0.05,0.05", "fractions")
+    fractions = parse_fractions(q.fractions or "0.9,0.05,0.05", "fractions")
     labelers = [n for v in q.labeler for n in v.split(",") if n.strip()]
     if any(has_nul(n) for n in labelers):
-        raise exports.ExportError("labeler", "contains a NUL character (\\u0000)")
-    filters = exports.Filters(
+        raise ExportError("labeler", "contains a NUL character (\\u0000)")
+    filters = Filters(
         prompt_set_ids=parse_ids(q.set, "set"),
         policy_version_ids=parse_ids(q.policy, "policy"),
-        since=exports.parse_time(q.since, "since"),
-        until=exports.parse_time(q.until, "until"),
-        labeler_ids=exports.resolve_labelers(session=session, names=labelers, secret=secret),
+        since=parse_time(q.since, "since"),
+        until=parse_time(q.until, "until"),
+        labeler_ids=resolve_labelers(session=session, names=labelers, secret=secret),
         include_skipped=q.include_skipped.lower() in TRUE,
         exclude_flagged=q.exclude_flagged.lower() in TRUE,
         min_labels=min_labels,
@@ -163,7 +165,7 @@ def filter_choices(session: Any) -> dict[str, Any]:
         ),
         "formats": formats.FORMATS,
         "file_types": formats.FILE_TYPES,
-        "splits": exports.SPLITS,
+        "splits": SPLITS,
     }
 
 

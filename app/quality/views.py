@@ -12,7 +12,7 @@ from app.auth.deps import CurrentResearcher, Forbidden
 from app.auth.models import Role, User
 from app.db import SessionDep
 from app.demonstrations import service as demonstrations
-from app.exports.service import pseudonym
+from app.exports.filters import pseudonym
 from app.exports.views import TRUE, filter_choices, parse_ids
 from app.prompts.models import PromptSet
 from app.quality import service as quality

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth
 from app.auth.models import User
 from app.db import utcnow
-from app.exports.service import pseudonym
+from app.exports.filters import pseudonym
 from app.labeling.models import Annotation, Assignment, Demonstration, Task
 from app.prompts.models import Prompt, PromptSet
 from tests.factories import bearer, login, make_prompt_row, make_prompt_set, make_user

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.models import User
 from app.exports import service
+from app.exports.filters import Filters
 from app.exports.formats import RowOptions
 from app.labeling.models import Annotation, Task
 from app.prompts.models import PromptSet
@@ -79,7 +80,7 @@ def run_export(
     session: Session,
     fmt: str,
     file_type: str = "jsonl",
-    filters: service.Filters | None = None,
+    filters: Filters | None = None,
     opts: RowOptions | None = None,
     real_names: bool = False,
 ) -> tuple[bytes, dict[str, Any]]:
@@ -87,7 +88,7 @@ def run_export(
         session_factory=_same(session),
         fmt=fmt,
         file_type=file_type,
-        filters=filters or service.Filters(),
+        filters=filters or Filters(),
         opts=opts or RowOptions(),
         secret=SECRET,
         real_names=real_names,

@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 
 from app import ranking
 from app.exports import formats, service
+from app.exports.filters import ExportError, Filters, pseudonym, resolve_labelers
 from app.exports.formats import RowOptions
+from app.exports.records import iter_records
 from tests.exports.data import SECRET, build, read_rows, run_export
 
 FILE_TYPES = ["jsonl", "jsonl.gz", "parquet"]
@@ -37,7 +39,7 @@ class TestFormats:
         assert best["rank_gap"] == 2 and best["rating_diff"] == 4 and best["chosen_rank"] == 1
         assert best["chosen_policy"] == "policy-v1" and best["prompt"] == "Write a haiku about rain."
         assert best["chosen"] == w.t1.completions[0].text and best["task_id"] == w.t1.id
-        assert best["labeler"] == service.pseudonym(w.alice.id, SECRET) != "alice"
+        assert best["labeler"] == pseudonym(w.alice.id, SECRET) != "alice"
         assert best["chosen_position"] == 0 and best["rejected_position"] == 3
         assert best["created_at"].startswith(str(w.anns["a1"].created_at.year))
 
@@ -82,7 +84,7 @@ class TestFormats:
         assert a1["notes"] == "close call" and a1["time_spent_ms"] == 30000
         assert rows[2]["completions"][0]["flags"] == ["hallucination (makes up information)"]
         skipped = read_rows(
-            run_export(session, "rankings", file_type, service.Filters(include_skipped=True))[0], file_type
+            run_export(session, "rankings", file_type, Filters(include_skipped=True))[0], file_type
         )
         assert [r["skip_reason"] for r in skipped].count("unclear") == 1 and len(skipped) == 5
 
@@ -103,7 +105,7 @@ class TestFormats:
 
 
 class TestFilters:
-    def _ids(self, session: Session, filters: service.Filters) -> list[int]:
+    def _ids(self, session: Session, filters: Filters) -> list[int]:
         return [
             r["annotation_id"]
             for r in read_rows(run_export(session, "rankings", filters=filters)[0], "jsonl")
@@ -112,19 +114,19 @@ class TestFilters:
     def test_each_filter(self, session: Session) -> None:
         w = build(session)
         a = {k: v.id for k, v in w.anns.items()}
-        assert self._ids(session, service.Filters(prompt_set_ids=[w.set_b.id])) == [a["b3"]]
-        assert self._ids(session, service.Filters(policy_version_ids=[w.v1.id])) == [
+        assert self._ids(session, Filters(prompt_set_ids=[w.set_b.id])) == [a["b3"]]
+        assert self._ids(session, Filters(policy_version_ids=[w.v1.id])) == [
             a["a1"],
             a["b1"],
             a["a2"],
         ]
         later = datetime(2029, 1, 1, tzinfo=UTC)
-        assert self._ids(session, service.Filters(since=later)) == [a["b3"]]
-        assert self._ids(session, service.Filters(until=later)) == [a["a1"], a["b1"], a["a2"]]
-        assert self._ids(session, service.Filters(labeler_ids=[w.alice.id])) == [a["a1"], a["a2"]]
-        assert self._ids(session, service.Filters(exclude_flagged=True)) == [a["a1"], a["b1"], a["b3"]]
-        assert self._ids(session, service.Filters(min_labels=2)) == [a["a1"], a["b1"]]
-        assert self._ids(session, service.Filters(include_skipped=True, labeler_ids=[w.bob.id])) == [
+        assert self._ids(session, Filters(since=later)) == [a["b3"]]
+        assert self._ids(session, Filters(until=later)) == [a["a1"], a["b1"], a["a2"]]
+        assert self._ids(session, Filters(labeler_ids=[w.alice.id])) == [a["a1"], a["a2"]]
+        assert self._ids(session, Filters(exclude_flagged=True)) == [a["a1"], a["b1"], a["b3"]]
+        assert self._ids(session, Filters(min_labels=2)) == [a["a1"], a["b1"]]
+        assert self._ids(session, Filters(include_skipped=True, labeler_ids=[w.bob.id])) == [
             a["b1"],
             a["b2"],
             a["b3"],
@@ -132,21 +134,23 @@ class TestFilters:
 
     def test_labelers_by_name_pseudonym_or_id(self, session: Session) -> None:
         w = build(session)
-        pseud = service.pseudonym(w.bob.id, SECRET)
-        assert service.resolve_labelers(
-            session=session, names=["alice", pseud, str(w.bob.id)], secret=SECRET
-        ) == [w.alice.id, w.bob.id, w.bob.id]
-        with pytest.raises(service.ExportError, match="nobody"):
-            service.resolve_labelers(session=session, names=["nobody"], secret=SECRET)
+        pseud = pseudonym(w.bob.id, SECRET)
+        assert resolve_labelers(session=session, names=["alice", pseud, str(w.bob.id)], secret=SECRET) == [
+            w.alice.id,
+            w.bob.id,
+            w.bob.id,
+        ]
+        with pytest.raises(ExportError, match="nobody"):
+            resolve_labelers(session=session, names=["nobody"], secret=SECRET)
 
     def test_bad_format_and_split(self, session: Session) -> None:
-        with pytest.raises(service.ExportError, match="format"):
+        with pytest.raises(ExportError, match="format"):
             run_export(session, "csv")
-        with pytest.raises(service.ExportError, match="split"):
-            run_export(session, "trl", filters=service.Filters(split="dev"))
+        with pytest.raises(ExportError, match="split"):
+            run_export(session, "trl", filters=Filters(split="dev"))
         for bad in ((0.5, 0.5), (0.0, 0.0, 0.0), (1.0, -0.5, 0.5)):
-            with pytest.raises(service.ExportError, match="split fractions"):
-                run_export(session, "trl", filters=service.Filters(split_fractions=bad))  # type: ignore[arg-type]
+            with pytest.raises(ExportError, match="split fractions"):
+                run_export(session, "trl", filters=Filters(split_fractions=bad))  # type: ignore[arg-type]
 
 
 class TestSplit:
@@ -159,7 +163,7 @@ class TestSplit:
             t = make_task(session, prompt_set=ps, prompt=f"prompt {i}")
             make_annotation(session, task=t, user=u1, ranks=[1, 2])
             make_annotation(session, task=t, user=u2, ranks=[2, 1])
-        f = service.Filters(split_fractions=(0.5, 0.25, 0.25))
+        f = Filters(split_fractions=(0.5, 0.25, 0.25))
         rows = read_rows(run_export(session, "comparisons", filters=f)[0], "jsonl")
         by_split: dict[str, set[str]] = {}
         for r in rows:
@@ -173,7 +177,7 @@ class TestSplit:
         assert [r["split"] for r in again] == [r["split"] for r in rows]
         only = read_rows(
             run_export(
-                session, "trl", filters=service.Filters(split="validation", split_fractions=(0.5, 0.25, 0.25))
+                session, "trl", filters=Filters(split="validation", split_fractions=(0.5, 0.25, 0.25))
             )[0],
             "jsonl",
         )
@@ -189,7 +193,7 @@ class TestManifest:
     @pytest.mark.parametrize("file_type", FILE_TYPES)
     def test_sha256_counts_and_deterministic_bytes(self, session: Session, file_type: str) -> None:
         build(session)
-        f = service.Filters(min_labels=1)
+        f = Filters(min_labels=1)
         data, man = run_export(session, "trl", file_type, filters=f)
         assert man["sha256"] == hashlib.sha256(data).hexdigest() and man["bytes"] == len(data)
         assert man["schema_version"] == formats.SCHEMA_VERSION
@@ -289,7 +293,7 @@ class TestFastEncoders:
         from app.exports import encode
 
         build(session)
-        recs = list(service.iter_records(session=session, filters=service.Filters(), secret=SECRET))
+        recs = list(iter_records(session=session, filters=Filters(), secret=SECRET))
         cases = [("comparisons", RowOptions())] + [
             ("trl", RowOptions(conversational=c, margin=m))
             for c in (False, True)
@@ -324,7 +328,7 @@ class TestFastEncoders:
             session_factory=_same(session),
             fmt="comparisons",
             file_type="jsonl",
-            filters=service.Filters(),
+            filters=Filters(),
             opts=RowOptions(),
             secret=SECRET,
             batch_annotations=4,

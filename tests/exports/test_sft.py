@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.cli import cli
-from app.exports import service
-from app.exports.service import ExportError, Filters, pseudonym
+from app.exports import formats
+from app.exports.filters import ExportError, Filters, pseudonym
 from app.prompts.models import PromptSet
 from app.ranking import split_of
 from tests.exports.data import SECRET, read_rows, run_export
@@ -171,7 +171,7 @@ def test_the_api_streams_it_and_its_manifest(client: TestClient, session: Sessio
 
 
 def test_export_service_knows_the_format() -> None:
-    assert "sft" in service.formats.FORMATS
+    assert "sft" in formats.FORMATS
 
 
 def test_a_demonstration_written_through_the_api_is_in_the_export_with_the_reply_last(

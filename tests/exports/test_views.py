@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
-from app.exports import service
+from app.exports.filters import pseudonym
 from tests.exports.data import build, read_rows
 from tests.factories import bearer, login, make_user
 
@@ -131,7 +131,7 @@ class TestPages:
         # t1: alice (1,1,2,3) and bob (1,2,3,4) agree on all 5 pairs both order strictly
         assert "100.0%</strong> of output pairs" in r.text
         secret = client.app.state.settings.secret_key  # type: ignore[attr-defined]
-        assert service.pseudonym(w.alice.id, secret) in r.text and ">alice<" not in r.text
+        assert pseudonym(w.alice.id, secret) in r.text and ">alice<" not in r.text
         frag = client.get(f"/quality?set={w.set_b.id}", headers={"HX-Request": "true"})
         assert frag.status_code == 200 and frag.text.lstrip().startswith('<div id="quality">')
         assert "No task has been labeled by two labelers yet" in frag.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.exports import service
+from app.exports.filters import Filters
 from app.labeling import service as labeling
 from tests.exports.data import read_rows, run_export
 from tests.factories import make_prompt_set, make_task, make_user
@@ -27,7 +27,7 @@ def test_submitted_ranking_exports_with_shown_positions(session: Session) -> Non
         flags={shown[0]: ["hallucination"]},
         time_spent_ms=12_000,
     )
-    f = service.Filters(prompt_set_ids=[ps.id])
+    f = Filters(prompt_set_ids=[ps.id])
     (row,) = read_rows(run_export(session, "rankings", filters=f)[0], "jsonl")
     by_id = {c["completion_id"]: c for c in row["completions"]}
     assert [by_id[c]["position"] for c in shown] == [0, 1, 2, 3]

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.chat import as_text, conversation_hash
-from app.exports import service
+from app.exports.filters import Filters
 from app.exports.formats import RowOptions
 from app.imports import service as importer
 from app.imports.upload import Upload
@@ -61,8 +61,8 @@ def trl_conversational(row: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _set_filter(result: importer.ImportResult) -> service.Filters:
-    return service.Filters(prompt_set_ids=[result.prompt_set.id])
+def _set_filter(result: importer.ImportResult) -> Filters:
+    return Filters(prompt_set_ids=[result.prompt_set.id])
 
 
 class TestHHRoundTrip:

@@ -36,7 +36,7 @@ def jl(rows: list[Any]) -> bytes:
 
 def sft_rows(session: Session, name: str) -> list[dict[str, Any]]:
     set_id = session.scalar(select(PromptSet.id).where(PromptSet.name == name))
-    from app.exports.service import Filters
+    from app.exports.filters import Filters
 
     return read_rows(run_export(session, "sft", filters=Filters(prompt_set_ids=[set_id]))[0], "jsonl")
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.chat import as_text, conversation_hash, split_hh
-from app.exports import service
+from app.exports.filters import Filters
 from app.exports.formats import RowOptions
 from app.imports import service as importer
 from app.imports.upload import Upload
@@ -77,9 +77,7 @@ class TestHH:
         assert prompt.text == as_text(prompt.messages) and prompt.text_hash == conversation_hash(
             prompt.messages
         )
-        rows = read_rows(
-            run_export(session, "trl", filters=service.Filters(prompt_set_ids=[ps.id]))[0], "jsonl"
-        )
+        rows = read_rows(run_export(session, "trl", filters=Filters(prompt_set_ids=[ps.id]))[0], "jsonl")
         assert len(rows) == 1740
         assert {
             "prompt": prompt.text,
@@ -90,7 +88,7 @@ class TestHH:
             run_export(
                 session,
                 "trl",
-                filters=service.Filters(prompt_set_ids=[ps.id]),
+                filters=Filters(prompt_set_ids=[ps.id]),
                 opts=RowOptions(conversational=True),
             )[0],
             "jsonl",
@@ -146,7 +144,7 @@ class TestTRL:
         r = importer.import_preferences(session, Upload(data=jsonl(rows), filename="p.jsonl", name="trl-a"))
         assert (r.kind, r.imported, r.prompt_set.k) == ("trl", 2, 2)
         out = read_rows(
-            run_export(session, "trl", filters=service.Filters(prompt_set_ids=[r.prompt_set.id]))[0], "jsonl"
+            run_export(session, "trl", filters=Filters(prompt_set_ids=[r.prompt_set.id]))[0], "jsonl"
         )
         assert out == [
             {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
@@ -239,7 +237,7 @@ class TestRankingsRoundTrip:
     @pytest.mark.parametrize("file_type", ["jsonl", "parquet"])
     def test_export_import_export_gives_the_same_rankings(self, session: Session, file_type: str) -> None:
         w = build(session)
-        f = service.Filters(prompt_set_ids=[w.set_a.id, w.set_b.id], include_skipped=True)
+        f = Filters(prompt_set_ids=[w.set_a.id, w.set_b.id], include_skipped=True)
         data, _ = run_export(session, "rankings", file_type, filters=f)
         original = read_rows(data, file_type)
         r = importer.import_preferences(session, Upload(data=data, filename=f"r.{file_type}", name="copy"))
@@ -250,7 +248,7 @@ class TestRankingsRoundTrip:
                 session,
                 "rankings",
                 file_type,
-                filters=service.Filters(prompt_set_ids=[r.prompt_set.id], include_skipped=True),
+                filters=Filters(prompt_set_ids=[r.prompt_set.id], include_skipped=True),
             )[0],
             file_type,
         )
@@ -258,7 +256,7 @@ class TestRankingsRoundTrip:
         # labelers stay distinct (one imported labeler each), so agreement survives the trip
         assert len({x["labeler"] for x in again}) == 2
         groups = read_rows(
-            run_export(session, "groups", filters=service.Filters(prompt_set_ids=[r.prompt_set.id]))[0],
+            run_export(session, "groups", filters=Filters(prompt_set_ids=[r.prompt_set.id]))[0],
             "jsonl",
         )
         assert [g["ranks"] for g in groups[0]["rankings"]] == [[1, 1, 2, 3], [1, 2, 3, 4]]

@@ -197,11 +197,11 @@ class TestRunPage:
 
     def test_reward_job_shows_what_it_trained_on(self, client: TestClient, session: Session) -> None:
         """The export manifest a train_reward job cites: filters (sets by name), counts, sha256."""
-        from app.exports import service as exports
+        from app.exports.filters import Filters
         from tests.factories import make_prompt_set
 
         ps = make_prompt_set(session, name="round-<1>")
-        filters = exports.Filters(prompt_set_ids=[ps.id], min_labels=2, split_fractions=(0.8, 0.2, 0.0))
+        filters = Filters(prompt_set_ids=[ps.id], min_labels=2, split_fractions=(0.8, 0.2, 0.0))
         data = {
             "format": "groups",
             "filters": filters.describe(),

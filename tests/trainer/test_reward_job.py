@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import trainer.reward.train as reward_train
 from app.auth.models import User
-from app.exports.service import ExportError
+from app.exports.filters import ExportError
 from app.prompts.models import PromptSet
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_annotation, make_job, make_prompt_set, make_task, make_user

@@ -24,9 +24,10 @@ FILE_TYPE = "jsonl"  # the sha256 in the manifest is that of this file type
 def load_groups(
     *, sessions: Callable[[], Session], params: Mapping[str, Any], secret: str
 ) -> tuple[list[Group], dict[str, Any]]:
-    """The groups the export filters in `params` select (see exports.filters_from_params), in
-    task order, and the export's manifest of them. `secret` names labelers as the export does
-    (it is hashed into the rows, so it must be the export's for the sha256 to agree)."""
+    """The groups the export filters in `params` select (see
+    app.exports.filters.filters_from_params), in task order, and the export's manifest of them.
+    `secret` names labelers as the export does (it is hashed into the rows, so it must be the
+    export's for the sha256 to agree)."""
     rows, manifest = exports.training_rows(sessions=sessions, params=params, fmt=FORMAT, secret=secret)
     groups = [g for g in map(group_from_row, rows) if g.k >= 2 and g.rankings]
     return groups, manifest

@@ -2,7 +2,7 @@
 
 params: the export filters with `ranklab export`'s meaning (sets, policies, labelers, since,
 until, min_labels, exclude_flagged, split_seed, split_fractions: see
-app.exports.service.filters_from_params), base_model (default: the active policy's backbone),
+app.exports.filters.filters_from_params), base_model (default: the active policy's backbone),
 and any RewardConfig field (lr, epochs, batch_size, max_length, ...). The data is the `groups`
 export of those filters: the model trains on its `train` split, validates on its `validation`
 split, and the job's result cites the export's manifest (result["data"]). The score is normalised so the
@@ -20,7 +20,7 @@ from typing import Any
 
 from app.chat import Conversation, conversation_hash
 from app.config import get_settings
-from app.exports.service import FILTER_PARAMS
+from app.exports.filters import FILTER_PARAMS
 from app.runs import models_service
 from app.runs.models import ModelKind, ModelVersion
 from trainer.jobs import Trained, register_version, train_once, training_data

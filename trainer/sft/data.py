@@ -87,8 +87,9 @@ def split_demos(demos: Sequence[Demo]) -> dict[str, list[Demo]]:
 def load_demos(
     *, sessions: Callable[[], Session], params: Mapping[str, Any], secret: str
 ) -> tuple[list[Demo], dict[str, Any]]:
-    """The demonstrations the export filters in `params` select (exports.filters_from_params:
-    sets, labelers, since, until, split_seed, split_fractions), each with its split, and the
-    export's manifest of them. `secret` must be the export's for the sha256 to agree."""
+    """The demonstrations the export filters in `params` select
+    (app.exports.filters.filters_from_params: sets, labelers, since, until, split_seed,
+    split_fractions), each with its split, and the export's manifest of them. `secret` must be
+    the export's for the sha256 to agree."""
     rows, manifest = exports.training_rows(sessions=sessions, params=params, fmt=FORMAT, secret=secret)
     return [demo_from_row(row) for row in rows], manifest

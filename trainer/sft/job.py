@@ -1,7 +1,7 @@
 """The `train_sft` job: demonstrations from the database → SFT → a new policy version, not yet active.
 
 params: the export filters with `ranklab export sft`'s meaning (sets, labelers, since, until,
-split_seed, split_fractions: see app.exports.service.filters_from_params), base_model (a policy
+split_seed, split_fractions: see app.exports.filters.filters_from_params), base_model (a policy
 version id, a hub id or a folder; default: the active policy), and any SFTConfig field (lr,
 epochs, batch_size, max_length, ...). The data is the `sft` export of those filters
 (trainer.sft.data.load_demos): the policy trains on its `train` split, validates on its
@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import delete
 
 from app.config import get_settings
-from app.exports.service import FILTER_PARAMS
+from app.exports.filters import FILTER_PARAMS
 from app.runs import models_service, policies
 from app.runs.models import JobMetric, ModelKind, ModelVersion
 from app.runs.params import TRAIN_SFT
