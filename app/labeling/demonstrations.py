@@ -33,7 +33,7 @@ from app.labeling.finish import (
     store_annotation,
 )
 from app.labeling.models import Annotation, AssignmentState, Completion, Demonstration, ReviewStatus
-from app.prompts import service as prompts
+from app.prompts import tokens
 from app.prompts.models import Prompt, SetKind
 
 MAX_REPLY_CHARS = 100_000  # a cap before any tokenizer runs; the token limit is the real one
@@ -78,13 +78,13 @@ def check_reply(reply: Any) -> str:
 def reply_tokens(messages: chat.Conversation, reply: str, policy_path: str | None) -> int:
     """Positions the conversation with the reply last takes through the policy's chat template
     (an estimate when its folder has no tokenizer)."""
-    count, _how = prompts.counter_at(policy_path, generation_prompt=False)
+    count, _how = tokens.counter_at(policy_path, generation_prompt=False)
     return count(chat.with_reply(messages, reply))
 
 
 def token_limit(max_tokens: int, policy_path: str | None) -> int:
     """RANKLAB_MAX_DEMONSTRATION_TOKENS, or the policy's context when that is shorter."""
-    positions = prompts.positions_at(policy_path)
+    positions = tokens.positions_at(policy_path)
     return min(max_tokens, positions) if positions else max_tokens
 
 

@@ -91,12 +91,12 @@ def import_(
       ranklab prompts import questions.csv --name support --k 6 --overlap 3 --temperature 0.8
       ranklab prompts import asks.jsonl --name "write 1" --kind demonstration --overlap 2
     """
-    from app.prompts import service
+    from app.prompts import upload
 
     settings = get_settings()
     try:
         with cli_sessions().begin() as s:
-            ps = service.import_prompt_set(
+            ps = upload.import_prompt_set(
                 session=s,
                 settings=settings,
                 name=name,
@@ -118,7 +118,7 @@ def import_(
                 enqueue=not no_sample,
             )
             report, set_id, job_id = dict(ps.report), ps.id, ps.report.get("job_id")
-    except service.ImportRejected as exc:
+    except upload.ImportRejected as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         more = " (and more; fix these first)" if exc.truncated else ""
@@ -146,11 +146,11 @@ def list_() -> None:
     Example:
       ranklab prompts list    # id, name, K, overlap, sampled/total, the sampling job's state
     """
-    from app.prompts import service
+    from app.prompts import sampling, service
 
     with cli_sessions()() as s:
         for ps in service.list_sets(session=s):
-            prog = service.progress(session=s, prompt_set=ps)
+            prog = sampling.progress(session=s, prompt_set=ps)
             job = f"job {prog.job.id} {prog.job.status}" if prog.job else "no job"
             if ps.kind == "demonstration":
                 done = f"{prog.written}/{prog.needed} written, {prog.done}/{prog.total} drafts"
@@ -183,7 +183,7 @@ def demo(tiny: bool) -> None:
       ranklab demo           # `make run` runs it before `ranklab serve`
       ranklab demo --tiny    # the tiny model: seconds, not minutes, and no 540 MB folder
     """
-    from app.prompts import service
+    from app.prompts import sampling, service, upload
     from app.prompts.models import SetStatus
     from app.runs import inline, policies
     from app.runs.models import FINISHED, JobStatus
@@ -211,7 +211,7 @@ def demo(tiny: bool) -> None:
         )
         ps = service.get_set_by_name(session=s, name=set_name)
         if ps is None:
-            ps = service.import_prompt_set(
+            ps = upload.import_prompt_set(
                 session=s,
                 settings=settings,
                 name=set_name,
@@ -223,7 +223,7 @@ def demo(tiny: bool) -> None:
                 enqueue=False,
             )
             click.echo(f"imported the demo prompt set '{set_name}' ({ps.report['imported']} prompts)")
-        prog = service.progress(session=s, prompt_set=ps)
+        prog = sampling.progress(session=s, prompt_set=ps)
         if prog.done >= prog.total:
             ps.status = SetStatus.active
             click.echo(f"'{set_name}' is sampled ({prog.done}/{prog.total}) and ready to label")
@@ -233,7 +233,7 @@ def demo(tiny: bool) -> None:
             click.echo(f"'{set_name}' is being sampled by {job.worker_id} (job {job.id})")
             return
         if job is None or job.status in FINISHED:
-            job = service.start_sampling(session=s, prompt_set=ps)
+            job = sampling.start_sampling(session=s, prompt_set=ps)
         job_id = job.id
     try:
         inline.run_job_here(sessions, job_id, label="sampling the demo set")

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from app.chat import FALLBACK_TEMPLATE, Conversation, normalise
-from app.prompts.parsing import TokenCounter
+from app.config import Settings
+from app.prompts.parsing import TokenCounter, approx_tokens
+from app.runs.models import ModelVersion
 
 
 def _token_text(value: Any) -> str | None:
@@ -65,3 +67,62 @@ def conversation_counter(folder: Path, *, generation_prompt: bool = True) -> Tok
     if not file.is_file():
         return None
     return _counter(str(folder), file.stat().st_mtime, generation_prompt)
+
+
+# --- the limit an upload checks -------------------------------------------------------------
+
+
+def token_counter(version: ModelVersion | None) -> tuple[TokenCounter, str]:
+    """The policy's own tokenizer and chat template when its folder has them, else an estimate."""
+    return counter_at(version.path if version is not None else None)
+
+
+def counter_at(path: str | None, *, generation_prompt: bool = True) -> tuple[TokenCounter, str]:
+    """token_counter for a policy folder (None: no folder); see conversation_counter."""
+    if path:
+        try:
+            counter = conversation_counter(Path(path), generation_prompt=generation_prompt)
+        except Exception:  # noqa: BLE001  (an unreadable tokenizer falls back, and says so)
+            counter = None
+        if counter is not None:
+            return counter, "policy tokenizer and chat template"
+    return approx_tokens, "approximate (words, or characters / 4, and 4 a turn)"
+
+
+def context_positions(version: ModelVersion | None) -> int | None:
+    """How many tokens the policy sees at once, from its folder's config.json (None: unknown)."""
+    return positions_at(version.path if version is not None else None)
+
+
+def positions_at(path: str | None) -> int | None:
+    """context_positions for a policy folder."""
+    if not path:
+        return None
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def token_limit(
+    *, settings: Settings, version: ModelVersion | None, sampling: dict[str, Any]
+) -> tuple[int, str]:
+    """The most tokens a prompt may take after the chat template, and the limit's name.
+
+    A prompt must leave the policy room to write; past its context the sampling job would fail.
+    """
+    max_tokens, limit_name = settings.max_prompt_tokens, "RANKLAB_MAX_PROMPT_TOKENS"
+    positions, new_tokens = context_positions(version), sampling.get("max_new_tokens")
+    if (
+        positions is not None
+        and isinstance(new_tokens, int)
+        and 0 < new_tokens < positions
+        and positions - new_tokens < max_tokens
+    ):
+        max_tokens = positions - new_tokens
+        limit_name = f"the policy's {positions} positions less max_new_tokens {new_tokens}"
+    return max_tokens, limit_name

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.auth.deps import CurrentAdmin
 from app.db import SessionDep, undone_on_error
 from app.errors import Id, Invalid, TooLarge, found
-from app.prompts import service
+from app.prompts import sampling, service, upload
 from app.prompts.models import DEFAULT_FLAGS, PromptSet, TrainOn
 from app.prompts.parsing import Problem
 from app.prompts.schemas import PromptSetOut
@@ -51,7 +51,7 @@ def _row(session: Session, ps: PromptSet) -> dict[str, Any]:
     )
     return {
         "ps": ps,
-        "prog": service.progress(session=session, prompt_set=ps),
+        "prog": sampling.progress(session=session, prompt_set=ps),
         "policy": versions.get(ps.policy_version_id or 0),
         "compare": versions.get(ps.compare_version_id or 0),
         "is_demo": any(v.is_demo for v in versions.values()),
@@ -90,12 +90,12 @@ def _new_form(
                 "kind": "ranking",
                 "k": 4,
                 "overlap": 1,
-                **service.SAMPLING_DEFAULTS,
+                **upload.SAMPLING_DEFAULTS,
                 **(values or {}),
             },
             "max_upload_mb": settings.max_upload_mb,
             "max_prompt_tokens": settings.max_prompt_tokens,
-            "k_range": (service.K_MIN, service.K_MAX),
+            "k_range": (upload.K_MIN, upload.K_MAX),
             "default_flags": DEFAULT_FLAGS,
         },
         status_code=status_code,
@@ -146,7 +146,7 @@ class SetUpload:
 
 
 def _upload(request: Request, session: Session, admin_id: int, form: SetUpload) -> PromptSet:
-    """Shared by the page and the API; raises service.ImportRejected or TooLarge."""
+    """Shared by the page and the API; raises upload.ImportRejected or TooLarge."""
     settings = request.app.state.settings
     filename = form.file.filename or "upload"
     data = read_upload(form.file, settings=settings)
@@ -165,8 +165,8 @@ def _upload(request: Request, session: Session, admin_id: int, form: SetUpload) 
         )
     }
     if problems:
-        raise service.ImportRejected(problems)
-    return service.import_prompt_set(
+        raise upload.ImportRejected(problems)
+    return upload.import_prompt_set(
         session=session,
         settings=settings,
         name=form.name,
@@ -265,14 +265,14 @@ def _progress(request: Request, session: Session, ps: PromptSet) -> Response:
 @router.post("/sets/{set_id}/cancel", response_class=HTMLResponse)
 def cancel_set(set_id: Id, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
     ps = _set_or_404(session, set_id)
-    service.cancel_sampling(session=session, prompt_set=ps)
+    sampling.cancel_sampling(session=session, prompt_set=ps)
     return _after_action(request, session, ps)
 
 
 @router.post("/sets/{set_id}/resume", response_class=HTMLResponse)
 def resume_set(set_id: Id, request: Request, session: SessionDep, admin: CurrentAdmin) -> Response:
     ps = _set_or_404(session, set_id)
-    service.resume_sampling(session=session, prompt_set=ps, created_by_id=admin.id)
+    sampling.resume_sampling(session=session, prompt_set=ps, created_by_id=admin.id)
     return _after_action(request, session, ps)
 
 
@@ -315,5 +315,5 @@ def upload_set_api(
 @api.post("/sets/{set_id}/cancel", response_model=PromptSetOut)
 def cancel_set_api(set_id: Id, session: SessionDep, admin: CurrentAdmin) -> PromptSetOut:
     ps = _set_or_404(session, set_id)
-    service.cancel_sampling(session=session, prompt_set=ps)
+    sampling.cancel_sampling(session=session, prompt_set=ps)
     return _out(session, ps)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.chat import conversation_hash
 from app.config import Settings
-from app.prompts import service, tokens
+from app.prompts import tokens, upload
 from app.prompts.models import Prompt
 from app.prompts.parsing import parse_prompt_file
 from tests.factories import make_model_version
@@ -123,7 +123,7 @@ class TestErrors:
 
 def test_an_uploaded_conversation_is_stored_whole(session: Session, tmp_path: Path) -> None:
     settings = Settings(database_url="sqlite://", env="test", artifacts_dir=str(tmp_path))  # type: ignore[call-arg]
-    ps = service.import_prompt_set(
+    ps = upload.import_prompt_set(
         session=session,
         settings=settings,
         name="conv",
@@ -168,6 +168,6 @@ class TestTokenCount:
     def test_the_upload_uses_the_policys_template(self, session: Session, tiny_chat_model_path: Path) -> None:
         mv = make_model_version(session, name="tiny-chat")
         mv.path = str(tiny_chat_model_path)
-        counter, how = service.token_counter(mv)
+        counter, how = tokens.token_counter(mv)
         assert how == "policy tokenizer and chat template"
         assert counter([USER]) > 10  # ChatML's default system message counts too

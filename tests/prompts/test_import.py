@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.prompts import service
+from app.prompts import upload
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import Job
 from tests.prompts.conftest import parquet_bytes
@@ -48,7 +48,7 @@ def import_jl(
     **options: Any,
 ) -> PromptSet:
     """import_prompt_set of a JSON Lines file of these rows."""
-    return service.import_prompt_set(
+    return upload.import_prompt_set(
         session=session, settings=settings, name=name, filename=filename, data=jl(*rows), **options
     )
 
@@ -58,7 +58,7 @@ class TestFormats:
         self, session: Session, settings: Settings
     ) -> None:
         data = jl({"prompt": "Say hi.", "source": "a", "id": 7}, "", {"prompt": "Say bye."})
-        ps = service.import_prompt_set(
+        ps = upload.import_prompt_set(
             session=session, settings=settings, name="jl", filename="p.jsonl", data=data
         )
         prompts = session.scalars(
@@ -77,7 +77,7 @@ class TestFormats:
             {"instruction": "Translate to French.", "input": "Good morning", "lang": "fr"},
             {"instruction": "Name a colour."},
         )
-        ps = service.import_prompt_set(
+        ps = upload.import_prompt_set(
             session=session, settings=settings, name="alpaca", filename="a.jsonl", data=data, k=6, overlap=3
         )
         texts = session.scalars(
@@ -93,7 +93,7 @@ class TestFormats:
             '\ufeffprompt,topic\n"Write a poem\nabout rain",poetry\nSay hi.,greeting\n'
             "Say hi.,again\n  Say hi.  ,spaces\n"
         ).encode()
-        ps = service.import_prompt_set(
+        ps = upload.import_prompt_set(
             session=session, settings=settings, name="csv", filename="p.csv", data=data
         )
         prompts = session.scalars(
@@ -108,7 +108,7 @@ class TestFormats:
 
     def test_parquet_with_prompt_column(self, session: Session, settings: Settings) -> None:
         data = parquet_bytes({"prompt": ["One?", "Two?", "One?"], "n": [1, 2, 3]})
-        ps = service.import_prompt_set(
+        ps = upload.import_prompt_set(
             session=session, settings=settings, name="pq", filename="p.parquet", data=data, k=9
         )
         prompts = session.scalars(
@@ -123,7 +123,7 @@ class TestFormats:
     def test_format_can_be_given_when_the_name_says_nothing(
         self, session: Session, settings: Settings
     ) -> None:
-        ps = service.import_prompt_set(
+        ps = upload.import_prompt_set(
             session=session,
             settings=settings,
             name="fmt",
@@ -149,8 +149,8 @@ class TestFormats:
         mv = make_model_version(session, name="chars")
         mv.path = str(folder)
         # 20 characters: 20 tokens with this tokenizer, over a limit of 10; 5 by approximation.
-        with pytest.raises(service.ImportRejected) as err:
-            service.import_prompt_set(
+        with pytest.raises(upload.ImportRejected) as err:
+            upload.import_prompt_set(
                 session=session,
                 settings=settings.model_copy(update={"max_prompt_tokens": 10}),
                 name="t",
@@ -468,8 +468,8 @@ class TestMalformed:
         before = counts(session)
         kw: dict[str, object] = {k: v for k, v in opts.items() if k not in ("max_mb", "name")}
         cfg = settings.model_copy(update={"max_upload_mb": opts["max_mb"]}) if "max_mb" in opts else settings
-        with pytest.raises(service.ImportRejected) as err:
-            service.import_prompt_set(
+        with pytest.raises(upload.ImportRejected) as err:
+            upload.import_prompt_set(
                 session=session,
                 settings=cfg,
                 name=str(opts.get("name", "new")),
@@ -483,8 +483,8 @@ class TestMalformed:
 
     def test_at_most_fifty_problems_are_listed(self, session: Session, settings: Settings) -> None:
         data = jl(*[{"prompt": ""} for _ in range(80)])
-        with pytest.raises(service.ImportRejected) as err:
-            service.import_prompt_set(
+        with pytest.raises(upload.ImportRejected) as err:
+            upload.import_prompt_set(
                 session=session, settings=settings, name="many", filename="m.jsonl", data=data
             )
         assert len(err.value.problems) == 50 and err.value.truncated
@@ -509,7 +509,7 @@ class TestFlags:
         assert b.flags == ["is rude", "is off topic"]
 
     def test_a_repeated_flag_is_refused(self, session: Session, settings: Settings) -> None:
-        with pytest.raises(service.ImportRejected) as err:
+        with pytest.raises(upload.ImportRejected) as err:
             import_jl(session, settings, {"prompt": "x"}, filename="c.jsonl", flags=["rude", "rude"])
         assert [str(p) for p in err.value.problems] == [
             "c.jsonl, field 'flags': the same flag is listed twice"
@@ -546,7 +546,7 @@ class TestPolicyContext:
     def test_the_limit_is_the_context_less_max_new_tokens(
         self, session: Session, settings: Settings, small_context_policy: int
     ) -> None:
-        with pytest.raises(service.ImportRejected) as err:
+        with pytest.raises(upload.ImportRejected) as err:
             import_jl(
                 session,
                 settings,
@@ -565,6 +565,6 @@ class TestPolicyContext:
     def test_max_new_tokens_must_fit_the_context(
         self, session: Session, settings: Settings, small_context_policy: int
     ) -> None:
-        with pytest.raises(service.ImportRejected) as err:
+        with pytest.raises(upload.ImportRejected) as err:
             import_jl(session, settings, {"prompt": "a"}, **self.under(small_context_policy, 16))
         assert [p.field for p in err.value.problems] == ["max_new_tokens"]

@@ -180,11 +180,11 @@ class TestLiveFigures:
         from datetime import timedelta
 
         from app.db import utcnow
-        from app.prompts import service
+        from app.prompts import sampling
 
         login(client, make_user(session, role="admin"))
         ps = make_prompt_set(session, name="running")
-        job = service.start_sampling(session=session, prompt_set=ps)
+        job = sampling.start_sampling(session=session, prompt_set=ps)
         job.status, job.started_at = "running", utcnow() - timedelta(seconds=10)
         for _ in range(2):
             task = make_task(session, prompt_set=ps)
@@ -192,7 +192,7 @@ class TestLiveFigures:
         for i in range(4):
             session.add(make_prompt_row(ps.id, f"waiting {i}"))
         session.flush()
-        prog = service.progress(session=session, prompt_set=ps)
+        prog = sampling.progress(session=session, prompt_set=ps)
         assert (prog.done, prog.total) == (2, 6)
         assert prog.rate is not None and 0.15 < prog.rate <= 0.2
         assert prog.eta_seconds is not None and 19 < prog.eta_seconds < 27
@@ -222,7 +222,7 @@ def test_the_web_app_does_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, app.main, app.prompts.views, app.prompts.service, app.prompts.commands, "
-        "app.runs.policies; sys.exit(1 if 'torch' in sys.modules else 0)"
+        "import sys, app.main, app.prompts.views, app.prompts.service, app.prompts.upload, "
+        "app.prompts.commands, app.runs.policies; sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

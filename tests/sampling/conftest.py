@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.chat import Conversation
 from app.config import Settings
-from app.prompts import service as prompts
+from app.prompts import upload
 from app.prompts.models import PromptSet
 from app.runs.models import Job, ModelVersion
 from trainer.worker import Worker
@@ -71,7 +71,7 @@ def make_set(
     rows = rows or [{"prompt": f"How do I make tea number {i}?", "topic": "tea"} for i in range(n)]
     data = "\n".join(json.dumps(row) for row in rows).encode()
     with sessions.begin() as s:
-        ps = prompts.import_prompt_set(
+        ps = upload.import_prompt_set(
             session=s,
             settings=settings,
             name=name,

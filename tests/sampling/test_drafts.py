@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.labeling.models import Completion, Task
-from app.prompts import service as prompts
+from app.prompts import sampling
 from app.prompts.models import PromptSet
 from tests.sampling.conftest import add_version, make_set, set_of
 from tests.sampling.test_sampling import job_of, tasks_of, wrap_backends
@@ -27,7 +27,7 @@ def test_tasks_open_on_import_and_the_job_writes_one_draft_each_without_closing_
     before = tasks_of(committed, set_id)
     assert len(before) == 3 and all(t.status == "open" and not t.completions for t in before)
     with committed() as s:
-        prog = prompts.progress(session=s, prompt_set=s.get(PromptSet, set_id))  # type: ignore[arg-type]
+        prog = sampling.progress(session=s, prompt_set=s.get(PromptSet, set_id))  # type: ignore[arg-type]
         assert (prog.done, prog.total, prog.written, prog.needed) == (0, 3, 0, 3)
 
     seen: list[str] = []
@@ -50,10 +50,10 @@ def test_tasks_open_on_import_and_the_job_writes_one_draft_each_without_closing_
         assert draft.model_version_id == vid and draft.params["draft"] is True
     assert set_of(committed, set_id).status == "active"
     with committed.begin() as s:
-        prog = prompts.progress(session=s, prompt_set=s.get(PromptSet, set_id))  # type: ignore[arg-type]
+        prog = sampling.progress(session=s, prompt_set=s.get(PromptSet, set_id))  # type: ignore[arg-type]
         assert (prog.done, prog.total) == (3, 3)
         ps = s.get(PromptSet, set_id)
-        assert prompts.resume_sampling(session=s, prompt_set=ps) is None  # type: ignore[arg-type]
+        assert sampling.resume_sampling(session=s, prompt_set=ps) is None  # type: ignore[arg-type]
 
 
 def test_a_job_run_again_writes_no_second_draft(
@@ -69,7 +69,7 @@ def test_a_job_run_again_writes_no_second_draft(
     with committed.begin() as s:
         ps = s.get(PromptSet, set_id)
         assert ps is not None
-        prompts.start_sampling(session=s, prompt_set=ps)  # a second job over the same set
+        sampling.start_sampling(session=s, prompt_set=ps)  # a second job over the same set
     assert Worker(committed, worker_id="w2").run_one()
     drafts = [len(t.completions) for t in tasks_of(committed, set_id)]
     assert drafts == [1, 1]

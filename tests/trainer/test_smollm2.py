@@ -19,7 +19,7 @@ from app.chat import Conversation
 from app.config import Settings
 from app.labeling.models import Task
 from app.prompts.models import PromptSet
-from app.prompts.service import SAMPLING_DEFAULTS
+from app.prompts.upload import SAMPLING_DEFAULTS
 from app.runs import policies
 from tests.conftest import ON_CI, make_settings
 from tests.factories import bearer, make_user
