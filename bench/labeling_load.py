@@ -303,25 +303,33 @@ def kind(error: str) -> str:
     return f"{endpoint} {rest.split(' ', 1)[0]}"
 
 
-async def run(args: argparse.Namespace, base_url: str, tokens: list[str]) -> tuple[dict, list, list, float]:
+async def run(
+    args: argparse.Namespace, base_url: str, tokens: list[str]
+) -> tuple[dict, list, list, float, float]:
     lat: dict[str, list[float]] = defaultdict(list)
     errors: list[str] = []
     acked: list[int] = []
-    # Idle connections are dropped by the client (2 s) before uvicorn drops them (5 s): otherwise
-    # a request sent on a connection the server is closing that instant is a ReadError of the
-    # bench's own making, not the server's.
-    limits = httpx.Limits(
-        max_connections=args.labelers, max_keepalive_connections=args.labelers, keepalive_expiry=2.0
-    )
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
-        await client.get("/healthz")
-        start = time.monotonic()
+    # Each labeler is its own browser: its own client and keep-alive connection, so the client's
+    # cost per request does not grow with the number of labelers (one shared httpx pool scans all
+    # its connections on every request). Idle connections are dropped by the client (2 s) before
+    # uvicorn drops them (5 s): otherwise a request sent on a connection the server is closing
+    # that instant is a ReadError of the bench's own making, not the server's.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=2.0)
+    clients = [httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) for _ in tokens]
+    try:
+        await clients[0].get("/healthz")
+        start, cpu0 = time.monotonic(), time.process_time()
         deadline = start + args.seconds
         await asyncio.gather(
-            *(labeler(client, t, deadline, args.think, lat, errors, acked, args.combined) for t in tokens)
+            *(
+                labeler(c, t, deadline, args.think, lat, errors, acked, args.combined)
+                for c, t in zip(clients, tokens, strict=True)
+            )
         )
-        elapsed = time.monotonic() - start
-    return lat, errors, acked, elapsed
+        elapsed, client_cpu = time.monotonic() - start, time.process_time() - cpu0
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+    return lat, errors, acked, elapsed, client_cpu
 
 
 def main() -> int:
@@ -409,7 +417,7 @@ def main() -> int:
             target=kill_connections, args=(args.pg_admin_url, name, args.kill_connections, stop, kills)
         )
         killer.start()
-        lat, errors, acked, elapsed = asyncio.run(run(args, base, tokens))
+        lat, errors, acked, elapsed, client_cpu = asyncio.run(run(args, base, tokens))
         stop.set()
         killer.join()
         cpu_after = cpu_seconds(server.pid, name)
@@ -430,6 +438,7 @@ def main() -> int:
         db_ms = (cpu_after[1] - cpu_before[1]) * 1000 / n_requests
         print(
             f"CPU per request: server {app_ms:.1f} ms + PostgreSQL {db_ms:.1f} ms"
+            f" + this client {client_cpu * 1000 / n_requests:.1f} ms"
             f"  (machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
         )
         by_kind = Counter(kind(e) for e in errors)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from app.commands import group, input_file
 from app.config import get_settings
 from app.db import cli_sessions
+from app.runs.params import click_options, from_cli
+from app.runs.params.sample import SAMPLE
 
 DEMO_FILE = Path(__file__).resolve().parent / "demo" / "demo_prompts.jsonl"
 DEMO_SET = "demo: short instructions"
 DEMO_SET_TINY = "demo: short instructions (tiny model)"  # its own set: never mixed with real text
-# Short replies keep the first `make run` quick on a laptop CPU (12 prompts x 4, one batch).
-DEMO_SAMPLING = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
 prompts = group(
@@ -45,10 +46,7 @@ prompts = group(
     type=click.Choice(["jsonl", "csv", "parquet"]),
     help="File format; by default from the file name (.jsonl, .csv, .parquet).",
 )
-@click.option("--max-new-tokens", default=64, show_default=True, help="Longest completion, in tokens.")
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--top-k", default=0, show_default=True, help="0 turns top-k off.")
+@click_options(SAMPLE)
 @click.option("--policy-version", type=int, help="Policy version id that samples (default: the active one).")
 @click.option(
     "--compare-version",
@@ -69,14 +67,11 @@ def import_(
     k: int,
     overlap: int,
     fmt: str | None,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
     policy_version: int | None,
     compare_version: int | None,
     flags: tuple[str, ...],
     no_sample: bool,
+    **sampling: Any,
 ) -> None:
     """Import a prompt file as a new set and queue its sampling job. All or nothing.
 
@@ -106,12 +101,7 @@ def import_(
                 kind=kind,
                 k=k,
                 overlap=overlap,
-                sampling={
-                    "max_new_tokens": max_new_tokens,
-                    "temperature": temperature,
-                    "top_p": top_p,
-                    "top_k": top_k,
-                },
+                sampling=from_cli(SAMPLE, sampling),
                 policy_version_id=policy_version,
                 compare_version_id=compare_version,
                 flags=list(flags) or None,
@@ -218,7 +208,7 @@ def demo(tiny: bool) -> None:
                 filename=DEMO_FILE.name,
                 data=DEMO_FILE.read_bytes(),
                 k=4,
-                sampling=dict(DEMO_SAMPLING),
+                sampling=SAMPLE.defaults,  # 64 new tokens: quick on a laptop CPU (12 prompts x 4)
                 policy_version_id=version.id,
                 enqueue=False,
             )

@@ -15,11 +15,13 @@ from app.prompts.parsing import Problem, parse_prompt_file
 from app.prompts.sampling import open_demonstration_tasks, start_sampling
 from app.prompts.tokens import context_positions, token_counter, token_limit
 from app.runs import policies
+from app.runs.params import ParamsError
+from app.runs.params.sample import SAMPLE
 
 K_MIN, K_MAX = 4, 9
 OVERLAP_MAX = 100
 MAX_FLAGS = 30
-SAMPLING_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
+SAMPLING_DEFAULTS: dict[str, Any] = SAMPLE.defaults
 
 
 class ImportRejected(Invalid):
@@ -65,16 +67,11 @@ def check_options(
         bad("compare_version", "a demonstration set has one draft per task, from one policy")
     if not 1 <= overlap <= OVERLAP_MAX:
         bad("overlap", f"overlap must be between 1 and {OVERLAP_MAX}, got {overlap}")
-    mnt, temp = sampling.get("max_new_tokens"), sampling.get("temperature")
-    top_p, top_k = sampling.get("top_p"), sampling.get("top_k")
-    if not isinstance(mnt, int) or not 1 <= mnt <= 4096:
-        bad("max_new_tokens", f"must be a whole number from 1 to 4096, got {mnt}")
-    if not isinstance(temp, int | float) or not 0 < temp <= 5:
-        bad("temperature", f"must be above 0 and at most 5, got {temp}")
-    if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
-        bad("top_p", f"must be above 0 and at most 1, got {top_p}")
-    if not isinstance(top_k, int) or top_k < 0:
-        bad("top_k", f"must be 0 (off) or a positive whole number, got {top_k}")
+    try:
+        sampling.update(SAMPLE.validate(sampling))
+    except ParamsError as exc:
+        for error in exc.errors:
+            bad(*error.split(": ", 1))
     for fld, vid in (("policy_version", policy_version_id), ("compare_version", compare_version_id)):
         if vid is not None and policies.get_policy(session=session, version_id=vid) is None:
             bad(fld, f"no policy version with id {vid}")

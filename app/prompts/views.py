@@ -17,6 +17,7 @@ from app.prompts.models import DEFAULT_FLAGS, PromptSet, TrainOn
 from app.prompts.parsing import Problem
 from app.prompts.schemas import PromptSetOut
 from app.runs import policies
+from app.runs.params.sample import SAMPLE
 from app.web import FormDep, is_htmx, read_upload, render
 
 # What each train_on choice means, as the set page explains it.
@@ -91,8 +92,9 @@ def _new_form(
                 "k": 4,
                 "overlap": 1,
                 **upload.SAMPLING_DEFAULTS,
-                **(values or {}),
+                **{k: v for k, v in (values or {}).items() if v != ""},
             },
+            "sample": SAMPLE,
             "max_upload_mb": settings.max_upload_mb,
             "max_prompt_tokens": settings.max_prompt_tokens,
             "k_range": (upload.K_MIN, upload.K_MAX),
@@ -130,10 +132,10 @@ class SetUpload:
     k: Text = "4"
     overlap: Text = "1"
     fmt: Annotated[str, Form(alias="format")] = ""
-    max_new_tokens: Text = "64"
-    temperature: Text = "1.0"
-    top_p: Text = "1.0"
-    top_k: Text = "0"
+    max_new_tokens: Text = ""  # the sampling fields (SAMPLE): empty means the default
+    temperature: Text = ""
+    top_p: Text = ""
+    top_k: Text = ""
     policy_version_id: Text = ""
     compare_version_id: Text = ""
     flags: Text = ""
@@ -156,10 +158,6 @@ def _upload(request: Request, session: Session, admin_id: int, form: SetUpload) 
         for fld, raw, kind in (
             ("k", form.k, int),
             ("overlap", form.overlap, int),
-            ("max_new_tokens", form.max_new_tokens, int),
-            ("temperature", form.temperature, float),
-            ("top_p", form.top_p, float),
-            ("top_k", form.top_k, int),
             ("policy_version", form.policy_version_id or "0", int),
             ("compare_version", form.compare_version_id or "0", int),
         )
@@ -176,7 +174,7 @@ def _upload(request: Request, session: Session, admin_id: int, form: SetUpload) 
         kind=form.kind.strip() or "ranking",
         k=numbers["k"],
         overlap=numbers["overlap"],
-        sampling={f: numbers[f] for f in ("max_new_tokens", "temperature", "top_p", "top_k")},
+        sampling={p.name: raw for p in SAMPLE.fields if (raw := getattr(form, p.name).strip())},
         policy_version_id=numbers["policy_version"] or None,
         compare_version_id=numbers["compare_version"] or None,
         flags=[line for line in form.flags.splitlines() if line.strip()] or None,

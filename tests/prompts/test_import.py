@@ -375,7 +375,7 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, object], list[str]]] = [
         "t.jsonl",
         jl({"prompt": "a"}),
         {"sampling": {"temperature": 0}},
-        ["t.jsonl, field 'temperature': must be above 0 and at most 5, got 0"],
+        ["t.jsonl, field 'temperature': a number from 0.01 to 5, not 0"],
     ),
     (
         "unknown policy version",

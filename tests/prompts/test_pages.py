@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth
 from app.prompts.models import Prompt, PromptSet
 from app.runs.models import Job
+from app.runs.params.sample import SAMPLE
 from tests.factories import (
     bearer,
     login,
@@ -92,6 +93,23 @@ class TestUploadPage:
         r = upload(client, csrf, overlap="lots")
         assert r.status_code == 422
         assert "p.jsonl, field &#39;overlap&#39;: not a whole number: &#39;lots&#39;" in r.text
+
+    def test_sampling_fields_come_from_the_sample_definition(
+        self, client: TestClient, session: Session
+    ) -> None:
+        """The form's boxes, their ranges and what an empty box means are SAMPLE's (one definition)."""
+        csrf = login(client, make_user(session, role="admin"))
+        page = client.get("/sets/new").text
+        for p in SAMPLE.fields:
+            assert f'name="{p.name}"' in page and p.help in page
+        assert 'name="top_k" type="number" value="0"' in page and 'max="100000"' in page
+        r = upload(client, csrf, temperature="hot", top_k="")
+        assert r.status_code == 422
+        assert "p.jsonl, field &#39;temperature&#39;: a number from 0.01 to 5, not &#39;hot&#39;" in r.text
+        assert session.scalar(select(func.count()).select_from(PromptSet)) == 0
+        assert upload(client, csrf, max_new_tokens="12", top_k="").status_code == 303
+        ps = session.scalars(select(PromptSet)).one()
+        assert ps.sampling == {**SAMPLE.defaults, "max_new_tokens": 12}
 
     def test_prompts_and_model_text_are_escaped(self, client: TestClient, session: Session) -> None:
         csrf = login(client, make_user(session, role="admin"))

@@ -27,14 +27,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import httpx
 
 from app.chat import ChatError, Conversation
 from app.config import Settings
 from app.runs.models import ModelVersion
+from app.runs.params.sample import SAMPLE
 from trainer import render
+from trainer.config import SpecConfig
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -49,15 +51,21 @@ class BackendError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
+class SamplingParams(SpecConfig):
+    """A set's sampling settings; the defaults and ranges are SAMPLE's (app/runs/params/sample.py)."""
+
+    SPEC = SAMPLE
+    UNKNOWN = "sampling setting"
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int  # 0: off
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SamplingParams:
-        return cls(**{k: d[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k") if k in d})
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """A set's stored settings; keys it does not know (older sets) are passed over."""
+        return super().from_dict({k: v for k, v in values.items() if k in cls.SPEC})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
