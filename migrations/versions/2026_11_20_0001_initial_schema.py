@@ -1,9 +1,4 @@
-"""initial schema
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-20 22:20:00.946907
-"""
+"""initial schema"""
 
 from collections.abc import Sequence
 

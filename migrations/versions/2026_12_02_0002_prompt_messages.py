@@ -3,10 +3,6 @@
 Every existing prompt becomes the one-user-message conversation of its text, with nothing lost:
 `text` stays as it was. Downgrade drops `messages` and hashes `text` again as before; `text`
 of a multi-turn prompt is its readable form (app.chat.as_text), so no turn is lost either.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-12-02
 """
 
 import hashlib

@@ -3,10 +3,6 @@
 The labeling hot path claims a task without locking the labeler's row: this partial unique
 index is what keeps two tabs asking at once from getting two tasks (the second INSERT ... ON
 CONFLICT DO NOTHING finds the first and gets that one back).
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence

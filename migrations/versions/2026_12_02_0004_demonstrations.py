@@ -3,10 +3,6 @@
 prompt_set.kind ("ranking" for every existing set), allow_proposals and train_on (which
 demonstrations count for SFT); demonstration (a written reply, one per annotation of a
 demonstration task) and prompt_proposal (prompts labelers wrote, in the review queue).
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence

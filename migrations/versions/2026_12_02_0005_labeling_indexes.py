@@ -6,10 +6,6 @@ with a BitmapAnd of two indexes, then sorted them all to take the first: 5,000 b
 of PostgreSQL CPU per claim. With these two partial indexes it walks the open tasks in id order
 and stops at the first with room (about 100 buffers), each count an index-only scan; and the
 labeler's own history is read by (user_id, task_id), not by a full scan of (task_id, user_id).
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence
