@@ -1,13 +1,13 @@
 """The checks every training job passes, for the reward model's and SFT's job tests: a worker
 that dies after a checkpoint resumes from it (no metric point twice), and a cancel leaves no
-model version."""
+model version; TrainingJobChecks runs both as tests of a job's test class."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import select, update
@@ -17,8 +17,14 @@ import trainer.loop as loop
 from app.db import utcnow
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
+from trainer.worker import Worker
 
 RunWorker = Callable[[], int]
+
+
+def worker(sessions: sessionmaker[Session]) -> Worker:
+    # Beats only when asked: the test's sessions share one connection, which threads must not.
+    return Worker(sessions, worker_id="test-worker", heartbeat_seconds=3600, stale_seconds=60)
 
 
 def resumes_after_the_worker_died(
@@ -79,3 +85,32 @@ def cancel_leaves_no_version(
     with sessions() as s:
         assert s.get(Job, job_id).status == "cancelled"
         assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
+
+
+class TrainingJobChecks:
+    """Both checks as tests of a training job's test class (TestRewardJob, TestSFTJob), which
+    sets first_checkpoint, output_folder and paths; its module gives a `queued` fixture (a job
+    queued with a private artifacts folder: its id)."""
+
+    first_checkpoint: ClassVar[int]  # the step of the queued job's first checkpoint
+    output_folder: ClassVar[str]  # its kind's folder under the artifacts folder
+
+    @staticmethod
+    def paths(job_id: int) -> tuple[Path, Path]:
+        """(output, work) folders of a job id: the job module's paths_for."""
+        raise NotImplementedError
+
+    def test_resumes_from_the_checkpoint_after_the_worker_died(
+        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        resumes_after_the_worker_died(
+            sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True), at=self.first_checkpoint
+        )
+
+    def test_cancel_leaves_no_model(
+        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch, artifacts: Path
+    ) -> None:
+        cancel_leaves_no_version(sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True))
+        out_dir, work_dir = self.paths(queued)
+        assert not out_dir.exists() and not work_dir.exists()
+        assert not list(artifacts.glob(f"{self.output_folder}/*"))  # no half-written folder either
