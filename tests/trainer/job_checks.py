@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -89,28 +89,27 @@ def cancel_leaves_no_version(
 
 class TrainingJobChecks:
     """Both checks as tests of a training job's test class (TestRewardJob, TestSFTJob), which
-    sets first_checkpoint, output_folder and paths; its module gives a `queued` fixture (a job
-    queued with a private artifacts folder: its id)."""
-
-    first_checkpoint: ClassVar[int]  # the step of the queued job's first checkpoint
-    output_folder: ClassVar[str]  # its kind's folder under the artifacts folder
+    sets `paths` (its job module's paths_for); its module gives a `queued` fixture (a job queued
+    with a private artifacts folder: its id)."""
 
     @staticmethod
     def paths(job_id: int) -> tuple[Path, Path]:
-        """(output, work) folders of a job id: the job module's paths_for."""
+        """(output, work) folders of a job id."""
         raise NotImplementedError
 
     def test_resumes_from_the_checkpoint_after_the_worker_died(
         self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        with sessions() as s:
+            first_checkpoint = s.get(Job, queued).params["checkpoint_every"]
         resumes_after_the_worker_died(
-            sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True), at=self.first_checkpoint
+            sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True), at=first_checkpoint
         )
 
     def test_cancel_leaves_no_model(
-        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch, artifacts: Path
+        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         cancel_leaves_no_version(sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True))
         out_dir, work_dir = self.paths(queued)
         assert not out_dir.exists() and not work_dir.exists()
-        assert not list(artifacts.glob(f"{self.output_folder}/*"))  # no half-written folder either
+        assert not list(out_dir.parent.glob("*"))  # no half-written folder of its kind either

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -24,7 +23,7 @@ from trainer.reward.data import load_groups
 from trainer.reward.job import paths_for
 from trainer.worker import Worker
 
-PARAMS: dict[str, Any] = {
+PARAMS = {
     "lr": 3e-3,
     "batch_size": 4,
     "max_length": 32,
@@ -97,8 +96,6 @@ def queued(sessions: sessionmaker[Session], base_model: Path, artifacts: Path) -
 
 
 class TestRewardJob(TrainingJobChecks):
-    first_checkpoint = PARAMS["checkpoint_every"]
-    output_folder = "reward"
     paths = staticmethod(paths_for)
 
     def test_annotations_to_active_reward_model(

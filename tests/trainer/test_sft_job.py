@@ -77,8 +77,6 @@ def queued(sessions: sessionmaker[Session], tiny_chat_model_path: Path, artifact
 
 @pytest.mark.slow
 class TestSFTJob(TrainingJobChecks):
-    first_checkpoint = PARAMS["checkpoint_every"]
-    output_folder = "policy"
     paths = staticmethod(paths_for)
 
     def test_demonstrations_to_an_inactive_policy_version(
