@@ -25,7 +25,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,26 +38,21 @@ _SENTENCE = (
 WORDS = _SENTENCE.split()
 
 
-def _insert_ids(conn: Any, model: Any, rows: list[dict[str, Any]]) -> list[int]:
-    """One executemany INSERT of the rows; their new ids, in the rows' order."""
-    from sqlalchemy import insert
-
-    return list(conn.execute(insert(model).returning(model.id, sort_by_parameter_order=True), rows).scalars())
-
-
 def build(url: str, sizes: list[int]) -> dict[int, int]:
-    """Prompt sets named pairs-<size>; returns size -> prompt set id."""
+    """Prompt sets named pairs-<size>, written 2,000 rankings at a time by the writer of
+    `preferences import` (app.imports.writing); returns size -> prompt set id."""
     from sqlalchemy import insert
 
     from app import migrate
     from app.auth.models import User
-    from app.db import get_engine, utcnow
-    from app.labeling.models import Annotation, AnnotationItem, Assignment, Completion, Task
-    from app.prompts.models import Prompt, PromptSet
+    from app.chat import from_text
+    from app.db import make_sessionmaker, utcnow
+    from app.imports.parsing import Unit
+    from app.imports.writing import group_tasks, write_annotations, write_completions, write_tasks
+    from app.prompts.models import PromptSet
     from app.runs.models import ModelVersion
 
     migrate.upgrade(url)
-    engine = get_engine(url)
     rng = random.Random(0)
     now = utcnow()
 
@@ -66,143 +60,57 @@ def build(url: str, sizes: list[int]) -> dict[int, int]:
         return " ".join(rng.choice(WORDS) for _ in range(n))
 
     out = {}
-    with engine.begin() as conn:
-        users = [
-            conn.execute(
+    with make_sessionmaker(url)() as session, session.begin():
+        users = {
+            f"bench-{i}": session.execute(
                 insert(User).returning(User.id),
                 {"username": f"bench-{i}", "password_hash": "!", "role": "labeler", "created_at": now},
             ).scalar_one()
             for i in range(20)
-        ]
-        mv = [
-            conn.execute(
+        }
+        versions: dict[str | None, int] = {
+            f"bench-v{i}": session.execute(
                 insert(ModelVersion).returning(ModelVersion.id),
-                {
-                    "kind": "policy",
-                    "name": f"bench-v{i}",
-                    "source": "bench",
-                    "created_at": now,
-                    "config": {},
-                    "metrics": {},
-                },
+                {"kind": "policy", "name": f"bench-v{i}", "source": "bench", "config": {}, "metrics": {}},
             ).scalar_one()
             for i in (1, 2)
-        ]
+        }
         comp_texts = [text(40) for _ in range(500)]  # ~250 characters each, reused
         for size in sizes:
             n_ann = -(-size // PAIRS_PER_ANNOTATION)
-            ps = conn.execute(
-                insert(PromptSet).returning(PromptSet.id),
-                {
-                    "name": f"pairs-{size}-{uuid.uuid4().hex[:4]}",
-                    "k": K,
-                    "overlap": 1,
-                    "sampling": {},
-                    "flags": [],
-                    "status": "active",
-                    "report": {},
-                    "created_at": now,
-                },
-            ).scalar_one()
-            out[size] = ps
+            ps = PromptSet(
+                name=f"pairs-{size}-{uuid.uuid4().hex[:4]}", k=K, overlap=1, sampling={}, flags=[], report={}
+            )
+            session.add(ps)
+            session.flush()
+            out[size] = ps.id
             t0 = time.perf_counter()
             for start in range(0, n_ann, 2000):
-                n = min(2000, n_ann - start)
-                prompts = [f"Prompt {ps}-{start + i}: {text(15)}" for i in range(n)]
-                pids = _insert_ids(
-                    conn,
-                    Prompt,
-                    [
-                        {
-                            "prompt_set_id": ps,
-                            "messages": [{"role": "user", "content": p}],
-                            "text": p,
-                            "text_hash": f"{ps}-{start + i}",
-                            "meta": {},
-                            "created_at": now,
-                        }
-                        for i, p in enumerate(prompts)
-                    ],
-                )
-                tids = _insert_ids(
-                    conn,
-                    Task,
-                    [
-                        {
-                            "prompt_id": pid,
-                            "prompt_set_id": ps,
-                            "status": "closed",
-                            "label_count": 1,
-                            "created_at": now,
-                        }
-                        for pid in pids
-                    ],
-                )
-                cids = _insert_ids(
-                    conn,
-                    Completion,
-                    [
-                        {
-                            "task_id": tid,
-                            "model_version_id": mv[j % 2],
-                            "text": rng.choice(comp_texts),
-                            "params": {},
-                            "is_duplicate": False,
-                            "created_at": now,
-                        }
-                        for tid in tids
-                        for j in range(K)
-                    ],
-                )
-                aids = _insert_ids(
-                    conn,
-                    Assignment,
-                    [
-                        {
-                            "task_id": tid,
-                            "user_id": users[i % len(users)],
-                            "state": "submitted",
-                            "display_order": [],
-                            "lease_expires_at": now,
-                            "created_at": now,
-                        }
-                        for i, tid in enumerate(tids)
-                    ],
-                )
-                anns = _insert_ids(
-                    conn,
-                    Annotation,
-                    [
-                        {
-                            "assignment_id": aid,
-                            "task_id": tid,
-                            "user_id": users[i % len(users)],
-                            "notes": "",
-                            "time_spent_ms": rng.randint(5_000, 120_000),
-                            "inconsistency_confirmed": False,
-                            "created_at": now,
-                        }
-                        for i, (aid, tid) in enumerate(zip(aids, tids, strict=True))
-                    ],
-                )
-                items = []
-                for i, ann in enumerate(anns):
+                units = []
+                for line in range(start, min(n_ann, start + 2000)):
                     ranks = list(range(1, K + 1))
                     rng.shuffle(ranks)
-                    for j in range(K):
-                        items.append(
-                            {
-                                "annotation_id": ann,
-                                "completion_id": cids[i * K + j],
-                                "rank": ranks[j],
-                                "rating": 8 - min(7, ranks[j]),
-                                "flags": [],
-                                "position": j,
-                            }
+                    units.append(
+                        Unit(
+                            line=line,
+                            group=None,
+                            messages=from_text(f"Prompt {ps.id}-{line}: {text(15)}"),
+                            completions=[
+                                (None, rng.choice(comp_texts), f"bench-v{j % 2 + 1}") for j in range(K)
+                            ],
+                            ranks=ranks,
+                            ratings=[8 - min(7, r) for r in ranks],
+                            labeler=f"bench-{line % len(users)}",
+                            time_spent_ms=rng.randint(5_000, 120_000),
                         )
-                conn.execute(insert(AnnotationItem), items)
+                    )
+                tasks, comps_of = group_tasks(units)
+                keys = list(tasks)
+                task_ids = write_tasks(session, ps, tasks, keys, now)
+                comp_id = write_completions(session, keys, task_ids, comps_of, versions, now)
+                write_annotations(session, tasks, keys, task_ids, comp_id, users, now)
             print(
-                f"built set {ps}: {n_ann:,} annotations, {n_ann * PAIRS_PER_ANNOTATION:,} pairs "
+                f"built set {ps.id}: {n_ann:,} annotations, {n_ann * PAIRS_PER_ANNOTATION:,} pairs "
                 f"in {time.perf_counter() - t0:.1f} s",
                 flush=True,
             )

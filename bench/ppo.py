@@ -19,7 +19,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,19 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.chat import Conversation, from_text  # noqa: E402
-from bench.common import Collect  # noqa: E402
+from bench.common import timed_ppo, words  # noqa: E402
 
-_PRESET_KEYS = (
-    "layers",
-    "hidden",
-    "heads",
-    "vocab",
-    "batch",
-    "mini_batch",
-    "prompt_len",
-    "new_tokens",
-    "iterations",
-)
+_PRESET_KEYS = words("layers hidden heads vocab batch mini_batch prompt_len new_tokens iterations")
 PRESETS: dict[str, dict[str, int]] = {
     "cpu": dict(zip(_PRESET_KEYS, (4, 256, 4, 2000, 32, 8, 32, 32, 4), strict=True)),
     "gpu": dict(zip(_PRESET_KEYS, (12, 768, 12, 8000, 128, 32, 64, 128, 5), strict=True)),
@@ -103,8 +92,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from trainer.ppo.train import PPOConfig, train
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -116,33 +103,22 @@ def main() -> None:
             vocab=size["vocab"],
             prompt_len=size["prompt_len"],
         )
-        cfg = PPOConfig(
+        from transformers import AutoModelForCausalLM
+
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(policy).parameters())
+        rows, wall = timed_ppo(
+            root,
+            policy=policy,
+            reward=reward,
+            prompts=prompts,
             iterations=size["iterations"],
             batch_size=size["batch"],
             mini_batch_size=size["mini_batch"],
             ppo_epochs=args.ppo_epochs,
             max_new_tokens=size["new_tokens"],
             max_prompt_tokens=size["prompt_len"],
-            warmup_iterations=0,
-            sample_every=0,
-            save_every=0,
             missing_eos_penalty=0.0,
         )
-        from transformers import AutoModelForCausalLM
-
-        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(policy).parameters())
-        rec = Collect()
-        began = time.perf_counter()
-        train(
-            cfg,
-            policy_path=policy,
-            reward_path=reward,
-            prompts=prompts,
-            work_dir=root / "work",
-            output_dir=root / "out",
-            reporter=rec,
-        )
-        wall = time.perf_counter() - began
 
     threads = torch.get_num_threads() if device == "cpu" else None
     print(
@@ -163,7 +139,7 @@ def main() -> None:
         f"{'tokens/s':>9} {'update TFLOP/s':>14}"
     )
     flops_rates = []
-    for row in rec.rows:
+    for row in rows:
         total = row["time_generate"] + row["time_score"] + row["time_update"]
         # Minibatches run on sequences padded to prompt + longest response (the cap, for a random policy).
         padded = size["prompt_len"] + size["new_tokens"]
@@ -175,7 +151,7 @@ def main() -> None:
             f"{row['time_update']:>9.3f} {total:>8.3f} {row['response_length']:>8.1f} "
             f"{row['tokens_per_second']:>9.1f} {rate:>14.4f}"
         )
-    steady = rec.rows[1:] or rec.rows
+    steady = rows[1:] or rows
     med = {
         k: statistics.median(r[k] for r in steady)
         for k in ("time_generate", "time_score", "time_update", "tokens_per_second")

@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Collect  # noqa: E402
+from bench.common import timed_ppo  # noqa: E402
 from bench.sampling import conversations  # noqa: E402
 
 # Four replies per conversation, best first: a direct answer, a vaguer one, an off-topic one, and
@@ -104,7 +104,7 @@ def run_ppo(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from trainer.ppo.train import PPOConfig, train
+    from trainer.ppo.train import train
     from trainer.render import prompt_text
 
     through_render = "Conversation" in str(inspect.signature(train).parameters["prompts"].annotation)
@@ -118,30 +118,19 @@ def run_ppo(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         tok.save_pretrained(reward)
         del head
         prompts: list[Any] = convs if through_render else [prompt_text(tok, c) for c in convs]
-        cfg = PPOConfig(
+        collected, wall = timed_ppo(
+            Path(tmp),
+            policy=path,
+            reward=reward,
+            prompts=prompts,
             iterations=args.ppo_iterations,
             batch_size=args.ppo_batch,
             mini_batch_size=max(1, args.ppo_batch // 2),
             ppo_epochs=1,
             max_new_tokens=args.max_new_tokens,
             max_prompt_tokens=192,
-            warmup_iterations=0,
-            sample_every=0,
-            save_every=0,
         )
-        rec = Collect()
-        began = time.perf_counter()
-        train(
-            cfg,
-            policy_path=path,
-            reward_path=reward,
-            prompts=prompts,
-            work_dir=Path(tmp) / "work",
-            output_dir=Path(tmp) / "out",
-            reporter=rec,
-        )
-        wall = time.perf_counter() - began
-    rows = [r for r in rec.rows if "time_generate" in r]
+    rows = [r for r in collected if "time_generate" in r]
     steady = rows[1:] or rows
     med = {
         k: statistics.median(r[k] for r in steady)

@@ -256,6 +256,7 @@ def hh_child(way: str, args: argparse.Namespace) -> dict[str, float | str]:
         checkpoint_every=0,
         normalize_samples=64,
         eval_batch_size=32,
+        seed=args.seed,
     )
     cpu = time.process_time()  # the whole train call, model loading and tokenization included
     if way == "ranklab":
@@ -285,16 +286,7 @@ def hh_child(way: str, args: argparse.Namespace) -> dict[str, float | str]:
         )
         model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
         with tempfile.TemporaryDirectory() as tmp:
-            config = trl_side.matching_args(
-                TRLConfig,
-                ours,
-                output_dir=tmp,
-                batch=args.hh_batch_size,
-                lr=args.hh_lr,
-                max_length=args.hh_max_length,
-                seed=args.seed,
-                num_train_epochs=1,
-            )
+            config = trl_side.matching_args(TRLConfig, ours, output_dir=tmp, num_train_epochs=1)
             trainer = RewardTrainer(
                 model=model, args=config, train_dataset=data, processing_class=tok, callbacks=[timer]
             )

@@ -109,13 +109,11 @@ def held_out_loss(model: Any, tokenizer: Any, held: list[Any], args: argparse.Na
     return loss
 
 
-def run_ranklab(path: Path, train: list[Any], held: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def ranklab_config(path: Path, args: argparse.Namespace) -> Any:
+    """The SFTConfig ranklab trains with; TRL gets its settings (trl_side.matching_args)."""
     from trainer.sft.config import SFTConfig
-    from trainer.sft.train import train as sft_train
 
-    cfg = SFTConfig(
+    return SFTConfig(
         base_model=str(path),
         lr=args.lr,
         warmup=0,
@@ -127,6 +125,14 @@ def run_ranklab(path: Path, train: list[Any], held: list[Any], args: argparse.Na
         checkpoint_every=0,
         seed=args.seed,
     )
+
+
+def run_ranklab(path: Path, train: list[Any], held: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.sft.train import train as sft_train
+
+    cfg = ranklab_config(path, args)
     cpu = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         result = sft_train(cfg, train, validation=[], out_dir=Path(tmp) / "out", work_dir=Path(tmp) / "work")
@@ -151,9 +157,6 @@ def run_trl(path: Path, train: list[Any], held: list[Any], args: argparse.Namesp
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
-    from trainer.sft.config import SFTConfig
-
-    ours = SFTConfig()  # the schedule, decay and clipping ranklab used: TRL gets the same
     rows = [
         {"prompt": list(d.messages), "completion": [{"role": "assistant", "content": d.reply}]} for d in train
     ]
@@ -161,12 +164,8 @@ def run_trl(path: Path, train: list[Any], held: list[Any], args: argparse.Namesp
     with tempfile.TemporaryDirectory() as tmp:
         config = trl_side.matching_args(
             TRLConfig,
-            ours,
+            ranklab_config(path, args),  # ranklab's settings, schedule, decay and clipping
             output_dir=tmp,
-            batch=args.batch,
-            lr=args.lr,
-            max_length=args.seq_len,
-            seed=args.seed,
             max_steps=args.steps,
             model_init_kwargs={"dtype": "float32"},
         )

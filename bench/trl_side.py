@@ -7,20 +7,10 @@ import time
 from typing import Any
 
 
-def matching_args(
-    config_cls: Any,
-    ours: Any,
-    *,
-    output_dir: str,
-    batch: int,
-    lr: float,
-    max_length: int,
-    seed: int,
-    **more: Any,
-) -> Any:
-    """A TRL config (SFTConfig, RewardConfig) with ranklab's schedule and optimizer settings:
-    cosine from lr to lr × ours.min_lr_ratio, no warm-up, the same weight decay and clipping,
-    no checkpoints, no logging."""
+def matching_args(config_cls: Any, ours: Any, *, output_dir: str, **more: Any) -> Any:
+    """A TRL config (SFTConfig, RewardConfig) with the settings of ranklab's run `ours` (a
+    LoopConfig): its batch size, sequence length and seed, cosine from its lr to lr ×
+    min_lr_ratio, no warm-up, the same weight decay and clipping; no checkpoints, no logging."""
     import torch
 
     return config_cls(
@@ -28,16 +18,16 @@ def matching_args(
         use_cpu=not torch.cuda.is_available(),
         bf16=False,  # ranklab trains in float32 on a CPU
         fp16=False,
-        per_device_train_batch_size=batch,
+        per_device_train_batch_size=ours.batch_size,
         gradient_accumulation_steps=1,
-        learning_rate=lr,
+        learning_rate=ours.lr,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": ours.min_lr_ratio},
         warmup_steps=0,
         weight_decay=ours.weight_decay,
         max_grad_norm=ours.max_grad_norm,
-        max_length=max_length,
-        seed=seed,
+        max_length=ours.max_length,
+        seed=ours.seed,
         save_strategy="no",
         report_to=[],
         logging_steps=10**6,

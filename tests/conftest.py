@@ -163,27 +163,29 @@ def _empty_all_tables(url: str) -> None:
                 conn.execute(table.delete())
 
 
+def _committed_on(url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the database at `url`, every table emptied before and after."""
+    _empty_all_tables(url)
+    yield make_sessionmaker(url)
+    _empty_all_tables(url)
+
+
 @pytest.fixture
 def committed(db_url: str) -> Iterator[sessionmaker[Session]]:
     """Real commits on the test database, visible to other connections; emptied afterwards."""
-    _empty_all_tables(db_url)
-    yield make_sessionmaker(db_url)
-    _empty_all_tables(db_url)
+    yield from _committed_on(db_url)
 
 
 @pytest.fixture
 def committed_sqlite(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
     """Real commits on SQLite only, for tests whose point is not the database."""
-    _empty_all_tables(sqlite_url)
-    yield make_sessionmaker(sqlite_url)
-    _empty_all_tables(sqlite_url)
+    yield from _committed_on(sqlite_url)
 
 
 @pytest.fixture
 def committed_pg(pg_url: str) -> Iterator[sessionmaker[Session]]:
-    _empty_all_tables(pg_url)
-    yield make_sessionmaker(pg_url)
-    _empty_all_tables(pg_url)
+    """Real commits on PostgreSQL only."""
+    yield from _committed_on(pg_url)
 
 
 @pytest.fixture

@@ -30,6 +30,13 @@ def words(line: str) -> list[str]:
     return line.split()
 
 
+def chat(*turns: str, system: str | None = None) -> list[dict[str, str]]:
+    """A conversation: the system message when given, then the turns, user and assistant by
+    turns from the user."""
+    head = [{"role": "system", "content": system}] if system is not None else []
+    return head + [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+
+
 def count_rows(session: Session, model: Any) -> int:
     """How many rows the table of `model` holds."""
     return session.scalar(select(func.count()).select_from(model)) or 0

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -187,32 +187,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class RunningServer:
-    """uvicorn in a background thread on 127.0.0.1; `base_url` ends in /v1."""
+class ServerThread:
+    """An ASGI app under uvicorn in a background thread on 127.0.0.1 and a free port (`config`:
+    more uvicorn settings); as a context manager, started on entry (else RuntimeError naming
+    `what`) and stopped on exit. The OpenAI server's, the browser tests' and the labeling API's."""
 
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
+    def __init__(self, app: Any, *, what: str, **config: Any) -> None:
+        self.what = what
         self.port = free_port()
-        config = uvicorn.Config(make_app(state), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **config)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> RunningServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test OpenAI server did not start")
+                raise RuntimeError(f"{self.what} did not start")
             time.sleep(0.05)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class RunningServer(ServerThread):
+    """The OpenAI-compatible app of `state` in a ServerThread; `base_url` ends in /v1."""
+
+    def __init__(self, state: ServerState) -> None:
+        super().__init__(make_app(state), what="the test OpenAI server")
+        self.state = state
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
 A word-level tokenizer trained on the given texts, a GPT-2-style policy, and a reward model
 (the same backbone with one scalar head), each saved with save_pretrained so that code under
-test loads them through the real from_pretrained path.
+test loads them through the real from_pretrained path; and the reward and SFT loops' config
+for a short run on such a model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -19,9 +21,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from trainer.config import LoopConfig
 from trainer.models.demo import gpt2_config
 
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
+L = TypeVar("L", bound=LoopConfig)
 
 
 def tiny_tokenizer(
@@ -72,3 +76,9 @@ def save_tiny_policy(path: Path, texts: Iterable[str], seed: int = 0, **size: in
     tiny_policy(tok, seed=seed, **size).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def tiny_loop_config(cls: type[L], model: Path, **fields: Any) -> L:
+    """A reward-model or SFT config (`cls`) for a short test run from the tiny model at `model`:
+    learning rate 3e-3 (a tiny random model learns within a few dozen steps at it), and `fields`."""
+    return cls(base_model=str(model), lr=3e-3, **fields)  # type: ignore[call-arg]

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import migrate
@@ -26,6 +22,7 @@ from app.db import get_engine, make_sessionmaker
 from app.main import create_app
 from tests.conftest import ON_CI, make_settings
 from tests.factories import PASSWORD
+from tests.openai_server import ServerThread
 
 CHROMIUM = os.environ.get("RANKLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -49,12 +46,6 @@ def _chromium() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class LiveServer:
     def __init__(self, url: str, sessions: sessionmaker[Session]) -> None:
         self.url = url
@@ -66,20 +57,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     db_url = f"sqlite:///{tmp_path_factory.mktemp('browserdb') / 'live.db'}"
     migrate.upgrade(db_url)
     app = create_app(make_settings(db_url, artifacts_dir=tmp_path_factory.mktemp("artifacts")))
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the live server did not start")
-        time.sleep(0.05)
-    yield LiveServer(f"http://127.0.0.1:{port}", make_sessionmaker(db_url))
-    server.should_exit = True
-    thread.join(timeout=10)
+    with ServerThread(app, what="the live server", lifespan="off") as server:
+        yield LiveServer(server.url, make_sessionmaker(db_url))
     get_engine(db_url).dispose()
 
 

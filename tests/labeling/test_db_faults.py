@@ -4,7 +4,6 @@ acknowledged. Real uvicorn, real HTTP, real PostgreSQL, pg_terminate_backend in 
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,30 +21,16 @@ from app.labeling.models import Annotation
 from app.main import create_app
 from tests.conftest import make_settings
 from tests.factories import make_prompt_set, make_task, make_user
+from tests.openai_server import ServerThread
 
 LABELERS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def server(pg_url: str, committed_pg: sessionmaker[Session], tmp_path: Path) -> Iterator[str]:
     app = create_app(make_settings(pg_url, artifacts_dir=tmp_path / "a", db_pool_size=4))
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with ServerThread(app, what="the labeling server") as srv:
+        yield srv.url
 
 
 def _kill_backends(pg_url: str) -> int:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.labeling import service as labeling
 from app.labeling.models import Annotation, Assignment, Guideline, Task
-from tests.factories import csrf_of, login, make_model_version, make_prompt_set, make_task, make_user
+from tests.factories import chat, csrf_of, login, make_model_version, make_prompt_set, make_task, make_user
 
 
 def _assignment_id(html: str) -> int:
@@ -162,12 +162,7 @@ class TestLabelPage:
         self, client: TestClient, session: Session
     ) -> None:
         user = make_user(session)
-        conv = [
-            {"role": "system", "content": "Be brief. <i>system</i>"},
-            {"role": "user", "content": "Hi <script>x()</script>"},
-            {"role": "assistant", "content": "Hello & welcome."},
-            {"role": "user", "content": "Bye?"},
-        ]
+        conv = chat("Hi <script>x()</script>", "Hello & welcome.", "Bye?", system="Be brief. <i>system</i>")
         task = make_task(session, prompt_set=make_prompt_set(session, k=2), messages=conv)
         csrf = login(client, user)
         html = client.get("/label").text

@@ -16,7 +16,7 @@ from app.auth.models import User
 from app.labeling.models import Task
 from app.prompts.models import Prompt, PromptProposal, PromptSet
 from app.runs.models import Job
-from tests.factories import bearer, count_rows, login, make_prompt_row, make_prompt_set, make_user
+from tests.factories import bearer, chat, count_rows, login, make_prompt_row, make_prompt_set, make_user
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -54,12 +54,7 @@ class TestProposeOverTheApi:
     ) -> None:
         labeler = make_user(session)
         ps = open_set(session)
-        messages = [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Name a planet.  "},
-            {"role": "assistant", "content": "Mars."},
-            {"role": "user", "content": "Another?"},
-        ]
+        messages = chat("Name a planet.  ", "Mars.", "Another?", system="You are terse.")
         r = propose(client, api_as(session, labeler), ps, messages=messages, category="chat")
         assert r.status_code == 201, r.text
         body = r.json()

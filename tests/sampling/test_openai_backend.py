@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.chat import Conversation
 from app.config import Settings
 from app.labeling.models import Task
+from app.runs.models import Job
 from tests.openai_server import RunningServer, ServerState
 from tests.sampling.conftest import sample_in_one_run
 from trainer import render
@@ -182,60 +184,65 @@ class TestCompletions:
         assert text == render.prompt_text(tok, THREE_TURNS) and tok.eos_token in text
 
 
+@dataclass
+class Served:
+    """The sample job against the test server: committed SQLite sessions, settings pointing at
+    the server, the server's state, and the policy it serves."""
+
+    sessions: sessionmaker[Session]
+    settings: Settings
+    state: ServerState
+    model_path: Path
+
+    def sample(self, **set_kw: Any) -> tuple[int, Job]:
+        """make_set's set (of `set_kw`) sampled through the server in one worker run: its id
+        and its job, finished."""
+        return sample_in_one_run(self.sessions, self.settings, self.model_path, **set_kw)
+
+
+@pytest.fixture
+def served(
+    committed_sqlite: sessionmaker[Session],
+    openai_settings: Settings,
+    state: ServerState,
+    replying_chat_model_path: Path,
+) -> Served:
+    return Served(committed_sqlite, openai_settings, state, replying_chat_model_path)
+
+
 class TestSampleJob:
-    def test_sample_job_through_the_server(
-        self,
-        committed_sqlite: sessionmaker[Session],
-        openai_settings: Settings,
-        state: ServerState,
-        replying_chat_model_path: Path,
-    ) -> None:
-        set_id, job = sample_in_one_run(
-            committed_sqlite, openai_settings, replying_chat_model_path, n=3, k=4, max_new_tokens=12
-        )
+    def test_sample_job_through_the_server(self, served: Served) -> None:
+        set_id, job = served.sample(n=3, k=4, max_new_tokens=12)
         assert job.status == "succeeded", job.error
-        with committed_sqlite() as s:
+        with served.sessions() as s:
             tasks = list(s.scalars(select(Task).where(Task.prompt_set_id == set_id)))
             assert len(tasks) == 3 and all(len(t.completions) == 4 for t in tasks)
             completions = [c for t in tasks for c in t.completions]
             assert all(c.params["backend"] == "openai" and c.text for c in completions)
             assert {c.params["request"]["endpoint"] for c in completions} == {
-                f"{openai_settings.openai_base_url}/chat/completions"
+                f"{served.settings.openai_base_url}/chat/completions"
             }
-        assert {r["model"] for r in state.requests} == {"tiny"}
-        assert all(r["messages"][0]["content"].startswith("How do I make tea") for r in state.requests)
+        assert {r["model"] for r in served.state.requests} == {"tiny"}
+        assert all(r["messages"][0]["content"].startswith("How do I make tea") for r in served.state.requests)
 
-    def test_completions_mode_renders_with_the_policys_tokenizer(
-        self,
-        committed_sqlite: sessionmaker[Session],
-        openai_settings: Settings,
-        state: ServerState,
-        replying_chat_model_path: Path,
-    ) -> None:
+    def test_completions_mode_renders_with_the_policys_tokenizer(self, served: Served) -> None:
         from transformers import AutoTokenizer
 
-        openai_settings.openai_api = "completions"
-        _, job = sample_in_one_run(
-            committed_sqlite, openai_settings, replying_chat_model_path, n=2, k=4, max_new_tokens=12
-        )
+        served.settings.openai_api = "completions"
+        _, job = served.sample(n=2, k=4, max_new_tokens=12)
         assert job.status == "succeeded", job.error
-        tok = AutoTokenizer.from_pretrained(replying_chat_model_path)
+        tok = AutoTokenizer.from_pretrained(served.model_path)
         first: Conversation = [{"role": "user", "content": "How do I make tea number 0?"}]
-        assert render.prompt_text(tok, first) in {r["prompt"] for r in state.requests}
+        assert render.prompt_text(tok, first) in {r["prompt"] for r in served.state.requests}
 
     def test_a_failing_server_fails_the_job_with_the_reason(
-        self,
-        committed_sqlite: sessionmaker[Session],
-        openai_settings: Settings,
-        state: ServerState,
-        replying_chat_model_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        self, served: Served, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr("trainer.sampling.backends.OpenAIBackend._delay", lambda self, a, r: 0.01)
-        state.fail_always, state.fail_status = True, 503
-        set_id, job = sample_in_one_run(committed_sqlite, openai_settings, replying_chat_model_path, n=2, k=4)
+        served.state.fail_always, served.state.fail_status = True, 503
+        set_id, job = served.sample(n=2, k=4)
         assert job.status == "failed"
-        with committed_sqlite() as s:
+        with served.sessions() as s:
             assert "BackendError" in job.error and "failed 3 times; last: HTTP 503" in job.error
             assert s.scalars(select(Task).where(Task.prompt_set_id == set_id)).all() == []
 

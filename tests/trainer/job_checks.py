@@ -1,6 +1,6 @@
 """The checks every training job passes, for the reward model's and SFT's job tests: a worker
 that dies after a checkpoint resumes from it (no metric point twice), and a cancel leaves no
-model version."""
+model version; TrainingJobChecks runs both as tests of a job's test class."""
 
 from __future__ import annotations
 
@@ -17,8 +17,14 @@ import trainer.loop as loop
 from app.db import utcnow
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
+from trainer.worker import Worker
 
 RunWorker = Callable[[], int]
+
+
+def worker(sessions: sessionmaker[Session]) -> Worker:
+    # Beats only when asked: the test's sessions share one connection, which threads must not.
+    return Worker(sessions, worker_id="test-worker", heartbeat_seconds=3600, stale_seconds=60)
 
 
 def resumes_after_the_worker_died(
@@ -79,3 +85,31 @@ def cancel_leaves_no_version(
     with sessions() as s:
         assert s.get(Job, job_id).status == "cancelled"
         assert s.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
+
+
+class TrainingJobChecks:
+    """Both checks as tests of a training job's test class (TestRewardJob, TestSFTJob), which
+    sets `paths` (its job module's paths_for); its module gives a `queued` fixture (a job queued
+    with a private artifacts folder: its id)."""
+
+    @staticmethod
+    def paths(job_id: int) -> tuple[Path, Path]:
+        """(output, work) folders of a job id."""
+        raise NotImplementedError
+
+    def test_resumes_from_the_checkpoint_after_the_worker_died(
+        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with sessions() as s:
+            first_checkpoint = s.get(Job, queued).params["checkpoint_every"]
+        resumes_after_the_worker_died(
+            sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True), at=first_checkpoint
+        )
+
+    def test_cancel_leaves_no_model(
+        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        cancel_leaves_no_version(sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True))
+        out_dir, work_dir = self.paths(queued)
+        assert not out_dir.exists() and not work_dir.exists()
+        assert not list(out_dir.parent.glob("*"))  # no half-written folder of its kind either

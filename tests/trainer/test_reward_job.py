@@ -17,7 +17,7 @@ from app.prompts.models import PromptSet
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_annotation, make_job, make_prompt_set, make_task, make_user
 from tests.tiny import save_tiny_policy
-from tests.trainer.job_checks import cancel_leaves_no_version, resumes_after_the_worker_died
+from tests.trainer.job_checks import TrainingJobChecks, worker
 from tests.trainer.test_reward_train import MARKER, WORDS, synthetic_groups
 from trainer.reward.data import load_groups
 from trainer.reward.job import paths_for
@@ -53,11 +53,6 @@ def seed_rankings(session: Session, n: int = 32, set_name: str = "rm-data") -> N
         elif i == 1:
             make_annotation(session, task=task, user=bob, ranks=[1, 1, 1, 1], skip_reason="unclear")
     session.commit()
-
-
-def worker(sessions: sessionmaker[Session]) -> Worker:
-    # Beats only when asked: the test's sessions share one connection, which threads must not.
-    return Worker(sessions, worker_id="test-worker", heartbeat_seconds=3600, stale_seconds=60)
 
 
 class TestLoadGroups:
@@ -100,7 +95,9 @@ def queued(sessions: sessionmaker[Session], base_model: Path, artifacts: Path) -
     return queued_job(sessions, base_model)
 
 
-class TestRewardJob:
+class TestRewardJob(TrainingJobChecks):
+    paths = staticmethod(paths_for)
+
     def test_annotations_to_active_reward_model(
         self, sessions: sessionmaker[Session], base_model: Path, artifacts: Path
     ) -> None:
@@ -133,21 +130,6 @@ class TestRewardJob:
             assert {"train_loss", "val_loss", "val_accuracy", "lr"} <= names
         assert (Path(mv.path) / "model.safetensors").exists()
         assert not paths_for(job_id)[1].exists()  # checkpoints go once the model is whole
-
-    def test_resumes_from_the_checkpoint_after_the_worker_died(
-        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        resumes_after_the_worker_died(
-            sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True), at=3
-        )
-
-    def test_cancel_leaves_no_model(
-        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch, artifacts: Path
-    ) -> None:
-        cancel_leaves_no_version(sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True))
-        out_dir, work_dir = paths_for(queued)
-        assert not out_dir.exists() and not work_dir.exists()
-        assert not list(artifacts.glob("reward/*"))  # no half-written folder either
 
 
 def test_the_score_is_normalised_on_the_active_policys_completions(

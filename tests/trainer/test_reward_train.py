@@ -12,7 +12,7 @@ import torch
 from app.chat import from_text
 from app.ranking import split_of
 from tests.factories import words
-from tests.tiny import save_tiny_policy
+from tests.tiny import save_tiny_policy, tiny_loop_config
 from trainer.reward.eval import group_scores
 from trainer.reward.model import Group, load_reward_model, score_replies
 from trainer.reward.train import RewardConfig, split_groups, step_plan, train
@@ -94,14 +94,8 @@ def test_step_plan_covers_every_group_once_per_epoch() -> None:
 
 @pytest.mark.slow
 def test_learns_a_marker_word_on_held_out_prompts(base_model: Path, tmp_path: Path) -> None:
-    cfg = RewardConfig(
-        base_model=str(base_model),
-        lr=3e-3,
-        epochs=1,
-        batch_size=8,
-        max_length=32,
-        eval_every=10,
-        checkpoint_every=0,
+    cfg = tiny_loop_config(
+        RewardConfig, base_model, epochs=1, batch_size=8, max_length=32, eval_every=10, checkpoint_every=0
     )
     seen: list[tuple[int, dict]] = []
     result = train(

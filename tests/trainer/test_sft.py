@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.chat import ChatError, Conversation, from_text
 from app.runs.params import SPECS, TRAIN_SFT, ParamsError
-from tests.tiny import save_tiny_policy
+from tests.tiny import save_tiny_policy, tiny_loop_config
 from tests.trainer.ppo_fixtures import one_thread
 from trainer import render
 from trainer.models.tiny import IM_END
@@ -166,15 +166,7 @@ def write_demos(path: Path, rows: list[Demo]) -> Path:
 
 
 def tiny_cfg(path: Path, **extra: Any) -> SFTConfig:
-    return SFTConfig(
-        base_model=str(path),
-        lr=3e-3,
-        epochs=3,
-        batch_size=4,
-        max_length=128,
-        eval_every=5,
-        **extra,
-    )
+    return tiny_loop_config(SFTConfig, path, epochs=3, batch_size=4, max_length=128, eval_every=5, **extra)
 
 
 @pytest.mark.slow

@@ -18,10 +18,9 @@ from app.cli import cli
 from app.runs import service as jobs
 from app.runs.models import Job, JobMetric, ModelVersion
 from tests.factories import make_demonstration, make_job, make_model_version, make_prompt_set, make_user
-from tests.trainer.job_checks import cancel_leaves_no_version, resumes_after_the_worker_died
+from tests.trainer.job_checks import TrainingJobChecks, worker
 from tests.trainer.test_sft import demos
 from trainer.sft.job import paths_for
-from trainer.worker import Worker
 
 PARAMS: dict[str, Any] = {
     "sets": ["demos"],
@@ -61,10 +60,6 @@ def active_policy(session: Session, path: Path) -> ModelVersion:
     return mv
 
 
-def worker(sessions: sessionmaker[Session]) -> Worker:
-    return Worker(sessions, worker_id="w", heartbeat_seconds=3600, stale_seconds=60)
-
-
 def queued_job(sessions: sessionmaker[Session], model: Path, **extra: Any) -> tuple[int, int]:
     with sessions() as s:
         seed_demonstrations(s)
@@ -81,7 +76,9 @@ def queued(sessions: sessionmaker[Session], tiny_chat_model_path: Path, artifact
 
 
 @pytest.mark.slow
-class TestSFTJob:
+class TestSFTJob(TrainingJobChecks):
+    paths = staticmethod(paths_for)
+
     def test_demonstrations_to_an_inactive_policy_version(
         self, sessions: sessionmaker[Session], tiny_chat_model_path: Path, artifacts: Path
     ) -> None:
@@ -102,21 +99,6 @@ class TestSFTJob:
             assert {"train_loss", "val_loss", "lr"} <= names
         assert (Path(mv.path) / "model.safetensors").exists()
         assert not paths_for(job_id)[1].exists()
-
-    def test_resumes_from_the_checkpoint_after_the_worker_died(
-        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        resumes_after_the_worker_died(
-            sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True), at=4
-        )
-
-    def test_cancel_leaves_nothing(
-        self, sessions: sessionmaker[Session], queued: int, monkeypatch: pytest.MonkeyPatch, artifacts: Path
-    ) -> None:
-        cancel_leaves_no_version(sessions, queued, monkeypatch, lambda: worker(sessions).run(burst=True))
-        out_dir, work_dir = paths_for(queued)
-        assert not out_dir.exists() and not work_dir.exists()
-        assert not list(artifacts.glob("policy/*"))
 
 
 def test_no_demonstrations_fails_with_a_reason(sessions: sessionmaker[Session], artifacts: Path) -> None:

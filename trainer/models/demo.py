@@ -83,6 +83,16 @@ def build_tokenizer(docs: list[str], vocab: int) -> PreTrainedTokenizerFast:
     )
 
 
+def vocabulary(tokenizer: PreTrainedTokenizerFast, *, bos_token_id: int | None) -> dict[str, Any]:
+    """A model config's vocabulary settings: the tokenizer's size, eos and pad ids, and this bos."""
+    return {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
 def gpt2_config(
     tokenizer: PreTrainedTokenizerFast,
     *,
@@ -95,7 +105,6 @@ def gpt2_config(
     """A small GPT-2 for this tokenizer: no dropout (deterministic runs), its eos also the bos.
     The demo policy's, and the tests' and benchmarks' tiny models'."""
     return GPT2Config(
-        vocab_size=len(tokenizer),
         n_embd=hidden,
         n_layer=layers,
         n_head=heads,
@@ -103,9 +112,7 @@ def gpt2_config(
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **vocabulary(tokenizer, bos_token_id=tokenizer.eos_token_id),
         **extra,
     )
 

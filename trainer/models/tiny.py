@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from trainer.models.demo import build_tokenizer, corpus_documents
+from trainer.models.demo import build_tokenizer, corpus_documents, vocabulary
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 DEFAULT_SYSTEM = "You are a tiny test assistant."
@@ -43,17 +43,14 @@ def build_tiny_chat_model(path: Path, *, seed: int = 0, hidden: int = 64, layers
     tokenizer = tiny_chat_tokenizer()
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        **vocabulary(tokenizer, bos_token_id=tokenizer.bos_token_id),
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
