@@ -5,6 +5,7 @@ own query (app.exports.sft)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -17,38 +18,47 @@ from app.exports.sft import iter_sft_rows
 from app.ranking import ordered_pairs
 
 
+@dataclass
+class Request:
+    """What one export is asked for: the format, the file type, which annotations, the row
+    options, and whether labelers go by their usernames."""
+
+    fmt: str
+    file_type: str
+    filters: Filters
+    opts: RowOptions
+    real_names: bool
+
+
 def iter_rows(
-    *,
     session: Session,
-    fmt: str,
-    filters: Filters,
-    opts: RowOptions,
+    request: Request,
+    *,
     secret: str,
-    real_names: bool = False,
     counts: Counts | None = None,
-    file_type: str = "jsonl",
     batch_annotations: int = BATCH_ANNOTATIONS,
 ) -> Iterator[formats.Batch]:
-    """Batches of format `fmt`, counted into `counts` as they go: JSON Lines bytes or Arrow
-    tables for the pair formats (see app.exports.encode), lists of row dicts for the others."""
+    """Batches of the request's format, counted into `counts` as they go: JSON Lines bytes or
+    Arrow tables for the pair formats (see app.exports.encode), lists of row dicts for the others."""
+    fmt, file_type, opts = request.fmt, request.file_type, request.opts
     if fmt not in formats.FORMATS:
         raise ExportError("format", f"one of {', '.join(formats.FORMATS)}, not {fmt!r}")
     counts = counts if counts is not None else Counts()
     if fmt == "sft":  # demonstrations, not annotations with items: their own query
         yield from iter_sft_rows(
             session=session,
-            filters=filters,
+            filters=request.filters,
             secret=secret,
-            real_names=real_names,
+            real_names=request.real_names,
             counts=counts,
             batch_size=batch_annotations,
         )
         return
     records = iter_records(
         session=session,
-        filters=filters,
+        filters=request.filters,
         secret=secret,
-        real_names=real_names,
+        real_names=request.real_names,
         by_task=fmt == "groups",
         with_flags=fmt in ("rankings", "groups"),
     )

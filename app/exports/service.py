@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +22,7 @@ from app.exports import formats
 from app.exports.filters import ExportError, Filters, filters_from_params
 from app.exports.formats import RowOptions
 from app.exports.records import BATCH_ANNOTATIONS, Counts
-from app.exports.rows import iter_rows
+from app.exports.rows import Request, iter_rows
 from app.exports.sft import check_filters
 from app.ranking import SPLITS, split_fractions_error
 
@@ -43,17 +43,12 @@ class HashingStream:
 
 
 @dataclass
-class Export:
+class Export(Request):
     """One export: iterate `stream` for the bytes, then call `manifest()`."""
 
-    fmt: str
-    file_type: str
-    filters: Filters
-    opts: RowOptions
-    real_names: bool
-    counts: Counts
-    stream: HashingStream
-    started_at: datetime
+    counts: Counts = field(default_factory=Counts)
+    started_at: datetime = field(default_factory=utcnow)
+    stream: HashingStream = field(init=False)
 
     def manifest(self, *, filename: str | None = None) -> dict[str, Any]:
         return {
@@ -105,35 +100,19 @@ def export(
     if problem:
         # Checked here, not mid-stream: a bad one would fail after the first bytes had left.
         raise ExportError("fractions", f"split fractions: {problem}")
-    counts = Counts()
+    ex = Export(fmt=fmt, file_type=file_type, filters=filters, opts=opts, real_names=real_names)
     schema = formats.schema_for(fmt, opts)
 
     def chunks() -> Iterator[bytes]:
         with session_factory() as session:
             _snapshot(session)
             batches = iter_rows(
-                session=session,
-                fmt=fmt,
-                filters=filters,
-                opts=opts,
-                secret=secret,
-                real_names=real_names,
-                counts=counts,
-                file_type=file_type,
-                batch_annotations=batch_annotations,
+                session, ex, secret=secret, counts=ex.counts, batch_annotations=batch_annotations
             )
             yield from formats.write(batches, file_type=file_type, schema=schema)
 
-    return Export(
-        fmt=fmt,
-        file_type=file_type,
-        filters=filters,
-        opts=opts,
-        real_names=real_names,
-        counts=counts,
-        stream=HashingStream(chunks()),
-        started_at=utcnow(),
-    )
+    ex.stream = HashingStream(chunks())
+    return ex
 
 
 def training_rows(

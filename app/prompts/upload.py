@@ -3,6 +3,7 @@ prompts and its sampling stored whole, or nothing stored and ImportRejected says
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import select
@@ -34,50 +35,60 @@ class ImportRejected(Invalid):
         self.args = ("; ".join(str(p) for p in problems[:3]),)
 
 
-def check_options(
-    *,
-    session: Session,
-    filename: str,
-    name: str,
-    kind: str = SetKind.ranking,
-    k: int,
-    overlap: int,
-    sampling: dict[str, Any],
-    policy_version_id: int | None,
-    compare_version_id: int | None,
-) -> list[Problem]:
-    problems: list[Problem] = []
+Complaint = tuple[str, str]  # (field, what is wrong)
 
-    def bad(fld: str, message: str) -> None:
-        problems.append(Problem(filename, None, fld, message))
 
+def name_problems(session: Session, name: str) -> Iterator[Complaint]:
     if not name.strip():
-        bad("name", "a prompt set needs a name")
+        yield "name", "a prompt set needs a name"
     elif len(name) > 200:
-        bad("name", "at most 200 characters")
+        yield "name", "at most 200 characters"
     elif has_nul(name):  # PostgreSQL cannot even look such a name up
-        bad("name", "contains a NUL character (\\u0000)")
+        yield "name", "contains a NUL character (\\u0000)"
     elif session.scalar(select(PromptSet.id).where(PromptSet.name == name.strip())) is not None:
-        bad("name", f"a prompt set named {name.strip()!r} already exists; choose another name")
+        yield "name", f"a prompt set named {name.strip()!r} already exists; choose another name"
+
+
+def shape_problems(kind: str, k: int, overlap: int, comparing: bool) -> Iterator[Complaint]:
+    """The set's kind, K and overlap (`comparing`: a second policy version was asked for)."""
     if kind not in SetKind.__members__:
-        bad("kind", f"must be {' or '.join(SetKind)}, got {kind!r}")
+        yield "kind", f"must be {' or '.join(SetKind)}, got {kind!r}"
     if kind != SetKind.demonstration and not K_MIN <= k <= K_MAX:  # a demonstration has one draft
-        bad("k", f"K must be between {K_MIN} and {K_MAX}, got {k}")
-    if kind == SetKind.demonstration and compare_version_id is not None:
-        bad("compare_version", "a demonstration set has one draft per task, from one policy")
+        yield "k", f"K must be between {K_MIN} and {K_MAX}, got {k}"
+    if kind == SetKind.demonstration and comparing:
+        yield "compare_version", "a demonstration set has one draft per task, from one policy"
     if not 1 <= overlap <= OVERLAP_MAX:
-        bad("overlap", f"overlap must be between 1 and {OVERLAP_MAX}, got {overlap}")
+        yield "overlap", f"overlap must be between 1 and {OVERLAP_MAX}, got {overlap}"
+
+
+def sampling_problems(sampling: dict[str, Any]) -> Iterator[Complaint]:
+    """SAMPLE's checks; `sampling` gets the checked values ("0.8" becomes 0.8)."""
     try:
         sampling.update(SAMPLE.validate(sampling))
     except ParamsError as exc:
         for error in exc.errors:
-            bad(*error.split(": ", 1))
-    for fld, vid in (("policy_version", policy_version_id), ("compare_version", compare_version_id)):
+            fld, _, message = error.partition(": ")
+            yield fld, message
+
+
+def version_problems(session: Session, policy_id: int | None, compare_id: int | None) -> Iterator[Complaint]:
+    for fld, vid in (("policy_version", policy_id), ("compare_version", compare_id)):
         if vid is not None and policies.get_policy(session=session, version_id=vid) is None:
-            bad(fld, f"no policy version with id {vid}")
-    if compare_version_id is not None and compare_version_id == policy_version_id:
-        bad("compare_version", "must differ from the policy version")
-    return problems
+            yield fld, f"no policy version with id {vid}"
+    if compare_id is not None and compare_id == policy_id:
+        yield "compare_version", "must differ from the policy version"
+
+
+def flag_problems(flags: list[str]) -> Iterator[Complaint]:
+    if len(flags) > MAX_FLAGS:
+        yield "flags", f"at most {MAX_FLAGS} flags, got {len(flags)}"
+    for flag in flags:
+        if has_nul(flag):
+            yield "flags", "a flag contains a NUL character (\\u0000)"
+        if len(flag) > 200:
+            yield "flags", f"a flag of {len(flag)} characters; at most 200"
+    if len(set(flags)) != len(flags):
+        yield "flags", "the same flag is listed twice"
 
 
 def import_prompt_set(
@@ -102,29 +113,15 @@ def import_prompt_set(
     ImportRejected having stored nothing. A demonstration set's tasks are open at once (one per
     prompt; labelers write the reply), and its `sample` job writes one draft per task beside them."""
     params = {**SAMPLING_DEFAULTS, **(sampling or {})}
-    problems = check_options(
-        session=session,
-        filename=filename,
-        name=name,
-        kind=kind,
-        k=k,
-        overlap=overlap,
-        sampling=params,
-        policy_version_id=policy_version_id,
-        compare_version_id=compare_version_id,
-    )
     flag_set = [f.strip() for f in (flags or []) if f.strip()] or list(DEFAULT_FLAGS)
-    if len(flag_set) > MAX_FLAGS:
-        problems.append(Problem(filename, None, "flags", f"at most {MAX_FLAGS} flags, got {len(flag_set)}"))
-    for flag in flag_set:
-        if has_nul(flag):
-            problems.append(Problem(filename, None, "flags", "a flag contains a NUL character (\\u0000)"))
-        if len(flag) > 200:
-            problems.append(
-                Problem(filename, None, "flags", f"a flag of {len(flag)} characters; at most 200")
-            )
-    if len(set(flag_set)) != len(flag_set):
-        problems.append(Problem(filename, None, "flags", "the same flag is listed twice"))
+    complaints = [
+        *name_problems(session, name),
+        *shape_problems(kind, k, overlap, compare_version_id is not None),
+        *sampling_problems(params),
+        *version_problems(session, policy_version_id, compare_version_id),
+        *flag_problems(flag_set),
+    ]
+    problems = [Problem(filename, None, fld, message) for fld, message in complaints]
     version = None
     if not any(p.field in ("policy_version", "compare_version") for p in problems):
         version = (
