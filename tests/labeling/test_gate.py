@@ -5,12 +5,18 @@ ASGI with httpx against a small app whose labeling route holds its slot until to
 from __future__ import annotations
 
 import asyncio
+import gc
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
+from app.config import Settings
+from app.main import GC_THRESHOLD, create_app
 from app.overload import LabelingGate
+from tests.conftest import make_settings
 
 
 def gated_app(slots: int, timeout: float) -> tuple[LabelingGate, asyncio.Event, list[str]]:
@@ -61,3 +67,20 @@ async def test_waiting_requests_are_served_in_arrival_order(anyio_backend: str) 
         go.set()
         answers = [(await c).json()["who"] for c in calls]
     assert answers == list("abcde") and served == list("abcde")
+
+
+def test_a_serving_process_freezes_what_startup_made_and_collects_less_often(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The web process's lifespan tunes the garbage collector (app.main.serving); a test app's does not."""
+    before = gc.get_threshold()
+    served = create_app(Settings(database_url=db_url, env="development", artifacts_dir=tmp_path))
+    try:
+        with TestClient(served):
+            assert gc.get_threshold() == GC_THRESHOLD
+            assert gc.get_freeze_count() > 10_000  # modules, routes, templates: out of every collection
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    with TestClient(create_app(make_settings(db_url))):
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
