@@ -12,7 +12,7 @@ from starlette.datastructures import FormData
 
 from app.auth.deps import CurrentAdmin, CurrentLabeler, CurrentUser
 from app.auth.models import User
-from app.db import SessionDep, utcnow
+from app.db import SessionDep, in_one_hop, utcnow
 from app.errors import ErrorOut, Id, Invalid, NotFound, ProblemsOut
 from app.labeling import demonstrations, guidelines, history
 from app.labeling import service as labeling
@@ -299,9 +299,9 @@ def guidelines_save(
 @api.get(
     "/tasks/next", response_model=TaskOut, responses={204: {"description": "Nothing left for you to label."}}
 )
-def api_next_task(request: Request, session: SessionDep, user: CurrentLabeler) -> Any:
+async def api_next_task(request: Request, session: SessionDep, user: CurrentLabeler) -> Any:
     """Take the next task (or get back the one you hold): an assignment with a lease."""
-    task = _next_task_out(request, session, user)
+    task = await in_one_hop(session, lambda: _next_task_out(request, session, user))
     return task if task is not None else Response(status_code=204)
 
 
@@ -356,7 +356,7 @@ def _annotation_out(a: Annotation) -> AnnotationOut:
     response_model=AnnotationOut,
     responses=SUBMIT_RESPONSES,
 )
-def api_submit(
+async def api_submit(
     request: Request,
     session: SessionDep,
     user: CurrentLabeler,
@@ -366,6 +366,12 @@ def api_submit(
 ) -> Any:
     """Submit a ranking or a skip. Submitting again returns the first annotation unchanged.
     `?next=true`: the answer carries your next task too (`next`), one round trip per task."""
+    return await in_one_hop(session, lambda: _submit(request, session, user, assignment_id, body, want_next))
+
+
+def _submit(
+    request: Request, session: Session, user: User, assignment_id: int, body: AnnotationIn, want_next: bool
+) -> AnnotationOut:
     if body.skip is not None:
         if body.ranks or body.ratings or body.flags:
             raise labeling.SubmissionInvalid("skip", "a skip carries no ranks, ratings or flags")
