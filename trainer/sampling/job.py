@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.chat import Conversation
 from app.config import get_settings
+from app.db import refresh_statistics
 from app.labeling.models import Task, TaskStatus
 from app.prompts.models import Prompt, PromptSet, SetKind, SetStatus
 from app.runs import policies
@@ -131,6 +132,7 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
     if not drafts:
         with ctx.session() as s:
             _set_status(s, set_id, SetStatus.active)
+            refresh_statistics(s, "task", "assignment")
     return {
         "prompt_set_id": set_id,
         "prompts": total,
