@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, insert, literal, select
 from sqlalchemy.orm import Session
 
-from app.db import refresh_statistics, utcnow
+from app.db import utcnow
 from app.labeling.models import Completion, Task, TaskStatus
 from app.prompts.models import Prompt, PromptSet, SetKind, SetStatus
 from app.runs import service as jobs
@@ -34,7 +34,6 @@ def open_demonstration_tasks(*, session: Session, prompt_set: PromptSet) -> None
             .order_by(Prompt.id),
         )
     )
-    refresh_statistics(session, "task")
 
 
 def start_sampling(*, session: Session, prompt_set: PromptSet, created_by_id: int | None = None) -> Job:

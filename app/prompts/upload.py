@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import refresh_statistics
 from app.errors import Invalid, has_nul
 from app.prompts.models import DEFAULT_FLAGS, Prompt, PromptSet, SetKind, SetStatus
 from app.prompts.parsing import Problem, parse_prompt_file
@@ -191,6 +192,7 @@ def import_prompt_set(
     session.flush()
     if demonstration:
         open_demonstration_tasks(session=session, prompt_set=prompt_set)
+        refresh_statistics(session, "task")  # a whole file of open tasks, not one added prompt
     if enqueue:
         start_sampling(session=session, prompt_set=prompt_set, created_by_id=created_by_id)
     return prompt_set
