@@ -23,7 +23,6 @@ from app.runs.params.sample import SAMPLE
 K_MIN, K_MAX = 4, 9
 OVERLAP_MAX = 100
 MAX_FLAGS = 30
-SAMPLING_DEFAULTS: dict[str, Any] = SAMPLE.defaults
 
 
 class ImportRejected(Invalid):
@@ -113,7 +112,7 @@ def import_prompt_set(
     """Validate everything, then store the set, its prompts and a `sample` job; or raise
     ImportRejected having stored nothing. A demonstration set's tasks are open at once (one per
     prompt; labelers write the reply), and its `sample` job writes one draft per task beside them."""
-    params = {**SAMPLING_DEFAULTS, **(sampling or {})}
+    params = {**SAMPLE.defaults, **(sampling or {})}
     flag_set = [f.strip() for f in (flags or []) if f.strip()] or list(DEFAULT_FLAGS)
     complaints = [
         *name_problems(session, name),

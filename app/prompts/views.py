@@ -91,7 +91,7 @@ def _new_form(
                 "kind": "ranking",
                 "k": 4,
                 "overlap": 1,
-                **upload.SAMPLING_DEFAULTS,
+                **SAMPLE.defaults,
                 **{k: v for k, v in (values or {}).items() if v != ""},
             },
             "sample": SAMPLE,

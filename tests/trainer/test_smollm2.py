@@ -19,8 +19,8 @@ from app.chat import Conversation
 from app.config import Settings
 from app.labeling.models import Task
 from app.prompts.models import PromptSet
-from app.prompts.upload import SAMPLING_DEFAULTS
 from app.runs import policies
+from app.runs.params.sample import SAMPLE
 from tests.conftest import ON_CI, make_settings
 from tests.factories import bearer, make_user
 from tests.trainer.ppo_fixtures import one_thread
@@ -172,7 +172,7 @@ def test_capital_of_france_uploaded_with_k4_names_paris_without_template_tokens(
         assert Worker(committed_sqlite, worker_id="w").run_one()
     with committed_sqlite() as s:
         ps = s.get(PromptSet, r.json()["id"])
-        assert ps is not None and ps.sampling == SAMPLING_DEFAULTS
+        assert ps is not None and ps.sampling == SAMPLE.defaults
         (task,) = s.scalars(select(Task).where(Task.prompt_set_id == ps.id))
         texts = [c.text for c in task.completions]
         versions = {c.model_version_id for c in task.completions}
