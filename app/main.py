@@ -11,12 +11,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from app import overload
 from app.auth import views as auth_views
 from app.auth.deps import Forbidden, LoginRequired
 from app.config import Settings, get_settings
-from app.db import make_sessionmaker
+from app.db import make_sessionmaker, open_pool
 from app.demonstrations import views as demonstrations_views
 from app.errors import DomainError, Invalid, Problem, ProblemsOut
 from app.exports import views as exports_views
@@ -30,11 +31,14 @@ from app.runs import launch_round as runs_launch_round
 from app.runs import views as runs_views
 from app.web import ROOT, render
 
+# A request is matched against each included router's routes in this order, so the labeling
+# API, the hot path, comes first and every JSON API before the pages: behind 40 other routes
+# its `next` + submit cost 9.6 ms of CPU in process, first 8.4 ms.
 DOMAINS = (
+    labeling_views,
     auth_views,
     prompts_views,
     proposal_views,
-    labeling_views,
     demonstrations_views,
     exports_views,
     imports_views,
@@ -57,11 +61,13 @@ GC_THRESHOLD = (20_000, 20, 20)
 
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[None]:
-    """A serving process's garbage collector: what startup made (modules, routes, templates,
-    a few hundred thousand objects) is frozen out of every collection, and the young generation
-    is collected less often, so a full collection no longer walks the whole heap in the middle
-    of a labeler's request. Not under tests (env "test"), whose processes make and drop many apps."""
+    """A serving process's start. Its database pool is opened (app/db.py `open_pool`). What
+    startup made (modules, routes, templates, a few hundred thousand objects) is frozen out of
+    every collection, and the young generation is collected less often, so a full collection
+    no longer walks the whole heap in the middle of a labeler's request. Not under tests (env
+    "test"), whose processes make and drop many apps."""
     if app.state.settings.env != "test":
+        await run_in_threadpool(open_pool, app.state.sessionmaker.kw["bind"])
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLD)
@@ -88,8 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     for domain in DOMAINS:
-        app.include_router(domain.router)
         app.include_router(domain.api, prefix="/api/v1")
+    for domain in DOMAINS:
+        app.include_router(domain.router)
     app.include_router(runs_launch.router)
     app.include_router(runs_launch_round.router)
     overload.install(app)  # 503 + Retry-After when the database is exhausted or reconnecting

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import service as auth
+from app.db import get_engine
 from app.labeling.models import Annotation
 from app.main import create_app
 from tests.conftest import make_settings
@@ -117,6 +118,26 @@ def test_killed_connections_answer_503_then_recover_and_lose_nothing(
         stored = set(s.scalars(select(Annotation.id)))
     assert out["acked"] and set(out["acked"]) <= stored
     print(f"killed {killed} connections; {codes.count(503)} answers 503, {codes.count(200)} 200")
+
+
+def test_pooled_connections_killed_while_idle_are_replaced_before_use(pg_url: str) -> None:
+    """A failover while the pool sits idle: every checkout finds its dead connection (the
+    socket turned readable: app/db.py `_drop_dead_connections`) and gets a fresh one, so no
+    request ever runs on a dead connection and none answers 503."""
+    engine = get_engine(pg_url, 3, 5.0)
+    held = [engine.connect() for _ in range(3)]
+    before = {c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in held}
+    for c in held:
+        c.close()  # idle in the pool, open
+    assert _kill_backends(pg_url) >= 3
+    time.sleep(0.2)  # the FATAL message and the hang-up reach the sockets
+    held = [engine.connect() for _ in range(3)]
+    try:
+        after = {c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in held}
+    finally:
+        for c in held:
+            c.close()
+    assert after.isdisjoint(before) and len(after) == 3
 
 
 def test_an_exhausted_pool_answers_503_json_for_the_api_and_a_page_for_browsers(

@@ -12,8 +12,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
 
 from app.config import Settings
+from app.db import open_pool
 from app.main import GC_THRESHOLD, create_app
 from app.overload import LabelingGate
 from tests.conftest import make_settings
@@ -69,18 +71,30 @@ async def test_waiting_requests_are_served_in_arrival_order(anyio_backend: str) 
     assert answers == list("abcde") and served == list("abcde")
 
 
-def test_a_serving_process_freezes_what_startup_made_and_collects_less_often(
+def test_a_serving_process_opens_its_pool_freezes_what_startup_made_and_collects_less_often(
     db_url: str, tmp_path: Path
 ) -> None:
-    """The web process's lifespan tunes the garbage collector (app.main.serving); a test app's does not."""
+    """The web process's lifespan (app.main.serving) opens the PostgreSQL pool and tunes the
+    garbage collector; a test app's does neither."""
     before = gc.get_threshold()
-    served = create_app(Settings(database_url=db_url, env="development", artifacts_dir=tmp_path))
+    settings = Settings(database_url=db_url, env="development", artifacts_dir=tmp_path, db_pool_size=3)
+    served = create_app(settings)
+    engine = served.state.sessionmaker.kw["bind"]
     try:
         with TestClient(served):
             assert gc.get_threshold() == GC_THRESHOLD
             assert gc.get_freeze_count() > 10_000  # modules, routes, templates: out of every collection
+            if engine.dialect.name == "postgresql":  # all three open and idle before any request
+                assert engine.pool.checkedin() == 3 and engine.pool.checkedout() == 0
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
     with TestClient(create_app(make_settings(db_url))):
         assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_opening_the_pool_of_a_database_that_is_down_does_not_stop_the_start() -> None:
+    """A worker starts while PostgreSQL is still coming up: nothing opened, no error; its
+    requests answer 503 until the database is there (tests/labeling/test_db_faults.py)."""
+    down = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/ranklab", pool_size=2)
+    assert open_pool(down) == 0

@@ -157,3 +157,12 @@ def test_a_demonstration_submit_takes_at_most_four_statements(
             )
         assert done.status_code == 200 and done.json()["edit_distance"] == 8, done.text
         assert len(seen) <= LIMIT, "\n".join(st[:90] for st in seen)
+
+
+def test_the_labeling_api_is_the_first_router_a_request_is_matched_against(db_url: str) -> None:
+    """Each included router's routes are tried in order (app/main.py DOMAINS): the hot path's
+    routes come before the 80 others (only the docs and /static, one pattern each, are ahead)."""
+    from app.labeling import views as labeling_views
+
+    routers = [r for r in create_app(make_settings(db_url)).router.routes if hasattr(r, "original_router")]
+    assert routers[0].original_router is labeling_views.api
