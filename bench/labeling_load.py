@@ -10,6 +10,7 @@ from the database: lost (acknowledged but absent), duplicated, over-assigned —
     python bench/labeling_load.py --labelers 100 --think 0      # no pause between requests: saturation
     python bench/labeling_load.py --labelers 20 --think 0.2 --kill-connections 5   # a failover, 5 times
     python bench/labeling_load.py --labelers 100 --think 0 --combined   # submit answers with the next task
+    python bench/labeling_load.py --labelers 10 50 100 --think 0 --seconds 20 --repeat 3   # medians
 
 A 503 (the server's answer when its database is exhausted or reconnecting) is retried after its
 Retry-After, as the labeling page does; it is counted by kind with the other errors.
@@ -24,6 +25,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -391,7 +393,9 @@ async def run(
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--labelers", type=int, default=100)
+    p.add_argument(
+        "--labelers", type=int, nargs="+", default=[100], help="one run per number given: 10 50 100"
+    )
     p.add_argument("--seconds", type=float, default=30.0, help="stop after this long")
     p.add_argument("--tasks", type=int, default=3000)
     p.add_argument("--k", type=int, default=4)
@@ -424,8 +428,49 @@ def main() -> int:
         help="submit with ?next=true and take the next task from that answer: one request per task "
         "(the default is GET next, then POST the annotation: two)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="R",
+        help="run each number of labelers R times (a fresh database and server each time) and "
+        "end with a table of medians: these machines vary from minute to minute",
+    )
     args = p.parse_args()
+    runs: dict[int, list[Run]] = defaultdict(list)
+    for labelers in args.labelers:
+        for _ in range(args.repeat):
+            runs[labelers].append(one_run(args, labelers))
+            print()
+    if len(args.labelers) > 1 or args.repeat > 1:
+        summary(runs)
+    return 0 if all(r.ok for rs in runs.values() for r in rs) else 1
 
+
+class Run(NamedTuple):
+    rate: float  # annotations/s
+    p50: float
+    p99: float
+    errors: int
+    ok: bool  # no errors (or only retried 503s under --kill-connections) and a clean audit
+
+
+def summary(runs: dict[int, list[Run]]) -> None:
+    """Medians over the repeats, and each rate against the rate at the fewest labelers (flat: 100%)."""
+    base = statistics.median(r.rate for r in runs[min(runs)])
+    print(f"medians over {len(next(iter(runs.values())))} run(s) each:")
+    print("labelers  annotations/s  of the rate at the fewest  p50 (ms)  p99 (ms)  errors  all passed")
+    for labelers, rs in runs.items():
+        rate = statistics.median(r.rate for r in rs)
+        p50, p99 = statistics.median(r.p50 for r in rs), statistics.median(r.p99 for r in rs)
+        print(
+            f"{labelers:>8}  {rate:>13.1f}  {rate / base:>24.0%}  {p50:>8.1f}"
+            f"  {p99:>8.1f}  {sum(r.errors for r in rs):>6}"
+            f"  {'yes' if all(r.ok for r in rs) else 'NO'}"
+        )
+
+
+def one_run(args: argparse.Namespace, labelers: int) -> Run:
     name = f"ranklab_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -434,7 +479,7 @@ def main() -> int:
     server = None
     try:
         migrate.upgrade(url)
-        tokens = seed(url, labelers=args.labelers, tasks=args.tasks, k=args.k, overlap=args.overlap)
+        tokens = seed(url, labelers=labelers, tasks=args.tasks, k=args.k, overlap=args.overlap)
         port = free_port()
         env = {**os.environ, "RANKLAB_DATABASE_URL": url, "RANKLAB_ENV": "development"}
         server = subprocess.Popen(
@@ -466,8 +511,7 @@ def main() -> int:
                 pass
             time.sleep(0.1)
         else:
-            print("the server did not start", file=sys.stderr)
-            return 1
+            raise SystemExit("the server did not start")
         cpu_before = cpu_seconds(server.pid, name)
         stop, kills = threading.Event(), []
         killer = threading.Thread(
@@ -479,7 +523,7 @@ def main() -> int:
         killer.join()
         cpu_after = cpu_seconds(server.pid, name)
         print(
-            f"labelers={args.labelers} workers={args.workers} think={args.think}s k={args.k} "
+            f"labelers={labelers} workers={args.workers} think={args.think}s k={args.k} "
             f"overlap={args.overlap} tasks={args.tasks} elapsed={elapsed:.1f}s"
             + (" combined (submit carries next)" if args.combined else "")
         )
@@ -518,7 +562,7 @@ def main() -> int:
             f"overall p99={pct(all_lat, 99):.1f} ms  ->  {'PASS' if ok else 'FAIL'}"
             " (no errors, or only retried 503s with --kill-connections; audit all 0)"
         )
-        return 0 if ok else 1
+        return Run(len(acked) / elapsed, pct(all_lat, 50), pct(all_lat, 99), len(errors), ok)
     finally:
         if server is not None:
             server.terminate()
