@@ -1,8 +1,8 @@
 """503 with Retry-After when the database cannot serve a request now: the pool is exhausted
 (no connection freed within RANKLAB_DB_POOL_TIMEOUT_SECONDS) or the connection died mid-request
 (a failover, a restart, pg_terminate_backend). Never a 500, never a dropped connection; the
-request is safe to retry (submission is idempotent), and pre-ping gives the retry a live
-connection. Errors that are the request's own (a constraint, bad SQL) stay what they are."""
+request is safe to retry (submission is idempotent), and the pool's check at checkout
+(app/db.py) gives the retry a live connection. Errors that are the request's own (a constraint, bad SQL) stay what they are."""
 
 from __future__ import annotations
 
