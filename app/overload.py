@@ -2,7 +2,8 @@
 (no connection freed within RANKLAB_DB_POOL_TIMEOUT_SECONDS) or the connection died mid-request
 (a failover, a restart, pg_terminate_backend). Never a 500, never a dropped connection; the
 request is safe to retry (submission is idempotent), and the pool's check at checkout
-(app/db.py) gives the retry a live connection. Errors that are the request's own (a constraint, bad SQL) stay what they are."""
+(app/db.py) gives the retry a live connection. Errors that are the request's own (a
+constraint, bad SQL) stay what they are."""
 
 from __future__ import annotations
 
