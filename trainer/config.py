@@ -128,3 +128,13 @@ def config_from_args(cls: type[C], args: Any) -> C:
 def is_main_process() -> bool:
     """Under `accelerate launch`, whether this is the process that prints (rank 0)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def leave_process_group() -> None:
+    """Under `accelerate launch`, the end of a launcher: the process group is taken down before
+    the process exits. A rank that exits with gloo's threads still running aborts ("terminate
+    called without an active exception", SIGABRT), and the launch fails though it trained."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -11,7 +11,7 @@ from pathlib import Path
 from app.chat import ChatError, Conversation, from_text, parse_conversation
 from app.jsonl import json_rows
 from app.runs.ptx import ptx_texts
-from trainer.config import add_config_options, config_from_args, is_main_process
+from trainer.config import add_config_options, config_from_args, is_main_process, leave_process_group
 from trainer.ppo.config import PPOConfig
 from trainer.ppo.train import QuietReporter, train
 
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         output_dir=out,
         reporter=PrintReporter(),
     )
+    leave_process_group()
     if not is_main_process():  # one summary line, from the main process
         return
     print(

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from trainer.config import add_config_options, config_from_args, is_main_process
+from trainer.config import add_config_options, config_from_args, is_main_process, leave_process_group
 from trainer.loop import print_hooks
 from trainer.reward.config import RewardConfig
 from trainer.reward.model import Group
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         manifest={"groups_file": str(args.groups), "groups": len(groups)},
         hooks=hooks,
     )
+    leave_process_group()
     if rank0:
         print(json.dumps(result.metrics))
 

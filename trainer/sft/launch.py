@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from trainer.config import add_config_options, config_from_args, is_main_process
+from trainer.config import add_config_options, config_from_args, is_main_process, leave_process_group
 from trainer.loop import print_hooks
 from trainer.sft.config import SFTConfig
 from trainer.sft.data import read_demos
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         manifest=manifest,
         hooks=hooks,
     )
+    leave_process_group()
     if rank0:
         print(json.dumps({"out": str(result.path), **result.metrics}))
 
