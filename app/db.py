@@ -156,18 +156,24 @@ def get_engine(url: str, pool_size: int = POOL_SIZE, pool_timeout: float = POOL_
 
 
 def _drop_dead_connections(engine: Engine) -> None:
-    """Pre-ping without the round trip. An idle pooled connection has nothing to read, unless
-    the server has closed it: a terminated backend (failover, restart, pg_terminate_backend)
-    sends its FATAL message and hangs up, so its socket turns readable. A checkout that finds
-    that raises DisconnectionError and the pool hands out a fresh connection instead. SQLAlchemy's
-    pool_pre_ping asks the same with a `SELECT 1` round trip on every checkout: one more
-    statement per request for the database. A connection that dies mid-request still answers
-    503 (app/overload.py)."""
+    """Pre-ping without a round trip on every checkout. An idle pooled connection has nothing
+    to read unless the server said something: a terminated backend (failover, restart,
+    pg_terminate_backend) sends its FATAL message and hangs up, so its socket turns readable.
+    Only then is the connection pinged (a notice or a NOTIFY also arrive unasked, and those
+    leave it usable); a dead one raises DisconnectionError and the pool hands out a fresh
+    connection instead. SQLAlchemy's pool_pre_ping spends a `SELECT 1` round trip on every
+    checkout: one more statement per request for the database. A connection that dies
+    mid-request still answers 503 (app/overload.py)."""
 
     @event.listens_for(engine, "checkout")
     def _check(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-        if dbapi_conn.closed or select([dbapi_conn.fileno()], [], [], 0)[0]:
-            raise DisconnectionError("the server closed this pooled connection")
+        if dbapi_conn.closed:
+            raise DisconnectionError("this pooled connection was closed")
+        if select([dbapi_conn.fileno()], [], [], 0)[0]:
+            try:
+                engine.dialect.do_ping(dbapi_conn)
+            except engine.dialect.loaded_dbapi.Error as exc:
+                raise DisconnectionError("the server closed this pooled connection") from exc
 
 
 def open_pool(engine: Engine | Connection) -> int:

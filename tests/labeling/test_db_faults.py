@@ -140,6 +140,23 @@ def test_pooled_connections_killed_while_idle_are_replaced_before_use(pg_url: st
     assert after.isdisjoint(before) and len(after) == 3
 
 
+def test_a_pooled_connection_told_something_harmless_while_idle_is_kept(pg_url: str) -> None:
+    """A NOTIFY reaches an idle pooled connection that listens: its socket turns readable as a
+    dead one's does, but the ping at checkout finds it alive, so the pool keeps it."""
+    engine = get_engine(pg_url, 1, 5.0)
+    with engine.connect() as c:
+        pid = c.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        c.exec_driver_sql("LISTEN ranklab_pool_test")
+        c.commit()
+    with create_engine(pg_url, isolation_level="AUTOCOMMIT").connect() as other:
+        other.exec_driver_sql("NOTIFY ranklab_pool_test")
+    time.sleep(0.2)
+    with engine.connect() as c:
+        assert c.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+        c.exec_driver_sql("UNLISTEN *")
+        c.commit()
+
+
 def test_an_exhausted_pool_answers_503_json_for_the_api_and_a_page_for_browsers(
     pg_url: str, committed_pg: sessionmaker[Session], tmp_path: Path
 ) -> None:
