@@ -77,7 +77,7 @@ def _cached_principal(request: Request, session: Session) -> Principal | None:
     return None
 
 
-async def resolve_principal(request: Request, session: SessionDep) -> Principal | None:
+async def resolve_principal(request: Request, session: Session) -> Principal | None:
     """Whose token or cookie this is. A login in the short cache is answered here on the event
     loop (no query, no hop to a thread); a lookup runs in the thread pool, so its database reads
     never block the event loop."""
@@ -108,10 +108,11 @@ def _lookup_principal(request: Request, session: Session) -> Principal | None:
     return None
 
 
-async def get_principal(
-    request: Request, principal: Annotated[Principal | None, Depends(resolve_principal)]
-) -> Principal | None:
-    """The principal, after checking the CSRF token of a cookie-authenticated change."""
+async def get_principal(request: Request, session: Session) -> Principal | None:
+    """The principal, after checking the CSRF token of a cookie-authenticated change. Called by
+    `require`'s dependency, not a dependency of its own: each level of FastAPI's dependency
+    solving costs CPU on every request."""
+    principal = await resolve_principal(request, session)
     if principal is not None and principal.user_session is not None and (request.method not in SAFE_METHODS):
         sent = await submitted_csrf_token(request)
         if not security.same(sent, principal.user_session.csrf_token):
@@ -123,9 +124,8 @@ async def get_principal(
 def require(*roles: Role) -> Callable[..., Awaitable[User]]:
     needed = " or ".join(r.value for r in roles)
 
-    async def dependency(
-        principal: Annotated[Principal | None, Depends(get_principal)],
-    ) -> User:
+    async def dependency(request: Request, session: SessionDep) -> User:
+        principal = await get_principal(request, session)
         if principal is None:
             raise LoginRequired()
         if not principal.user.can(*roles):
