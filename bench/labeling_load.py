@@ -433,13 +433,15 @@ def main() -> int:
         type=int,
         default=1,
         metavar="R",
-        help="run each number of labelers R times (a fresh database and server each time) and "
-        "end with a table of medians: these machines vary from minute to minute",
+        help="R rounds, each running every number of labelers once (a fresh database and server "
+        "each time), then a table of medians: these machines vary from minute to minute",
     )
     args = p.parse_args()
     runs: dict[int, list[Run]] = defaultdict(list)
-    for labelers in args.labelers:
-        for _ in range(args.repeat):
+    # Rounds, not blocks: each round runs every size once, so a machine that speeds up or slows
+    # down during the hour weighs on all sizes alike, and each round's rates compare directly.
+    for _ in range(args.repeat):
+        for labelers in args.labelers:
             runs[labelers].append(one_run(args, labelers))
             print()
     if len(args.labelers) > 1 or args.repeat > 1:
@@ -456,15 +458,18 @@ class Run(NamedTuple):
 
 
 def summary(runs: dict[int, list[Run]]) -> None:
-    """Medians over the repeats, and each rate against the rate at the fewest labelers (flat: 100%)."""
-    base = statistics.median(r.rate for r in runs[min(runs)])
-    print(f"medians over {len(next(iter(runs.values())))} run(s) each:")
+    """Medians over the rounds, and each rate against the rate at the fewest labelers in the same
+    round (flat: 100%): the median of those ratios, since the machine's speed drifts between
+    rounds more than ranklab's rate changes with labelers."""
+    fewest = runs[min(runs)]
+    print(f"medians over {len(fewest)} round(s):")
     print("labelers  annotations/s  of the rate at the fewest  p50 (ms)  p99 (ms)  errors  all passed")
     for labelers, rs in runs.items():
         rate = statistics.median(r.rate for r in rs)
+        flat = statistics.median(r.rate / f.rate for r, f in zip(rs, fewest, strict=True))
         p50, p99 = statistics.median(r.p50 for r in rs), statistics.median(r.p99 for r in rs)
         print(
-            f"{labelers:>8}  {rate:>13.1f}  {rate / base:>24.0%}  {p50:>8.1f}"
+            f"{labelers:>8}  {rate:>13.1f}  {flat:>24.0%}  {p50:>8.1f}"
             f"  {p99:>8.1f}  {sum(r.errors for r in rs):>6}"
             f"  {'yes' if all(r.ok for r in rs) else 'NO'}"
         )

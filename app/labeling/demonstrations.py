@@ -27,7 +27,6 @@ from app.labeling.finish import (
     already_finished,
     check_notes,
     complete,
-    count_label,
     honour_lease,
     insert_row,
     store_annotation,
@@ -170,7 +169,9 @@ def _store(
             "shorten the reply",
         )
     honour_lease(session, done, now)
-    annotation = store_annotation(session, done, notes=notes, time_spent_ms=time_spent_ms, now=now)
+    annotation = store_annotation(
+        session, done, notes=notes, time_spent_ms=time_spent_ms, now=now, counts=True
+    )
     demo = insert_row(
         session,
         Demonstration,
@@ -189,7 +190,6 @@ def _store(
         },
     )
     set_committed_value(demo, "annotation", annotation)
-    count_label(session, done)
     return Written(annotation, demo)
 
 

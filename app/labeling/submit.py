@@ -18,7 +18,6 @@ from app.labeling.finish import (
     SubmissionInvalid,
     check_notes,
     complete,
-    count_label,
     honour_lease,
     late,
     store_annotation,
@@ -216,8 +215,8 @@ def _store(
         now=now,
         items=items,
         inconsistency_confirmed=bool(clashes),
+        counts=True,
     )
-    count_label(session, done)
     return annotation
 
 

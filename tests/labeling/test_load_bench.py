@@ -28,11 +28,13 @@ def bench(*args: str) -> str:
 
 
 @pytest.mark.usefixtures("pg_url")  # skips (locally) or fails (CI) without PostgreSQL
-def test_two_sizes_print_their_runs_the_audit_and_a_table_of_medians() -> None:
-    out = bench("--labelers", "2", "4", "--seconds", "1.5")
-    assert out.count("-> ") == 2 and out.count("PASS") == 2
-    assert len(re.findall(r"audit: lost=0  duplicated=0  over-assigned=0  label_count mismatch=0", out)) == 2
-    table = out.split("medians over 1 run(s) each:")[1].splitlines()
+def test_two_sizes_in_two_rounds_print_their_runs_the_audit_and_a_table_of_medians() -> None:
+    out = bench("--labelers", "2", "4", "--seconds", "1.5", "--repeat", "2")
+    assert out.count("-> ") == 4 and out.count("PASS") == 4
+    assert len(re.findall(r"audit: lost=0  duplicated=0  over-assigned=0  label_count mismatch=0", out)) == 4
+    # Rounds: every size once per round, so a drifting machine weighs on both sizes alike.
+    assert re.findall(r"^labelers=(\d+)", out, re.M) == ["2", "4", "2", "4"]
+    table = out.split("medians over 2 round(s):")[1].splitlines()
     rows = {int(line.split()[0]): line.split() for line in table[2:] if line.strip()}
     assert set(rows) == {2, 4}
     assert rows[2][2] == "100%" and rows[2][-1] == rows[4][-1] == "yes"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import service as auth
@@ -94,7 +94,21 @@ def test_api_next_and_submit_take_at_most_four_statements_each(
             f"/api/v1/assignments/{r.json()['assignment_id']}/annotation", headers=h, json=_body(r.json())
         )
     assert again.status_code == 200 and again.json()["id"] == s2.json()["id"]
+    if db_url.startswith("postgresql"):
+        # The UPDATE that finishes the assignment, then one statement for the annotation, its
+        # items and the task's count.
+        assert counts["submit 1"] == 2, counts
+        assert [i["rank"] for i in _items(committed, s2.json()["id"])] == [1, 2, 3, 4]
     print(counts)
+
+
+def _items(committed: sessionmaker[Session], annotation_id: int) -> list[dict[str, Any]]:
+    with committed() as s:
+        rows = s.execute(
+            text("SELECT rank, rating, position FROM annotation_item WHERE annotation_id = :a ORDER BY rank"),
+            {"a": annotation_id},
+        )
+        return [dict(r._mapping) for r in rows]
 
 
 def test_the_page_next_and_submit_take_at_most_four_statements_each(
