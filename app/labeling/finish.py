@@ -16,7 +16,6 @@ from functools import cache
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
-    Integer,
     Table,
     bindparam,
     case,
@@ -296,13 +295,12 @@ def store_annotation(
                 {
                     **{f"b_{key}": value for key, value in values.items()},
                     "b_items": items,
-                    "b_task_id": done.task_id,
-                    "b_overlap": done.overlap,
+                    **_count_params(done),
                 },
             )
             .scalar_one()
         )
-        _expire(session, Task, done.task_id, "label_count", "status")
+        _expire_count(session, done)
         annotation = attach(session, Annotation, {"id": annotation_id, **values})
         rows = [{"annotation_id": annotation_id, **i} for i in items]
     else:
@@ -331,18 +329,13 @@ def _store_counted_pg() -> Any:
         .returning(annotation.c.id)
         .cte("new_annotation")
     )
+    # An item's own columns, as the JSON rows carry them (the table's types: JSONB for flags).
+    names = [c.name for c in item.c if c.name not in ("id", "annotation_id")]
     rows = (
         func.jsonb_to_recordset(bindparam("b_items", type_=JSONB()))
-        .table_valued(
-            column("completion_id", Integer),
-            column("rank", Integer),
-            column("rating", Integer),
-            column("flags", JSONB()),
-            column("position", Integer),
-        )
+        .table_valued(*(column(n, item.c[n].type) for n in names))
         .render_derived(name="item", with_types=True)
     )
-    names = ["completion_id", "rank", "rating", "flags", "position"]
     new_items = insert(item).from_select(
         ["annotation_id", *names],
         select(new.c.id, *(rows.c[n] for n in names)).select_from(new).join(rows, true()),
@@ -369,7 +362,14 @@ def _count_label_statement() -> Any:
 def count_label(session: Session, done: Finished) -> None:
     """In the database, not read-modify-write in Python: concurrent submitters of one task each
     add exactly one (the UPDATE takes the row lock), and the one that fills it closes it."""
-    session.connection().execute(
-        _count_label_statement(), {"b_task_id": done.task_id, "b_overlap": done.overlap}
-    )
+    session.connection().execute(_count_label_statement(), _count_params(done))
+    _expire_count(session, done)
+
+
+def _count_params(done: Finished) -> dict[str, int]:
+    return {"b_task_id": done.task_id, "b_overlap": done.overlap}
+
+
+def _expire_count(session: Session, done: Finished) -> None:
+    """The task's count and status changed in the database: this session reads them afresh."""
     _expire(session, Task, done.task_id, "label_count", "status")
